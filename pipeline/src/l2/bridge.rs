@@ -1,0 +1,282 @@
+//! The L2 learning-bridge stage: learn the source, decide by the destination.
+
+use super::fdb::{Fdb, LearnEvent, LearnOutcome};
+use crate::batch::{Disposition, PortId};
+use crate::define_counters;
+use crate::wire::{EthernetFrame, MacAddr};
+
+define_counters! {
+    /// Why the bridge did what it did with each frame.
+    pub enum L2Counter, L2Counters {
+        RxFrames => "rx_frames",
+        Forwarded => "forwarded",
+        FloodBroadcast => "flood_broadcast",
+        FloodMulticast => "flood_multicast",
+        FloodUnknown => "flood_unknown_unicast",
+        Learned => "learned",
+        Moved => "moved",
+        LearnTableFull => "learn_table_full",
+        Aged => "aged",
+        DropRunt => "drop_runt",
+        DropSourceMulticast => "drop_src_multicast",
+        DropSourceZero => "drop_src_zero",
+        FilteredSamePort => "filtered_same_port",
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    /// Most MAC addresses learned; beyond it frames from new sources are flooded to, not learned.
+    pub fdb_capacity: usize,
+    /// An entry not refreshed for this long is forgotten.
+    pub fdb_age_ms: u64,
+    /// Record [`LearnEvent`]s for other workers' tables (only needed with several workers).
+    pub announce_learning: bool,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        BridgeConfig { fdb_capacity: 65_536, fdb_age_ms: 300_000, announce_learning: false }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Bridge {
+    fdb: Fdb,
+    counters: L2Counters,
+    announce_learning: bool,
+    announce_interval_ms: u64,
+    events: Vec<LearnEvent>,
+}
+
+impl Bridge {
+    pub fn new(config: &BridgeConfig) -> Bridge {
+        Bridge {
+            fdb: Fdb::new(config.fdb_capacity, config.fdb_age_ms),
+            counters: L2Counters::default(),
+            announce_learning: config.announce_learning,
+            // Often enough that a peer's copy never ages out while traffic flows.
+            announce_interval_ms: (config.fdb_age_ms / 4).max(1),
+            events: Vec::new(),
+        }
+    }
+
+    pub fn fdb(&self) -> &Fdb {
+        &self.fdb
+    }
+
+    pub fn counters(&self) -> &L2Counters {
+        &self.counters
+    }
+
+    /// Decides every frame of a batch received on `ingress`.
+    pub fn process<B: AsRef<[u8]>>(
+        &mut self,
+        frames: &[B],
+        ingress: PortId,
+        now_ms: u64,
+        next: &mut [Disposition],
+    ) {
+        debug_assert!(next.len() >= frames.len());
+        for (frame, slot) in frames.iter().zip(next.iter_mut()) {
+            *slot = self.decide(frame.as_ref(), ingress, now_ms);
+        }
+        self.counters.add(L2Counter::RxFrames, frames.len() as u64);
+    }
+
+    #[inline]
+    fn decide(&mut self, bytes: &[u8], ingress: PortId, now_ms: u64) -> Disposition {
+        let Ok(frame) = EthernetFrame::new_checked(bytes) else {
+            self.counters.add(L2Counter::DropRunt, 1);
+            return Disposition::Drop;
+        };
+        let src = frame.src_addr();
+        if src.is_multicast() {
+            self.counters.add(L2Counter::DropSourceMulticast, 1);
+            return Disposition::Drop;
+        }
+        if src.is_zero() {
+            self.counters.add(L2Counter::DropSourceZero, 1);
+            return Disposition::Drop;
+        }
+        self.learn(src, ingress, now_ms);
+
+        let dst = frame.dst_addr();
+        if dst.is_multicast() {
+            let counter =
+                if dst.is_broadcast() { L2Counter::FloodBroadcast } else { L2Counter::FloodMulticast };
+            self.counters.add(counter, 1);
+            return Disposition::Flood;
+        }
+        match self.fdb.lookup(dst, now_ms) {
+            Some(port) if port == ingress => {
+                self.counters.add(L2Counter::FilteredSamePort, 1);
+                Disposition::Drop
+            }
+            Some(port) => {
+                self.counters.add(L2Counter::Forwarded, 1);
+                Disposition::Forward(port)
+            }
+            None => {
+                self.counters.add(L2Counter::FloodUnknown, 1);
+                Disposition::Flood
+            }
+        }
+    }
+
+    #[inline]
+    fn learn(&mut self, src: MacAddr, ingress: PortId, now_ms: u64) {
+        match self.fdb.learn(src, ingress, now_ms) {
+            LearnOutcome::Refreshed => {}
+            LearnOutcome::New => self.counters.add(L2Counter::Learned, 1),
+            LearnOutcome::Moved { .. } => self.counters.add(L2Counter::Moved, 1),
+            LearnOutcome::TableFull => {
+                self.counters.add(L2Counter::LearnTableFull, 1);
+                return;
+            }
+        }
+        if self.announce_learning && self.fdb.announce_due(src, now_ms, self.announce_interval_ms) {
+            self.events.push(LearnEvent { mac: src, port: ingress });
+        }
+    }
+
+    /// Periodic work: forget expired entries.
+    pub fn housekeeping(&mut self, now_ms: u64) {
+        let aged = self.fdb.age(now_ms);
+        self.counters.add(L2Counter::Aged, aged as u64);
+    }
+
+    /// Learn events since the last call, for the other workers.
+    pub fn take_learn_events(&mut self) -> std::vec::Drain<'_, LearnEvent> {
+        self.events.drain(..)
+    }
+
+    /// Applies an event announced by another worker.
+    pub fn apply_learn_event(&mut self, event: LearnEvent, now_ms: u64) {
+        if self.fdb.apply(event, now_ms) == LearnOutcome::TableFull {
+            self.counters.add(L2Counter::LearnTableFull, 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::MacAddr;
+
+    fn mac(n: u8) -> MacAddr {
+        MacAddr([0x02, 0, 0, 0, 0, n])
+    }
+
+    fn frame(dst: MacAddr, src: MacAddr) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        etherparse::PacketBuilder::ethernet2(src.0, dst.0)
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(1000, 2000)
+            .write(&mut bytes, b"hello")
+            .unwrap();
+        bytes
+    }
+
+    fn run(bridge: &mut Bridge, frames: &[Vec<u8>], ingress: PortId, now: u64) -> Vec<Disposition> {
+        let mut next = vec![Disposition::Drop; frames.len()];
+        bridge.process(frames, ingress, now, &mut next);
+        next
+    }
+
+    #[test]
+    fn unknown_unicast_floods_then_learned_destination_forwards() {
+        let mut b = Bridge::new(&BridgeConfig::default());
+        assert_eq!(run(&mut b, &[frame(mac(2), mac(1))], 0, 0), [Disposition::Flood]);
+        assert_eq!(b.counters().get(L2Counter::FloodUnknown), 1);
+        assert_eq!(run(&mut b, &[frame(mac(1), mac(2))], 1, 1), [Disposition::Forward(0)]);
+        assert_eq!(run(&mut b, &[frame(mac(2), mac(1))], 0, 2), [Disposition::Forward(1)]);
+        assert_eq!(b.counters().get(L2Counter::Learned), 2);
+        assert_eq!(b.counters().get(L2Counter::Forwarded), 2);
+        assert_eq!(b.counters().get(L2Counter::RxFrames), 3);
+    }
+
+    #[test]
+    fn broadcast_and_multicast_flood() {
+        let mut b = Bridge::new(&BridgeConfig::default());
+        b.fdb.learn(mac(9), 3, 0);
+        let group: MacAddr = "01:00:5e:00:00:fb".parse().unwrap();
+        let next = run(&mut b, &[frame(MacAddr::BROADCAST, mac(1)), frame(group, mac(1))], 0, 0);
+        assert_eq!(next, [Disposition::Flood, Disposition::Flood]);
+        assert_eq!(b.counters().get(L2Counter::FloodBroadcast), 1);
+        assert_eq!(b.counters().get(L2Counter::FloodMulticast), 1);
+    }
+
+    #[test]
+    fn never_back_out_of_the_ingress_port() {
+        let mut b = Bridge::new(&BridgeConfig::default());
+        run(&mut b, &[frame(MacAddr::BROADCAST, mac(2))], 1, 0);
+        assert_eq!(run(&mut b, &[frame(mac(2), mac(3))], 1, 1), [Disposition::Drop]);
+        assert_eq!(b.counters().get(L2Counter::FilteredSamePort), 1);
+    }
+
+    #[test]
+    fn mac_move_is_followed() {
+        let mut b = Bridge::new(&BridgeConfig::default());
+        run(&mut b, &[frame(MacAddr::BROADCAST, mac(5))], 0, 0);
+        run(&mut b, &[frame(MacAddr::BROADCAST, mac(5))], 2, 10);
+        assert_eq!(b.counters().get(L2Counter::Moved), 1);
+        assert_eq!(run(&mut b, &[frame(mac(5), mac(6))], 1, 20), [Disposition::Forward(2)]);
+    }
+
+    #[test]
+    fn aging_with_an_injected_clock() {
+        let config = BridgeConfig { fdb_age_ms: 300_000, ..Default::default() };
+        let mut b = Bridge::new(&config);
+        run(&mut b, &[frame(MacAddr::BROADCAST, mac(1))], 0, 1_000);
+        assert_eq!(run(&mut b, &[frame(mac(1), mac(2))], 1, 300_999), [Disposition::Forward(0)]);
+        // 300 s after the last frame from mac(1): forgotten, flooded again.
+        assert_eq!(run(&mut b, &[frame(mac(1), mac(2))], 1, 301_000), [Disposition::Flood]);
+        b.housekeeping(301_000);
+        assert_eq!(b.counters().get(L2Counter::Aged), 1);
+        assert_eq!(b.fdb().len(), 1, "mac(2) was refreshed and stays");
+    }
+
+    #[test]
+    fn capacity_overflow_floods_and_counts() {
+        let config = BridgeConfig { fdb_capacity: 2, ..Default::default() };
+        let mut b = Bridge::new(&config);
+        let frames: Vec<_> = (1..=3).map(|n| frame(MacAddr::BROADCAST, mac(n))).collect();
+        run(&mut b, &frames, 0, 0);
+        assert_eq!(b.counters().get(L2Counter::Learned), 2);
+        assert_eq!(b.counters().get(L2Counter::LearnTableFull), 1);
+        // mac(3) was never learned, so traffic to it floods.
+        assert_eq!(run(&mut b, &[frame(mac(3), mac(1))], 1, 1), [Disposition::Flood]);
+    }
+
+    #[test]
+    fn malformed_frames_are_dropped_by_reason() {
+        let mut b = Bridge::new(&BridgeConfig::default());
+        let runt = vec![0u8; 13];
+        let src_multicast = frame(mac(1), MacAddr::BROADCAST);
+        let src_zero = frame(mac(1), MacAddr::ZERO);
+        let next = run(&mut b, &[runt, src_multicast, src_zero, Vec::new()], 0, 0);
+        assert_eq!(next, [Disposition::Drop; 4]);
+        assert_eq!(b.counters().get(L2Counter::DropRunt), 2);
+        assert_eq!(b.counters().get(L2Counter::DropSourceMulticast), 1);
+        assert_eq!(b.counters().get(L2Counter::DropSourceZero), 1);
+        assert!(b.fdb().is_empty());
+    }
+
+    #[test]
+    fn learn_events_keep_two_workers_consistent() {
+        let config = BridgeConfig { announce_learning: true, ..Default::default() };
+        let mut w0 = Bridge::new(&config);
+        let mut w1 = Bridge::new(&config);
+        run(&mut w0, &[frame(MacAddr::BROADCAST, mac(1))], 0, 0);
+        let events: Vec<_> = w0.take_learn_events().collect();
+        assert_eq!(events, [LearnEvent { mac: mac(1), port: 0 }]);
+        for e in events {
+            w1.apply_learn_event(e, 0);
+        }
+        assert_eq!(run(&mut w1, &[frame(mac(1), mac(2))], 1, 1), [Disposition::Forward(0)]);
+        // A refresh inside the interval is not announced again.
+        run(&mut w0, &[frame(MacAddr::BROADCAST, mac(1))], 0, 10);
+        assert_eq!(w0.take_learn_events().count(), 0);
+    }
+}

@@ -1,0 +1,207 @@
+//! The forwarding database: MAC address → port, with aging and a capacity limit.
+//!
+//! Ownership: one `Fdb` per worker, never shared. Workers keep their copies consistent by
+//! exchanging [`LearnEvent`]s (see `Bridge::take_learn_events`), so lookups take no lock.
+
+use crate::batch::PortId;
+use crate::wire::MacAddr;
+use rustc_hash::FxHashMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdbEntry {
+    pub port: PortId,
+    pub last_seen_ms: u64,
+    /// When this entry was last announced to other workers.
+    announced_ms: u64,
+}
+
+/// What learning a source address did to the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LearnOutcome {
+    /// Already known on this port; its age was refreshed.
+    Refreshed,
+    New,
+    Moved { from: PortId },
+    /// Not learned: the table is at capacity.
+    TableFull,
+}
+
+/// A learned or refreshed entry, announced to the other workers' tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LearnEvent {
+    pub mac: MacAddr,
+    pub port: PortId,
+}
+
+#[derive(Debug, Clone)]
+pub struct Fdb {
+    // Keyed by the MAC packed into a u64 (bridge domain bits free above bit 48).
+    table: FxHashMap<u64, FdbEntry>,
+    capacity: usize,
+    age_ms: u64,
+}
+
+impl Fdb {
+    pub fn new(capacity: usize, age_ms: u64) -> Fdb {
+        Fdb {
+            table: FxHashMap::with_capacity_and_hasher(capacity.min(1 << 16), Default::default()),
+            capacity,
+            age_ms,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn age_ms(&self) -> u64 {
+        self.age_ms
+    }
+
+    #[inline]
+    fn is_live(&self, entry: &FdbEntry, now_ms: u64) -> bool {
+        now_ms.saturating_sub(entry.last_seen_ms) < self.age_ms
+    }
+
+    /// The port a live entry points to; an expired entry not yet swept counts as unknown.
+    #[inline]
+    pub fn lookup(&self, mac: MacAddr, now_ms: u64) -> Option<PortId> {
+        match self.table.get(&mac.to_u64()) {
+            Some(e) if self.is_live(e, now_ms) => Some(e.port),
+            _ => None,
+        }
+    }
+
+    pub fn get(&self, mac: MacAddr) -> Option<FdbEntry> {
+        self.table.get(&mac.to_u64()).copied()
+    }
+
+    #[inline]
+    pub fn learn(&mut self, mac: MacAddr, port: PortId, now_ms: u64) -> LearnOutcome {
+        let len = self.table.len();
+        let capacity = self.capacity;
+        match self.table.entry(mac.to_u64()) {
+            std::collections::hash_map::Entry::Occupied(mut slot) => {
+                let entry = slot.get_mut();
+                entry.last_seen_ms = now_ms;
+                if entry.port == port {
+                    LearnOutcome::Refreshed
+                } else {
+                    let from = entry.port;
+                    entry.port = port;
+                    entry.announced_ms = 0;
+                    LearnOutcome::Moved { from }
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                if len >= capacity {
+                    return LearnOutcome::TableFull;
+                }
+                slot.insert(FdbEntry { port, last_seen_ms: now_ms, announced_ms: 0 });
+                LearnOutcome::New
+            }
+        }
+    }
+
+    /// Marks the entry announced at `now_ms` if its last announcement is older than
+    /// `interval_ms` (or it was never announced). Returns whether to announce now.
+    pub fn announce_due(&mut self, mac: MacAddr, now_ms: u64, interval_ms: u64) -> bool {
+        match self.table.get_mut(&mac.to_u64()) {
+            Some(e) if e.announced_ms == 0 || now_ms.saturating_sub(e.announced_ms) >= interval_ms => {
+                e.announced_ms = now_ms.max(1);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Applies another worker's announcement; never announces again.
+    pub fn apply(&mut self, event: LearnEvent, now_ms: u64) -> LearnOutcome {
+        let outcome = self.learn(event.mac, event.port, now_ms);
+        if let Some(e) = self.table.get_mut(&event.mac.to_u64()) {
+            // Heard from a peer: no need to echo it back before the next interval.
+            e.announced_ms = now_ms.max(1);
+        }
+        outcome
+    }
+
+    /// Removes expired entries; returns how many.
+    pub fn age(&mut self, now_ms: u64) -> usize {
+        let before = self.table.len();
+        let age_ms = self.age_ms;
+        self.table.retain(|_, e| now_ms.saturating_sub(e.last_seen_ms) < age_ms);
+        before - self.table.len()
+    }
+
+    /// Every entry as (MAC, entry), in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = (MacAddr, FdbEntry)> + '_ {
+        self.table.iter().map(|(k, e)| (MacAddr::from_u64(*k), *e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(n: u8) -> MacAddr {
+        MacAddr([0x02, 0, 0, 0, 0, n])
+    }
+
+    #[test]
+    fn learn_lookup_move_refresh() {
+        let mut fdb = Fdb::new(8, 1000);
+        assert_eq!(fdb.learn(mac(1), 0, 10), LearnOutcome::New);
+        assert_eq!(fdb.learn(mac(1), 0, 20), LearnOutcome::Refreshed);
+        assert_eq!(fdb.lookup(mac(1), 20), Some(0));
+        assert_eq!(fdb.learn(mac(1), 2, 30), LearnOutcome::Moved { from: 0 });
+        assert_eq!(fdb.lookup(mac(1), 30), Some(2));
+        assert_eq!(fdb.len(), 1);
+    }
+
+    #[test]
+    fn expired_entries_are_unknown_then_swept() {
+        let mut fdb = Fdb::new(8, 1000);
+        fdb.learn(mac(1), 1, 0);
+        fdb.learn(mac(2), 1, 600);
+        assert_eq!(fdb.lookup(mac(1), 999), Some(1));
+        assert_eq!(fdb.lookup(mac(1), 1000), None);
+        assert_eq!(fdb.age(1000), 1);
+        assert_eq!(fdb.len(), 1);
+        assert_eq!(fdb.lookup(mac(2), 1000), Some(1));
+        assert_eq!(fdb.age(1600), 1);
+        assert!(fdb.is_empty());
+    }
+
+    #[test]
+    fn capacity_is_enforced_but_known_entries_still_refresh_and_move() {
+        let mut fdb = Fdb::new(2, 1000);
+        assert_eq!(fdb.learn(mac(1), 0, 0), LearnOutcome::New);
+        assert_eq!(fdb.learn(mac(2), 0, 0), LearnOutcome::New);
+        assert_eq!(fdb.learn(mac(3), 0, 0), LearnOutcome::TableFull);
+        assert_eq!(fdb.lookup(mac(3), 0), None);
+        assert_eq!(fdb.learn(mac(2), 1, 5), LearnOutcome::Moved { from: 0 });
+        assert_eq!(fdb.len(), 2);
+    }
+
+    #[test]
+    fn announcements_are_rate_limited_and_not_echoed() {
+        let mut fdb = Fdb::new(8, 300_000);
+        fdb.learn(mac(1), 0, 5);
+        assert!(fdb.announce_due(mac(1), 5, 1000));
+        assert!(!fdb.announce_due(mac(1), 500, 1000));
+        assert!(fdb.announce_due(mac(1), 1005, 1000));
+
+        let mut peer = Fdb::new(8, 300_000);
+        peer.apply(LearnEvent { mac: mac(1), port: 0 }, 1005);
+        assert_eq!(peer.lookup(mac(1), 1006), Some(0));
+        assert!(!peer.announce_due(mac(1), 1500, 1000));
+    }
+}

@@ -1,0 +1,7 @@
+//! Layer 2: the learning bridge.
+
+mod bridge;
+mod fdb;
+
+pub use bridge::{Bridge, BridgeConfig, L2Counter, L2Counters};
+pub use fdb::{Fdb, FdbEntry, LearnEvent, LearnOutcome};
