@@ -36,7 +36,11 @@ pub struct BridgeConfig {
 
 impl Default for BridgeConfig {
     fn default() -> Self {
-        BridgeConfig { fdb_capacity: 65_536, fdb_age_ms: 300_000, announce_learning: false }
+        BridgeConfig {
+            fdb_capacity: 65_536,
+            fdb_age_ms: 300_000,
+            announce_learning: false,
+        }
     }
 }
 
@@ -103,8 +107,11 @@ impl Bridge {
 
         let dst = frame.dst_addr();
         if dst.is_multicast() {
-            let counter =
-                if dst.is_broadcast() { L2Counter::FloodBroadcast } else { L2Counter::FloodMulticast };
+            let counter = if dst.is_broadcast() {
+                L2Counter::FloodBroadcast
+            } else {
+                L2Counter::FloodMulticast
+            };
             self.counters.add(counter, 1);
             return Disposition::Flood;
         }
@@ -135,8 +142,15 @@ impl Bridge {
                 return;
             }
         }
-        if self.announce_learning && self.fdb.announce_due(src, now_ms, self.announce_interval_ms) {
-            self.events.push(LearnEvent { mac: src, port: ingress });
+        if self.announce_learning
+            && self
+                .fdb
+                .announce_due(src, now_ms, self.announce_interval_ms)
+        {
+            self.events.push(LearnEvent {
+                mac: src,
+                port: ingress,
+            });
         }
     }
 
@@ -187,10 +201,19 @@ mod tests {
     #[test]
     fn unknown_unicast_floods_then_learned_destination_forwards() {
         let mut b = Bridge::new(&BridgeConfig::default());
-        assert_eq!(run(&mut b, &[frame(mac(2), mac(1))], 0, 0), [Disposition::Flood]);
+        assert_eq!(
+            run(&mut b, &[frame(mac(2), mac(1))], 0, 0),
+            [Disposition::Flood]
+        );
         assert_eq!(b.counters().get(L2Counter::FloodUnknown), 1);
-        assert_eq!(run(&mut b, &[frame(mac(1), mac(2))], 1, 1), [Disposition::Forward(0)]);
-        assert_eq!(run(&mut b, &[frame(mac(2), mac(1))], 0, 2), [Disposition::Forward(1)]);
+        assert_eq!(
+            run(&mut b, &[frame(mac(1), mac(2))], 1, 1),
+            [Disposition::Forward(0)]
+        );
+        assert_eq!(
+            run(&mut b, &[frame(mac(2), mac(1))], 0, 2),
+            [Disposition::Forward(1)]
+        );
         assert_eq!(b.counters().get(L2Counter::Learned), 2);
         assert_eq!(b.counters().get(L2Counter::Forwarded), 2);
         assert_eq!(b.counters().get(L2Counter::RxFrames), 3);
@@ -201,7 +224,12 @@ mod tests {
         let mut b = Bridge::new(&BridgeConfig::default());
         b.fdb.learn(mac(9), 3, 0);
         let group: MacAddr = "01:00:5e:00:00:fb".parse().unwrap();
-        let next = run(&mut b, &[frame(MacAddr::BROADCAST, mac(1)), frame(group, mac(1))], 0, 0);
+        let next = run(
+            &mut b,
+            &[frame(MacAddr::BROADCAST, mac(1)), frame(group, mac(1))],
+            0,
+            0,
+        );
         assert_eq!(next, [Disposition::Flood, Disposition::Flood]);
         assert_eq!(b.counters().get(L2Counter::FloodBroadcast), 1);
         assert_eq!(b.counters().get(L2Counter::FloodMulticast), 1);
@@ -211,7 +239,10 @@ mod tests {
     fn never_back_out_of_the_ingress_port() {
         let mut b = Bridge::new(&BridgeConfig::default());
         run(&mut b, &[frame(MacAddr::BROADCAST, mac(2))], 1, 0);
-        assert_eq!(run(&mut b, &[frame(mac(2), mac(3))], 1, 1), [Disposition::Drop]);
+        assert_eq!(
+            run(&mut b, &[frame(mac(2), mac(3))], 1, 1),
+            [Disposition::Drop]
+        );
         assert_eq!(b.counters().get(L2Counter::FilteredSamePort), 1);
     }
 
@@ -221,17 +252,29 @@ mod tests {
         run(&mut b, &[frame(MacAddr::BROADCAST, mac(5))], 0, 0);
         run(&mut b, &[frame(MacAddr::BROADCAST, mac(5))], 2, 10);
         assert_eq!(b.counters().get(L2Counter::Moved), 1);
-        assert_eq!(run(&mut b, &[frame(mac(5), mac(6))], 1, 20), [Disposition::Forward(2)]);
+        assert_eq!(
+            run(&mut b, &[frame(mac(5), mac(6))], 1, 20),
+            [Disposition::Forward(2)]
+        );
     }
 
     #[test]
     fn aging_with_an_injected_clock() {
-        let config = BridgeConfig { fdb_age_ms: 300_000, ..Default::default() };
+        let config = BridgeConfig {
+            fdb_age_ms: 300_000,
+            ..Default::default()
+        };
         let mut b = Bridge::new(&config);
         run(&mut b, &[frame(MacAddr::BROADCAST, mac(1))], 0, 1_000);
-        assert_eq!(run(&mut b, &[frame(mac(1), mac(2))], 1, 300_999), [Disposition::Forward(0)]);
+        assert_eq!(
+            run(&mut b, &[frame(mac(1), mac(2))], 1, 300_999),
+            [Disposition::Forward(0)]
+        );
         // 300 s after the last frame from mac(1): forgotten, flooded again.
-        assert_eq!(run(&mut b, &[frame(mac(1), mac(2))], 1, 301_000), [Disposition::Flood]);
+        assert_eq!(
+            run(&mut b, &[frame(mac(1), mac(2))], 1, 301_000),
+            [Disposition::Flood]
+        );
         b.housekeeping(301_000);
         assert_eq!(b.counters().get(L2Counter::Aged), 1);
         assert_eq!(b.fdb().len(), 1, "mac(2) was refreshed and stays");
@@ -239,14 +282,20 @@ mod tests {
 
     #[test]
     fn capacity_overflow_floods_and_counts() {
-        let config = BridgeConfig { fdb_capacity: 2, ..Default::default() };
+        let config = BridgeConfig {
+            fdb_capacity: 2,
+            ..Default::default()
+        };
         let mut b = Bridge::new(&config);
         let frames: Vec<_> = (1..=3).map(|n| frame(MacAddr::BROADCAST, mac(n))).collect();
         run(&mut b, &frames, 0, 0);
         assert_eq!(b.counters().get(L2Counter::Learned), 2);
         assert_eq!(b.counters().get(L2Counter::LearnTableFull), 1);
         // mac(3) was never learned, so traffic to it floods.
-        assert_eq!(run(&mut b, &[frame(mac(3), mac(1))], 1, 1), [Disposition::Flood]);
+        assert_eq!(
+            run(&mut b, &[frame(mac(3), mac(1))], 1, 1),
+            [Disposition::Flood]
+        );
     }
 
     #[test]
@@ -265,16 +314,28 @@ mod tests {
 
     #[test]
     fn learn_events_keep_two_workers_consistent() {
-        let config = BridgeConfig { announce_learning: true, ..Default::default() };
+        let config = BridgeConfig {
+            announce_learning: true,
+            ..Default::default()
+        };
         let mut w0 = Bridge::new(&config);
         let mut w1 = Bridge::new(&config);
         run(&mut w0, &[frame(MacAddr::BROADCAST, mac(1))], 0, 0);
         let events: Vec<_> = w0.take_learn_events().collect();
-        assert_eq!(events, [LearnEvent { mac: mac(1), port: 0 }]);
+        assert_eq!(
+            events,
+            [LearnEvent {
+                mac: mac(1),
+                port: 0
+            }]
+        );
         for e in events {
             w1.apply_learn_event(e, 0);
         }
-        assert_eq!(run(&mut w1, &[frame(mac(1), mac(2))], 1, 1), [Disposition::Forward(0)]);
+        assert_eq!(
+            run(&mut w1, &[frame(mac(1), mac(2))], 1, 1),
+            [Disposition::Forward(0)]
+        );
         // A refresh inside the interval is not announced again.
         run(&mut w0, &[frame(MacAddr::BROADCAST, mac(1))], 0, 10);
         assert_eq!(w0.take_learn_events().count(), 0);

@@ -21,7 +21,9 @@ pub enum LearnOutcome {
     /// Already known on this port; its age was refreshed.
     Refreshed,
     New,
-    Moved { from: PortId },
+    Moved {
+        from: PortId,
+    },
     /// Not learned: the table is at capacity.
     TableFull,
 }
@@ -105,7 +107,11 @@ impl Fdb {
                 if len >= capacity {
                     return LearnOutcome::TableFull;
                 }
-                slot.insert(FdbEntry { port, last_seen_ms: now_ms, announced_ms: 0 });
+                slot.insert(FdbEntry {
+                    port,
+                    last_seen_ms: now_ms,
+                    announced_ms: 0,
+                });
                 LearnOutcome::New
             }
         }
@@ -115,7 +121,9 @@ impl Fdb {
     /// `interval_ms` (or it was never announced). Returns whether to announce now.
     pub fn announce_due(&mut self, mac: MacAddr, now_ms: u64, interval_ms: u64) -> bool {
         match self.table.get_mut(&mac.to_u64()) {
-            Some(e) if e.announced_ms == 0 || now_ms.saturating_sub(e.announced_ms) >= interval_ms => {
+            Some(e)
+                if e.announced_ms == 0 || now_ms.saturating_sub(e.announced_ms) >= interval_ms =>
+            {
                 e.announced_ms = now_ms.max(1);
                 true
             }
@@ -137,7 +145,8 @@ impl Fdb {
     pub fn age(&mut self, now_ms: u64) -> usize {
         let before = self.table.len();
         let age_ms = self.age_ms;
-        self.table.retain(|_, e| now_ms.saturating_sub(e.last_seen_ms) < age_ms);
+        self.table
+            .retain(|_, e| now_ms.saturating_sub(e.last_seen_ms) < age_ms);
         before - self.table.len()
     }
 
@@ -200,7 +209,13 @@ mod tests {
         assert!(fdb.announce_due(mac(1), 1005, 1000));
 
         let mut peer = Fdb::new(8, 300_000);
-        peer.apply(LearnEvent { mac: mac(1), port: 0 }, 1005);
+        peer.apply(
+            LearnEvent {
+                mac: mac(1),
+                port: 0,
+            },
+            1005,
+        );
         assert_eq!(peer.lookup(mac(1), 1006), Some(0));
         assert!(!peer.announce_due(mac(1), 1500, 1000));
     }

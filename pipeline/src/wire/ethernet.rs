@@ -30,8 +30,9 @@ impl MacAddr {
     }
 
     pub const fn is_broadcast(&self) -> bool {
-        u64::from_be_bytes([0, 0, self.0[0], self.0[1], self.0[2], self.0[3], self.0[4], self.0[5]])
-            == 0xffff_ffff_ffff
+        u64::from_be_bytes([
+            0, 0, self.0[0], self.0[1], self.0[2], self.0[3], self.0[4], self.0[5],
+        ]) == 0xffff_ffff_ffff
     }
 
     /// Group bit set: multicast or broadcast.
@@ -40,13 +41,16 @@ impl MacAddr {
     }
 
     pub const fn is_zero(&self) -> bool {
-        u64::from_be_bytes([0, 0, self.0[0], self.0[1], self.0[2], self.0[3], self.0[4], self.0[5]])
-            == 0
+        u64::from_be_bytes([
+            0, 0, self.0[0], self.0[1], self.0[2], self.0[3], self.0[4], self.0[5],
+        ]) == 0
     }
 
     /// The address packed into the low 48 bits, for table keys.
     pub const fn to_u64(&self) -> u64 {
-        u64::from_be_bytes([0, 0, self.0[0], self.0[1], self.0[2], self.0[3], self.0[4], self.0[5]])
+        u64::from_be_bytes([
+            0, 0, self.0[0], self.0[1], self.0[2], self.0[3], self.0[4], self.0[5],
+        ])
     }
 
     pub const fn from_u64(v: u64) -> MacAddr {
@@ -78,9 +82,13 @@ impl FromStr for MacAddr {
         let mut mac = [0u8; 6];
         let mut parts = s.split(':');
         for byte in mac.iter_mut() {
-            let part = parts.next().ok_or_else(|| format!("MAC address {s:?} has fewer than 6 octets"))?;
+            let part = parts
+                .next()
+                .ok_or_else(|| format!("MAC address {s:?} has fewer than 6 octets"))?;
             if part.len() != 2 {
-                return Err(format!("MAC address {s:?}: octet {part:?} is not two hex digits"));
+                return Err(format!(
+                    "MAC address {s:?}: octet {part:?} is not two hex digits"
+                ));
             }
             *byte = u8::from_str_radix(part, 16)
                 .map_err(|_| format!("MAC address {s:?}: octet {part:?} is not hex"))?;
@@ -148,7 +156,10 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     pub fn check_len(&self) -> Result<(), WireError> {
         let got = self.buffer.as_ref().len();
         if got < ETHERNET_HEADER_LEN {
-            return Err(WireError::Truncated { needed: ETHERNET_HEADER_LEN, got });
+            return Err(WireError::Truncated {
+                needed: ETHERNET_HEADER_LEN,
+                got,
+            });
         }
         Ok(())
     }
@@ -221,7 +232,10 @@ mod tests {
         for len in 0..ETHERNET_HEADER_LEN {
             assert_eq!(
                 EthernetFrame::new_checked(&ARP_BROADCAST[..len]).unwrap_err(),
-                WireError::Truncated { needed: 14, got: len }
+                WireError::Truncated {
+                    needed: 14,
+                    got: len
+                }
             );
         }
         assert!(EthernetFrame::new_checked(&ARP_BROADCAST[..14]).is_ok());
@@ -242,12 +256,24 @@ mod tests {
 
     #[test]
     fn mac_parsing_names_the_problem() {
-        assert!("02:00:00:00:00".parse::<MacAddr>().unwrap_err().contains("fewer than 6"));
-        assert!("02:00:00:00:00:0g".parse::<MacAddr>().unwrap_err().contains("\"0g\""));
-        assert!("02:00:00:00:00:00:00".parse::<MacAddr>().unwrap_err().contains("more than 6"));
+        assert!("02:00:00:00:00"
+            .parse::<MacAddr>()
+            .unwrap_err()
+            .contains("fewer than 6"));
+        assert!("02:00:00:00:00:0g"
+            .parse::<MacAddr>()
+            .unwrap_err()
+            .contains("\"0g\""));
+        assert!("02:00:00:00:00:00:00"
+            .parse::<MacAddr>()
+            .unwrap_err()
+            .contains("more than 6"));
         let mac: MacAddr = "de:ad:be:ef:00:01".parse().unwrap();
         assert_eq!(MacAddr::from_u64(mac.to_u64()), mac);
         assert!(!mac.is_multicast());
-        assert!("01:00:5e:00:00:01".parse::<MacAddr>().unwrap().is_multicast());
+        assert!("01:00:5e:00:00:01"
+            .parse::<MacAddr>()
+            .unwrap()
+            .is_multicast());
     }
 }

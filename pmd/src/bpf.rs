@@ -1,0 +1,316 @@
+//! A minimal loader over the `bpf()` syscall: an XSKMAP, a six-instruction redirect program and
+//! its attachment by BPF link.
+//!
+//! A BPF link is owned by its file descriptor, so the program is detached when the process
+//! exits, even on SIGKILL; a netlink-attached program would stay on the port.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_LINK_CREATE: libc::c_long = 28;
+
+const BPF_MAP_TYPE_XSKMAP: u32 = 17;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_XDP: u32 = 37;
+const BPF_FUNC_REDIRECT_MAP: i32 = 51;
+const BPF_PSEUDO_MAP_FD: u8 = 1;
+const XDP_PASS: i32 = 2;
+
+const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+
+/// How the XDP program runs on a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    /// In the driver (veth supports it): fastest.
+    Native,
+    /// On the generic skb path: works everywhere, slower.
+    Generic,
+    /// Native, falling back to generic where the driver lacks it.
+    Auto,
+}
+
+impl std::str::FromStr for XdpMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "native" => Ok(XdpMode::Native),
+            "generic" => Ok(XdpMode::Generic),
+            "auto" => Ok(XdpMode::Auto),
+            other => Err(format!(
+                "unknown XDP mode {other:?} (expected auto, native or generic)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+            XdpMode::Auto => "auto",
+        })
+    }
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+    // Zeroed tail of the link_create union, which the kernel checks is unused.
+    _rest: [u64; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Insn {
+    code: u8,
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+    Insn {
+        code,
+        regs: dst | (src << 4),
+        off,
+        imm,
+    }
+}
+
+/// Issues one `bpf()` command; returns the non-negative result or the errno.
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
+    // SAFETY: `attr` is a live, initialised `#[repr(C)]` bpf_attr prefix of exactly
+    // `size_of::<T>()` bytes; the kernel reads (and for some commands writes) only that range.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T as *mut libc::c_void,
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn fd_from(ret: i64) -> OwnedFd {
+    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
+    unsafe { OwnedFd::from_raw_fd(ret as RawFd) }
+}
+
+fn name16(name: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (o, b) in out.iter_mut().zip(name.bytes().take(15)) {
+        *o = b;
+    }
+    out
+}
+
+/// An XSKMAP: receive queue index → AF_XDP socket.
+pub struct XskMap {
+    fd: OwnedFd,
+    entries: u32,
+}
+
+impl XskMap {
+    pub fn create(entries: u32) -> io::Result<XskMap> {
+        let mut attr = MapCreateAttr {
+            map_type: BPF_MAP_TYPE_XSKMAP,
+            key_size: 4,
+            value_size: 4,
+            max_entries: entries,
+            map_name: name16("vswitch_xsks"),
+            ..Default::default()
+        };
+        let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
+        Ok(XskMap {
+            fd: fd_from(fd),
+            entries,
+        })
+    }
+
+    pub fn entries(&self) -> u32 {
+        self.entries
+    }
+
+    /// Directs frames received on `queue` to the socket `xsk_fd`.
+    pub fn insert(&self, queue: u32, xsk_fd: RawFd) -> io::Result<()> {
+        let key = queue;
+        let value = xsk_fd as u32;
+        let mut attr = MapElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            key: &key as *const u32 as u64,
+            value: &value as *const u32 as u64,
+            ..Default::default()
+        };
+        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+    }
+
+    pub fn remove(&self, queue: u32) -> io::Result<()> {
+        let key = queue;
+        let mut attr = MapElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            key: &key as *const u32 as u64,
+            ..Default::default()
+        };
+        bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(|_| ())
+    }
+}
+
+/// The XDP program: redirect to the socket of the receive queue, or pass to the kernel stack
+/// when no socket is registered for that queue.
+pub struct RedirectProgram {
+    fd: OwnedFd,
+}
+
+impl RedirectProgram {
+    pub fn load(map: &XskMap) -> io::Result<RedirectProgram> {
+        let map_fd = map.fd.as_raw_fd();
+        let insns = [
+            // r2 = ctx->rx_queue_index
+            insn(0x61, 2, 1, 16, 0),
+            // r1 = map (64-bit immediate, two slots)
+            insn(0x18, 1, BPF_PSEUDO_MAP_FD, 0, map_fd),
+            insn(0, 0, 0, 0, 0),
+            // r3 = action when the map has no entry
+            insn(0xb7, 3, 0, 0, XDP_PASS),
+            // r0 = bpf_redirect_map(r1, r2, r3)
+            insn(0x85, 0, 0, 0, BPF_FUNC_REDIRECT_MAP),
+            insn(0x95, 0, 0, 0, 0),
+        ];
+        let license = b"Dual MIT/GPL\0";
+        let mut attr = ProgLoadAttr {
+            prog_type: BPF_PROG_TYPE_XDP,
+            insn_cnt: insns.len() as u32,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            prog_name: name16("vswitch_redir"),
+            ..Default::default()
+        };
+        match bpf(BPF_PROG_LOAD, &mut attr) {
+            Ok(fd) => Ok(RedirectProgram { fd: fd_from(fd) }),
+            Err(first) => {
+                // Load again with the verifier log, to say why.
+                let mut log = vec![0u8; 64 * 1024];
+                attr.log_level = 1;
+                attr.log_size = log.len() as u32;
+                attr.log_buf = log.as_mut_ptr() as u64;
+                let _ = bpf(BPF_PROG_LOAD, &mut attr);
+                let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+                let text = String::from_utf8_lossy(&log[..end]);
+                Err(io::Error::new(
+                    first.kind(),
+                    format!(
+                        "loading the XDP program: {first}; verifier: {}",
+                        text.trim()
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// The program attached to one interface; detached when dropped (or when the process dies).
+pub struct XdpLink {
+    _fd: OwnedFd,
+    pub ifindex: u32,
+    pub mode: XdpMode,
+}
+
+impl XdpLink {
+    /// Attaches in `Native` or `Generic` mode (`Auto` is resolved by the caller).
+    pub fn attach(prog: &RedirectProgram, ifindex: u32, mode: XdpMode) -> io::Result<XdpLink> {
+        let flags = match mode {
+            XdpMode::Generic => XDP_FLAGS_SKB_MODE,
+            XdpMode::Native | XdpMode::Auto => XDP_FLAGS_DRV_MODE,
+        };
+        let mut attr = LinkCreateAttr {
+            prog_fd: prog.fd.as_raw_fd() as u32,
+            target_ifindex: ifindex,
+            attach_type: BPF_XDP,
+            flags,
+            ..Default::default()
+        };
+        let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+        Ok(XdpLink {
+            _fd: fd_from(fd),
+            ifindex,
+            mode,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_and_name_bad_values() {
+        assert_eq!("native".parse::<XdpMode>().unwrap(), XdpMode::Native);
+        assert_eq!("generic".parse::<XdpMode>().unwrap(), XdpMode::Generic);
+        assert!("turbo"
+            .parse::<XdpMode>()
+            .unwrap_err()
+            .contains("\"turbo\""));
+    }
+
+    #[test]
+    fn instruction_registers_pack_dst_low_src_high() {
+        let i = insn(0x18, 1, BPF_PSEUDO_MAP_FD, 0, 7);
+        assert_eq!(i.regs, 0x11);
+        assert_eq!(std::mem::size_of::<Insn>(), 8);
+    }
+}

@@ -1,0 +1,18 @@
+//! vswitch ports and poll-mode workers.
+//!
+//! The only crate with `unsafe`: the UMEM mapping, ring access (through `xdpilone`), and the
+//! few syscalls (`bpf`, ioctl, poll) that have no safe wrapper. Every block says why it is sound.
+
+pub mod bpf;
+pub mod datapath;
+pub mod netdev;
+pub mod socket;
+pub mod stats;
+pub mod umem;
+pub mod worker;
+
+pub use bpf::XdpMode;
+pub use datapath::{Datapath, DatapathConfig, DatapathError, PortInfo, MAX_MTU};
+pub use stats::{PortCounter, WorkerCounter, WorkerStats};
+pub use umem::RingSizes;
+pub use worker::{PollMode, WorkerReport};

@@ -1,0 +1,173 @@
+//! What the kernel says about a network interface: index, MTU, queue count.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GCHANNELS: u32 = 0x3c;
+
+#[repr(C)]
+struct IfreqInt {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    value: libc::c_int,
+    _pad: [u8; 20],
+}
+
+#[repr(C)]
+struct IfreqPtr {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    data: *mut libc::c_void,
+    _pad: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct EthtoolChannels {
+    cmd: u32,
+    max_rx: u32,
+    max_tx: u32,
+    max_other: u32,
+    max_combined: u32,
+    rx_count: u32,
+    tx_count: u32,
+    other_count: u32,
+    combined_count: u32,
+}
+
+fn ifname_array(name: &str) -> io::Result<[libc::c_char; libc::IFNAMSIZ]> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', '\0', ' ']) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?} is not a valid interface name"),
+        ));
+    }
+    let mut out = [0 as libc::c_char; libc::IFNAMSIZ];
+    for (o, b) in out.iter_mut().zip(name.bytes()) {
+        *o = b as libc::c_char;
+    }
+    Ok(out)
+}
+
+fn control_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the result is checked before being owned.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The interface index of `name` in the current network namespace.
+pub fn ifindex(name: &str) -> io::Result<u32> {
+    ifname_array(name)?;
+    let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `cname` is a valid NUL-terminated string for the duration of the call.
+    let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no interface named {name:?} in this network namespace"),
+        ));
+    }
+    Ok(index)
+}
+
+/// The interface's MTU.
+pub fn mtu(name: &str) -> io::Result<u32> {
+    let sock = control_socket()?;
+    let mut req = IfreqInt {
+        name: ifname_array(name)?,
+        value: 0,
+        _pad: [0; 20],
+    };
+    // SAFETY: SIOCGIFMTU reads the name and writes one int into the ifreq we own.
+    let ret = unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCGIFMTU,
+            &mut req as *mut IfreqInt,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(req.value as u32)
+}
+
+/// How many receive queues the interface has in use (1 where the driver does not say).
+pub fn rx_queues(name: &str) -> io::Result<u32> {
+    let sock = control_socket()?;
+    let mut channels = EthtoolChannels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..Default::default()
+    };
+    let mut req = IfreqPtr {
+        name: ifname_array(name)?,
+        data: &mut channels as *mut EthtoolChannels as *mut libc::c_void,
+        _pad: [0; 16],
+    };
+    // SAFETY: SIOCETHTOOL with ETHTOOL_GCHANNELS fills the ethtool_channels that `req.data`
+    // points to, which lives until after the call.
+    let ret = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req as *mut IfreqPtr) };
+    if ret < 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::EOPNOTSUPP) => Ok(1),
+            _ => Err(err),
+        };
+    }
+    Ok(channels.rx_count.max(channels.combined_count).max(1))
+}
+
+/// Lifts RLIMIT_MEMLOCK for UMEM registration; best effort, as root registers anyway.
+pub fn raise_memlock_limit() -> bool {
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we pass.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) == 0 }
+}
+
+/// The CPU's time-stamp counter, for cycle accounting.
+#[inline]
+pub fn cycles() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: RDTSC has no preconditions on x86-64.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        use std::sync::OnceLock;
+        static START: OnceLock<std::time::Instant> = OnceLock::new();
+        START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_nanos() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_known_and_missing_names_are_named() {
+        assert!(ifindex("lo").unwrap() > 0);
+        assert!(mtu("lo").unwrap() > 0);
+        let err = ifindex("nope-not-here").unwrap_err();
+        assert!(err.to_string().contains("\"nope-not-here\""), "{err}");
+        assert!(ifindex("").is_err());
+        assert!(ifindex("a-name-that-is-far-too-long").is_err());
+    }
+}
+
+/// Waits until one of `fds` is readable or `timeout_ms` passes; EINTR counts as a wake-up.
+pub fn poll_fds(fds: &mut [libc::pollfd], timeout_ms: i32) -> usize {
+    // SAFETY: `fds` is a valid, exclusively borrowed slice of pollfd for the call's duration.
+    let ret = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    ret.max(0) as usize
+}

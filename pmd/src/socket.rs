@@ -1,0 +1,205 @@
+//! One AF_XDP socket: a port's receive queue with its fill, completion, rx and tx rings, bound
+//! into the worker's shared UMEM.
+
+use crate::umem::{Frame, FramePool, RingSizes, Umem};
+use std::ffi::CString;
+use std::io;
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, User};
+
+fn errno(e: xdpilone::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e.get_raw().abs())
+}
+
+/// Kernel-side counters of one socket (XDP_STATISTICS).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SocketKernelStats {
+    pub rx_dropped: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+    pub rx_ring_full: u64,
+    pub rx_fill_ring_empty: u64,
+    pub tx_ring_empty: u64,
+}
+
+pub struct PortSocket {
+    pub ifname: String,
+    pub queue: u32,
+    // Field order: rings first, then the socket they map.
+    rx: RingRx,
+    tx: RingTx,
+    device: DeviceQueue,
+    user: User,
+    /// Frames lent to the kernel through the fill ring and not yet received back.
+    lent_to_fill: u32,
+    /// Frames queued for transmit and not yet completed.
+    in_flight_tx: u32,
+    fill_size: u32,
+}
+
+impl PortSocket {
+    /// Opens a socket on `ifname` queue `queue` in `umem`. The first socket of a UMEM uses the
+    /// UMEM's own descriptor; later ones share it (bind flags 0, as the kernel requires).
+    pub fn open(
+        umem: &Umem,
+        ifname: &str,
+        queue: u32,
+        first: bool,
+        rings: RingSizes,
+    ) -> io::Result<PortSocket> {
+        let cname =
+            CString::new(ifname).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let mut info = IfInfo::invalid();
+        info.from_name(&cname).map_err(errno)?;
+        info.set_queue(queue);
+        let xsk = umem.xsk();
+        let socket = if first {
+            Socket::with_shared(&info, xsk)
+        } else {
+            Socket::new(&info)
+        }
+        .map_err(errno)?;
+        let device = xsk.fq_cq(&socket).map_err(errno)?;
+        let config = SocketConfig {
+            rx_size: NonZeroU32::new(rings.rx),
+            tx_size: NonZeroU32::new(rings.tx),
+            bind_flags: if first {
+                SocketConfig::XDP_BIND_NEED_WAKEUP
+            } else {
+                0
+            },
+        };
+        let user = xsk.rx_tx(&socket, &config).map_err(errno)?;
+        let rx = user.map_rx().map_err(errno)?;
+        let tx = user.map_tx().map_err(errno)?;
+        // A socket of a process that just died can hold the queue for a moment.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match xsk.bind(&user) {
+                Ok(()) => break,
+                Err(e) if e.get_raw() == libc::EBUSY && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => {
+                    let e = errno(e);
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("binding AF_XDP socket to {ifname} queue {queue}: {e}"),
+                    ));
+                }
+            }
+        }
+        Ok(PortSocket {
+            ifname: ifname.to_string(),
+            queue,
+            rx,
+            tx,
+            device,
+            user,
+            lent_to_fill: 0,
+            in_flight_tx: 0,
+            fill_size: rings.fill,
+        })
+    }
+
+    pub fn raw_fd(&self) -> i32 {
+        self.user.as_raw_fd()
+    }
+
+    pub fn lent_to_fill(&self) -> u32 {
+        self.lent_to_fill
+    }
+
+    pub fn in_flight_tx(&self) -> u32 {
+        self.in_flight_tx
+    }
+
+    /// Tops the fill ring up from the pool, leaving `reserve` frames in the pool.
+    pub fn refill(&mut self, umem: &Umem, pool: &mut FramePool, reserve: usize) -> u32 {
+        let want = self.fill_size.saturating_sub(self.lent_to_fill);
+        let can = pool.available().saturating_sub(reserve) as u32;
+        let n = want.min(can);
+        if n == 0 {
+            return 0;
+        }
+        let mut writer = self.device.fill(n);
+        let room = writer.capacity() as usize;
+        let frames = (0..room)
+            .map_while(|_| pool.alloc())
+            .map(|f| umem.fill_addr(f));
+        let filled = writer.insert(frames);
+        writer.commit();
+        self.lent_to_fill += filled;
+        filled
+    }
+
+    /// Receives up to `max` frames into `out`.
+    pub fn receive(&mut self, umem: &Umem, max: u32, out: &mut Vec<Frame>) -> u32 {
+        let mut reader = self.rx.receive(max);
+        let mut n = 0;
+        while let Some(desc) = reader.read() {
+            n += 1;
+            // The kernel only returns addresses we gave it; anything else is skipped.
+            if let Some(frame) = umem.frame_at(desc.addr, desc.len) {
+                out.push(frame);
+            }
+        }
+        reader.release();
+        self.lent_to_fill -= n.min(self.lent_to_fill);
+        n
+    }
+
+    /// Queues frames from the front of `frames` for transmit; what does not fit stays in it.
+    pub fn transmit(&mut self, umem: &Umem, frames: &mut Vec<Frame>) -> u32 {
+        if frames.is_empty() {
+            return 0;
+        }
+        let mut writer = self.tx.transmit(frames.len() as u32);
+        let room = (writer.capacity() as usize).min(frames.len());
+        let sent = writer.insert(frames.drain(..room).map(|f| umem.desc(f)));
+        writer.commit();
+        debug_assert_eq!(sent as usize, room);
+        self.in_flight_tx += sent;
+        sent
+    }
+
+    /// Tells the kernel to send, only when it asked to be woken (need_wakeup).
+    pub fn kick_tx(&mut self) -> bool {
+        if self.in_flight_tx > 0 && self.tx.needs_wakeup() {
+            self.tx.wake();
+            return true;
+        }
+        false
+    }
+
+    /// Returns completed transmit frames to the pool.
+    pub fn reap_completions(&mut self, umem: &Umem, pool: &mut FramePool) -> u32 {
+        if self.in_flight_tx == 0 {
+            return 0;
+        }
+        let mut reader = self.device.complete(self.in_flight_tx);
+        let mut n = 0;
+        while let Some(addr) = reader.read() {
+            n += 1;
+            if let Some(frame) = umem.frame_at(addr, 0) {
+                pool.put(frame);
+            }
+        }
+        reader.release();
+        self.in_flight_tx -= n.min(self.in_flight_tx);
+        n
+    }
+
+    pub fn kernel_stats(&self) -> io::Result<SocketKernelStats> {
+        let s = self.device.statistics_v2().map_err(errno)?;
+        Ok(SocketKernelStats {
+            rx_dropped: s.rx_dropped,
+            rx_invalid_descs: s.rx_invalid_descs,
+            tx_invalid_descs: s.tx_invalid_descs,
+            rx_ring_full: s.rx_ring_full,
+            rx_fill_ring_empty: s.rx_fill_ring_empty_descs,
+            tx_ring_empty: s.tx_ring_empty_descs,
+        })
+    }
+}

@@ -1,0 +1,115 @@
+//! Counters a worker publishes for the control thread; the worker is the only writer.
+
+use pipeline::define_counters;
+use pipeline::L2Counter;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+define_counters! {
+    /// Per-port traffic and drop counters, by reason.
+    pub enum PortCounter, PortCounters {
+        RxPackets => "rx_packets",
+        RxBytes => "rx_bytes",
+        TxPackets => "tx_packets",
+        TxBytes => "tx_bytes",
+        DropPipeline => "rx_drop_pipeline",
+        DropTxRingFull => "tx_drop_ring_full",
+        DropNoFrame => "tx_drop_no_free_frame",
+        DropHandoffFull => "tx_drop_handoff_full",
+        KernelRxDropped => "kernel_rx_dropped",
+        KernelRxRingFull => "kernel_rx_ring_full",
+        KernelFillRingEmpty => "kernel_fill_ring_empty",
+        KernelTxInvalid => "kernel_tx_invalid_descs",
+    }
+}
+
+impl PortCounter {
+    /// Counters that count lost frames.
+    pub fn is_drop(self) -> bool {
+        !matches!(
+            self,
+            PortCounter::RxPackets
+                | PortCounter::RxBytes
+                | PortCounter::TxPackets
+                | PortCounter::TxBytes
+                | PortCounter::KernelFillRingEmpty
+        )
+    }
+}
+
+define_counters! {
+    /// Per-worker cost and frame accounting.
+    pub enum WorkerCounter, WorkerCounters {
+        Passes => "passes",
+        Packets => "packets",
+        BusyCycles => "busy_cycles",
+        IdleCycles => "idle_cycles",
+        Sleeps => "sleeps",
+        TxKicks => "tx_kicks",
+        HandoffsOut => "handoffs_out",
+        HandoffsIn => "handoffs_in",
+        LearnEventsLost => "learn_events_lost",
+        FramesTotal => "frames_total",
+        FramesFree => "frames_free",
+        FramesInFill => "frames_in_fill",
+        FramesInTx => "frames_in_tx",
+    }
+}
+
+/// A counter array written by one thread and read by others.
+pub struct AtomicCounters<const N: usize>([AtomicU64; N]);
+
+impl<const N: usize> Default for AtomicCounters<N> {
+    fn default() -> Self {
+        AtomicCounters(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl<const N: usize> AtomicCounters<N> {
+    #[inline]
+    pub fn add(&self, index: usize, n: u64) {
+        if n != 0 {
+            self.0[index].fetch_add(n, Relaxed);
+        }
+    }
+
+    #[inline]
+    pub fn set(&self, index: usize, v: u64) {
+        self.0[index].store(v, Relaxed);
+    }
+
+    pub fn get(&self, index: usize) -> u64 {
+        self.0[index].load(Relaxed)
+    }
+}
+
+/// Everything one worker publishes.
+pub struct WorkerStats {
+    pub ports: Vec<AtomicCounters<{ PortCounter::COUNT }>>,
+    pub worker: AtomicCounters<{ WorkerCounter::COUNT }>,
+    pub l2: AtomicCounters<{ L2Counter::COUNT }>,
+    /// Entries in this worker's forwarding database.
+    pub fdb_entries: AtomicU64,
+}
+
+impl WorkerStats {
+    pub fn new(ports: usize) -> WorkerStats {
+        WorkerStats {
+            ports: (0..ports).map(|_| AtomicCounters::default()).collect(),
+            worker: AtomicCounters::default(),
+            l2: AtomicCounters::default(),
+            fdb_entries: AtomicU64::new(0),
+        }
+    }
+
+    pub fn port(&self, port: usize, c: PortCounter) -> u64 {
+        self.ports[port].get(c as usize)
+    }
+
+    pub fn worker(&self, c: WorkerCounter) -> u64 {
+        self.worker.get(c as usize)
+    }
+
+    pub fn l2(&self, c: L2Counter) -> u64 {
+        self.l2.get(c as usize)
+    }
+}

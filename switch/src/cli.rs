@@ -1,0 +1,159 @@
+//! Command-line arguments, checked into a datapath configuration.
+
+use clap::Parser;
+use pipeline::BridgeConfig;
+use pmd::{DatapathConfig, PollMode, RingSizes, XdpMode};
+
+#[derive(Debug, Parser)]
+#[command(name = "vswitch", version, about = "A userspace AF_XDP learning switch", long_about = None)]
+pub struct Args {
+    /// Interfaces to switch between, comma-separated (e.g. vp1,vp2,vp3).
+    #[arg(long, value_name = "IF1,IF2,...", value_parser = parse_ports)]
+    pub ports: PortList,
+
+    /// Cores for the poll-mode workers, one worker per core: a list and/or ranges (0,2-3).
+    /// Default: one unpinned worker.
+    #[arg(long, value_name = "LIST", value_parser = parse_cores)]
+    pub cores: Option<CoreList>,
+
+    /// Where the XDP program runs: native (in the driver), generic (skb path), or auto
+    /// (native, falling back to generic).
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    pub xdp_mode: XdpMode,
+
+    /// Idle policy: busy spins always; adaptive waits on the sockets after a run of empty polls.
+    #[arg(long, value_name = "POLICY", default_value = "adaptive")]
+    pub poll: PollMode,
+
+    /// Seconds before an unrefreshed MAC address is forgotten.
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub fdb_age: u64,
+
+    /// Most MAC addresses learned; beyond it, frames to new addresses are flooded.
+    #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
+    pub fdb_size: u64,
+
+    /// Print per-port rates every SECS seconds (0: only at exit).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub stats_interval: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct PortList(pub Vec<String>);
+
+#[derive(Debug, Clone)]
+pub struct CoreList(pub Vec<usize>);
+
+fn parse_ports(s: &str) -> Result<PortList, String> {
+    if s.trim().is_empty() {
+        return Err("the port list is empty".into());
+    }
+    let ports: Vec<String> = s.split(',').map(|p| p.trim().to_string()).collect();
+    if let Some(i) = ports.iter().position(|p| p.is_empty()) {
+        return Err(format!("port {} of {s:?} is empty", i + 1));
+    }
+    if let Some(p) = ports.iter().find(|p| p.len() > 15) {
+        return Err(format!(
+            "{p:?} is longer than an interface name can be (15 characters)"
+        ));
+    }
+    Ok(PortList(ports))
+}
+
+fn parse_core(s: &str, list: &str) -> Result<usize, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("{s:?} in core list {list:?} is not a core number"))
+}
+
+fn parse_cores(s: &str) -> Result<CoreList, String> {
+    if s.trim().is_empty() {
+        return Err("the core list is empty".into());
+    }
+    let mut cores = Vec::new();
+    for part in s.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (parse_core(a, s)?, parse_core(b, s)?);
+                if a > b {
+                    return Err(format!("range {part:?} in core list {s:?} runs backwards"));
+                }
+                cores.extend(a..=b);
+            }
+            None => cores.push(parse_core(part, s)?),
+        }
+    }
+    Ok(CoreList(cores))
+}
+
+impl Args {
+    pub fn datapath_config(&self) -> DatapathConfig {
+        DatapathConfig {
+            ports: self.ports.0.clone(),
+            workers: match &self.cores {
+                Some(cores) => cores.0.iter().map(|&c| Some(c)).collect(),
+                None => vec![None],
+            },
+            xdp_mode: self.xdp_mode,
+            poll: self.poll,
+            bridge: BridgeConfig {
+                fdb_capacity: self.fdb_size as usize,
+                fdb_age_ms: self.fdb_age * 1000,
+                announce_learning: false,
+            },
+            rings: RingSizes::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, String> {
+        Args::try_parse_from(std::iter::once("vswitch").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn good_arguments() {
+        let a = parse(&[
+            "--ports",
+            "vp1,vp2,vp3",
+            "--cores",
+            "0,2-3",
+            "--xdp-mode",
+            "generic",
+        ])
+        .unwrap();
+        assert_eq!(a.ports.0, ["vp1", "vp2", "vp3"]);
+        assert_eq!(a.cores.unwrap().0, [0, 2, 3]);
+        assert_eq!(a.xdp_mode, XdpMode::Generic);
+        assert_eq!(a.poll, PollMode::Adaptive);
+        assert_eq!(a.fdb_age, 300);
+    }
+
+    #[test]
+    fn bad_arguments_name_the_value() {
+        assert!(parse(&["--ports", ""]).unwrap_err().contains("empty"));
+        assert!(parse(&["--ports", "vp1,,vp2"])
+            .unwrap_err()
+            .contains("port 2 of \"vp1,,vp2\" is empty"));
+        assert!(parse(&["--ports", "vp1", "--cores", "0,x"])
+            .unwrap_err()
+            .contains("\"x\""));
+        assert!(parse(&["--ports", "vp1", "--cores", "3-1"])
+            .unwrap_err()
+            .contains("\"3-1\""));
+        assert!(parse(&["--ports", "vp1", "--xdp-mode", "turbo"])
+            .unwrap_err()
+            .contains("turbo"));
+        assert!(parse(&["--ports", "vp1", "--poll", "lazy"])
+            .unwrap_err()
+            .contains("lazy"));
+        assert!(parse(&["--ports", "vp1", "--fdb-age", "0"])
+            .unwrap_err()
+            .contains("0"));
+        assert!(parse(&[]).unwrap_err().contains("--ports"));
+    }
+}

@@ -1,0 +1,153 @@
+//! Turns the workers' counters into what the operator reads.
+
+use pipeline::L2Counter;
+use pmd::{Datapath, PortCounter, PortInfo, WorkerCounter, WorkerReport, WorkerStats};
+use std::fmt::Write;
+use std::sync::Arc;
+
+/// Counters summed over workers, per port.
+pub struct Snapshot {
+    pub ports: Vec<[u64; PortCounter::COUNT]>,
+    pub l2: [u64; L2Counter::COUNT],
+    pub fdb_entries: Vec<u64>,
+}
+
+impl Snapshot {
+    pub fn take(stats: &[Arc<WorkerStats>], ports: usize) -> Snapshot {
+        let mut snap = Snapshot {
+            ports: vec![[0; PortCounter::COUNT]; ports],
+            l2: [0; L2Counter::COUNT],
+            fdb_entries: Vec::new(),
+        };
+        for w in stats {
+            for (p, counters) in snap.ports.iter_mut().enumerate() {
+                for &c in PortCounter::ALL {
+                    counters[c as usize] += w.port(p, c);
+                }
+            }
+            for &c in L2Counter::ALL {
+                snap.l2[c as usize] += w.l2(c);
+            }
+            snap.fdb_entries
+                .push(w.fdb_entries.load(std::sync::atomic::Ordering::Relaxed));
+        }
+        snap
+    }
+
+    pub fn port(&self, p: usize, c: PortCounter) -> u64 {
+        self.ports[p][c as usize]
+    }
+
+    pub fn drops(&self, p: usize) -> u64 {
+        PortCounter::ALL
+            .iter()
+            .filter(|c| c.is_drop())
+            .map(|&c| self.port(p, c))
+            .sum()
+    }
+}
+
+/// The per-port table printed at exit (and by the stats interval, with rates).
+pub fn port_table_for(ports: &[PortInfo], snap: &Snapshot) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<16} {:>12} {:>14} {:>12} {:>14} {:>10}",
+        "port", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "drops"
+    );
+    for (p, info) in ports.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{:<16} {:>12} {:>14} {:>12} {:>14} {:>10}",
+            info.name,
+            snap.port(p, PortCounter::RxPackets),
+            snap.port(p, PortCounter::RxBytes),
+            snap.port(p, PortCounter::TxPackets),
+            snap.port(p, PortCounter::TxBytes),
+            snap.drops(p)
+        );
+    }
+    for (p, info) in ports.iter().enumerate() {
+        let reasons: Vec<String> = PortCounter::ALL
+            .iter()
+            .filter(|c| c.is_drop() && snap.port(p, **c) > 0)
+            .map(|&c| format!("{}={}", c.name(), snap.port(p, c)))
+            .collect();
+        if !reasons.is_empty() {
+            let _ = writeln!(out, "drops on {}: {}", info.name, reasons.join(" "));
+        }
+    }
+    let bridge: Vec<String> = L2Counter::ALL
+        .iter()
+        .filter(|c| snap.l2[**c as usize] > 0)
+        .map(|&c| format!("{}={}", c.name(), snap.l2[c as usize]))
+        .collect();
+    let _ = writeln!(
+        out,
+        "bridge: {} fdb_entries={:?}",
+        bridge.join(" "),
+        snap.fdb_entries
+    );
+    out
+}
+
+/// Cycles per packet and load per worker, as `pmd-stats-show` reports them.
+pub fn worker_lines(stats: &[Arc<WorkerStats>]) -> String {
+    let mut out = String::new();
+    for (w, s) in stats.iter().enumerate() {
+        let busy = s.worker(WorkerCounter::BusyCycles);
+        let idle = s.worker(WorkerCounter::IdleCycles);
+        let packets = s.worker(WorkerCounter::Packets);
+        let per_packet = if packets > 0 { busy / packets } else { 0 };
+        let load = if busy + idle > 0 {
+            100.0 * busy as f64 / (busy + idle) as f64
+        } else {
+            0.0
+        };
+        let _ = writeln!(
+            out,
+            "worker {w}: packets={packets} processing_cycles_per_packet={per_packet} busy={load:.1}% of polling cycles, sleeps={} tx_kicks={} handoffs_out={} handoffs_in={}",
+            s.worker(WorkerCounter::Sleeps),
+            s.worker(WorkerCounter::TxKicks),
+            s.worker(WorkerCounter::HandoffsOut),
+            s.worker(WorkerCounter::HandoffsIn),
+        );
+    }
+    out
+}
+
+pub fn frame_lines(reports: &[WorkerReport]) -> String {
+    let mut out = String::new();
+    for r in reports {
+        let verdict = if r.all_frames_home() {
+            "all frames home"
+        } else {
+            "FRAMES MISSING"
+        };
+        let _ = writeln!(
+            out,
+            "worker {}: frames total={} free={} in_fill_ring={} in_tx={}: {verdict}",
+            r.worker, r.frames_total, r.frames_free, r.frames_in_fill, r.frames_in_tx
+        );
+    }
+    out
+}
+
+/// One line per port with rates since the previous snapshot.
+pub fn rate_lines(dp: &Datapath, before: &Snapshot, after: &Snapshot, secs: f64) -> String {
+    let mut out = String::new();
+    for (p, info) in dp.ports.iter().enumerate() {
+        let rate = |c| (after.port(p, c) - before.port(p, c)) as f64 / secs;
+        let _ = writeln!(
+            out,
+            "{}: rx {:.0} pps {:.1} Mbit/s, tx {:.0} pps {:.1} Mbit/s, drops {}",
+            info.name,
+            rate(PortCounter::RxPackets),
+            rate(PortCounter::RxBytes) * 8.0 / 1e6,
+            rate(PortCounter::TxPackets),
+            rate(PortCounter::TxBytes) * 8.0 / 1e6,
+            after.drops(p)
+        );
+    }
+    out
+}
