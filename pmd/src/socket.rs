@@ -23,6 +23,28 @@ pub struct SocketKernelStats {
     pub tx_ring_empty: u64,
 }
 
+const MAX_KICKS_PER_PASS: u32 = 16;
+const SEND_BUFFER_BYTES: libc::c_int = 8 << 20;
+
+/// Best effort: SO_SNDBUFFORCE needs CAP_NET_ADMIN, SO_SNDBUF is capped by wmem_max.
+fn set_send_buffer(fd: i32, bytes: libc::c_int) {
+    for option in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
+        // SAFETY: setsockopt reads one c_int from the pointer for the given length.
+        let ret = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                &bytes as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if ret == 0 {
+            return;
+        }
+    }
+}
+
 pub struct PortSocket {
     pub ifname: String,
     pub queue: u32,
@@ -90,6 +112,9 @@ impl PortSocket {
                 }
             }
         }
+        // In copy mode every frame in transmit is an skb charged to the socket's send buffer;
+        // the default (~200 KiB) stalls the tx ring long before it is full.
+        set_send_buffer(user.as_raw_fd(), SEND_BUFFER_BYTES);
         Ok(PortSocket {
             ifname: ifname.to_string(),
             queue,
@@ -164,13 +189,34 @@ impl PortSocket {
         sent
     }
 
-    /// Tells the kernel to send, only when it asked to be woken (need_wakeup).
-    pub fn kick_tx(&mut self) -> bool {
-        if self.in_flight_tx > 0 && self.tx.needs_wakeup() {
-            self.tx.wake();
-            return true;
+    /// Tells the kernel to send what it has not taken from the tx ring yet, only when it asked
+    /// to be woken (need_wakeup). In copy mode one `sendto` sends a bounded batch (32 frames by
+    /// default), so it is repeated while the kernel makes progress. Returns the calls made.
+    pub fn kick_tx(&mut self) -> u32 {
+        let mut calls = 0;
+        while calls < MAX_KICKS_PER_PASS {
+            let pending = self.tx.pending();
+            if pending == 0 || !self.tx.needs_wakeup() {
+                break;
+            }
+            calls += 1;
+            // SAFETY: a zero-length sendto on our own socket; no buffer is read.
+            unsafe {
+                libc::sendto(
+                    self.raw_fd(),
+                    std::ptr::null(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null(),
+                    0,
+                );
+            }
+            // EAGAIN also means "budget spent, more to send": progress decides whether to go on.
+            if self.tx.pending() >= pending {
+                break;
+            }
         }
-        false
+        calls
     }
 
     /// Returns completed transmit frames to the pool.

@@ -174,10 +174,16 @@ impl Worker {
         received += self.accept_handoffs();
         self.exchange_learning(now_ms);
         self.flush();
+        let mut kicks = 0;
         for (_, sock) in self.s.sockets.iter_mut() {
+            kicks += sock.kick_tx() as u64;
             sock.reap_completions(&self.s.umem, &mut self.s.pool);
             sock.refill(&self.s.umem, &mut self.s.pool, POOL_RESERVE);
         }
+        self.s
+            .stats
+            .worker
+            .add(WorkerCounter::TxKicks as usize, kicks);
         received
     }
 
@@ -297,9 +303,6 @@ impl Worker {
                     counters.add(PortCounter::DropTxRingFull as usize, staged.len() as u64);
                     for frame in staged.drain(..) {
                         self.s.pool.put(frame);
-                    }
-                    if sock.kick_tx() {
-                        self.s.stats.worker.add(WorkerCounter::TxKicks as usize, 1);
                     }
                 }
                 Egress::Remote(owner) => {
