@@ -1,0 +1,295 @@
+//! Network-namespace topologies for end-to-end tests: a switch namespace and pod namespaces
+//! cabled to it by veth pairs. Every name carries the process id; everything is deleted on drop,
+//! also when the test fails. Nothing is created in the root namespace.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Network tests share two cores: run them one at a time. Returns `None` (skip) when not root
+/// outside CI; in CI a missing privilege is a failure, never a skip.
+pub fn network_test() -> Option<MutexGuard<'static, ()>> {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    if !root {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("network tests need root, and CI must run them");
+        }
+        eprintln!("skipping: network-namespace tests need root");
+        return None;
+    }
+    Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn vswitch_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vswitch")
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    out
+}
+
+/// Runs a command and panics with its output if it fails.
+pub fn must(args: &[&str]) -> String {
+    let out = run(Command::new(args[0]).args(&args[1..]));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub struct Pod {
+    pub ns: String,
+    pub mac: String,
+    pub ip: String,
+    pub port: String,
+}
+
+pub struct Topology {
+    pub sw: String,
+    pub pods: Vec<Pod>,
+    namespaces: Vec<String>,
+}
+
+impl Topology {
+    /// A switch namespace with `pods` pods: pod i (from 1) has MAC 02:00:00:00:00:0i,
+    /// address 10.244.1.1i/24, and is cabled to port vpi.
+    pub fn new(pods: usize) -> Topology {
+        let prefix = format!(
+            "vst{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut topo = Topology {
+            sw: format!("{prefix}sw"),
+            pods: Vec::new(),
+            namespaces: Vec::new(),
+        };
+        topo.add_namespace(&topo.sw.clone());
+        for i in 1..=pods {
+            topo.add_pod(&prefix, i);
+        }
+        topo
+    }
+
+    fn add_namespace(&mut self, ns: &str) {
+        must(&["ip", "netns", "add", ns]);
+        self.namespaces.push(ns.to_string());
+        must(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        must(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ]);
+    }
+
+    fn add_pod(&mut self, prefix: &str, i: usize) {
+        let pod = Pod {
+            ns: format!("{prefix}p{i}"),
+            mac: format!("02:00:00:00:00:{i:02x}"),
+            ip: format!("10.244.1.{}", 10 + i),
+            port: format!("vp{i}"),
+        };
+        self.add_namespace(&pod.ns);
+        must(&[
+            "ip", "-n", &pod.ns, "link", "add", "eth0", "type", "veth", "peer", "name", &pod.port,
+            "netns", &self.sw,
+        ]);
+        must(&[
+            "ip", "-n", &pod.ns, "link", "set", "eth0", "address", &pod.mac,
+        ]);
+        must(&[
+            "ip",
+            "-n",
+            &pod.ns,
+            "addr",
+            "add",
+            &format!("{}/24", pod.ip),
+            "dev",
+            "eth0",
+        ]);
+        must(&["ip", "-n", &pod.ns, "link", "set", "eth0", "up"]);
+        // veth leaves checksums to offload; frames crossing an AF_XDP switch are never finished.
+        must(&[
+            "ip", "netns", "exec", &pod.ns, "ethtool", "-K", "eth0", "tx", "off",
+        ]);
+        must(&["ip", "-n", &self.sw, "link", "set", &pod.port, "up"]);
+        self.pods.push(pod);
+    }
+
+    pub fn ports(&self) -> String {
+        self.pods
+            .iter()
+            .map(|p| p.port.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Runs a command inside a namespace.
+    pub fn exec(&self, ns: &str, args: &[&str]) -> Output {
+        run(Command::new("ip").args(["netns", "exec", ns]).args(args))
+    }
+
+    pub fn spawn(&self, ns: &str, args: &[&str]) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {args:?} in {ns}: {e}"))
+    }
+
+    /// Starts `vswitch` in the switch namespace and waits until it forwards.
+    pub fn start_switch(&self, extra: &[&str]) -> Switch {
+        self.start_switch_on(&self.ports(), extra)
+    }
+
+    /// Starts `vswitch` on some ports only (comma-separated).
+    pub fn start_switch_on(&self, ports: &str, extra: &[&str]) -> Switch {
+        let mut args = vec![vswitch_bin(), "--ports", ports];
+        args.extend_from_slice(extra);
+        let child = self.spawn(&self.sw, &args);
+        let switch = Switch { child: Some(child) };
+        // Attached once every port shows an XDP program.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ports.split(',').all(|p| self.xdp_attached(p)) {
+            assert!(
+                Instant::now() < deadline,
+                "vswitch did not attach within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        switch
+    }
+
+    pub fn xdp_attached(&self, port: &str) -> bool {
+        let out = run(Command::new("ip").args(["-n", &self.sw, "-d", "link", "show", "dev", port]));
+        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+    }
+
+    pub fn ping(&self, from: usize, to: usize) -> bool {
+        let target = &self.pods[to].ip;
+        self.exec(
+            &self.pods[from].ns,
+            &["ping", "-c", "2", "-i", "0.2", "-W", "2", target],
+        )
+        .status
+        .success()
+    }
+
+    pub fn script(name: &str) -> String {
+        repo_root()
+            .join("scripts")
+            .join(name)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in self.namespaces.drain(..).rev() {
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+    }
+}
+
+/// A running `vswitch`; killed if the test ends without stopping it.
+pub struct Switch {
+    child: Option<Child>,
+}
+
+/// What `vswitch` printed when it stopped.
+pub struct Stopped {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Stopped {
+    /// A counter from the per-port table.
+    pub fn port_counter(&self, port: &str, column: &str) -> u64 {
+        let mut lines = self.stdout.lines().skip_while(|l| !l.starts_with("port "));
+        let header: Vec<&str> = lines
+            .next()
+            .expect("no port table")
+            .split_whitespace()
+            .collect();
+        let col = header
+            .iter()
+            .position(|h| *h == column)
+            .unwrap_or_else(|| panic!("no column {column}"));
+        let row = lines
+            .find(|l| l.split_whitespace().next() == Some(port))
+            .unwrap_or_else(|| panic!("no row for {port}:\n{}", self.stdout));
+        row.split_whitespace().nth(col).unwrap().parse().unwrap()
+    }
+}
+
+impl Switch {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGTERM, then wait (at most 10 s) and collect the output.
+    pub fn stop(mut self) -> Stopped {
+        let mut child = self.child.take().unwrap();
+        must(&["kill", "-TERM", &child.id().to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("vswitch did not exit within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        Stopped {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
