@@ -54,6 +54,7 @@ pub enum DatapathError {
     DuplicatePort(String),
     PortNotFound(String),
     MtuTooLarge { port: String, mtu: u32 },
+    MtuTooLargeForNative { port: String, mtu: u32 },
     NoWorkers,
     CoreNotAvailable { core: usize, available: Vec<usize> },
     DuplicateCore(usize),
@@ -73,6 +74,10 @@ impl fmt::Display for DatapathError {
             DatapathError::MtuTooLarge { port, mtu } => write!(
                 f,
                 "port {port:?} has MTU {mtu}, above the {MAX_MTU} a frame can hold (jumbo frames are not supported yet); lower it with `ip link set dev {port} mtu 1500`"
+            ),
+            DatapathError::MtuTooLargeForNative { port, mtu } => write!(
+                f,
+                "port {port:?}: the driver refuses native XDP at MTU {mtu} (ERANGE); lower the MTU or use --xdp-mode generic"
             ),
             DatapathError::NoWorkers => write!(f, "no worker cores given"),
             DatapathError::CoreNotAvailable { core, available } => {
@@ -372,7 +377,7 @@ fn attach(
         Some(libc::EBUSY) | Some(libc::EEXIST) => DatapathError::XdpProgramPresent {
             port: port.name.clone(),
         },
-        Some(libc::ERANGE) => DatapathError::MtuTooLarge {
+        Some(libc::ERANGE) => DatapathError::MtuTooLargeForNative {
             port: port.name.clone(),
             mtu: port.mtu,
         },

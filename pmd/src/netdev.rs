@@ -150,6 +150,13 @@ pub fn cycles() -> u64 {
     }
 }
 
+/// Waits until one of `fds` is readable or `timeout_ms` passes; EINTR counts as a wake-up.
+pub fn poll_fds(fds: &mut [libc::pollfd], timeout_ms: i32) -> usize {
+    // SAFETY: `fds` is a valid, exclusively borrowed slice of pollfd for the call's duration.
+    let ret = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    ret.max(0) as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,11 +170,4 @@ mod tests {
         assert!(ifindex("").is_err());
         assert!(ifindex("a-name-that-is-far-too-long").is_err());
     }
-}
-
-/// Waits until one of `fds` is readable or `timeout_ms` passes; EINTR counts as a wake-up.
-pub fn poll_fds(fds: &mut [libc::pollfd], timeout_ms: i32) -> usize {
-    // SAFETY: `fds` is a valid, exclusively borrowed slice of pollfd for the call's duration.
-    let ret = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-    ret.max(0) as usize
 }

@@ -148,7 +148,7 @@ impl Worker {
                 w.add(WorkerCounter::IdleCycles as usize, spent);
                 empty_passes = empty_passes.saturating_add(1);
             }
-            if passes % 64 == 0 {
+            if passes.is_multiple_of(64) {
                 w.add(WorkerCounter::Passes as usize, 64);
                 if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
                     last_housekeeping = Instant::now();

@@ -8,6 +8,7 @@ mod report;
 use clap::Parser;
 use pmd::Datapath;
 use report::Snapshot;
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -50,14 +51,14 @@ fn main() -> ExitCode {
         .iter()
         .map(|c| c.map_or("any".into(), |c| c.to_string()))
         .collect();
-    println!(
-        "vswitch: forwarding among {} with {} worker{} (cores: {}), poll {:?}",
+    emit(&format!(
+        "vswitch: forwarding among {} with {} worker{} (cores: {}), poll {:?}\n",
         ports.join(", "),
         config.workers.len(),
         if config.workers.len() == 1 { "" } else { "s" },
         cores.join(","),
         config.poll
-    );
+    ));
 
     let interval = Duration::from_secs(args.stats_interval);
     let mut last = (Instant::now(), Snapshot::take(&dp.stats, dp.ports.len()));
@@ -71,15 +72,8 @@ fn main() -> ExitCode {
         }
         if !interval.is_zero() && last.0.elapsed() >= interval {
             let now = (Instant::now(), Snapshot::take(&dp.stats, dp.ports.len()));
-            print!(
-                "{}",
-                report::rate_lines(
-                    &dp,
-                    &last.1,
-                    &now.1,
-                    now.0.duration_since(last.0).as_secs_f64()
-                )
-            );
+            let secs = now.0.duration_since(last.0).as_secs_f64();
+            emit(&report::rate_lines(&dp, &last.1, &now.1, secs));
             last = now;
         }
     }
@@ -88,14 +82,21 @@ fn main() -> ExitCode {
     let nports = dp.ports.len();
     let names = dp.ports.clone();
     let reports = dp.stop();
-    println!("vswitch: stopped; XDP programs detached");
+    emit("vswitch: stopped; XDP programs detached\n");
     let snap = Snapshot::take(&stats, nports);
-    print!("{}", report::port_table_for(&names, &snap));
-    print!("{}", report::worker_lines(&stats));
-    print!("{}", report::frame_lines(&reports));
+    emit(&report::port_table_for(&names, &snap));
+    emit(&report::worker_lines(&stats));
+    emit(&report::frame_lines(&reports));
     if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Writes to stdout; a closed stdout (e.g. piped to `head`) must not stop the switch.
+fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
 }

@@ -98,7 +98,7 @@ pub fn worker_lines(stats: &[Arc<WorkerStats>]) -> String {
         let busy = s.worker(WorkerCounter::BusyCycles);
         let idle = s.worker(WorkerCounter::IdleCycles);
         let packets = s.worker(WorkerCounter::Packets);
-        let per_packet = if packets > 0 { busy / packets } else { 0 };
+        let per_packet = busy.checked_div(packets).unwrap_or(0);
         let load = if busy + idle > 0 {
             100.0 * busy as f64 / (busy + idle) as f64
         } else {

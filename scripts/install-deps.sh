@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the tools the demo, tests and benchmarks use, when missing (Debian packages).
+#   ethtool   turns off tx checksum offload on pod veths (see README)
+#   ping      reachability checks;   bpftool   the netlink-attached-program test
+set -euo pipefail
+declare -A package=([ethtool]=ethtool [ping]=iputils-ping [bpftool]=bpftool)
+missing=()
+for tool in "${!package[@]}"; do
+	command -v "$tool" >/dev/null 2>&1 || missing+=("${package[$tool]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "installing: ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
