@@ -11,7 +11,10 @@ const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_FUNC_REDIRECT: i32 = 23;
+const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 
 const BPF_MAP_TYPE_XSKMAP: u32 = 17;
 const BPF_PROG_TYPE_XDP: u32 = 6;
@@ -107,6 +110,27 @@ struct LinkCreateAttr {
     flags: u32,
     // Zeroed tail of the link_create union, which the kernel checks is unused.
     _rest: [u64; 4],
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
 }
 
 #[repr(C)]
@@ -231,35 +255,90 @@ impl RedirectProgram {
             insn(0x85, 0, 0, 0, BPF_FUNC_REDIRECT_MAP),
             insn(0x95, 0, 0, 0, 0),
         ];
-        let license = b"Dual MIT/GPL\0";
-        let mut attr = ProgLoadAttr {
-            prog_type: BPF_PROG_TYPE_XDP,
-            insn_cnt: insns.len() as u32,
-            insns: insns.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            prog_name: name16("vswitch_redir"),
+        Ok(RedirectProgram {
+            fd: load_xdp(&insns, "vswitch_redir")?,
+        })
+    }
+}
+
+fn load_xdp(insns: &[Insn], name: &str) -> io::Result<OwnedFd> {
+    let license = b"Dual MIT/GPL\0";
+    let mut attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_XDP,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        prog_name: name16(name),
+        ..Default::default()
+    };
+    match bpf(BPF_PROG_LOAD, &mut attr) {
+        Ok(fd) => Ok(fd_from(fd)),
+        Err(first) => {
+            // Load again with the verifier log, to say why.
+            let mut log = vec![0u8; 64 * 1024];
+            attr.log_level = 1;
+            attr.log_size = log.len() as u32;
+            attr.log_buf = log.as_mut_ptr() as u64;
+            let _ = bpf(BPF_PROG_LOAD, &mut attr);
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            let text = String::from_utf8_lossy(&log[..end]);
+            Err(io::Error::new(
+                first.kind(),
+                format!(
+                    "loading the XDP program: {first}; verifier: {}",
+                    text.trim()
+                ),
+            ))
+        }
+    }
+}
+
+/// A traffic source: an XDP program that redirects every frame to one interface, run by the
+/// kernel on prepared frames (`BPF_PROG_TEST_RUN` with live frames, as xdp-trafficgen does).
+/// The frames leave through the interface's `ndo_xdp_xmit`; on veth the peer must have NAPI
+/// (an XDP program, or GRO enabled).
+pub struct LiveFrameSender {
+    fd: OwnedFd,
+    _pin: Option<XdpLink>,
+}
+
+impl LiveFrameSender {
+    pub fn load(ifindex: u32) -> io::Result<LiveFrameSender> {
+        let insns = [
+            // r1 = ifindex, r2 = flags
+            insn(0xb7, 1, 0, 0, ifindex as i32),
+            insn(0xb7, 2, 0, 0, 0),
+            // r0 = bpf_redirect(r1, r2)
+            insn(0x85, 0, 0, 0, BPF_FUNC_REDIRECT),
+            insn(0x95, 0, 0, 0, 0),
+        ];
+        Ok(LiveFrameSender {
+            fd: load_xdp(&insns, "vswitch_pktgen")?,
+            _pin: None,
+        })
+    }
+
+    /// Keeps the program attached (generic mode) to `ifindex` while the sender lives. Every
+    /// test run of a program the kernel's XDP dispatcher does not hold yet rewrites the
+    /// dispatcher, which interrupts every core (text poke IPIs); an attached program is held.
+    pub fn hold_in_dispatcher(&mut self, ifindex: u32) -> io::Result<()> {
+        let link = XdpLink::attach_fd(&self.fd, ifindex, XdpMode::Generic)?;
+        self._pin = Some(link);
+        Ok(())
+    }
+
+    /// Sends `repeat` copies of `frame`, `batch` at a time.
+    pub fn send(&self, frame: &[u8], repeat: u32, batch: u32) -> io::Result<()> {
+        let mut attr = TestRunAttr {
+            prog_fd: self.fd.as_raw_fd() as u32,
+            data_size_in: frame.len() as u32,
+            data_in: frame.as_ptr() as u64,
+            repeat,
+            flags: BPF_F_TEST_XDP_LIVE_FRAMES,
+            batch_size: batch,
             ..Default::default()
         };
-        match bpf(BPF_PROG_LOAD, &mut attr) {
-            Ok(fd) => Ok(RedirectProgram { fd: fd_from(fd) }),
-            Err(first) => {
-                // Load again with the verifier log, to say why.
-                let mut log = vec![0u8; 64 * 1024];
-                attr.log_level = 1;
-                attr.log_size = log.len() as u32;
-                attr.log_buf = log.as_mut_ptr() as u64;
-                let _ = bpf(BPF_PROG_LOAD, &mut attr);
-                let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-                let text = String::from_utf8_lossy(&log[..end]);
-                Err(io::Error::new(
-                    first.kind(),
-                    format!(
-                        "loading the XDP program: {first}; verifier: {}",
-                        text.trim()
-                    ),
-                ))
-            }
-        }
+        bpf(BPF_PROG_TEST_RUN, &mut attr).map(|_| ())
     }
 }
 
@@ -273,12 +352,16 @@ pub struct XdpLink {
 impl XdpLink {
     /// Attaches in `Native` or `Generic` mode (`Auto` is resolved by the caller).
     pub fn attach(prog: &RedirectProgram, ifindex: u32, mode: XdpMode) -> io::Result<XdpLink> {
+        Self::attach_fd(&prog.fd, ifindex, mode)
+    }
+
+    fn attach_fd(prog: &OwnedFd, ifindex: u32, mode: XdpMode) -> io::Result<XdpLink> {
         let flags = match mode {
             XdpMode::Generic => XDP_FLAGS_SKB_MODE,
             XdpMode::Native | XdpMode::Auto => XDP_FLAGS_DRV_MODE,
         };
         let mut attr = LinkCreateAttr {
-            prog_fd: prog.fd.as_raw_fd() as u32,
+            prog_fd: prog.as_raw_fd() as u32,
             target_ifindex: ifindex,
             attach_type: BPF_XDP,
             flags,

@@ -124,25 +124,8 @@ pub fn validate(config: &DatapathConfig) -> Result<Vec<PortInfo>, DatapathError>
             return Err(DatapathError::DuplicatePort(name.clone()));
         }
     }
-    let mut ports = Vec::new();
     for name in &config.ports {
-        let ifindex =
-            netdev::ifindex(name).map_err(|_| DatapathError::PortNotFound(name.clone()))?;
-        let mtu = netdev::mtu(name).map_err(setup(format!("reading the MTU of {name}")))?;
-        if mtu > MAX_MTU {
-            return Err(DatapathError::MtuTooLarge {
-                port: name.clone(),
-                mtu,
-            });
-        }
-        let queues =
-            netdev::rx_queues(name).map_err(setup(format!("reading the queues of {name}")))?;
-        ports.push(PortInfo {
-            name: name.clone(),
-            ifindex,
-            queues,
-            mtu,
-        });
+        netdev::ifindex(name).map_err(|_| DatapathError::PortNotFound(name.clone()))?;
     }
     if config.workers.is_empty() {
         return Err(DatapathError::NoWorkers);
@@ -163,6 +146,26 @@ pub fn validate(config: &DatapathConfig) -> Result<Vec<PortInfo>, DatapathError>
         if !cores.insert(*core) {
             return Err(DatapathError::DuplicateCore(*core));
         }
+    }
+    let mut ports = Vec::new();
+    for name in &config.ports {
+        let ifindex =
+            netdev::ifindex(name).map_err(|_| DatapathError::PortNotFound(name.clone()))?;
+        let mtu = netdev::mtu(name).map_err(setup(format!("reading the MTU of {name}")))?;
+        if mtu > MAX_MTU {
+            return Err(DatapathError::MtuTooLarge {
+                port: name.clone(),
+                mtu,
+            });
+        }
+        let queues =
+            netdev::rx_queues(name).map_err(setup(format!("reading the queues of {name}")))?;
+        ports.push(PortInfo {
+            name: name.clone(),
+            ifindex,
+            queues,
+            mtu,
+        });
     }
     let queues: usize = ports.iter().map(|p| p.queues as usize).sum();
     if config.workers.len() > queues {

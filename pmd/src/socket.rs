@@ -57,7 +57,10 @@ pub struct PortSocket {
     lent_to_fill: u32,
     /// Frames queued for transmit and not yet completed.
     in_flight_tx: u32,
-    fill_size: u32,
+    /// Frames to keep lent to the fill ring: half its size, because the kernel publishes how
+    /// far it has consumed only when its cached batch runs out; a ring kept full would look
+    /// full to us until the kernel has run dry.
+    fill_target: u32,
 }
 
 impl PortSocket {
@@ -124,7 +127,7 @@ impl PortSocket {
             user,
             lent_to_fill: 0,
             in_flight_tx: 0,
-            fill_size: rings.fill,
+            fill_target: rings.fill / 2,
         })
     }
 
@@ -142,66 +145,94 @@ impl PortSocket {
 
     /// Tops the fill ring up from the pool, leaving `reserve` frames in the pool.
     pub fn refill(&mut self, umem: &Umem, pool: &mut FramePool, reserve: usize) -> u32 {
-        let want = self.fill_size.saturating_sub(self.lent_to_fill);
-        let can = pool.available().saturating_sub(reserve) as u32;
-        let n = want.min(can);
-        if n == 0 {
-            return 0;
+        let mut filled = 0;
+        // As in `transmit`: the first reservation may see a stale view of the ring.
+        for _ in 0..2 {
+            let want = self.fill_target.saturating_sub(self.lent_to_fill);
+            let can = pool.available().saturating_sub(reserve) as u32;
+            let n = want.min(can);
+            if n == 0 {
+                break;
+            }
+            let mut writer = self.device.fill(n);
+            let room = writer.capacity() as usize;
+            if room == 0 {
+                break;
+            }
+            let frames = (0..room)
+                .map_while(|_| pool.alloc())
+                .map(|f| umem.fill_addr(f));
+            let n = writer.insert(frames);
+            writer.commit();
+            self.lent_to_fill += n;
+            filled += n;
         }
-        let mut writer = self.device.fill(n);
-        let room = writer.capacity() as usize;
-        let frames = (0..room)
-            .map_while(|_| pool.alloc())
-            .map(|f| umem.fill_addr(f));
-        let filled = writer.insert(frames);
-        writer.commit();
-        self.lent_to_fill += filled;
         filled
     }
 
     /// Receives up to `max` frames into `out`.
     pub fn receive(&mut self, umem: &Umem, max: u32, out: &mut Vec<Frame>) -> u32 {
-        let mut reader = self.rx.receive(max);
         let mut n = 0;
-        while let Some(desc) = reader.read() {
-            n += 1;
-            // The kernel only returns addresses we gave it; anything else is skipped.
-            if let Some(frame) = umem.frame_at(desc.addr, desc.len) {
-                out.push(frame);
+        // As in `transmit`: a peek is served from a cached view of the kernel's producer while
+        // that shows anything; a second peek reads the real one.
+        for _ in 0..2 {
+            if n >= max {
+                break;
             }
+            let mut reader = self.rx.receive(max - n);
+            let mut got = 0;
+            while let Some(desc) = reader.read() {
+                got += 1;
+                // The kernel only returns addresses we gave it; anything else is skipped.
+                if let Some(frame) = umem.frame_at(desc.addr, desc.len) {
+                    out.push(frame);
+                }
+            }
+            reader.release();
+            if got == 0 {
+                break;
+            }
+            n += got;
         }
-        reader.release();
         self.lent_to_fill -= n.min(self.lent_to_fill);
         n
     }
 
     /// Queues frames from the front of `frames` for transmit; what does not fit stays in it.
     pub fn transmit(&mut self, umem: &Umem, frames: &mut Vec<Frame>) -> u32 {
-        if frames.is_empty() {
-            return 0;
+        let mut sent = 0;
+        // A reservation is served from a cached view of the kernel's consumer while that shows
+        // any room; once it is used up, the next reservation reads the real one. So: twice.
+        for _ in 0..2 {
+            if frames.is_empty() {
+                break;
+            }
+            let mut writer = self.tx.transmit(frames.len() as u32);
+            let room = (writer.capacity() as usize).min(frames.len());
+            if room == 0 {
+                break;
+            }
+            sent += writer.insert(frames.drain(..room).map(|f| umem.desc(f)));
+            writer.commit();
         }
-        let mut writer = self.tx.transmit(frames.len() as u32);
-        let room = (writer.capacity() as usize).min(frames.len());
-        let sent = writer.insert(frames.drain(..room).map(|f| umem.desc(f)));
-        writer.commit();
-        debug_assert_eq!(sent as usize, room);
         self.in_flight_tx += sent;
         sent
     }
 
     /// Tells the kernel to send what it has not taken from the tx ring yet, only when it asked
     /// to be woken (need_wakeup). In copy mode one `sendto` sends a bounded batch (32 frames by
-    /// default), so it is repeated while the kernel makes progress. Returns the calls made.
+    /// default) and answers EAGAIN while more remain, so it is repeated until the kernel says
+    /// it is done (the consumer index the kernel publishes lags, so it cannot tell us).
+    /// Returns the calls made.
     pub fn kick_tx(&mut self) -> u32 {
+        if self.tx.pending() == 0 || !self.tx.needs_wakeup() {
+            return 0;
+        }
         let mut calls = 0;
         while calls < MAX_KICKS_PER_PASS {
-            let pending = self.tx.pending();
-            if pending == 0 || !self.tx.needs_wakeup() {
-                break;
-            }
             calls += 1;
             // SAFETY: a zero-length sendto on our own socket; no buffer is read.
-            unsafe {
+            let ret = unsafe {
                 libc::sendto(
                     self.raw_fd(),
                     std::ptr::null(),
@@ -209,10 +240,9 @@ impl PortSocket {
                     libc::MSG_DONTWAIT,
                     std::ptr::null(),
                     0,
-                );
-            }
-            // EAGAIN also means "budget spent, more to send": progress decides whether to go on.
-            if self.tx.pending() >= pending {
+                )
+            };
+            if ret >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN) {
                 break;
             }
         }
@@ -221,19 +251,27 @@ impl PortSocket {
 
     /// Returns completed transmit frames to the pool.
     pub fn reap_completions(&mut self, umem: &Umem, pool: &mut FramePool) -> u32 {
-        if self.in_flight_tx == 0 {
-            return 0;
-        }
-        let mut reader = self.device.complete(self.in_flight_tx);
         let mut n = 0;
-        while let Some(addr) = reader.read() {
-            n += 1;
-            if let Some(frame) = umem.frame_at(addr, 0) {
-                pool.put(frame);
+        // As in `receive`: the second peek sees what the first one's cached view missed.
+        for _ in 0..2 {
+            if self.in_flight_tx == 0 {
+                break;
             }
+            let mut reader = self.device.complete(self.in_flight_tx);
+            let mut got = 0;
+            while let Some(addr) = reader.read() {
+                got += 1;
+                if let Some(frame) = umem.frame_at(addr, 0) {
+                    pool.put(frame);
+                }
+            }
+            reader.release();
+            if got == 0 {
+                break;
+            }
+            self.in_flight_tx -= got.min(self.in_flight_tx);
+            n += got;
         }
-        reader.release();
-        self.in_flight_tx -= n.min(self.in_flight_tx);
         n
     }
 

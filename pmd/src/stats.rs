@@ -23,6 +23,17 @@ define_counters! {
 }
 
 impl PortCounter {
+    /// Packet and byte counts, as opposed to drops and events.
+    pub fn is_traffic(self) -> bool {
+        matches!(
+            self,
+            PortCounter::RxPackets
+                | PortCounter::RxBytes
+                | PortCounter::TxPackets
+                | PortCounter::TxBytes
+        )
+    }
+
     /// Counters that count lost frames.
     pub fn is_drop(self) -> bool {
         !matches!(

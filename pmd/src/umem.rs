@@ -116,9 +116,9 @@ pub struct RingSizes {
 impl Default for RingSizes {
     fn default() -> Self {
         RingSizes {
-            fill: 2048,
-            completion: 2048,
-            rx: 2048,
+            fill: 8192,
+            completion: 4096,
+            rx: 4096,
             tx: 2048,
         }
     }

@@ -68,9 +68,10 @@ pub fn port_table_for(ports: &[PortInfo], snap: &Snapshot) -> String {
         );
     }
     for (p, info) in ports.iter().enumerate() {
+        // Every non-traffic counter that moved, drops and kernel ring events alike.
         let reasons: Vec<String> = PortCounter::ALL
             .iter()
-            .filter(|c| c.is_drop() && snap.port(p, **c) > 0)
+            .filter(|c| !c.is_traffic() && snap.port(p, **c) > 0)
             .map(|&c| format!("{}={}", c.name(), snap.port(p, c)))
             .collect();
         if !reasons.is_empty() {

@@ -1,0 +1,86 @@
+//! Shared pieces of the benchmarks: test frames and interface counters.
+#![deny(unsafe_code)]
+
+use pipeline::MacAddr;
+use std::net::Ipv4Addr;
+
+/// Bytes of Ethernet, IPv4 and UDP headers.
+const HEADERS: usize = 14 + 20 + 8;
+/// The FCS counts in the classic frame sizes (64..1518) but is not in the buffer.
+const FCS: usize = 4;
+
+/// What to put in generated frames.
+#[derive(Debug, Clone)]
+pub struct FrameSpec {
+    pub src_mac: MacAddr,
+    pub dst_mac: MacAddr,
+    pub src_ip: Ipv4Addr,
+    pub dst_ip: Ipv4Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Frame size on the wire including the FCS, 64..=1518.
+    pub size: usize,
+}
+
+/// One IPv4/UDP frame with correct checksums; flow `i` uses source port `src_port + i`.
+pub fn udp_frame(spec: &FrameSpec, flow: u16) -> Vec<u8> {
+    let size = spec.size.clamp(64, 1518);
+    let payload = vec![0xa5u8; size - FCS - HEADERS];
+    let mut frame = Vec::with_capacity(size);
+    etherparse::PacketBuilder::ethernet2(spec.src_mac.0, spec.dst_mac.0)
+        .ipv4(spec.src_ip.octets(), spec.dst_ip.octets(), 64)
+        .udp(spec.src_port.wrapping_add(flow), spec.dst_port)
+        .write(&mut frame, &payload)
+        .expect("writing to a Vec cannot fail");
+    frame
+}
+
+/// An interface counter from sysfs (of the network namespace `/sys` was mounted for; `ip netns
+/// exec` mounts the namespace's own).
+pub fn link_counter(dev: &str, counter: &str) -> std::io::Result<u64> {
+    let path = format!("/sys/class/net/{dev}/statistics/{counter}");
+    let text = std::fs::read_to_string(&path)?;
+    text.trim()
+        .parse()
+        .map_err(|_| std::io::Error::other(format!("{path}: not a number: {text:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(size: usize) -> FrameSpec {
+        FrameSpec {
+            src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+            src_ip: Ipv4Addr::new(198, 18, 0, 1),
+            dst_ip: Ipv4Addr::new(198, 18, 0, 2),
+            src_port: 1024,
+            dst_port: 9,
+            size,
+        }
+    }
+
+    #[test]
+    fn frames_have_the_wire_size_and_valid_checksums() {
+        for size in [64, 128, 1518] {
+            let frame = udp_frame(&spec(size), 3);
+            assert_eq!(frame.len(), size - 4);
+            let parsed = etherparse::SlicedPacket::from_ethernet(&frame).unwrap();
+            let Some(etherparse::NetSlice::Ipv4(ip)) = parsed.net else {
+                panic!("not IPv4")
+            };
+            let header = ip.header().to_header();
+            assert_eq!(header.header_checksum, header.calc_header_checksum());
+            let Some(etherparse::TransportSlice::Udp(udp)) = parsed.transport else {
+                panic!("not UDP")
+            };
+            assert_eq!(udp.source_port(), 1027);
+            let expected = udp
+                .to_header()
+                .calc_checksum_ipv4(&header, udp.payload())
+                .unwrap();
+            assert_eq!(udp.checksum(), expected);
+        }
+    }
+}
