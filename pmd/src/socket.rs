@@ -45,6 +45,27 @@ fn set_send_buffer(fd: i32, bytes: libc::c_int) {
     }
 }
 
+/// Frames one `sendto` may send in copy mode (kernel default 32); kernels before 6.17 lack the
+/// option and keep the default, which costs only more kicks.
+const TX_BUDGET: u32 = 256;
+const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
+
+fn raise_tx_budget(fd: i32, budget: u32) -> bool {
+    // SAFETY: setsockopt reads one u32 from the pointer for the given length.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd,
+            crate::socket::SOL_XDP,
+            XDP_MAX_TX_SKB_BUDGET,
+            &budget as *const u32 as *const libc::c_void,
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    ret == 0
+}
+
+const SOL_XDP: libc::c_int = 283;
+
 pub struct PortSocket {
     pub ifname: String,
     pub queue: u32,
@@ -118,6 +139,7 @@ impl PortSocket {
         // In copy mode every frame in transmit is an skb charged to the socket's send buffer;
         // the default (~200 KiB) stalls the tx ring long before it is full.
         set_send_buffer(user.as_raw_fd(), SEND_BUFFER_BYTES);
+        raise_tx_budget(user.as_raw_fd(), TX_BUDGET);
         Ok(PortSocket {
             ifname: ifname.to_string(),
             queue,

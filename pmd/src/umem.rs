@@ -206,6 +206,21 @@ impl Umem {
         unsafe { std::slice::from_raw_parts_mut(self.area.ptr.as_ptr().add(start), frame.len()) }
     }
 
+    /// Asks the CPU to start loading the frame's first cache line: the kernel wrote it on
+    /// another core, and the pipeline's first read of every header would otherwise stall.
+    #[inline]
+    pub fn prefetch(&self, frame: &Frame) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let ptr = self.data(frame).as_ptr();
+            // SAFETY: a prefetch is only a hint; it never faults, even for a bad address, and
+            // this one points into our own mapping.
+            unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(ptr as *const i8) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = frame;
+    }
+
     /// Re-creates the handle for a descriptor the kernel returned (rx or completion). `None`
     /// for an address outside this UMEM.
     pub(crate) fn frame_at(&self, addr: u64, len: u32) -> Option<Frame> {

@@ -197,6 +197,9 @@ impl Worker {
             return 0;
         }
         let umem = &self.s.umem;
+        for frame in &self.rx_batch {
+            umem.prefetch(frame);
+        }
         let mut next = [Disposition::Drop; MAX_BATCH];
         {
             let views: ArrayVec<&[u8], MAX_BATCH> =

@@ -10,7 +10,7 @@
 use bench::{link_counter, udp_frame, FrameSpec};
 use clap::{Parser, Subcommand};
 use pipeline::MacAddr;
-use pmd::bpf::LiveFrameSender;
+use pmd::bpf::{DropProgram, LiveFrameSender, XdpMode};
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,6 +66,10 @@ enum Command {
         dev: String,
         #[arg(long, default_value_t = 5.0)]
         duration: f64,
+        /// Drop what arrives in a native XDP program first (the cheapest sink), counting the
+        /// program's runs instead of rx_packets.
+        #[arg(long)]
+        xdp_drop: bool,
     },
 }
 
@@ -115,7 +119,9 @@ fn main() -> ExitCode {
                 &stop,
             )
         }
-        Command::Count { dev, duration } => count(&dev, Duration::from_secs_f64(duration), &stop),
+        Command::Count { dev, duration, xdp_drop } => {
+            count(&dev, Duration::from_secs_f64(duration), xdp_drop, &stop)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -187,7 +193,14 @@ fn send(
     Ok(())
 }
 
-fn count(dev: &str, duration: Duration, stop: &AtomicBool) -> Result<(), String> {
+fn count(dev: &str, duration: Duration, xdp_drop: bool, stop: &AtomicBool) -> Result<(), String> {
+    let _drop = if xdp_drop {
+        let ifindex = pmd::netdev::ifindex(dev).map_err(|e| e.to_string())?;
+        let prog = DropProgram::load().map_err(|e| format!("loading the drop program: {e}"))?;
+        Some(prog.attach(ifindex, XdpMode::Native).map_err(|e| format!("attaching the drop program to {dev}: {e}"))?)
+    } else {
+        None
+    };
     let read = || {
         link_counter(dev, "rx_packets").map_err(|e| format!("reading the counters of {dev}: {e}"))
     };
