@@ -351,7 +351,9 @@ impl DropProgram {
     pub fn load() -> io::Result<DropProgram> {
         const XDP_DROP: i32 = 1;
         let insns = [insn(0xb7, 0, 0, 0, XDP_DROP), insn(0x95, 0, 0, 0, 0)];
-        Ok(DropProgram { fd: load_xdp(&insns, "vswitch_drop")? })
+        Ok(DropProgram {
+            fd: load_xdp(&insns, "vswitch_drop")?,
+        })
     }
 
     pub fn attach(&self, ifindex: u32, mode: XdpMode) -> io::Result<XdpLink> {

@@ -215,7 +215,11 @@ impl Umem {
             let ptr = self.data(frame).as_ptr();
             // SAFETY: a prefetch is only a hint; it never faults, even for a bad address, and
             // this one points into our own mapping.
-            unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(ptr as *const i8) }
+            unsafe {
+                core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                    ptr as *const i8,
+                )
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = frame;

@@ -119,9 +119,11 @@ fn main() -> ExitCode {
                 &stop,
             )
         }
-        Command::Count { dev, duration, xdp_drop } => {
-            count(&dev, Duration::from_secs_f64(duration), xdp_drop, &stop)
-        }
+        Command::Count {
+            dev,
+            duration,
+            xdp_drop,
+        } => count(&dev, Duration::from_secs_f64(duration), xdp_drop, &stop),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -197,7 +199,10 @@ fn count(dev: &str, duration: Duration, xdp_drop: bool, stop: &AtomicBool) -> Re
     let _drop = if xdp_drop {
         let ifindex = pmd::netdev::ifindex(dev).map_err(|e| e.to_string())?;
         let prog = DropProgram::load().map_err(|e| format!("loading the drop program: {e}"))?;
-        Some(prog.attach(ifindex, XdpMode::Native).map_err(|e| format!("attaching the drop program to {dev}: {e}"))?)
+        Some(
+            prog.attach(ifindex, XdpMode::Native)
+                .map_err(|e| format!("attaching the drop program to {dev}: {e}"))?,
+        )
     } else {
         None
     };
