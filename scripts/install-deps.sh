@@ -2,8 +2,9 @@
 # Installs the tools the demo, tests and benchmarks use, when missing (Debian packages).
 #   ethtool   turns off tx checksum offload on pod veths (see README)
 #   ping      reachability checks;   bpftool   the netlink-attached-program test
+#   nft       the kernel reference dataplane of the gateway tests (kube-proxy-like rules)
 set -euo pipefail
-declare -A package=([ethtool]=ethtool [ping]=iputils-ping [bpftool]=bpftool)
+declare -A package=([ethtool]=ethtool [ping]=iputils-ping [bpftool]=bpftool [nft]=nftables)
 missing=()
 for tool in "${!package[@]}"; do
 	command -v "$tool" >/dev/null 2>&1 || missing+=("${package[$tool]}")

@@ -6,10 +6,70 @@
 #![deny(unsafe_code)]
 
 pub mod batch;
+pub mod conntrack;
 pub mod counters;
+pub mod gateway;
 pub mod l2;
+pub mod l3;
+pub mod nat;
 pub mod wire;
 
-pub use batch::{Disposition, PortId, MAX_BATCH};
+pub use batch::{Disposition, PortId, PortMask, MAX_BATCH, MAX_PORTS};
+pub use gateway::{Emit, Gateway, GatewayConfig, GatewayShared, GwCounter};
 pub use l2::{Bridge, BridgeConfig, L2Counter, LearnEvent};
 pub use wire::{EtherType, EthernetFrame, MacAddr, WireError};
+
+/// The pipeline a worker runs: a plain learning bridge (`--ports`), or the node gateway
+/// (`--config`).
+pub enum Pipeline {
+    Bridge(Bridge),
+    Gateway(Box<Gateway>),
+}
+
+impl Pipeline {
+    /// Decides a batch received on `ingress`; frames may be rewritten in place and new frames
+    /// may be pushed to `emit`.
+    pub fn process(
+        &mut self,
+        frames: &mut [&mut [u8]],
+        ingress: PortId,
+        now_ms: u64,
+        next: &mut [Disposition],
+        emit: &mut Vec<Emit>,
+    ) {
+        match self {
+            Pipeline::Bridge(b) => b.process(frames, ingress, now_ms, next),
+            Pipeline::Gateway(g) => g.process(frames, ingress, now_ms, next, emit),
+        }
+    }
+
+    /// Periodic work; `leader` is set on exactly one worker (shared tables are aged once).
+    pub fn housekeeping(&mut self, now_ms: u64, leader: bool, emit: &mut Vec<Emit>) {
+        match self {
+            Pipeline::Bridge(b) => b.housekeeping(now_ms),
+            Pipeline::Gateway(g) => g.housekeeping(now_ms, leader, emit),
+        }
+    }
+
+    /// The learning bridge (the pod segment's, for the gateway).
+    pub fn bridge(&self) -> &Bridge {
+        match self {
+            Pipeline::Bridge(b) => b,
+            Pipeline::Gateway(g) => g.bridge(),
+        }
+    }
+
+    pub fn bridge_mut(&mut self) -> &mut Bridge {
+        match self {
+            Pipeline::Bridge(b) => b,
+            Pipeline::Gateway(g) => g.bridge_mut(),
+        }
+    }
+
+    pub fn gateway(&self) -> Option<&Gateway> {
+        match self {
+            Pipeline::Gateway(g) => Some(g),
+            Pipeline::Bridge(_) => None,
+        }
+    }
+}

@@ -8,7 +8,9 @@ use crate::stats::WorkerStats;
 use crate::umem::{RingSizes, Umem, MAX_FRAME_LEN};
 use crate::worker::{Egress, Handoff, PollMode, Worker, WorkerReport, WorkerSetup};
 use crossbeam_channel::{bounded, Receiver, Sender};
-use pipeline::{Bridge, BridgeConfig, LearnEvent, PortId};
+use pipeline::{
+    Bridge, BridgeConfig, Gateway, GatewayConfig, GatewayShared, LearnEvent, Pipeline, PortId,
+};
 use std::collections::HashSet;
 use std::fmt;
 use std::io;
@@ -32,6 +34,8 @@ pub struct DatapathConfig {
     pub poll: PollMode,
     pub bridge: BridgeConfig,
     pub rings: RingSizes,
+    /// The node gateway's configuration (`--config`); `None` for a plain learning bridge.
+    pub gateway: Option<GatewayConfig>,
 }
 
 impl Default for DatapathConfig {
@@ -43,6 +47,7 @@ impl Default for DatapathConfig {
             poll: PollMode::Adaptive,
             bridge: BridgeConfig::default(),
             rings: RingSizes::default(),
+            gateway: None,
         }
     }
 }
@@ -204,6 +209,8 @@ pub struct Datapath {
     /// The mode each port's program ended up attached in.
     pub modes: Vec<XdpMode>,
     pub stats: Vec<Arc<WorkerStats>>,
+    /// The tables the gateway's workers share (for reloads), in gateway mode.
+    pub gateway: Option<Arc<GatewayShared>>,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<WorkerReport>>,
     // Dropping these detaches the programs.
@@ -293,6 +300,10 @@ impl Datapath {
         let mut workers = Vec::new();
         let mut bridge_config = config.bridge.clone();
         bridge_config.announce_learning = nworkers > 1;
+        let gateway = config.gateway.as_ref().map(GatewayShared::new);
+        if let Some(gw) = &config.gateway {
+            bridge_config.flood_domain = pipeline::PortMask::of(&gw.pod_ports);
+        }
         for (w, (part, (handoff_in, learn_in))) in parts
             .into_iter()
             .zip(handoff_rx.into_iter().zip(learn_rx))
@@ -328,7 +339,14 @@ impl Datapath {
                     .map(|(_, s)| s.clone())
                     .collect(),
                 learn_in,
-                bridge: Bridge::new(&bridge_config),
+                pipeline: match &gateway {
+                    Some(shared) => Pipeline::Gateway(Box::new(Gateway::new(
+                        shared.clone(),
+                        Bridge::new(&bridge_config),
+                    ))),
+                    None => Pipeline::Bridge(Bridge::new(&bridge_config)),
+                },
+                leader: w == 0,
                 stats: worker_stats,
                 stop: stop.clone(),
             };
@@ -342,6 +360,7 @@ impl Datapath {
             ports,
             modes,
             stats,
+            gateway,
             stop,
             workers,
             links,

@@ -1,7 +1,7 @@
 //! Counters a worker publishes for the control thread; the worker is the only writer.
 
 use pipeline::define_counters;
-use pipeline::L2Counter;
+use pipeline::{GwCounter, L2Counter};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 define_counters! {
@@ -98,8 +98,11 @@ pub struct WorkerStats {
     pub ports: Vec<AtomicCounters<{ PortCounter::COUNT }>>,
     pub worker: AtomicCounters<{ WorkerCounter::COUNT }>,
     pub l2: AtomicCounters<{ L2Counter::COUNT }>,
+    pub gateway: AtomicCounters<{ GwCounter::COUNT }>,
     /// Entries in this worker's forwarding database.
     pub fdb_entries: AtomicU64,
+    /// Tracked connections (published by the leader worker).
+    pub conntrack_entries: AtomicU64,
 }
 
 impl WorkerStats {
@@ -108,7 +111,9 @@ impl WorkerStats {
             ports: (0..ports).map(|_| AtomicCounters::default()).collect(),
             worker: AtomicCounters::default(),
             l2: AtomicCounters::default(),
+            gateway: AtomicCounters::default(),
             fdb_entries: AtomicU64::new(0),
+            conntrack_entries: AtomicU64::new(0),
         }
     }
 
@@ -122,5 +127,9 @@ impl WorkerStats {
 
     pub fn l2(&self, c: L2Counter) -> u64 {
         self.l2.get(c as usize)
+    }
+
+    pub fn gateway(&self, c: GwCounter) -> u64 {
+        self.gateway.get(c as usize)
     }
 }

@@ -11,7 +11,7 @@ use crate::stats::{PortCounter, WorkerCounter, WorkerStats};
 use crate::umem::{Frame, FramePool, Umem, MAX_FRAME_LEN};
 use arrayvec::ArrayVec;
 use crossbeam_channel::{Receiver, Sender};
-use pipeline::{Bridge, Disposition, LearnEvent, PortId, MAX_BATCH};
+use pipeline::{Disposition, Emit, LearnEvent, Pipeline, PortId, PortMask, MAX_BATCH};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -92,7 +92,9 @@ pub struct WorkerSetup {
     pub handoff_in: Receiver<Handoff>,
     pub learn_out: Vec<Sender<LearnEvent>>,
     pub learn_in: Receiver<LearnEvent>,
-    pub bridge: Bridge,
+    pub pipeline: Pipeline,
+    /// Ages the tables all workers share (exactly one worker is the leader).
+    pub leader: bool,
     pub stats: Arc<WorkerStats>,
     pub stop: Arc<AtomicBool>,
 }
@@ -101,6 +103,7 @@ pub struct Worker {
     s: WorkerSetup,
     staged: Vec<Vec<Frame>>,
     rx_batch: Vec<Frame>,
+    emitted: Vec<Emit>,
     started: Instant,
 }
 
@@ -113,6 +116,7 @@ impl Worker {
                 .map(|_| Vec::with_capacity(2 * MAX_BATCH))
                 .collect(),
             rx_batch: Vec::with_capacity(MAX_BATCH),
+            emitted: Vec::new(),
             started: Instant::now(),
         }
     }
@@ -202,15 +206,19 @@ impl Worker {
         }
         let mut next = [Disposition::Drop; MAX_BATCH];
         {
-            let views: ArrayVec<&[u8], MAX_BATCH> =
-                self.rx_batch.iter().map(|f| umem.data(f)).collect();
+            let mut views: ArrayVec<&mut [u8], MAX_BATCH> =
+                self.rx_batch.iter_mut().map(|f| umem.data_mut(f)).collect();
             let bytes: usize = views.iter().map(|v| v.len()).sum();
             let counters = &self.s.stats.ports[ingress as usize];
             counters.add(PortCounter::RxPackets as usize, n as u64);
             counters.add(PortCounter::RxBytes as usize, bytes as u64);
-            self.s
-                .bridge
-                .process(&views, ingress, now_ms, &mut next[..n]);
+            self.s.pipeline.process(
+                &mut views,
+                ingress,
+                now_ms,
+                &mut next[..n],
+                &mut self.emitted,
+            );
         }
         let ports = self.staged.len() as PortId;
         for (frame, disposition) in self.rx_batch.drain(..).zip(next) {
@@ -218,21 +226,45 @@ impl Worker {
                 Disposition::Forward(port) if port < ports => {
                     self.staged[port as usize].push(frame)
                 }
-                Disposition::Flood => flood(
+                Disposition::Flood(mask) => flood(
                     umem,
                     &mut self.s.pool,
                     &mut self.staged,
                     &self.s.stats,
-                    ingress,
+                    mask.without(ingress),
                     frame,
                 ),
+                Disposition::Consumed => self.s.pool.put(frame),
                 Disposition::Forward(_) | Disposition::Drop => {
                     self.s.stats.ports[ingress as usize].add(PortCounter::DropPipeline as usize, 1);
                     self.s.pool.put(frame);
                 }
             }
         }
+        self.stage_emitted();
         n
+    }
+
+    /// Frames the pipeline made: each copied into a frame of ours for every port it goes to.
+    fn stage_emitted(&mut self) {
+        let ports = self.staged.len();
+        for e in self.emitted.drain(..) {
+            if e.frame.len() > MAX_FRAME_LEN as usize {
+                continue;
+            }
+            for port in e.to.ports(ports) {
+                match self.s.pool.alloc() {
+                    Some(mut frame) => {
+                        frame.set_len(e.frame.len());
+                        self.s.umem.data_mut(&mut frame).copy_from_slice(&e.frame);
+                        self.staged[port as usize].push(frame);
+                    }
+                    None => {
+                        self.s.stats.ports[port as usize].add(PortCounter::DropNoFrame as usize, 1)
+                    }
+                }
+            }
+        }
     }
 
     /// Frames other workers copied to us for ports whose queue we own.
@@ -271,7 +303,7 @@ impl Worker {
             return;
         }
         let mut lost = 0;
-        for event in self.s.bridge.take_learn_events() {
+        for event in self.s.pipeline.bridge_mut().take_learn_events() {
             for peer in &self.s.learn_out {
                 if peer.try_send(event).is_err() {
                     lost += 1;
@@ -279,7 +311,10 @@ impl Worker {
             }
         }
         while let Ok(event) = self.s.learn_in.try_recv() {
-            self.s.bridge.apply_learn_event(event, now_ms);
+            self.s
+                .pipeline
+                .bridge_mut()
+                .apply_learn_event(event, now_ms);
         }
         self.s
             .stats
@@ -350,18 +385,32 @@ impl Worker {
     }
 
     fn housekeeping(&mut self, now_ms: u64) {
-        self.s.bridge.housekeeping(now_ms);
+        self.s
+            .pipeline
+            .housekeeping(now_ms, self.s.leader, &mut self.emitted);
+        self.stage_emitted();
         self.publish();
     }
 
     fn publish(&self) {
         let stats = &self.s.stats;
-        for (counter, value) in self.s.bridge.counters().iter() {
+        let bridge = self.s.pipeline.bridge();
+        for (counter, value) in bridge.counters().iter() {
             stats.l2.set(counter as usize, value);
         }
         stats
             .fdb_entries
-            .store(self.s.bridge.fdb().len() as u64, Ordering::Relaxed);
+            .store(bridge.fdb().len() as u64, Ordering::Relaxed);
+        if let Some(gw) = self.s.pipeline.gateway() {
+            for (counter, value) in gw.counters().iter() {
+                stats.gateway.set(counter as usize, value);
+            }
+            if self.s.leader {
+                stats
+                    .conntrack_entries
+                    .store(gw.shared().conntrack.len() as u64, Ordering::Relaxed);
+            }
+        }
         for (port, sock) in &self.s.sockets {
             if let Ok(k) = sock.kernel_stats() {
                 let c = &stats.ports[*port as usize];
@@ -433,30 +482,32 @@ impl Worker {
     }
 }
 
-/// Sends a flooded frame out of every port but its ingress: copies for all but the last port,
-/// the original frame for the last.
+/// Sends a flooded frame out of every port in `to`: copies for all but the last port, the
+/// original frame for the last.
 fn flood(
     umem: &Umem,
     pool: &mut FramePool,
     staged: &mut [Vec<Frame>],
     stats: &WorkerStats,
-    ingress: PortId,
+    to: PortMask,
     frame: Frame,
 ) {
-    let ingress = ingress as usize;
-    let Some(last) = (0..staged.len()).rev().find(|&p| p != ingress) else {
-        pool.put(frame);
-        return;
-    };
-    for port in (0..last).filter(|&p| p != ingress) {
-        match pool.alloc() {
-            Some(mut copy) => {
-                copy.set_len(frame.len());
-                umem.data_mut(&mut copy).copy_from_slice(umem.data(&frame));
-                staged[port].push(copy);
+    let targets = to.ports(staged.len());
+    let mut last = None;
+    for port in targets {
+        if let Some(prev) = last.replace(port) {
+            match pool.alloc() {
+                Some(mut copy) => {
+                    copy.set_len(frame.len());
+                    umem.data_mut(&mut copy).copy_from_slice(umem.data(&frame));
+                    staged[prev as usize].push(copy);
+                }
+                None => stats.ports[prev as usize].add(PortCounter::DropNoFrame as usize, 1),
             }
-            None => stats.ports[port].add(PortCounter::DropNoFrame as usize, 1),
         }
     }
-    staged[last].push(frame);
+    match last {
+        Some(port) => staged[port as usize].push(frame),
+        None => pool.put(frame),
+    }
 }

@@ -1,15 +1,22 @@
 //! Command-line arguments, checked into a datapath configuration.
 
+use crate::config::NodeConfig;
 use clap::Parser;
 use pipeline::BridgeConfig;
 use pmd::{DatapathConfig, PollMode, RingSizes, XdpMode};
 
 #[derive(Debug, Parser)]
-#[command(name = "vswitch", version, about = "A userspace AF_XDP learning switch", long_about = None)]
+#[command(name = "vswitch", version, about = "A userspace AF_XDP virtual switch for a Kubernetes node", long_about = None)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["ports", "config"])))]
 pub struct Args {
-    /// Interfaces to switch between, comma-separated (e.g. vp1,vp2,vp3).
+    /// Interfaces to switch between as one learning bridge, comma-separated (e.g. vp1,vp2,vp3).
     #[arg(long, value_name = "IF1,IF2,...", value_parser = parse_ports)]
-    pub ports: PortList,
+    pub ports: Option<PortList>,
+
+    /// A node config file: pod segment, gateway, uplink, routes, services (see
+    /// examples/node.toml). SIGHUP reloads it.
+    #[arg(long, value_name = "FILE", conflicts_with = "ports")]
+    pub config: Option<std::path::PathBuf>,
 
     /// Cores for the poll-mode workers, one worker per core: a list and/or ranges (0,2-3).
     /// Default: one unpinned worker.
@@ -17,13 +24,14 @@ pub struct Args {
     pub cores: Option<CoreList>,
 
     /// Where the XDP program runs: native (in the driver), generic (skb path), or auto
-    /// (native, falling back to generic).
-    #[arg(long, value_name = "MODE", default_value = "auto")]
-    pub xdp_mode: XdpMode,
+    /// (native, falling back to generic). Default: auto.
+    #[arg(long, value_name = "MODE")]
+    pub xdp_mode: Option<XdpMode>,
 
     /// Idle policy: busy spins always; adaptive waits on the sockets after a run of empty polls.
-    #[arg(long, value_name = "POLICY", default_value = "adaptive")]
-    pub poll: PollMode,
+    /// Default: adaptive.
+    #[arg(long, value_name = "POLICY")]
+    pub poll: Option<PollMode>,
 
     /// Seconds before an unrefreshed MAC address is forgotten.
     #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -87,21 +95,38 @@ fn parse_cores(s: &str) -> Result<CoreList, String> {
 }
 
 impl Args {
-    pub fn datapath_config(&self) -> DatapathConfig {
+    /// The datapath for `--ports` (a plain bridge) or for a checked node config; command-line
+    /// options override the file's `[node]` section.
+    pub fn datapath_config(&self, node: Option<&NodeConfig>) -> DatapathConfig {
+        let cores = self
+            .cores
+            .as_ref()
+            .map(|c| c.0.clone())
+            .or_else(|| node.and_then(|n| n.cores.clone()));
         DatapathConfig {
-            ports: self.ports.0.clone(),
-            workers: match &self.cores {
-                Some(cores) => cores.0.iter().map(|&c| Some(c)).collect(),
+            ports: match node {
+                Some(n) => n.ports.clone(),
+                None => self.ports.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+            },
+            workers: match cores {
+                Some(cores) => cores.iter().map(|&c| Some(c)).collect(),
                 None => vec![None],
             },
-            xdp_mode: self.xdp_mode,
-            poll: self.poll,
+            xdp_mode: self
+                .xdp_mode
+                .or(node.and_then(|n| n.xdp_mode))
+                .unwrap_or(XdpMode::Auto),
+            poll: self
+                .poll
+                .or(node.and_then(|n| n.poll))
+                .unwrap_or(PollMode::Adaptive),
             bridge: BridgeConfig {
                 fdb_capacity: self.fdb_size as usize,
-                fdb_age_ms: self.fdb_age * 1000,
-                announce_learning: false,
+                fdb_age_ms: node.map_or(self.fdb_age * 1000, |n| n.fdb_age_ms),
+                ..Default::default()
             },
             rings: RingSizes::default(),
+            gateway: node.map(|n| n.gateway.clone()),
         }
     }
 }
@@ -126,10 +151,11 @@ mod tests {
             "generic",
         ])
         .unwrap();
-        assert_eq!(a.ports.0, ["vp1", "vp2", "vp3"]);
-        assert_eq!(a.cores.unwrap().0, [0, 2, 3]);
-        assert_eq!(a.xdp_mode, XdpMode::Generic);
-        assert_eq!(a.poll, PollMode::Adaptive);
+        assert_eq!(a.ports.as_ref().unwrap().0, ["vp1", "vp2", "vp3"]);
+        let dp = a.datapath_config(None);
+        assert_eq!(dp.workers, [Some(0), Some(2), Some(3)]);
+        assert_eq!(dp.xdp_mode, XdpMode::Generic);
+        assert_eq!(dp.poll, PollMode::Adaptive);
         assert_eq!(a.fdb_age, 300);
     }
 
@@ -155,5 +181,8 @@ mod tests {
             .unwrap_err()
             .contains("0"));
         assert!(parse(&[]).unwrap_err().contains("--ports"));
+        assert!(parse(&["--ports", "vp1", "--config", "x.toml"])
+            .unwrap_err()
+            .contains("--config"));
     }
 }

@@ -1,11 +1,14 @@
 //! `vswitch`: runs in the network namespace that holds its ports, forwarding among them until
-//! SIGINT or SIGTERM, then detaches and prints its counters.
+//! SIGINT or SIGTERM, then detaches and prints its counters. With `--config`, SIGHUP reloads
+//! the config file; a bad file is refused and the running config stays.
 #![deny(unsafe_code)]
 
 mod cli;
+mod config;
 mod report;
 
 use clap::Parser;
+use config::NodeConfig;
 use pmd::Datapath;
 use report::Snapshot;
 use std::io::Write;
@@ -14,13 +17,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+fn port_exists(name: &str) -> bool {
+    pmd::netdev::ifindex(name).is_ok()
+}
+
 fn main() -> ExitCode {
     let args = cli::Args::parse();
-    let config = args.datapath_config();
+    let mut node: Option<NodeConfig> = match &args.config {
+        Some(path) => match config::load(path, &port_exists) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                eprintln!("vswitch: error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let config = args.datapath_config(node.as_ref());
 
     let terminate = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(signal, terminate.clone()) {
+    let reload = Arc::new(AtomicBool::new(false));
+    let handlers = [
+        (signal_hook::consts::SIGINT, &terminate),
+        (signal_hook::consts::SIGTERM, &terminate),
+        (signal_hook::consts::SIGHUP, &reload),
+    ];
+    for (signal, flag) in handlers {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(flag)) {
             eprintln!("vswitch: error: installing the handler for signal {signal}: {e}");
             return ExitCode::FAILURE;
         }
@@ -51,8 +74,17 @@ fn main() -> ExitCode {
         .iter()
         .map(|c| c.map_or("any".into(), |c| c.to_string()))
         .collect();
+    let mode = match &node {
+        Some(n) => format!(
+            "as node gateway {} ({} services, {} routes)",
+            n.gateway.gateway,
+            n.gateway.services.len(),
+            n.gateway.routes.len()
+        ),
+        None => "as a learning bridge".into(),
+    };
     emit(&format!(
-        "vswitch: forwarding among {} with {} worker{} (cores: {}), poll {:?}\n",
+        "vswitch: forwarding among {} {mode} with {} worker{} (cores: {}), poll {:?}\n",
         ports.join(", "),
         config.workers.len(),
         if config.workers.len() == 1 { "" } else { "s" },
@@ -70,6 +102,9 @@ fn main() -> ExitCode {
             failed = true;
             break;
         }
+        if reload.swap(false, Ordering::Relaxed) {
+            reload_config(&args, &dp, &mut node);
+        }
         if !interval.is_zero() && last.0.elapsed() >= interval {
             let now = (Instant::now(), Snapshot::take(&dp.stats, dp.ports.len()));
             let secs = now.0.duration_since(last.0).as_secs_f64();
@@ -81,10 +116,14 @@ fn main() -> ExitCode {
     let stats = dp.stats.clone();
     let nports = dp.ports.len();
     let names = dp.ports.clone();
+    let gateway = dp.gateway.is_some();
     let reports = dp.stop();
     emit("vswitch: stopped; XDP programs detached\n");
     let snap = Snapshot::take(&stats, nports);
     emit(&report::port_table_for(&names, &snap));
+    if gateway {
+        emit(&report::gateway_lines(&stats));
+    }
     emit(&report::worker_lines(&stats));
     emit(&report::frame_lines(&reports));
     if failed {
@@ -92,6 +131,39 @@ fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// SIGHUP: re-read the config file; apply it if it is valid and changes only what a reload may
+/// change, else say why and keep running as before.
+fn reload_config(args: &cli::Args, dp: &Datapath, node: &mut Option<NodeConfig>) {
+    let (Some(path), Some(current), Some(shared)) = (&args.config, node.as_ref(), &dp.gateway)
+    else {
+        eprintln!("vswitch: SIGHUP ignored: no --config to reload");
+        return;
+    };
+    let new = match config::load(path, &port_exists) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("vswitch: reload refused, running config kept: {e}");
+            return;
+        }
+    };
+    if let Err(why) = current.reload_compatible(&new) {
+        eprintln!(
+            "vswitch: reload refused, running config kept: {}: {why}; restart to change it",
+            path.display()
+        );
+        return;
+    }
+    let r = shared.reload(&new.gateway);
+    emit(&format!(
+        "vswitch: reloaded {}: {} services, {} routes; {} connections to removed backends closed\n",
+        path.display(),
+        r.services,
+        r.routes,
+        r.flows_closed
+    ));
+    *node = Some(new);
 }
 
 /// Writes to stdout; a closed stdout (e.g. piped to `head`) must not stop the switch.

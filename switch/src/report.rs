@@ -1,6 +1,6 @@
 //! Turns the workers' counters into what the operator reads.
 
-use pipeline::L2Counter;
+use pipeline::{GwCounter, L2Counter};
 use pmd::{Datapath, PortCounter, PortInfo, WorkerCounter, WorkerReport, WorkerStats};
 use std::fmt::Write;
 use std::sync::Arc;
@@ -90,6 +90,26 @@ pub fn port_table_for(ports: &[PortInfo], snap: &Snapshot) -> String {
         snap.fdb_entries
     );
     out
+}
+
+/// The gateway's counters summed over workers (those that moved), and the conntrack size.
+pub fn gateway_lines(stats: &[Arc<WorkerStats>]) -> String {
+    let moved: Vec<String> = GwCounter::ALL
+        .iter()
+        .map(|&c| (c, stats.iter().map(|s| s.gateway(c)).sum::<u64>()))
+        .filter(|(_, v)| *v > 0)
+        .map(|(c, v)| format!("{}={v}", c.name()))
+        .collect();
+    let flows = stats.first().map_or(0, |s| {
+        s.conntrack_entries
+            .load(std::sync::atomic::Ordering::Relaxed)
+    });
+    format!(
+        "gateway: {}
+conntrack: {flows} flows
+",
+        moved.join(" ")
+    )
 }
 
 /// Cycles per packet and load per worker, as `pmd-stats-show` reports them.

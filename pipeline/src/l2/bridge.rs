@@ -1,7 +1,7 @@
 //! The L2 learning-bridge stage: learn the source, decide by the destination.
 
 use super::fdb::{Fdb, LearnEvent, LearnOutcome};
-use crate::batch::{Disposition, PortId};
+use crate::batch::{Disposition, PortId, PortMask};
 use crate::define_counters;
 use crate::wire::{EthernetFrame, MacAddr};
 
@@ -32,6 +32,8 @@ pub struct BridgeConfig {
     pub fdb_age_ms: u64,
     /// Record [`LearnEvent`]s for other workers' tables (only needed with several workers).
     pub announce_learning: bool,
+    /// The ports this bridge floods to (all by default).
+    pub flood_domain: PortMask,
 }
 
 impl Default for BridgeConfig {
@@ -40,6 +42,7 @@ impl Default for BridgeConfig {
             fdb_capacity: 65_536,
             fdb_age_ms: 300_000,
             announce_learning: false,
+            flood_domain: PortMask::ALL,
         }
     }
 }
@@ -51,6 +54,7 @@ pub struct Bridge {
     announce_learning: bool,
     announce_interval_ms: u64,
     events: Vec<LearnEvent>,
+    flood_domain: PortMask,
 }
 
 impl Bridge {
@@ -62,6 +66,7 @@ impl Bridge {
             // Often enough that a peer's copy never ages out while traffic flows.
             announce_interval_ms: (config.fdb_age_ms / 4).max(1),
             events: Vec::new(),
+            flood_domain: config.flood_domain,
         }
     }
 
@@ -88,8 +93,9 @@ impl Bridge {
         self.counters.add(L2Counter::RxFrames, frames.len() as u64);
     }
 
+    /// Decides one frame (counted in `rx_frames` by `process`, not here).
     #[inline]
-    fn decide(&mut self, bytes: &[u8], ingress: PortId, now_ms: u64) -> Disposition {
+    pub fn decide(&mut self, bytes: &[u8], ingress: PortId, now_ms: u64) -> Disposition {
         let Ok(frame) = EthernetFrame::new_checked(bytes) else {
             self.counters.add(L2Counter::DropRunt, 1);
             return Disposition::Drop;
@@ -113,12 +119,17 @@ impl Bridge {
                 L2Counter::FloodMulticast
             };
             self.counters.add(counter, 1);
-            return Disposition::Flood;
+            return self.flood(ingress);
         }
         match self.fdb.lookup(dst, now_ms) {
             Some(port) if port == ingress => {
                 self.counters.add(L2Counter::FilteredSamePort, 1);
                 Disposition::Drop
+            }
+            Some(port) if !self.flood_domain.contains(port) => {
+                // Learned outside this bridge's ports (a stale entry after a reconfiguration).
+                self.counters.add(L2Counter::FloodUnknown, 1);
+                self.flood(ingress)
             }
             Some(port) => {
                 self.counters.add(L2Counter::Forwarded, 1);
@@ -126,9 +137,14 @@ impl Bridge {
             }
             None => {
                 self.counters.add(L2Counter::FloodUnknown, 1);
-                Disposition::Flood
+                self.flood(ingress)
             }
         }
+    }
+
+    #[inline]
+    fn flood(&self, ingress: PortId) -> Disposition {
+        Disposition::Flood(self.flood_domain.without(ingress))
     }
 
     #[inline]
@@ -182,6 +198,10 @@ mod tests {
         MacAddr([0x02, 0, 0, 0, 0, n])
     }
 
+    fn flood_from(ingress: PortId) -> Disposition {
+        Disposition::Flood(PortMask::ALL.without(ingress))
+    }
+
     fn frame(dst: MacAddr, src: MacAddr) -> Vec<u8> {
         let mut bytes = Vec::new();
         etherparse::PacketBuilder::ethernet2(src.0, dst.0)
@@ -201,10 +221,7 @@ mod tests {
     #[test]
     fn unknown_unicast_floods_then_learned_destination_forwards() {
         let mut b = Bridge::new(&BridgeConfig::default());
-        assert_eq!(
-            run(&mut b, &[frame(mac(2), mac(1))], 0, 0),
-            [Disposition::Flood]
-        );
+        assert_eq!(run(&mut b, &[frame(mac(2), mac(1))], 0, 0), [flood_from(0)]);
         assert_eq!(b.counters().get(L2Counter::FloodUnknown), 1);
         assert_eq!(
             run(&mut b, &[frame(mac(1), mac(2))], 1, 1),
@@ -230,7 +247,7 @@ mod tests {
             0,
             0,
         );
-        assert_eq!(next, [Disposition::Flood, Disposition::Flood]);
+        assert_eq!(next, [flood_from(0), flood_from(0)]);
         assert_eq!(b.counters().get(L2Counter::FloodBroadcast), 1);
         assert_eq!(b.counters().get(L2Counter::FloodMulticast), 1);
     }
@@ -273,7 +290,7 @@ mod tests {
         // 300 s after the last frame from mac(1): forgotten, flooded again.
         assert_eq!(
             run(&mut b, &[frame(mac(1), mac(2))], 1, 301_000),
-            [Disposition::Flood]
+            [flood_from(1)]
         );
         b.housekeeping(301_000);
         assert_eq!(b.counters().get(L2Counter::Aged), 1);
@@ -292,10 +309,7 @@ mod tests {
         assert_eq!(b.counters().get(L2Counter::Learned), 2);
         assert_eq!(b.counters().get(L2Counter::LearnTableFull), 1);
         // mac(3) was never learned, so traffic to it floods.
-        assert_eq!(
-            run(&mut b, &[frame(mac(3), mac(1))], 1, 1),
-            [Disposition::Flood]
-        );
+        assert_eq!(run(&mut b, &[frame(mac(3), mac(1))], 1, 1), [flood_from(1)]);
     }
 
     #[test]

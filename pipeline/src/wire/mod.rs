@@ -1,9 +1,13 @@
 //! Typed views over frame bytes.
 //!
 //! A view is created with `new_checked` from untrusted bytes; after that check no accessor
-//! panics. Setters rewrite fields in place.
+//! panics. Setters rewrite fields in place and keep checksums valid.
 
+pub mod arp;
+pub mod checksum;
 mod ethernet;
+pub mod ipv4;
+pub mod l4;
 
 pub use ethernet::{EtherType, EthernetFrame, MacAddr, ETHERNET_HEADER_LEN};
 

@@ -293,3 +293,74 @@ impl Drop for Switch {
         }
     }
 }
+
+/// A name prefix unique to this process and call: `<tag><pid>x<n>`.
+pub fn unique_prefix(tag: &str) -> String {
+    format!(
+        "{tag}{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Network namespaces created one by one and deleted (after killing what runs in them) on
+/// drop, in reverse order, also when the test fails.
+#[derive(Default)]
+pub struct Namespaces {
+    names: Vec<String>,
+}
+
+impl Namespaces {
+    /// Creates `ns` with loopback up and IPv6 off (no chatter on the wire).
+    pub fn add(&mut self, ns: &str) {
+        must(&["ip", "netns", "add", ns]);
+        self.names.push(ns.to_string());
+        must(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        must(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ]);
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in self.names.drain(..).rev() {
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+    }
+}
+
+/// Runs a command inside a namespace with a deadline: past it the command is killed and the
+/// output so far is returned with a failed status. For commands whose output is small (it is
+/// read once the command has ended).
+pub fn exec_bounded(ns: &str, args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {args:?} in {ns}: {e}"));
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}

@@ -1,0 +1,136 @@
+//! ARP: answer for our addresses, learn neighbours, ask for next hops.
+
+use super::{Emit, Gateway, GwCounter, Policy};
+use crate::batch::{Disposition, PortId};
+use crate::l3::Segment;
+use crate::wire::arp::{ArpRepr, ARP_LEN, ARP_REPLY, ARP_REQUEST};
+use crate::wire::{EtherType, EthernetFrame, MacAddr, ETHERNET_HEADER_LEN};
+use std::net::Ipv4Addr;
+
+pub(super) fn handle(
+    gw: &mut Gateway,
+    frame: &mut [u8],
+    ingress: PortId,
+    from_uplink: bool,
+    now_ms: u64,
+    emit: &mut Vec<Emit>,
+) -> Disposition {
+    let Some(arp) = ArpRepr::parse(&frame[ETHERNET_HEADER_LEN..]) else {
+        gw.counters.add(GwCounter::DropBadArp, 1);
+        return Disposition::Drop;
+    };
+    let segment = if from_uplink {
+        Segment::Uplink
+    } else {
+        Segment::Pods
+    };
+    let policy = gw.policy.clone();
+    let Some(our_ip) = policy.our_ip(segment) else {
+        gw.counters.add(GwCounter::DropBadArp, 1);
+        return Disposition::Drop;
+    };
+    let subnet = if from_uplink {
+        policy.uplink_cidr
+    } else {
+        Some(policy.pod_cidr)
+    };
+    let sender_ok = !arp.sender_mac.is_multicast()
+        && !arp.sender_mac.is_zero()
+        && arp.sender_ip != our_ip
+        && subnet.is_some_and(|s| s.contains(arp.sender_ip));
+    if sender_ok {
+        learn(gw, &policy, &arp, ingress, our_ip, now_ms, emit);
+    }
+    if arp.operation == ARP_REQUEST && arp.target_ip == our_ip && sender_ok {
+        reply_in_place(frame, &arp, policy.mac);
+        gw.counters.add(GwCounter::ArpReplied, 1);
+        return Disposition::Forward(ingress);
+    }
+    if from_uplink {
+        gw.counters.add(GwCounter::ArpIgnored, 1);
+        return Disposition::Drop;
+    }
+    // ARP between pods is the pod segment's business.
+    gw.bridge_frame(frame, ingress, now_ms)
+}
+
+/// Learns from ARP addressed to us, gratuitous ARP, and ARP from addresses we already know or
+/// are resolving (as Linux does: no table entries for every broadcast seen).
+fn learn(
+    gw: &mut Gateway,
+    policy: &Policy,
+    arp: &ArpRepr,
+    ingress: PortId,
+    our_ip: Ipv4Addr,
+    now_ms: u64,
+    emit: &mut Vec<Emit>,
+) {
+    let for_us =
+        arp.target_ip == our_ip || (arp.operation == ARP_REPLY && arp.target_mac == policy.mac);
+    let gratuitous = arp.sender_ip == arp.target_ip;
+    let mut table = gw
+        .shared
+        .neighbors
+        .write()
+        .unwrap_or_else(|e| e.into_inner());
+    let released = if for_us || gratuitous {
+        Some(table.learn(arp.sender_ip, arp.sender_mac, ingress, now_ms))
+    } else {
+        table.refresh(arp.sender_ip, arp.sender_mac, ingress, now_ms)
+    };
+    drop(table);
+    let Some(released) = released else { return };
+    gw.counters.add(GwCounter::ArpLearned, 1);
+    gw.counters
+        .add(GwCounter::NeighborReleased, released.len() as u64);
+    for mut frame in released {
+        if let Ok(mut eth) = EthernetFrame::new_checked(&mut frame[..]) {
+            eth.set_dst_addr(arp.sender_mac);
+        }
+        emit.push(Emit {
+            to: crate::batch::PortMask::single(ingress),
+            frame,
+        });
+    }
+}
+
+fn reply_in_place(frame: &mut [u8], request: &ArpRepr, our_mac: MacAddr) {
+    let reply = ArpRepr {
+        operation: ARP_REPLY,
+        sender_mac: our_mac,
+        sender_ip: request.target_ip,
+        target_mac: request.sender_mac,
+        target_ip: request.sender_ip,
+    };
+    reply.emit(&mut frame[ETHERNET_HEADER_LEN..ETHERNET_HEADER_LEN + ARP_LEN]);
+    let mut eth = EthernetFrame::new_unchecked(frame);
+    eth.set_dst_addr(request.sender_mac);
+    eth.set_src_addr(our_mac);
+}
+
+/// A broadcast ARP request for `ip` on the segment that reaches it.
+pub(super) fn request_for(policy: &Policy, ip: Ipv4Addr) -> Option<Emit> {
+    let segment = if policy.pod_cidr.contains(ip) {
+        Segment::Pods
+    } else {
+        Segment::Uplink
+    };
+    let our_ip = policy.our_ip(segment)?;
+    let mut frame = vec![0u8; ETHERNET_HEADER_LEN + ARP_LEN];
+    let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
+    eth.set_dst_addr(MacAddr::BROADCAST);
+    eth.set_src_addr(policy.mac);
+    eth.set_ethertype(EtherType::Arp);
+    ArpRepr {
+        operation: ARP_REQUEST,
+        sender_mac: policy.mac,
+        sender_ip: our_ip,
+        target_mac: MacAddr::ZERO,
+        target_ip: ip,
+    }
+    .emit(&mut frame[ETHERNET_HEADER_LEN..]);
+    Some(Emit {
+        to: policy.segment_ports(segment),
+        frame,
+    })
+}

@@ -1,0 +1,149 @@
+//! The gateway's configuration (already validated by the caller) and the `Policy` derived
+//! from it: routes, services and the addresses every packet decision needs.
+
+use crate::batch::{PortId, PortMask};
+use crate::l2::BridgeConfig;
+use crate::l3::{Ipv4Cidr, NextHop, Route, RouteTable, Segment};
+use crate::nat::{Maglev, Service, ServiceTable};
+use crate::wire::MacAddr;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+#[derive(Debug, Clone)]
+pub struct UplinkConfig {
+    pub port: PortId,
+    /// The node's address and the uplink subnet.
+    pub address: Ipv4Cidr,
+    pub next_hop: Ipv4Addr,
+    pub masquerade: bool,
+    pub cluster_cidrs: Vec<Ipv4Cidr>,
+    /// Source ports SNAT may use, inclusive (Linux: `ip_local_port_range`).
+    pub nat_ports: (u16, u16),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub cluster_ip: Ipv4Addr,
+    pub port: u16,
+    pub proto: u8,
+    pub node_port: Option<u16>,
+    pub backends: Vec<SocketAddrV4>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The switch's own MAC on both segments.
+    pub mac: MacAddr,
+    pub pod_ports: Vec<PortId>,
+    /// The pods' gateway address and the pod subnet.
+    pub gateway: Ipv4Cidr,
+    pub uplink: Option<UplinkConfig>,
+    /// host-gw routes: prefix via next hop on the uplink.
+    pub routes: Vec<(Ipv4Cidr, Ipv4Addr)>,
+    pub services: Vec<ServiceConfig>,
+    pub conntrack_capacity: usize,
+    pub neighbor_age_ms: u64,
+    pub bridge: BridgeConfig,
+}
+
+/// Everything per-packet decisions read; replaced whole on reload.
+#[derive(Debug)]
+pub struct Policy {
+    pub mac: MacAddr,
+    pub pod_ports: PortMask,
+    pub pod_cidr: Ipv4Cidr,
+    pub gateway_ip: Ipv4Addr,
+    pub uplink_port: Option<PortId>,
+    pub uplink_cidr: Option<Ipv4Cidr>,
+    pub node_ip: Option<Ipv4Addr>,
+    pub masquerade: bool,
+    pub cluster_cidrs: Vec<Ipv4Cidr>,
+    pub nat_ports: (u16, u16),
+    pub routes: RouteTable,
+    pub services: ServiceTable,
+}
+
+impl Policy {
+    pub fn new(config: &GatewayConfig) -> Policy {
+        let mut routes = vec![Route {
+            prefix: config.gateway,
+            next_hop: NextHop::Connected(Segment::Pods),
+        }];
+        if let Some(up) = &config.uplink {
+            routes.push(Route {
+                prefix: up.address,
+                next_hop: NextHop::Connected(Segment::Uplink),
+            });
+            routes.push(Route {
+                prefix: Ipv4Cidr {
+                    addr: Ipv4Addr::UNSPECIFIED,
+                    len: 0,
+                },
+                next_hop: NextHop::Via(up.next_hop, Segment::Uplink),
+            });
+            for (prefix, via) in &config.routes {
+                routes.push(Route {
+                    prefix: *prefix,
+                    next_hop: NextHop::Via(*via, Segment::Uplink),
+                });
+            }
+        }
+        let services = config
+            .services
+            .iter()
+            .map(|s| Service {
+                name: s.name.clone(),
+                cluster_ip: s.cluster_ip,
+                port: s.port,
+                proto: s.proto,
+                node_port: s.node_port,
+                maglev: Maglev::new(&s.backends),
+            })
+            .collect();
+        Policy {
+            mac: config.mac,
+            pod_ports: PortMask::of(&config.pod_ports),
+            pod_cidr: config.gateway,
+            gateway_ip: config.gateway.addr,
+            uplink_port: config.uplink.as_ref().map(|u| u.port),
+            uplink_cidr: config.uplink.as_ref().map(|u| u.address),
+            node_ip: config.uplink.as_ref().map(|u| u.address.addr),
+            masquerade: config.uplink.as_ref().is_some_and(|u| u.masquerade),
+            cluster_cidrs: config
+                .uplink
+                .as_ref()
+                .map(|u| u.cluster_cidrs.clone())
+                .unwrap_or_default(),
+            nat_ports: config
+                .uplink
+                .as_ref()
+                .map(|u| u.nat_ports)
+                .unwrap_or((1024, 65535)),
+            routes: RouteTable::new(routes),
+            services: ServiceTable::new(services),
+        }
+    }
+
+    pub fn in_cluster(&self, ip: Ipv4Addr) -> bool {
+        self.pod_cidr.contains(ip) || self.cluster_cidrs.iter().any(|c| c.contains(ip))
+    }
+
+    /// Our address on a segment.
+    pub fn our_ip(&self, segment: Segment) -> Option<Ipv4Addr> {
+        match segment {
+            Segment::Pods => Some(self.gateway_ip),
+            Segment::Uplink => self.node_ip,
+        }
+    }
+
+    /// The ports a segment's broadcasts go to.
+    pub fn segment_ports(&self, segment: Segment) -> PortMask {
+        match segment {
+            Segment::Pods => self.pod_ports,
+            Segment::Uplink => self
+                .uplink_port
+                .map(PortMask::single)
+                .unwrap_or(PortMask::NONE),
+        }
+    }
+}

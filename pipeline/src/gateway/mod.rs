@@ -1,0 +1,263 @@
+//! The node gateway: what a Kubernetes node's kernel does for its pods — the `cni0` bridge with
+//! its gateway address, ARP, IP forwarding, host-gw routes, and kube-proxy's service DNAT, SNAT
+//! masquerade and NodePort — as one pipeline stage over a batch.
+//!
+//! Per frame: ARP (`arp.rs`) and frames to our MAC (`forward.rs`: conntrack, NAT, routing,
+//! neighbour resolution, `icmp.rs` for echo and errors); other frames on pod ports go through the
+//! pod segment's L2 bridge; other frames on the uplink are dropped.
+//!
+//! Sharing: `GatewayShared` (conntrack, neighbours, the current `Policy`) is one per switch; each
+//! worker has its own `Gateway` with its own bridge, counters and a cached `Arc<Policy>` that it
+//! refreshes when `GatewayShared::epoch` moves (a reload).
+
+mod arp;
+mod config;
+mod forward;
+mod icmp;
+
+pub use config::{GatewayConfig, Policy, ServiceConfig, UplinkConfig};
+
+use crate::batch::{Disposition, PortId, PortMask};
+use crate::conntrack::Conntrack;
+use crate::define_counters;
+use crate::l2::Bridge;
+use crate::l3::NeighborTable;
+use crate::wire::{EtherType, EthernetFrame};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+define_counters! {
+    /// What the gateway did with each frame, and why it dropped what it dropped.
+    pub enum GwCounter, GwCounters {
+        RxFrames => "rx_frames",
+        Bridged => "bridged",
+        ArpReplied => "arp_replied",
+        ArpLearned => "arp_learned",
+        ArpRequestsSent => "arp_requests_sent",
+        ArpIgnored => "arp_ignored",
+        IcmpEchoReplied => "icmp_echo_replied",
+        Routed => "routed",
+        NeighborQueued => "neighbor_queued",
+        NeighborReleased => "neighbor_released",
+        NatService => "nat_service",
+        NatNodePort => "nat_node_port",
+        NatMasquerade => "nat_masquerade",
+        NatHairpin => "nat_hairpin",
+        NatBridged => "nat_bridged",
+        IcmpRelatedTranslated => "icmp_related_translated",
+        IcmpErrorsSent => "icmp_errors_sent",
+        DropRunt => "drop_runt",
+        DropBadArp => "drop_bad_arp",
+        DropIpv4Truncated => "drop_ipv4_truncated",
+        DropIpv4Version => "drop_ipv4_not_version_4",
+        DropIpv4HeaderLength => "drop_ipv4_bad_header_length",
+        DropIpv4TotalLength => "drop_ipv4_bad_total_length",
+        DropIpv4Checksum => "drop_ipv4_bad_checksum",
+        DropL4Truncated => "drop_l4_truncated",
+        DropUplinkNotForUs => "drop_uplink_not_for_us",
+        DropNotInSegment => "drop_port_not_in_a_segment",
+        DropLocalUnhandled => "drop_local_unhandled",
+        DropUnsolicited => "drop_unsolicited_inbound",
+        DropNoBackend => "drop_service_without_backends",
+        DropNatPortsExhausted => "drop_nat_ports_exhausted",
+        DropConntrackFull => "drop_conntrack_full",
+        DropTtlExceeded => "drop_ttl_exceeded",
+        DropNoRoute => "drop_no_route",
+        DropNeighborQueueFull => "drop_neighbor_queue_full",
+        DropNeighborUnresolved => "drop_neighbor_unresolved",
+        DropIcmpRelatedUnknown => "drop_icmp_error_without_flow",
+    }
+}
+
+/// A frame the pipeline made (an ARP request, an ICMP error, a frame released from the
+/// neighbour queue), to be sent out of the ports in `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Emit {
+    pub to: PortMask,
+    pub frame: Vec<u8>,
+}
+
+/// State every worker shares.
+pub struct GatewayShared {
+    pub conntrack: Conntrack,
+    pub neighbors: RwLock<NeighborTable>,
+    policy: RwLock<Arc<Policy>>,
+    epoch: AtomicU64,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    pub services: usize,
+    pub routes: usize,
+    pub flows_closed: usize,
+}
+
+impl GatewayShared {
+    pub fn new(config: &GatewayConfig) -> Arc<GatewayShared> {
+        Arc::new(GatewayShared {
+            conntrack: Conntrack::new(config.conntrack_capacity),
+            neighbors: RwLock::new(NeighborTable::new(config.neighbor_age_ms)),
+            policy: RwLock::new(Arc::new(Policy::new(config))),
+            epoch: AtomicU64::new(1),
+        })
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Applies a new configuration to new connections, and closes tracked connections whose
+    /// backend is gone. Ports, addresses and the MAC are fixed for the switch's life (checked
+    /// by the caller).
+    pub fn reload(&self, config: &GatewayConfig) -> ReloadReport {
+        let policy = Arc::new(Policy::new(config));
+        let backends: std::collections::HashSet<_> = policy.services.all_backends().collect();
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy.clone();
+        self.epoch.fetch_add(1, Ordering::Release);
+        let flows_closed = self.conntrack.remove_where(|f| {
+            let dnat = f.orig.dst != f.reply.src || f.orig.dport != f.reply.sport;
+            dnat && !backends.contains(&std::net::SocketAddrV4::new(f.reply.src, f.reply.sport))
+        });
+        ReloadReport {
+            services: policy.services.len(),
+            routes: policy.routes.routes().len(),
+            flows_closed,
+        }
+    }
+}
+
+/// One worker's gateway.
+pub struct Gateway {
+    shared: Arc<GatewayShared>,
+    policy: Arc<Policy>,
+    epoch: u64,
+    bridge: Bridge,
+    counters: GwCounters,
+}
+
+impl Gateway {
+    pub fn new(shared: Arc<GatewayShared>, bridge: Bridge) -> Gateway {
+        let policy = shared.policy();
+        let epoch = shared.epoch.load(Ordering::Acquire);
+        Gateway {
+            shared,
+            policy,
+            epoch,
+            bridge,
+            counters: GwCounters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> &GwCounters {
+        &self.counters
+    }
+
+    pub fn bridge(&self) -> &Bridge {
+        &self.bridge
+    }
+
+    pub fn bridge_mut(&mut self) -> &mut Bridge {
+        &mut self.bridge
+    }
+
+    pub fn shared(&self) -> &Arc<GatewayShared> {
+        &self.shared
+    }
+
+    fn refresh_policy(&mut self) {
+        let epoch = self.shared.epoch.load(Ordering::Acquire);
+        if epoch != self.epoch {
+            self.policy = self.shared.policy();
+            self.epoch = epoch;
+        }
+    }
+
+    /// Decides every frame of a batch received on `ingress`; frames may be rewritten in place.
+    pub fn process(
+        &mut self,
+        frames: &mut [&mut [u8]],
+        ingress: PortId,
+        now_ms: u64,
+        next: &mut [Disposition],
+        emit: &mut Vec<Emit>,
+    ) {
+        self.refresh_policy();
+        self.counters.add(GwCounter::RxFrames, frames.len() as u64);
+        for (frame, slot) in frames.iter_mut().zip(next.iter_mut()) {
+            *slot = self.handle(frame, ingress, now_ms, emit);
+        }
+    }
+
+    fn handle(
+        &mut self,
+        frame: &mut [u8],
+        ingress: PortId,
+        now_ms: u64,
+        emit: &mut Vec<Emit>,
+    ) -> Disposition {
+        let Ok(eth) = EthernetFrame::new_checked(&*frame) else {
+            self.counters.add(GwCounter::DropRunt, 1);
+            return Disposition::Drop;
+        };
+        let from_uplink = self.policy.uplink_port == Some(ingress);
+        let on_pods = self.policy.pod_ports.contains(ingress);
+        if !from_uplink && !on_pods {
+            self.counters.add(GwCounter::DropNotInSegment, 1);
+            return Disposition::Drop;
+        }
+        let ethertype = eth.ethertype();
+        let to_us = eth.dst_addr() == self.policy.mac;
+        match ethertype {
+            EtherType::Arp => return arp::handle(self, frame, ingress, from_uplink, now_ms, emit),
+            EtherType::Ipv4 if to_us => {
+                return forward::handle(self, frame, ingress, from_uplink, now_ms, emit)
+            }
+            _ => {}
+        }
+        if from_uplink {
+            self.counters.add(GwCounter::DropUplinkNotForUs, 1);
+            return Disposition::Drop;
+        }
+        if ethertype == EtherType::Ipv4 {
+            // A backend answering a client on its own segment sends straight to the client's
+            // MAC: undo the service's DNAT here, as the kernel's bridge netfilter does.
+            forward::translate_bridged(self, frame, now_ms);
+        }
+        self.bridge_frame(frame, ingress, now_ms)
+    }
+
+    fn bridge_frame(&mut self, frame: &[u8], ingress: PortId, now_ms: u64) -> Disposition {
+        self.counters.add(GwCounter::Bridged, 1);
+        self.bridge.decide(frame, ingress, now_ms)
+    }
+
+    /// Periodic work: conntrack expiry (one worker does it), neighbour aging and ARP retries.
+    pub fn housekeeping(&mut self, now_ms: u64, expire_conntrack: bool, emit: &mut Vec<Emit>) {
+        self.bridge.housekeeping(now_ms);
+        if expire_conntrack {
+            self.shared.conntrack.expire(now_ms);
+            let (ask, dropped) = self
+                .shared
+                .neighbors
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .housekeeping(now_ms);
+            self.counters
+                .add(GwCounter::DropNeighborUnresolved, dropped as u64);
+            let policy = self.policy.clone();
+            for ip in ask {
+                if let Some(request) = arp::request_for(&policy, ip) {
+                    self.counters.add(GwCounter::ArpRequestsSent, 1);
+                    emit.push(request);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

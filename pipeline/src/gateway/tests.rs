@@ -1,0 +1,784 @@
+//! Gateway unit tests: packets built with etherparse through one gateway, as a pod, the
+//! uplink router, another node and an external host would send them.
+
+use super::*;
+use crate::l2::BridgeConfig;
+use crate::l3::Ipv4Cidr;
+use crate::wire::arp::{ArpRepr, ARP_REPLY, ARP_REQUEST};
+use crate::wire::ipv4::{PROTO_TCP, PROTO_UDP};
+use crate::wire::MacAddr;
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+const GW_MAC: MacAddr = MacAddr([0x02, 0xaa, 0, 0, 0, 1]);
+const POD1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+const POD2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
+const POD3: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 4);
+const GW_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+const NODE2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const EXT: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 5);
+const UPLINK: PortId = 3;
+const ROUTER_MAC: MacAddr = MacAddr([0x02, 0xbb, 0, 0, 0, 0xfe]);
+
+fn pod_mac(i: u8) -> MacAddr {
+    MacAddr([0x02, 0, 0, 0, 1, i])
+}
+
+fn backends(list: &[(Ipv4Addr, u16)]) -> Vec<SocketAddrV4> {
+    list.iter()
+        .map(|(ip, p)| SocketAddrV4::new(*ip, *p))
+        .collect()
+}
+
+fn config() -> GatewayConfig {
+    GatewayConfig {
+        mac: GW_MAC,
+        pod_ports: vec![0, 1, 2],
+        gateway: "10.244.1.1/24".parse().unwrap(),
+        uplink: Some(UplinkConfig {
+            port: UPLINK,
+            address: "198.18.0.1/24".parse().unwrap(),
+            next_hop: ROUTER,
+            masquerade: true,
+            cluster_cidrs: vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "10.96.0.0/12".parse().unwrap(),
+            ],
+            nat_ports: (1024, 65535),
+        }),
+        routes: vec![("10.244.2.0/24".parse::<Ipv4Cidr>().unwrap(), NODE2)],
+        services: vec![ServiceConfig {
+            name: "web".into(),
+            cluster_ip: VIP,
+            port: 80,
+            proto: PROTO_TCP,
+            node_port: Some(30080),
+            backends: backends(&[(POD1, 8080), (POD2, 8080), (REMOTE_POD, 8080)]),
+        }],
+        conntrack_capacity: 262_144,
+        neighbor_age_ms: 300_000,
+        bridge: BridgeConfig {
+            flood_domain: PortMask::of(&[0, 1, 2]),
+            ..Default::default()
+        },
+    }
+}
+
+fn gateway(config: &GatewayConfig) -> Gateway {
+    Gateway::new(
+        GatewayShared::new(config),
+        crate::l2::Bridge::new(&config.bridge),
+    )
+}
+
+struct Out {
+    next: Disposition,
+    frame: Vec<u8>,
+    emit: Vec<Emit>,
+}
+
+fn send(gw: &mut Gateway, mut frame: Vec<u8>, ingress: PortId, now: u64) -> Out {
+    let mut next = [Disposition::Drop];
+    let mut emit = Vec::new();
+    gw.process(&mut [&mut frame[..]], ingress, now, &mut next, &mut emit);
+    Out {
+        next: next[0],
+        frame,
+        emit,
+    }
+}
+
+fn tcp(
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    syn: bool,
+    ttl: u8,
+) -> Vec<u8> {
+    let mut b = Vec::new();
+    let builder = PacketBuilder::ethernet2(src_mac.0, dst_mac.0)
+        .ipv4(src.0.octets(), dst.0.octets(), ttl)
+        .tcp(src.1, dst.1, 1, 64000);
+    let builder = if syn { builder.syn() } else { builder.ack(1) };
+    builder.write(&mut b, b"hello").unwrap();
+    b
+}
+
+fn arp(
+    op: u16,
+    sender: (MacAddr, Ipv4Addr),
+    target: (MacAddr, Ipv4Addr),
+    eth_dst: MacAddr,
+) -> Vec<u8> {
+    let mut b = vec![0u8; 42];
+    b[0..6].copy_from_slice(&eth_dst.0);
+    b[6..12].copy_from_slice(&sender.0 .0);
+    b[12..14].copy_from_slice(&[0x08, 0x06]);
+    ArpRepr {
+        operation: op,
+        sender_mac: sender.0,
+        sender_ip: sender.1,
+        target_mac: target.0,
+        target_ip: target.1,
+    }
+    .emit(&mut b[14..]);
+    b
+}
+
+/// (src, sport, dst, dport) of a frame; asserts valid IPv4 and TCP/UDP checksums.
+fn addresses(frame: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
+    let p = SlicedPacket::from_ethernet(frame).expect("parses");
+    let Some(NetSlice::Ipv4(ip)) = p.net else {
+        panic!("not IPv4")
+    };
+    let h = ip.header().to_header();
+    assert_eq!(h.header_checksum, h.calc_header_checksum(), "IPv4 checksum");
+    let (sport, dport) = match p.transport {
+        Some(TransportSlice::Tcp(t)) => {
+            let expected = t.to_header().calc_checksum_ipv4(&h, t.payload()).unwrap();
+            assert_eq!(t.checksum(), expected, "TCP checksum");
+            (t.source_port(), t.destination_port())
+        }
+        Some(TransportSlice::Udp(u)) => (u.source_port(), u.destination_port()),
+        _ => (0, 0),
+    };
+    (h.source.into(), sport, h.destination.into(), dport)
+}
+
+fn eth_dst(frame: &[u8]) -> MacAddr {
+    MacAddr::from_bytes(&frame[0..6])
+}
+
+/// Teaches the gateway where the pods and the routers are, as their ARP would.
+fn learn_neighbors(gw: &mut Gateway) {
+    learn_pods(gw);
+    for ip in [ROUTER, NODE2] {
+        let out = send(
+            gw,
+            arp(
+                ARP_REQUEST,
+                (ROUTER_MAC, ip),
+                (MacAddr::ZERO, NODE_IP),
+                MacAddr::BROADCAST,
+            ),
+            UPLINK,
+            0,
+        );
+        assert_eq!(out.next, Disposition::Forward(UPLINK));
+    }
+}
+
+fn learn_pods(gw: &mut Gateway) {
+    for (i, ip) in [(1u8, POD1), (2, POD2), (3, POD3)] {
+        let out = send(
+            gw,
+            arp(
+                ARP_REQUEST,
+                (pod_mac(i), ip),
+                (MacAddr::ZERO, GW_IP),
+                MacAddr::BROADCAST,
+            ),
+            (i - 1) as PortId,
+            0,
+        );
+        assert_eq!(out.next, Disposition::Forward((i - 1) as PortId));
+    }
+}
+
+#[test]
+fn answers_arp_for_the_gateway_and_the_node_address() {
+    let mut gw = gateway(&config());
+    let out = send(
+        &mut gw,
+        arp(
+            ARP_REQUEST,
+            (pod_mac(1), POD1),
+            (MacAddr::ZERO, GW_IP),
+            MacAddr::BROADCAST,
+        ),
+        0,
+        0,
+    );
+    assert_eq!(out.next, Disposition::Forward(0));
+    let reply = ArpRepr::parse(&out.frame[14..]).unwrap();
+    assert_eq!(
+        (reply.operation, reply.sender_mac, reply.sender_ip),
+        (ARP_REPLY, GW_MAC, GW_IP)
+    );
+    assert_eq!((reply.target_mac, reply.target_ip), (pod_mac(1), POD1));
+    assert_eq!(eth_dst(&out.frame), pod_mac(1));
+    // Learned from the request.
+    assert_eq!(
+        gw.shared
+            .neighbors
+            .read()
+            .unwrap()
+            .get(POD1, 1)
+            .unwrap()
+            .port,
+        0
+    );
+    // The node address answers on the uplink only.
+    let out = send(
+        &mut gw,
+        arp(
+            ARP_REQUEST,
+            (ROUTER_MAC, ROUTER),
+            (MacAddr::ZERO, NODE_IP),
+            MacAddr::BROADCAST,
+        ),
+        UPLINK,
+        0,
+    );
+    assert_eq!(out.next, Disposition::Forward(UPLINK));
+    let out = send(
+        &mut gw,
+        arp(
+            ARP_REQUEST,
+            (ROUTER_MAC, ROUTER),
+            (MacAddr::ZERO, Ipv4Addr::new(198, 18, 0, 9)),
+            MacAddr::BROADCAST,
+        ),
+        UPLINK,
+        0,
+    );
+    assert_eq!(out.next, Disposition::Drop);
+    // ARP between pods is bridged on the pod segment, never to the uplink.
+    let out = send(
+        &mut gw,
+        arp(
+            ARP_REQUEST,
+            (pod_mac(1), POD1),
+            (MacAddr::ZERO, POD2),
+            MacAddr::BROADCAST,
+        ),
+        0,
+        0,
+    );
+    assert_eq!(out.next, Disposition::Flood(PortMask::of(&[1, 2])));
+}
+
+#[test]
+fn answers_ping_to_the_gateway() {
+    let mut gw = gateway(&config());
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(pod_mac(1).0, GW_MAC.0)
+        .ipv4(POD1.octets(), GW_IP.octets(), 64)
+        .icmpv4_echo_request(7, 1)
+        .write(&mut frame, b"ping")
+        .unwrap();
+    let out = send(&mut gw, frame, 0, 0);
+    assert_eq!(out.next, Disposition::Forward(0));
+    let p = SlicedPacket::from_ethernet(&out.frame).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = p.net else {
+        panic!()
+    };
+    assert_eq!(
+        (ip.header().source_addr(), ip.header().destination_addr()),
+        (GW_IP, POD1)
+    );
+    let Some(TransportSlice::Icmpv4(icmp)) = p.transport else {
+        panic!()
+    };
+    assert!(matches!(
+        icmp.icmp_type(),
+        etherparse::Icmpv4Type::EchoReply(_)
+    ));
+    assert_eq!(
+        icmp.checksum(),
+        icmp.icmp_type().calc_checksum(icmp.payload())
+    );
+    assert_eq!(gw.counters().get(GwCounter::IcmpEchoReplied), 1);
+}
+
+#[test]
+fn service_traffic_is_dnated_to_a_backend_and_back() {
+    let mut gw = gateway(&config());
+    // The first packet waits for ARP: nothing is known yet.
+    let out = send(
+        &mut gw,
+        tcp(pod_mac(3), GW_MAC, (POD3, 40000), (VIP, 80), true, 64),
+        2,
+        0,
+    );
+    let backend = {
+        let flows = &gw.shared.conntrack;
+        assert_eq!(flows.len(), 1);
+        let t = crate::conntrack::Tuple {
+            src: POD3,
+            dst: VIP,
+            sport: 40000,
+            dport: 80,
+            proto: PROTO_TCP,
+        };
+        flows.find(&t).unwrap().flow.reply.src
+    };
+    if backend == REMOTE_POD {
+        // Routed to node 2 over the uplink: ARP for node 2 there.
+        assert_eq!(out.next, Disposition::Consumed);
+        assert_eq!(out.emit[0].to, PortMask::single(UPLINK));
+        return;
+    }
+    assert_eq!(out.next, Disposition::Consumed);
+    assert_eq!(out.emit.len(), 1, "an ARP request");
+    let request = ArpRepr::parse(&out.emit[0].frame[14..]).unwrap();
+    assert_eq!(
+        (request.operation, request.target_ip, request.sender_ip),
+        (ARP_REQUEST, backend, GW_IP)
+    );
+    assert_eq!(out.emit[0].to, PortMask::of(&[0, 1, 2]));
+    // The backend answers; the queued SYN goes out to it, translated.
+    let (i, port) = if backend == POD1 { (1, 0) } else { (2, 1) };
+    let out = send(
+        &mut gw,
+        arp(ARP_REPLY, (pod_mac(i), backend), (GW_MAC, GW_IP), GW_MAC),
+        port,
+        1,
+    );
+    assert_eq!(
+        out.next,
+        Disposition::Drop,
+        "an ARP reply to us is consumed"
+    );
+    assert_eq!(out.emit.len(), 1);
+    assert_eq!(out.emit[0].to, PortMask::single(port));
+    assert_eq!(eth_dst(&out.emit[0].frame), pod_mac(i));
+    assert_eq!(addresses(&out.emit[0].frame), (POD3, 40000, backend, 8080));
+    // The backend's reply comes back from the VIP.
+    send(
+        &mut gw,
+        arp(
+            ARP_REQUEST,
+            (pod_mac(3), POD3),
+            (MacAddr::ZERO, GW_IP),
+            MacAddr::BROADCAST,
+        ),
+        2,
+        1,
+    );
+    let out = send(
+        &mut gw,
+        tcp(
+            pod_mac(i),
+            GW_MAC,
+            (backend, 8080),
+            (POD3, 40000),
+            false,
+            64,
+        ),
+        port,
+        2,
+    );
+    assert_eq!(out.next, Disposition::Forward(2));
+    assert_eq!(addresses(&out.frame), (VIP, 80, POD3, 40000));
+    assert_eq!(gw.counters().get(GwCounter::NatService), 1);
+}
+
+#[test]
+fn connections_spread_over_all_backends() {
+    let mut gw = gateway(&config());
+    learn_neighbors(&mut gw);
+    let mut seen = std::collections::HashMap::new();
+    for sport in 0..300u16 {
+        let out = send(
+            &mut gw,
+            tcp(
+                pod_mac(3),
+                GW_MAC,
+                (POD3, 20000 + sport),
+                (VIP, 80),
+                true,
+                64,
+            ),
+            2,
+            0,
+        );
+        let (_, _, dst, dport) = addresses(&out.frame);
+        assert_eq!(dport, 8080);
+        *seen.entry(dst).or_insert(0) += 1;
+    }
+    for b in [POD1, POD2, REMOTE_POD] {
+        let n = seen.get(&b).copied().unwrap_or(0);
+        assert!(
+            (60..=140).contains(&n),
+            "backend {b} got {n} of 300: {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn pod_traffic_to_the_outside_is_masqueraded() {
+    let mut gw = gateway(&config());
+    learn_neighbors(&mut gw);
+    let out = send(
+        &mut gw,
+        tcp(pod_mac(1), GW_MAC, (POD1, 5555), (EXT, 8080), true, 64),
+        0,
+        0,
+    );
+    assert_eq!(out.next, Disposition::Forward(UPLINK));
+    assert_eq!(eth_dst(&out.frame), ROUTER_MAC);
+    let (src, sport, dst, dport) = addresses(&out.frame);
+    assert_eq!((src, dst, dport), (NODE_IP, EXT, 8080));
+    let back = send(
+        &mut gw,
+        tcp(ROUTER_MAC, GW_MAC, (EXT, 8080), (NODE_IP, sport), false, 60),
+        UPLINK,
+        1,
+    );
+    assert_eq!(back.next, Disposition::Forward(0));
+    assert_eq!(addresses(&back.frame), (EXT, 8080, POD1, 5555));
+    assert_eq!(gw.counters().get(GwCounter::NatMasquerade), 1);
+    // Cluster destinations (the other node's pods) are not masqueraded.
+    let out = send(
+        &mut gw,
+        tcp(
+            pod_mac(1),
+            GW_MAC,
+            (POD1, 5556),
+            (REMOTE_POD, 8080),
+            true,
+            64,
+        ),
+        0,
+        2,
+    );
+    assert_eq!(out.next, Disposition::Forward(UPLINK));
+    assert_eq!(addresses(&out.frame), (POD1, 5556, REMOTE_POD, 8080));
+}
+
+#[test]
+fn unsolicited_inbound_to_pods_is_dropped_but_other_nodes_pods_get_through() {
+    let mut gw = gateway(&config());
+    learn_neighbors(&mut gw);
+    let out = send(
+        &mut gw,
+        tcp(ROUTER_MAC, GW_MAC, (EXT, 1234), (POD1, 8080), true, 60),
+        UPLINK,
+        0,
+    );
+    assert_eq!(out.next, Disposition::Drop);
+    assert_eq!(gw.counters().get(GwCounter::DropUnsolicited), 1);
+    let out = send(
+        &mut gw,
+        tcp(
+            ROUTER_MAC,
+            GW_MAC,
+            (REMOTE_POD, 1234),
+            (POD1, 8080),
+            true,
+            60,
+        ),
+        UPLINK,
+        0,
+    );
+    assert_eq!(out.next, Disposition::Forward(0));
+    // A port of the node that is not a NodePort.
+    let out = send(
+        &mut gw,
+        tcp(ROUTER_MAC, GW_MAC, (EXT, 1234), (NODE_IP, 22), true, 60),
+        UPLINK,
+        0,
+    );
+    assert_eq!(out.next, Disposition::Drop);
+    assert_eq!(gw.counters().get(GwCounter::DropLocalUnhandled), 1);
+}
+
+#[test]
+fn node_port_is_dnated_and_snated_to_the_node() {
+    let mut gw = gateway(&config());
+    learn_neighbors(&mut gw);
+    let out = send(
+        &mut gw,
+        tcp(ROUTER_MAC, GW_MAC, (EXT, 4321), (NODE_IP, 30080), true, 60),
+        UPLINK,
+        0,
+    );
+    let (src, sport, dst, dport) = addresses(&out.frame);
+    assert_eq!((src, dport), (NODE_IP, 8080));
+    assert!([POD1, POD2, REMOTE_POD].contains(&dst));
+    let (port, mac) = match dst {
+        d if d == POD1 => (0, pod_mac(1)),
+        d if d == POD2 => (1, pod_mac(2)),
+        _ => (UPLINK, ROUTER_MAC),
+    };
+    assert_eq!(out.next, Disposition::Forward(port));
+    // The backend answers the node; the external host sees the NodePort answer.
+    let reply = send(
+        &mut gw,
+        tcp(mac, GW_MAC, (dst, 8080), (NODE_IP, sport), false, 64),
+        port,
+        1,
+    );
+    assert_eq!(reply.next, Disposition::Forward(UPLINK));
+    assert_eq!(addresses(&reply.frame), (NODE_IP, 30080, EXT, 4321));
+    assert_eq!(gw.counters().get(GwCounter::NatNodePort), 1);
+}
+
+#[test]
+fn a_pod_reaching_itself_through_its_service_is_hairpinned() {
+    let mut c = config();
+    c.services[0].backends = backends(&[(POD1, 8080)]);
+    let mut gw = gateway(&c);
+    learn_neighbors(&mut gw);
+    let out = send(
+        &mut gw,
+        tcp(pod_mac(1), GW_MAC, (POD1, 7000), (VIP, 80), true, 64),
+        0,
+        0,
+    );
+    assert_eq!(out.next, Disposition::Forward(0));
+    let (src, sport, dst, dport) = addresses(&out.frame);
+    assert_eq!((src, dst, dport), (GW_IP, POD1, 8080));
+    let back = send(
+        &mut gw,
+        tcp(pod_mac(1), GW_MAC, (POD1, 8080), (GW_IP, sport), false, 64),
+        0,
+        1,
+    );
+    assert_eq!(back.next, Disposition::Forward(0));
+    assert_eq!(addresses(&back.frame), (VIP, 80, POD1, 7000));
+    assert_eq!(gw.counters().get(GwCounter::NatHairpin), 1);
+}
+
+#[test]
+fn ttl_expiry_and_missing_routes_answer_with_icmp() {
+    let mut gw = gateway(&config());
+    learn_neighbors(&mut gw);
+    let out = send(
+        &mut gw,
+        tcp(pod_mac(1), GW_MAC, (POD1, 1000), (EXT, 80), true, 1),
+        0,
+        0,
+    );
+    assert_eq!(out.next, Disposition::Drop);
+    assert_eq!(out.emit.len(), 1);
+    let p = SlicedPacket::from_ethernet(&out.emit[0].frame).unwrap();
+    let Some(TransportSlice::Icmpv4(icmp)) = p.transport else {
+        panic!("not ICMP")
+    };
+    assert!(matches!(
+        icmp.icmp_type(),
+        etherparse::Icmpv4Type::TimeExceeded(_)
+    ));
+    assert_eq!(
+        icmp.checksum(),
+        icmp.icmp_type().calc_checksum(icmp.payload())
+    );
+    assert_eq!(out.emit[0].to, PortMask::single(0));
+    assert_eq!(gw.counters().get(GwCounter::DropTtlExceeded), 1);
+
+    let mut c = config();
+    c.uplink = None;
+    c.routes.clear();
+    let mut gw = gateway(&c);
+    learn_pods(&mut gw);
+    let out = send(
+        &mut gw,
+        tcp(pod_mac(1), GW_MAC, (POD1, 1000), (EXT, 80), true, 64),
+        0,
+        0,
+    );
+    assert_eq!(out.next, Disposition::Drop);
+    assert_eq!(gw.counters().get(GwCounter::DropNoRoute), 1);
+    assert_eq!(out.emit.len(), 1, "destination unreachable");
+}
+
+#[test]
+fn icmp_errors_about_masqueraded_flows_are_translated_back() {
+    let mut gw = gateway(&config());
+    learn_neighbors(&mut gw);
+    let mut udp = Vec::new();
+    PacketBuilder::ethernet2(pod_mac(1).0, GW_MAC.0)
+        .ipv4(POD1.octets(), EXT.octets(), 64)
+        .udp(5353, 53)
+        .write(&mut udp, b"query")
+        .unwrap();
+    let out = send(&mut gw, udp, 0, 0);
+    let sent = out.frame.clone();
+    let (_, nat_port, _, _) = addresses(&sent);
+    // The external host says "port unreachable", quoting what it received.
+    let quoted = &sent[14..14 + 28];
+    let mut error = Vec::new();
+    PacketBuilder::ethernet2(ROUTER_MAC.0, GW_MAC.0)
+        .ipv4(EXT.octets(), NODE_IP.octets(), 60)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut error, quoted)
+        .unwrap();
+    let out = send(&mut gw, error, UPLINK, 1);
+    assert_eq!(out.next, Disposition::Forward(0));
+    let p = SlicedPacket::from_ethernet(&out.frame).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = p.net else {
+        panic!()
+    };
+    assert_eq!(ip.header().destination_addr(), POD1);
+    let Some(TransportSlice::Icmpv4(icmp)) = p.transport else {
+        panic!()
+    };
+    assert_eq!(
+        icmp.checksum(),
+        icmp.icmp_type().calc_checksum(icmp.payload())
+    );
+    let inner = etherparse::Ipv4HeaderSlice::from_slice(icmp.payload()).unwrap();
+    assert_eq!(inner.source_addr(), POD1);
+    assert_eq!(
+        u16::from_be_bytes([icmp.payload()[20], icmp.payload()[21]]),
+        5353
+    );
+    assert_ne!(nat_port, 0);
+    assert_eq!(gw.counters().get(GwCounter::IcmpRelatedTranslated), 1);
+}
+
+#[test]
+fn malformed_ipv4_is_dropped_by_reason() {
+    let mut gw = gateway(&config());
+    let good = tcp(pod_mac(1), GW_MAC, (POD1, 1), (EXT, 80), true, 64);
+    let mut bad_sum = good.clone();
+    bad_sum[14 + 8] ^= 0xff;
+    send(&mut gw, bad_sum, 0, 0);
+    let mut v6 = good.clone();
+    v6[14] = 0x65;
+    send(&mut gw, v6, 0, 0);
+    send(&mut gw, good[..14 + 10].to_vec(), 0, 0);
+    let mut short_tcp = good.clone();
+    short_tcp.truncate(14 + 20 + 10);
+    short_tcp[16..18].copy_from_slice(&30u16.to_be_bytes());
+    let mut ip = crate::wire::ipv4::Ipv4Packet::new_quoted(&mut short_tcp[14..]).unwrap();
+    ip.fill_checksum();
+    send(&mut gw, short_tcp, 0, 0);
+    let c = gw.counters();
+    assert_eq!(c.get(GwCounter::DropIpv4Checksum), 1);
+    assert_eq!(c.get(GwCounter::DropIpv4Version), 1);
+    assert_eq!(c.get(GwCounter::DropIpv4Truncated), 1);
+    assert_eq!(c.get(GwCounter::DropL4Truncated), 1);
+}
+
+#[test]
+fn nat_ports_run_out_and_are_counted() {
+    let mut c = config();
+    c.uplink.as_mut().unwrap().nat_ports = (40000, 40999);
+    let mut gw = gateway(&c);
+    learn_neighbors(&mut gw);
+    let span = 1000;
+    let mut forwarded = 0;
+    // Every connection to one external port takes one node port; all from distinct pod ports.
+    for i in 0..span as u32 + 10 {
+        let pod = [POD1, POD2, POD3][(i % 3) as usize];
+        let sport = (i / 3) as u16;
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2(pod_mac(1).0, GW_MAC.0)
+            .ipv4(pod.octets(), EXT.octets(), 64)
+            .udp(sport, 53)
+            .write(&mut frame, b"")
+            .unwrap();
+        if send(&mut gw, frame, 0, 0).next == Disposition::Forward(UPLINK) {
+            forwarded += 1;
+        }
+    }
+    assert_eq!(forwarded, span);
+    assert_eq!(gw.counters().get(GwCounter::DropNatPortsExhausted), 10);
+}
+
+#[test]
+fn reload_sends_new_connections_only_to_remaining_backends_and_closes_old_ones() {
+    let c = config();
+    let mut gw = gateway(&c);
+    learn_neighbors(&mut gw);
+    for sport in 0..60u16 {
+        send(
+            &mut gw,
+            tcp(
+                pod_mac(3),
+                GW_MAC,
+                (POD3, 30000 + sport),
+                (VIP, 80),
+                true,
+                64,
+            ),
+            2,
+            0,
+        );
+    }
+    let before = gw.shared.conntrack.len();
+    let mut fewer = c.clone();
+    fewer.services[0].backends = backends(&[(POD1, 8080), (REMOTE_POD, 8080)]);
+    let report = gw.shared.reload(&fewer);
+    assert!(report.flows_closed > 0);
+    assert_eq!(gw.shared.conntrack.len(), before - report.flows_closed);
+    for sport in 0..60u16 {
+        let out = send(
+            &mut gw,
+            tcp(
+                pod_mac(3),
+                GW_MAC,
+                (POD3, 40000 + sport),
+                (VIP, 80),
+                true,
+                64,
+            ),
+            2,
+            1,
+        );
+        let (_, _, dst, _) = addresses(&out.frame);
+        assert_ne!(dst, POD2);
+    }
+    let _ = PROTO_UDP;
+}
+
+#[test]
+fn a_local_backend_answering_its_client_directly_is_un_dnated_on_the_bridge() {
+    let mut c = config();
+    c.services[0].backends = backends(&[(POD1, 8080)]);
+    let mut gw = gateway(&c);
+    learn_neighbors(&mut gw);
+    let out = send(
+        &mut gw,
+        tcp(pod_mac(3), GW_MAC, (POD3, 41000), (VIP, 80), true, 64),
+        2,
+        0,
+    );
+    assert_eq!(out.next, Disposition::Forward(0));
+    // p1 knows p3 is on its subnet: its reply goes to p3's MAC, bridged, not routed.
+    send(
+        &mut gw,
+        arp(
+            ARP_REQUEST,
+            (pod_mac(3), POD3),
+            (MacAddr::ZERO, POD1),
+            MacAddr::BROADCAST,
+        ),
+        2,
+        0,
+    );
+    let reply = send(
+        &mut gw,
+        tcp(
+            pod_mac(1),
+            pod_mac(3),
+            (POD1, 8080),
+            (POD3, 41000),
+            false,
+            64,
+        ),
+        0,
+        1,
+    );
+    assert_eq!(reply.next, Disposition::Forward(2));
+    assert_eq!(addresses(&reply.frame), (VIP, 80, POD3, 41000));
+    assert_eq!(gw.counters().get(GwCounter::NatBridged), 1);
+    // Plain pod-to-pod traffic is bridged untouched.
+    let plain = send(
+        &mut gw,
+        tcp(pod_mac(1), pod_mac(3), (POD1, 9), (POD3, 9), true, 64),
+        0,
+        2,
+    );
+    assert_eq!(addresses(&plain.frame), (POD1, 9, POD3, 9));
+}

@@ -1,0 +1,201 @@
+//! Neighbours: IPv4 address → MAC and port, learned from ARP, with a small bounded queue of
+//! frames per address still being resolved.
+//!
+//! Ownership: shared by all workers behind one `RwLock` held by `Gateway` (lookups take the read
+//! lock; learning and queueing the write lock). No other lock is taken while it is held.
+
+use crate::batch::PortId;
+use crate::wire::MacAddr;
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+
+/// Frames held per unresolved address, as Linux's `unres_qlen` does.
+pub const PENDING_PER_ADDRESS: usize = 16;
+/// Addresses being resolved at once.
+pub const MAX_PENDING_ADDRESSES: usize = 1024;
+/// Re-ask this often while unresolved; give up (and drop what is queued) after this many asks.
+pub const RETRY_MS: u64 = 1000;
+pub const MAX_REQUESTS: u32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Neighbor {
+    pub mac: MacAddr,
+    pub port: PortId,
+    pub updated_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    frames: VecDeque<Vec<u8>>,
+    last_request_ms: u64,
+    requests: u32,
+}
+
+/// What to do with a frame whose next hop is `ip`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resolve {
+    Known(Neighbor),
+    /// Queued; send an ARP request now if `request` is set.
+    Queued {
+        request: bool,
+    },
+    /// The queue for this address (or the table of pending addresses) is full.
+    QueueFull,
+}
+
+#[derive(Debug)]
+pub struct NeighborTable {
+    entries: FxHashMap<Ipv4Addr, Neighbor>,
+    pending: FxHashMap<Ipv4Addr, Pending>,
+    age_ms: u64,
+}
+
+impl NeighborTable {
+    pub fn new(age_ms: u64) -> NeighborTable {
+        NeighborTable {
+            entries: FxHashMap::default(),
+            pending: FxHashMap::default(),
+            age_ms,
+        }
+    }
+
+    #[inline]
+    pub fn get(&self, ip: Ipv4Addr, now_ms: u64) -> Option<Neighbor> {
+        self.entries
+            .get(&ip)
+            .copied()
+            .filter(|n| now_ms.saturating_sub(n.updated_ms) < self.age_ms)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Learns or refreshes an entry; returns the frames that were waiting for it.
+    pub fn learn(&mut self, ip: Ipv4Addr, mac: MacAddr, port: PortId, now_ms: u64) -> Vec<Vec<u8>> {
+        self.entries.insert(
+            ip,
+            Neighbor {
+                mac,
+                port,
+                updated_ms: now_ms,
+            },
+        );
+        self.pending
+            .remove(&ip)
+            .map(|p| p.frames.into())
+            .unwrap_or_default()
+    }
+
+    /// Refreshes an existing entry only (ARP seen for an address we already know).
+    pub fn refresh(
+        &mut self,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+        port: PortId,
+        now_ms: u64,
+    ) -> Option<Vec<Vec<u8>>> {
+        if self.entries.contains_key(&ip) || self.pending.contains_key(&ip) {
+            Some(self.learn(ip, mac, port, now_ms))
+        } else {
+            None
+        }
+    }
+
+    /// Holds `frame` until `ip` resolves.
+    pub fn queue(&mut self, ip: Ipv4Addr, frame: &[u8], now_ms: u64) -> Resolve {
+        if !self.pending.contains_key(&ip) && self.pending.len() >= MAX_PENDING_ADDRESSES {
+            return Resolve::QueueFull;
+        }
+        let pending = self.pending.entry(ip).or_default();
+        if pending.frames.len() >= PENDING_PER_ADDRESS {
+            return Resolve::QueueFull;
+        }
+        pending.frames.push_back(frame.to_vec());
+        let request = pending.requests == 0;
+        if request {
+            pending.requests = 1;
+            pending.last_request_ms = now_ms;
+        }
+        Resolve::Queued { request }
+    }
+
+    /// Periodic work: forget old entries, re-ask for pending addresses, give up on silent ones.
+    /// Returns (addresses to ask for again, frames dropped because nobody answered).
+    pub fn housekeeping(&mut self, now_ms: u64) -> (Vec<Ipv4Addr>, usize) {
+        let age = self.age_ms;
+        self.entries
+            .retain(|_, n| now_ms.saturating_sub(n.updated_ms) < age);
+        let mut ask = Vec::new();
+        let mut dropped = 0;
+        self.pending.retain(|ip, p| {
+            if now_ms.saturating_sub(p.last_request_ms) < RETRY_MS {
+                return true;
+            }
+            if p.requests >= MAX_REQUESTS {
+                dropped += p.frames.len();
+                return false;
+            }
+            p.requests += 1;
+            p.last_request_ms = now_ms;
+            ask.push(*ip);
+            true
+        });
+        (ask, dropped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+    const MAC: MacAddr = MacAddr([2, 0, 0, 0, 1, 2]);
+
+    #[test]
+    fn queue_then_learn_releases_frames() {
+        let mut t = NeighborTable::new(300_000);
+        assert_eq!(t.queue(IP, b"one", 0), Resolve::Queued { request: true });
+        assert_eq!(t.queue(IP, b"two", 1), Resolve::Queued { request: false });
+        assert_eq!(t.get(IP, 2), None);
+        let released = t.learn(IP, MAC, 3, 5);
+        assert_eq!(released, vec![b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(
+            t.get(IP, 6),
+            Some(Neighbor {
+                mac: MAC,
+                port: 3,
+                updated_ms: 5
+            })
+        );
+    }
+
+    #[test]
+    fn the_queue_is_bounded() {
+        let mut t = NeighborTable::new(300_000);
+        for _ in 0..PENDING_PER_ADDRESS {
+            assert!(matches!(t.queue(IP, b"x", 0), Resolve::Queued { .. }));
+        }
+        assert_eq!(t.queue(IP, b"x", 0), Resolve::QueueFull);
+    }
+
+    #[test]
+    fn retries_then_gives_up_and_entries_age() {
+        let mut t = NeighborTable::new(10_000);
+        t.queue(IP, b"x", 0);
+        assert_eq!(t.housekeeping(500), (vec![], 0));
+        assert_eq!(t.housekeeping(1000), (vec![IP], 0));
+        assert_eq!(t.housekeeping(2000), (vec![IP], 0));
+        assert_eq!(t.housekeeping(3000), (vec![], 1));
+        t.learn(IP, MAC, 1, 3000);
+        assert!(t.get(IP, 12_999).is_some());
+        assert!(t.get(IP, 13_000).is_none());
+        t.housekeeping(13_000);
+        assert!(t.is_empty());
+    }
+}

@@ -1,0 +1,160 @@
+//! Transport headers as conntrack and NAT need them: TCP/UDP ports and checksums, TCP flags,
+//! ICMP type, code and echo identifier.
+
+use super::checksum;
+use super::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_DEST_UNREACHABLE: u8 = 3;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+
+/// Bytes needed to read the ports (or the ICMP identifier) of each protocol.
+pub fn min_len(protocol: u8) -> usize {
+    match protocol {
+        PROTO_TCP => 20,
+        PROTO_UDP => 8,
+        PROTO_ICMP => 8,
+        _ => 0,
+    }
+}
+
+/// Offset of the checksum field, where the protocol has one we maintain.
+fn checksum_offset(protocol: u8) -> Option<usize> {
+    match protocol {
+        PROTO_TCP => Some(16),
+        PROTO_UDP => Some(6),
+        PROTO_ICMP => Some(2),
+        _ => None,
+    }
+}
+
+fn read16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// (source, destination) port; for ICMP echo both are the identifier. `None` when too short or
+/// not a protocol with ports.
+pub fn ports(protocol: u8, l4: &[u8]) -> Option<(u16, u16)> {
+    if l4.len() < min_len(protocol) {
+        return None;
+    }
+    match protocol {
+        PROTO_TCP | PROTO_UDP => Some((read16(l4, 0), read16(l4, 2))),
+        PROTO_ICMP => {
+            let id = read16(l4, 4);
+            Some((id, id))
+        }
+        _ => None,
+    }
+}
+
+pub fn tcp_flags(l4: &[u8]) -> u8 {
+    l4.get(13).copied().unwrap_or(0)
+}
+
+/// Rewrites a port (for ICMP echo: the identifier), keeping the checksum valid.
+pub fn set_port(protocol: u8, l4: &mut [u8], source: bool, port: u16) {
+    let at = match (protocol, source) {
+        (PROTO_TCP | PROTO_UDP, true) => 0,
+        (PROTO_TCP | PROTO_UDP, false) => 2,
+        (PROTO_ICMP, _) => 4,
+        _ => return,
+    };
+    if l4.len() < at + 2 {
+        return;
+    }
+    let old = read16(l4, at);
+    l4[at..at + 2].copy_from_slice(&port.to_be_bytes());
+    adjust_checksum(protocol, l4, |c| checksum::update16(c, old, port));
+}
+
+/// Follows an address change in the pseudo-header (TCP, UDP; ICMP has none).
+pub fn address_changed(protocol: u8, l4: &mut [u8], old: u32, new: u32) {
+    if protocol == PROTO_ICMP {
+        return;
+    }
+    adjust_checksum(protocol, l4, |c| checksum::update32(c, old, new));
+}
+
+fn adjust_checksum(protocol: u8, l4: &mut [u8], update: impl Fn(u16) -> u16) {
+    let Some(at) = checksum_offset(protocol) else {
+        return;
+    };
+    if l4.len() < at + 2 {
+        return;
+    }
+    let old = read16(l4, at);
+    // A UDP checksum of zero means "none": leave it so.
+    if protocol == PROTO_UDP && old == 0 {
+        return;
+    }
+    let mut new = update(old);
+    if protocol == PROTO_UDP && new == 0 {
+        new = 0xffff;
+    }
+    l4[at..at + 2].copy_from_slice(&new.to_be_bytes());
+}
+
+/// Recomputes an ICMP checksum over the whole message.
+pub fn fill_icmp_checksum(icmp: &mut [u8]) {
+    if icmp.len() < 4 {
+        return;
+    }
+    icmp[2..4].copy_from_slice(&[0, 0]);
+    let c = checksum::checksum(icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ipv4::Ipv4Packet;
+
+    fn tcp_checksum_ok(ip: &[u8]) -> bool {
+        let p = Ipv4Packet::new_checked(ip).unwrap();
+        let l4 = p.payload();
+        let ph = checksum::pseudo_header(
+            p.src().octets(),
+            p.dst().octets(),
+            PROTO_TCP,
+            l4.len() as u16,
+        );
+        checksum::fold(ph + checksum::sum(l4)) == 0xffff
+    }
+
+    #[test]
+    fn port_and_address_rewrites_keep_the_tcp_checksum() {
+        let mut bytes = Vec::new();
+        etherparse::PacketBuilder::ipv4([10, 244, 1, 2], [10, 96, 0, 10], 64)
+            .tcp(40000, 80, 7, 1000)
+            .syn()
+            .write(&mut bytes, b"x")
+            .unwrap();
+        assert!(tcp_checksum_ok(&bytes));
+        let mut p = Ipv4Packet::new_checked(&mut bytes[..]).unwrap();
+        assert_eq!(ports(PROTO_TCP, p.payload()), Some((40000, 80)));
+        assert_eq!(tcp_flags(p.payload()) & TCP_SYN, TCP_SYN);
+        let old = u32::from(p.dst());
+        let new = u32::from_be_bytes([10, 244, 1, 3]);
+        p.set_dst(new.into());
+        address_changed(PROTO_TCP, p.payload_mut(), old, new);
+        set_port(PROTO_TCP, p.payload_mut(), false, 8080);
+        set_port(PROTO_TCP, p.payload_mut(), true, 33333);
+        assert!(tcp_checksum_ok(&bytes));
+        let p = Ipv4Packet::new_checked(&bytes[..]).unwrap();
+        assert_eq!(ports(PROTO_TCP, p.payload()), Some((33333, 8080)));
+    }
+
+    #[test]
+    fn short_transport_headers_have_no_ports() {
+        assert_eq!(ports(PROTO_TCP, &[0; 19]), None);
+        assert_eq!(ports(PROTO_UDP, &[0; 7]), None);
+        assert_eq!(ports(47, &[0; 40]), None);
+    }
+}

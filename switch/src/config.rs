@@ -1,0 +1,513 @@
+//! The node config file (`vswitch --config node.toml`): parsed strictly (unknown keys are
+//! errors), checked, and turned into a datapath configuration. Every error names the file, the
+//! key and the reason.
+
+use pipeline::gateway::{GatewayConfig, ServiceConfig, UplinkConfig};
+use pipeline::l2::BridgeConfig;
+use pipeline::l3::Ipv4Cidr;
+use pipeline::{MacAddr, PortId};
+use pmd::{PollMode, XdpMode};
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    node: NodeSection,
+    pods: PodsSection,
+    uplink: Option<UplinkSection>,
+    #[serde(default)]
+    route: Vec<RouteSection>,
+    #[serde(default)]
+    service: Vec<ServiceSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeSection {
+    cores: Option<Vec<usize>>,
+    xdp_mode: Option<String>,
+    poll: Option<String>,
+    fdb_age: Option<u64>,
+    conntrack_capacity: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PodsSection {
+    ports: Vec<String>,
+    gateway: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UplinkSection {
+    port: String,
+    address: String,
+    next_hop: String,
+    #[serde(default = "yes")]
+    masquerade: bool,
+    #[serde(default)]
+    cluster_cidrs: Vec<String>,
+    nat_port_range: Option<[u16; 2]>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteSection {
+    cidr: String,
+    via: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceSection {
+    name: String,
+    cluster_ip: String,
+    port: u16,
+    #[serde(default = "tcp")]
+    protocol: String,
+    node_port: Option<u16>,
+    #[serde(default)]
+    backends: Vec<String>,
+}
+
+fn tcp() -> String {
+    "tcp".into()
+}
+
+/// A refused config: which file, which key, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.reason)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A checked node config.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Pod ports first, then the uplink: the datapath's port order.
+    pub ports: Vec<String>,
+    pub cores: Option<Vec<usize>>,
+    pub xdp_mode: Option<XdpMode>,
+    pub poll: Option<PollMode>,
+    pub fdb_age_ms: u64,
+    pub gateway: GatewayConfig,
+}
+
+struct Checker<'a> {
+    file: &'a Path,
+}
+
+impl Checker<'_> {
+    fn err(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn ip(&self, key: &str, text: &str) -> Result<Ipv4Addr, ConfigError> {
+        text.parse()
+            .map_err(|_| self.err(key, format!("{text:?} is not an IPv4 address")))
+    }
+
+    fn cidr(&self, key: &str, text: &str) -> Result<Ipv4Cidr, ConfigError> {
+        text.parse().map_err(|e: String| self.err(key, e))
+    }
+}
+
+/// Reads and checks a config file. `port_exists` is asked about every port name.
+pub fn load(path: &Path, port_exists: &dyn Fn(&str) -> bool) -> Result<NodeConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        key: String::new(),
+        reason: format!("cannot read: {e}"),
+    })?;
+    parse(path, &text, port_exists)
+}
+
+pub fn parse(
+    path: &Path,
+    text: &str,
+    port_exists: &dyn Fn(&str) -> bool,
+) -> Result<NodeConfig, ConfigError> {
+    let c = Checker { file: path };
+    let file: File = toml::from_str(text).map_err(|e| {
+        let reason = e.message().to_string();
+        let key = e.span().map(|s| {
+            let line = text[..s.start.min(text.len())].lines().count().max(1);
+            format!("line {line}")
+        });
+        c.err(key.unwrap_or_default(), reason)
+    })?;
+
+    // Ports.
+    if file.pods.ports.is_empty() {
+        return Err(c.err("pods.ports", "needs at least one port"));
+    }
+    let mut seen = HashSet::new();
+    let mut ports = Vec::new();
+    let uplink_port = file.uplink.as_ref().map(|u| u.port.clone());
+    for (key, name) in file
+        .pods
+        .ports
+        .iter()
+        .map(|p| ("pods.ports", p))
+        .chain(uplink_port.iter().map(|p| ("uplink.port", p)))
+    {
+        if !seen.insert(name.clone()) {
+            return Err(c.err(key, format!("port {name:?} is listed twice")));
+        }
+        if !port_exists(name) {
+            return Err(c.err(
+                key,
+                format!("port {name:?} does not exist in this network namespace"),
+            ));
+        }
+        ports.push(name.clone());
+    }
+    let pod_ports: Vec<PortId> = (0..file.pods.ports.len() as PortId).collect();
+
+    // Addresses.
+    let gateway = c.cidr("pods.gateway", &file.pods.gateway)?;
+    if !(8..=30).contains(&gateway.len) {
+        return Err(c.err(
+            "pods.gateway",
+            format!("prefix length /{} is outside /8../30", gateway.len),
+        ));
+    }
+    if u32::from(gateway.addr) == gateway.network() {
+        return Err(c.err(
+            "pods.gateway",
+            format!("{} is the network address, not a gateway address", gateway),
+        ));
+    }
+    let uplink = match &file.uplink {
+        None => None,
+        Some(u) => {
+            let address = c.cidr("uplink.address", &u.address)?;
+            if address.overlaps(&gateway) {
+                return Err(c.err(
+                    "uplink.address",
+                    format!("{address} overlaps the pod subnet {gateway}"),
+                ));
+            }
+            let next_hop = c.ip("uplink.next_hop", &u.next_hop)?;
+            if !address.contains(next_hop) || next_hop == address.addr {
+                return Err(c.err(
+                    "uplink.next_hop",
+                    format!("{next_hop} is not another address in the uplink subnet {address}"),
+                ));
+            }
+            let mut cluster_cidrs = Vec::new();
+            for (i, text) in u.cluster_cidrs.iter().enumerate() {
+                cluster_cidrs.push(c.cidr(&format!("uplink.cluster_cidrs[{i}]"), text)?);
+            }
+            let nat_ports = match u.nat_port_range {
+                None => (1024, 65535),
+                Some([a, b]) if a >= 1 && a <= b => (a, b),
+                Some([a, b]) => {
+                    return Err(c.err(
+                        "uplink.nat_port_range",
+                        format!("[{a}, {b}] is not a range of ports from 1"),
+                    ))
+                }
+            };
+            Some(UplinkConfig {
+                port: file.pods.ports.len() as PortId,
+                address,
+                next_hop,
+                masquerade: u.masquerade,
+                cluster_cidrs,
+                nat_ports,
+            })
+        }
+    };
+
+    // Routes.
+    let mut routes: Vec<(Ipv4Cidr, Ipv4Addr)> = Vec::new();
+    for (i, r) in file.route.iter().enumerate() {
+        let key = format!("route[{i}]");
+        let Some(up) = &uplink else {
+            return Err(c.err(&key, "routes go via the uplink, and there is no [uplink]"));
+        };
+        let cidr = c.cidr(&format!("{key}.cidr"), &r.cidr)?;
+        let via = c.ip(&format!("{key}.via"), &r.via)?;
+        if cidr.overlaps(&gateway) {
+            return Err(c.err(
+                format!("{key}.cidr"),
+                format!("{cidr} overlaps the pod subnet {gateway}"),
+            ));
+        }
+        if cidr.overlaps(&up.address) {
+            return Err(c.err(
+                format!("{key}.cidr"),
+                format!("{cidr} overlaps the uplink subnet {}", up.address),
+            ));
+        }
+        if let Some((other, _)) = routes.iter().find(|(o, _)| o.overlaps(&cidr)) {
+            return Err(c.err(
+                format!("{key}.cidr"),
+                format!("{cidr} overlaps route {other}"),
+            ));
+        }
+        if !up.address.contains(via) {
+            return Err(c.err(
+                format!("{key}.via"),
+                format!("{via} is not in the uplink subnet {}", up.address),
+            ));
+        }
+        routes.push((cidr, via));
+    }
+
+    // Services.
+    let mut services: Vec<ServiceConfig> = Vec::new();
+    for (i, s) in file.service.iter().enumerate() {
+        let key = format!("service[{i}]");
+        let cluster_ip = c.ip(&format!("{key}.cluster_ip"), &s.cluster_ip)?;
+        let proto = match s.protocol.as_str() {
+            "tcp" => 6,
+            "udp" => 17,
+            other => {
+                return Err(c.err(
+                    format!("{key}.protocol"),
+                    format!("{other:?} is not tcp or udp"),
+                ))
+            }
+        };
+        if s.port == 0 {
+            return Err(c.err(format!("{key}.port"), "port 0 is not a service port"));
+        }
+        if gateway.contains(cluster_ip)
+            || uplink
+                .as_ref()
+                .is_some_and(|u| u.address.contains(cluster_ip))
+        {
+            return Err(c.err(
+                format!("{key}.cluster_ip"),
+                format!("{cluster_ip} is inside the pod or uplink subnet"),
+            ));
+        }
+        if let Some(dup) = services.iter().find(|o| o.name == s.name) {
+            return Err(c.err(
+                format!("{key}.name"),
+                format!("duplicate service {:?}", dup.name),
+            ));
+        }
+        if let Some(dup) = services
+            .iter()
+            .find(|o| o.cluster_ip == cluster_ip && o.port == s.port && o.proto == proto)
+        {
+            return Err(c.err(
+                key,
+                format!(
+                    "{cluster_ip}:{} {} is already service {:?}",
+                    s.port, s.protocol, dup.name
+                ),
+            ));
+        }
+        if let Some(np) = s.node_port {
+            if uplink.is_none() {
+                return Err(c.err(format!("{key}.node_port"), "a NodePort needs an [uplink]"));
+            }
+            if np == 0 {
+                return Err(c.err(format!("{key}.node_port"), "port 0 is not a NodePort"));
+            }
+            if let Some(dup) = services
+                .iter()
+                .find(|o| o.node_port == Some(np) && o.proto == proto)
+            {
+                return Err(c.err(
+                    format!("{key}.node_port"),
+                    format!("{np} is already the NodePort of {:?}", dup.name),
+                ));
+            }
+        }
+        let mut backends = Vec::new();
+        for (j, b) in s.backends.iter().enumerate() {
+            let addr: SocketAddrV4 = b.parse().map_err(|_| {
+                c.err(
+                    format!("{key}.backends[{j}]"),
+                    format!("{b:?} is not ADDRESS:PORT"),
+                )
+            })?;
+            if addr.port() == 0 {
+                return Err(c.err(format!("{key}.backends[{j}]"), format!("{b:?} has port 0")));
+            }
+            backends.push(addr);
+        }
+        services.push(ServiceConfig {
+            name: s.name.clone(),
+            cluster_ip,
+            port: s.port,
+            proto,
+            node_port: s.node_port,
+            backends,
+        });
+    }
+
+    let xdp_mode = match &file.node.xdp_mode {
+        Some(m) => Some(
+            m.parse::<XdpMode>()
+                .map_err(|e| c.err("node.xdp_mode", e))?,
+        ),
+        None => None,
+    };
+    let poll = match &file.node.poll {
+        Some(m) => Some(m.parse::<PollMode>().map_err(|e| c.err("node.poll", e))?),
+        None => None,
+    };
+    if let Some(cores) = &file.node.cores {
+        if cores.is_empty() {
+            return Err(c.err(
+                "node.cores",
+                "is empty; leave it out for one unpinned worker",
+            ));
+        }
+    }
+    let fdb_age_ms = file.node.fdb_age.unwrap_or(300) * 1000;
+    if fdb_age_ms == 0 {
+        return Err(c.err("node.fdb_age", "must be at least 1 second"));
+    }
+    let conntrack_capacity = file.node.conntrack_capacity.unwrap_or(262_144);
+    if conntrack_capacity == 0 {
+        return Err(c.err("node.conntrack_capacity", "must be at least 1"));
+    }
+    // Stable across restarts (pods cache it): locally administered, from the gateway address.
+    let o = gateway.addr.octets();
+    let mac = MacAddr([0x02, 0x76, o[0], o[1], o[2], o[3]]);
+    Ok(NodeConfig {
+        ports,
+        cores: file.node.cores.clone(),
+        xdp_mode,
+        poll,
+        fdb_age_ms,
+        gateway: GatewayConfig {
+            mac,
+            pod_ports,
+            gateway,
+            uplink,
+            routes,
+            services,
+            conntrack_capacity,
+            neighbor_age_ms: 300_000,
+            bridge: BridgeConfig {
+                fdb_age_ms,
+                ..Default::default()
+            },
+        },
+    })
+}
+
+impl NodeConfig {
+    /// What a reload may not change (ports, addresses, workers): `Err` names the first key.
+    pub fn reload_compatible(&self, new: &NodeConfig) -> Result<(), String> {
+        let (a, b) = (&self.gateway, &new.gateway);
+        if self.ports != new.ports {
+            return Err("pods.ports / uplink.port changed".into());
+        }
+        if a.gateway != b.gateway {
+            return Err("pods.gateway changed".into());
+        }
+        if a.uplink.as_ref().map(|u| (u.address, u.port))
+            != b.uplink.as_ref().map(|u| (u.address, u.port))
+        {
+            return Err("uplink.address changed".into());
+        }
+        if self.cores != new.cores || self.xdp_mode != new.xdp_mode || self.poll != new.poll {
+            return Err("[node] changed".into());
+        }
+        if a.conntrack_capacity != b.conntrack_capacity {
+            return Err("node.conntrack_capacity changed".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../examples/node.toml");
+
+    fn parse_ok(text: &str) -> NodeConfig {
+        parse(Path::new("node.toml"), text, &|_| true).unwrap()
+    }
+
+    fn parse_err(text: &str) -> String {
+        parse(Path::new("node.toml"), text, &|p| p != "missing0")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn the_example_parses() {
+        let c = parse_ok(EXAMPLE);
+        assert_eq!(c.ports, ["vp1", "vp2", "vp3", "vup"]);
+        assert_eq!(c.gateway.pod_ports, [0, 1, 2]);
+        assert_eq!(c.gateway.uplink.as_ref().unwrap().port, 3);
+        assert_eq!(c.gateway.services.len(), 1);
+        assert_eq!(c.gateway.services[0].backends.len(), 3);
+        assert_eq!(c.gateway.routes.len(), 1);
+        assert_eq!(c.cores, Some(vec![1]));
+    }
+
+    #[test]
+    fn errors_name_the_file_the_key_and_the_reason() {
+        let cases = [
+            (EXAMPLE.replace("[pods]", "[pods]\ncolour = \"blue\""), "unknown field `colour`"),
+            (EXAMPLE.replace("10.244.1.1/24", "10.244.1.300/24"), "node.toml: pods.gateway: \"10.244.1.300\""),
+            (EXAMPLE.replace("\"vp2\"", "\"missing0\""), "node.toml: pods.ports: port \"missing0\" does not exist"),
+            (EXAMPLE.replace("\"vp2\"", "\"vp1\""), "pods.ports: port \"vp1\" is listed twice"),
+            (EXAMPLE.replace("cidr = \"10.244.2.0/24\"", "cidr = \"10.244.1.0/25\""), "route[0].cidr: 10.244.1.0/25 overlaps the pod subnet"),
+            (EXAMPLE.replace("address = \"198.18.0.1/24\"", "address = \"10.244.0.1/16\""), "uplink.address: 10.244.0.1/16 overlaps"),
+            (EXAMPLE.replace("next_hop = \"198.18.0.254\"", "next_hop = \"198.19.0.254\""), "uplink.next_hop"),
+            (EXAMPLE.replace("protocol = \"tcp\"", "protocol = \"sctp\""), "service[0].protocol: \"sctp\""),
+            (EXAMPLE.replace("\"10.244.2.5:8080\"", "\"10.244.2.5\""), "service[0].backends[2]: \"10.244.2.5\""),
+            (format!("{EXAMPLE}\n[[service]]\nname = \"web\"\ncluster_ip = \"10.96.0.11\"\nport = 80\n"), "service[1].name: duplicate service \"web\""),
+            (format!("{EXAMPLE}\n[[service]]\nname = \"web2\"\ncluster_ip = \"10.96.0.10\"\nport = 80\n"), "service[1]: 10.96.0.10:80 tcp is already service \"web\""),
+            (EXAMPLE.replace("xdp_mode = \"auto\"", "xdp_mode = \"fast\""), "node.xdp_mode"),
+            ("[pods]\nports = []\ngateway = \"10.244.1.1/24\"\n".to_string(), "pods.ports: needs at least one port"),
+            ("not toml at all [".to_string(), "node.toml: line 1"),
+        ];
+        for (text, needle) in cases {
+            let err = parse_err(&text);
+            assert!(err.contains(needle), "expected {needle:?} in {err:?}");
+        }
+    }
+
+    #[test]
+    fn reload_refuses_changed_ports_and_addresses() {
+        let a = parse_ok(EXAMPLE);
+        let fewer_backends = parse_ok(&EXAMPLE.replace(", \"10.244.2.5:8080\"", ""));
+        assert!(a.reload_compatible(&fewer_backends).is_ok());
+        let other_ports = parse_ok(&EXAMPLE.replace("\"vp3\"", "\"vp4\""));
+        assert!(a
+            .reload_compatible(&other_ports)
+            .unwrap_err()
+            .contains("ports"));
+    }
+}

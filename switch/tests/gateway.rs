@@ -1,0 +1,752 @@
+//! End to end: the node's L3 gateway (service VIP, NodePort, masquerade, a host-gw route to
+//! another node, the inbound policy, hairpin, reload) over veth in network namespaces, on two
+//! dataplanes: the Linux kernel set up the way Kubernetes sets up a node today (a bridge and
+//! nftables rules like kube-proxy's), and vswitch with a config file. One scenario runs on both
+//! and gives a [`Reachability`]; the kernel's is the reference the vswitch must match.
+//!
+//! Topology (every name carries a per-process prefix; nothing is created in the root namespace):
+//!
+//! ```text
+//!  p1 10.244.1.2 ─ vp1 ┐                                   ┌ n2 ── n2 pod 10.244.2.5
+//!  p2 10.244.1.3 ─ vp2 ├ sw (node) vup ═══ up  rt (router) ┤       (node 2, via 198.18.0.2)
+//!  p3 10.244.1.4 ─ vp3 ┘   198.18.0.1     198.18.0.254     └ ext ─ ex 198.19.0.10 (external)
+//!                                          198.18.0.2
+//! ```
+
+mod common;
+
+use common::{exec_bounded, must, network_test, unique_prefix, vswitch_bin, Namespaces};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Every connection attempt gives up after this many seconds.
+const CONNECT_TIMEOUT_S: f64 = 2.0;
+/// The service's backends: (pod name the server answers with, address:port).
+const BACKENDS: [(&str, &str); 3] = [
+    ("p1", "10.244.1.2:8080"),
+    ("p2", "10.244.1.3:8080"),
+    ("n2", "10.244.2.5:8080"),
+];
+/// The backend the reload removes (pod p2).
+const REMOVED: (&str, &str) = ("p2", "10.244.1.3:8080");
+const VIP_URL: &str = "http://10.96.0.10:80/";
+const NODE_PORT_URL: &str = "http://198.18.0.1:30080/";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dataplane {
+    /// A Linux bridge with the gateway address, routing and nftables rules like kube-proxy's.
+    Kernel,
+    /// `vswitch --config node.toml` on the same ports, nothing configured in the kernel.
+    Vswitch,
+}
+
+/// What the scenario saw. Equality compares the verdicts only, never the raw counts (which are
+/// random draws): two dataplanes that behave alike are equal.
+#[derive(Debug, Clone, Default)]
+struct Reachability {
+    /// 1. p3 → VIP, 100 connections: every one answered by a backend.
+    vip_all_answered: bool,
+    /// 1. ... and every backend got between 15 % and 50 % of them.
+    vip_balanced: bool,
+    /// 2. External host → NodePort on the node address: answered by backends.
+    node_port_from_external: bool,
+    /// 3. p3 → external host: answered.
+    pod_to_external: bool,
+    /// 3. ... and the external host saw the node address as the source (masquerade).
+    external_saw_node_address: bool,
+    /// 4. External host → a pod address directly: no answer (dropped inbound).
+    external_to_pod_dropped: bool,
+    /// 5. p3 → the pod on node 2, over the host-gw route: answered by it.
+    pod_to_remote_node_pod: bool,
+    /// 6. p1 → VIP, 20 connections: every one answered ...
+    hairpin_all_answered: bool,
+    /// 6. ... and some by p1 itself (the hairpin path was taken).
+    hairpin_reached_self: bool,
+    /// 7. p3 pings the gateway address.
+    ping_gateway: bool,
+    /// 8. After the reload without p2: 30 connections p3 → VIP all answered ...
+    reload_all_answered: bool,
+    /// 8. ... and none by the removed backend.
+    reload_removed_backend_unused: bool,
+    /// Answers per backend name (and "ERR") in check 1.
+    vip_counts: BTreeMap<String, usize>,
+    /// Answers per backend name (and "ERR") in check 6.
+    hairpin_counts: BTreeMap<String, usize>,
+    /// Answers per backend name (and "ERR") in check 8.
+    reload_counts: BTreeMap<String, usize>,
+}
+
+impl Reachability {
+    /// What a correct gateway gives.
+    fn expected() -> Reachability {
+        Reachability {
+            vip_all_answered: true,
+            vip_balanced: true,
+            node_port_from_external: true,
+            pod_to_external: true,
+            external_saw_node_address: true,
+            external_to_pod_dropped: true,
+            pod_to_remote_node_pod: true,
+            hairpin_all_answered: true,
+            hairpin_reached_self: true,
+            ping_gateway: true,
+            reload_all_answered: true,
+            reload_removed_backend_unused: true,
+            ..Reachability::default()
+        }
+    }
+
+    /// The verdicts, in field order. Destructured without `..` so that a new field cannot be
+    /// forgotten here.
+    fn verdicts(&self) -> [bool; 12] {
+        let Reachability {
+            vip_all_answered,
+            vip_balanced,
+            node_port_from_external,
+            pod_to_external,
+            external_saw_node_address,
+            external_to_pod_dropped,
+            pod_to_remote_node_pod,
+            hairpin_all_answered,
+            hairpin_reached_self,
+            ping_gateway,
+            reload_all_answered,
+            reload_removed_backend_unused,
+            vip_counts: _,
+            hairpin_counts: _,
+            reload_counts: _,
+        } = self;
+        [
+            *vip_all_answered,
+            *vip_balanced,
+            *node_port_from_external,
+            *pod_to_external,
+            *external_saw_node_address,
+            *external_to_pod_dropped,
+            *pod_to_remote_node_pod,
+            *hairpin_all_answered,
+            *hairpin_reached_self,
+            *ping_gateway,
+            *reload_all_answered,
+            *reload_removed_backend_unused,
+        ]
+    }
+}
+
+impl PartialEq for Reachability {
+    fn eq(&self, other: &Self) -> bool {
+        self.verdicts() == other.verdicts()
+    }
+}
+
+impl Eq for Reachability {}
+
+/// The vswitch configuration for this topology, with these backends for service `web`.
+fn node_toml(backends: &[&str]) -> String {
+    let backends = backends
+        .iter()
+        .map(|b| format!("\"{b}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"[node]
+xdp_mode = "auto"
+
+[pods]
+ports = ["vp1", "vp2", "vp3"]
+gateway = "10.244.1.1/24"
+
+[uplink]
+port = "vup"
+address = "198.18.0.1/24"
+next_hop = "198.18.0.254"
+masquerade = true
+cluster_cidrs = ["10.244.0.0/16", "10.96.0.0/12"]
+
+[[route]]
+cidr = "10.244.2.0/24"
+via = "198.18.0.2"
+
+[[service]]
+name = "web"
+cluster_ip = "10.96.0.10"
+port = 80
+protocol = "tcp"
+node_port = 30080
+backends = [{backends}]
+"#
+    )
+}
+
+/// The kernel's equivalent of the service config: nftables rules in the style of kube-proxy's
+/// nftables mode, replaced atomically as a whole (the first two lines make `nft -f` delete the
+/// table if it exists, in the same transaction that recreates it).
+///
+/// - service VIP and NodePort: DNAT to a random backend (`numgen random mod N` into a map of
+///   address . port); NodePort traffic is marked and masqueraded (externalTrafficPolicy Cluster);
+/// - hairpin: a pod that reaches itself through the VIP is masqueraded (else it would answer
+///   itself from its own address and drop the reply);
+/// - pod traffic leaving the uplink for a non-cluster destination is masqueraded;
+/// - a NEW connection from the uplink to a local pod address is dropped unless its source is a
+///   pod (established/related and DNATed NodePort traffic pass: the drop looks at the original
+///   destination).
+fn kube_proxy_rules(backends: &[&str]) -> String {
+    let elements = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let (ip, port) = b.split_once(':').unwrap();
+            format!("{i} : {ip} . {port}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let hairpin = backends
+        .iter()
+        .map(|b| b.split_once(':').unwrap().0)
+        .filter(|ip| ip.starts_with("10.244.1."))
+        .map(|ip| format!("{ip} . {ip}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let n = backends.len();
+    format!(
+        r#"table ip kube-proxy
+delete table ip kube-proxy
+table ip kube-proxy {{
+	map web-endpoints {{
+		typeof numgen random mod {n} : ip daddr . tcp dport
+		elements = {{ {elements} }}
+	}}
+	set hairpin {{
+		type ipv4_addr . ipv4_addr
+		elements = {{ {hairpin} }}
+	}}
+	chain services {{
+		ip daddr 10.96.0.10 tcp dport 80 dnat ip to numgen random mod {n} map @web-endpoints
+		ip daddr 198.18.0.1 tcp dport 30080 meta mark set meta mark | 0x4000 dnat ip to numgen random mod {n} map @web-endpoints
+	}}
+	chain prerouting {{
+		type nat hook prerouting priority dstnat; policy accept;
+		jump services
+	}}
+	chain output {{
+		type nat hook output priority -100; policy accept;
+		jump services
+	}}
+	chain postrouting {{
+		type nat hook postrouting priority srcnat; policy accept;
+		meta mark & 0x4000 == 0x4000 masquerade
+		ct status dnat ip saddr . ip daddr @hairpin masquerade
+		oifname "vup" ip saddr 10.244.0.0/16 ip daddr != {{ 10.244.0.0/16, 10.96.0.0/12 }} masquerade
+	}}
+	chain forward {{
+		type filter hook forward priority filter; policy accept;
+		ct state established,related accept
+		iifname "vup" ct state new ip saddr != 10.244.0.0/16 ct original ip daddr 10.244.1.0/24 drop
+	}}
+}}
+"#
+    )
+}
+
+/// A running `vswitch --config`; killed on drop if not stopped.
+struct VswitchProcess {
+    child: Option<Child>,
+    config: PathBuf,
+}
+
+impl Drop for VswitchProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The topology above, with one dataplane in the node namespace and the HTTP servers running.
+/// Fields drop in order: the vswitch, the servers, the scratch directory, then the namespaces
+/// (which kills whatever else still runs in them).
+struct Gateway {
+    dataplane: Dataplane,
+    prefix: String,
+    vswitch: Option<VswitchProcess>,
+    servers: Servers,
+    dir: ScratchDir,
+    namespaces: Namespaces,
+}
+
+/// The HTTP servers, killed and reaped on drop.
+#[derive(Default)]
+struct Servers(Vec<Child>);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A directory for config files and logs, removed on drop.
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn ip(ns: &str, args: &[&str]) {
+    let mut full = vec!["ip", "-n", ns];
+    full.extend_from_slice(args);
+    must(&full);
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> String {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend_from_slice(args);
+    must(&full)
+}
+
+fn probe_script() -> String {
+    common::repo_root()
+        .join("scripts")
+        .join("http_probe.py")
+        .to_string_lossy()
+        .into_owned()
+}
+
+impl Gateway {
+    fn new(dataplane: Dataplane) -> Gateway {
+        let prefix = unique_prefix("vgw");
+        let dir = std::env::temp_dir().join(format!("{prefix}-gateway"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut gw = Gateway {
+            dataplane,
+            prefix,
+            vswitch: None,
+            servers: Servers::default(),
+            dir: ScratchDir(dir),
+            namespaces: Namespaces::default(),
+        };
+        gw.cable();
+        match dataplane {
+            Dataplane::Kernel => gw.kernel_node(),
+            Dataplane::Vswitch => gw.start_vswitch(),
+        }
+        for (name, host) in [
+            ("p1", "p1"),
+            ("p2", "p2"),
+            ("n2", "n2"),
+            ("client-ip", "ex"),
+        ] {
+            gw.serve(host, name);
+        }
+        gw
+    }
+
+    fn ns(&self, short: &str) -> String {
+        format!("{}{short}", self.prefix)
+    }
+
+    /// Namespaces, veth pairs, pod and router addresses: everything but the node's dataplane.
+    fn cable(&mut self) {
+        let (sw, rt, n2, ex) = (self.ns("sw"), self.ns("rt"), self.ns("n2"), self.ns("ex"));
+        for short in ["sw", "p1", "p2", "p3", "rt", "n2", "ex"] {
+            let ns = self.ns(short);
+            self.namespaces.add(&ns);
+        }
+        // Pods: eth0 ↔ vpN in the node namespace.
+        for i in 1..=3 {
+            let pod = self.ns(&format!("p{i}"));
+            let port = format!("vp{i}");
+            ip(
+                &pod,
+                &[
+                    "link", "add", "name", "eth0", "type", "veth", "peer", "name", &port, "netns",
+                    &sw,
+                ],
+            );
+            ip(
+                &pod,
+                &[
+                    "link",
+                    "set",
+                    "eth0",
+                    "address",
+                    &format!("02:00:00:00:01:{i:02x}"),
+                ],
+            );
+            ip(
+                &pod,
+                &[
+                    "addr",
+                    "add",
+                    &format!("10.244.1.{}/24", i + 1),
+                    "dev",
+                    "eth0",
+                ],
+            );
+            ip(&pod, &["link", "set", "eth0", "up"]);
+            ip(&pod, &["route", "add", "default", "via", "10.244.1.1"]);
+            // Required for AF_XDP (see README); harmless for the kernel path.
+            in_ns(&pod, &["ethtool", "-K", "eth0", "tx", "off"]);
+            ip(&sw, &["link", "set", &port, "up"]);
+        }
+        // Router: `up` ↔ vup (it is also node 2 at 198.18.0.2), `n2` ↔ node 2's pod, `ext` ↔
+        // the external host. It routes and does no NAT.
+        ip(
+            &rt,
+            &[
+                "link", "add", "name", "up", "type", "veth", "peer", "name", "vup", "netns", &sw,
+            ],
+        );
+        ip(&rt, &["addr", "add", "198.18.0.254/24", "dev", "up"]);
+        ip(&rt, &["addr", "add", "198.18.0.2/24", "dev", "up"]);
+        ip(&rt, &["link", "set", "dev", "up", "up"]);
+        in_ns(&rt, &["ethtool", "-K", "up", "tx", "off"]);
+        ip(&sw, &["link", "set", "vup", "up"]);
+        for (side, host, host_addr, gw_addr, gw_cidr) in [
+            ("n2", &n2, "10.244.2.5/24", "10.244.2.1", "10.244.2.1/24"),
+            ("ext", &ex, "198.19.0.10/24", "198.19.0.1", "198.19.0.1/24"),
+        ] {
+            ip(
+                &rt,
+                &[
+                    "link", "add", "name", side, "type", "veth", "peer", "name", "eth0", "netns",
+                    host,
+                ],
+            );
+            ip(&rt, &["addr", "add", gw_cidr, "dev", side]);
+            ip(&rt, &["link", "set", side, "up"]);
+            ip(host, &["addr", "add", host_addr, "dev", "eth0"]);
+            ip(host, &["link", "set", "eth0", "up"]);
+            ip(host, &["route", "add", "default", "via", gw_addr]);
+            in_ns(host, &["ethtool", "-K", "eth0", "tx", "off"]);
+        }
+        in_ns(&rt, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        ip(&rt, &["route", "add", "10.244.1.0/24", "via", "198.18.0.1"]);
+    }
+
+    /// The node as Kubernetes builds it today: bridge br0 with the pod gateway address,
+    /// hairpin on the pod ports, bridged traffic through netfilter (so that a reply a pod sends
+    /// straight to another pod is un-DNATed), routes, forwarding, and kube-proxy-like rules.
+    fn kernel_node(&mut self) {
+        let sw = self.ns("sw");
+        assert!(
+            Command::new("nft").arg("--version").output().is_ok(),
+            "nft is missing: run scripts/install-deps.sh (Debian package nftables)"
+        );
+        ip(&sw, &["link", "add", "br0", "type", "bridge"]);
+        for port in ["vp1", "vp2", "vp3"] {
+            ip(&sw, &["link", "set", port, "master", "br0"]);
+            must(&[
+                "bridge", "-n", &sw, "link", "set", "dev", port, "hairpin", "on",
+            ]);
+        }
+        ip(&sw, &["addr", "add", "10.244.1.1/24", "dev", "br0"]);
+        ip(&sw, &["link", "set", "br0", "up"]);
+        ip(&sw, &["addr", "add", "198.18.0.1/24", "dev", "vup"]);
+        ip(&sw, &["route", "add", "default", "via", "198.18.0.254"]);
+        ip(&sw, &["route", "add", "10.244.2.0/24", "via", "198.18.0.2"]);
+        in_ns(
+            &sw,
+            &[
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+                "net.bridge.bridge-nf-call-iptables=1",
+            ],
+        );
+        let all: Vec<&str> = BACKENDS.iter().map(|b| b.1).collect();
+        self.load_rules(&all);
+    }
+
+    fn load_rules(&self, backends: &[&str]) {
+        let file = self.dir.0.join("rules.nft");
+        std::fs::write(&file, kube_proxy_rules(backends)).unwrap();
+        in_ns(&self.ns("sw"), &["nft", "-f", file.to_str().unwrap()]);
+    }
+
+    fn write_config(&self, backends: &[&str]) -> PathBuf {
+        let file = self.dir.0.join("node.toml");
+        let tmp = self.dir.0.join("node.toml.tmp");
+        std::fs::write(&tmp, node_toml(backends)).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+        file
+    }
+
+    fn xdp_attached(&self, port: &str) -> bool {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns("sw"), "-d", "link", "show", "dev", port])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.0.join(name)).unwrap_or_default()
+    }
+
+    /// Starts vswitch with the full config and waits until every port carries its program.
+    fn start_vswitch(&mut self) {
+        let config = self.write_config(&BACKENDS.map(|b| b.1));
+        let stdout = std::fs::File::create(self.dir.0.join("vswitch.out")).unwrap();
+        let stderr = std::fs::File::create(self.dir.0.join("vswitch.err")).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns("sw"), vswitch_bin(), "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("spawning vswitch");
+        // Killed on drop if it fails to start.
+        let mut vswitch = VswitchProcess {
+            child: Some(child),
+            config,
+        };
+        let child = vswitch.child.as_mut().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "vswitch exited at start ({status}):\n{}{}",
+                    self.log("vswitch.out"),
+                    self.log("vswitch.err")
+                );
+            }
+            if ["vp1", "vp2", "vp3", "vup"]
+                .iter()
+                .all(|p| self.xdp_attached(p))
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vswitch did not attach to vp1..vp3 and vup within 10 s:\n{}",
+                self.log("vswitch.err")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.vswitch = Some(vswitch);
+    }
+
+    /// Removes backend p2 (10.244.1.3:8080) from service web.
+    fn reload_without_p2(&mut self) {
+        let rest: Vec<&str> = BACKENDS
+            .iter()
+            .map(|b| b.1)
+            .filter(|b| *b != REMOVED.1)
+            .collect();
+        match self.dataplane {
+            Dataplane::Kernel => self.load_rules(&rest),
+            Dataplane::Vswitch => {
+                let config = self.write_config(&rest);
+                let vswitch = self.vswitch.as_ref().expect("vswitch running");
+                assert_eq!(config, vswitch.config);
+                let pid = vswitch.child.as_ref().unwrap().id().to_string();
+                must(&["kill", "-HUP", &pid]);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+
+    /// Starts `http_probe.py serve 8080 NAME` in namespace `host` and waits until it listens.
+    fn serve(&mut self, host: &str, name: &str) {
+        let ns = self.ns(host);
+        let script = probe_script();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns, "python3", &script, "serve", "8080"])
+            .args([name, "300"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning http_probe.py serve");
+        let stdout = child.stdout.take().unwrap();
+        self.servers.0.push(child);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+        assert_eq!(line.trim(), "ready", "HTTP server {name} in {host}");
+    }
+
+    /// `count` GETs of `url` from namespace `from`, each on a new connection: one answer per
+    /// connection ("ERR" for none). Bounded: 2 s per connection, 2 s + 100 ms per connection
+    /// for the whole run.
+    fn get(&self, from: &str, url: &str, count: usize) -> Vec<String> {
+        let total = CONNECT_TIMEOUT_S + 0.1 * count as f64;
+        let out = exec_bounded(
+            &self.ns(from),
+            &[
+                "python3",
+                &probe_script(),
+                "get",
+                url,
+                &count.to_string(),
+                &CONNECT_TIMEOUT_S.to_string(),
+                &total.to_string(),
+            ],
+            Duration::from_secs_f64(total + 5.0),
+        );
+        let mut answers: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        answers.resize(count, "ERR".to_string());
+        answers
+    }
+
+    fn ping(&self, from: &str, to: &str) -> bool {
+        exec_bounded(
+            &self.ns(from),
+            &["ping", "-c", "3", "-i", "0.2", "-W", "1", "-w", "3", to],
+            Duration::from_secs(6),
+        )
+        .status
+        .success()
+    }
+
+    /// Stops the dataplane: vswitch gets SIGTERM and must exit 0 and detach within 10 s.
+    fn finish(mut self) {
+        let Some(mut vswitch) = self.vswitch.take() else {
+            return;
+        };
+        let mut child = vswitch.child.take().unwrap();
+        must(&["kill", "-TERM", &child.id().to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "vswitch did not exit within 10 s of SIGTERM:\n{}",
+                    self.log("vswitch.err")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "vswitch exit status; stdout:\n{}\nstderr:\n{}",
+            self.log("vswitch.out"),
+            self.log("vswitch.err")
+        );
+        for port in ["vp1", "vp2", "vp3", "vup"] {
+            assert!(!self.xdp_attached(port), "XDP program left on {port}");
+        }
+    }
+}
+
+fn tally(answers: &[String]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for a in answers {
+        *counts.entry(a.clone()).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn is_backend(answer: &str) -> bool {
+    BACKENDS.iter().any(|b| b.0 == answer)
+}
+
+/// The eight checks, in order (the reload last: it changes the service).
+fn scenario(gw: &mut Gateway) -> Reachability {
+    let mut r = Reachability::default();
+
+    // 1. Service VIP from a pod: spread over the three backends.
+    let answers = gw.get("p3", VIP_URL, 100);
+    r.vip_all_answered = answers.iter().all(|a| is_backend(a));
+    r.vip_counts = tally(&answers);
+    r.vip_balanced = BACKENDS.iter().all(|(name, _)| {
+        let n = r.vip_counts.get(*name).copied().unwrap_or(0);
+        (15..=50).contains(&n)
+    });
+
+    // 2. NodePort from outside the cluster.
+    let answers = gw.get("ex", NODE_PORT_URL, 12);
+    r.node_port_from_external = answers.iter().all(|a| is_backend(a));
+
+    // 3. A pod to the outside world, masqueraded to the node address.
+    let answers = gw.get("p3", "http://198.19.0.10:8080/", 1);
+    r.pod_to_external = answers[0] != "ERR";
+    r.external_saw_node_address = answers[0] == "198.18.0.1";
+
+    // 4. Unsolicited inbound straight to a pod address.
+    let answers = gw.get("ex", "http://10.244.1.2:8080/", 1);
+    r.external_to_pod_dropped = answers[0] == "ERR";
+
+    // 5. The other node's pod, over the host-gw route.
+    let answers = gw.get("p3", "http://10.244.2.5:8080/", 1);
+    r.pod_to_remote_node_pod = answers[0] == "n2";
+
+    // 6. Hairpin: p1 through the VIP, sometimes to itself.
+    let answers = gw.get("p1", VIP_URL, 20);
+    r.hairpin_all_answered = answers.iter().all(|a| is_backend(a));
+    r.hairpin_reached_self = answers.iter().any(|a| a == "p1");
+    r.hairpin_counts = tally(&answers);
+
+    // 7. The gateway answers ICMP echo.
+    r.ping_gateway = gw.ping("p3", "10.244.1.1");
+
+    // 8. Reload without p2: new connections never reach it.
+    gw.reload_without_p2();
+    let answers = gw.get("p3", VIP_URL, 30);
+    r.reload_all_answered = answers.iter().all(|a| is_backend(a));
+    r.reload_removed_backend_unused = answers.iter().all(|a| a != REMOVED.0);
+    r.reload_counts = tally(&answers);
+
+    r
+}
+
+/// Builds the topology on `dataplane`, runs the scenario, tears down (a vswitch must exit 0).
+fn reachability(dataplane: Dataplane) -> Reachability {
+    let started = Instant::now();
+    let mut gw = Gateway::new(dataplane);
+    let r = scenario(&mut gw);
+    gw.finish();
+    eprintln!(
+        "{dataplane:?}: {:.1} s: {r:?}",
+        started.elapsed().as_secs_f64()
+    );
+    r
+}
+
+#[test]
+fn kernel_path_reachability() {
+    let Some(_net) = network_test() else { return };
+    let r = reachability(Dataplane::Kernel);
+    assert_eq!(r, Reachability::expected(), "kernel path");
+}
+
+#[test]
+fn vswitch_gateway_reachability() {
+    let Some(_net) = network_test() else { return };
+    let r = reachability(Dataplane::Vswitch);
+    assert_eq!(r, Reachability::expected(), "vswitch");
+}
+
+#[test]
+fn vswitch_matches_kernel_path() {
+    let Some(_net) = network_test() else { return };
+    let kernel = reachability(Dataplane::Kernel);
+    let vswitch = reachability(Dataplane::Vswitch);
+    assert_eq!(
+        vswitch, kernel,
+        "vswitch (left) against the kernel path (right)"
+    );
+}
