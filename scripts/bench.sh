@@ -1,34 +1,50 @@
 #!/usr/bin/env bash
-# L2 forwarding benchmark: vswitch against the Linux bridge, in the same run, interleaved.
+# Throughput benchmarks of vswitch against the kernel path, in the same run, interleaved.
 #
-#   generator ns            switch ns                         sink ns
-#   gen0 ══ vgen ─ [vswitch | Linux bridge br0] ─ vsink ══ sink0
+#   generator ns               switch ns                                   sink ns
+#   gen0 10.244.1.4 ══ vgen ─ [vswitch | Linux bridge (+ nftables)] ─ vsink ══ sink0 10.244.1.2
 #
 # vswitch-pktgen sends 64-byte IPv4/UDP frames into gen0 through the kernel's live-frame XDP
-# runner, as fast as it can; the sink drops them in a native XDP program and counts them. The
-# worker is pinned to core 0 and the generator to core 1 (the veth receive work of vgen runs on
-# the generator's core, the sink's on the worker's). Prints delivered packets per second (median
-# and range of RUNS runs), the ratio, the worker's processing cycles per packet, and writes JSON
-# to bench/results/.
+# runner, as fast as it can; the sink counts what arrives (by default dropping it in a native
+# XDP program, the cheapest sink; --sink stack lets the sink's kernel stack take it). The
+# vswitch worker is pinned to core 0 and the generator to core 1 (vgen's receive work runs on
+# the generator's core, the sink's on whichever core transmits to it).
 #
-# --sink stack lets the sink's kernel stack take the frames instead (IP receive, then dropped
-# for want of a socket): closer to a pod, and the sink's cost lands on whichever core delivers.
+# Scenarios:
+#   l2    frames to the sink's MAC and address: vswitch --ports vs. a Linux bridge
+#   dnat  frames to the gateway's MAC and a service VIP (10.96.0.10:80/udp) that is DNATed to
+#         the sink pod (10.244.1.2:8080): vswitch --config vs. a Linux bridge with the gateway
+#         address, IP forwarding and an nftables DNAT rule as kube-proxy writes them. With
+#         --services N, N services exist and the measured one is the last (kube-proxy's
+#         iptables mode matches rules in order).
+#   ctscale  the dnat scenario on vswitch twice: with --fill N connections tracked before the
+#         measurement (N distinct flows sent to the service first; UDP entries live 30 s) and
+#         with an empty table: the cost of a big connection table.
 #
-#   scripts/bench.sh [--runs N] [--duration SECS] [--size BYTES] [--flows N] [--sink xdp-drop|stack]
+#   scripts/bench.sh [--scenario l2|dnat|ctscale|all] [--runs N] [--duration SECS]
+#                    [--size BYTES] [--flows N] [--sink xdp-drop|stack] [--services N] [--fill N]
+#
+# Prints delivered packets per second (median and range), the ratio to the kernel path, the
+# worker's processing cycles per packet, and writes JSON to bench/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench.sh needs root (network namespaces, XDP)" >&2; exit 1; }
-runs=3 duration=5 size=64 flows=1 sink=xdp-drop
+scenario=all runs=3 duration=5 size=64 flows=1 sink=xdp-drop services=1 fill=1000000
 while [ $# -gt 0 ]; do
 	case $1 in
+	--scenario) scenario=$2; shift 2 ;;
 	--runs) runs=$2; shift 2 ;;
 	--duration) duration=$2; shift 2 ;;
 	--size) size=$2; shift 2 ;;
 	--flows) flows=$2; shift 2 ;;
 	--sink) sink=$2; shift 2 ;;
+	--services) services=$2; shift 2 ;;
+	--fill) fill=$2; shift 2 ;;
 	*) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 done
+case $scenario in l2 | dnat | ctscale | all) ;; *) echo "bench.sh: --scenario must be l2, dnat, ctscale or all" >&2; exit 2 ;; esac
+case $sink in xdp-drop | stack) ;; *) echo "bench.sh: --sink must be xdp-drop or stack" >&2; exit 2 ;; esac
 scripts/install-deps.sh
 echo "== building release binaries"
 cargo build --release -q -p switch -p bench
@@ -36,138 +52,229 @@ bin=target/release
 
 P="vsb$$"
 GEN=${P}gen SW=${P}sw SINK=${P}sink
+tmp=$(mktemp -d)
 cleanup() {
 	for ns in $GEN $SW $SINK; do
 		ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
 		ip netns del "$ns" 2>/dev/null || true
 	done
+	rm -rf "$tmp"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-for ns in $GEN $SW $SINK; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+
+GEN_MAC=02:00:00:00:01:04 SINK_MAC=02:00:00:00:01:02 GW_MAC=02:76:0a:f4:01:01
+for ns in $GEN $SW $SINK; do
+	ip netns add "$ns"
+	ip -n "$ns" link set lo up
+	ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+done
 ip -n $GEN link add gen0 type veth peer name vgen netns $SW
 ip -n $SINK link add sink0 type veth peer name vsink netns $SW
-ip -n $GEN link set gen0 address 02:00:00:00:0a:01
-ip -n $SINK link set sink0 address 02:00:00:00:0b:01
-ip -n $GEN link set gen0 up; ip -n $SINK link set sink0 up
-ip -n $SW link set vgen up; ip -n $SW link set vsink up
-ip -n $GEN addr add 198.18.0.1/24 dev gen0
-ip -n $SINK addr add 198.18.0.2/24 dev sink0
-for ns in $GEN $SW $SINK; do ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1; done
+ip -n $GEN link set gen0 address $GEN_MAC
+ip -n $SINK link set sink0 address $SINK_MAC
+ip -n $GEN addr add 10.244.1.4/24 dev gen0
+ip -n $SINK addr add 10.244.1.2/24 dev sink0
+ip -n $GEN link set gen0 up
+ip -n $SINK link set sink0 up
+ip -n $GEN route add default via 10.244.1.1
+ip -n $SINK route add default via 10.244.1.1
+ip -n $SW link set vgen up
+ip -n $SW link set vsink up
 
-# One frame from the sink so both switches learn where its MAC is.
+# The sink speaks once, so switches learn its MAC and the gateway its address.
 announce_sink() {
-	ip netns exec $SINK python3 scripts/rawframe.py send sink0 ff:ff:ff:ff:ff:ff 02:00:00:00:0b:01 1
+	# Forget the gateway's MAC first, so the sink ARPs for it (and so is learned) every time:
+	# once the XDP-drop sink is attached it cannot answer ARP.
+	ip -n $SINK neigh flush all
+	ip netns exec $SINK ping -c 1 -W 1 10.244.1.1 >/dev/null 2>&1 || true
+	ip netns exec $SINK python3 scripts/rawframe.py send sink0 ff:ff:ff:ff:ff:ff $SINK_MAC 1
 	sleep 0.2
 }
 
-# Runs the generator for $duration s; prints "delivered_pps offered_pps".
+# measure DST_MAC DST_IP DST_PORT: runs the generator; prints "delivered_pps offered_pps".
 measure() {
-	local sink_out gen_out
-	sink_out=$(mktemp)
 	local drop=()
 	[ "$sink" = xdp-drop ] && drop=(--xdp-drop)
-	ip netns exec $SINK $bin/vswitch-pktgen count --dev sink0 "${drop[@]}" --duration "$((duration + 2))" >"$sink_out" &
-	local sink=$!
+	ip netns exec $SINK $bin/vswitch-pktgen count --dev sink0 "${drop[@]}" --duration "$((duration + 2))" >"$tmp/sink" &
+	local counter=$!
 	sleep 0.5
-	gen_out=$(ip netns exec $GEN $bin/vswitch-pktgen send --dev gen0 --core 1 \
-		--src-mac 02:00:00:00:0a:01 --dst-mac 02:00:00:00:0b:01 \
+	local gen_out
+	gen_out=$(ip netns exec $GEN $bin/vswitch-pktgen send --dev gen0 --core 1 --src-mac $GEN_MAC \
+		--dst-mac "$1" --src-ip 10.244.1.4 --dst-ip "$2" --dst-port "$3" \
 		--size "$size" --flows "$flows" --duration "$duration" | tail -1)
-	wait $sink
-	local received seconds sent
-	received=$(tail -1 "$sink_out" | sed -E 's/.*received=([0-9]+).*/\1/')
-	rm -f "$sink_out"
-	seconds=$(echo "$gen_out" | sed -E 's/.*seconds=([0-9.]+).*/\1/')
-	sent=$(echo "$gen_out" | sed -E 's/.*sent=([0-9]+).*/\1/')
-	python3 -c "print(round($received / $seconds), round($sent / $seconds))"
+	wait $counter
+	python3 - "$(tail -1 "$tmp/sink")" "$gen_out" <<'PY'
+import re, sys
+received = int(re.search(r"received=(\d+)", sys.argv[1]).group(1))
+sent = int(re.search(r"sent=(\d+)", sys.argv[2]).group(1))
+secs = float(re.search(r"seconds=([0-9.]+)", sys.argv[2]).group(1))
+print(round(received / secs), round(sent / secs))
+PY
 }
 
-run_vswitch() {
-	local log
-	log=$(mktemp)
-	ip netns exec $SW $bin/vswitch --ports vgen,vsink --cores 0 --poll busy >"$log" 2>&1 &
-	local vs=$!
+# start_vswitch ARGS...: runs vswitch in the switch namespace until stop_vswitch.
+start_vswitch() {
+	ip netns exec $SW $bin/vswitch "$@" --cores 0 --poll busy >"$tmp/vswitch" 2>&1 &
+	VS=$!
 	for _ in $(seq 100); do ip -n $SW -d link show vsink | grep -q prog/xdp && break; sleep 0.1; done
-	announce_sink
-	local result
-	result=$(measure)
-	kill -TERM $vs
-	wait $vs
-	local cpp
-	cpp=$(sed -nE 's/.*processing_cycles_per_packet=([0-9]+).*/\1/p' "$log" | head -1)
-	rm -f "$log"
-	echo "$result ${cpp:-0}"
 }
 
-run_bridge() {
+# stop_vswitch: waits for it to detach and exit; sets CPP to the worker's processing cycles per
+# packet. (Not in a command substitution: `wait` only works in the shell that started it.)
+stop_vswitch() {
+	kill -TERM $VS
+	wait $VS
+	CPP=$(sed -nE 's/.*processing_cycles_per_packet=([0-9]+).*/\1/p' "$tmp/vswitch" | head -1)
+	grep -o 'conntrack: [0-9]* flows' "$tmp/vswitch" | sed 's/^/   vswitch at exit: /' >&2 || true
+}
+
+bridge_up() {
 	ip -n $SW link add br0 type bridge
+	ip -n $SW link set br0 address $GW_MAC
 	ip -n $SW link set vgen master br0
 	ip -n $SW link set vsink master br0
 	ip -n $SW link set br0 up
 	# Frames sent by XDP into a veth need NAPI on its peer: GRO gives it without XDP.
 	ip netns exec $SW ethtool -K vgen gro on >/dev/null
-	announce_sink
-	local result
-	result=$(measure)
+}
+
+bridge_down() {
 	ip netns exec $SW ethtool -K vgen gro off >/dev/null
+	ip netns exec $SW nft flush ruleset 2>/dev/null || true
 	ip -n $SW link del br0
-	echo "$result 0"
+}
+
+l2_vswitch() {
+	start_vswitch --ports vgen,vsink
+	announce_sink
+	local r
+	r=$(measure $SINK_MAC 10.244.1.2 9)
+	stop_vswitch
+	echo "$r $CPP"
+}
+
+l2_kernel() {
+	bridge_up
+	announce_sink
+	local r
+	r=$(measure $SINK_MAC 10.244.1.2 9)
+	bridge_down
+	echo "$r 0"
+}
+
+# The measured service is the last of $services (10.96.0.10); the others take 10.97.x.y.
+service_vip() { echo 10.96.0.10; }
+other_vip() { echo "10.97.$(($1 / 250)).$(($1 % 250 + 1))"; }
+
+# dnat_vswitch [FILL]: with FILL, that many flows are tracked before the measurement.
+dnat_vswitch() {
+	local fill_flows=${1:-0}
+	{
+		printf '[node]\nconntrack_capacity = %d\n' $((fill_flows * 2 + 262144))
+		printf '[pods]\nports = ["vgen", "vsink"]\ngateway = "10.244.1.1/24"\n'
+		for i in $(seq 1 $((services - 1))); do
+			printf '[[service]]\nname = "s%d"\ncluster_ip = "%s"\nport = 80\nprotocol = "udp"\nbackends = ["10.244.1.3:8080"]\n' "$i" "$(other_vip "$i")"
+		done
+		printf '[[service]]\nname = "web"\ncluster_ip = "10.96.0.10"\nport = 80\nprotocol = "udp"\nbackends = ["10.244.1.2:8080"]\n'
+	} >"$tmp/node.toml"
+	start_vswitch --config "$tmp/node.toml"
+	announce_sink
+	if [ "$fill_flows" -gt 0 ]; then
+		# Source addresses from 10.244.100.0 on: never the measured flow's.
+		ip netns exec $GEN $bin/vswitch-pktgen send --dev gen0 --core 1 --src-mac $GEN_MAC \
+			--dst-mac $GW_MAC --src-ip 10.244.100.0 --dst-ip "$(service_vip)" --dst-port 80 \
+			--flows "$fill_flows" --burst 1 --count "$fill_flows" --rate 500000 --duration 60 >/dev/null
+		sleep 1
+	fi
+	local r
+	r=$(measure $GW_MAC "$(service_vip)" 80)
+	stop_vswitch
+	echo "$r $CPP"
+}
+
+ctscale_vswitch() { dnat_vswitch "$fill"; }
+ctscale_kernel() { dnat_vswitch 0; }
+
+dnat_kernel() {
+	bridge_up
+	ip -n $SW addr add 10.244.1.1/24 dev br0
+	ip netns exec $SW sysctl -qw net.ipv4.ip_forward=1
+	{
+		echo "table ip kube-proxy {"
+		echo "  chain prerouting { type nat hook prerouting priority dstnat; policy accept; jump services; }"
+		echo "  chain services {"
+		for i in $(seq 1 $((services - 1))); do
+			echo "    ip daddr $(other_vip "$i") udp dport 80 dnat to 10.244.1.3:8080"
+		done
+		echo "    ip daddr 10.96.0.10 udp dport 80 dnat to 10.244.1.2:8080"
+		echo "  }"
+		echo "}"
+	} >"$tmp/rules.nft"
+	ip netns exec $SW nft -f "$tmp/rules.nft"
+	announce_sink
+	local r
+	r=$(measure $GW_MAC "$(service_vip)" 80)
+	ip netns exec $SW sysctl -qw net.ipv4.ip_forward=0
+	ip -n $SW addr flush dev br0
+	bridge_down
+	echo "$r 0"
 }
 
 # Generator ceiling: straight into an XDP drop on the next veth.
-ceiling() {
-	local out
-	ip netns exec $SW $bin/vswitch-pktgen count --dev vgen --xdp-drop --duration "$((duration + 2))" >/tmp/$P.ceiling &
-	local c=$!
-	sleep 0.5
-	out=$(ip netns exec $GEN $bin/vswitch-pktgen send --dev gen0 --core 1 --src-mac 02:00:00:00:0a:01 \
-		--dst-mac 02:00:00:00:0b:01 --size "$size" --flows "$flows" --duration "$duration" | tail -1)
-	wait $c
-	local received seconds
-	received=$(tail -1 /tmp/$P.ceiling | sed -E 's/.*received=([0-9]+).*/\1/')
-	rm -f /tmp/$P.ceiling
-	seconds=$(echo "$out" | sed -E 's/.*seconds=([0-9.]+).*/\1/')
-	python3 -c "print(round($received / $seconds))"
-}
-
-echo "== generator ceiling (into an XDP drop on the next core's veth)"
-gen_ceiling=$(ceiling)
-echo "   ${gen_ceiling} pps"
-
-declare -a vs_runs br_runs vs_cpp
-for r in $(seq "$runs"); do
-	read -r d o c < <(run_vswitch)
-	vs_runs+=("$d"); vs_cpp+=("$c")
-	echo "run $r vswitch:      delivered $d pps (offered $o), worker ${c} cycles/packet"
-	read -r d o c < <(run_bridge)
-	br_runs+=("$d")
-	echo "run $r linux-bridge: delivered $d pps (offered $o)"
-done
+echo "== generator ceiling (into an XDP drop on the next veth)"
+ip netns exec $SW $bin/vswitch-pktgen count --dev vgen --xdp-drop --duration "$((duration + 2))" >"$tmp/ceiling" &
+c=$!
+sleep 0.5
+gen_out=$(ip netns exec $GEN $bin/vswitch-pktgen send --dev gen0 --core 1 --src-mac $GEN_MAC --dst-mac $SINK_MAC \
+	--size "$size" --flows "$flows" --duration "$duration" | tail -1)
+wait $c
+gen_ceiling=$(python3 -c "import re,sys; r=int(re.search(r'received=(\d+)', sys.argv[1]).group(1)); s=float(re.search(r'seconds=([0-9.]+)', sys.argv[2]).group(1)); print(round(r/s))" "$(tail -1 "$tmp/ceiling")" "$gen_out")
+echo "   $gen_ceiling pps"
 
 mkdir -p bench/results
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
-out=bench/results/l2-$sink-$stamp.json
-SINK=$sink python3 - "$out" "$size" "$flows" "$duration" "$gen_ceiling" "${vs_runs[*]}" "${br_runs[*]}" "${vs_cpp[*]}" <<'PY'
-import json, platform, statistics, sys, os
-out, size, flows, duration, ceiling = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
-vs = [int(x) for x in sys.argv[6].split()]
-br = [int(x) for x in sys.argv[7].split()]
-cpp = [int(x) for x in sys.argv[8].split()]
+
+# run_scenario NAME KERNEL_LABEL: interleaved runs, table, JSON.
+run_scenario() {
+	local name=$1 kernel_label=$2 vs=() kn=() cpp=() d o c r
+	echo "== scenario $name ($runs runs of ${duration}s, sink $sink, ${services} service(s), $flows flow(s))"
+	for r in $(seq "$runs"); do
+		read -r d o c < <("${name}_vswitch")
+		vs+=("$d"); cpp+=("$c")
+		echo "run $r vswitch:      delivered $d pps (offered $o), worker $c cycles/packet"
+		read -r d o c < <("${name}_kernel")
+		kn+=("$d")
+		echo "run $r $kernel_label: delivered $d pps (offered $o)"
+	done
+	local out=bench/results/$name-$sink-$stamp.json
+	SINK=$sink python3 - "$out" "$name" "$kernel_label" "$size" "$flows" "$duration" "$services" "$gen_ceiling" "${vs[*]}" "${kn[*]}" "${cpp[*]}" <<'PY'
+import json, os, platform, statistics, sys
+out, name, kernel, size, flows, duration, services, ceiling = sys.argv[1:9]
+vs, kn, cpp = ([int(x) for x in a.split()] for a in sys.argv[9:12])
 med = statistics.median
 result = {
-    "scenario": "l2-forwarding", "sink": os.environ["SINK"], "frame_size": size, "flows": flows, "duration_s": duration,
+    "scenario": name, "sink": os.environ["SINK"], "frame_size": int(size), "flows": int(flows),
+    "services": int(services), "duration_s": float(duration),
     "machine": f"{platform.node()} {os.cpu_count()} cores {platform.machine()} kernel {platform.release()}",
-    "generator_ceiling_pps": ceiling,
+    "generator_ceiling_pps": int(ceiling),
     "vswitch": {"runs_pps": vs, "median_pps": med(vs), "cycles_per_packet": cpp},
-    "linux_bridge": {"runs_pps": br, "median_pps": med(br)},
-    "ratio_vswitch_to_bridge": round(med(vs) / med(br), 3) if med(br) else None,
+    kernel: {"runs_pps": kn, "median_pps": med(kn)},
+    "ratio_vswitch_to_kernel": round(med(vs) / med(kn), 3) if med(kn) else None,
 }
 json.dump(result, open(out, "w"), indent=2)
 print()
-print(f"{'scenario':<14} {'median pps':>12} {'min-max pps':>24} {'vs. bridge':>11}")
-for name, runs in (("vswitch", vs), ("linux-bridge", br)):
-    ratio = med(runs) / med(br) if med(br) else float("nan")
-    print(f"{name:<14} {med(runs):>12,.0f} {min(runs):>11,}-{max(runs):<12,} {ratio:>10.2f}x")
+print(f"{'dataplane':<16} {'median pps':>12} {'min-max pps':>24} {'vs. kernel':>11}")
+for label, runs in (("vswitch", vs), (kernel, kn)):
+    ratio = med(runs) / med(kn) if med(kn) else float("nan")
+    print(f"{label:<16} {med(runs):>12,.0f} {min(runs):>11,}-{max(runs):<12,} {ratio:>10.2f}x")
 print(f"vswitch worker: {med(cpp):,.0f} processing cycles per packet (median)")
-print(f"sink: {os.environ['SINK']}; generator ceiling: {ceiling:,} pps; written {out}")
+print(f"generator ceiling: {int(ceiling):,} pps; written {out}")
+print()
 PY
+}
+
+[ "$scenario" = l2 ] || [ "$scenario" = all ] && run_scenario l2 linux-bridge
+[ "$scenario" = dnat ] || [ "$scenario" = all ] && run_scenario dnat kernel-nft-dnat
+[ "$scenario" = ctscale ] && run_scenario ctscale vswitch-empty-ct
+exit 0

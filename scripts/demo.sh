@@ -1,57 +1,147 @@
 #!/usr/bin/env bash
-# The demo: three pods on one node, switched by vswitch over AF_XDP.
+# The demo: one Kubernetes node whose pod dataplane is vswitch.
 #
-#   pod1 (10.244.1.11) ─ eth0══vp1 ┐
-#   pod2 (10.244.1.12) ─ eth0══vp2 ├─ vswitch (switch namespace)
-#   pod3 (10.244.1.13) ─ eth0══vp3 ┘
+#   pod1 10.244.1.2 ─ vp1 ┐                                      ┌ n2 ── node-2 pod 10.244.2.5
+#   pod2 10.244.1.3 ─ vp2 ├─ vswitch ── vup ═══ up ─ router ──────┤       (behind node 2, 198.18.0.2)
+#   pod3 10.244.1.4 ─ vp3 ┘  gateway 10.244.1.1  198.18.0.254     └ ext ─ external host 198.19.0.10
+#                            node 198.18.0.1
 #
-# Builds a release binary, makes the namespaces, runs the switch, pings every pair, moves
-# 20 MB over TCP with a checksum check, prints the switch's counters and cleans up.
+# Service "web" 10.96.0.10:80 → pod1, pod2 and the node-2 pod on 8080; NodePort 30080.
+# Builds a release binary, makes the namespaces, runs vswitch --config, shows pods talking on
+# their segment, load-balanced service traffic, NodePort from outside, masquerade to the
+# outside, the inbound policy, a host-gw route, a 20 MB transfer; prints the switch's counters
+# and cleans up (also on failure).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo.sh needs root (network namespaces, XDP)" >&2; exit 1; }
 scripts/install-deps.sh
 echo "== building"
 cargo build --release -q -p switch
-. scripts/topology.sh
-topo_init "vsdemo$$"
-for n in 1 2 3; do topo_add_pod "$n" "02:00:00:00:00:0$n" "10.244.1.1$n"; done
-log=$(mktemp)
-trap 'topo_cleanup; rm -f "$log"' EXIT
-
-echo "== starting vswitch --ports vp1,vp2,vp3 in namespace $TOPO_SW"
-ip netns exec "$TOPO_SW" target/release/vswitch --ports vp1,vp2,vp3 --stats-interval 1 >"$log" 2>&1 &
-switch=$!
-for _ in $(seq 100); do
-	ip -n "$TOPO_SW" -d link show vp3 | grep -q prog/xdp && break
-	sleep 0.1
-done
-head -1 "$log"
-
-echo "== ping between every pair of pods"
-for a in 1 2 3; do
-	for b in 1 2 3; do
-		[ "$a" = "$b" ] && continue
-		printf 'pod%s -> pod%s: ' "$a" "$b"
-		ip netns exec "$(topo_pod "$a")" ping -c 3 -i 0.2 -q "10.244.1.1$b" | grep -o '[0-9]* received.*loss'
+P="vsdemo$$"
+NS=()
+tmp=$(mktemp -d)
+cleanup() {
+	for ns in "${NS[@]}"; do
+		ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+		ip netns del "$ns" 2>/dev/null || true
 	done
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+ns() {
+	ip netns add "$P$1"
+	NS+=("$P$1")
+	ip -n "$P$1" link set lo up
+	ip netns exec "$P$1" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+}
+in_ns() { local n=$1; shift; ip netns exec "$P$n" "$@"; }
+
+echo "== building the node in network namespaces (prefix $P)"
+ns sw
+ns rt
+for i in 1 2 3; do
+	ns "p$i"
+	ip -n "${P}p$i" link add eth0 type veth peer name "vp$i" netns "${P}sw"
+	ip -n "${P}p$i" link set eth0 address "02:00:00:00:01:0$i"
+	ip -n "${P}p$i" addr add "10.244.1.$((i + 1))/24" dev eth0
+	ip -n "${P}p$i" link set eth0 up
+	ip -n "${P}p$i" route add default via 10.244.1.1
+	# veth leaves checksums to offload; frames crossing an AF_XDP switch are never finished.
+	in_ns "p$i" ethtool -K eth0 tx off >/dev/null
+	ip -n "${P}sw" link set "vp$i" up
+done
+ip -n "${P}sw" link add vup type veth peer name up netns "${P}rt"
+ip -n "${P}sw" link set vup up
+ip -n "${P}rt" addr add 198.18.0.254/24 dev up
+ip -n "${P}rt" addr add 198.18.0.2/24 dev up
+ip -n "${P}rt" link set dev up up
+in_ns rt ethtool -K up tx off >/dev/null
+in_ns rt sysctl -qw net.ipv4.ip_forward=1
+ip -n "${P}rt" route add 10.244.1.0/24 via 198.18.0.1
+for side in "n2 10.244.2" "ex 198.19.0"; do
+	set -- $side
+	ns "$1"
+	ip -n "${P}rt" link add "$1" type veth peer name eth0 netns "$P$1"
+	ip -n "${P}rt" addr add "$2.1/24" dev "$1"
+	ip -n "${P}rt" link set "$1" up
+	ip -n "$P$1" addr add "$2.$([ "$1" = n2 ] && echo 5 || echo 10)/24" dev eth0
+	ip -n "$P$1" link set eth0 up
+	ip -n "$P$1" route add default via "$2.1"
 done
 
-echo "== 20 MB over TCP, pod1 -> pod3"
-ip netns exec "$(topo_pod 3)" python3 scripts/tcp_transfer.py serve 5001 >"$log.rx" &
+cat >"$tmp/node.toml" <<'TOML'
+[pods]
+ports = ["vp1", "vp2", "vp3"]
+gateway = "10.244.1.1/24"
+
+[uplink]
+port = "vup"
+address = "198.18.0.1/24"
+next_hop = "198.18.0.254"
+masquerade = true
+cluster_cidrs = ["10.244.0.0/16", "10.96.0.0/12"]
+
+[[route]]
+cidr = "10.244.2.0/24"
+via = "198.18.0.2"
+
+[[service]]
+name = "web"
+cluster_ip = "10.96.0.10"
+port = 80
+protocol = "tcp"
+node_port = 30080
+backends = ["10.244.1.2:8080", "10.244.1.3:8080", "10.244.2.5:8080"]
+TOML
+
+echo "== starting vswitch --config node.toml in ${P}sw"
+in_ns sw target/release/vswitch --config "$tmp/node.toml" --stats-interval 2 >"$tmp/vswitch.log" 2>&1 &
+switch=$!
+for _ in $(seq 100); do ip -n "${P}sw" -d link show vup | grep -q prog/xdp && break; sleep 0.1; done
+head -1 "$tmp/vswitch.log"
+
+serve() { in_ns "$1" python3 scripts/http_probe.py serve 8080 "$2" 120 >"$tmp/serve-$1" & }
+serve p1 pod1
+serve p2 pod2
+serve n2 node-2-pod
+serve ex client-ip
+for s in p1 p2 n2 ex; do
+	for _ in $(seq 50); do grep -q ready "$tmp/serve-$s" 2>/dev/null && break; sleep 0.1; done
+done
+get() { in_ns "$1" python3 scripts/http_probe.py get "$2" "$3" 2; }
+tally() { sort | uniq -c | sed 's/^/      /'; }
+
+echo "== pods on the pod segment, and the gateway"
+for target in 10.244.1.3 10.244.1.1; do
+	printf '   pod1 -> %-11s ' "$target"
+	in_ns p1 ping -c 3 -i 0.2 -q "$target" | grep -o '[0-9]* received.*loss'
+done
+echo "== 30 requests from pod3 to the service 10.96.0.10:80 (Maglev over three backends)"
+get p3 http://10.96.0.10:80/ 30 | tally
+echo "== 6 requests from the external host to the NodePort 198.18.0.1:30080"
+get ex http://198.18.0.1:30080/ 6 | tally
+echo "== pod3 -> external host: the address the external host saw (masquerade)"
+echo "      $(get p3 http://198.19.0.10:8080/ 1)"
+echo "== external host -> pod1 directly (must be dropped)"
+echo "      $(get ex http://10.244.1.2:8080/ 1)"
+echo "== pod3 -> the pod on node 2 (host-gw route via 198.18.0.2)"
+echo "      $(get p3 http://10.244.2.5:8080/ 1)"
+
+echo "== 20 MB over TCP, pod1 -> pod3, checksum compared"
+in_ns p3 python3 scripts/tcp_transfer.py serve 5001 >"$tmp/rx" &
 server=$!
 sleep 0.3
 start=$(date +%s%N)
-sent=$(ip netns exec "$(topo_pod 1)" python3 scripts/tcp_transfer.py send 10.244.1.13 5001 20000000)
+sent=$(in_ns p1 python3 scripts/tcp_transfer.py send 10.244.1.4 5001 20000000)
 wait "$server"
-received=$(cat "$log.rx"); rm -f "$log.rx"
 ms=$((($(date +%s%N) - start) / 1000000))
-echo "sent:     $sent"
-echo "received: $received  (${ms} ms)"
-[ "$sent" = "$received" ] && echo "transfer intact" || { echo "TRANSFER CORRUPTED"; exit 1; }
+received=$(cat "$tmp/rx")
+echo "   sent:     $sent"
+echo "   received: $received  (${ms} ms)"
+[ "$sent" = "$received" ] || { echo "TRANSFER CORRUPTED"; exit 1; }
 
-echo "== stopping vswitch (SIGTERM)"
+echo "== stopping vswitch (SIGTERM); what it printed"
 kill -TERM "$switch"
 wait "$switch"
-echo "== what vswitch printed"
-cat "$log"
+cat "$tmp/vswitch.log"

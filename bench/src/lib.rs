@@ -22,14 +22,23 @@ pub struct FrameSpec {
     pub size: usize,
 }
 
-/// One IPv4/UDP frame with correct checksums; flow `i` uses source port `src_port + i`.
-pub fn udp_frame(spec: &FrameSpec, flow: u16) -> Vec<u8> {
+/// Source ports a flow number walks through before moving to the next source address.
+pub const PORTS_PER_ADDRESS: u32 = 60_000;
+
+/// One IPv4/UDP frame with correct checksums. Flow `i` uses source port
+/// `src_port + i % 60000` and source address `src_ip + i / 60000`, so a million flows are a
+/// million distinct 5-tuples.
+pub fn udp_frame(spec: &FrameSpec, flow: u32) -> Vec<u8> {
     let size = spec.size.clamp(64, 1518);
     let payload = vec![0xa5u8; size - FCS - HEADERS];
     let mut frame = Vec::with_capacity(size);
+    let src_ip = Ipv4Addr::from(u32::from(spec.src_ip).wrapping_add(flow / PORTS_PER_ADDRESS));
+    let src_port = spec
+        .src_port
+        .wrapping_add((flow % PORTS_PER_ADDRESS) as u16);
     etherparse::PacketBuilder::ethernet2(spec.src_mac.0, spec.dst_mac.0)
-        .ipv4(spec.src_ip.octets(), spec.dst_ip.octets(), 64)
-        .udp(spec.src_port.wrapping_add(flow), spec.dst_port)
+        .ipv4(src_ip.octets(), spec.dst_ip.octets(), 64)
+        .udp(src_port, spec.dst_port)
         .write(&mut frame, &payload)
         .expect("writing to a Vec cannot fail");
     frame
@@ -76,6 +85,14 @@ mod tests {
                 panic!("not UDP")
             };
             assert_eq!(udp.source_port(), 1027);
+        }
+        let far = udp_frame(&spec(64), PORTS_PER_ADDRESS + 5);
+        let parsed = etherparse::SlicedPacket::from_ethernet(&far).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = parsed.net else {
+            panic!("not IPv4")
+        };
+        assert_eq!(ip.header().source_addr(), Ipv4Addr::new(198, 18, 0, 2));
+        {
             let expected = udp
                 .to_header()
                 .calc_checksum_ipv4(&header, udp.payload())

@@ -42,6 +42,9 @@ enum Dataplane {
     Kernel,
     /// `vswitch --config node.toml` on the same ports, nothing configured in the kernel.
     Vswitch,
+    /// The same with two workers (`--cores 0,1`): shared conntrack and neighbours, frames
+    /// handed between workers.
+    VswitchTwoWorkers,
 }
 
 /// What the scenario saw. Equality compares the verdicts only, never the raw counts (which are
@@ -337,7 +340,7 @@ impl Gateway {
         gw.cable();
         match dataplane {
             Dataplane::Kernel => gw.kernel_node(),
-            Dataplane::Vswitch => gw.start_vswitch(),
+            Dataplane::Vswitch | Dataplane::VswitchTwoWorkers => gw.start_vswitch(),
         }
         for (name, host) in [
             ("p1", "p1"),
@@ -501,6 +504,10 @@ impl Gateway {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns("sw"), vswitch_bin(), "--config"])
             .arg(&config)
+            .args(match self.dataplane {
+                Dataplane::VswitchTwoWorkers => &["--cores", "0,1"][..],
+                _ => &[][..],
+            })
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -546,7 +553,7 @@ impl Gateway {
             .collect();
         match self.dataplane {
             Dataplane::Kernel => self.load_rules(&rest),
-            Dataplane::Vswitch => {
+            Dataplane::Vswitch | Dataplane::VswitchTwoWorkers => {
                 let config = self.write_config(&rest);
                 let vswitch = self.vswitch.as_ref().expect("vswitch running");
                 assert_eq!(config, vswitch.config);
@@ -738,6 +745,13 @@ fn vswitch_gateway_reachability() {
     let Some(_net) = network_test() else { return };
     let r = reachability(Dataplane::Vswitch);
     assert_eq!(r, Reachability::expected(), "vswitch");
+}
+
+#[test]
+fn vswitch_gateway_reachability_two_workers() {
+    let Some(_net) = network_test() else { return };
+    let r = reachability(Dataplane::VswitchTwoWorkers);
+    assert_eq!(r, Reachability::expected(), "vswitch with two workers");
 }
 
 #[test]

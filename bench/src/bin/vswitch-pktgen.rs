@@ -41,12 +41,18 @@ enum Command {
         src_ip: Ipv4Addr,
         #[arg(long, default_value = "198.18.0.2")]
         dst_ip: Ipv4Addr,
+        #[arg(long, default_value_t = 9)]
+        dst_port: u16,
         /// Frame size with FCS, 64 to 1518.
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(64..=1518))]
         size: u16,
-        /// Flows (distinct UDP source ports).
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=60000))]
-        flows: u16,
+        /// Flows: distinct UDP source ports, then source addresses (60000 ports each).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4_000_000))]
+        flows: u32,
+        /// Frames of one flow per send call before moving to the next flow (default 8 with
+        /// several flows; 1 visits every flow once in turn, to fill a connection table).
+        #[arg(long)]
+        burst: Option<u64>,
         /// Packets per second (0: as fast as possible).
         #[arg(long, default_value_t = 0)]
         rate: u64,
@@ -90,8 +96,10 @@ fn main() -> ExitCode {
             dst_mac,
             src_ip,
             dst_ip,
+            dst_port,
             size,
             flows,
+            burst,
             rate,
             duration,
             count,
@@ -103,21 +111,22 @@ fn main() -> ExitCode {
                 src_ip,
                 dst_ip,
                 src_port: 1024,
-                dst_port: 9,
+                dst_port,
                 size: size as usize,
             };
             if let Some(core) = core {
                 core_affinity::set_for_current(core_affinity::CoreId { id: core });
             }
-            send(
-                &dev,
-                &spec,
+            let plan = SendPlan {
                 flows,
+                burst: burst
+                    .unwrap_or(if flows > 1 { 8 } else { CALL_PACKETS })
+                    .max(1),
                 rate,
-                Duration::from_secs_f64(duration),
-                count,
-                &stop,
-            )
+                duration: Duration::from_secs_f64(duration),
+                limit: count,
+            };
+            send(&dev, &spec, &plan, &stop)
         }
         Command::Count {
             dev,
@@ -134,15 +143,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn send(
-    dev: &str,
-    spec: &FrameSpec,
-    flows: u16,
+/// How much to send, how fast, over which flows.
+#[derive(Clone, Copy)]
+struct SendPlan {
+    flows: u32,
+    /// Frames of one flow per kernel call.
+    burst: u64,
+    /// Packets per second; 0 for as fast as possible.
     rate: u64,
     duration: Duration,
+    /// Packets in all; 0 for no limit.
     limit: u64,
-    stop: &AtomicBool,
-) -> Result<(), String> {
+}
+
+fn send(dev: &str, spec: &FrameSpec, plan: &SendPlan, stop: &AtomicBool) -> Result<(), String> {
+    let SendPlan {
+        flows,
+        burst,
+        rate,
+        duration,
+        limit,
+    } = *plan;
     let ifindex = pmd::netdev::ifindex(dev).map_err(|e| e.to_string())?;
     let mut sender =
         LiveFrameSender::load(ifindex).map_err(|e| format!("loading the sender program: {e}"))?;
@@ -174,8 +195,8 @@ fn send(
             }
             n = n.min(allowed - sent);
         }
-        // Flows round-robin, a few frames of each per call.
-        let per_flow = if flows > 1 { n.min(8) } else { n };
+        // Flows round-robin, `burst` frames of each per call.
+        let per_flow = n.min(burst);
         sender
             .send(&frames[flow], per_flow as u32, XDP_BATCH)
             .map_err(|e| format!("sending into {dev}: {e}"))?;

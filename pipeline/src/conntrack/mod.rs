@@ -47,7 +47,9 @@ impl Tuple {
     fn shard(&self) -> usize {
         let mut h = FxHasher::default();
         self.hash(&mut h);
-        (h.finish() >> 7) as usize % SHARDS
+        // The shard's hash maps index by the low bits of the same hash: pick the shard from a
+        // remix's top bits, or every key in a shard would share some bucket-index bits.
+        (h.finish().wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % SHARDS
     }
 }
 

@@ -174,9 +174,17 @@ impl Topology {
 
     /// Starts `vswitch` on some ports only (comma-separated).
     pub fn start_switch_on(&self, ports: &str, extra: &[&str]) -> Switch {
-        let mut args = vec![vswitch_bin(), "--ports", ports];
+        let mut args = vec!["--ports", ports];
         args.extend_from_slice(extra);
-        let child = self.spawn(&self.sw, &args);
+        self.start_switch_with(&args, ports)
+    }
+
+    /// Starts `vswitch ARGS` and waits until every port in `ports` (comma-separated) has its
+    /// XDP program.
+    pub fn start_switch_with(&self, args: &[&str], ports: &str) -> Switch {
+        let mut full = vec![vswitch_bin()];
+        full.extend_from_slice(args);
+        let child = self.spawn(&self.sw, &full);
         let switch = Switch { child: Some(child) };
         // Attached once every port shows an XDP program.
         let deadline = Instant::now() + Duration::from_secs(10);
