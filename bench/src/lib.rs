@@ -85,19 +85,25 @@ mod tests {
                 panic!("not UDP")
             };
             assert_eq!(udp.source_port(), 1027);
-        }
-        let far = udp_frame(&spec(64), PORTS_PER_ADDRESS + 5);
-        let parsed = etherparse::SlicedPacket::from_ethernet(&far).unwrap();
-        let Some(etherparse::NetSlice::Ipv4(ip)) = parsed.net else {
-            panic!("not IPv4")
-        };
-        assert_eq!(ip.header().source_addr(), Ipv4Addr::new(198, 18, 0, 2));
-        {
             let expected = udp
                 .to_header()
                 .calc_checksum_ipv4(&header, udp.payload())
                 .unwrap();
             assert_eq!(udp.checksum(), expected);
         }
+    }
+
+    #[test]
+    fn flows_beyond_the_port_range_move_to_the_next_source_address() {
+        let far = udp_frame(&spec(64), PORTS_PER_ADDRESS + 5);
+        let parsed = etherparse::SlicedPacket::from_ethernet(&far).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = parsed.net else {
+            panic!("not IPv4")
+        };
+        assert_eq!(ip.header().source_addr(), Ipv4Addr::new(198, 18, 0, 2));
+        let Some(etherparse::TransportSlice::Udp(udp)) = parsed.transport else {
+            panic!("not UDP")
+        };
+        assert_eq!(udp.source_port(), 1029);
     }
 }
