@@ -96,12 +96,14 @@ backends = ["10.244.1.2:8080", "10.244.1.3:8080", "10.244.2.5:8080"]
 TOML
 
 echo "== starting vswitch --config node.toml in ${P}sw"
-in_ns sw target/release/vswitch --config "$tmp/node.toml" --stats-interval 2 >"$tmp/vswitch.log" 2>&1 &
+# Not through a shell function: $! must be vswitch itself, to signal and wait for it.
+ip netns exec "${P}sw" target/release/vswitch --config "$tmp/node.toml" --stats-interval 2 >"$tmp/vswitch.log" 2>&1 &
 switch=$!
 for _ in $(seq 100); do ip -n "${P}sw" -d link show vup | grep -q prog/xdp && break; sleep 0.1; done
 head -1 "$tmp/vswitch.log"
 
-serve() { in_ns "$1" python3 scripts/http_probe.py serve 8080 "$2" 120 >"$tmp/serve-$1" & }
+# In a subshell, so the shell does not report them when the cleanup kills them.
+serve() { (in_ns "$1" python3 scripts/http_probe.py serve 8080 "$2" 120 >"$tmp/serve-$1" &); }
 serve p1 pod1
 serve p2 pod2
 serve n2 node-2-pod
