@@ -21,6 +21,8 @@ P="vsdemo$$"
 NS=()
 tmp=$(mktemp -d)
 cleanup() {
+	# The servers die here; the shell's "Killed" notices for them are noise.
+	exec 2>/dev/null
 	for ns in "${NS[@]}"; do
 		ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
 		ip netns del "$ns" 2>/dev/null || true
@@ -102,8 +104,7 @@ switch=$!
 for _ in $(seq 100); do ip -n "${P}sw" -d link show vup | grep -q prog/xdp && break; sleep 0.1; done
 head -1 "$tmp/vswitch.log"
 
-# In a subshell, so the shell does not report them when the cleanup kills them.
-serve() { (in_ns "$1" python3 scripts/http_probe.py serve 8080 "$2" 120 >"$tmp/serve-$1" &); }
+serve() { in_ns "$1" python3 scripts/http_probe.py serve 8080 "$2" 120 >"$tmp/serve-$1" & }
 serve p1 pod1
 serve p2 pod2
 serve n2 node-2-pod
