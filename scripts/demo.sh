@@ -21,8 +21,10 @@ P="vsdemo$$"
 NS=()
 tmp=$(mktemp -d)
 cleanup() {
-	# The servers die here; the shell's "Killed" notices for them are noise.
-	exec 2>/dev/null
+	# Our background servers first, waited for quietly (else the shell reports each one).
+	local jobs
+	jobs=$(jobs -p)
+	[ -z "$jobs" ] || { kill $jobs; wait $jobs; } 2>/dev/null || true
 	for ns in "${NS[@]}"; do
 		ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
 		ip netns del "$ns" 2>/dev/null || true
