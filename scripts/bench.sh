@@ -17,11 +17,14 @@
 #         address, IP forwarding and an nftables DNAT rule as kube-proxy writes them. With
 #         --services N, N services exist and the measured one is the last (kube-proxy's
 #         iptables mode matches rules in order).
+#   search  RFC 2544 / CSIT-style: binary search of the offered rate for NDR (no loss) and PDR
+#         (0.5 % loss), then latency p50/p99/p99.9 at 10/50/90 % of PDR, L2, vswitch and the
+#         Linux bridge (scripts/rfc2544.py; receiver: vswitch-pktgen recv on an AF_XDP socket).
 #   ctscale  the dnat scenario on vswitch twice: with --fill N connections tracked before the
 #         measurement (N distinct flows sent to the service first; UDP entries live 30 s) and
 #         with an empty table: the cost of a big connection table.
 #
-#   scripts/bench.sh [--scenario l2|dnat|ctscale|all] [--runs N] [--duration SECS]
+#   scripts/bench.sh [--scenario l2|dnat|search|ctscale|all] [--runs N] [--duration SECS]
 #                    [--size BYTES] [--flows N] [--sink xdp-drop|stack] [--services N] [--fill N]
 #
 # Prints delivered packets per second (median and range), the ratio to the kernel path, the
@@ -43,7 +46,7 @@ while [ $# -gt 0 ]; do
 	*) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 done
-case $scenario in l2 | dnat | ctscale | all) ;; *) echo "bench.sh: --scenario must be l2, dnat, ctscale or all" >&2; exit 2 ;; esac
+case $scenario in l2 | dnat | search | ctscale | all) ;; *) echo "bench.sh: --scenario must be l2, dnat, search, ctscale or all" >&2; exit 2 ;; esac
 case $sink in xdp-drop | stack) ;; *) echo "bench.sh: --sink must be xdp-drop or stack" >&2; exit 2 ;; esac
 scripts/install-deps.sh
 echo "== building release binaries"
@@ -277,4 +280,32 @@ PY
 [ "$scenario" = l2 ] || [ "$scenario" = all ] && run_scenario l2 linux-bridge
 [ "$scenario" = dnat ] || [ "$scenario" = all ] && run_scenario dnat kernel-nft-dnat
 [ "$scenario" = ctscale ] && run_scenario ctscale vswitch-empty-ct
+
+# RFC 2544 search, L2: vswitch, then the Linux bridge.
+search_one() {
+	python3 scripts/rfc2544.py --gen-ns $GEN --sink-ns $SINK --src-mac $GEN_MAC --dst-mac $SINK_MAC \
+		--dst-ip 10.244.1.2 --dst-port 9 --label "$1" --bin $bin | tee "$tmp/search-$1"
+}
+if [ "$scenario" = search ]; then
+	start_vswitch --ports vgen,vsink
+	announce_sink
+	search_one vswitch
+	stop_vswitch
+	bridge_up
+	announce_sink
+	search_one linux-bridge
+	bridge_down
+	out=bench/results/search-$stamp.json
+	python3 - "$out" "$tmp/search-vswitch" "$tmp/search-linux-bridge" <<'PY'
+import json, os, platform, sys
+runs = [json.loads(open(f).read().strip().splitlines()[-1]) for f in sys.argv[2:]]
+machine = f"{platform.node()} {os.cpu_count()} cores {platform.machine()} kernel {platform.release()}"
+json.dump({"scenario": "search-l2", "machine": machine, "results": runs}, open(sys.argv[1], "w"), indent=2)
+print(f"\n{'dataplane':<14} {'NDR pps':>12} {'PDR pps':>12}   latency p50/p99/p99.9 us at 10 %, 50 %, 90 % of PDR")
+for r in runs:
+    lat = "  ".join(f"{k}: {v['p50']}/{v['p99']}/{v['p999']}" for k, v in r["latency_us_at_pdr_share"].items())
+    print(f"{r['label']:<14} {r['ndr_pps']:>12,} {r['pdr_pps']:>12,}   {lat}")
+print(f"written {sys.argv[1]}")
+PY
+fi
 exit 0

@@ -17,6 +17,9 @@ const BPF_FUNC_REDIRECT: i32 = 23;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 
 const BPF_MAP_TYPE_XSKMAP: u32 = 17;
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
+const BPF_FUNC_KTIME_GET_NS: i32 = 5;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
 const BPF_FUNC_REDIRECT_MAP: i32 = 51;
@@ -358,6 +361,61 @@ impl DropProgram {
 
     pub fn attach(&self, ifindex: u32, mode: XdpMode) -> io::Result<XdpLink> {
         XdpLink::attach_fd(&self.fd, ifindex, mode)
+    }
+}
+
+/// Where a stamped frame carries its sequence number and send time (both u64, little-endian,
+/// the time in CLOCK_MONOTONIC nanoseconds): the start of an IPv4/UDP payload.
+pub const STAMP_SEQ_OFFSET: usize = 42;
+pub const STAMP_TIME_OFFSET: usize = 50;
+const STAMP_END: i32 = 58;
+
+impl LiveFrameSender {
+    /// A sender whose program writes a per-CPU sequence number and the send time into every
+    /// frame it redirects (frames shorter than 58 bytes go unstamped), for loss, reordering and
+    /// latency at the receiver.
+    pub fn load_stamped(ifindex: u32) -> io::Result<LiveFrameSender> {
+        let mut attr = MapCreateAttr {
+            map_type: BPF_MAP_TYPE_PERCPU_ARRAY,
+            key_size: 4,
+            value_size: 8,
+            max_entries: 1,
+            map_name: name16("vswitch_seq"),
+            ..Default::default()
+        };
+        let map = fd_from(bpf(BPF_MAP_CREATE, &mut attr)?);
+        let seq = STAMP_SEQ_OFFSET as i16;
+        let time = STAMP_TIME_OFFSET as i16;
+        let insns = [
+            insn(0xbf, 6, 1, 0, 0),         // r6 = ctx
+            insn(0x61, 2, 6, 0, 0),         // r2 = ctx->data
+            insn(0x61, 3, 6, 4, 0),         // r3 = ctx->data_end
+            insn(0xbf, 7, 2, 0, 0),         // r7 = data
+            insn(0xbf, 4, 2, 0, 0),         // r4 = data
+            insn(0x07, 4, 0, 0, STAMP_END), // r4 += 58
+            insn(0x2d, 4, 3, 13, 0),        // if r4 > data_end: just redirect
+            insn(0x62, 10, 0, -4, 0),       // *(u32 *)(fp - 4) = 0 (the map key)
+            insn(0x18, 1, BPF_PSEUDO_MAP_FD, 0, map.as_raw_fd()),
+            insn(0, 0, 0, 0, 0),     // r1 = &seq map
+            insn(0xbf, 2, 10, 0, 0), // r2 = fp
+            insn(0x07, 2, 0, 0, -4), // r2 = &key
+            insn(0x85, 0, 0, 0, BPF_FUNC_MAP_LOOKUP_ELEM),
+            insn(0x15, 0, 0, 6, 0),   // if !r0: just redirect
+            insn(0x79, 1, 0, 0, 0),   // r1 = *seq
+            insn(0x07, 1, 0, 0, 1),   // r1 += 1
+            insn(0x7b, 0, 1, 0, 0),   // *seq = r1 (per-CPU: no atomics needed)
+            insn(0x7b, 7, 1, seq, 0), // frame[42..50] = r1
+            insn(0x85, 0, 0, 0, BPF_FUNC_KTIME_GET_NS),
+            insn(0x7b, 7, 0, time, 0),           // frame[50..58] = now
+            insn(0xb7, 1, 0, 0, ifindex as i32), // redirect to ifindex
+            insn(0xb7, 2, 0, 0, 0),
+            insn(0x85, 0, 0, 0, BPF_FUNC_REDIRECT),
+            insn(0x95, 0, 0, 0, 0),
+        ];
+        let fd = load_xdp(&insns, "vswitch_pktstmp")?;
+        // The program holds its own reference to the map.
+        drop(map);
+        Ok(LiveFrameSender { fd, _pin: None })
     }
 }
 

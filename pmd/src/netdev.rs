@@ -131,6 +131,17 @@ pub fn raise_memlock_limit() -> bool {
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) == 0 }
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock XDP programs read with `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// The CPU's time-stamp counter, for cycle accounting.
 #[inline]
 pub fn cycles() -> u64 {

@@ -7,6 +7,8 @@
 //!
 //! Each prints a stats line per second and a final `result:` line.
 
+mod recv;
+
 use bench::{link_counter, udp_frame, FrameSpec};
 use clap::{Parser, Subcommand};
 use pipeline::MacAddr;
@@ -65,6 +67,21 @@ enum Command {
         /// Pin the sender to this core.
         #[arg(long)]
         core: Option<usize>,
+        /// Write a sequence number and the send time into each frame (for `recv`).
+        #[arg(long)]
+        stamp: bool,
+    },
+    /// Receive frames on an AF_XDP socket and measure loss, reordering and latency from the
+    /// sequence numbers and send times `send --stamp` wrote (the sender must be pinned to one
+    /// core: the sequence is per CPU).
+    Recv {
+        #[arg(long)]
+        dev: String,
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Only UDP frames to this destination port count.
+        #[arg(long)]
+        port: Option<u16>,
     },
     /// Count frames received on an interface (its rx_packets counter).
     Count {
@@ -104,6 +121,7 @@ fn main() -> ExitCode {
             duration,
             count,
             core,
+            stamp,
         } => {
             let spec = FrameSpec {
                 src_mac,
@@ -125,9 +143,15 @@ fn main() -> ExitCode {
                 rate,
                 duration: Duration::from_secs_f64(duration),
                 limit: count,
+                stamp,
             };
             send(&dev, &spec, &plan, &stop)
         }
+        Command::Recv {
+            dev,
+            duration,
+            port,
+        } => recv::run(&dev, Duration::from_secs_f64(duration), port, &stop),
         Command::Count {
             dev,
             duration,
@@ -154,6 +178,7 @@ struct SendPlan {
     duration: Duration,
     /// Packets in all; 0 for no limit.
     limit: u64,
+    stamp: bool,
 }
 
 fn send(dev: &str, spec: &FrameSpec, plan: &SendPlan, stop: &AtomicBool) -> Result<(), String> {
@@ -163,10 +188,15 @@ fn send(dev: &str, spec: &FrameSpec, plan: &SendPlan, stop: &AtomicBool) -> Resu
         rate,
         duration,
         limit,
+        stamp,
     } = *plan;
     let ifindex = pmd::netdev::ifindex(dev).map_err(|e| e.to_string())?;
-    let mut sender =
-        LiveFrameSender::load(ifindex).map_err(|e| format!("loading the sender program: {e}"))?;
+    let loaded = if stamp {
+        LiveFrameSender::load_stamped(ifindex)
+    } else {
+        LiveFrameSender::load(ifindex)
+    };
+    let mut sender = loaded.map_err(|e| format!("loading the sender program: {e}"))?;
     // The generator's own namespace's loopback carries nothing; holding the program there
     // spares every core an IPI storm per send call.
     let lo = pmd::netdev::ifindex("lo").map_err(|e| e.to_string())?;

@@ -1,0 +1,164 @@
+//! The measuring receiver: an AF_XDP socket on every queue of the sink interface, reading the
+//! sequence number and send time the stamped sender wrote into each frame.
+
+use hdrhistogram::Histogram;
+use pmd::bpf::{RedirectProgram, XdpLink, XdpMode, XskMap, STAMP_SEQ_OFFSET, STAMP_TIME_OFFSET};
+use pmd::netdev;
+use pmd::socket::PortSocket;
+use pmd::umem::{RingSizes, Umem};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const RINGS: RingSizes = RingSizes {
+    fill: 4096,
+    completion: 64,
+    rx: 4096,
+    tx: 64,
+};
+const FRAMES_PER_QUEUE: u32 = 8192;
+const BURST: u32 = 64;
+
+/// What the stamps say.
+#[derive(Default)]
+struct Tally {
+    received: u64,
+    unstamped: u64,
+    reordered: u64,
+    first_seq: Option<u64>,
+    last_seq: u64,
+    max_seq: u64,
+}
+
+impl Tally {
+    fn lost(&self) -> u64 {
+        match self.first_seq {
+            Some(first) => {
+                (self.max_seq - first + 1).saturating_sub(self.received - self.unstamped)
+            }
+            None => 0,
+        }
+    }
+}
+
+fn read_u64(frame: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&frame[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// A stamped IPv4/UDP frame (to `port`, if given): its (sequence, send time).
+fn stamp(frame: &[u8], port: Option<u16>) -> Option<(u64, u64)> {
+    if frame.len() < STAMP_TIME_OFFSET + 8
+        || frame[12..14] != [0x08, 0x00]
+        || frame[14] != 0x45
+        || frame[23] != 17
+    {
+        return None;
+    }
+    if port.is_some_and(|p| frame[36..38] != p.to_be_bytes()) {
+        return None;
+    }
+    Some((
+        read_u64(frame, STAMP_SEQ_OFFSET),
+        read_u64(frame, STAMP_TIME_OFFSET),
+    ))
+}
+
+pub fn run(
+    dev: &str,
+    duration: Duration,
+    port: Option<u16>,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    let ifindex = netdev::ifindex(dev).map_err(|e| e.to_string())?;
+    let queues = netdev::rx_queues(dev).map_err(|e| format!("{dev}: {e}"))?;
+    let (umem, mut pool) =
+        Umem::new(FRAMES_PER_QUEUE * queues, RINGS).map_err(|e| e.to_string())?;
+    let mut sockets = Vec::new();
+    for q in 0..queues {
+        sockets.push(PortSocket::open(&umem, dev, q, q == 0, RINGS).map_err(|e| e.to_string())?);
+    }
+    let map = XskMap::create(queues).map_err(|e| e.to_string())?;
+    for s in &sockets {
+        map.insert(s.queue, s.raw_fd()).map_err(|e| e.to_string())?;
+    }
+    let prog = RedirectProgram::load(&map).map_err(|e| e.to_string())?;
+    let _link = XdpLink::attach(&prog, ifindex, XdpMode::Native)
+        .map_err(|e| format!("attaching to {dev}: {e}"))?;
+    for s in sockets.iter_mut() {
+        s.refill(&umem, &mut pool, 0);
+    }
+    // The orchestrator starts the sender only after this line.
+    println!("ready");
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+
+    let mut latency =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| e.to_string())?;
+    let mut t = Tally::default();
+    let start = Instant::now();
+    let mut last = (start, 0u64);
+    let mut frames = Vec::with_capacity(BURST as usize);
+    while !stop.load(Ordering::Relaxed) && start.elapsed() < duration {
+        let mut got = 0;
+        for s in sockets.iter_mut() {
+            frames.clear();
+            got += s.receive(&umem, BURST, &mut frames);
+            let now = netdev::monotonic_ns();
+            for frame in frames.drain(..) {
+                t.received += 1;
+                match stamp(umem.data(&frame), port) {
+                    Some((seq, sent)) => {
+                        if t.first_seq.is_none() {
+                            t.first_seq = Some(seq);
+                        }
+                        if seq < t.last_seq {
+                            t.reordered += 1;
+                        }
+                        t.last_seq = seq;
+                        t.max_seq = t.max_seq.max(seq);
+                        let _ = latency.record(now.saturating_sub(sent).max(1));
+                    }
+                    None => t.unstamped += 1,
+                }
+                pool.put(frame);
+            }
+            s.refill(&umem, &mut pool, 0);
+        }
+        if got == 0 {
+            // Nothing waiting: sleep on the sockets rather than spin (this machine may have no
+            // core to spare for the receiver).
+            let mut fds: Vec<libc::pollfd> = sockets
+                .iter()
+                .map(|s| libc::pollfd {
+                    fd: s.raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            netdev::poll_fds(&mut fds, 1);
+        }
+        if last.0.elapsed() >= Duration::from_secs(1) {
+            let secs = last.0.elapsed().as_secs_f64();
+            println!(
+                "rx {dev}: {:.0} pps, lost so far {}",
+                (t.received - last.1) as f64 / secs,
+                t.lost()
+            );
+            last = (Instant::now(), t.received);
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let us = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "result: received={} lost={} reordered={} unstamped={} seconds={secs:.3} latency_us_p50={:.1} p99={:.1} p999={:.1} max={:.1}",
+        t.received,
+        t.lost(),
+        t.reordered,
+        t.unstamped,
+        us(0.5),
+        us(0.99),
+        us(0.999),
+        latency.max() as f64 / 1000.0
+    );
+    Ok(())
+}

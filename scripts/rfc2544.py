@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""RFC 2544 / FD.io CSIT-style search through a switch that is already running.
+
+Binary search of the offered rate for NDR (no loss) and PDR (loss at most 0.5 %), then latency
+at 10 %, 50 % and 90 % of PDR, with vswitch-pktgen: `send --stamp` in the generator namespace
+(pinned to one core), `recv` (AF_XDP, sequence numbers and send times) in the sink namespace.
+
+  rfc2544.py --gen-ns NS --sink-ns NS --src-mac M --dst-mac M --dst-ip IP [--dst-port P]
+             [--gen-dev gen0] [--sink-dev sink0] [--trial SECS] [--precision FRACTION]
+             [--core C] [--bin DIR] [--label NAME]
+
+Prints one line per trial and, last, one JSON object.
+"""
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+
+PDR_LOSS = 0.005
+
+
+def trial(a, rate):
+    """One trial at `rate` pps (0: as fast as possible): (sent, received, lost, latency dict)."""
+    recv = subprocess.Popen(
+        ["ip", "netns", "exec", a.sink_ns, f"{a.bin}/vswitch-pktgen", "recv", "--dev", a.sink_dev,
+         "--port", str(a.dst_port), "--duration", str(a.trial + 1.5)],
+        stdout=subprocess.PIPE, text=True)
+    line = recv.stdout.readline()
+    if line.strip() != "ready":
+        recv.kill()
+        sys.exit(f"rfc2544: the receiver did not start: {line!r}")
+    time.sleep(0.2)
+    send = subprocess.run(
+        ["ip", "netns", "exec", a.gen_ns, f"{a.bin}/vswitch-pktgen", "send", "--dev", a.gen_dev,
+         "--stamp", "--core", str(a.core), "--src-mac", a.src_mac, "--dst-mac", a.dst_mac,
+         "--src-ip", a.src_ip, "--dst-ip", a.dst_ip, "--dst-port", str(a.dst_port),
+         "--rate", str(int(rate)), "--duration", str(a.trial)],
+        capture_output=True, text=True, timeout=a.trial + 30)
+    out, _ = recv.communicate(timeout=a.trial + 30)
+    sent = int(re.search(r"sent=(\d+)", send.stdout).group(1))
+    seconds = float(re.search(r"seconds=([0-9.]+)", send.stdout).group(1))
+    result = out.strip().splitlines()[-1]
+    field = lambda k: float(re.search(rf"{k}=([0-9.]+)", result).group(1))
+    received = int(field("received")) - int(field("unstamped"))
+    latency = {q: field(q) for q in ("p50", "p99", "p999", "max")}
+    loss = max(0, sent - received)
+    print(f"  trial {rate:>12,.0f} pps offered ({sent / seconds:,.0f} sent/s): received {received:,} "
+          f"of {sent:,}, loss {100 * loss / max(sent, 1):.3f} %, reordered {int(field('reordered'))}, "
+          f"p50 {latency['p50']} us p99 {latency['p99']} us", flush=True)
+    return sent, received, loss, seconds, latency
+
+
+def search(a, hi, max_loss):
+    """Highest rate in (0, hi] whose loss ratio is at most max_loss, within a.precision."""
+    lo, best = 0.0, None
+    for _ in range(12):
+        if hi - lo <= a.precision * hi:
+            break
+        mid = (lo + hi) / 2 if best is not None or lo > 0 else hi
+        sent, received, loss, _, _ = trial(a, mid)
+        if loss <= max_loss * sent:
+            lo, best = mid, mid
+        else:
+            hi = mid
+    return best or lo
+
+
+def main():
+    p = argparse.ArgumentParser()
+    for name in ("--gen-ns", "--sink-ns", "--src-mac", "--dst-mac", "--dst-ip"):
+        p.add_argument(name, required=True)
+    p.add_argument("--src-ip", default="10.244.1.4")
+    p.add_argument("--dst-port", type=int, default=9)
+    p.add_argument("--gen-dev", default="gen0")
+    p.add_argument("--sink-dev", default="sink0")
+    p.add_argument("--trial", type=float, default=2.0)
+    p.add_argument("--precision", type=float, default=0.03)
+    p.add_argument("--core", type=int, default=1)
+    p.add_argument("--bin", default="target/release")
+    p.add_argument("--label", default="switch")
+    a = p.parse_args()
+
+    print(f"== {a.label}: maximum rate (generator as fast as it goes)", flush=True)
+    sent, received, _, seconds, _ = trial(a, 0)
+    top = received / seconds
+    print(f"== {a.label}: NDR search below {top * 1.1:,.0f} pps", flush=True)
+    ndr = search(a, top * 1.1, 0.0)
+    print(f"== {a.label}: PDR search (loss <= {100 * PDR_LOSS} %)", flush=True)
+    pdr = search(a, top * 1.1, PDR_LOSS)
+    lat = {}
+    for share in (0.1, 0.5, 0.9):
+        print(f"== {a.label}: latency at {int(share * 100)} % of PDR", flush=True)
+        _, _, _, _, latency = trial(a, pdr * share)
+        lat[f"{int(share * 100)}%"] = latency
+    result = {"label": a.label, "max_delivered_pps": round(top), "ndr_pps": round(ndr),
+              "pdr_pps": round(pdr), "pdr_loss": PDR_LOSS, "trial_s": a.trial,
+              "precision": a.precision, "latency_us_at_pdr_share": lat}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
