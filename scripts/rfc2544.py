@@ -2,8 +2,10 @@
 """RFC 2544 / FD.io CSIT-style search through a switch that is already running.
 
 Binary search of the offered rate for NDR (no loss) and PDR (loss at most 0.5 %), then latency
-at 10 %, 50 % and 90 % of PDR, with vswitch-pktgen: `send --stamp` in the generator namespace
-(pinned to one core), `recv` (AF_XDP, sequence numbers and send times) in the sink namespace.
+at 10 %, 50 % and 90 % of PDR, with vswitch-pktgen: `send --stamp` in the generator namespace,
+`recv` (AF_XDP, sequence numbers and send times) in the sink namespace, both pinned to --core
+(keep them off the switch's worker core: a receiver scheduled there preempts a busy-polling
+worker for a whole scheduler slice, milliseconds).
 
   rfc2544.py --gen-ns NS --sink-ns NS --src-mac M --dst-mac M --dst-ip IP [--dst-port P]
              [--gen-dev gen0] [--sink-dev sink0] [--trial SECS] [--precision FRACTION]
@@ -25,7 +27,7 @@ def trial(a, rate):
     """One trial at `rate` pps (0: as fast as possible): (sent, received, lost, latency dict)."""
     recv = subprocess.Popen(
         ["ip", "netns", "exec", a.sink_ns, f"{a.bin}/vswitch-pktgen", "recv", "--dev", a.sink_dev,
-         "--port", str(a.dst_port), "--duration", str(a.trial + 1.5)],
+         "--port", str(a.dst_port), "--duration", str(a.trial + 1.5), "--core", str(a.core)],
         stdout=subprocess.PIPE, text=True)
     line = recv.stdout.readline()
     if line.strip() != "ready":
@@ -53,18 +55,21 @@ def trial(a, rate):
 
 
 def search(a, hi, max_loss):
-    """Highest rate in (0, hi] whose loss ratio is at most max_loss, within a.precision."""
-    lo, best = 0.0, None
+    """Highest rate in (0, hi] whose loss ratio is at most max_loss, within a.precision of hi;
+    0 when even 1,000 pps loses more."""
+    lo, best, rate = 0.0, None, hi
     for _ in range(12):
-        if hi - lo <= a.precision * hi:
-            break
-        mid = (lo + hi) / 2 if best is not None or lo > 0 else hi
-        sent, received, loss, _, _ = trial(a, mid)
+        sent, _, loss, _, _ = trial(a, rate)
         if loss <= max_loss * sent:
-            lo, best = mid, mid
+            lo = best = rate
         else:
-            hi = mid
-    return best or lo
+            hi = rate
+        if best is not None and hi - lo <= a.precision * hi:
+            break
+        rate = (lo + hi) / 2
+        if rate < 1000:
+            break
+    return best or 0.0
 
 
 def main():
@@ -91,6 +96,8 @@ def main():
     pdr = search(a, top * 1.1, PDR_LOSS)
     lat = {}
     for share in (0.1, 0.5, 0.9):
+        if pdr * share < 1:
+            continue
         print(f"== {a.label}: latency at {int(share * 100)} % of PDR", flush=True)
         _, _, _, _, latency = trial(a, pdr * share)
         lat[f"{int(share * 100)}%"] = latency

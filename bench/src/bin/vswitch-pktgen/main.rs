@@ -82,6 +82,9 @@ enum Command {
         /// Only UDP frames to this destination port count.
         #[arg(long)]
         port: Option<u16>,
+        /// Pin the receiver to this core.
+        #[arg(long)]
+        core: Option<usize>,
     },
     /// Count frames received on an interface (its rx_packets counter).
     Count {
@@ -151,7 +154,13 @@ fn main() -> ExitCode {
             dev,
             duration,
             port,
-        } => recv::run(&dev, Duration::from_secs_f64(duration), port, &stop),
+            core,
+        } => {
+            if let Some(core) = core {
+                core_affinity::set_for_current(core_affinity::CoreId { id: core });
+            }
+            recv::run(&dev, Duration::from_secs_f64(duration), port, &stop)
+        }
         Command::Count {
             dev,
             duration,
