@@ -11,7 +11,11 @@
 # the generator's core, the sink's on whichever core transmits to it).
 #
 # Scenarios:
-#   l2    frames to the sink's MAC and address: vswitch --ports vs. a Linux bridge
+#   l2    frames to the sink's MAC and address: vswitch --ports vs. a Linux bridge, Open vSwitch
+#         3.1's userspace datapath with afxdp ports (datapath_type=netdev, PMD on core 0) and
+#         DPDK testpmd io forwarding over two net_af_xdp vdevs (--no-huge, forwarding lcore 0):
+#         the AF_XDP ceiling. The peers are installed from Debian packages when missing
+#         (--peers none leaves them out).
 #   dnat  frames to the gateway's MAC and a service VIP (10.96.0.10:80/udp) that is DNATed to
 #         the sink pod (10.244.1.2:8080): vswitch --config vs. a Linux bridge with the gateway
 #         address, IP forwarding and an nftables DNAT rule as kube-proxy writes them. With
@@ -26,13 +30,14 @@
 #
 #   scripts/bench.sh [--scenario l2|dnat|search|ctscale|all] [--runs N] [--duration SECS]
 #                    [--size BYTES] [--flows N] [--sink xdp-drop|stack] [--services N] [--fill N]
+#                    [--peers ovs,testpmd|none]
 #
 # Prints delivered packets per second (median and range), the ratio to the kernel path, the
 # worker's processing cycles per packet, and writes JSON to bench/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench.sh needs root (network namespaces, XDP)" >&2; exit 1; }
-scenario=all runs=3 duration=5 size=64 flows=1 sink=xdp-drop services=1 fill=1000000
+scenario=all runs=3 duration=5 size=64 flows=1 sink=xdp-drop services=1 fill=1000000 peers=ovs,testpmd
 while [ $# -gt 0 ]; do
 	case $1 in
 	--scenario) scenario=$2; shift 2 ;;
@@ -43,12 +48,23 @@ while [ $# -gt 0 ]; do
 	--sink) sink=$2; shift 2 ;;
 	--services) services=$2; shift 2 ;;
 	--fill) fill=$2; shift 2 ;;
+	--peers) peers=$2; shift 2 ;;
 	*) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 done
 case $scenario in l2 | dnat | search | ctscale | all) ;; *) echo "bench.sh: --scenario must be l2, dnat, search, ctscale or all" >&2; exit 2 ;; esac
 case $sink in xdp-drop | stack) ;; *) echo "bench.sh: --sink must be xdp-drop or stack" >&2; exit 2 ;; esac
 scripts/install-deps.sh
+with_ovs="" with_testpmd=""
+case ",$peers," in *,ovs,*) with_ovs=1 ;; esac
+case ",$peers," in *,testpmd,*) with_testpmd=1 ;; esac
+install_peer() {
+	command -v "$1" >/dev/null 2>&1 && return
+	echo "== installing $2"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${@:2}" >/dev/null
+}
+[ -z "$with_ovs" ] || install_peer ovs-vswitchd openvswitch-switch
+[ -z "$with_testpmd" ] || install_peer dpdk-testpmd dpdk-dev librte-net-af-xdp23
 echo "== building release binaries"
 cargo build --release -q -p switch -p bench
 bin=target/release
@@ -166,6 +182,64 @@ l2_kernel() {
 	echo "$r 0"
 }
 
+# Open vSwitch, userspace datapath with afxdp ports, its PMD on core 0, in the switch namespace.
+ovs_up() {
+	OVSD=$tmp/ovs
+	mkdir -p "$OVSD"
+	export OVS_RUNDIR=$OVSD OVS_LOGDIR=$OVSD OVS_DBDIR=$OVSD OVS_SYSCONFDIR=$OVSD
+	VSCTL=(ovs-vsctl --db="unix:$OVSD/db.sock")
+	{
+		ovsdb-tool create "$OVSD/conf.db" /usr/share/openvswitch/vswitch.ovsschema
+		ip netns exec $SW ovsdb-server "$OVSD/conf.db" --remote="punix:$OVSD/db.sock" \
+			--pidfile="$OVSD/ovsdb.pid" --detach --log-file="$OVSD/ovsdb.log"
+		"${VSCTL[@]}" --no-wait init
+		"${VSCTL[@]}" --no-wait set Open_vSwitch . other_config:pmd-cpu-mask=0x1
+		ip netns exec $SW ovs-vswitchd "unix:$OVSD/db.sock" --pidfile="$OVSD/vswitchd.pid" --detach \
+			--log-file="$OVSD/vswitchd.log"
+		"${VSCTL[@]}" add-br br0 -- set bridge br0 datapath_type=netdev
+		"${VSCTL[@]}" add-port br0 vgen -- set interface vgen type=afxdp options:xdp-mode=native
+		"${VSCTL[@]}" add-port br0 vsink -- set interface vsink type=afxdp options:xdp-mode=native
+	} >>"$tmp/ovs.out" 2>&1
+	for _ in $(seq 100); do ip -n $SW -d link show vsink | grep -q xdp && break; sleep 0.1; done
+	sleep 1
+}
+
+ovs_appctl() { ip netns exec $SW ovs-appctl -t "$OVSD/ovs-vswitchd.$(cat "$OVSD/vswitchd.pid").ctl" "$@"; }
+
+ovs_down() {
+	ovs_appctl exit --cleanup || true
+	ip netns exec $SW ovs-appctl -t "$OVSD/ovsdb-server.$(cat "$OVSD/ovsdb.pid").ctl" exit || true
+	for _ in $(seq 100); do ip -n $SW -d link show vsink | grep -q xdp || break; sleep 0.1; done
+	rm -rf "$OVSD"
+}
+
+l2_ovs() {
+	ovs_up
+	announce_sink
+	ovs_appctl dpif-netdev/pmd-stats-clear >/dev/null
+	local r cpp
+	r=$(measure $SINK_MAC 10.244.1.2 9)
+	cpp=$(ovs_appctl dpif-netdev/pmd-stats-show | sed -nE 's/.*avg processing cycles per packet: ([0-9]+).*/\1/p' | head -1)
+	ovs_down
+	echo "$r ${cpp:-0}"
+}
+
+# DPDK testpmd io forwarding between two net_af_xdp vdevs: forwarding lcore 0, main lcore 1.
+l2_testpmd() {
+	ip netns exec $SW dpdk-testpmd -l 0,1 --main-lcore 1 --no-huge -m 1024 --no-pci --file-prefix "$P" \
+		--vdev net_af_xdp0,iface=vgen --vdev net_af_xdp1,iface=vsink -- \
+		--forward-mode=io --auto-start --stats-period 1 --nb-cores=1 >"$tmp/testpmd" 2>&1 &
+	local tp=$! r
+	for _ in $(seq 100); do ip -n $SW -d link show vsink | grep -q xdp && break; sleep 0.1; done
+	sleep 1
+	announce_sink
+	r=$(measure $SINK_MAC 10.244.1.2 9)
+	kill -INT $tp
+	wait $tp || true
+	for _ in $(seq 100); do ip -n $SW -d link show vsink | grep -q xdp || break; sleep 0.1; done
+	echo "$r 0"
+}
+
 # The measured service is the last of $services (10.96.0.10); the others take 10.97.x.y.
 service_vip() { echo 10.96.0.10; }
 other_vip() { echo "10.97.$(($1 / 250)).$(($1 % 250 + 1))"; }
@@ -238,48 +312,69 @@ echo "   $gen_ceiling pps"
 mkdir -p bench/results
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 
-# run_scenario NAME KERNEL_LABEL: interleaved runs, table, JSON.
+# run_scenario NAME LABEL:FUNCTION...: interleaved runs of each dataplane (the first is the one
+# the ratios are of), a table and JSON. Each FUNCTION prints "delivered offered cycles".
 run_scenario() {
-	local name=$1 kernel_label=$2 vs=() kn=() cpp=() d o c r
+	local name=$1 r pair label fn d o c
+	shift
+	local -A pps_of cycles_of
 	echo "== scenario $name ($runs runs of ${duration}s, sink $sink, ${services} service(s), $flows flow(s))"
 	for r in $(seq "$runs"); do
-		read -r d o c < <("${name}_vswitch")
-		vs+=("$d"); cpp+=("$c")
-		echo "run $r vswitch:      delivered $d pps (offered $o), worker $c cycles/packet"
-		read -r d o c < <("${name}_kernel")
-		kn+=("$d")
-		echo "run $r $kernel_label: delivered $d pps (offered $o)"
+		for pair in "$@"; do
+			label=${pair%%:*} fn=${pair#*:}
+			read -r d o c < <("$fn")
+			pps_of[$label]+="$d "
+			cycles_of[$label]+="${c:-0} "
+			printf 'run %s %-16s delivered %s pps (offered %s)%s\n' "$r" "$label:" "$d" "$o" \
+				"$([ "${c:-0}" != 0 ] && echo ", worker $c cycles/packet")"
+		done
 	done
-	local out=bench/results/$name-$sink-$stamp.json
-	SINK=$sink python3 - "$out" "$name" "$kernel_label" "$size" "$flows" "$duration" "$services" "$gen_ceiling" "${vs[*]}" "${kn[*]}" "${cpp[*]}" <<'PY'
+	local out=bench/results/$name-$sink-$stamp.json spec=()
+	for pair in "$@"; do
+		label=${pair%%:*}
+		spec+=("$label" "${pps_of[$label]}" "${cycles_of[$label]}")
+	done
+	SINK=$sink python3 - "$out" "$name" "$size" "$flows" "$duration" "$services" "$gen_ceiling" "${spec[@]}" <<'PY'
 import json, os, platform, statistics, sys
-out, name, kernel, size, flows, duration, services, ceiling = sys.argv[1:9]
-vs, kn, cpp = ([int(x) for x in a.split()] for a in sys.argv[9:12])
+out, name, size, flows, duration, services, ceiling = sys.argv[1:8]
+rest = sys.argv[8:]
+planes = []
+for i in range(0, len(rest), 3):
+    runs = [int(x) for x in rest[i + 1].split()]
+    cycles = [int(x) for x in rest[i + 2].split()]
+    planes.append((rest[i], runs, cycles))
 med = statistics.median
+first = med(planes[0][1])
 result = {
     "scenario": name, "sink": os.environ["SINK"], "frame_size": int(size), "flows": int(flows),
     "services": int(services), "duration_s": float(duration),
     "machine": f"{platform.node()} {os.cpu_count()} cores {platform.machine()} kernel {platform.release()}",
     "generator_ceiling_pps": int(ceiling),
-    "vswitch": {"runs_pps": vs, "median_pps": med(vs), "cycles_per_packet": cpp},
-    kernel: {"runs_pps": kn, "median_pps": med(kn)},
-    "ratio_vswitch_to_kernel": round(med(vs) / med(kn), 3) if med(kn) else None,
+    "dataplanes": {label: {"runs_pps": runs, "median_pps": med(runs), "cycles_per_packet": cycles}
+                   for label, runs, cycles in planes},
+    "ratios": {f"{planes[0][0]}/{label}": round(first / med(runs), 3) if med(runs) else None
+               for label, runs, _ in planes[1:]},
 }
 json.dump(result, open(out, "w"), indent=2)
 print()
-print(f"{'dataplane':<16} {'median pps':>12} {'min-max pps':>24} {'vs. kernel':>11}")
-for label, runs in (("vswitch", vs), (kernel, kn)):
-    ratio = med(runs) / med(kn) if med(kn) else float("nan")
-    print(f"{label:<16} {med(runs):>12,.0f} {min(runs):>11,}-{max(runs):<12,} {ratio:>10.2f}x")
-print(f"vswitch worker: {med(cpp):,.0f} processing cycles per packet (median)")
+print(f"{'dataplane':<18} {'median pps':>12} {'min-max pps':>24} {planes[0][0] + ' is':>14}")
+for label, runs, cycles in planes:
+    ratio = first / med(runs) if med(runs) else float("nan")
+    print(f"{label:<18} {med(runs):>12,.0f} {min(runs):>11,}-{max(runs):<12,} {ratio:>13.2f}x")
+for label, runs, cycles in planes:
+    if any(cycles):
+        print(f"{label}: {med(cycles):,.0f} processing cycles per packet (median)")
 print(f"generator ceiling: {int(ceiling):,} pps; written {out}")
 print()
 PY
 }
 
-[ "$scenario" = l2 ] || [ "$scenario" = all ] && run_scenario l2 linux-bridge
-[ "$scenario" = dnat ] || [ "$scenario" = all ] && run_scenario dnat kernel-nft-dnat
-[ "$scenario" = ctscale ] && run_scenario ctscale vswitch-empty-ct
+l2_planes=(vswitch:l2_vswitch linux-bridge:l2_kernel)
+[ -n "$with_ovs" ] && l2_planes+=(ovs-afxdp:l2_ovs)
+[ -n "$with_testpmd" ] && l2_planes+=(testpmd-af_xdp:l2_testpmd)
+[ "$scenario" = l2 ] || [ "$scenario" = all ] && run_scenario l2 "${l2_planes[@]}"
+[ "$scenario" = dnat ] || [ "$scenario" = all ] && run_scenario dnat vswitch:dnat_vswitch kernel-nft-dnat:dnat_kernel
+[ "$scenario" = ctscale ] && run_scenario ctscale vswitch:ctscale_vswitch vswitch-empty-ct:ctscale_kernel
 
 # RFC 2544 search, L2: vswitch, then the Linux bridge.
 search_one() {

@@ -237,29 +237,10 @@ fn forward(
         ctx.icmp_error(frame, ICMP_DEST_UNREACHABLE, 0);
         return ctx.drop(GwCounter::DropNoRoute);
     };
-    {
-        let mut ip =
-            Ipv4Packet::new_quoted(&mut frame[ETHERNET_HEADER_LEN..]).expect("checked on entry");
-        let (src, dst, proto) = (ip.src(), ip.dst(), ip.protocol());
-        let ports = l4::ports(proto, ip.payload());
-        if nsrc != src {
-            ip.set_src(nsrc);
-            l4::address_changed(proto, ip.payload_mut(), src.into(), nsrc.into());
-        }
-        if ndst != dst {
-            ip.set_dst(ndst);
-            l4::address_changed(proto, ip.payload_mut(), dst.into(), ndst.into());
-        }
-        if let Some((sport, dport)) = ports {
-            if nsport != sport {
-                l4::set_port(proto, ip.payload_mut(), true, nsport);
-            }
-            if ndport != dport {
-                l4::set_port(proto, ip.payload_mut(), false, ndport);
-            }
-        }
-        ip.decrement_ttl();
-    }
+    rewrite(frame, (nsrc, nsport, ndst, ndport));
+    Ipv4Packet::new_quoted(&mut frame[ETHERNET_HEADER_LEN..])
+        .expect("checked on entry")
+        .decrement_ttl();
     ctx.count(GwCounter::Routed);
     deliver(ctx, frame, next_hop)
 }

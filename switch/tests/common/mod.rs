@@ -70,7 +70,7 @@ pub struct Pod {
 pub struct Topology {
     pub sw: String,
     pub pods: Vec<Pod>,
-    namespaces: Vec<String>,
+    namespaces: Namespaces,
 }
 
 impl Topology {
@@ -85,7 +85,7 @@ impl Topology {
         let mut topo = Topology {
             sw: format!("{prefix}sw"),
             pods: Vec::new(),
-            namespaces: Vec::new(),
+            namespaces: Namespaces::default(),
         };
         topo.add_namespace(&topo.sw.clone());
         for i in 1..=pods {
@@ -95,19 +95,7 @@ impl Topology {
     }
 
     fn add_namespace(&mut self, ns: &str) {
-        must(&["ip", "netns", "add", ns]);
-        self.namespaces.push(ns.to_string());
-        must(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        must(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.all.disable_ipv6=1",
-            "net.ipv6.conf.default.disable_ipv6=1",
-        ]);
+        self.namespaces.add(ns);
     }
 
     fn add_pod(&mut self, prefix: &str, i: usize) {
@@ -219,19 +207,6 @@ impl Topology {
             .join(name)
             .to_string_lossy()
             .into_owned()
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for ns in self.namespaces.drain(..).rev() {
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            }
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        }
     }
 }
 
