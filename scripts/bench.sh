@@ -111,24 +111,56 @@ announce_sink() {
 	sleep 0.2
 }
 
-# measure DST_MAC DST_IP DST_PORT: runs the generator; prints "delivered_pps offered_pps".
+# cpu_snapshot: busy:total jiffies of every CPU, then the switch process's (SWITCH_PID) user +
+# system time, all from /proc.
+cpu_snapshot() {
+	python3 - "${SWITCH_PID:-0}" <<'PY'
+import sys
+pid = int(sys.argv[1])
+cpus = []
+for line in open("/proc/stat"):
+    if line.startswith("cpu") and line[3].isdigit():
+        f = [int(x) for x in line.split()[1:9]]
+        cpus.append(f"{sum(f) - f[3] - f[4]}:{sum(f)}")
+proc = 0
+if pid:
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        proc = int(fields[11]) + int(fields[12])
+    except OSError:
+        pass
+print(" ".join(cpus), proc)
+PY
+}
+
+# measure DST_MAC DST_IP DST_PORT: runs the generator; prints "delivered_pps offered_pps
+# cpu0_busy cpu1_busy switch_process_cores" (busy: fraction of the CPU over the run, any work).
 measure() {
 	local drop=()
 	[ "$sink" = xdp-drop ] && drop=(--xdp-drop)
 	ip netns exec $SINK $bin/vswitch-pktgen count --dev sink0 "${drop[@]}" --duration "$((duration + 2))" >"$tmp/sink" &
 	local counter=$!
 	sleep 0.5
-	local gen_out
+	local gen_out before after
+	before=$(cpu_snapshot)
 	gen_out=$(ip netns exec $GEN $bin/vswitch-pktgen send --dev gen0 --core 1 --src-mac $GEN_MAC \
 		--dst-mac "$1" --src-ip 10.244.1.4 --dst-ip "$2" --dst-port "$3" \
 		--size "$size" --flows "$flows" --duration "$duration" | tail -1)
+	after=$(cpu_snapshot)
 	wait $counter
-	python3 - "$(tail -1 "$tmp/sink")" "$gen_out" <<'PY'
-import re, sys
+	python3 - "$(tail -1 "$tmp/sink")" "$gen_out" "$before" "$after" <<'PY'
+import os, re, sys
 received = int(re.search(r"received=(\d+)", sys.argv[1]).group(1))
 sent = int(re.search(r"sent=(\d+)", sys.argv[2]).group(1))
 secs = float(re.search(r"seconds=([0-9.]+)", sys.argv[2]).group(1))
-print(round(received / secs), round(sent / secs))
+b, a = sys.argv[3].split(), sys.argv[4].split()
+busy = []
+for x, y in zip(b[:-1], a[:-1]):
+    (bb, bt), (ab, at) = map(int, x.split(":")), map(int, y.split(":"))
+    busy.append((ab - bb) / max(at - bt, 1))
+busy += [0.0] * (2 - len(busy))
+proc = (int(a[-1]) - int(b[-1])) / os.sysconf("SC_CLK_TCK") / secs
+print(round(received / secs), round(sent / secs), f"{busy[0]:.2f}", f"{busy[1]:.2f}", f"{proc:.2f}")
 PY
 }
 
@@ -136,6 +168,7 @@ PY
 start_vswitch() {
 	ip netns exec $SW $bin/vswitch "$@" --cores 0 --poll busy >"$tmp/vswitch" 2>&1 &
 	VS=$!
+	SWITCH_PID=$VS
 	for _ in $(seq 100); do ip -n $SW -d link show vsink | grep -q prog/xdp && break; sleep 0.1; done
 }
 
@@ -144,6 +177,7 @@ start_vswitch() {
 stop_vswitch() {
 	kill -TERM $VS
 	wait $VS
+	SWITCH_PID=0
 	CPP=$(sed -nE 's/.*processing_cycles_per_packet=([0-9]+).*/\1/p' "$tmp/vswitch" | head -1)
 	grep -o 'conntrack: [0-9]* flows' "$tmp/vswitch" | sed 's/^/   vswitch at exit: /' >&2 || true
 }
@@ -202,6 +236,7 @@ ovs_up() {
 	} >>"$tmp/ovs.out" 2>&1
 	for _ in $(seq 100); do ip -n $SW -d link show vsink | grep -q xdp && break; sleep 0.1; done
 	sleep 1
+	SWITCH_PID=$(cat "$OVSD/vswitchd.pid")
 }
 
 ovs_appctl() { ip netns exec $SW ovs-appctl -t "$OVSD/ovs-vswitchd.$(cat "$OVSD/vswitchd.pid").ctl" "$@"; }
@@ -211,6 +246,7 @@ ovs_down() {
 	ip netns exec $SW ovs-appctl -t "$OVSD/ovsdb-server.$(cat "$OVSD/ovsdb.pid").ctl" exit || true
 	for _ in $(seq 100); do ip -n $SW -d link show vsink | grep -q xdp || break; sleep 0.1; done
 	rm -rf "$OVSD"
+	SWITCH_PID=0
 }
 
 l2_ovs() {
@@ -230,12 +266,14 @@ l2_testpmd() {
 		--vdev net_af_xdp0,iface=vgen --vdev net_af_xdp1,iface=vsink -- \
 		--forward-mode=io --auto-start --stats-period 1 --nb-cores=1 >"$tmp/testpmd" 2>&1 &
 	local tp=$! r
+	SWITCH_PID=$tp
 	for _ in $(seq 100); do ip -n $SW -d link show vsink | grep -q xdp && break; sleep 0.1; done
 	sleep 1
 	announce_sink
 	r=$(measure $SINK_MAC 10.244.1.2 9)
 	kill -INT $tp
 	wait $tp || true
+	SWITCH_PID=0
 	for _ in $(seq 100); do ip -n $SW -d link show vsink | grep -q xdp || break; sleep 0.1; done
 	echo "$r 0"
 }
@@ -317,31 +355,34 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
 run_scenario() {
 	local name=$1 r pair label fn d o c
 	shift
-	local -A pps_of cycles_of
+	local -A pps_of cycles_of cpu_of
+	local b0 b1 pc
 	echo "== scenario $name ($runs runs of ${duration}s, sink $sink, ${services} service(s), $flows flow(s))"
 	for r in $(seq "$runs"); do
 		for pair in "$@"; do
 			label=${pair%%:*} fn=${pair#*:}
-			read -r d o c < <("$fn")
+			read -r d o b0 b1 pc c < <("$fn")
 			pps_of[$label]+="$d "
 			cycles_of[$label]+="${c:-0} "
-			printf 'run %s %-16s delivered %s pps (offered %s)%s\n' "$r" "$label:" "$d" "$o" \
-				"$([ "${c:-0}" != 0 ] && echo ", worker $c cycles/packet")"
+			cpu_of[$label]+="$b0,$b1,$pc "
+			printf 'run %s %-16s delivered %s pps (offered %s); cpu0 %s cpu1 %s busy, switch process %s cores%s\n' \
+				"$r" "$label:" "$d" "$o" "$b0" "$b1" "$pc" "$([ "${c:-0}" != 0 ] && echo ", $c cycles/packet")"
 		done
 	done
 	local out=bench/results/$name-$sink-$stamp.json spec=()
 	for pair in "$@"; do
 		label=${pair%%:*}
-		spec+=("$label" "${pps_of[$label]}" "${cycles_of[$label]}")
+		spec+=("$label" "${pps_of[$label]}" "${cycles_of[$label]}" "${cpu_of[$label]}")
 	done
 	SINK=$sink python3 - "$out" "$name" "$size" "$flows" "$duration" "$services" "$gen_ceiling" "${spec[@]}" <<'PY'
 import json, os, platform, statistics, sys
 out, name, size, flows, duration, services, ceiling = sys.argv[1:8]
 rest = sys.argv[8:]
-planes = []
-for i in range(0, len(rest), 3):
+planes, cpu = [], {}
+for i in range(0, len(rest), 4):
     runs = [int(x) for x in rest[i + 1].split()]
     cycles = [int(x) for x in rest[i + 2].split()]
+    cpu[rest[i]] = [[float(v) for v in run.split(",")] for run in rest[i + 3].split()]
     planes.append((rest[i], runs, cycles))
 med = statistics.median
 first = med(planes[0][1])
@@ -350,17 +391,22 @@ result = {
     "services": int(services), "duration_s": float(duration),
     "machine": f"{platform.node()} {os.cpu_count()} cores {platform.machine()} kernel {platform.release()}",
     "generator_ceiling_pps": int(ceiling),
-    "dataplanes": {label: {"runs_pps": runs, "median_pps": med(runs), "cycles_per_packet": cycles}
-                   for label, runs, cycles in planes},
+    "dataplanes": {label: {
+        "runs_pps": runs, "median_pps": med(runs), "cycles_per_packet": cycles,
+        "cpu0_busy": [c[0] for c in cpu[label]], "cpu1_busy": [c[1] for c in cpu[label]],
+        "switch_process_cores": [c[2] for c in cpu[label]],
+        "pps_per_busy_core_system_wide": [round(r / max(c[0] + c[1], 0.01)) for r, c in zip(runs, cpu[label])],
+    } for label, runs, cycles in planes},
     "ratios": {f"{planes[0][0]}/{label}": round(first / med(runs), 3) if med(runs) else None
                for label, runs, _ in planes[1:]},
 }
 json.dump(result, open(out, "w"), indent=2)
 print()
-print(f"{'dataplane':<18} {'median pps':>12} {'min-max pps':>24} {planes[0][0] + ' is':>14}")
+print(f"{'dataplane':<18} {'median pps':>12} {'min-max pps':>24} {planes[0][0] + ' is':>14} {'cpu0+cpu1 busy':>15} {'pps/busy core':>14}")
 for label, runs, cycles in planes:
     ratio = first / med(runs) if med(runs) else float("nan")
-    print(f"{label:<18} {med(runs):>12,.0f} {min(runs):>11,}-{max(runs):<12,} {ratio:>13.2f}x")
+    busy = med([c[0] + c[1] for c in cpu[label]])
+    print(f"{label:<18} {med(runs):>12,.0f} {min(runs):>11,}-{max(runs):<12,} {ratio:>13.2f}x {busy:>15.2f} {med(runs) / max(busy, 0.01):>14,.0f}")
 for label, runs, cycles in planes:
     if any(cycles):
         print(f"{label}: {med(cycles):,.0f} processing cycles per packet (median)")
@@ -375,6 +421,7 @@ l2_planes=(vswitch:l2_vswitch linux-bridge:l2_kernel)
 [ "$scenario" = l2 ] || [ "$scenario" = all ] && run_scenario l2 "${l2_planes[@]}"
 [ "$scenario" = dnat ] || [ "$scenario" = all ] && run_scenario dnat vswitch:dnat_vswitch kernel-nft-dnat:dnat_kernel
 [ "$scenario" = ctscale ] && run_scenario ctscale vswitch:ctscale_vswitch vswitch-empty-ct:ctscale_kernel
+[ "$scenario" = search ] || python3 scripts/chart.py
 
 # RFC 2544 search, L2: vswitch, then the Linux bridge.
 search_one() {
