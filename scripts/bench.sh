@@ -30,7 +30,10 @@
 #
 #   scripts/bench.sh [--scenario l2|dnat|search|ctscale|all] [--runs N] [--duration SECS]
 #                    [--size BYTES] [--flows N] [--sink xdp-drop|stack] [--services N] [--fill N]
-#                    [--peers ovs,testpmd|none]
+#                    [--peers ovs,testpmd,busypoll|none]
+#
+# --peers busypoll adds vswitch --busy-poll to l2: preferred busy polling, the worker running
+# its ports' receive NAPI itself.
 #
 # Prints delivered packets per second (median and range), the ratio to the kernel path, the
 # worker's processing cycles per packet, and writes JSON to bench/results/.
@@ -58,6 +61,8 @@ scripts/install-deps.sh
 with_ovs="" with_testpmd=""
 case ",$peers," in *,ovs,*) with_ovs=1 ;; esac
 case ",$peers," in *,testpmd,*) with_testpmd=1 ;; esac
+with_busypoll=""
+case ",$peers," in *,busypoll,*) with_busypoll=1 ;; esac
 install_peer() {
 	command -v "$1" >/dev/null 2>&1 && return
 	echo "== installing $2"
@@ -200,6 +205,15 @@ bridge_down() {
 
 l2_vswitch() {
 	start_vswitch --ports vgen,vsink
+	announce_sink
+	local r
+	r=$(measure $SINK_MAC 10.244.1.2 9)
+	stop_vswitch
+	echo "$r $CPP"
+}
+
+l2_vswitch_busypoll() {
+	start_vswitch --ports vgen,vsink --busy-poll
 	announce_sink
 	local r
 	r=$(measure $SINK_MAC 10.244.1.2 9)
@@ -418,6 +432,7 @@ PY
 l2_planes=(vswitch:l2_vswitch linux-bridge:l2_kernel)
 [ -n "$with_ovs" ] && l2_planes+=(ovs-afxdp:l2_ovs)
 [ -n "$with_testpmd" ] && l2_planes+=(testpmd-af_xdp:l2_testpmd)
+[ -n "$with_busypoll" ] && l2_planes+=(vswitch-busy-poll:l2_vswitch_busypoll)
 [ "$scenario" = l2 ] || [ "$scenario" = all ] && run_scenario l2 "${l2_planes[@]}"
 [ "$scenario" = dnat ] || [ "$scenario" = all ] && run_scenario dnat vswitch:dnat_vswitch kernel-nft-dnat:dnat_kernel
 [ "$scenario" = ctscale ] && run_scenario ctscale vswitch:ctscale_vswitch vswitch-empty-ct:ctscale_kernel

@@ -22,7 +22,7 @@ for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
         planes = {k: v for k, v in data.items() if isinstance(v, dict) and "median_pps" in v}
     if not planes:
         continue
-    key = f"{data['scenario']} ({data.get('sink', '?')} sink, {data.get('services', 1)} service(s))"
+    key = f"{data['scenario']} ({data.get('sink', '?')} sink, {data.get('services', 1)} service(s)): {', '.join(planes)}"
     latest[key] = (os.path.basename(path), planes)
 
 if not latest:

@@ -4,10 +4,34 @@
 use pipeline::MacAddr;
 use std::net::Ipv4Addr;
 
-/// Bytes of Ethernet, IPv4 and UDP headers.
-const HEADERS: usize = 14 + 20 + 8;
+/// Bytes of Ethernet and IPv4 headers.
+const HEADERS: usize = 14 + 20;
 /// The FCS counts in the classic frame sizes (64..1518) but is not in the buffer.
 const FCS: usize = 4;
+
+/// The transport of generated frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    /// TCP with SYN set: every frame opens a connection (conntrack's worst case).
+    TcpSyn,
+    /// TCP with ACK set: the packets of an established connection.
+    TcpAck,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "udp" => Ok(Transport::Udp),
+            "tcp-syn" => Ok(Transport::TcpSyn),
+            "tcp-ack" => Ok(Transport::TcpAck),
+            other => Err(format!(
+                "unknown transport {other:?} (expected udp, tcp-syn or tcp-ack)"
+            )),
+        }
+    }
+}
 
 /// What to put in generated frames.
 #[derive(Debug, Clone)]
@@ -20,15 +44,16 @@ pub struct FrameSpec {
     pub dst_port: u16,
     /// Frame size on the wire including the FCS, 64..=1518.
     pub size: usize,
+    pub transport: Transport,
 }
 
 /// Source ports a flow number walks through before moving to the next source address.
 pub const PORTS_PER_ADDRESS: u32 = 60_000;
 
-/// One IPv4/UDP frame with correct checksums. Flow `i` uses source port
+/// One IPv4 frame (UDP or TCP) with correct checksums. Flow `i` uses source port
 /// `src_port + i % 60000` and source address `src_ip + i / 60000`, so a million flows are a
 /// million distinct 5-tuples.
-pub fn udp_frame(spec: &FrameSpec, flow: u32) -> Vec<u8> {
+pub fn test_frame(spec: &FrameSpec, flow: u32) -> Vec<u8> {
     let size = spec.size.clamp(64, 1518);
     let payload = vec![0xa5u8; size - FCS - HEADERS];
     let mut frame = Vec::with_capacity(size);
@@ -67,13 +92,14 @@ mod tests {
             src_port: 1024,
             dst_port: 9,
             size,
+            transport: Transport::Udp,
         }
     }
 
     #[test]
     fn frames_have_the_wire_size_and_valid_checksums() {
         for size in [64, 128, 1518] {
-            let frame = udp_frame(&spec(size), 3);
+            let frame = test_frame(&spec(size), 3);
             assert_eq!(frame.len(), size - 4);
             let parsed = etherparse::SlicedPacket::from_ethernet(&frame).unwrap();
             let Some(etherparse::NetSlice::Ipv4(ip)) = parsed.net else {
@@ -94,8 +120,38 @@ mod tests {
     }
 
     #[test]
+    fn tcp_frames_have_the_wire_size_flags_and_checksum() {
+        for (transport, syn) in [(Transport::TcpSyn, true), (Transport::TcpAck, false)] {
+            let frame = test_frame(
+                &FrameSpec {
+                    transport,
+                    ..spec(64)
+                },
+                0,
+            );
+            assert_eq!(frame.len(), 60);
+            let parsed = etherparse::SlicedPacket::from_ethernet(&frame).unwrap();
+            let Some(etherparse::NetSlice::Ipv4(ip)) = parsed.net else {
+                panic!("not IPv4")
+            };
+            let Some(etherparse::TransportSlice::Tcp(tcp)) = parsed.transport else {
+                panic!("not TCP")
+            };
+            assert_eq!(tcp.syn(), syn);
+            assert_eq!(tcp.ack(), !syn);
+            let header = ip.header().to_header();
+            assert_eq!(
+                tcp.checksum(),
+                tcp.to_header()
+                    .calc_checksum_ipv4(&header, tcp.payload())
+                    .unwrap()
+            );
+        }
+    }
+
+    #[test]
     fn flows_beyond_the_port_range_move_to_the_next_source_address() {
-        let far = udp_frame(&spec(64), PORTS_PER_ADDRESS + 5);
+        let far = test_frame(&spec(64), PORTS_PER_ADDRESS + 5);
         let parsed = etherparse::SlicedPacket::from_ethernet(&far).unwrap();
         let Some(etherparse::NetSlice::Ipv4(ip)) = parsed.net else {
             panic!("not IPv4")

@@ -23,6 +23,8 @@ const L2_OVERHEAD: u32 = 18;
 /// The largest MTU whose frames fit a UMEM frame.
 pub const MAX_MTU: u32 = MAX_FRAME_LEN - L2_OVERHEAD;
 const HANDOFF_QUEUE: usize = 8192;
+const BUSY_POLL_USECS: i32 = 20;
+const BUSY_POLL_BUDGET: i32 = 64;
 const LEARN_QUEUE: usize = 4096;
 
 #[derive(Debug, Clone)]
@@ -32,6 +34,8 @@ pub struct DatapathConfig {
     pub workers: Vec<Option<usize>>,
     pub xdp_mode: XdpMode,
     pub poll: PollMode,
+    /// Preferred busy polling: the worker runs its receive queues' NAPI itself.
+    pub busy_poll: bool,
     pub bridge: BridgeConfig,
     pub rings: RingSizes,
     /// The node gateway's configuration (`--config`); `None` for a plain learning bridge.
@@ -45,6 +49,7 @@ impl Default for DatapathConfig {
             workers: vec![None],
             xdp_mode: XdpMode::Auto,
             poll: PollMode::Adaptive,
+            busy_poll: false,
             bridge: BridgeConfig::default(),
             rings: RingSizes::default(),
             gateway: None,
@@ -254,6 +259,10 @@ impl Datapath {
                 let sock = PortSocket::open(&umem, name, q, i == 0, rings).map_err(setup(
                     format!("opening an AF_XDP socket on {name} queue {q}"),
                 ))?;
+                if config.busy_poll {
+                    sock.enable_busy_poll(BUSY_POLL_USECS, BUSY_POLL_BUDGET)
+                        .map_err(setup(format!("enabling busy polling on {name} queue {q}")))?;
+                }
                 sockets.push((p as PortId, sock));
             }
             parts.push(WorkerParts {
@@ -327,6 +336,7 @@ impl Datapath {
                 id: w,
                 core: config.workers[w],
                 poll: config.poll,
+                busy_poll: config.busy_poll,
                 umem: part.umem,
                 pool: part.pool,
                 sockets: part.sockets,

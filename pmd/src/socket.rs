@@ -65,6 +65,8 @@ fn raise_tx_budget(fd: i32, budget: u32) -> bool {
 }
 
 const SOL_XDP: libc::c_int = 283;
+const SO_PREFER_BUSY_POLL: libc::c_int = 69;
+const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
 
 pub struct PortSocket {
     pub ifname: String,
@@ -151,6 +153,47 @@ impl PortSocket {
             in_flight_tx: 0,
             fill_target: rings.fill / 2,
         })
+    }
+
+    /// Asks the kernel to let this socket's reader run the receive queue's NAPI itself
+    /// (preferred busy polling: SO_PREFER_BUSY_POLL, SO_BUSY_POLL, SO_BUSY_POLL_BUDGET), so
+    /// the copy into the UMEM happens on the worker's core when it calls `busy_poll`.
+    pub fn enable_busy_poll(&self, usecs: i32, budget: i32) -> io::Result<()> {
+        for (option, value) in [
+            (SO_PREFER_BUSY_POLL, 1),
+            (libc::SO_BUSY_POLL, usecs),
+            (SO_BUSY_POLL_BUDGET, budget),
+        ] {
+            // SAFETY: setsockopt reads one c_int from the pointer for the given length.
+            let ret = unsafe {
+                libc::setsockopt(
+                    self.raw_fd(),
+                    libc::SOL_SOCKET,
+                    option,
+                    &value as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if ret != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// Drives the receive queue's NAPI from this thread (with `enable_busy_poll`).
+    pub fn busy_poll(&self) {
+        // SAFETY: a zero-length, non-blocking recvfrom on our own socket; nothing is written.
+        unsafe {
+            libc::recvfrom(
+                self.raw_fd(),
+                std::ptr::null_mut(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
+        }
     }
 
     pub fn raw_fd(&self) -> i32 {

@@ -83,6 +83,8 @@ pub struct WorkerSetup {
     pub id: usize,
     pub core: Option<usize>,
     pub poll: PollMode,
+    /// Drive the receive queues' NAPI from the worker (preferred busy polling).
+    pub busy_poll: bool,
     pub umem: Umem,
     pub pool: FramePool,
     /// The sockets this worker polls, with the port each belongs to.
@@ -196,6 +198,10 @@ impl Worker {
         let ingress = *ingress;
         self.rx_batch.clear();
         sock.receive(&self.s.umem, MAX_BATCH as u32, &mut self.rx_batch);
+        if self.rx_batch.is_empty() && self.s.busy_poll {
+            sock.busy_poll();
+            sock.receive(&self.s.umem, MAX_BATCH as u32, &mut self.rx_batch);
+        }
         let n = self.rx_batch.len();
         if n == 0 {
             return 0;

@@ -33,6 +33,11 @@ pub struct Args {
     #[arg(long, value_name = "POLICY")]
     pub poll: Option<PollMode>,
 
+    /// Preferred busy polling (SO_PREFER_BUSY_POLL): the worker runs its ports' receive NAPI
+    /// itself, on its own core, instead of leaving it to softirq wherever it was raised.
+    #[arg(long)]
+    pub busy_poll: bool,
+
     /// Seconds before an unrefreshed MAC address is forgotten.
     #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub fdb_age: u64,
@@ -120,6 +125,7 @@ impl Args {
                 .poll
                 .or(node.and_then(|n| n.poll))
                 .unwrap_or(PollMode::Adaptive),
+            busy_poll: self.busy_poll,
             bridge: BridgeConfig {
                 fdb_capacity: self.fdb_size as usize,
                 fdb_age_ms: node.map_or(self.fdb_age * 1000, |n| n.fdb_age_ms),

@@ -9,7 +9,7 @@
 
 mod recv;
 
-use bench::{link_counter, udp_frame, FrameSpec};
+use bench::{link_counter, test_frame, FrameSpec, Transport};
 use clap::{Parser, Subcommand};
 use pipeline::MacAddr;
 use pmd::bpf::{DropProgram, LiveFrameSender, XdpMode};
@@ -45,6 +45,9 @@ enum Command {
         dst_ip: Ipv4Addr,
         #[arg(long, default_value_t = 9)]
         dst_port: u16,
+        /// udp, tcp-syn (every frame opens a connection) or tcp-ack.
+        #[arg(long, default_value = "udp")]
+        transport: Transport,
         /// Frame size with FCS, 64 to 1518.
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(64..=1518))]
         size: u16,
@@ -117,6 +120,7 @@ fn main() -> ExitCode {
             src_ip,
             dst_ip,
             dst_port,
+            transport,
             size,
             flows,
             burst,
@@ -134,7 +138,14 @@ fn main() -> ExitCode {
                 src_port: 1024,
                 dst_port,
                 size: size as usize,
+                transport,
             };
+            if stamp && transport != Transport::Udp {
+                eprintln!(
+                    "vswitch-pktgen: error: --stamp writes into a UDP payload; use --transport udp"
+                );
+                return ExitCode::FAILURE;
+            }
             if let Some(core) = core {
                 core_affinity::set_for_current(core_affinity::CoreId { id: core });
             }
@@ -212,7 +223,7 @@ fn send(dev: &str, spec: &FrameSpec, plan: &SendPlan, stop: &AtomicBool) -> Resu
     if let Err(e) = sender.hold_in_dispatcher(lo) {
         eprintln!("vswitch-pktgen: warning: could not hold the program in the XDP dispatcher ({e}); small sends will disturb other cores");
     }
-    let frames: Vec<Vec<u8>> = (0..flows).map(|f| udp_frame(spec, f)).collect();
+    let frames: Vec<Vec<u8>> = (0..flows).map(|f| test_frame(spec, f)).collect();
     let start = Instant::now();
     let mut sent = 0u64;
     let mut last = (start, 0u64);
