@@ -55,17 +55,34 @@ pub const PORTS_PER_ADDRESS: u32 = 60_000;
 /// million distinct 5-tuples.
 pub fn test_frame(spec: &FrameSpec, flow: u32) -> Vec<u8> {
     let size = spec.size.clamp(64, 1518);
-    let payload = vec![0xa5u8; size - FCS - HEADERS];
+    let l4_header = if spec.transport == Transport::Udp {
+        8
+    } else {
+        20
+    };
+    let payload = vec![0xa5u8; size - FCS - HEADERS - l4_header];
     let mut frame = Vec::with_capacity(size);
     let src_ip = Ipv4Addr::from(u32::from(spec.src_ip).wrapping_add(flow / PORTS_PER_ADDRESS));
     let src_port = spec
         .src_port
         .wrapping_add((flow % PORTS_PER_ADDRESS) as u16);
-    etherparse::PacketBuilder::ethernet2(spec.src_mac.0, spec.dst_mac.0)
-        .ipv4(src_ip.octets(), spec.dst_ip.octets(), 64)
-        .udp(src_port, spec.dst_port)
-        .write(&mut frame, &payload)
-        .expect("writing to a Vec cannot fail");
+    let ip = etherparse::PacketBuilder::ethernet2(spec.src_mac.0, spec.dst_mac.0).ipv4(
+        src_ip.octets(),
+        spec.dst_ip.octets(),
+        64,
+    );
+    let written = match spec.transport {
+        Transport::Udp => ip.udp(src_port, spec.dst_port).write(&mut frame, &payload),
+        Transport::TcpSyn => ip
+            .tcp(src_port, spec.dst_port, 1, 64_000)
+            .syn()
+            .write(&mut frame, &payload),
+        Transport::TcpAck => ip
+            .tcp(src_port, spec.dst_port, 2, 64_000)
+            .ack(1)
+            .write(&mut frame, &payload),
+    };
+    written.expect("writing to a Vec cannot fail");
     frame
 }
 
