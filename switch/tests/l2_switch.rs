@@ -130,6 +130,32 @@ fn ping_between_every_pair() {
 }
 
 #[test]
+fn ping_between_every_pair_in_generic_xdp_mode() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(3);
+    let switch = topo.start_switch(&["--xdp-mode", "generic"]);
+    for (a, b) in [(0, 1), (1, 2), (2, 0)] {
+        assert!(
+            topo.ping(a, b),
+            "ping from pod {} to pod {} failed",
+            a + 1,
+            b + 1
+        );
+    }
+    let link = must(&["ip", "-n", &topo.sw, "-d", "link", "show", "dev", "vp1"]);
+    assert!(
+        link.contains("xdpgeneric"),
+        "not attached in generic mode:\n{link}"
+    );
+    let stopped = finish(&topo, switch, 1);
+    assert!(
+        stopped.stdout.contains("vp1 (generic"),
+        "{}",
+        stopped.stdout
+    );
+}
+
+#[test]
 fn ping_between_every_pair_two_workers() {
     let Some(_net) = network_test() else { return };
     ping_every_pair(TWO_WORKERS, 2);
