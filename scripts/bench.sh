@@ -77,22 +77,16 @@ bin=target/release
 P="vsb$$"
 GEN=${P}gen SW=${P}sw SINK=${P}sink
 tmp=$(mktemp -d)
+. scripts/netns.sh
 cleanup() {
-	for ns in $GEN $SW $SINK; do
-		ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-		ip netns del "$ns" 2>/dev/null || true
-	done
+	netns_cleanup
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 GEN_MAC=02:00:00:00:01:04 SINK_MAC=02:00:00:00:01:02 GW_MAC=02:76:0a:f4:01:01
-for ns in $GEN $SW $SINK; do
-	ip netns add "$ns"
-	ip -n "$ns" link set lo up
-	ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
-done
+for ns in $GEN $SW $SINK; do netns_add "$ns"; done
 ip -n $GEN link add gen0 type veth peer name vgen netns $SW
 ip -n $SINK link add sink0 type veth peer name vsink netns $SW
 ip -n $GEN link set gen0 address $GEN_MAC

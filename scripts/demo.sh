@@ -18,27 +18,19 @@ scripts/install-deps.sh
 echo "== building"
 cargo build --release -q -p switch
 P="vsdemo$$"
-NS=()
 tmp=$(mktemp -d)
+. scripts/netns.sh
 cleanup() {
 	# Our background servers first, waited for quietly (else the shell reports each one).
 	local jobs
 	jobs=$(jobs -p)
 	[ -z "$jobs" ] || { kill $jobs; wait $jobs; } 2>/dev/null || true
-	for ns in "${NS[@]}"; do
-		ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-		ip netns del "$ns" 2>/dev/null || true
-	done
+	netns_cleanup
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-ns() {
-	ip netns add "$P$1"
-	NS+=("$P$1")
-	ip -n "$P$1" link set lo up
-	ip netns exec "$P$1" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
-}
+ns() { netns_add "$P$1"; }
 in_ns() { local n=$1; shift; ip netns exec "$P$n" "$@"; }
 
 echo "== building the node in network namespaces (prefix $P)"

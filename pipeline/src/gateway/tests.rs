@@ -154,6 +154,16 @@ fn eth_dst(frame: &[u8]) -> MacAddr {
     MacAddr::from_bytes(&frame[0..6])
 }
 
+/// A SYN from pod 3 (port 2) to the service VIP, from `sport`.
+fn pod3_syn_to_vip(gw: &mut Gateway, sport: u16, now: u64) -> Out {
+    send(
+        gw,
+        tcp(pod_mac(3), GW_MAC, (POD3, sport), (VIP, 80), true, 64),
+        2,
+        now,
+    )
+}
+
 /// Teaches the gateway where the pods and the routers are, as their ARP would.
 fn learn_neighbors(gw: &mut Gateway) {
     learn_pods(gw);
@@ -300,12 +310,7 @@ fn answers_ping_to_the_gateway() {
 fn service_traffic_is_dnated_to_a_backend_and_back() {
     let mut gw = gateway(&config());
     // The first packet waits for ARP: nothing is known yet.
-    let out = send(
-        &mut gw,
-        tcp(pod_mac(3), GW_MAC, (POD3, 40000), (VIP, 80), true, 64),
-        2,
-        0,
-    );
+    let out = pod3_syn_to_vip(&mut gw, 40000, 0);
     let backend = {
         let flows = &gw.shared.conntrack;
         assert_eq!(flows.len(), 1);
@@ -385,19 +390,7 @@ fn connections_spread_over_all_backends() {
     learn_neighbors(&mut gw);
     let mut seen = std::collections::HashMap::new();
     for sport in 0..300u16 {
-        let out = send(
-            &mut gw,
-            tcp(
-                pod_mac(3),
-                GW_MAC,
-                (POD3, 20000 + sport),
-                (VIP, 80),
-                true,
-                64,
-            ),
-            2,
-            0,
-        );
+        let out = pod3_syn_to_vip(&mut gw, 20000 + sport, 0);
         let (_, _, dst, dport) = addresses(&out.frame);
         assert_eq!(dport, 8080);
         *seen.entry(dst).or_insert(0) += 1;
@@ -692,19 +685,7 @@ fn reload_sends_new_connections_only_to_remaining_backends_and_closes_old_ones()
     let mut gw = gateway(&c);
     learn_neighbors(&mut gw);
     for sport in 0..60u16 {
-        send(
-            &mut gw,
-            tcp(
-                pod_mac(3),
-                GW_MAC,
-                (POD3, 30000 + sport),
-                (VIP, 80),
-                true,
-                64,
-            ),
-            2,
-            0,
-        );
+        pod3_syn_to_vip(&mut gw, 30000 + sport, 0);
     }
     let before = gw.shared.conntrack.len();
     let mut fewer = c.clone();
@@ -713,19 +694,7 @@ fn reload_sends_new_connections_only_to_remaining_backends_and_closes_old_ones()
     assert!(report.flows_closed > 0);
     assert_eq!(gw.shared.conntrack.len(), before - report.flows_closed);
     for sport in 0..60u16 {
-        let out = send(
-            &mut gw,
-            tcp(
-                pod_mac(3),
-                GW_MAC,
-                (POD3, 40000 + sport),
-                (VIP, 80),
-                true,
-                64,
-            ),
-            2,
-            1,
-        );
+        let out = pod3_syn_to_vip(&mut gw, 40000 + sport, 1);
         let (_, _, dst, _) = addresses(&out.frame);
         assert_ne!(dst, POD2);
     }
@@ -738,12 +707,7 @@ fn a_local_backend_answering_its_client_directly_is_un_dnated_on_the_bridge() {
     c.services[0].backends = backends(&[(POD1, 8080)]);
     let mut gw = gateway(&c);
     learn_neighbors(&mut gw);
-    let out = send(
-        &mut gw,
-        tcp(pod_mac(3), GW_MAC, (POD3, 41000), (VIP, 80), true, 64),
-        2,
-        0,
-    );
+    let out = pod3_syn_to_vip(&mut gw, 41000, 0);
     assert_eq!(out.next, Disposition::Forward(0));
     // p1 knows p3 is on its subnet: its reply goes to p3's MAC, bridged, not routed.
     send(
