@@ -24,13 +24,17 @@
 #   search  RFC 2544 / CSIT-style: binary search of the offered rate for NDR (no loss) and PDR
 #         (0.5 % loss), then latency p50/p99/p99.9 at 10/50/90 % of PDR, L2, vswitch and the
 #         Linux bridge (scripts/rfc2544.py; receiver: vswitch-pktgen recv on an AF_XDP socket).
+#   scale  L2 with 1, 2 and 4 workers (--workers LIST) over multi-queue veth pairs: worker w
+#         owns queue w of both ports; one generator per queue, pinned to its own core (veth
+#         picks the receive queue from the sending CPU), so W workers need 2W cores; counts
+#         that do not fit are skipped with a note.
 #   ctscale  the dnat scenario on vswitch twice: with --fill N connections tracked before the
 #         measurement (N distinct flows sent to the service first; UDP entries live 30 s) and
 #         with an empty table: the cost of a big connection table.
 #
 #   scripts/bench.sh [--scenario l2|dnat|search|ctscale|all] [--runs N] [--duration SECS]
 #                    [--size BYTES] [--flows N] [--sink xdp-drop|stack] [--services N] [--fill N]
-#                    [--peers ovs,testpmd,busypoll|none]
+#                    [--peers ovs,testpmd,busypoll|none] [--workers "1 2 4"]
 #
 # --peers busypoll adds vswitch --busy-poll to l2: preferred busy polling, the worker running
 # its ports' receive NAPI itself.
@@ -41,6 +45,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench.sh needs root (network namespaces, XDP)" >&2; exit 1; }
 scenario=all runs=3 duration=5 size=64 flows=1 sink=xdp-drop services=1 fill=1000000 peers=ovs,testpmd
+workers_list="1 2 4"
 while [ $# -gt 0 ]; do
 	case $1 in
 	--scenario) scenario=$2; shift 2 ;;
@@ -52,10 +57,11 @@ while [ $# -gt 0 ]; do
 	--services) services=$2; shift 2 ;;
 	--fill) fill=$2; shift 2 ;;
 	--peers) peers=$2; shift 2 ;;
+	--workers) workers_list=$2; shift 2 ;;
 	*) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 done
-case $scenario in l2 | dnat | search | ctscale | all) ;; *) echo "bench.sh: --scenario must be l2, dnat, search, ctscale or all" >&2; exit 2 ;; esac
+case $scenario in l2 | dnat | search | scale | ctscale | all) ;; *) echo "bench.sh: --scenario must be l2, dnat, search, scale, ctscale or all" >&2; exit 2 ;; esac
 case $sink in xdp-drop | stack) ;; *) echo "bench.sh: --sink must be xdp-drop or stack" >&2; exit 2 ;; esac
 scripts/install-deps.sh
 with_ovs="" with_testpmd=""
@@ -87,8 +93,13 @@ trap 'exit 130' INT TERM
 
 GEN_MAC=02:00:00:00:01:04 SINK_MAC=02:00:00:00:01:02 GW_MAC=02:76:0a:f4:01:01
 for ns in $GEN $SW $SINK; do netns_add "$ns"; done
-ip -n $GEN link add gen0 type veth peer name vgen netns $SW
-ip -n $SINK link add sink0 type veth peer name vsink netns $SW
+# As many queues as the largest worker count asked for (one queue otherwise).
+queues=1
+[ "$scenario" = scale ] && for w in $workers_list; do [ "$w" -gt "$queues" ] && queues=$w; done
+ip -n $GEN link add gen0 numtxqueues $queues numrxqueues $queues type veth peer name vgen \
+	numtxqueues $queues numrxqueues $queues netns $SW
+ip -n $SINK link add sink0 numtxqueues $queues numrxqueues $queues type veth peer name vsink \
+	numtxqueues $queues numrxqueues $queues netns $SW
 ip -n $GEN link set gen0 address $GEN_MAC
 ip -n $SINK link set sink0 address $SINK_MAC
 ip -n $GEN addr add 10.244.1.4/24 dev gen0
@@ -163,12 +174,18 @@ print(round(received / secs), round(sent / secs), f"{busy[0]:.2f}", f"{busy[1]:.
 PY
 }
 
-# start_vswitch ARGS...: runs vswitch in the switch namespace until stop_vswitch.
+# start_vswitch ARGS...: runs vswitch in the switch namespace until stop_vswitch; its workers on
+# VS_CORES (default 0).
 start_vswitch() {
-	ip netns exec $SW $bin/vswitch "$@" --cores 0 --poll busy >"$tmp/vswitch" 2>&1 &
+	ip netns exec $SW $bin/vswitch "$@" --cores "${VS_CORES:-0}" --poll busy >"$tmp/vswitch" 2>&1 &
 	VS=$!
 	SWITCH_PID=$VS
 	for _ in $(seq 100); do ip -n $SW -d link show vsink | grep -q prog/xdp && break; sleep 0.1; done
+	if ! kill -0 $VS 2>/dev/null; then
+		echo "bench.sh: vswitch did not start:" >&2
+		cat "$tmp/vswitch" >&2
+		exit 1
+	fi
 }
 
 # stop_vswitch: waits for it to detach and exit; sets CPP to the worker's processing cycles per
@@ -430,7 +447,75 @@ l2_planes=(vswitch:l2_vswitch linux-bridge:l2_kernel)
 [ "$scenario" = l2 ] || [ "$scenario" = all ] && run_scenario l2 "${l2_planes[@]}"
 [ "$scenario" = dnat ] || [ "$scenario" = all ] && run_scenario dnat vswitch:dnat_vswitch kernel-nft-dnat:dnat_kernel
 [ "$scenario" = ctscale ] && run_scenario ctscale vswitch:ctscale_vswitch vswitch-empty-ct:ctscale_kernel
-[ "$scenario" = search ] || python3 scripts/chart.py
+# Multi-core scaling: W workers, W generators on cores W..2W-1, each feeding its own queue.
+scale_run() {
+	local w=$1 cores gens=() i
+	cores=$(seq -s, 0 $((w - 1)))
+	ip -n $GEN link set gen0 down
+	ip netns exec $GEN ethtool -L gen0 rx "$w" tx "$w" >/dev/null 2>&1 || true
+	ip netns exec $SW ethtool -L vgen rx "$w" tx "$w" >/dev/null 2>&1 || true
+	ip netns exec $SW ethtool -L vsink rx "$w" tx "$w" >/dev/null 2>&1 || true
+	ip netns exec $SINK ethtool -L sink0 rx "$w" tx "$w" >/dev/null 2>&1 || true
+	ip -n $GEN link set gen0 up
+	VS_CORES=$cores start_vswitch --ports vgen,vsink
+	announce_sink
+	local drop=()
+	[ "$sink" = xdp-drop ] && drop=(--xdp-drop)
+	ip netns exec $SINK $bin/vswitch-pktgen count --dev sink0 "${drop[@]}" --duration "$((duration + 2))" >"$tmp/sink" &
+	local counter=$!
+	sleep 0.5
+	for i in $(seq 0 $((w - 1))); do
+		ip netns exec $GEN $bin/vswitch-pktgen send --dev gen0 --core $((w + i)) --src-mac $GEN_MAC \
+			--dst-mac $SINK_MAC --src-ip 10.244.1.4 --dst-ip 10.244.1.2 --dst-port 9 \
+			--size "$size" --flows "$flows" --duration "$duration" | tail -1 >"$tmp/gen$i" &
+		gens+=($!)
+	done
+	wait "${gens[@]}"
+	wait $counter
+	stop_vswitch
+	python3 - "$(tail -1 "$tmp/sink")" "$tmp" "$w" <<'PY'
+import re, sys
+received = int(re.search(r"received=(\d+)", sys.argv[1]).group(1))
+secs = max(float(re.search(r"seconds=([0-9.]+)", open(f"{sys.argv[2]}/gen{i}").read()).group(1)) for i in range(int(sys.argv[3])))
+print(round(received / secs))
+PY
+}
+
+if [ "$scenario" = scale ]; then
+	ncpu=$(nproc)
+	declare -A scaled
+	echo "== scenario scale (workers: $workers_list; $queues queues per port; $runs runs of ${duration}s)"
+	for r in $(seq "$runs"); do
+		for w in $workers_list; do
+			if [ $((2 * w)) -gt "$ncpu" ]; then
+				[ "$r" = 1 ] && echo "   $w workers skipped: needs $((2 * w)) cores (workers and generators), this machine has $ncpu"
+				continue
+			fi
+			d=$(scale_run "$w")
+			scaled[$w]+="$d "
+			echo "run $r $w worker(s): delivered $d pps"
+		done
+	done
+	out=bench/results/scale-$sink-$stamp.json
+	spec=()
+	for w in $workers_list; do [ -n "${scaled[$w]:-}" ] && spec+=("$w" "${scaled[$w]}"); done
+	python3 - "$out" "${spec[@]}" <<'PY'
+import json, os, platform, statistics, sys
+out, rest = sys.argv[1], sys.argv[2:]
+rows = {int(rest[i]): [int(x) for x in rest[i + 1].split()] for i in range(0, len(rest), 2)}
+machine = f"{platform.node()} {os.cpu_count()} cores {platform.machine()} kernel {platform.release()}"
+base = statistics.median(rows[min(rows)]) if rows else None
+json.dump({"scenario": "scale-l2", "machine": machine,
+           "workers": {w: {"runs_pps": r, "median_pps": statistics.median(r)} for w, r in rows.items()}},
+          open(out, "w"), indent=2)
+print(f"\n{'workers':>8} {'median pps':>12} {'vs. fewest':>11}")
+for w, r in sorted(rows.items()):
+    print(f"{w:>8} {statistics.median(r):>12,.0f} {statistics.median(r) / base if base else float('nan'):>10.2f}x")
+print(f"written {out}")
+PY
+fi
+
+[ "$scenario" = search ] || [ "$scenario" = scale ] || python3 scripts/chart.py
 
 # RFC 2544 search, L2: vswitch, then the Linux bridge.
 search_one() {

@@ -405,9 +405,17 @@ fn attach(
     port: &PortInfo,
     mode: XdpMode,
 ) -> Result<XdpLink, DatapathError> {
-    let explain = |e: io::Error, mode: XdpMode| match e.raw_os_error() {
+    let explain = |e: io::Error, mode: XdpMode| {
+        match e.raw_os_error() {
         Some(libc::EBUSY) | Some(libc::EEXIST) => DatapathError::XdpProgramPresent {
             port: port.name.clone(),
+        },
+        Some(libc::ENOSPC) => DatapathError::Setup {
+            what: format!(
+                "attaching the XDP program to {} in {mode} mode (a veth needs at least as many receive queues as its peer has transmit queues: see `ethtool -l`)",
+                port.name
+            ),
+            source: e,
         },
         Some(libc::ERANGE) => DatapathError::MtuTooLargeForNative {
             port: port.name.clone(),
@@ -417,6 +425,7 @@ fn attach(
             what: format!("attaching the XDP program to {} in {mode} mode", port.name),
             source: e,
         },
+    }
     };
     match mode {
         XdpMode::Native | XdpMode::Generic => {
