@@ -15,7 +15,7 @@ use rustc_hash::{FxHashMap, FxHasher};
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 
 const SHARDS: usize = 64;
@@ -186,6 +186,7 @@ pub struct ConntrackCounters {
 pub struct Conntrack {
     shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
+    sweep_cursor: AtomicUsize,
     pub counters: ConntrackCounters,
 }
 
@@ -194,6 +195,7 @@ impl Conntrack {
         Conntrack {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
+            sweep_cursor: AtomicUsize::new(0),
             counters: ConntrackCounters::default(),
         }
     }
@@ -349,17 +351,31 @@ impl Conntrack {
 
     /// Removes every flow `doomed` picks (a reload closing connections to removed backends).
     pub fn remove_where(&self, doomed: impl Fn(&Flow) -> bool) -> usize {
-        self.sweep(|f| doomed(f), &self.counters.removed)
+        self.sweep(0..SHARDS, |f| doomed(f), &self.counters.removed)
     }
 
     /// Removes expired flows.
     pub fn expire(&self, now_ms: u64) -> usize {
-        self.sweep(|f| f.expired(now_ms), &self.counters.expired)
+        self.sweep(0..SHARDS, |f| f.expired(now_ms), &self.counters.expired)
     }
 
-    fn sweep(&self, doomed: impl Fn(&Flow) -> bool, counter: &AtomicU64) -> usize {
+    /// Removes expired flows from the next `shards` shards (a round-robin cursor), so that one
+    /// call never walks a million-flow table at once. Lookups already treat expired flows as
+    /// gone; this only frees their room.
+    pub fn expire_some(&self, now_ms: u64, shards: usize) -> usize {
+        let start = self.sweep_cursor.fetch_add(shards, Relaxed) % SHARDS;
+        let range = (start..start + shards.min(SHARDS)).map(|i| i % SHARDS);
+        self.sweep(range, |f| f.expired(now_ms), &self.counters.expired)
+    }
+
+    fn sweep(
+        &self,
+        shards: impl Iterator<Item = usize>,
+        doomed: impl Fn(&Flow) -> bool,
+        counter: &AtomicU64,
+    ) -> usize {
         let mut removed = Vec::new();
-        for i in 0..SHARDS {
+        for i in shards {
             let mut shard = self.shard(i);
             let gone: Vec<Tuple> = shard
                 .map
@@ -520,6 +536,34 @@ mod tests {
         );
         // A shard holding only an established flow refuses new ones.
         assert!(ct.counters.refused_full.load(Relaxed) > 0);
+    }
+
+    #[test]
+    fn expiry_in_slices_covers_every_shard() {
+        let ct = Conntrack::new(4096);
+        for port in 1..=500 {
+            let t = Tuple {
+                proto: PROTO_UDP,
+                ..tuple(port)
+            };
+            ct.insert(t, t.reverse(), FlowState::initial(PROTO_UDP, 0), 0)
+                .unwrap();
+        }
+        let mut removed = 0;
+        for _ in 0..SHARDS / 8 {
+            removed += ct.expire_some(30_000, 8);
+        }
+        assert_eq!(removed, 500);
+        assert!(ct.is_empty());
+        for port in 1..=500 {
+            assert!(ct.reply_free(
+                &Tuple {
+                    proto: PROTO_UDP,
+                    ..tuple(port)
+                }
+                .reverse()
+            ));
+        }
     }
 
     #[test]

@@ -69,6 +69,9 @@ define_counters! {
     }
 }
 
+/// Conntrack shards the leader worker sweeps for expired flows each housekeeping tick.
+const CONNTRACK_SHARDS_PER_SWEEP: usize = 8;
+
 /// A frame the pipeline made (an ARP request, an ICMP error, a frame released from the
 /// neighbour queue), to be sent out of the ports in `to`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,7 +242,10 @@ impl Gateway {
     pub fn housekeeping(&mut self, now_ms: u64, expire_conntrack: bool, emit: &mut Vec<Emit>) {
         self.bridge.housekeeping(now_ms);
         if expire_conntrack {
-            self.shared.conntrack.expire(now_ms);
+            // A slice of the table per second: a full pass every 8 s, never a long stall.
+            self.shared
+                .conntrack
+                .expire_some(now_ms, CONNTRACK_SHARDS_PER_SWEEP);
             let (ask, dropped) = self
                 .shared
                 .neighbors
