@@ -24,6 +24,9 @@
 #   search  RFC 2544 / CSIT-style: binary search of the offered rate for NDR (no loss) and PDR
 #         (0.5 % loss), then latency p50/p99/p99.9 at 10/50/90 % of PDR, L2, vswitch and the
 #         Linux bridge (scripts/rfc2544.py; receiver: vswitch-pktgen recv on an AF_XDP socket).
+#   connrate  connection setup: the dnat scenario with TCP services and every frame a SYN of a
+#         new connection (--conn-rate per second, offered for 2 s), with 1 and with 10,000
+#         services: kube-proxy-style rules are matched for each new connection, in order.
 #   scale  L2 with 1, 2 and 4 workers (--workers LIST) over multi-queue veth pairs: worker w
 #         owns queue w of both ports; one generator per queue, pinned to its own core (veth
 #         picks the receive queue from the sending CPU), so W workers need 2W cores; counts
@@ -34,7 +37,7 @@
 #
 #   scripts/bench.sh [--scenario l2|dnat|search|ctscale|all] [--runs N] [--duration SECS]
 #                    [--size BYTES] [--flows N] [--sink xdp-drop|stack] [--services N] [--fill N]
-#                    [--peers ovs,testpmd,busypoll|none] [--workers "1 2 4"]
+#                    [--peers ovs,testpmd,busypoll|none] [--workers "1 2 4"] [--conn-rate N]
 #
 # --peers busypoll adds vswitch --busy-poll to l2: preferred busy polling, the worker running
 # its ports' receive NAPI itself.
@@ -46,6 +49,10 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench.sh needs root (network namespaces, XDP)" >&2; exit 1; }
 scenario=all runs=3 duration=5 size=64 flows=1 sink=xdp-drop services=1 fill=1000000 peers=ovs,testpmd
 workers_list="1 2 4"
+conn_rate=100000
+# Service protocol and extra generator options (the connrate scenario changes them).
+svc_proto=udp
+gen_extra=()
 while [ $# -gt 0 ]; do
 	case $1 in
 	--scenario) scenario=$2; shift 2 ;;
@@ -58,10 +65,11 @@ while [ $# -gt 0 ]; do
 	--fill) fill=$2; shift 2 ;;
 	--peers) peers=$2; shift 2 ;;
 	--workers) workers_list=$2; shift 2 ;;
+	--conn-rate) conn_rate=$2; shift 2 ;;
 	*) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 done
-case $scenario in l2 | dnat | search | scale | ctscale | all) ;; *) echo "bench.sh: --scenario must be l2, dnat, search, scale, ctscale or all" >&2; exit 2 ;; esac
+case $scenario in l2 | dnat | connrate | search | scale | ctscale | all) ;; *) echo "bench.sh: --scenario must be l2, dnat, connrate, search, scale, ctscale or all" >&2; exit 2 ;; esac
 case $sink in xdp-drop | stack) ;; *) echo "bench.sh: --sink must be xdp-drop or stack" >&2; exit 2 ;; esac
 scripts/install-deps.sh
 with_ovs="" with_testpmd=""
@@ -155,7 +163,7 @@ measure() {
 	before=$(cpu_snapshot)
 	gen_out=$(ip netns exec $GEN $bin/vswitch-pktgen send --dev gen0 --core 1 --src-mac $GEN_MAC \
 		--dst-mac "$1" --src-ip 10.244.1.4 --dst-ip "$2" --dst-port "$3" \
-		--size "$size" --flows "$flows" --duration "$duration" | tail -1)
+		--size "$size" --flows "$flows" --duration "$duration" "${gen_extra[@]}" | tail -1)
 	after=$(cpu_snapshot)
 	wait $counter
 	python3 - "$(tail -1 "$tmp/sink")" "$gen_out" "$before" "$after" <<'PY'
@@ -314,9 +322,9 @@ dnat_vswitch() {
 		printf '[node]\nconntrack_capacity = %d\n' $((fill_flows * 2 + 262144))
 		printf '[pods]\nports = ["vgen", "vsink"]\ngateway = "10.244.1.1/24"\n'
 		for i in $(seq 1 $((services - 1))); do
-			printf '[[service]]\nname = "s%d"\ncluster_ip = "%s"\nport = 80\nprotocol = "udp"\nbackends = ["10.244.1.3:8080"]\n' "$i" "$(other_vip "$i")"
+			printf '[[service]]\nname = "s%d"\ncluster_ip = "%s"\nport = 80\nprotocol = "%s"\nbackends = ["10.244.1.3:8080"]\n' "$i" "$(other_vip "$i")" "$svc_proto"
 		done
-		printf '[[service]]\nname = "web"\ncluster_ip = "10.96.0.10"\nport = 80\nprotocol = "udp"\nbackends = ["10.244.1.2:8080"]\n'
+		printf '[[service]]\nname = "web"\ncluster_ip = "10.96.0.10"\nport = 80\nprotocol = "%s"\nbackends = ["10.244.1.2:8080"]\n' "$svc_proto"
 	} >"$tmp/node.toml"
 	start_vswitch --config "$tmp/node.toml"
 	announce_sink
@@ -345,9 +353,9 @@ dnat_kernel() {
 		echo "  chain prerouting { type nat hook prerouting priority dstnat; policy accept; jump services; }"
 		echo "  chain services {"
 		for i in $(seq 1 $((services - 1))); do
-			echo "    ip daddr $(other_vip "$i") udp dport 80 dnat to 10.244.1.3:8080"
+			echo "    ip daddr $(other_vip "$i") $svc_proto dport 80 dnat to 10.244.1.3:8080"
 		done
-		echo "    ip daddr 10.96.0.10 udp dport 80 dnat to 10.244.1.2:8080"
+		echo "    ip daddr 10.96.0.10 $svc_proto dport 80 dnat to 10.244.1.2:8080"
 		echo "  }"
 		echo "}"
 	} >"$tmp/rules.nft"
@@ -395,6 +403,7 @@ run_scenario() {
 		done
 	done
 	local out=bench/results/$name-$sink-$stamp.json spec=()
+	[ "$services" = 1 ] || out=bench/results/$name-$sink-${services}svc-$stamp.json
 	for pair in "$@"; do
 		label=${pair%%:*}
 		spec+=("$label" "${pps_of[$label]}" "${cycles_of[$label]}" "${cpu_of[$label]}")
@@ -447,6 +456,15 @@ l2_planes=(vswitch:l2_vswitch linux-bridge:l2_kernel)
 [ "$scenario" = l2 ] || [ "$scenario" = all ] && run_scenario l2 "${l2_planes[@]}"
 [ "$scenario" = dnat ] || [ "$scenario" = all ] && run_scenario dnat vswitch:dnat_vswitch kernel-nft-dnat:dnat_kernel
 [ "$scenario" = ctscale ] && run_scenario ctscale vswitch:ctscale_vswitch vswitch-empty-ct:ctscale_kernel
+if [ "$scenario" = connrate ]; then
+	# Every frame a SYN of a new connection, offered at conn_rate for 2 s (fits the kernel's
+	# default 262,144-entry conntrack table, which is global and left alone).
+	svc_proto=tcp duration=2 flows=$((conn_rate * 2))
+	gen_extra=(--transport tcp-syn --burst 1 --rate "$conn_rate")
+	for services in 1 10000; do
+		run_scenario connrate vswitch:dnat_vswitch kernel-nft-dnat:dnat_kernel
+	done
+fi
 # Multi-core scaling: W workers, W generators on cores W..2W-1, each feeding its own queue.
 scale_run() {
 	local w=$1 cores gens=() i
