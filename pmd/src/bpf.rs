@@ -9,7 +9,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
@@ -189,7 +188,6 @@ fn name16(name: &str) -> [u8; 16] {
 /// An XSKMAP: receive queue index → AF_XDP socket.
 pub struct XskMap {
     fd: OwnedFd,
-    entries: u32,
 }
 
 impl XskMap {
@@ -203,14 +201,7 @@ impl XskMap {
             ..Default::default()
         };
         let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
-        Ok(XskMap {
-            fd: fd_from(fd),
-            entries,
-        })
-    }
-
-    pub fn entries(&self) -> u32 {
-        self.entries
+        Ok(XskMap { fd: fd_from(fd) })
     }
 
     /// Directs frames received on `queue` to the socket `xsk_fd`.
@@ -224,16 +215,6 @@ impl XskMap {
             ..Default::default()
         };
         bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
-    }
-
-    pub fn remove(&self, queue: u32) -> io::Result<()> {
-        let key = queue;
-        let mut attr = MapElemAttr {
-            map_fd: self.fd.as_raw_fd() as u32,
-            key: &key as *const u32 as u64,
-            ..Default::default()
-        };
-        bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(|_| ())
     }
 }
 

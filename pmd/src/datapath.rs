@@ -378,11 +378,6 @@ impl Datapath {
         })
     }
 
-    /// A flag that stops the workers when set (for signal handlers).
-    pub fn stop_flag(&self) -> Arc<AtomicBool> {
-        self.stop.clone()
-    }
-
     /// Whether every worker thread is still running.
     pub fn workers_alive(&self) -> bool {
         self.workers.iter().all(|w| !w.is_finished())

@@ -164,10 +164,6 @@ impl Umem {
         ))
     }
 
-    pub fn frames(&self) -> u32 {
-        self.frames
-    }
-
     pub(crate) fn xsk(&self) -> &xdpilone::Umem {
         &self.xsk
     }

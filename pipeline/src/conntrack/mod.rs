@@ -354,11 +354,6 @@ impl Conntrack {
         self.sweep(0..SHARDS, |f| doomed(f), &self.counters.removed)
     }
 
-    /// Removes expired flows.
-    pub fn expire(&self, now_ms: u64) -> usize {
-        self.sweep(0..SHARDS, |f| f.expired(now_ms), &self.counters.expired)
-    }
-
     /// Removes expired flows from the next `shards` shards (a round-robin cursor), so that one
     /// call never walks a million-flow table at once. Lookups already treat expired flows as
     /// gone; this only frees their room.

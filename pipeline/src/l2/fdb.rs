@@ -60,14 +60,6 @@ impl Fdb {
         self.table.is_empty()
     }
 
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    pub fn age_ms(&self) -> u64 {
-        self.age_ms
-    }
-
     #[inline]
     fn is_live(&self, entry: &FdbEntry, now_ms: u64) -> bool {
         now_ms.saturating_sub(entry.last_seen_ms) < self.age_ms
@@ -80,10 +72,6 @@ impl Fdb {
             Some(e) if self.is_live(e, now_ms) => Some(e.port),
             _ => None,
         }
-    }
-
-    pub fn get(&self, mac: MacAddr) -> Option<FdbEntry> {
-        self.table.get(&mac.to_u64()).copied()
     }
 
     #[inline]
@@ -148,11 +136,6 @@ impl Fdb {
         self.table
             .retain(|_, e| now_ms.saturating_sub(e.last_seen_ms) < age_ms);
         before - self.table.len()
-    }
-
-    /// Every entry as (MAC, entry), in no particular order.
-    pub fn entries(&self) -> impl Iterator<Item = (MacAddr, FdbEntry)> + '_ {
-        self.table.iter().map(|(k, e)| (MacAddr::from_u64(*k), *e))
     }
 }
 
