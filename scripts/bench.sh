@@ -151,15 +151,22 @@ print(" ".join(cpus), proc)
 PY
 }
 
-# measure DST_MAC DST_IP DST_PORT: runs the generator; prints "delivered_pps offered_pps
-# cpu0_busy cpu1_busy switch_process_cores" (busy: fraction of the CPU over the run, any work).
-measure() {
+# start_sink_counter: counts what sink0 receives (behind an XDP drop with --sink xdp-drop) into
+# $tmp/sink for the run plus 2 s; sets COUNTER to its pid. (Not in a command substitution: the
+# caller must be able to wait for it.)
+start_sink_counter() {
 	local drop=()
 	[ "$sink" = xdp-drop ] && drop=(--xdp-drop)
 	ip netns exec $SINK $bin/vswitch-pktgen count --dev sink0 "${drop[@]}" --duration "$((duration + 2))" >"$tmp/sink" &
-	local counter=$!
+	COUNTER=$!
 	sleep 0.5
-	local gen_out before after
+}
+
+# measure DST_MAC DST_IP DST_PORT: runs the generator; prints "delivered_pps offered_pps
+# cpu0_busy cpu1_busy switch_process_cores" (busy: fraction of the CPU over the run, any work).
+measure() {
+	start_sink_counter
+	local counter=$COUNTER gen_out before after
 	before=$(cpu_snapshot)
 	gen_out=$(ip netns exec $GEN $bin/vswitch-pktgen send --dev gen0 --core 1 --src-mac $GEN_MAC \
 		--dst-mac "$1" --src-ip 10.244.1.4 --dst-ip "$2" --dst-port "$3" \
@@ -477,11 +484,8 @@ scale_run() {
 	ip -n $GEN link set gen0 up
 	VS_CORES=$cores start_vswitch --ports vgen,vsink
 	announce_sink
-	local drop=()
-	[ "$sink" = xdp-drop ] && drop=(--xdp-drop)
-	ip netns exec $SINK $bin/vswitch-pktgen count --dev sink0 "${drop[@]}" --duration "$((duration + 2))" >"$tmp/sink" &
-	local counter=$!
-	sleep 0.5
+	start_sink_counter
+	local counter=$COUNTER
 	for i in $(seq 0 $((w - 1))); do
 		ip netns exec $GEN $bin/vswitch-pktgen send --dev gen0 --core $((w + i)) --src-mac $GEN_MAC \
 			--dst-mac $SINK_MAC --src-ip 10.244.1.4 --dst-ip 10.244.1.2 --dst-port 9 \
