@@ -6,7 +6,7 @@ use pipeline::conntrack::{Conntrack, FlowState, Tuple};
 use pipeline::gateway::{GatewayConfig, ServiceConfig, UplinkConfig};
 use pipeline::l2::BridgeConfig;
 use pipeline::wire::arp::{ArpRepr, ARP_REQUEST};
-use pipeline::{Bridge, Disposition, Gateway, GatewayShared, MacAddr, PortMask, MAX_BATCH};
+use pipeline::{Bridge, Disposition, Gateway, GatewayShared, MacAddr, MAX_BATCH};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 const GW_MAC: MacAddr = MacAddr([2, 0x76, 10, 244, 1, 1]);
@@ -110,10 +110,6 @@ fn config(services: usize) -> GatewayConfig {
         services: svcs,
         conntrack_capacity: 2_000_000,
         neighbor_age_ms: u64::MAX / 2,
-        bridge: BridgeConfig {
-            flood_domain: PortMask::of(&[0, 1, 2]),
-            ..Default::default()
-        },
     }
 }
 
@@ -148,7 +144,7 @@ fn arp_from(ip: Ipv4Addr, mac: [u8; 6]) -> Vec<u8> {
 fn gateway(services: usize, flows: u32) -> (Gateway, Vec<Vec<u8>>) {
     let config = config(services);
     let shared = GatewayShared::new(&config);
-    let mut gw = Gateway::new(shared.clone(), Bridge::new(&config.bridge));
+    let mut gw = Gateway::new(shared.clone(), Bridge::new(&config.pod_bridge(&BridgeConfig::default())));
     let mut next = [Disposition::Drop; 1];
     let mut emit = Vec::new();
     for (ip, mac, port) in [

@@ -30,7 +30,7 @@ proptest! {
 mod gateway {
     use pipeline::gateway::{GatewayConfig, ServiceConfig, UplinkConfig};
     use pipeline::l2::BridgeConfig;
-    use pipeline::{Bridge, Disposition, Gateway, GatewayShared, MacAddr, PortMask, MAX_BATCH};
+    use pipeline::{Bridge, Disposition, Gateway, GatewayShared, MacAddr, MAX_BATCH};
     use proptest::prelude::*;
     use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -58,10 +58,6 @@ mod gateway {
             }],
             conntrack_capacity: 1024,
             neighbor_age_ms: 300_000,
-            bridge: BridgeConfig {
-                flood_domain: PortMask::of(&[0, 1, 2]),
-                ..Default::default()
-            },
         }
     }
 
@@ -99,7 +95,7 @@ mod gateway {
             now in 0u64..1_000_000,
         ) {
             let config = config();
-            let mut gw = Gateway::new(GatewayShared::new(&config), Bridge::new(&config.bridge));
+            let mut gw = Gateway::new(GatewayShared::new(&config), Bridge::new(&config.pod_bridge(&BridgeConfig::default())));
             let mut frames = frames;
             let mut views: Vec<&mut [u8]> = frames.iter_mut().map(|f| &mut f[..]).collect();
             let mut next = [Disposition::Drop; MAX_BATCH];

@@ -307,12 +307,12 @@ impl Datapath {
         let stop = Arc::new(AtomicBool::new(false));
         let mut stats = Vec::new();
         let mut workers = Vec::new();
-        let mut bridge_config = config.bridge.clone();
+        let mut bridge_config = match &config.gateway {
+            Some(gw) => gw.pod_bridge(&config.bridge),
+            None => config.bridge.clone(),
+        };
         bridge_config.announce_learning = nworkers > 1;
         let gateway = config.gateway.as_ref().map(GatewayShared::new);
-        if let Some(gw) = &config.gateway {
-            bridge_config.flood_domain = pipeline::PortMask::of(&gw.pod_ports);
-        }
         for (w, (part, (handoff_in, learn_in))) in parts
             .into_iter()
             .zip(handoff_rx.into_iter().zip(learn_rx))

@@ -3,7 +3,6 @@
 //! key and the reason.
 
 use pipeline::gateway::{GatewayConfig, ServiceConfig, UplinkConfig};
-use pipeline::l2::BridgeConfig;
 use pipeline::l3::Ipv4Cidr;
 use pipeline::{MacAddr, PortId};
 use pmd::{PollMode, XdpMode};
@@ -414,10 +413,6 @@ pub fn parse(
             services,
             conntrack_capacity,
             neighbor_age_ms: 300_000,
-            bridge: BridgeConfig {
-                fdb_age_ms,
-                ..Default::default()
-            },
         },
     })
 }

@@ -7,7 +7,10 @@
 //! alias pointing back to it. Lock order: at most one shard lock is held at any time — every
 //! operation that touches two shards takes and releases them one after the other.
 
+mod fragments;
 mod tcp;
+
+pub use fragments::{FragmentKey, FragmentTable, FragmentTranslation, FRAGMENT_TIMEOUT_MS};
 
 pub use tcp::TcpState;
 
@@ -23,6 +26,8 @@ const SHARDS: usize = 64;
 const UDP_UNREPLIED_MS: u64 = 30_000;
 const UDP_REPLIED_MS: u64 = 120_000;
 const ICMP_MS: u64 = 30_000;
+/// nf_conntrack_generic_timeout: protocols conntrack knows no states for (GRE, SCTP, ESP, ...).
+const GENERIC_MS: u64 = 600_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Tuple {
@@ -64,6 +69,8 @@ pub enum FlowState {
     Tcp(TcpState),
     Udp { replied: bool },
     Icmp,
+    /// Any other IP protocol, tracked by addresses (and ports where it has them).
+    Generic,
 }
 
 impl FlowState {
@@ -71,7 +78,8 @@ impl FlowState {
         match proto {
             crate::wire::ipv4::PROTO_TCP => FlowState::Tcp(TcpState::initial(tcp_flags)),
             crate::wire::ipv4::PROTO_UDP => FlowState::Udp { replied: false },
-            _ => FlowState::Icmp,
+            crate::wire::ipv4::PROTO_ICMP => FlowState::Icmp,
+            _ => FlowState::Generic,
         }
     }
 
@@ -81,6 +89,7 @@ impl FlowState {
             FlowState::Udp { replied: false } => UDP_UNREPLIED_MS,
             FlowState::Udp { replied: true } => UDP_REPLIED_MS,
             FlowState::Icmp => ICMP_MS,
+            FlowState::Generic => GENERIC_MS,
         }
     }
 
@@ -88,7 +97,7 @@ impl FlowState {
         match self {
             FlowState::Tcp(s) => s.established(),
             FlowState::Udp { replied } => *replied,
-            FlowState::Icmp => false,
+            FlowState::Icmp | FlowState::Generic => false,
         }
     }
 }
@@ -100,7 +109,6 @@ pub struct Flow {
     pub orig: Tuple,
     pub reply: Tuple,
     pub state: FlowState,
-    pub created_ms: u64,
     pub last_ms: u64,
 }
 
@@ -121,6 +129,8 @@ pub struct Hit {
 pub enum InsertError {
     /// Another flow already owns the reply tuple (pick another NAT port).
     ReplyTaken,
+    /// The flow itself is already tracked (another worker inserted it first): look it up.
+    OrigTaken,
     /// Full, and nothing unestablished to evict.
     Full,
 }
@@ -306,14 +316,13 @@ impl Conntrack {
             orig,
             reply,
             state,
-            created_ms: now_ms,
             last_ms: now_ms,
         };
         let mut evicted = None;
         let result = {
             let mut shard = self.shard(orig.shard());
             if shard.map.contains_key(&orig) {
-                Err(InsertError::ReplyTaken)
+                Err(InsertError::OrigTaken)
             } else {
                 if shard.flows >= self.per_shard {
                     evicted = shard.evict_one();
@@ -404,7 +413,7 @@ fn advance(state: FlowState, dir: Direction, tcp_flags: u8) -> FlowState {
         FlowState::Udp { replied } => FlowState::Udp {
             replied: replied || dir == Direction::Reply,
         },
-        FlowState::Icmp => FlowState::Icmp,
+        other => other,
     }
 }
 

@@ -25,6 +25,14 @@ pub(super) fn handle(
         Segment::Pods
     };
     let policy = gw.policy.clone();
+    if arp.sender_mac != policy.mac
+        && (arp.sender_ip == policy.gateway_ip || Some(arp.sender_ip) == policy.node_ip)
+    {
+        // Someone claims an address of ours: passed on, it would point the pods' default
+        // route (or the router's) at the claimant.
+        gw.counters.add(GwCounter::DropArpClaimsOurAddress, 1);
+        return Disposition::Drop;
+    }
     let Some(our_ip) = policy.our_ip(segment) else {
         gw.counters.add(GwCounter::DropBadArp, 1);
         return Disposition::Drop;
@@ -68,17 +76,13 @@ fn learn(
     let for_us =
         arp.target_ip == our_ip || (arp.operation == ARP_REPLY && arp.target_mac == policy.mac);
     let gratuitous = arp.sender_ip == arp.target_ip;
-    let mut table = gw
-        .shared
-        .neighbors
-        .write()
-        .unwrap_or_else(|e| e.into_inner());
-    let released = if for_us || gratuitous {
-        Some(table.learn(arp.sender_ip, arp.sender_mac, ingress, now_ms))
-    } else {
-        table.refresh(arp.sender_ip, arp.sender_mac, ingress, now_ms)
-    };
-    drop(table);
+    let released = gw.shared.neighbors.update(|table| {
+        if for_us || gratuitous {
+            Some(table.learn(arp.sender_ip, arp.sender_mac, ingress, now_ms))
+        } else {
+            table.refresh(arp.sender_ip, arp.sender_mac, ingress, now_ms)
+        }
+    });
     let Some(released) = released else { return };
     gw.counters.add(GwCounter::ArpLearned, 1);
     gw.counters

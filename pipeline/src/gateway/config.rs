@@ -2,7 +2,6 @@
 //! from it: routes, services and the addresses every packet decision needs.
 
 use crate::batch::{PortId, PortMask};
-use crate::l2::BridgeConfig;
 use crate::l3::{Ipv4Cidr, NextHop, Route, RouteTable, Segment};
 use crate::nat::{Maglev, Service, ServiceTable};
 use crate::wire::MacAddr;
@@ -43,7 +42,16 @@ pub struct GatewayConfig {
     pub services: Vec<ServiceConfig>,
     pub conntrack_capacity: usize,
     pub neighbor_age_ms: u64,
-    pub bridge: BridgeConfig,
+}
+
+impl GatewayConfig {
+    /// The pod segment's bridge: `base` flooding only to the pod ports.
+    pub fn pod_bridge(&self, base: &crate::l2::BridgeConfig) -> crate::l2::BridgeConfig {
+        crate::l2::BridgeConfig {
+            flood_domain: PortMask::of(&self.pod_ports),
+            ..base.clone()
+        }
+    }
 }
 
 /// Everything per-packet decisions read; replaced whole on reload.

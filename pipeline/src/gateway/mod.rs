@@ -14,15 +14,17 @@ mod arp;
 mod config;
 mod forward;
 mod icmp;
+mod icmp_limit;
 
 pub use config::{GatewayConfig, Policy, ServiceConfig, UplinkConfig};
 
 use crate::batch::{Disposition, PortId, PortMask};
-use crate::conntrack::Conntrack;
+use crate::conntrack::{Conntrack, FragmentTable};
 use crate::define_counters;
 use crate::l2::Bridge;
-use crate::l3::NeighborTable;
+use crate::l3::{NeighborCache, SharedNeighbors};
 use crate::wire::{EtherType, EthernetFrame};
+use icmp_limit::IcmpErrorLimiter;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -44,10 +46,15 @@ define_counters! {
         NatMasquerade => "nat_masquerade",
         NatHairpin => "nat_hairpin",
         NatBridged => "nat_bridged",
+        NatClashRemapped => "nat_clash_source_port_remapped",
+        FragmentsTranslated => "fragments_followed_first",
         IcmpRelatedTranslated => "icmp_related_translated",
         IcmpErrorsSent => "icmp_errors_sent",
+        IcmpErrorsRateLimited => "icmp_errors_rate_limited",
         DropRunt => "drop_runt",
         DropBadArp => "drop_bad_arp",
+        DropArpClaimsOurAddress => "drop_arp_claims_our_address",
+        DropPodSourceOutsideSubnet => "drop_pod_source_outside_subnet",
         DropIpv4Truncated => "drop_ipv4_truncated",
         DropIpv4Version => "drop_ipv4_not_version_4",
         DropIpv4HeaderLength => "drop_ipv4_bad_header_length",
@@ -60,6 +67,9 @@ define_counters! {
         DropUnsolicited => "drop_unsolicited_inbound",
         DropNoBackend => "drop_service_without_backends",
         DropNatPortsExhausted => "drop_nat_ports_exhausted",
+        DropNatClash => "drop_nat_reply_tuple_taken",
+        DropFragmentWithoutFirst => "drop_fragment_without_first",
+        DropFragmentTableFull => "drop_fragment_table_full",
         DropConntrackFull => "drop_conntrack_full",
         DropTtlExceeded => "drop_ttl_exceeded",
         DropNoRoute => "drop_no_route",
@@ -71,6 +81,9 @@ define_counters! {
 
 /// Conntrack shards the leader worker sweeps for expired flows each housekeeping tick.
 const CONNTRACK_SHARDS_PER_SWEEP: usize = 8;
+/// Datagrams whose fragments are followed at once (Linux's reassembly memory holds a few
+/// thousand).
+const FRAGMENT_TABLE_CAPACITY: usize = 8192;
 
 /// A frame the pipeline made (an ARP request, an ICMP error, a frame released from the
 /// neighbour queue), to be sent out of the ports in `to`.
@@ -83,7 +96,8 @@ pub struct Emit {
 /// State every worker shares.
 pub struct GatewayShared {
     pub conntrack: Conntrack,
-    pub neighbors: RwLock<NeighborTable>,
+    pub neighbors: SharedNeighbors,
+    pub fragments: FragmentTable,
     policy: RwLock<Arc<Policy>>,
     epoch: AtomicU64,
 }
@@ -100,7 +114,8 @@ impl GatewayShared {
     pub fn new(config: &GatewayConfig) -> Arc<GatewayShared> {
         Arc::new(GatewayShared {
             conntrack: Conntrack::new(config.conntrack_capacity),
-            neighbors: RwLock::new(NeighborTable::new(config.neighbor_age_ms)),
+            neighbors: SharedNeighbors::new(config.neighbor_age_ms),
+            fragments: FragmentTable::new(FRAGMENT_TABLE_CAPACITY),
             policy: RwLock::new(Arc::new(Policy::new(config))),
             epoch: AtomicU64::new(1),
         })
@@ -140,6 +155,8 @@ pub struct Gateway {
     epoch: u64,
     bridge: Bridge,
     counters: GwCounters,
+    neighbor_cache: NeighborCache,
+    icmp_limit: IcmpErrorLimiter,
 }
 
 impl Gateway {
@@ -152,6 +169,8 @@ impl Gateway {
             epoch,
             bridge,
             counters: GwCounters::default(),
+            neighbor_cache: NeighborCache::default(),
+            icmp_limit: IcmpErrorLimiter::default(),
         }
     }
 
@@ -246,12 +265,8 @@ impl Gateway {
             self.shared
                 .conntrack
                 .expire_some(now_ms, CONNTRACK_SHARDS_PER_SWEEP);
-            let (ask, dropped) = self
-                .shared
-                .neighbors
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .housekeeping(now_ms);
+            self.shared.fragments.expire(now_ms);
+            let (ask, dropped) = self.shared.neighbors.update(|t| t.housekeeping(now_ms));
             self.counters
                 .add(GwCounter::DropNeighborUnresolved, dropped as u64);
             let policy = self.policy.clone();

@@ -61,17 +61,13 @@ fn config() -> GatewayConfig {
         }],
         conntrack_capacity: 262_144,
         neighbor_age_ms: 300_000,
-        bridge: BridgeConfig {
-            flood_domain: PortMask::of(&[0, 1, 2]),
-            ..Default::default()
-        },
     }
 }
 
 fn gateway(config: &GatewayConfig) -> Gateway {
     Gateway::new(
         GatewayShared::new(config),
-        crate::l2::Bridge::new(&config.bridge),
+        crate::l2::Bridge::new(&config.pod_bridge(&BridgeConfig::default())),
     )
 }
 
@@ -227,7 +223,6 @@ fn answers_arp_for_the_gateway_and_the_node_address() {
         gw.shared
             .neighbors
             .read()
-            .unwrap()
             .get(POD1, 1)
             .unwrap()
             .port,

@@ -1,14 +1,18 @@
 //! Neighbours: IPv4 address → MAC and port, learned from ARP, with a small bounded queue of
 //! frames per address still being resolved.
 //!
-//! Ownership: shared by all workers behind one `RwLock` held by `Gateway` (lookups take the read
-//! lock; learning and queueing the write lock). No other lock is taken while it is held.
+//! Ownership: shared by all workers as [`SharedNeighbors`]: one `RwLock` around the table, taken
+//! for learning, queueing and housekeeping, and by a worker's [`NeighborCache`] only on a miss.
+//! No other lock is taken while it is held. Every change a cached copy could miss (an address
+//! that moves, an entry that goes) bumps a generation that the caches check per packet.
 
 use crate::batch::PortId;
 use crate::wire::MacAddr;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{RwLock, RwLockReadGuard};
 
 /// Frames held per unresolved address, as Linux's `unres_qlen` does.
 pub const PENDING_PER_ADDRESS: usize = 16;
@@ -32,10 +36,9 @@ struct Pending {
     requests: u32,
 }
 
-/// What to do with a frame whose next hop is `ip`.
+/// What became of a frame whose next hop is being resolved.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resolve {
-    Known(Neighbor),
     /// Queued; send an ARP request now if `request` is set.
     Queued {
         request: bool,
@@ -49,6 +52,8 @@ pub struct NeighborTable {
     entries: FxHashMap<Ipv4Addr, Neighbor>,
     pending: FxHashMap<Ipv4Addr, Pending>,
     age_ms: u64,
+    /// Entries that moved or went, ever (what caches must hear about).
+    changes: u64,
 }
 
 impl NeighborTable {
@@ -57,6 +62,7 @@ impl NeighborTable {
             entries: FxHashMap::default(),
             pending: FxHashMap::default(),
             age_ms,
+            changes: 0,
         }
     }
 
@@ -78,7 +84,7 @@ impl NeighborTable {
 
     /// Learns or refreshes an entry; returns the frames that were waiting for it.
     pub fn learn(&mut self, ip: Ipv4Addr, mac: MacAddr, port: PortId, now_ms: u64) -> Vec<Vec<u8>> {
-        self.entries.insert(
+        let old = self.entries.insert(
             ip,
             Neighbor {
                 mac,
@@ -86,6 +92,9 @@ impl NeighborTable {
                 updated_ms: now_ms,
             },
         );
+        if old.is_some_and(|o| (o.mac, o.port) != (mac, port)) {
+            self.changes += 1;
+        }
         self.pending
             .remove(&ip)
             .map(|p| p.frames.into())
@@ -129,8 +138,12 @@ impl NeighborTable {
     /// Returns (addresses to ask for again, frames dropped because nobody answered).
     pub fn housekeeping(&mut self, now_ms: u64) -> (Vec<Ipv4Addr>, usize) {
         let age = self.age_ms;
+        let before = self.entries.len();
         self.entries
             .retain(|_, n| now_ms.saturating_sub(n.updated_ms) < age);
+        if self.entries.len() != before {
+            self.changes += 1;
+        }
         let mut ask = Vec::new();
         let mut dropped = 0;
         self.pending.retain(|ip, p| {
@@ -147,6 +160,86 @@ impl NeighborTable {
             true
         });
         (ask, dropped)
+    }
+}
+
+/// The table every worker shares, with the generation its caches check.
+#[derive(Debug)]
+pub struct SharedNeighbors {
+    table: RwLock<NeighborTable>,
+    generation: AtomicU64,
+    age_ms: u64,
+}
+
+impl SharedNeighbors {
+    pub fn new(age_ms: u64) -> SharedNeighbors {
+        SharedNeighbors {
+            table: RwLock::new(NeighborTable::new(age_ms)),
+            generation: AtomicU64::new(0),
+            age_ms,
+        }
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, NeighborTable> {
+        // A worker that panicked while holding it left a consistent table.
+        self.table.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes the table; caches drop what they hold if an entry moved or went.
+    pub fn update<R>(&self, f: impl FnOnce(&mut NeighborTable) -> R) -> R {
+        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+        let before = table.changes;
+        let result = f(&mut table);
+        if table.changes != before {
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+        result
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
+
+/// Addresses cached per worker: one atomic load per lookup, the shared lock only on a miss.
+const CACHE_CAPACITY: usize = 4096;
+
+#[derive(Debug, Default)]
+pub struct NeighborCache {
+    generation: u64,
+    entries: FxHashMap<Ipv4Addr, Neighbor>,
+}
+
+impl NeighborCache {
+    /// The live entry for `ip`, from the cache or the shared table.
+    #[inline]
+    pub fn get(&mut self, shared: &SharedNeighbors, ip: Ipv4Addr, now_ms: u64) -> Option<Neighbor> {
+        let generation = shared.generation();
+        if generation != self.generation {
+            self.entries.clear();
+            self.generation = generation;
+        }
+        let age_ms = shared.age_ms;
+        if let Some(n) = self.entries.get(&ip) {
+            if now_ms.saturating_sub(n.updated_ms) < age_ms {
+                return Some(*n);
+            }
+        }
+        // A miss, or a copy older than the entry may be: ask the table (it may have been
+        // refreshed since).
+        let n = shared.read().get(ip, now_ms);
+        match n {
+            Some(n) => {
+                if self.entries.len() >= CACHE_CAPACITY {
+                    self.entries.clear();
+                }
+                self.entries.insert(ip, n);
+            }
+            None => {
+                self.entries.remove(&ip);
+            }
+        }
+        n
     }
 }
 
@@ -182,6 +275,30 @@ mod tests {
             assert!(matches!(t.queue(IP, b"x", 0), Resolve::Queued { .. }));
         }
         assert_eq!(t.queue(IP, b"x", 0), Resolve::QueueFull);
+    }
+
+    #[test]
+    fn caches_hear_of_moves_and_aging_but_not_of_refreshes() {
+        let shared = SharedNeighbors::new(10_000);
+        let mut cache = NeighborCache::default();
+        assert_eq!(cache.get(&shared, IP, 0), None);
+        shared.update(|t| t.learn(IP, MAC, 1, 0));
+        assert_eq!(cache.get(&shared, IP, 1).map(|n| n.port), Some(1));
+        // A refresh changes no generation: the cached copy serves until it looks old, then
+        // the table's fresher entry is read.
+        shared.update(|t| t.learn(IP, MAC, 1, 9_000));
+        assert_eq!(cache.generation, shared.generation());
+        assert_eq!(cache.get(&shared, IP, 12_000).map(|n| n.updated_ms), Some(9_000));
+        // A move is seen at once.
+        let other = MacAddr([2, 0, 0, 0, 9, 9]);
+        shared.update(|t| t.learn(IP, other, 2, 12_001));
+        assert_eq!(
+            cache.get(&shared, IP, 12_002).map(|n| (n.mac, n.port)),
+            Some((other, 2))
+        );
+        // So is an entry that went.
+        shared.update(|t| t.housekeeping(30_000));
+        assert_eq!(cache.get(&shared, IP, 12_003), None);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Services: cluster IP and port → backends, and NodePorts.
 
 use super::Maglev;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
@@ -19,6 +19,8 @@ pub struct Service {
 pub struct ServiceTable {
     by_vip: FxHashMap<(Ipv4Addr, u16, u8), Arc<Service>>,
     by_node_port: FxHashMap<(u16, u8), Arc<Service>>,
+    /// Every cluster IP, whatever its ports: traffic to a VIP's other ports is refused.
+    vips: FxHashSet<Ipv4Addr>,
 }
 
 impl ServiceTable {
@@ -26,6 +28,7 @@ impl ServiceTable {
         let mut table = ServiceTable::default();
         for s in services {
             let s = Arc::new(s);
+            table.vips.insert(s.cluster_ip);
             table
                 .by_vip
                 .insert((s.cluster_ip, s.port, s.proto), s.clone());
@@ -46,8 +49,9 @@ impl ServiceTable {
         self.by_node_port.get(&(port, proto)).map(|s| &**s)
     }
 
+    #[inline]
     pub fn is_vip(&self, ip: Ipv4Addr) -> bool {
-        self.by_vip.keys().any(|(vip, _, _)| *vip == ip)
+        self.vips.contains(&ip)
     }
 
     pub fn len(&self) -> usize {
@@ -63,5 +67,33 @@ impl ServiceTable {
         self.by_vip
             .values()
             .flat_map(|s| s.maglev.backends().iter().copied())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(i: u32, node_port: Option<u16>) -> Service {
+        Service {
+            name: format!("svc{i}"),
+            cluster_ip: Ipv4Addr::from(0x0a60_0000 + i),
+            port: 80,
+            proto: 6,
+            node_port,
+            maglev: Maglev::new(&[SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 2), 8080)]),
+        }
+    }
+
+    #[test]
+    fn vips_and_node_ports_are_found_by_key() {
+        let table = ServiceTable::new((1..=1000).map(|i| service(i, (i == 7).then_some(30007))).collect());
+        assert!(table.is_vip(Ipv4Addr::from(0x0a60_0000 + 500)));
+        assert!(!table.is_vip(Ipv4Addr::from(0x0a60_0000 + 1001)));
+        assert!(table.by_vip(Ipv4Addr::from(0x0a60_0000 + 500), 80, 6).is_some());
+        assert!(table.by_vip(Ipv4Addr::from(0x0a60_0000 + 500), 81, 6).is_none());
+        assert!(table.by_vip(Ipv4Addr::from(0x0a60_0000 + 500), 80, 17).is_none());
+        assert_eq!(table.by_node_port(30007, 6).map(|s| s.name.as_str()), Some("svc7"));
+        assert_eq!(table.len(), 1000);
     }
 }

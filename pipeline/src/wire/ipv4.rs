@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 mod field {
     pub const VER_IHL: usize = 0;
     pub const TOTAL_LEN: usize = 2;
+    pub const IDENT: usize = 4;
     pub const FLAGS_FRAG: usize = 6;
     pub const TTL: usize = 8;
     pub const PROTOCOL: usize = 9;
@@ -97,6 +98,18 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     pub fn checksum(&self) -> u16 {
         let b = self.buffer.as_ref();
         u16::from_be_bytes([b[field::CHECKSUM], b[field::CHECKSUM + 1]])
+    }
+
+    /// The identification field, shared by a datagram's fragments.
+    pub fn ident(&self) -> u16 {
+        let b = self.buffer.as_ref();
+        u16::from_be_bytes([b[field::IDENT], b[field::IDENT + 1]])
+    }
+
+    /// The first or a later fragment of a larger datagram (MF set, or a fragment offset).
+    pub fn is_fragment(&self) -> bool {
+        let b = self.buffer.as_ref();
+        u16::from_be_bytes([b[field::FLAGS_FRAG], b[field::FLAGS_FRAG + 1]]) & 0x3fff != 0
     }
 
     /// A fragment other than the first has no transport header.

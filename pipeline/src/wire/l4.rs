@@ -24,11 +24,16 @@ pub fn min_len(protocol: u8) -> usize {
     }
 }
 
-/// Offset of the checksum field, where the protocol has one we maintain.
+pub const PROTO_DCCP: u8 = 33;
+pub const PROTO_SCTP: u8 = 132;
+pub const PROTO_UDPLITE: u8 = 136;
+
+/// Offset of the checksum field, where the protocol has one we maintain. (SCTP's CRC32c covers
+/// no IP address, so address changes leave it valid.)
 fn checksum_offset(protocol: u8) -> Option<usize> {
     match protocol {
         PROTO_TCP => Some(16),
-        PROTO_UDP => Some(6),
+        PROTO_UDP | PROTO_DCCP | PROTO_UDPLITE => Some(6),
         PROTO_ICMP => Some(2),
         _ => None,
     }
@@ -51,6 +56,20 @@ pub fn ports(protocol: u8, l4: &[u8]) -> Option<(u16, u16)> {
             Some((id, id))
         }
         _ => None,
+    }
+}
+
+/// The ports conntrack keys a flow by: as `ports` for TCP, UDP and ICMP; the port fields of
+/// SCTP, DCCP and UDP-Lite (tracked, never rewritten); zero for protocols without ports (GRE,
+/// ESP, ...), which are tracked by address alone. `None` when a header is too short.
+pub fn tracked_ports(protocol: u8, l4: &[u8]) -> Option<(u16, u16)> {
+    match protocol {
+        PROTO_TCP | PROTO_UDP | PROTO_ICMP => ports(protocol, l4),
+        PROTO_SCTP | PROTO_DCCP | PROTO_UDPLITE if l4.len() >= 4 => {
+            Some((read16(l4, 0), read16(l4, 2)))
+        }
+        PROTO_SCTP | PROTO_DCCP | PROTO_UDPLITE => None,
+        _ => Some((0, 0)),
     }
 }
 
@@ -149,6 +168,14 @@ mod tests {
         assert!(tcp_checksum_ok(&bytes));
         let p = Ipv4Packet::new_checked(&bytes[..]).unwrap();
         assert_eq!(ports(PROTO_TCP, p.payload()), Some((33333, 8080)));
+    }
+
+    #[test]
+    fn protocols_without_ports_are_tracked_by_address() {
+        assert_eq!(tracked_ports(47, &[]), Some((0, 0)));
+        assert_eq!(tracked_ports(PROTO_SCTP, &[0, 1, 0, 2, 9, 9]), Some((1, 2)));
+        assert_eq!(tracked_ports(PROTO_SCTP, &[0, 1]), None);
+        assert_eq!(tracked_ports(PROTO_UDP, &[0; 7]), None);
     }
 
     #[test]

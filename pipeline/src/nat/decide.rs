@@ -1,0 +1,97 @@
+//! What a connection's first packet gets translated to: service DNAT (Maglev), NodePort DNAT
+//! with SNAT to the node, hairpin SNAT to the gateway, masquerade to the node address, or
+//! nothing — and which new connections are refused.
+
+use crate::conntrack::Tuple;
+use crate::gateway::Policy;
+use crate::l3::Segment;
+use std::net::Ipv4Addr;
+
+/// Why a new connection gets no translation and is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// From outside the cluster to a pod, not a reply.
+    Unsolicited,
+    /// A service (or a port of a VIP) without a backend.
+    NoBackend,
+    /// To one of our own addresses, not a NodePort.
+    LocalUnhandled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatKind {
+    None,
+    Service,
+    NodePort,
+    /// A pod reaching its own service and landing on itself.
+    Hairpin,
+    Masquerade,
+}
+
+/// The translation of a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatPlan {
+    /// Where it goes: a backend, or the original destination.
+    pub target: (Ipv4Addr, u16),
+    /// The source address it leaves with, when translated.
+    pub snat: Option<Ipv4Addr>,
+    pub kind: NatKind,
+}
+
+/// A hash of the 5-tuple: picks the Maglev backend and seeds NAT port probes.
+pub fn flow_hash(t: &Tuple) -> u64 {
+    let a = (u32::from(t.src) as u64) << 32 | u32::from(t.dst) as u64;
+    let b = (t.sport as u64) << 24 | (t.dport as u64) << 8 | t.proto as u64;
+    super::maglev_mix(a ^ super::maglev_mix(b))
+}
+
+/// Decides the translation of a connection whose first packet is `t`; `local` says it is
+/// addressed to one of our own addresses.
+pub fn plan(
+    policy: &Policy,
+    t: &Tuple,
+    from_uplink: bool,
+    local: bool,
+) -> Result<NatPlan, Refusal> {
+    if from_uplink && policy.pod_cidr.contains(t.dst) && !policy.in_cluster(t.src) {
+        return Err(Refusal::Unsolicited);
+    }
+    let service = policy
+        .services
+        .by_vip(t.dst, t.dport, t.proto)
+        .map(|s| (s, NatKind::Service))
+        .or_else(|| {
+            (Some(t.dst) == policy.node_ip)
+                .then(|| policy.services.by_node_port(t.dport, t.proto))
+                .flatten()
+                .map(|s| (s, NatKind::NodePort))
+        });
+    let (target, dnat) = match service {
+        Some((svc, kind)) => match svc.maglev.pick(flow_hash(t)) {
+            Some(b) => ((*b.ip(), b.port()), kind),
+            None => return Err(Refusal::NoBackend),
+        },
+        None if local => return Err(Refusal::LocalUnhandled),
+        None if policy.services.is_vip(t.dst) => return Err(Refusal::NoBackend),
+        None => ((t.dst, t.dport), NatKind::None),
+    };
+    let egress_uplink = policy
+        .routes
+        .lookup(target.0)
+        .is_some_and(|(seg, _)| seg == Segment::Uplink);
+    let (snat, kind) = match dnat {
+        // kube-proxy masquerades NodePort traffic so that replies come back through this node.
+        NatKind::NodePort => (policy.node_ip, NatKind::NodePort),
+        // The reply of a pod that lands on itself must come to us, not straight back.
+        NatKind::Service if target.0 == t.src => (Some(policy.gateway_ip), NatKind::Hairpin),
+        _ if policy.masquerade
+            && egress_uplink
+            && policy.pod_cidr.contains(t.src)
+            && !policy.in_cluster(target.0) =>
+        {
+            (policy.node_ip, NatKind::Masquerade)
+        }
+        kind => (None, kind),
+    };
+    Ok(NatPlan { target, snat, kind })
+}

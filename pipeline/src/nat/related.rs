@@ -1,0 +1,74 @@
+//! ICMP errors about a translated flow (RELATED): the outer destination and the quoted header
+//! inside are translated back like the flow's own packets.
+
+use crate::conntrack::{Conntrack, Direction, Tuple};
+use crate::wire::ipv4::{Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use crate::wire::l4;
+use std::net::Ipv4Addr;
+
+/// Bytes of ICMP header before the quoted packet.
+const ICMP_HEADER_LEN: usize = 8;
+
+fn quoted_ports(proto: u8, quoted: &[u8]) -> Option<(u16, u16)> {
+    if quoted.len() < 8 {
+        return None;
+    }
+    let r = |at: usize| u16::from_be_bytes([quoted[at], quoted[at + 1]]);
+    match proto {
+        PROTO_TCP | PROTO_UDP => Some((r(0), r(2))),
+        PROTO_ICMP => Some((r(4), r(4))),
+        _ => None,
+    }
+}
+
+fn write_quoted_ports(proto: u8, quoted: &mut [u8], sport: u16, dport: u16) {
+    match proto {
+        PROTO_TCP | PROTO_UDP => {
+            quoted[0..2].copy_from_slice(&sport.to_be_bytes());
+            quoted[2..4].copy_from_slice(&dport.to_be_bytes());
+        }
+        PROTO_ICMP => quoted[4..6].copy_from_slice(&sport.to_be_bytes()),
+        _ => {}
+    }
+}
+
+/// Translates an ICMP error (`ip`: its IPv4 packet, already checked) about a packet that one of
+/// our tracked flows sent, so that it reaches the flow's originator as if nothing had been
+/// translated. Returns the new outer destination; `None` when no tracked flow sent the quoted
+/// packet (then nothing was changed).
+pub fn translate_icmp_error(ct: &Conntrack, ip: &mut [u8]) -> Option<Ipv4Addr> {
+    let packet = Ipv4Packet::new_quoted(&*ip).ok()?;
+    let icmp = packet.payload();
+    let inner = Ipv4Packet::new_quoted(icmp.get(ICMP_HEADER_LEN..)?).ok()?;
+    let quoted = &icmp[ICMP_HEADER_LEN + inner.header_len()..];
+    let (isport, idport) = quoted_ports(inner.protocol(), quoted)?;
+    // The quoted packet went isrc → idst; its flow sees packets coming back as this tuple.
+    let back = Tuple {
+        src: inner.dst(),
+        dst: inner.src(),
+        sport: idport,
+        dport: isport,
+        proto: inner.protocol(),
+    };
+    let hit = ct.find(&back)?;
+    if hit.dir != Direction::Reply {
+        return None;
+    }
+    let orig = hit.flow.orig;
+    let mut packet = Ipv4Packet::new_quoted(ip).ok()?;
+    packet.set_dst(orig.src);
+    let icmp = packet.payload_mut();
+    if let Ok(mut inner) = Ipv4Packet::new_quoted(&mut icmp[ICMP_HEADER_LEN..]) {
+        let proto = inner.protocol();
+        inner.set_src(orig.src);
+        inner.set_dst(orig.dst);
+        let hl = inner.header_len();
+        let quoted = &mut icmp[ICMP_HEADER_LEN + hl..];
+        if quoted.len() >= 8 {
+            // Only the ports; the quoted transport checksum may not be there to fix.
+            write_quoted_ports(proto, quoted, orig.sport, orig.dport);
+        }
+    }
+    l4::fill_icmp_checksum(packet.payload_mut());
+    Some(orig.src)
+}
