@@ -144,7 +144,10 @@ fn arp_from(ip: Ipv4Addr, mac: [u8; 6]) -> Vec<u8> {
 fn gateway(services: usize, flows: u32) -> (Gateway, Vec<Vec<u8>>) {
     let config = config(services);
     let shared = GatewayShared::new(&config);
-    let mut gw = Gateway::new(shared.clone(), Bridge::new(&config.pod_bridge(&BridgeConfig::default())));
+    let mut gw = Gateway::new(
+        shared.clone(),
+        Bridge::new(&config.pod_bridge(&BridgeConfig::default())),
+    );
     let mut next = [Disposition::Drop; 1];
     let mut emit = Vec::new();
     for (ip, mac, port) in [

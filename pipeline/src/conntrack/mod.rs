@@ -67,7 +67,9 @@ pub enum Direction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlowState {
     Tcp(TcpState),
-    Udp { replied: bool },
+    Udp {
+        replied: bool,
+    },
     Icmp,
     /// Any other IP protocol, tracked by addresses (and ports where it has them).
     Generic,

@@ -4,7 +4,9 @@
 use super::icmp_limit::IcmpErrorLimiter;
 use super::{arp, icmp, Emit, Gateway, GatewayShared, GwCounter, GwCounters, Policy};
 use crate::batch::{Disposition, PortId};
-use crate::conntrack::{Direction, FlowState, FragmentKey, FragmentTranslation, InsertError, Tuple};
+use crate::conntrack::{
+    Direction, FlowState, FragmentKey, FragmentTranslation, InsertError, Tuple,
+};
 use crate::l3::{NeighborCache, Resolve, Segment};
 use crate::nat::{self, AllocError, NatKind, Refusal};
 use crate::wire::ipv4::{Ipv4Error, Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
@@ -125,19 +127,15 @@ fn route(ctx: &mut Ctx<'_>, frame: &mut [u8]) -> Disposition {
         return ctx.drop(GwCounter::DropPodSourceOutsideSubnet);
     }
     let fragment = ip.is_fragment().then(|| fragment_key(&ip));
-    if let Some(key) = fragment {
-        if local {
-            // We reassemble nothing, so a fragmented packet to us cannot be answered.
-            return ctx.drop(GwCounter::DropLocalUnhandled);
-        }
-        if ip.is_later_fragment() {
-            return later_fragment(ctx, frame, &key, ttl);
-        }
+    if let Some(key) = fragment.filter(|_| ip.is_later_fragment()) {
+        return later_fragment(ctx, frame, &key, ttl);
     }
     let l4 = ip.payload();
     if proto == PROTO_ICMP && l4.len() >= 8 {
         match l4[0] {
-            ICMP_ECHO_REQUEST if local => {
+            // We reassemble nothing: a fragmented echo cannot be answered (it goes on to be
+            // refused as a local packet nobody handles).
+            ICMP_ECHO_REQUEST if local && fragment.is_none() => {
                 icmp::echo_reply_in_place(frame, ctx.policy.mac);
                 ctx.count(GwCounter::IcmpEchoReplied);
                 return Disposition::Forward(ctx.ingress);
@@ -209,12 +207,7 @@ fn translation(orig: &Tuple, reply: &Tuple, dir: Direction) -> Translated {
 /// A fragment after the first: it has no ports, so it follows the first fragment's
 /// translation, or is dropped when that was not seen (as the kernel's reassembly would hold
 /// it until it timed out).
-fn later_fragment(
-    ctx: &mut Ctx<'_>,
-    frame: &mut [u8],
-    key: &FragmentKey,
-    ttl: u8,
-) -> Disposition {
+fn later_fragment(ctx: &mut Ctx<'_>, frame: &mut [u8], key: &FragmentKey, ttl: u8) -> Disposition {
     let Some(to) = ctx.shared.fragments.lookup(key, ctx.now_ms) else {
         return ctx.drop(GwCounter::DropFragmentWithoutFirst);
     };
@@ -329,7 +322,9 @@ fn forward(ctx: &mut Ctx<'_>, frame: &mut [u8], to: Translated, ttl: u8) -> Disp
 
 /// Sets the MACs for the next hop, or queues the frame until ARP resolves it.
 fn deliver(ctx: &mut Ctx<'_>, frame: &mut [u8], next_hop: Ipv4Addr) -> Disposition {
-    let known = ctx.neighbors.get(&ctx.shared.neighbors, next_hop, ctx.now_ms);
+    let known = ctx
+        .neighbors
+        .get(&ctx.shared.neighbors, next_hop, ctx.now_ms);
     let mut eth = EthernetFrame::new_unchecked(&mut *frame);
     eth.set_src_addr(ctx.policy.mac);
     if let Some(n) = known {

@@ -57,8 +57,7 @@ impl IcmpErrorLimiter {
     /// Whether an error to `to` may be sent now; takes the tokens when it may.
     pub fn allow(&mut self, to: Ipv4Addr, now_ms: u64) -> bool {
         let now_us = now_ms.saturating_mul(1000);
-        self.global
-            .refill(GLOBAL_INTERVAL_US, GLOBAL_BURST, now_us);
+        self.global.refill(GLOBAL_INTERVAL_US, GLOBAL_BURST, now_us);
         if self.global.credit < GLOBAL_INTERVAL_US {
             return false;
         }

@@ -219,15 +219,7 @@ fn answers_arp_for_the_gateway_and_the_node_address() {
     assert_eq!((reply.target_mac, reply.target_ip), (pod_mac(1), POD1));
     assert_eq!(eth_dst(&out.frame), pod_mac(1));
     // Learned from the request.
-    assert_eq!(
-        gw.shared
-            .neighbors
-            .read()
-            .get(POD1, 1)
-            .unwrap()
-            .port,
-        0
-    );
+    assert_eq!(gw.shared.neighbors.read().get(POD1, 1).unwrap().port, 0);
     // The node address answers on the uplink only.
     let out = send(
         &mut gw,
@@ -740,4 +732,394 @@ fn a_local_backend_answering_its_client_directly_is_un_dnated_on_the_bridge() {
         2,
     );
     assert_eq!(addresses(&plain.frame), (POD1, 9, POD3, 9));
+}
+
+/// An ICMP echo request (or reply) with identifier `id`.
+fn echo(macs: (MacAddr, MacAddr), src: Ipv4Addr, dst: Ipv4Addr, id: u16, request: bool) -> Vec<u8> {
+    let mut b = Vec::new();
+    let builder =
+        PacketBuilder::ethernet2(macs.0 .0, macs.1 .0).ipv4(src.octets(), dst.octets(), 64);
+    let builder = if request {
+        builder.icmpv4_echo_request(id, 1)
+    } else {
+        builder.icmpv4_echo_reply(id, 1)
+    };
+    builder.write(&mut b, b"ping").unwrap();
+    b
+}
+
+fn echo_id(frame: &[u8]) -> u16 {
+    u16::from_be_bytes([frame[14 + 20 + 4], frame[14 + 20 + 5]])
+}
+
+#[test]
+fn a_masqueraded_ping_with_a_remapped_id_gets_its_replies() {
+    let mut gw = gateway(&config());
+    learn_neighbors(&mut gw);
+    // Id 7 is below the NAT range (1024..): it must be remapped.
+    let out = send(
+        &mut gw,
+        echo((pod_mac(1), GW_MAC), POD1, EXT, 7, true),
+        0,
+        0,
+    );
+    assert_eq!(out.next, Disposition::Forward(UPLINK));
+    let id = echo_id(&out.frame);
+    assert!(id >= 1024, "remapped into the range, got {id}");
+    let reply = echo((ROUTER_MAC, GW_MAC), EXT, NODE_IP, id, false);
+    let back = send(&mut gw, reply, UPLINK, 1);
+    assert_eq!(back.next, Disposition::Forward(0));
+    assert_eq!(echo_id(&back.frame), 7);
+    let p = SlicedPacket::from_ethernet(&back.frame).unwrap();
+    let Some(TransportSlice::Icmpv4(icmp)) = p.transport else {
+        panic!("not ICMP")
+    };
+    assert_eq!(
+        icmp.checksum(),
+        icmp.icmp_type().calc_checksum(icmp.payload())
+    );
+    assert_eq!(gw.counters().get(GwCounter::DropLocalUnhandled), 0);
+}
+
+/// A UDP datagram of `len` payload bytes from `src` cut into IPv4 fragments of at most 1480
+/// payload bytes, as a host with MTU 1500 sends it.
+fn udp_fragments(
+    mac: MacAddr,
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    len: usize,
+    ip_id: u16,
+) -> Vec<Vec<u8>> {
+    let payload: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    let mut whole = Vec::new();
+    PacketBuilder::ipv4(src.0.octets(), dst.0.octets(), 64)
+        .udp(src.1, dst.1)
+        .write(&mut whole, &payload)
+        .unwrap();
+    let datagram = &whole[20..];
+    datagram
+        .chunks(1480)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let offset = i * 1480;
+            let more = offset + chunk.len() < datagram.len();
+            let mut f = Vec::new();
+            f.extend_from_slice(&GW_MAC.0);
+            f.extend_from_slice(&mac.0);
+            f.extend_from_slice(&[0x08, 0x00]);
+            let mut ip = whole[..20].to_vec();
+            ip[2..4].copy_from_slice(&((20 + chunk.len()) as u16).to_be_bytes());
+            ip[4..6].copy_from_slice(&ip_id.to_be_bytes());
+            let frag = ((offset / 8) as u16) | if more { 0x2000 } else { 0 };
+            ip[6..8].copy_from_slice(&frag.to_be_bytes());
+            f.extend_from_slice(&ip);
+            f.extend_from_slice(chunk);
+            let mut p = crate::wire::ipv4::Ipv4Packet::new_quoted(&mut f[14..]).unwrap();
+            p.fill_checksum();
+            f
+        })
+        .collect()
+}
+
+/// Joins forwarded fragments back into the UDP datagram; checks every IPv4 header checksum
+/// and the UDP checksum over the whole, and returns (src, dst, sport, dport, payload).
+fn reassemble(frames: &[Vec<u8>]) -> (Ipv4Addr, Ipv4Addr, u16, u16, Vec<u8>) {
+    let mut datagram = Vec::new();
+    let mut addrs = None;
+    for f in frames {
+        let ip = etherparse::Ipv4HeaderSlice::from_slice(&f[14..]).unwrap();
+        let h = ip.to_header();
+        assert_eq!(h.header_checksum, h.calc_header_checksum());
+        assert_eq!(ip.fragments_offset().byte_offset() as usize, datagram.len());
+        let a = (ip.source_addr(), ip.destination_addr());
+        assert_eq!(
+            *addrs.get_or_insert(a),
+            a,
+            "every fragment has the same addresses"
+        );
+        datagram.extend_from_slice(&f[14 + 20..14 + ip.total_len() as usize]);
+    }
+    let (src, dst) = addrs.unwrap();
+    let ph = crate::wire::checksum::pseudo_header(
+        src.octets(),
+        dst.octets(),
+        PROTO_UDP,
+        datagram.len() as u16,
+    );
+    let sum = crate::wire::checksum::fold(ph + crate::wire::checksum::sum(&datagram));
+    assert_eq!(sum, 0xffff, "UDP checksum over the reassembled datagram");
+    let sport = u16::from_be_bytes([datagram[0], datagram[1]]);
+    let dport = u16::from_be_bytes([datagram[2], datagram[3]]);
+    (src, dst, sport, dport, datagram[8..].to_vec())
+}
+
+#[test]
+fn later_fragments_follow_the_first_through_masquerade_and_back() {
+    let mut gw = gateway(&config());
+    learn_neighbors(&mut gw);
+    let frags = udp_fragments(pod_mac(1), (POD1, 5000), (EXT, 9000), 4000, 77);
+    assert_eq!(frags.len(), 3);
+    let mut out = Vec::new();
+    for f in frags {
+        let o = send(&mut gw, f, 0, 0);
+        assert_eq!(o.next, Disposition::Forward(UPLINK));
+        out.push(o.frame);
+    }
+    let (src, dst, sport, dport, payload) = reassemble(&out);
+    assert_eq!((src, dst, dport), (NODE_IP, EXT, 9000));
+    assert_eq!(payload.len(), 4000);
+    assert_eq!(gw.counters().get(GwCounter::FragmentsTranslated), 2);
+    // The reply, fragmented too, reaches the pod whole.
+    let replies: Vec<Vec<u8>> = udp_fragments(ROUTER_MAC, (EXT, 9000), (NODE_IP, sport), 3000, 9)
+        .into_iter()
+        .map(|f| send(&mut gw, f, UPLINK, 1))
+        .map(|o| {
+            assert_eq!(o.next, Disposition::Forward(0));
+            o.frame
+        })
+        .collect();
+    let (src, dst, sport, dport, payload) = reassemble(&replies);
+    assert_eq!((src, dst, sport, dport), (EXT, POD1, 9000, 5000));
+    assert_eq!(payload.len(), 3000);
+}
+
+#[test]
+fn later_fragments_follow_the_first_through_a_service() {
+    let mut c = config();
+    c.services.push(ServiceConfig {
+        name: "dns".into(),
+        cluster_ip: Ipv4Addr::new(10, 96, 0, 53),
+        port: 53,
+        proto: PROTO_UDP,
+        node_port: None,
+        backends: backends(&[(POD2, 5353)]),
+    });
+    let mut gw = gateway(&c);
+    learn_neighbors(&mut gw);
+    let out: Vec<Vec<u8>> = udp_fragments(
+        pod_mac(3),
+        (POD3, 4444),
+        (Ipv4Addr::new(10, 96, 0, 53), 53),
+        4000,
+        5,
+    )
+    .into_iter()
+    .map(|f| {
+        let o = send(&mut gw, f, 2, 0);
+        assert_eq!(o.next, Disposition::Forward(1));
+        o.frame
+    })
+    .collect();
+    let (src, dst, sport, dport, payload) = reassemble(&out);
+    assert_eq!((src, dst, sport, dport), (POD3, POD2, 4444, 5353));
+    assert_eq!(payload.len(), 4000);
+}
+
+#[test]
+fn a_later_fragment_without_its_first_is_dropped_and_counted() {
+    let mut gw = gateway(&config());
+    learn_neighbors(&mut gw);
+    let frags = udp_fragments(pod_mac(1), (POD1, 5000), (EXT, 9000), 4000, 78);
+    let out = send(&mut gw, frags[1].clone(), 0, 0);
+    assert_eq!(out.next, Disposition::Drop);
+    assert_eq!(gw.counters().get(GwCounter::DropFragmentWithoutFirst), 1);
+}
+
+#[test]
+fn icmp_errors_are_rate_limited_per_destination() {
+    let mut gw = gateway(&config());
+    learn_neighbors(&mut gw);
+    let mut errors = 0;
+    for i in 0..100 {
+        let out = send(
+            &mut gw,
+            tcp(pod_mac(1), GW_MAC, (POD1, 1000 + i), (EXT, 80), true, 1),
+            0,
+            0,
+        );
+        assert_eq!(out.next, Disposition::Drop);
+        errors += out.emit.len();
+    }
+    assert_eq!(errors, 6, "a burst of six, as Linux allows");
+    let c = gw.counters();
+    assert_eq!(c.get(GwCounter::IcmpErrorsSent), 6);
+    assert_eq!(c.get(GwCounter::IcmpErrorsRateLimited), 94);
+    assert_eq!(c.get(GwCounter::DropTtlExceeded), 100);
+    // A second later, one more.
+    let out = send(
+        &mut gw,
+        tcp(pod_mac(1), GW_MAC, (POD1, 2000), (EXT, 80), true, 1),
+        0,
+        1000,
+    );
+    assert_eq!(out.emit.len(), 1);
+}
+
+#[test]
+fn arp_claiming_the_gateway_or_node_address_is_dropped() {
+    let mut gw = gateway(&config());
+    learn_pods(&mut gw);
+    // Gratuitous ARP from pod 2 for the gateway's address, and a reply claiming it.
+    for frame in [
+        arp(
+            ARP_REQUEST,
+            (pod_mac(2), GW_IP),
+            (MacAddr::ZERO, GW_IP),
+            MacAddr::BROADCAST,
+        ),
+        arp(
+            ARP_REPLY,
+            (pod_mac(2), GW_IP),
+            (pod_mac(1), POD1),
+            pod_mac(1),
+        ),
+        arp(
+            ARP_REQUEST,
+            (pod_mac(2), NODE_IP),
+            (MacAddr::ZERO, POD1),
+            MacAddr::BROADCAST,
+        ),
+    ] {
+        let out = send(&mut gw, frame, 1, 0);
+        assert_eq!(out.next, Disposition::Drop);
+        assert!(out.emit.is_empty());
+    }
+    assert_eq!(gw.counters().get(GwCounter::DropArpClaimsOurAddress), 3);
+    // On the uplink too.
+    let out = send(
+        &mut gw,
+        arp(
+            ARP_REQUEST,
+            (ROUTER_MAC, NODE_IP),
+            (MacAddr::ZERO, NODE_IP),
+            MacAddr::BROADCAST,
+        ),
+        UPLINK,
+        0,
+    );
+    assert_eq!(out.next, Disposition::Drop);
+    assert_eq!(gw.counters().get(GwCounter::DropArpClaimsOurAddress), 4);
+}
+
+/// An IPv4 packet of protocol `proto` with an opaque payload.
+fn raw_ip(macs: (MacAddr, MacAddr), src: Ipv4Addr, dst: Ipv4Addr, proto: u8) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&macs.1 .0);
+    f.extend_from_slice(&macs.0 .0);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let payload = [0u8, 0, 0x65, 0x58, 1, 2, 3, 4];
+    let mut ip = [0u8; 20];
+    crate::wire::ipv4::emit_header(&mut ip, src, dst, proto, 64, payload.len());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&payload);
+    f
+}
+
+#[test]
+fn other_protocols_are_masqueraded_by_address_and_come_back() {
+    let mut gw = gateway(&config());
+    learn_neighbors(&mut gw);
+    const GRE: u8 = 47;
+    let out = send(&mut gw, raw_ip((pod_mac(1), GW_MAC), POD1, EXT, GRE), 0, 0);
+    assert_eq!(out.next, Disposition::Forward(UPLINK));
+    let ip = etherparse::Ipv4HeaderSlice::from_slice(&out.frame[14..]).unwrap();
+    assert_eq!((ip.source_addr(), ip.destination_addr()), (NODE_IP, EXT));
+    let h = ip.to_header();
+    assert_eq!(h.header_checksum, h.calc_header_checksum());
+    assert_eq!(
+        &out.frame[34..],
+        &[0u8, 0, 0x65, 0x58, 1, 2, 3, 4],
+        "payload untouched"
+    );
+    let back = send(
+        &mut gw,
+        raw_ip((ROUTER_MAC, GW_MAC), EXT, NODE_IP, GRE),
+        UPLINK,
+        1,
+    );
+    assert_eq!(back.next, Disposition::Forward(0));
+    let ip = etherparse::Ipv4HeaderSlice::from_slice(&back.frame[14..]).unwrap();
+    assert_eq!((ip.source_addr(), ip.destination_addr()), (EXT, POD1));
+    // A second pod's GRE to the same host would get the same replies: refused, counted.
+    let out = send(&mut gw, raw_ip((pod_mac(2), GW_MAC), POD2, EXT, GRE), 1, 2);
+    assert_eq!(out.next, Disposition::Drop);
+    assert_eq!(gw.counters().get(GwCounter::DropNatClash), 1);
+    assert_eq!(gw.counters().get(GwCounter::NatMasquerade), 1);
+}
+
+#[test]
+fn pod_packets_from_outside_the_pod_subnet_are_dropped() {
+    let mut gw = gateway(&config());
+    learn_neighbors(&mut gw);
+    for src in [Ipv4Addr::new(8, 8, 8, 8), Ipv4Addr::UNSPECIFIED, NODE_IP] {
+        let out = send(
+            &mut gw,
+            tcp(pod_mac(1), GW_MAC, (src, 1000), (EXT, 80), true, 64),
+            0,
+            0,
+        );
+        assert_eq!(out.next, Disposition::Drop);
+    }
+    assert_eq!(gw.counters().get(GwCounter::DropPodSourceOutsideSubnet), 3);
+}
+
+#[test]
+fn a_port_reaching_a_backend_directly_and_through_its_service_gets_another_source_port() {
+    let mut c = config();
+    c.services[0].backends = backends(&[(POD1, 8080)]);
+    let mut gw = gateway(&c);
+    learn_neighbors(&mut gw);
+    let via_service = pod3_syn_to_vip(&mut gw, 40000, 0);
+    assert_eq!(via_service.next, Disposition::Forward(0));
+    assert_eq!(addresses(&via_service.frame), (POD3, 40000, POD1, 8080));
+    // Same source port, straight to the backend: its replies would look like the first one's.
+    let direct = send(
+        &mut gw,
+        tcp(pod_mac(3), GW_MAC, (POD3, 40000), (POD1, 8080), true, 64),
+        2,
+        1,
+    );
+    assert_eq!(direct.next, Disposition::Forward(0));
+    let (src, sport, dst, dport) = addresses(&direct.frame);
+    assert_eq!((src, dst, dport), (POD3, POD1, 8080));
+    assert_ne!(sport, 40000);
+    let c = gw.counters();
+    assert_eq!(c.get(GwCounter::NatClashRemapped), 1);
+    assert_eq!(c.get(GwCounter::DropNatPortsExhausted), 0);
+    // Each connection's replies find their own way back.
+    let reply = send(
+        &mut gw,
+        tcp(pod_mac(1), GW_MAC, (POD1, 8080), (POD3, sport), false, 64),
+        0,
+        2,
+    );
+    assert_eq!(addresses(&reply.frame), (POD1, 8080, POD3, 40000));
+}
+
+#[test]
+fn a_neighbour_that_moves_is_followed_at_once() {
+    let mut gw = gateway(&config());
+    learn_neighbors(&mut gw);
+    let out = send(
+        &mut gw,
+        tcp(pod_mac(1), GW_MAC, (POD1, 5555), (EXT, 80), true, 64),
+        0,
+        0,
+    );
+    assert_eq!(eth_dst(&out.frame), ROUTER_MAC);
+    let new_mac = MacAddr([0x02, 0xbb, 0, 0, 0, 0x99]);
+    let moved = arp(
+        ARP_REQUEST,
+        (new_mac, ROUTER),
+        (MacAddr::ZERO, NODE_IP),
+        MacAddr::BROADCAST,
+    );
+    send(&mut gw, moved, UPLINK, 1);
+    let out = send(
+        &mut gw,
+        tcp(pod_mac(1), GW_MAC, (POD1, 5555), (EXT, 80), false, 64),
+        0,
+        2,
+    );
+    assert_eq!(eth_dst(&out.frame), new_mac);
 }

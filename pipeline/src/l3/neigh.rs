@@ -40,9 +40,7 @@ struct Pending {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resolve {
     /// Queued; send an ARP request now if `request` is set.
-    Queued {
-        request: bool,
-    },
+    Queued { request: bool },
     /// The queue for this address (or the table of pending addresses) is full.
     QueueFull,
 }
@@ -288,7 +286,10 @@ mod tests {
         // the table's fresher entry is read.
         shared.update(|t| t.learn(IP, MAC, 1, 9_000));
         assert_eq!(cache.generation, shared.generation());
-        assert_eq!(cache.get(&shared, IP, 12_000).map(|n| n.updated_ms), Some(9_000));
+        assert_eq!(
+            cache.get(&shared, IP, 12_000).map(|n| n.updated_ms),
+            Some(9_000)
+        );
         // A move is seen at once.
         let other = MacAddr([2, 0, 0, 0, 9, 9]);
         shared.update(|t| t.learn(IP, other, 2, 12_001));

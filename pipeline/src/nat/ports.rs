@@ -145,7 +145,10 @@ mod tests {
         )
         .unwrap();
         assert!(reply.dport >= 1024);
-        assert_eq!(reply.sport, reply.dport, "echo replies carry the id as both ports");
+        assert_eq!(
+            reply.sport, reply.dport,
+            "echo replies carry the id as both ports"
+        );
         // The reply as it will arrive (id as both ports) finds the flow.
         assert!(ct.track(&reply, 0, 1).is_some());
     }

@@ -87,13 +87,26 @@ mod tests {
 
     #[test]
     fn vips_and_node_ports_are_found_by_key() {
-        let table = ServiceTable::new((1..=1000).map(|i| service(i, (i == 7).then_some(30007))).collect());
+        let table = ServiceTable::new(
+            (1..=1000)
+                .map(|i| service(i, (i == 7).then_some(30007)))
+                .collect(),
+        );
         assert!(table.is_vip(Ipv4Addr::from(0x0a60_0000 + 500)));
         assert!(!table.is_vip(Ipv4Addr::from(0x0a60_0000 + 1001)));
-        assert!(table.by_vip(Ipv4Addr::from(0x0a60_0000 + 500), 80, 6).is_some());
-        assert!(table.by_vip(Ipv4Addr::from(0x0a60_0000 + 500), 81, 6).is_none());
-        assert!(table.by_vip(Ipv4Addr::from(0x0a60_0000 + 500), 80, 17).is_none());
-        assert_eq!(table.by_node_port(30007, 6).map(|s| s.name.as_str()), Some("svc7"));
+        assert!(table
+            .by_vip(Ipv4Addr::from(0x0a60_0000 + 500), 80, 6)
+            .is_some());
+        assert!(table
+            .by_vip(Ipv4Addr::from(0x0a60_0000 + 500), 81, 6)
+            .is_none());
+        assert!(table
+            .by_vip(Ipv4Addr::from(0x0a60_0000 + 500), 80, 17)
+            .is_none());
+        assert_eq!(
+            table.by_node_port(30007, 6).map(|s| s.name.as_str()),
+            Some("svc7")
+        );
         assert_eq!(table.len(), 1000);
     }
 }
