@@ -5,9 +5,9 @@
 //! ring), or held as a [`Frame`] handle. A `Frame` is move-only; handing it to a ring consumes
 //! it, so one frame cannot be given to two rings.
 
+use std::cell::Cell;
 use std::io;
 use std::ptr::NonNull;
-use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 

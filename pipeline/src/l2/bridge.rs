@@ -436,7 +436,9 @@ mod tests {
         };
         let mut w0 = Bridge::new(&config);
         let mut w1 = Bridge::new(&config);
-        let frames: Vec<_> = (1..=10).map(|n| frame(MacAddr::BROADCAST, mac(n))).collect();
+        let frames: Vec<_> = (1..=10)
+            .map(|n| frame(MacAddr::BROADCAST, mac(n)))
+            .collect();
         run(&mut w0, &frames, 0, 0);
         // The channel was full: every announcement was lost, w1 knows nothing.
         assert_eq!(w0.take_learn_events().count(), 10);
