@@ -12,6 +12,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 const GW_MAC: MacAddr = MacAddr([2, 0x76, 10, 244, 1, 1]);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 4);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const GW_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
 
 fn tuple(i: u32) -> Tuple {
     Tuple {
@@ -98,7 +101,7 @@ fn config(services: usize) -> GatewayConfig {
         uplink: Some(UplinkConfig {
             port: 3,
             address: "198.18.0.1/24".parse().unwrap(),
-            next_hop: Ipv4Addr::new(198, 18, 0, 254),
+            next_hop: ROUTER,
             masquerade: true,
             cluster_cidrs: vec![
                 "10.244.0.0/16".parse().unwrap(),
@@ -123,7 +126,7 @@ fn syn_or_ack(sport: u16, syn: bool) -> Vec<u8> {
     b
 }
 
-fn arp_from(ip: Ipv4Addr, mac: [u8; 6]) -> Vec<u8> {
+fn arp_from(ip: Ipv4Addr, mac: [u8; 6], target_ip: Ipv4Addr) -> Vec<u8> {
     let mut b = vec![0u8; 42];
     b[0..6].copy_from_slice(&[0xff; 6]);
     b[6..12].copy_from_slice(&mac);
@@ -133,7 +136,7 @@ fn arp_from(ip: Ipv4Addr, mac: [u8; 6]) -> Vec<u8> {
         sender_mac: MacAddr(mac),
         sender_ip: ip,
         target_mac: MacAddr::ZERO,
-        target_ip: Ipv4Addr::new(10, 244, 1, 1),
+        target_ip,
     }
     .emit(&mut b[14..]);
     b
@@ -150,11 +153,12 @@ fn gateway(services: usize, flows: u32) -> (Gateway, Vec<Vec<u8>>) {
     );
     let mut next = [Disposition::Drop; 1];
     let mut emit = Vec::new();
-    for (ip, mac, port) in [
-        (Ipv4Addr::new(10, 244, 1, 2), [2, 0, 0, 0, 1, 2], 0u16),
-        (CLIENT, [2, 0, 0, 0, 1, 4], 2),
+    for (ip, mac, port, target) in [
+        (Ipv4Addr::new(10, 244, 1, 2), [2, 0, 0, 0, 1, 2], 0u16, GW_IP),
+        (CLIENT, [2, 0, 0, 0, 1, 4], 2, GW_IP),
+        (ROUTER, [2, 0, 0, 0, 0, 0xfe], 3, NODE_IP),
     ] {
-        let mut f = arp_from(ip, mac);
+        let mut f = arp_from(ip, mac, target);
         gw.process(&mut [&mut f[..]], port, 0, &mut next, &mut emit);
     }
     // Background flows fill the table; they never match the measured packets.
@@ -225,5 +229,47 @@ fn nat_rewrite(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, conntrack, nat_rewrite, pipeline_per_packet);
+/// A new masqueraded connection's first packet: the NAT decision (service and VIP lookups),
+/// port allocation and conntrack insert, with 1 and 10,000 services configured.
+fn new_flow_setup(c: &mut Criterion) {
+    let mut g = c.benchmark_group("gateway_new_masqueraded_flow");
+    for services in [1usize, 10_000] {
+        let (mut gw, _) = gateway(services, 0);
+        let mut next = [Disposition::Drop; 1];
+        let mut emit = Vec::new();
+        let mut i = 0u32;
+        g.bench_function(format!("{services}_services"), |b| {
+            b.iter_batched_ref(
+                || {
+                    i = i.wrapping_add(1);
+                    // A new (destination, source port) each time: never a tracked flow.
+                    let dst = Ipv4Addr::from(0xc613_0000 | (i >> 14));
+                    let mut f = Vec::new();
+                    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 1, 4], GW_MAC.0)
+                        .ipv4(CLIENT.octets(), dst.octets(), 64)
+                        .tcp(1024 + (i & 0x3fff) as u16, 443, 1, 64000)
+                        .syn()
+                        .write(&mut f, &[])
+                        .unwrap();
+                    f
+                },
+                |frame| {
+                    gw.process(&mut [&mut frame[..]], 2, 1, &mut next, &mut emit);
+                    assert_eq!(next[0], Disposition::Forward(3));
+                    emit.clear();
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    conntrack,
+    nat_rewrite,
+    pipeline_per_packet,
+    new_flow_setup
+);
 criterion_main!(benches);

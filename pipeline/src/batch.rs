@@ -17,11 +17,14 @@ impl PortMask {
     pub const ALL: PortMask = PortMask(u64::MAX);
     pub const NONE: PortMask = PortMask(0);
 
+    /// The set of `ports`; a port at or past `MAX_PORTS` has no bit and is left out (never
+    /// folded onto a low port). The datapath refuses more ports than that at start.
     pub fn of(ports: &[PortId]) -> PortMask {
         PortMask(
             ports
                 .iter()
-                .fold(0, |m, &p| m | (1u64 << (p as usize % MAX_PORTS))),
+                .filter(|&&p| (p as usize) < MAX_PORTS)
+                .fold(0, |m, &p| m | (1u64 << p)),
         )
     }
 
@@ -60,4 +63,19 @@ pub enum Disposition {
     Drop,
     /// The stage kept a copy (e.g. queued until a neighbour resolves); free the frame.
     Consumed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_past_the_mask_are_left_out_not_aliased() {
+        assert_eq!(PortMask::of(&[64]), PortMask::NONE);
+        assert_eq!(PortMask::of(&[0, 64, 65, 127, 128]), PortMask::single(0));
+        let mask = PortMask::of(&[1, 63, 64, 65]);
+        assert!(!mask.contains(0) && !mask.contains(1 + 64));
+        assert_eq!(mask.ports(usize::MAX).collect::<Vec<_>>(), [1, 63]);
+        assert_eq!(PortMask::single(PortId::MAX), PortMask::NONE);
+    }
 }

@@ -154,9 +154,19 @@ const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
 }
 
 /// Issues one `bpf()` command; returns the non-negative result or the errno.
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
+///
+/// # Safety
+///
+/// `T` is the `#[repr(C)]` prefix of `union bpf_attr` that `cmd` uses. Every user pointer in
+/// it (a `u64` field holding an address, e.g. a map key, the instructions, a log buffer) must
+/// point to memory that stays valid, for the length the attribute gives it, until this call
+/// returns: readable for what the kernel reads, writable for what it writes (a log buffer,
+/// output data). The kernel copies or fills those buffers during the call and keeps no pointer
+/// to them afterwards; null with length 0 is always allowed.
+unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
     // SAFETY: `attr` is a live, initialised `#[repr(C)]` bpf_attr prefix of exactly
-    // `size_of::<T>()` bytes; the kernel reads (and for some commands writes) only that range.
+    // `size_of::<T>()` bytes; the kernel reads (and for some commands writes) only that range,
+    // and the pointers inside it are valid for the call, as the caller guarantees.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -200,7 +210,8 @@ impl XskMap {
             map_name: name16("vswitch_xsks"),
             ..Default::default()
         };
-        let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
+        // SAFETY: a map-create attribute holds no user pointers.
+        let fd = unsafe { bpf(BPF_MAP_CREATE, &mut attr)? };
         Ok(XskMap { fd: fd_from(fd) })
     }
 
@@ -214,7 +225,9 @@ impl XskMap {
             value: &value as *const u32 as u64,
             ..Default::default()
         };
-        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+        // SAFETY: `key` and `value` point to the locals above, 4 bytes each (the map's key and
+        // value sizes), which live until after the call; the kernel only reads them.
+        unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map(|_| ())
     }
 }
 
@@ -255,7 +268,10 @@ fn load_xdp(insns: &[Insn], name: &str) -> io::Result<OwnedFd> {
         prog_name: name16(name),
         ..Default::default()
     };
-    match bpf(BPF_PROG_LOAD, &mut attr) {
+    // SAFETY: `insns` points to `insn_cnt` 8-byte instructions of the borrowed slice and
+    // `license` to a NUL-terminated static string, both read by the kernel during the call
+    // only; there is no log buffer (null, size 0).
+    match unsafe { bpf(BPF_PROG_LOAD, &mut attr) } {
         Ok(fd) => Ok(fd_from(fd)),
         Err(first) => {
             // Load again with the verifier log, to say why.
@@ -263,7 +279,9 @@ fn load_xdp(insns: &[Insn], name: &str) -> io::Result<OwnedFd> {
             attr.log_level = 1;
             attr.log_size = log.len() as u32;
             attr.log_buf = log.as_mut_ptr() as u64;
-            let _ = bpf(BPF_PROG_LOAD, &mut attr);
+            // SAFETY: as above, and `log_buf` points to `log`, `log_size` writable bytes that
+            // live until after the call; the kernel writes at most `log_size` bytes there.
+            let _ = unsafe { bpf(BPF_PROG_LOAD, &mut attr) };
             let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
             let text = String::from_utf8_lossy(&log[..end]);
             Err(io::Error::new(
@@ -322,7 +340,10 @@ impl LiveFrameSender {
             batch_size: batch,
             ..Default::default()
         };
-        bpf(BPF_PROG_TEST_RUN, &mut attr).map(|_| ())
+        // SAFETY: `data_in` points to the borrowed `frame`, `data_size_in` bytes, read by the
+        // kernel during the call; `data_out`, `ctx_in` and `ctx_out` are null with size 0, so
+        // the kernel writes back nothing but the attribute's own counters.
+        unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) }.map(|_| ())
     }
 }
 
@@ -364,7 +385,8 @@ impl LiveFrameSender {
             map_name: name16("vswitch_seq"),
             ..Default::default()
         };
-        let map = fd_from(bpf(BPF_MAP_CREATE, &mut attr)?);
+        // SAFETY: a map-create attribute holds no user pointers.
+        let map = fd_from(unsafe { bpf(BPF_MAP_CREATE, &mut attr)? });
         let seq = STAMP_SEQ_OFFSET as i16;
         let time = STAMP_TIME_OFFSET as i16;
         let insns = [
@@ -425,7 +447,8 @@ impl XdpLink {
             flags,
             ..Default::default()
         };
-        let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+        // SAFETY: a link-create attribute for XDP holds no user pointers (the tail is zero).
+        let fd = unsafe { bpf(BPF_LINK_CREATE, &mut attr)? };
         Ok(XdpLink {
             _fd: fd_from(fd),
             ifindex,

@@ -10,6 +10,7 @@ use crate::worker::{Egress, Handoff, PollMode, Worker, WorkerReport, WorkerSetup
 use crossbeam_channel::{bounded, Receiver, Sender};
 use pipeline::{
     Bridge, BridgeConfig, Gateway, GatewayConfig, GatewayShared, LearnEvent, Pipeline, PortId,
+    MAX_PORTS,
 };
 use std::collections::HashSet;
 use std::fmt;
@@ -17,6 +18,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 /// Ethernet header plus one VLAN tag and the FCS-less trailer room the MTU does not include.
 const L2_OVERHEAD: u32 = 18;
@@ -61,6 +63,7 @@ impl Default for DatapathConfig {
 #[derive(Debug)]
 pub enum DatapathError {
     NoPorts,
+    TooManyPorts { ports: usize, limit: usize },
     DuplicatePort(String),
     PortNotFound(String),
     MtuTooLarge { port: String, mtu: u32 },
@@ -77,6 +80,10 @@ impl fmt::Display for DatapathError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DatapathError::NoPorts => write!(f, "no ports given: --ports needs at least one interface"),
+            DatapathError::TooManyPorts { ports, limit } => write!(
+                f,
+                "{ports} ports given, more than the {limit} one switch supports (a flood set is one bit per port)"
+            ),
             DatapathError::DuplicatePort(p) => write!(f, "port {p:?} is listed twice"),
             DatapathError::PortNotFound(p) => {
                 write!(f, "port {p:?} does not exist in this network namespace")
@@ -127,6 +134,12 @@ pub struct PortInfo {
 pub fn validate(config: &DatapathConfig) -> Result<Vec<PortInfo>, DatapathError> {
     if config.ports.is_empty() {
         return Err(DatapathError::NoPorts);
+    }
+    if config.ports.len() > MAX_PORTS {
+        return Err(DatapathError::TooManyPorts {
+            ports: config.ports.len(),
+            limit: MAX_PORTS,
+        });
     }
     let mut seen = HashSet::new();
     for name in &config.ports {
@@ -224,9 +237,10 @@ pub struct Datapath {
 }
 
 struct WorkerParts {
+    // Sockets first: they drop before the UMEM (see `WorkerSetup`).
+    sockets: Vec<(PortId, PortSocket)>,
     umem: Umem,
     pool: crate::umem::FramePool,
-    sockets: Vec<(PortId, PortSocket)>,
 }
 
 impl Datapath {
@@ -266,9 +280,9 @@ impl Datapath {
                 sockets.push((p as PortId, sock));
             }
             parts.push(WorkerParts {
+                sockets,
                 umem,
                 pool,
-                sockets,
             });
         }
 
@@ -305,6 +319,8 @@ impl Datapath {
             (0..nworkers).map(|_| bounded(LEARN_QUEUE)).unzip();
 
         let stop = Arc::new(AtomicBool::new(false));
+        // One clock for every worker: they stamp entries of the tables they share.
+        let epoch = Instant::now();
         let mut stats = Vec::new();
         let mut workers = Vec::new();
         let mut bridge_config = match &config.gateway {
@@ -359,6 +375,7 @@ impl Datapath {
                 leader: w == 0,
                 stats: worker_stats,
                 stop: stop.clone(),
+                epoch,
             };
             let handle = std::thread::Builder::new()
                 .name(format!("pmd{w}"))
@@ -489,6 +506,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("\"nosuch0\""));
+        config.ports = (0..65).map(|i| format!("nosuch{i}")).collect();
+        assert_eq!(
+            validate(&config).unwrap_err().to_string(),
+            "65 ports given, more than the 64 one switch supports (a flood set is one bit per port)"
+        );
         config.ports = vec!["lo".into()];
         config.workers = vec![Some(100_000)];
         assert!(validate(&config)

@@ -1,7 +1,10 @@
 //! vswitch ports and poll-mode workers.
 //!
 //! The only crate with `unsafe`: the UMEM mapping, ring access (through `xdpilone`), and the
-//! few syscalls (`bpf`, ioctl, poll) that have no safe wrapper. Every block says why it is sound.
+//! few syscalls (`bpf`, ioctl, poll) that have no safe wrapper. Every block says why it is sound
+//! (enforced by the lint below).
+
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod bpf;
 pub mod datapath;

@@ -1,7 +1,7 @@
 //! One AF_XDP socket: a port's receive queue with its fill, completion, rx and tx rings, bound
 //! into the worker's shared UMEM.
 
-use crate::umem::{Frame, FramePool, RingSizes, Umem};
+use crate::umem::{Frame, FramePool, RingSizes, Umem, UmemBinding};
 use std::ffi::CString;
 use std::io;
 use std::num::NonZeroU32;
@@ -68,14 +68,20 @@ const SOL_XDP: libc::c_int = 283;
 const SO_PREFER_BUSY_POLL: libc::c_int = 69;
 const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
 
+/// One AF_XDP socket, tied to the UMEM it was bound with: every ring operation takes that UMEM
+/// and panics if given another one (its frames would be handed to a kernel that does not know
+/// them, or taken back as handles to frames user code still holds).
 pub struct PortSocket {
     pub ifname: String,
     pub queue: u32,
-    // Field order: rings first, then the socket they map.
+    // Field order is drop order: rings first, then the socket they map, then the UMEM memory
+    // the socket's registration refers to.
     rx: RingRx,
     tx: RingTx,
     device: DeviceQueue,
     user: User,
+    /// The UMEM this socket is bound with; keeps its memory mapped while the socket lives.
+    umem: UmemBinding,
     /// Frames lent to the kernel through the fill ring and not yet received back.
     lent_to_fill: u32,
     /// Frames queued for transmit and not yet completed.
@@ -149,6 +155,7 @@ impl PortSocket {
             tx,
             device,
             user,
+            umem: umem.binding(),
             lent_to_fill: 0,
             in_flight_tx: 0,
             fill_target: rings.fill / 2,
@@ -210,6 +217,11 @@ impl PortSocket {
 
     /// Tops the fill ring up from the pool, leaving `reserve` frames in the pool.
     pub fn refill(&mut self, umem: &Umem, pool: &mut FramePool, reserve: usize) -> u32 {
+        let umem = umem.bound(&self.umem);
+        assert!(
+            pool.belongs_to(umem),
+            "refilling from the pool of another UMEM"
+        );
         let mut filled = 0;
         // As in `transmit`: the first reservation may see a stale view of the ring.
         for _ in 0..2 {
@@ -237,6 +249,7 @@ impl PortSocket {
 
     /// Receives up to `max` frames into `out`.
     pub fn receive(&mut self, umem: &Umem, max: u32, out: &mut Vec<Frame>) -> u32 {
+        let umem = umem.bound(&self.umem);
         let mut n = 0;
         // As in `transmit`: a peek is served from a cached view of the kernel's producer while
         // that shows anything; a second peek reads the real one.
@@ -248,7 +261,8 @@ impl PortSocket {
             let mut got = 0;
             while let Some(desc) = reader.read() {
                 got += 1;
-                // The kernel only returns addresses we gave it; anything else is skipped.
+                // The kernel only returns frames we lent it; anything else is skipped (a handle
+                // to a frame in the pool or held elsewhere would alias it).
                 if let Some(frame) = umem.frame_at(desc.addr, desc.len) {
                     out.push(frame);
                 }
@@ -265,6 +279,7 @@ impl PortSocket {
 
     /// Queues frames from the front of `frames` for transmit; what does not fit stays in it.
     pub fn transmit(&mut self, umem: &Umem, frames: &mut Vec<Frame>) -> u32 {
+        let umem = umem.bound(&self.umem);
         let mut sent = 0;
         // A reservation is served from a cached view of the kernel's consumer while that shows
         // any room; once it is used up, the next reservation reads the real one. So: twice.
@@ -277,6 +292,8 @@ impl PortSocket {
             if room == 0 {
                 break;
             }
+            // Exactly `room` frames, no more than reserved: `insert` polls the iterator before
+            // checking for a slot, so an extra frame would be marked lent and lost.
             sent += writer.insert(frames.drain(..room).map(|f| umem.desc(f)));
             writer.commit();
         }
@@ -316,6 +333,7 @@ impl PortSocket {
 
     /// Returns completed transmit frames to the pool.
     pub fn reap_completions(&mut self, umem: &Umem, pool: &mut FramePool) -> u32 {
+        let umem = umem.bound(&self.umem);
         let mut n = 0;
         // As in `receive`: the second peek sees what the first one's cached view missed.
         for _ in 0..2 {

@@ -5,9 +5,11 @@
 //! ring), or held as a [`Frame`] handle. A `Frame` is move-only; handing it to a ring consumes
 //! it, so one frame cannot be given to two rings.
 
+use std::cell::Cell;
 use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 /// Bytes per frame: a page, as the kernel's aligned chunk mode wants a power of two.
 pub const FRAME_SIZE: u32 = 4096;
@@ -54,10 +56,21 @@ impl Frame {
 }
 
 /// The memory area, mapped anonymously and unmapped on drop.
-struct Area {
+///
+/// Shared (`Arc`) by the [`Umem`] and every socket bound to it, so the mapping outlives the
+/// last socket whose kernel-side registration still refers to it, whatever order their owners
+/// drop in.
+pub(crate) struct Area {
     ptr: NonNull<u8>,
     len: usize,
 }
+
+// SAFETY: `Area` only owns the mapping; it gives no access to the bytes itself (the `Umem` does,
+// through unique `Frame` handles), so moving it to, or sharing it with, another thread cannot
+// create a data race. Dropping it from any thread is a plain `munmap`.
+unsafe impl Send for Area {}
+// SAFETY: as above: a shared `&Area` exposes only the address and length, never the bytes.
+unsafe impl Sync for Area {}
 
 impl Area {
     fn map(len: usize) -> io::Result<Area> {
@@ -83,25 +96,185 @@ impl Area {
 
 impl Drop for Area {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `map`; `Umem` drops its sockets (which
-        // reference the area) before the area itself, by field order.
+        // SAFETY: unmaps exactly the mapping made in `map`. The area is dropped when the last
+        // `Arc<Area>` goes: the `Umem`'s (after its kernel registration, by field order) and each
+        // socket's (after its rings and descriptor, by field order), so no registration or ring
+        // of ours still refers to it; no `&[u8]` into it can exist either, as those borrow the
+        // `Umem`.
         unsafe {
             libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.len);
         }
     }
 }
 
-/// A registered UMEM.
-pub struct Umem {
-    // Field order matters: the kernel registration goes before the memory it registers.
-    xsk: xdpilone::Umem,
-    area: Area,
+/// The UMEM's memory and frame bookkeeping, without the kernel registration (so it can be
+/// exercised without privileges).
+///
+/// Invariant: every frame index is in exactly one place: the [`FramePool`] (its `in_pool` bit),
+/// lent to the kernel (its `lent` bit here), or one live [`Frame`] handle. Handles are made only
+/// by `FramePool::alloc` (from the pool) and `frame_at` (from a frame lent to the kernel, whose
+/// bit it clears), and consumed by `FramePool::put`, `desc` and `fill_addr`; so two handles to
+/// the same frame never exist, which is what makes `data_mut` sound.
+pub(crate) struct Memory {
+    area: Arc<Area>,
     id: u32,
     frames: u32,
+    /// One bit per frame: lent to the kernel (fill or tx ring) and not yet taken back.
+    lent: Box<[Cell<u64>]>,
 }
 
-// SAFETY: the area is plain memory owned by this value; moving the Umem to the worker thread
-// that uses it moves that ownership with it. It is not `Sync`: one thread uses it.
+impl Memory {
+    fn new(frames: u32) -> io::Result<(Memory, FramePool)> {
+        let len = frames as usize * FRAME_SIZE as usize;
+        let area = Area::map(len)?;
+        let id = NEXT_UMEM_ID.fetch_add(1, Ordering::Relaxed);
+        let words = (frames as usize).div_ceil(64);
+        let pool = FramePool {
+            umem: id,
+            free: (0..frames).rev().collect(),
+            in_pool: vec![u64::MAX; words].into_boxed_slice(),
+            total: frames,
+            refused_foreign: 0,
+            refused_twice: 0,
+        };
+        let memory = Memory {
+            area: Arc::new(area),
+            id,
+            frames,
+            lent: (0..words).map(|_| Cell::new(0)).collect(),
+        };
+        Ok((memory, pool))
+    }
+
+    #[inline]
+    fn check(&self, frame: &Frame) {
+        // Frames of another worker's UMEM would alias this one's memory.
+        assert_eq!(
+            frame.umem, self.id,
+            "frame of UMEM {} used with UMEM {}",
+            frame.umem, self.id
+        );
+    }
+
+    #[inline]
+    fn data<'a>(&'a self, frame: &'a Frame) -> &'a [u8] {
+        self.check(frame);
+        let start = frame.addr() as usize;
+        debug_assert!(start + frame.len() <= self.area.len);
+        // SAFETY: `start + len` lies inside frame `index` (index < frames, checked where the
+        // handle was made; offset + len <= FRAME_SIZE by construction), which is inside the area;
+        // only the holder of the unique `Frame` handle reaches these bytes (see the invariant on
+        // `Memory`), and the kernel does not write a frame while a handle exists.
+        unsafe { std::slice::from_raw_parts(self.area.ptr.as_ptr().add(start), frame.len()) }
+    }
+
+    #[inline]
+    fn data_mut<'a>(&'a self, frame: &'a mut Frame) -> &'a mut [u8] {
+        self.check(frame);
+        let start = frame.addr() as usize;
+        debug_assert!(start + frame.len() <= self.area.len);
+        // SAFETY: as in `data`; the `&mut Frame` borrow guarantees no other slice of this frame
+        // exists while this one lives, and no other handle to the frame exists at all.
+        unsafe { std::slice::from_raw_parts_mut(self.area.ptr.as_ptr().add(start), frame.len()) }
+    }
+
+    #[inline]
+    fn bit(index: u32) -> (usize, u64) {
+        ((index / 64) as usize, 1u64 << (index % 64))
+    }
+
+    /// Marks a frame lent to the kernel; consumes its handle.
+    #[inline]
+    fn lend(&self, frame: Frame) -> Frame {
+        self.check(&frame);
+        let (word, bit) = Self::bit(frame.index);
+        let cell = &self.lent[word];
+        debug_assert_eq!(cell.get() & bit, 0, "frame {} lent twice", frame.index);
+        cell.set(cell.get() | bit);
+        frame
+    }
+
+    /// Re-creates the handle for a descriptor the kernel returned (rx or completion). `None`
+    /// for an address outside this UMEM or a frame that is not lent to the kernel (it is in
+    /// the pool or held as a handle: a second handle would alias it).
+    #[inline]
+    pub(crate) fn frame_at(&self, addr: u64, len: u32) -> Option<Frame> {
+        let index = addr >> FRAME_SHIFT;
+        let offset = (addr & (FRAME_SIZE as u64 - 1)) as u32;
+        if index >= self.frames as u64 || offset as u64 + len as u64 > FRAME_SIZE as u64 {
+            return None;
+        }
+        let index = index as u32;
+        let (word, bit) = Self::bit(index);
+        let cell = &self.lent[word];
+        if cell.get() & bit == 0 {
+            return None;
+        }
+        cell.set(cell.get() & !bit);
+        Some(Frame {
+            umem: self.id,
+            index,
+            offset: offset as u16,
+            len: len as u16,
+        })
+    }
+
+    /// The ring descriptor for a frame handed to the kernel (tx).
+    pub(crate) fn desc(&self, frame: Frame) -> xdpilone::xdp::XdpDesc {
+        let frame = self.lend(frame);
+        xdpilone::xdp::XdpDesc {
+            addr: frame.addr(),
+            len: frame.len as u32,
+            options: 0,
+        }
+    }
+
+    /// The chunk address of a frame handed to the fill ring.
+    pub(crate) fn fill_addr(&self, frame: Frame) -> u64 {
+        let frame = self.lend(frame);
+        (frame.index as u64) << FRAME_SHIFT
+    }
+
+    fn binding(&self) -> UmemBinding {
+        UmemBinding {
+            id: self.id,
+            _area: self.area.clone(),
+        }
+    }
+
+    /// The memory, if `binding` was made from it; panics otherwise (a socket used with another
+    /// worker's UMEM would hand the kernel frames that user code still holds).
+    #[inline]
+    fn bound(&self, binding: &UmemBinding) -> &Memory {
+        assert_eq!(
+            binding.id, self.id,
+            "socket bound to UMEM {} used with UMEM {}",
+            binding.id, self.id
+        );
+        self
+    }
+}
+
+/// What a socket keeps of the UMEM it was bound with: its id, checked on every ring operation,
+/// and a reference to its memory, so the mapping lives as long as the socket.
+pub(crate) struct UmemBinding {
+    id: u32,
+    _area: Arc<Area>,
+}
+
+/// A registered UMEM.
+pub struct Umem {
+    // Field order matters: the kernel registration goes before the memory it registers (and the
+    // memory itself stays mapped until every socket's `UmemBinding` is gone too).
+    xsk: xdpilone::Umem,
+    mem: Memory,
+}
+
+// SAFETY: the only non-`Send` part is `xdpilone::Umem`, for its pointer to our area (it never
+// reads or writes through it; the rest is an `Arc` of the descriptor and an `Arc` of a
+// `Send + Sync` device set). The area is plain memory owned by this value and its sockets; moving the Umem
+// to the worker thread that uses it moves that ownership with it. It is not `Sync` (the `Cell`
+// bitmap): one thread uses it.
 unsafe impl Send for Umem {}
 
 /// Ring sizes of each socket; all powers of two.
@@ -127,8 +300,7 @@ impl Default for RingSizes {
 impl Umem {
     /// Maps and registers `frames` frames; the pool returned is the only source of its frames.
     pub fn new(frames: u32, rings: RingSizes) -> io::Result<(Umem, FramePool)> {
-        let len = frames as usize * FRAME_SIZE as usize;
-        let area = Area::map(len)?;
+        let (mem, pool) = Memory::new(frames)?;
         let config = xdpilone::UmemConfig {
             fill_size: rings.fill,
             complete_size: rings.completion,
@@ -136,9 +308,10 @@ impl Umem {
             headroom: 0,
             flags: 0,
         };
-        let slice = NonNull::slice_from_raw_parts(area.ptr, len);
-        // SAFETY: `slice` is our page-aligned mapping of `len` bytes, which lives as long as the
-        // returned Umem (the `area` field outlives `xsk` by drop order).
+        let slice = NonNull::slice_from_raw_parts(mem.area.ptr, mem.area.len);
+        // SAFETY: `slice` is our page-aligned mapping of `frames * FRAME_SIZE` bytes, which stays
+        // mapped as long as the returned Umem (the `mem` field drops after `xsk`) and every
+        // socket bound to it (each holds the area through its `UmemBinding`).
         let xsk = unsafe { xdpilone::Umem::new(config, slice) }
             .map_err(|e| io::Error::from_raw_os_error(e.get_raw()))
             .map_err(|e| {
@@ -147,59 +320,35 @@ impl Umem {
                     format!("registering UMEM of {frames} frames: {e}"),
                 )
             })?;
-        let id = NEXT_UMEM_ID.fetch_add(1, Ordering::Relaxed);
-        let pool = FramePool {
-            umem: id,
-            free: (0..frames).rev().collect(),
-            total: frames,
-        };
-        Ok((
-            Umem {
-                xsk,
-                area,
-                id,
-                frames,
-            },
-            pool,
-        ))
+        Ok((Umem { xsk, mem }, pool))
     }
 
     pub(crate) fn xsk(&self) -> &xdpilone::Umem {
         &self.xsk
     }
 
+    /// What a socket bound to this UMEM keeps of it.
+    pub(crate) fn binding(&self) -> UmemBinding {
+        self.mem.binding()
+    }
+
+    /// The frame bookkeeping, for a socket bound to this UMEM; panics for any other socket.
     #[inline]
-    fn check(&self, frame: &Frame) {
-        // Frames of another worker's UMEM would alias this one's memory.
-        assert_eq!(
-            frame.umem, self.id,
-            "frame of UMEM {} used with UMEM {}",
-            frame.umem, self.id
-        );
+    pub(crate) fn bound(&self, binding: &UmemBinding) -> &Memory {
+        self.mem.bound(binding)
     }
 
     /// The frame's data.
     #[inline]
     pub fn data<'a>(&'a self, frame: &'a Frame) -> &'a [u8] {
-        self.check(frame);
-        let start = frame.addr() as usize;
-        debug_assert!(start + frame.len() <= self.area.len);
-        // SAFETY: `start + len` lies inside frame `index` (offset + len <= FRAME_SIZE by
-        // construction), which is inside the area; only the holder of the unique `Frame` handle
-        // reaches these bytes, and the kernel does not write a frame while a handle exists.
-        unsafe { std::slice::from_raw_parts(self.area.ptr.as_ptr().add(start), frame.len()) }
+        self.mem.data(frame)
     }
 
     /// The frame's data, writable. Several frames can be borrowed at once: each handle is unique.
     #[inline]
     #[allow(clippy::mut_from_ref)]
     pub fn data_mut<'a>(&'a self, frame: &'a mut Frame) -> &'a mut [u8] {
-        self.check(frame);
-        let start = frame.addr() as usize;
-        debug_assert!(start + frame.len() <= self.area.len);
-        // SAFETY: as in `data`; the `&mut Frame` borrow guarantees no other slice of this frame
-        // exists while this one lives.
-        unsafe { std::slice::from_raw_parts_mut(self.area.ptr.as_ptr().add(start), frame.len()) }
+        self.mem.data_mut(frame)
     }
 
     /// Asks the CPU to start loading the frame's first cache line: the kernel wrote it on
@@ -220,45 +369,17 @@ impl Umem {
         #[cfg(not(target_arch = "x86_64"))]
         let _ = frame;
     }
-
-    /// Re-creates the handle for a descriptor the kernel returned (rx or completion). `None`
-    /// for an address outside this UMEM.
-    pub(crate) fn frame_at(&self, addr: u64, len: u32) -> Option<Frame> {
-        let index = (addr >> FRAME_SHIFT) as u32;
-        let offset = (addr & (FRAME_SIZE as u64 - 1)) as u32;
-        if index >= self.frames || offset + len > FRAME_SIZE {
-            return None;
-        }
-        Some(Frame {
-            umem: self.id,
-            index,
-            offset: offset as u16,
-            len: len as u16,
-        })
-    }
-
-    /// The ring descriptor for a frame handed to the kernel.
-    pub(crate) fn desc(&self, frame: Frame) -> xdpilone::xdp::XdpDesc {
-        self.check(&frame);
-        xdpilone::xdp::XdpDesc {
-            addr: frame.addr(),
-            len: frame.len as u32,
-            options: 0,
-        }
-    }
-
-    /// The chunk address given to the fill ring.
-    pub(crate) fn fill_addr(&self, frame: Frame) -> u64 {
-        self.check(&frame);
-        (frame.index as u64) << FRAME_SHIFT
-    }
 }
 
 /// The worker's free frames.
 pub struct FramePool {
     umem: u32,
     free: Vec<u32>,
+    /// One bit per frame: in `free`. Guards against a frame index entering the pool twice.
+    in_pool: Box<[u64]>,
     total: u32,
+    refused_foreign: u64,
+    refused_twice: u64,
 }
 
 impl FramePool {
@@ -266,6 +387,8 @@ impl FramePool {
     #[inline]
     pub fn alloc(&mut self) -> Option<Frame> {
         let index = self.free.pop()?;
+        let (word, bit) = Memory::bit(index);
+        self.in_pool[word] &= !bit;
         Some(Frame {
             umem: self.umem,
             index,
@@ -274,11 +397,31 @@ impl FramePool {
         })
     }
 
+    /// Returns a frame to the pool.
+    ///
+    /// A frame of another UMEM, or one already in the pool, is refused: the handle is dropped
+    /// (the frame is lost, never duplicated) and counted in [`FramePool::refused`]. Either is a
+    /// bug, but refusing keeps a production switch forwarding (a panic would take the worker,
+    /// and with it every port's queue it polls, down), while the counters, reported at exit and
+    /// by the frame accounting, make the bug visible.
     #[inline]
     pub fn put(&mut self, frame: Frame) {
-        debug_assert_eq!(frame.umem, self.umem);
-        debug_assert!(self.free.len() < self.total as usize);
+        if frame.umem != self.umem || frame.index >= self.total {
+            self.refused_foreign += 1;
+            return;
+        }
+        let (word, bit) = Memory::bit(frame.index);
+        if self.in_pool[word] & bit != 0 {
+            self.refused_twice += 1;
+            return;
+        }
+        self.in_pool[word] |= bit;
         self.free.push(frame.index);
+    }
+
+    /// Whether this pool holds the frames of `mem`.
+    pub(crate) fn belongs_to(&self, mem: &Memory) -> bool {
+        self.umem == mem.id
     }
 
     pub fn available(&self) -> usize {
@@ -287,6 +430,11 @@ impl FramePool {
 
     pub fn total(&self) -> u32 {
         self.total
+    }
+
+    /// Frames refused by `put`: (of another UMEM, already in the pool).
+    pub fn refused(&self) -> (u64, u64) {
+        (self.refused_foreign, self.refused_twice)
     }
 }
 
@@ -318,5 +466,123 @@ mod tests {
         };
         frame.set_len(100_000);
         assert_eq!(frame.len(), MAX_FRAME_LEN as usize);
+    }
+
+    // `Memory` is the UMEM without its kernel registration: no privileges needed.
+
+    #[test]
+    fn a_frame_of_another_umem_is_refused_by_the_pool_not_duplicated() {
+        let (_a, mut pool_a) = Memory::new(4).unwrap();
+        let (_b, mut pool_b) = Memory::new(4).unwrap();
+        let foreign = pool_b.alloc().unwrap();
+        let index = foreign.index();
+        assert_eq!(pool_a.available(), 4);
+        pool_a.put(foreign);
+        assert_eq!(pool_a.available(), 4, "not taken");
+        assert_eq!(pool_a.refused(), (1, 0));
+        // Every frame pool A hands out is distinct: the foreign index was not added.
+        let mut got: Vec<u32> = std::iter::from_fn(|| pool_a.alloc().map(|f| f.index())).collect();
+        got.sort();
+        assert_eq!(got, [0, 1, 2, 3]);
+        assert!(got.contains(&index));
+    }
+
+    #[test]
+    fn a_frame_put_twice_is_refused() {
+        let (mem, mut pool) = Memory::new(4).unwrap();
+        let frame = pool.alloc().unwrap();
+        let index = frame.index();
+        // The kernel hands back a frame it was lent; a forged second handle to a frame in the
+        // pool cannot be made (see below), so make the duplicate the only way safe code can:
+        // lend the frame, take it back twice.
+        let addr = mem.fill_addr(frame);
+        let again = mem.frame_at(addr, 0).unwrap();
+        assert!(mem.frame_at(addr, 0).is_none(), "taken back once only");
+        pool.put(again);
+        assert_eq!(pool.available(), 4);
+        let dup = Frame {
+            umem: mem.id,
+            index,
+            offset: 0,
+            len: 0,
+        };
+        pool.put(dup);
+        assert_eq!(pool.available(), 4, "the second put is refused");
+        assert_eq!(pool.refused(), (0, 1));
+        let mut got: Vec<u32> = std::iter::from_fn(|| pool.alloc().map(|f| f.index())).collect();
+        got.sort();
+        assert_eq!(got, [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn only_frames_lent_to_the_kernel_come_back_as_handles() {
+        let (mem, mut pool) = Memory::new(4).unwrap();
+        // Frames in the pool: a descriptor naming one makes no handle (it would alias the
+        // frame the pool hands out next).
+        for index in 0..4u64 {
+            assert!(mem.frame_at(index << FRAME_SHIFT, 60).is_none());
+        }
+        let mut held = pool.alloc().unwrap();
+        let held_addr = held.addr();
+        assert!(mem.frame_at(held_addr, 60).is_none(), "held as a handle");
+        held.set_len(60);
+        let desc = mem.desc(held);
+        assert_eq!(desc.addr, held_addr);
+        let back = mem.frame_at(desc.addr, desc.len).unwrap();
+        assert_eq!(back.len(), 60);
+        assert!(mem.frame_at(desc.addr, desc.len).is_none());
+        // Outside the UMEM or past the frame's end.
+        assert!(mem.frame_at(4 << FRAME_SHIFT, 0).is_none());
+        assert!(mem.frame_at(u64::MAX, 0).is_none());
+        let fill = pool.alloc().unwrap();
+        let addr = mem.fill_addr(fill);
+        assert!(mem.frame_at(addr + 256, FRAME_SIZE - 255).is_none());
+        assert!(mem.frame_at(addr + 256, 1500).is_some());
+        pool.put(back);
+    }
+
+    #[test]
+    fn frames_of_one_memory_write_their_own_bytes() {
+        let (mem, mut pool) = Memory::new(2).unwrap();
+        let mut a = pool.alloc().unwrap();
+        let mut b = pool.alloc().unwrap();
+        a.set_len(10);
+        b.set_len(10);
+        mem.data_mut(&mut a).fill(1);
+        mem.data_mut(&mut b).fill(2);
+        assert_eq!(mem.data(&a), [1; 10]);
+        assert_eq!(mem.data(&b), [2; 10]);
+    }
+
+    #[test]
+    #[should_panic(expected = "frame of UMEM")]
+    fn a_frame_of_another_umem_has_no_bytes_here() {
+        let (a, _pool_a) = Memory::new(1).unwrap();
+        let (_b, mut pool_b) = Memory::new(1).unwrap();
+        let frame = pool_b.alloc().unwrap();
+        a.data(&frame);
+    }
+
+    #[test]
+    #[should_panic(expected = "socket bound to UMEM")]
+    fn a_socket_is_used_with_its_own_umem_only() {
+        // What every ring operation of `PortSocket` checks first (a socket itself needs
+        // privileges to open).
+        let (a, _) = Memory::new(1).unwrap();
+        let (b, _) = Memory::new(1).unwrap();
+        let binding = a.binding();
+        assert!(std::ptr::eq(a.bound(&binding), &a));
+        b.bound(&binding);
+    }
+
+    #[test]
+    fn a_binding_keeps_the_memory_mapped() {
+        let (mem, _pool) = Memory::new(1).unwrap();
+        let binding = mem.binding();
+        let area = Arc::downgrade(&mem.area);
+        drop(mem);
+        assert!(area.upgrade().is_some(), "a socket still refers to it");
+        drop(binding);
+        assert!(area.upgrade().is_none(), "unmapped with the last owner");
     }
 }

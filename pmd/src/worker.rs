@@ -47,6 +47,14 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 /// Frames kept back from the fill rings for flood copies and handoffs.
 const POOL_RESERVE: usize = 4 * MAX_BATCH;
 const MAX_HANDOFFS_PER_PASS: usize = 4 * MAX_BATCH;
+/// FDB entries re-announced per pass during a resynchronisation: a peer drains its whole
+/// learning channel (4,096 slots) every pass, so this cannot fill it on its own.
+const REANNOUNCE_PER_PASS: usize = 256;
+
+/// Milliseconds since the workers' shared epoch.
+pub fn now_ms(epoch: Instant) -> u64 {
+    epoch.elapsed().as_millis() as u64
+}
 
 /// A frame copied to the worker that owns the egress port's queue.
 pub struct Handoff {
@@ -62,12 +70,17 @@ pub struct WorkerReport {
     pub frames_free: u32,
     pub frames_in_fill: u32,
     pub frames_in_tx: u32,
+    /// Frames the pool refused (of another UMEM, or returned twice): a bug if not zero.
+    pub frames_refused: u32,
 }
 
 impl WorkerReport {
-    /// Every frame is in the pool or lent to a fill ring (reclaimed when the socket closes).
+    /// Every frame is in the pool or lent to a fill ring (reclaimed when the socket closes),
+    /// and none was refused by the pool.
     pub fn all_frames_home(&self) -> bool {
-        self.frames_in_tx == 0 && self.frames_free + self.frames_in_fill == self.frames_total
+        self.frames_in_tx == 0
+            && self.frames_refused == 0
+            && self.frames_free + self.frames_in_fill == self.frames_total
     }
 }
 
@@ -85,10 +98,12 @@ pub struct WorkerSetup {
     pub poll: PollMode,
     /// Drive the receive queues' NAPI from the worker (preferred busy polling).
     pub busy_poll: bool,
+    /// The sockets this worker polls, with the port each belongs to. Declared before `umem`, so
+    /// they drop first; each also keeps the UMEM's memory mapped through its binding, so no
+    /// field order can unmap it under a live socket.
+    pub sockets: Vec<(PortId, PortSocket)>,
     pub umem: Umem,
     pub pool: FramePool,
-    /// The sockets this worker polls, with the port each belongs to.
-    pub sockets: Vec<(PortId, PortSocket)>,
     /// Indexed by port.
     pub egress: Vec<Egress>,
     pub handoff_in: Receiver<Handoff>,
@@ -99,6 +114,9 @@ pub struct WorkerSetup {
     pub leader: bool,
     pub stats: Arc<WorkerStats>,
     pub stop: Arc<AtomicBool>,
+    /// The time base of every worker: `now_ms` is milliseconds since this instant, so the
+    /// timestamps workers write into shared tables (conntrack, neighbours) compare.
+    pub epoch: Instant,
 }
 
 pub struct Worker {
@@ -106,7 +124,6 @@ pub struct Worker {
     staged: Vec<Vec<Frame>>,
     rx_batch: Vec<Frame>,
     emitted: Vec<Emit>,
-    started: Instant,
 }
 
 impl Worker {
@@ -119,12 +136,11 @@ impl Worker {
                 .collect(),
             rx_batch: Vec::with_capacity(MAX_BATCH),
             emitted: Vec::new(),
-            started: Instant::now(),
         }
     }
 
     fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        now_ms(self.s.epoch)
     }
 
     /// Runs until the stop flag is set, then drains and reports.
@@ -256,6 +272,10 @@ impl Worker {
         let ports = self.staged.len();
         for e in self.emitted.drain(..) {
             if e.frame.len() > MAX_FRAME_LEN as usize {
+                for port in e.to.ports(ports) {
+                    self.s.stats.ports[port as usize]
+                        .add(PortCounter::DropEmitTooLarge as usize, 1);
+                }
                 continue;
             }
             for port in e.to.ports(ports) {
@@ -282,7 +302,15 @@ impl Worker {
             };
             n += 1;
             let port = handoff.port as usize;
-            if port >= self.staged.len() || handoff.data.len() > MAX_FRAME_LEN as usize {
+            if port >= self.staged.len() {
+                self.s
+                    .stats
+                    .worker
+                    .add(WorkerCounter::HandoffsBadPort as usize, 1);
+                continue;
+            }
+            if handoff.data.len() > MAX_FRAME_LEN as usize {
+                self.s.stats.ports[port].add(PortCounter::DropHandoffTooLarge as usize, 1);
                 continue;
             }
             match self.s.pool.alloc() {
@@ -309,12 +337,23 @@ impl Worker {
             return;
         }
         let mut lost = 0;
-        for event in self.s.pipeline.bridge_mut().take_learn_events() {
+        let bridge = self.s.pipeline.bridge_mut();
+        // A resynchronisation in progress adds a bounded chunk of the table per pass.
+        bridge.reannounce_step(now_ms, REANNOUNCE_PER_PASS);
+        for event in bridge.take_learn_events() {
             for peer in &self.s.learn_out {
                 if peer.try_send(event).is_err() {
                     lost += 1;
                 }
             }
+        }
+        if lost > 0 {
+            // A peer missed some of our entries: announce the whole table again, gradually.
+            bridge.reannounce_all();
+            self.s
+                .stats
+                .worker
+                .add(WorkerCounter::LearnResyncs as usize, 1);
         }
         while let Ok(event) = self.s.learn_in.try_recv() {
             self.s
@@ -432,6 +471,10 @@ impl Worker {
         let report = self.report();
         let w = &stats.worker;
         w.set(
+            WorkerCounter::FramesRefused as usize,
+            report.frames_refused as u64,
+        );
+        w.set(
             WorkerCounter::FramesTotal as usize,
             report.frames_total as u64,
         );
@@ -456,6 +499,10 @@ impl Worker {
             frames_free: self.s.pool.available() as u32,
             frames_in_fill: self.s.sockets.iter().map(|(_, s)| s.lent_to_fill()).sum(),
             frames_in_tx: self.s.sockets.iter().map(|(_, s)| s.in_flight_tx()).sum(),
+            frames_refused: {
+                let (foreign, twice) = self.s.pool.refused();
+                (foreign + twice) as u32
+            },
         }
     }
 

@@ -2,6 +2,7 @@
 
 use crate::config::NodeConfig;
 use clap::Parser;
+use pipeline::l2::DEFAULT_FDB_PORT_LIMIT;
 use pipeline::BridgeConfig;
 use pmd::{DatapathConfig, PollMode, RingSizes, XdpMode};
 
@@ -45,6 +46,12 @@ pub struct Args {
     /// Most MAC addresses learned; beyond it, frames to new addresses are flooded.
     #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
     pub fdb_size: u64,
+
+    /// Most MAC addresses learned on one port, so one pod cannot fill the table; beyond it,
+    /// frames to new addresses from that port are flooded. Default: the config file's
+    /// `fdb_port_limit`, else 1024.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
+    pub fdb_port_limit: Option<u64>,
 
     /// Print per-port rates every SECS seconds (0: only at exit).
     #[arg(long, value_name = "SECS", default_value_t = 0)]
@@ -128,6 +135,11 @@ impl Args {
             busy_poll: self.busy_poll,
             bridge: BridgeConfig {
                 fdb_capacity: self.fdb_size as usize,
+                fdb_port_limit: self
+                    .fdb_port_limit
+                    .map(|n| n as usize)
+                    .or(node.map(|n| n.fdb_port_limit))
+                    .unwrap_or(DEFAULT_FDB_PORT_LIMIT),
                 fdb_age_ms: node.map_or(self.fdb_age * 1000, |n| n.fdb_age_ms),
                 ..Default::default()
             },
@@ -163,6 +175,9 @@ mod tests {
         assert_eq!(dp.xdp_mode, XdpMode::Generic);
         assert_eq!(dp.poll, PollMode::Adaptive);
         assert_eq!(a.fdb_age, 300);
+        assert_eq!(dp.bridge.fdb_port_limit, 1024);
+        let a = parse(&["--ports", "vp1", "--fdb-port-limit", "8"]).unwrap();
+        assert_eq!(a.datapath_config(None).bridge.fdb_port_limit, 8);
     }
 
     #[test]
@@ -186,6 +201,12 @@ mod tests {
         assert!(parse(&["--ports", "vp1", "--fdb-age", "0"])
             .unwrap_err()
             .contains("0"));
+        assert!(parse(&["--ports", "vp1", "--fdb-port-limit", "0"])
+            .unwrap_err()
+            .contains("0"));
+        assert!(parse(&["--ports", "vp1", "--fdb-port-limit", "many"])
+            .unwrap_err()
+            .contains("many"));
         assert!(parse(&[]).unwrap_err().contains("--ports"));
         assert!(parse(&["--ports", "vp1", "--config", "x.toml"])
             .unwrap_err()

@@ -3,8 +3,9 @@
 //! key and the reason.
 
 use pipeline::gateway::{GatewayConfig, ServiceConfig, UplinkConfig};
+use pipeline::l2::DEFAULT_FDB_PORT_LIMIT;
 use pipeline::l3::Ipv4Cidr;
-use pipeline::{MacAddr, PortId};
+use pipeline::{MacAddr, PortId, MAX_PORTS};
 use pmd::{PollMode, XdpMode};
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -32,6 +33,7 @@ struct NodeSection {
     xdp_mode: Option<String>,
     poll: Option<String>,
     fdb_age: Option<u64>,
+    fdb_port_limit: Option<usize>,
     conntrack_capacity: Option<usize>,
 }
 
@@ -112,6 +114,8 @@ pub struct NodeConfig {
     pub xdp_mode: Option<XdpMode>,
     pub poll: Option<PollMode>,
     pub fdb_age_ms: u64,
+    /// Most MAC addresses learned on one port.
+    pub fdb_port_limit: usize,
     pub gateway: GatewayConfig,
 }
 
@@ -187,6 +191,20 @@ pub fn parse(
             ));
         }
         ports.push(name.clone());
+    }
+    if ports.len() > MAX_PORTS {
+        let key = if uplink_port.is_some() {
+            "pods.ports / uplink.port"
+        } else {
+            "pods.ports"
+        };
+        return Err(c.err(
+            key,
+            format!(
+                "{} ports, more than the {MAX_PORTS} one switch supports",
+                ports.len()
+            ),
+        ));
     }
     let pod_ports: Vec<PortId> = (0..file.pods.ports.len() as PortId).collect();
 
@@ -391,6 +409,10 @@ pub fn parse(
     if fdb_age_ms == 0 {
         return Err(c.err("node.fdb_age", "must be at least 1 second"));
     }
+    let fdb_port_limit = file.node.fdb_port_limit.unwrap_or(DEFAULT_FDB_PORT_LIMIT);
+    if fdb_port_limit == 0 {
+        return Err(c.err("node.fdb_port_limit", "must be at least 1"));
+    }
     let conntrack_capacity = file.node.conntrack_capacity.unwrap_or(262_144);
     if conntrack_capacity == 0 {
         return Err(c.err("node.conntrack_capacity", "must be at least 1"));
@@ -404,6 +426,7 @@ pub fn parse(
         xdp_mode,
         poll,
         fdb_age_ms,
+        fdb_port_limit,
         gateway: GatewayConfig {
             mac,
             pod_ports,
@@ -434,6 +457,9 @@ impl NodeConfig {
         }
         if self.cores != new.cores || self.xdp_mode != new.xdp_mode || self.poll != new.poll {
             return Err("[node] changed".into());
+        }
+        if self.fdb_port_limit != new.fdb_port_limit {
+            return Err("node.fdb_port_limit changed".into());
         }
         if a.conntrack_capacity != b.conntrack_capacity {
             return Err("node.conntrack_capacity changed".into());
@@ -468,6 +494,19 @@ mod tests {
         assert_eq!(c.gateway.services[0].backends.len(), 3);
         assert_eq!(c.gateway.routes.len(), 1);
         assert_eq!(c.cores, Some(vec![1]));
+        assert_eq!(c.fdb_port_limit, 1024);
+        let c = parse_ok(&EXAMPLE.replace("# fdb_port_limit = 1024", "fdb_port_limit = 16"));
+        assert_eq!(c.fdb_port_limit, 16);
+        // 63 pods and the uplink: exactly the 64 ports a switch supports.
+        let pods = (0..63)
+            .map(|i| format!("\"p{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let c = parse_ok(&EXAMPLE.replace(
+            "ports = [\"vp1\", \"vp2\", \"vp3\"]",
+            &format!("ports = [{pods}]"),
+        ));
+        assert_eq!(c.ports.len(), 64);
     }
 
     #[test]
@@ -485,6 +524,10 @@ mod tests {
             (format!("{EXAMPLE}\n[[service]]\nname = \"web\"\ncluster_ip = \"10.96.0.11\"\nport = 80\n"), "service[1].name: duplicate service \"web\""),
             (format!("{EXAMPLE}\n[[service]]\nname = \"web2\"\ncluster_ip = \"10.96.0.10\"\nport = 80\n"), "service[1]: 10.96.0.10:80 tcp is already service \"web\""),
             (EXAMPLE.replace("xdp_mode = \"auto\"", "xdp_mode = \"fast\""), "node.xdp_mode"),
+            (EXAMPLE.replace("# fdb_port_limit = 1024", "fdb_port_limit = 0"), "node.toml: node.fdb_port_limit: must be at least 1"),
+            (EXAMPLE.replace("# fdb_port_limit = 1024", "fdb_port_limit = -1"), "node.toml: line"),
+            (EXAMPLE.replace("# fdb_port_limit = 1024", "fdb_port_limit = \"lots\""), "node.toml: line"),
+            (EXAMPLE.replace("ports = [\"vp1\", \"vp2\", \"vp3\"]", &format!("ports = [{}]", (0..64).map(|i| format!("\"p{i}\"")).collect::<Vec<_>>().join(", "))), "node.toml: pods.ports / uplink.port: 65 ports, more than the 64 one switch supports"),
             ("[pods]\nports = []\ngateway = \"10.244.1.1/24\"\n".to_string(), "pods.ports: needs at least one port"),
             ("not toml at all [".to_string(), "node.toml: line 1"),
         ];

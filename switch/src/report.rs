@@ -127,11 +127,14 @@ pub fn worker_lines(stats: &[Arc<WorkerStats>]) -> String {
         };
         let _ = writeln!(
             out,
-            "worker {w}: packets={packets} processing_cycles_per_packet={per_packet} busy={load:.1}% of polling cycles, sleeps={} tx_kicks={} handoffs_out={} handoffs_in={}",
+            "worker {w}: packets={packets} processing_cycles_per_packet={per_packet} busy={load:.1}% of polling cycles, sleeps={} tx_kicks={} handoffs_out={} handoffs_in={} handoffs_bad_port={} learn_events_lost={} learn_resyncs={}",
             s.worker(WorkerCounter::Sleeps),
             s.worker(WorkerCounter::TxKicks),
             s.worker(WorkerCounter::HandoffsOut),
             s.worker(WorkerCounter::HandoffsIn),
+            s.worker(WorkerCounter::HandoffsBadPort),
+            s.worker(WorkerCounter::LearnEventsLost),
+            s.worker(WorkerCounter::LearnResyncs),
         );
     }
     out
@@ -147,8 +150,13 @@ pub fn frame_lines(reports: &[WorkerReport]) -> String {
         };
         let _ = writeln!(
             out,
-            "worker {}: frames total={} free={} in_fill_ring={} in_tx={}: {verdict}",
-            r.worker, r.frames_total, r.frames_free, r.frames_in_fill, r.frames_in_tx
+            "worker {}: frames total={} free={} in_fill_ring={} in_tx={} refused_by_pool={}: {verdict}",
+            r.worker,
+            r.frames_total,
+            r.frames_free,
+            r.frames_in_fill,
+            r.frames_in_tx,
+            r.frames_refused
         );
     }
     out
@@ -171,4 +179,55 @@ pub fn rate_lines(dp: &Datapath, before: &Snapshot, after: &Snapshot, secs: f64)
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_lines_show_lost_learning_announcements_and_resyncs() {
+        let stats = Arc::new(WorkerStats::new(2));
+        stats.worker.set(WorkerCounter::LearnEventsLost as usize, 7);
+        stats.worker.set(WorkerCounter::LearnResyncs as usize, 2);
+        stats.worker.set(WorkerCounter::HandoffsBadPort as usize, 3);
+        let line = worker_lines(&[stats]);
+        assert!(line.contains("learn_events_lost=7"), "{line}");
+        assert!(line.contains("learn_resyncs=2"), "{line}");
+        assert!(line.contains("handoffs_bad_port=3"), "{line}");
+    }
+
+    #[test]
+    fn new_drop_reasons_are_shown_per_port() {
+        let stats = Arc::new(WorkerStats::new(1));
+        stats.ports[0].set(PortCounter::DropEmitTooLarge as usize, 4);
+        stats.ports[0].set(PortCounter::DropHandoffTooLarge as usize, 5);
+        let snap = Snapshot::take(&[stats], 1);
+        let ports = [PortInfo {
+            name: "vp1".into(),
+            ifindex: 1,
+            queues: 1,
+            mtu: 1500,
+        }];
+        let table = port_table_for(&ports, &snap);
+        assert!(
+            table.contains("tx_drop_emit_too_large=4 tx_drop_handoff_too_large=5"),
+            "{table}"
+        );
+        assert_eq!(snap.drops(0), 9);
+    }
+
+    #[test]
+    fn refused_frames_are_not_home() {
+        let report = WorkerReport {
+            worker: 0,
+            frames_total: 4,
+            frames_free: 4,
+            frames_in_fill: 0,
+            frames_in_tx: 0,
+            frames_refused: 1,
+        };
+        let line = frame_lines(&[report]);
+        assert!(line.contains("refused_by_pool=1: FRAMES MISSING"), "{line}");
+    }
 }

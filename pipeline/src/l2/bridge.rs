@@ -16,6 +16,7 @@ define_counters! {
         Learned => "learned",
         Moved => "moved",
         LearnTableFull => "learn_table_full",
+        LearnPortLimit => "learn_port_limit",
         Aged => "aged",
         DropRunt => "drop_runt",
         DropSourceMulticast => "drop_src_multicast",
@@ -24,10 +25,16 @@ define_counters! {
     }
 }
 
+/// Default most MAC addresses on one port: far more than a pod has, far fewer than the table.
+pub const DEFAULT_FDB_PORT_LIMIT: usize = 1024;
+
 #[derive(Debug, Clone)]
 pub struct BridgeConfig {
     /// Most MAC addresses learned; beyond it frames from new sources are flooded to, not learned.
     pub fdb_capacity: usize,
+    /// Most MAC addresses learned on one port; beyond it, as at capacity, new sources on that
+    /// port are not learned (frames to them flood) and `learn_port_limit` counts them.
+    pub fdb_port_limit: usize,
     /// An entry not refreshed for this long is forgotten.
     pub fdb_age_ms: u64,
     /// Record [`LearnEvent`]s for other workers' tables (only needed with several workers).
@@ -40,6 +47,7 @@ impl Default for BridgeConfig {
     fn default() -> Self {
         BridgeConfig {
             fdb_capacity: 65_536,
+            fdb_port_limit: DEFAULT_FDB_PORT_LIMIT,
             fdb_age_ms: 300_000,
             announce_learning: false,
             flood_domain: PortMask::ALL,
@@ -54,18 +62,25 @@ pub struct Bridge {
     announce_learning: bool,
     announce_interval_ms: u64,
     events: Vec<LearnEvent>,
+    /// Addresses still to re-announce after `reannounce_all`, taken in chunks.
+    reannounce: Vec<MacAddr>,
     flood_domain: PortMask,
 }
 
 impl Bridge {
     pub fn new(config: &BridgeConfig) -> Bridge {
         Bridge {
-            fdb: Fdb::new(config.fdb_capacity, config.fdb_age_ms),
+            fdb: Fdb::new(
+                config.fdb_capacity,
+                config.fdb_port_limit,
+                config.fdb_age_ms,
+            ),
             counters: L2Counters::default(),
             announce_learning: config.announce_learning,
             // Often enough that a peer's copy never ages out while traffic flows.
             announce_interval_ms: (config.fdb_age_ms / 4).max(1),
             events: Vec::new(),
+            reannounce: Vec::new(),
             flood_domain: config.flood_domain,
         }
     }
@@ -157,6 +172,10 @@ impl Bridge {
                 self.counters.add(L2Counter::LearnTableFull, 1);
                 return;
             }
+            LearnOutcome::PortLimit => {
+                self.counters.add(L2Counter::LearnPortLimit, 1);
+                return;
+            }
         }
         if self.announce_learning
             && self
@@ -183,9 +202,43 @@ impl Bridge {
 
     /// Applies an event announced by another worker.
     pub fn apply_learn_event(&mut self, event: LearnEvent, now_ms: u64) {
-        if self.fdb.apply(event, now_ms) == LearnOutcome::TableFull {
-            self.counters.add(L2Counter::LearnTableFull, 1);
+        match self.fdb.apply(event, now_ms) {
+            LearnOutcome::TableFull => self.counters.add(L2Counter::LearnTableFull, 1),
+            LearnOutcome::PortLimit => self.counters.add(L2Counter::LearnPortLimit, 1),
+            _ => {}
         }
+    }
+
+    /// Starts announcing the whole table again, for peers that lost announcements (their
+    /// channel was full). Entries are marked unannounced, so traffic announces them at once,
+    /// and the rest go out through `reannounce_step`, a bounded chunk at a time, so the
+    /// resynchronisation cannot overflow the channel it repairs. Restarts one in progress.
+    pub fn reannounce_all(&mut self) {
+        if self.announce_learning {
+            self.reannounce = self.fdb.reannounce_all();
+        }
+    }
+
+    /// Queues announcements for up to `max` entries of a resynchronisation in progress (to be
+    /// taken with `take_learn_events`); returns how many. Entries gone or expired meanwhile
+    /// are skipped.
+    pub fn reannounce_step(&mut self, now_ms: u64, max: usize) -> usize {
+        let mut queued = 0;
+        while queued < max {
+            let Some(mac) = self.reannounce.pop() else {
+                break;
+            };
+            if let Some(port) = self.fdb.take_for_announcement(mac, now_ms) {
+                self.events.push(LearnEvent { mac, port });
+                queued += 1;
+            }
+        }
+        queued
+    }
+
+    /// Entries a resynchronisation still has to announce.
+    pub fn reannounce_pending(&self) -> usize {
+        self.reannounce.len()
     }
 }
 
@@ -353,5 +406,96 @@ mod tests {
         // A refresh inside the interval is not announced again.
         run(&mut w0, &[frame(MacAddr::BROADCAST, mac(1))], 0, 10);
         assert_eq!(w0.take_learn_events().count(), 0);
+    }
+
+    #[test]
+    fn port_limit_floods_to_unlearned_addresses_and_counts() {
+        let config = BridgeConfig {
+            fdb_port_limit: 2,
+            ..Default::default()
+        };
+        let mut b = Bridge::new(&config);
+        let frames: Vec<_> = (1..=3).map(|n| frame(MacAddr::BROADCAST, mac(n))).collect();
+        run(&mut b, &frames, 0, 0);
+        assert_eq!(b.counters().get(L2Counter::Learned), 2);
+        assert_eq!(b.counters().get(L2Counter::LearnPortLimit), 1);
+        assert_eq!(b.counters().get(L2Counter::LearnTableFull), 0);
+        // mac(3) was not learned: frames to it flood. Another port still learns.
+        assert_eq!(run(&mut b, &[frame(mac(3), mac(9))], 1, 1), [flood_from(1)]);
+        assert_eq!(
+            run(&mut b, &[frame(mac(9), mac(1))], 0, 2),
+            [Disposition::Forward(1)]
+        );
+    }
+
+    #[test]
+    fn a_worker_that_lost_announcements_resynchronises_in_bounded_chunks() {
+        let config = BridgeConfig {
+            announce_learning: true,
+            ..Default::default()
+        };
+        let mut w0 = Bridge::new(&config);
+        let mut w1 = Bridge::new(&config);
+        let frames: Vec<_> = (1..=10)
+            .map(|n| frame(MacAddr::BROADCAST, mac(n)))
+            .collect();
+        run(&mut w0, &frames, 0, 0);
+        // The channel was full: every announcement was lost, w1 knows nothing.
+        assert_eq!(w0.take_learn_events().count(), 10);
+        assert_eq!(
+            run(&mut w1, &[frame(mac(5), mac(20))], 1, 1),
+            [flood_from(1)]
+        );
+
+        w0.reannounce_all();
+        assert_eq!(w0.reannounce_pending(), 10);
+        let mut chunks = Vec::new();
+        while w0.reannounce_pending() > 0 {
+            let n = w0.reannounce_step(2, 4);
+            let events: Vec<_> = w0.take_learn_events().collect();
+            assert_eq!(events.len(), n);
+            chunks.push(n);
+            for e in events {
+                w1.apply_learn_event(e, 2);
+            }
+        }
+        assert_eq!(chunks, [4, 4, 2], "at most 4 per step");
+        for n in 1..=10 {
+            assert_eq!(
+                run(&mut w1, &[frame(mac(n), mac(20))], 1, 3),
+                [Disposition::Forward(0)],
+                "mac({n})"
+            );
+        }
+        assert_eq!(w0.reannounce_step(3, 4), 0, "done");
+    }
+
+    #[test]
+    fn a_resynchronisation_skips_forgotten_entries_and_marks_the_rest_unannounced() {
+        let config = BridgeConfig {
+            announce_learning: true,
+            fdb_age_ms: 1000,
+            ..Default::default()
+        };
+        let mut b = Bridge::new(&config);
+        run(&mut b, &[frame(MacAddr::BROADCAST, mac(1))], 0, 0);
+        run(&mut b, &[frame(MacAddr::BROADCAST, mac(2))], 0, 600);
+        b.take_learn_events().for_each(drop);
+        b.reannounce_all();
+        // The next frame from a known source is announced at once, inside the interval.
+        run(&mut b, &[frame(MacAddr::BROADCAST, mac(2))], 0, 700);
+        assert_eq!(b.take_learn_events().count(), 1);
+        // mac(1) expired meanwhile and is skipped; mac(2) is still live and goes out (again:
+        // harmless, it is current).
+        let n = b.reannounce_step(1100, 100);
+        let events: Vec<_> = b.take_learn_events().collect();
+        assert_eq!(n, 1);
+        assert_eq!(
+            events,
+            [LearnEvent {
+                mac: mac(2),
+                port: 0
+            }]
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! The forwarding database: MAC address → port, with aging and a capacity limit.
+//! The forwarding database: MAC address → port, with aging, a capacity limit and a limit per
+//! port (so one port, e.g. one pod, cannot fill the table).
 //!
 //! Ownership: one `Fdb` per worker, never shared. Workers keep their copies consistent by
 //! exchanging [`LearnEvent`]s (see `Bridge::take_learn_events`), so lookups take no lock.
@@ -26,6 +27,9 @@ pub enum LearnOutcome {
     },
     /// Not learned: the table is at capacity.
     TableFull,
+    /// Not learned: the port has as many addresses as it may. A known address moving to such
+    /// a port is forgotten (frames to it flood) rather than left pointing at its old port.
+    PortLimit,
 }
 
 /// A learned or refreshed entry, announced to the other workers' tables.
@@ -40,15 +44,48 @@ pub struct Fdb {
     // Keyed by the MAC packed into a u64 (bridge domain bits free above bit 48).
     table: FxHashMap<u64, FdbEntry>,
     capacity: usize,
+    /// Most entries on one port.
+    port_limit: usize,
+    /// Entries per port, indexed by port (grown on demand).
+    per_port: Vec<u32>,
     age_ms: u64,
 }
 
 impl Fdb {
-    pub fn new(capacity: usize, age_ms: u64) -> Fdb {
+    /// A table of at most `capacity` entries, `port_limit` of them on any one port.
+    pub fn new(capacity: usize, port_limit: usize, age_ms: u64) -> Fdb {
         Fdb {
             table: FxHashMap::with_capacity_and_hasher(capacity.min(1 << 16), Default::default()),
             capacity,
+            port_limit,
+            per_port: Vec::new(),
             age_ms,
+        }
+    }
+
+    /// Entries learned on `port`.
+    pub fn port_len(&self, port: PortId) -> usize {
+        self.per_port.get(port as usize).map_or(0, |&n| n as usize)
+    }
+
+    #[inline]
+    fn port_full(&self, port: PortId) -> bool {
+        self.port_len(port) >= self.port_limit
+    }
+
+    #[inline]
+    fn count(&mut self, port: PortId) {
+        let p = port as usize;
+        if p >= self.per_port.len() {
+            self.per_port.resize(p + 1, 0);
+        }
+        self.per_port[p] += 1;
+    }
+
+    #[inline]
+    fn uncount(per_port: &mut [u32], port: PortId) {
+        if let Some(n) = per_port.get_mut(port as usize) {
+            *n = n.saturating_sub(1);
         }
     }
 
@@ -78,30 +115,66 @@ impl Fdb {
     pub fn learn(&mut self, mac: MacAddr, port: PortId, now_ms: u64) -> LearnOutcome {
         let len = self.table.len();
         let capacity = self.capacity;
+        let port_full = self.port_full(port);
         match self.table.entry(mac.to_u64()) {
             std::collections::hash_map::Entry::Occupied(mut slot) => {
                 let entry = slot.get_mut();
-                entry.last_seen_ms = now_ms;
                 if entry.port == port {
-                    LearnOutcome::Refreshed
-                } else {
-                    let from = entry.port;
-                    entry.port = port;
-                    entry.announced_ms = 0;
-                    LearnOutcome::Moved { from }
+                    entry.last_seen_ms = now_ms;
+                    return LearnOutcome::Refreshed;
                 }
+                let from = entry.port;
+                if port_full {
+                    slot.remove();
+                    Self::uncount(&mut self.per_port, from);
+                    return LearnOutcome::PortLimit;
+                }
+                entry.last_seen_ms = now_ms;
+                entry.port = port;
+                entry.announced_ms = 0;
+                Self::uncount(&mut self.per_port, from);
+                self.count(port);
+                LearnOutcome::Moved { from }
             }
             std::collections::hash_map::Entry::Vacant(slot) => {
                 if len >= capacity {
                     return LearnOutcome::TableFull;
+                }
+                if port_full {
+                    return LearnOutcome::PortLimit;
                 }
                 slot.insert(FdbEntry {
                     port,
                     last_seen_ms: now_ms,
                     announced_ms: 0,
                 });
+                self.count(port);
                 LearnOutcome::New
             }
+        }
+    }
+
+    /// Forgets when every entry was announced, so each is announced again (by the next frame
+    /// from it, or by a resynchronisation); returns the addresses, to announce in chunks.
+    pub fn reannounce_all(&mut self) -> Vec<MacAddr> {
+        self.table
+            .iter_mut()
+            .map(|(&key, e)| {
+                e.announced_ms = 0;
+                MacAddr::from_u64(key)
+            })
+            .collect()
+    }
+
+    /// The live entry for `mac`, marked announced at `now_ms`: what to announce of it.
+    pub fn take_for_announcement(&mut self, mac: MacAddr, now_ms: u64) -> Option<PortId> {
+        let age_ms = self.age_ms;
+        match self.table.get_mut(&mac.to_u64()) {
+            Some(e) if now_ms.saturating_sub(e.last_seen_ms) < age_ms => {
+                e.announced_ms = now_ms.max(1);
+                Some(e.port)
+            }
+            _ => None,
         }
     }
 
@@ -133,8 +206,14 @@ impl Fdb {
     pub fn age(&mut self, now_ms: u64) -> usize {
         let before = self.table.len();
         let age_ms = self.age_ms;
-        self.table
-            .retain(|_, e| now_ms.saturating_sub(e.last_seen_ms) < age_ms);
+        let per_port = &mut self.per_port;
+        self.table.retain(|_, e| {
+            let live = now_ms.saturating_sub(e.last_seen_ms) < age_ms;
+            if !live {
+                Self::uncount(per_port, e.port);
+            }
+            live
+        });
         before - self.table.len()
     }
 }
@@ -149,7 +228,7 @@ mod tests {
 
     #[test]
     fn learn_lookup_move_refresh() {
-        let mut fdb = Fdb::new(8, 1000);
+        let mut fdb = Fdb::new(8, 8, 1000);
         assert_eq!(fdb.learn(mac(1), 0, 10), LearnOutcome::New);
         assert_eq!(fdb.learn(mac(1), 0, 20), LearnOutcome::Refreshed);
         assert_eq!(fdb.lookup(mac(1), 20), Some(0));
@@ -160,7 +239,7 @@ mod tests {
 
     #[test]
     fn expired_entries_are_unknown_then_swept() {
-        let mut fdb = Fdb::new(8, 1000);
+        let mut fdb = Fdb::new(8, 8, 1000);
         fdb.learn(mac(1), 1, 0);
         fdb.learn(mac(2), 1, 600);
         assert_eq!(fdb.lookup(mac(1), 999), Some(1));
@@ -174,7 +253,7 @@ mod tests {
 
     #[test]
     fn capacity_is_enforced_but_known_entries_still_refresh_and_move() {
-        let mut fdb = Fdb::new(2, 1000);
+        let mut fdb = Fdb::new(2, 8, 1000);
         assert_eq!(fdb.learn(mac(1), 0, 0), LearnOutcome::New);
         assert_eq!(fdb.learn(mac(2), 0, 0), LearnOutcome::New);
         assert_eq!(fdb.learn(mac(3), 0, 0), LearnOutcome::TableFull);
@@ -185,13 +264,13 @@ mod tests {
 
     #[test]
     fn announcements_are_rate_limited_and_not_echoed() {
-        let mut fdb = Fdb::new(8, 300_000);
+        let mut fdb = Fdb::new(8, 8, 300_000);
         fdb.learn(mac(1), 0, 5);
         assert!(fdb.announce_due(mac(1), 5, 1000));
         assert!(!fdb.announce_due(mac(1), 500, 1000));
         assert!(fdb.announce_due(mac(1), 1005, 1000));
 
-        let mut peer = Fdb::new(8, 300_000);
+        let mut peer = Fdb::new(8, 8, 300_000);
         peer.apply(
             LearnEvent {
                 mac: mac(1),
@@ -201,5 +280,38 @@ mod tests {
         );
         assert_eq!(peer.lookup(mac(1), 1006), Some(0));
         assert!(!peer.announce_due(mac(1), 1500, 1000));
+    }
+
+    #[test]
+    fn the_port_limit_is_per_port_and_counted_through_moves_and_aging() {
+        let mut fdb = Fdb::new(100, 2, 1000);
+        assert_eq!(fdb.learn(mac(1), 0, 0), LearnOutcome::New);
+        assert_eq!(fdb.learn(mac(2), 0, 0), LearnOutcome::New);
+        assert_eq!(fdb.learn(mac(3), 0, 0), LearnOutcome::PortLimit);
+        assert_eq!(fdb.lookup(mac(3), 0), None);
+        // Known addresses still refresh; other ports have their own allowance.
+        assert_eq!(fdb.learn(mac(2), 0, 10), LearnOutcome::Refreshed);
+        assert_eq!(fdb.learn(mac(3), 1, 10), LearnOutcome::New);
+        assert_eq!(fdb.port_len(0), 2);
+        assert_eq!(fdb.port_len(1), 1);
+        // A move frees a place on the old port.
+        assert_eq!(fdb.learn(mac(1), 1, 20), LearnOutcome::Moved { from: 0 });
+        assert_eq!((fdb.port_len(0), fdb.port_len(1)), (1, 2));
+        assert_eq!(fdb.learn(mac(4), 0, 20), LearnOutcome::New);
+        // Moving onto a full port forgets the address instead of leaving it on the old one.
+        assert_eq!(fdb.learn(mac(4), 1, 30), LearnOutcome::PortLimit);
+        assert_eq!(fdb.lookup(mac(4), 30), None);
+        assert_eq!((fdb.port_len(0), fdb.port_len(1)), (1, 2));
+        // Aging gives the places back.
+        assert_eq!(fdb.age(1015), 2, "mac(2) and mac(3), last seen at 10");
+        assert_eq!((fdb.port_len(0), fdb.port_len(1)), (0, 1));
+        assert_eq!(fdb.learn(mac(5), 1, 1015), LearnOutcome::New);
+        assert_eq!(fdb.learn(mac(6), 1, 1015), LearnOutcome::PortLimit);
+        // Announcements from peers obey the limit too.
+        let event = LearnEvent {
+            mac: mac(6),
+            port: 1,
+        };
+        assert_eq!(fdb.apply(event, 1016), LearnOutcome::PortLimit);
     }
 }
