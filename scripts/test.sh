@@ -12,3 +12,6 @@ elif [ "${CI:-}" = true ]; then
 fi
 cargo test --workspace --all-targets "$@"
 cargo test --workspace --doc
+if [ "$(id -u)" != 0 ]; then
+	echo "test.sh: NOT ROOT: the end-to-end network tests (switch/tests) were SKIPPED, not run; run as root to run them" >&2
+fi

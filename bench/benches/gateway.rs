@@ -154,7 +154,12 @@ fn gateway(services: usize, flows: u32) -> (Gateway, Vec<Vec<u8>>) {
     let mut next = [Disposition::Drop; 1];
     let mut emit = Vec::new();
     for (ip, mac, port, target) in [
-        (Ipv4Addr::new(10, 244, 1, 2), [2, 0, 0, 0, 1, 2], 0u16, GW_IP),
+        (
+            Ipv4Addr::new(10, 244, 1, 2),
+            [2, 0, 0, 0, 1, 2],
+            0u16,
+            GW_IP,
+        ),
         (CLIENT, [2, 0, 0, 0, 1, 4], 2, GW_IP),
         (ROUTER, [2, 0, 0, 0, 0, 0xfe], 3, NODE_IP),
     ] {

@@ -627,6 +627,13 @@ impl Gateway {
     /// Stops the dataplane: vswitch gets SIGTERM and must exit 0 and detach within 10 s.
     fn finish(mut self) {
         let Some(mut vswitch) = self.vswitch.take() else {
+            // Only the kernel path runs without a vswitch; a vswitch dataplane must have one to
+            // stop, or this check would pass without looking.
+            assert!(
+                matches!(self.dataplane, Dataplane::Kernel),
+                "{:?}: no vswitch running at the end of the scenario",
+                self.dataplane
+            );
             return;
         };
         let mut child = vswitch.child.take().unwrap();

@@ -58,6 +58,10 @@ pub(super) fn handle(
         gw.counters.add(GwCounter::ArpIgnored, 1);
         return Disposition::Drop;
     }
+    if EthernetFrame::new_unchecked(&*frame).dst_addr() == policy.mac {
+        // Addressed to us (a reply to our request): learned above, for nobody else.
+        return Disposition::Consumed;
+    }
     // ARP between pods is the pod segment's business.
     gw.bridge_frame(frame, ingress, now_ms)
 }

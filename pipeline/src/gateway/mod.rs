@@ -282,3 +282,5 @@ impl Gateway {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_drops;

@@ -10,31 +10,31 @@ use crate::wire::MacAddr;
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-const GW_MAC: MacAddr = MacAddr([0x02, 0xaa, 0, 0, 0, 1]);
-const POD1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
-const POD2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
-const POD3: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 4);
-const GW_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
-const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
-const NODE2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-const EXT: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 5);
-const UPLINK: PortId = 3;
-const ROUTER_MAC: MacAddr = MacAddr([0x02, 0xbb, 0, 0, 0, 0xfe]);
+pub(super) const GW_MAC: MacAddr = MacAddr([0x02, 0xaa, 0, 0, 0, 1]);
+pub(super) const POD1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+pub(super) const POD2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
+pub(super) const POD3: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 4);
+pub(super) const GW_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
+pub(super) const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub(super) const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+pub(super) const NODE2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub(super) const EXT: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+pub(super) const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+pub(super) const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 5);
+pub(super) const UPLINK: PortId = 3;
+pub(super) const ROUTER_MAC: MacAddr = MacAddr([0x02, 0xbb, 0, 0, 0, 0xfe]);
 
-fn pod_mac(i: u8) -> MacAddr {
+pub(super) fn pod_mac(i: u8) -> MacAddr {
     MacAddr([0x02, 0, 0, 0, 1, i])
 }
 
-fn backends(list: &[(Ipv4Addr, u16)]) -> Vec<SocketAddrV4> {
+pub(super) fn backends(list: &[(Ipv4Addr, u16)]) -> Vec<SocketAddrV4> {
     list.iter()
         .map(|(ip, p)| SocketAddrV4::new(*ip, *p))
         .collect()
 }
 
-fn config() -> GatewayConfig {
+pub(super) fn config() -> GatewayConfig {
     GatewayConfig {
         mac: GW_MAC,
         pod_ports: vec![0, 1, 2],
@@ -64,20 +64,20 @@ fn config() -> GatewayConfig {
     }
 }
 
-fn gateway(config: &GatewayConfig) -> Gateway {
+pub(super) fn gateway(config: &GatewayConfig) -> Gateway {
     Gateway::new(
         GatewayShared::new(config),
         crate::l2::Bridge::new(&config.pod_bridge(&BridgeConfig::default())),
     )
 }
 
-struct Out {
-    next: Disposition,
-    frame: Vec<u8>,
-    emit: Vec<Emit>,
+pub(super) struct Out {
+    pub(super) next: Disposition,
+    pub(super) frame: Vec<u8>,
+    pub(super) emit: Vec<Emit>,
 }
 
-fn send(gw: &mut Gateway, mut frame: Vec<u8>, ingress: PortId, now: u64) -> Out {
+pub(super) fn send(gw: &mut Gateway, mut frame: Vec<u8>, ingress: PortId, now: u64) -> Out {
     let mut next = [Disposition::Drop];
     let mut emit = Vec::new();
     gw.process(&mut [&mut frame[..]], ingress, now, &mut next, &mut emit);
@@ -88,7 +88,7 @@ fn send(gw: &mut Gateway, mut frame: Vec<u8>, ingress: PortId, now: u64) -> Out 
     }
 }
 
-fn tcp(
+pub(super) fn tcp(
     src_mac: MacAddr,
     dst_mac: MacAddr,
     src: (Ipv4Addr, u16),
@@ -105,7 +105,7 @@ fn tcp(
     b
 }
 
-fn arp(
+pub(super) fn arp(
     op: u16,
     sender: (MacAddr, Ipv4Addr),
     target: (MacAddr, Ipv4Addr),
@@ -127,7 +127,7 @@ fn arp(
 }
 
 /// (src, sport, dst, dport) of a frame; asserts valid IPv4 and TCP/UDP checksums.
-fn addresses(frame: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
+pub(super) fn addresses(frame: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
     let p = SlicedPacket::from_ethernet(frame).expect("parses");
     let Some(NetSlice::Ipv4(ip)) = p.net else {
         panic!("not IPv4")
@@ -146,12 +146,12 @@ fn addresses(frame: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
     (h.source.into(), sport, h.destination.into(), dport)
 }
 
-fn eth_dst(frame: &[u8]) -> MacAddr {
+pub(super) fn eth_dst(frame: &[u8]) -> MacAddr {
     MacAddr::from_bytes(&frame[0..6])
 }
 
 /// A SYN from pod 3 (port 2) to the service VIP, from `sport`.
-fn pod3_syn_to_vip(gw: &mut Gateway, sport: u16, now: u64) -> Out {
+pub(super) fn pod3_syn_to_vip(gw: &mut Gateway, sport: u16, now: u64) -> Out {
     send(
         gw,
         tcp(pod_mac(3), GW_MAC, (POD3, sport), (VIP, 80), true, 64),
@@ -161,7 +161,7 @@ fn pod3_syn_to_vip(gw: &mut Gateway, sport: u16, now: u64) -> Out {
 }
 
 /// Teaches the gateway where the pods and the routers are, as their ARP would.
-fn learn_neighbors(gw: &mut Gateway) {
+pub(super) fn learn_neighbors(gw: &mut Gateway) {
     learn_pods(gw);
     for ip in [ROUTER, NODE2] {
         let out = send(
@@ -179,7 +179,7 @@ fn learn_neighbors(gw: &mut Gateway) {
     }
 }
 
-fn learn_pods(gw: &mut Gateway) {
+pub(super) fn learn_pods(gw: &mut Gateway) {
     for (i, ip) in [(1u8, POD1), (2, POD2), (3, POD3)] {
         let out = send(
             gw,
@@ -293,29 +293,58 @@ fn answers_ping_to_the_gateway() {
     assert_eq!(gw.counters().get(GwCounter::IcmpEchoReplied), 1);
 }
 
-#[test]
-fn service_traffic_is_dnated_to_a_backend_and_back() {
+/// A fresh gateway that has seen one SYN from pod 3 to the VIP from `sport`, with nothing
+/// resolved yet: what it did with the SYN, and the backend Maglev picked.
+fn first_syn_to_vip(sport: u16) -> (Gateway, Out, Ipv4Addr) {
     let mut gw = gateway(&config());
-    // The first packet waits for ARP: nothing is known yet.
-    let out = pod3_syn_to_vip(&mut gw, 40000, 0);
+    let out = pod3_syn_to_vip(&mut gw, sport, 0);
     let backend = {
         let flows = &gw.shared.conntrack;
         assert_eq!(flows.len(), 1);
         let t = crate::conntrack::Tuple {
             src: POD3,
             dst: VIP,
-            sport: 40000,
+            sport,
             dport: 80,
             proto: PROTO_TCP,
         };
-        flows.find(&t).unwrap().flow.reply.src
+        flows.find(&t).expect("the SYN is tracked").flow.reply.src
     };
-    if backend == REMOTE_POD {
-        // Routed to node 2 over the uplink: ARP for node 2 there.
-        assert_eq!(out.next, Disposition::Consumed);
-        assert_eq!(out.emit[0].to, PortMask::single(UPLINK));
-        return;
-    }
+    assert!([POD1, POD2, REMOTE_POD].contains(&backend), "{backend}");
+    (gw, out, backend)
+}
+
+/// The first source port from `from` for which Maglev sends pod 3's SYN to a backend `wanted`
+/// accepts; fails the test if none of 64 ports does (each backend has a third of the table).
+fn sport_picking(from: u16, wanted: impl Fn(Ipv4Addr) -> bool) -> u16 {
+    (from..from + 64)
+        .find(|&sport| wanted(first_syn_to_vip(sport).2))
+        .expect("no source port among 64 picks the wanted backend")
+}
+
+#[test]
+fn service_traffic_to_a_remote_backend_waits_for_the_other_node() {
+    let sport = sport_picking(40000, |b| b == REMOTE_POD);
+    let (gw, out, _) = first_syn_to_vip(sport);
+    // Routed to node 2 over the uplink: ARP for node 2 there.
+    assert_eq!(out.next, Disposition::Consumed);
+    assert_eq!(out.emit.len(), 1, "an ARP request");
+    assert_eq!(out.emit[0].to, PortMask::single(UPLINK));
+    let request = ArpRepr::parse(&out.emit[0].frame[14..]).unwrap();
+    assert_eq!(
+        (request.operation, request.target_ip, request.sender_ip),
+        (ARP_REQUEST, NODE2, NODE_IP)
+    );
+    assert_eq!(gw.counters().get(GwCounter::NatService), 1);
+    assert_eq!(gw.counters().get(GwCounter::NeighborQueued), 1);
+}
+
+#[test]
+fn service_traffic_is_dnated_to_a_backend_and_back() {
+    // A source port whose connection Maglev sends to a backend on this node.
+    let sport = sport_picking(40000, |b| b != REMOTE_POD);
+    let (mut gw, out, backend) = first_syn_to_vip(sport);
+    // The first packet waits for ARP: nothing is known yet.
     assert_eq!(out.next, Disposition::Consumed);
     assert_eq!(out.emit.len(), 1, "an ARP request");
     let request = ArpRepr::parse(&out.emit[0].frame[14..]).unwrap();
@@ -332,15 +361,11 @@ fn service_traffic_is_dnated_to_a_backend_and_back() {
         port,
         1,
     );
-    assert_eq!(
-        out.next,
-        Disposition::Drop,
-        "an ARP reply to us is consumed"
-    );
+    // What becomes of the reply itself is `an_arp_reply_to_the_gateway_is_consumed`'s business.
     assert_eq!(out.emit.len(), 1);
     assert_eq!(out.emit[0].to, PortMask::single(port));
     assert_eq!(eth_dst(&out.emit[0].frame), pod_mac(i));
-    assert_eq!(addresses(&out.emit[0].frame), (POD3, 40000, backend, 8080));
+    assert_eq!(addresses(&out.emit[0].frame), (POD3, sport, backend, 8080));
     // The backend's reply comes back from the VIP.
     send(
         &mut gw,
@@ -359,7 +384,7 @@ fn service_traffic_is_dnated_to_a_backend_and_back() {
             pod_mac(i),
             GW_MAC,
             (backend, 8080),
-            (POD3, 40000),
+            (POD3, sport),
             false,
             64,
         ),
@@ -367,8 +392,34 @@ fn service_traffic_is_dnated_to_a_backend_and_back() {
         2,
     );
     assert_eq!(out.next, Disposition::Forward(2));
-    assert_eq!(addresses(&out.frame), (VIP, 80, POD3, 40000));
+    assert_eq!(addresses(&out.frame), (VIP, 80, POD3, sport));
     assert_eq!(gw.counters().get(GwCounter::NatService), 1);
+}
+
+#[test]
+fn an_arp_reply_to_the_gateway_is_consumed() {
+    let mut gw = gateway(&config());
+    // Something waits for pod 1, so the gateway asked for it.
+    let out = send(
+        &mut gw,
+        tcp(pod_mac(3), GW_MAC, (POD3, 1000), (POD1, 80), true, 64),
+        2,
+        0,
+    );
+    assert_eq!(out.next, Disposition::Consumed);
+    let out = send(
+        &mut gw,
+        arp(ARP_REPLY, (pod_mac(1), POD1), (GW_MAC, GW_IP), GW_MAC),
+        0,
+        1,
+    );
+    assert_eq!(out.emit.len(), 1, "the queued SYN is released");
+    assert_eq!(
+        out.next,
+        Disposition::Consumed,
+        "an ARP reply to us is for us: not bridged, and no drop either"
+    );
+    assert_eq!(gw.counters().get(GwCounter::Bridged), 0);
 }
 
 #[test]
@@ -1122,4 +1173,28 @@ fn a_neighbour_that_moves_is_followed_at_once() {
         2,
     );
     assert_eq!(eth_dst(&out.frame), new_mac);
+}
+
+#[test]
+fn first_fragments_beyond_the_table_are_dropped_and_counted() {
+    let mut gw = gateway(&config());
+    learn_neighbors(&mut gw);
+    for id in 0..FRAGMENT_TABLE_CAPACITY as u16 {
+        let first = udp_fragments(pod_mac(1), (POD1, 5000), (EXT, 9000), 2000, id).remove(0);
+        assert_eq!(
+            send(&mut gw, first, 0, 0).next,
+            Disposition::Forward(UPLINK)
+        );
+    }
+    let id = FRAGMENT_TABLE_CAPACITY as u16;
+    let first = udp_fragments(pod_mac(1), (POD1, 5000), (EXT, 9000), 2000, id).remove(0);
+    assert_eq!(send(&mut gw, first, 0, 1).next, Disposition::Drop);
+    assert_eq!(gw.counters().get(GwCounter::DropFragmentTableFull), 1);
+    // Once the first ones time out there is room again.
+    let first = udp_fragments(pod_mac(1), (POD1, 5000), (EXT, 9000), 2000, id).remove(0);
+    let later = crate::conntrack::FRAGMENT_TIMEOUT_MS + 1;
+    assert_eq!(
+        send(&mut gw, first, 0, later).next,
+        Disposition::Forward(UPLINK)
+    );
 }

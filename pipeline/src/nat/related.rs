@@ -21,17 +21,6 @@ fn quoted_ports(proto: u8, quoted: &[u8]) -> Option<(u16, u16)> {
     }
 }
 
-fn write_quoted_ports(proto: u8, quoted: &mut [u8], sport: u16, dport: u16) {
-    match proto {
-        PROTO_TCP | PROTO_UDP => {
-            quoted[0..2].copy_from_slice(&sport.to_be_bytes());
-            quoted[2..4].copy_from_slice(&dport.to_be_bytes());
-        }
-        PROTO_ICMP => quoted[4..6].copy_from_slice(&sport.to_be_bytes()),
-        _ => {}
-    }
-}
-
 /// Translates an ICMP error (`ip`: its IPv4 packet, already checked) about a packet that one of
 /// our tracked flows sent, so that it reaches the flow's originator as if nothing had been
 /// translated. Returns the new outer destination; `None` when no tracked flow sent the quoted
@@ -60,13 +49,20 @@ pub fn translate_icmp_error(ct: &Conntrack, ip: &mut [u8]) -> Option<Ipv4Addr> {
     let icmp = packet.payload_mut();
     if let Ok(mut inner) = Ipv4Packet::new_quoted(&mut icmp[ICMP_HEADER_LEN..]) {
         let proto = inner.protocol();
+        let (old_src, old_dst) = (inner.src(), inner.dst());
         inner.set_src(orig.src);
         inner.set_dst(orig.dst);
         let hl = inner.header_len();
         let quoted = &mut icmp[ICMP_HEADER_LEN + hl..];
-        if quoted.len() >= 8 {
-            // Only the ports; the quoted transport checksum may not be there to fix.
-            write_quoted_ports(proto, quoted, orig.sport, orig.dport);
+        // The quoted transport checksum follows where the quote holds it (UDP and ICMP: in
+        // the first 8 bytes; TCP's usually is not quoted), as Linux's NAT does.
+        l4::address_changed(proto, quoted, old_src.into(), orig.src.into());
+        l4::address_changed(proto, quoted, old_dst.into(), orig.dst.into());
+        if (isport, idport) != (orig.sport, orig.dport) {
+            l4::set_port(proto, quoted, true, orig.sport);
+            if proto != PROTO_ICMP {
+                l4::set_port(proto, quoted, false, orig.dport);
+            }
         }
     }
     l4::fill_icmp_checksum(packet.payload_mut());
