@@ -116,13 +116,13 @@ fn main() -> ExitCode {
     let stats = dp.stats.clone();
     let nports = dp.ports.len();
     let names = dp.ports.clone();
-    let gateway = dp.gateway.is_some();
+    let gateway = dp.gateway.clone();
     let reports = dp.stop();
     emit("vswitch: stopped; XDP programs detached\n");
     let snap = Snapshot::take(&stats, nports);
     emit(&report::port_table_for(&names, &snap));
-    if gateway {
-        emit(&report::gateway_lines(&stats));
+    if let Some(shared) = &gateway {
+        emit(&report::gateway_lines(&stats, &shared.conntrack.counters));
     }
     emit(&report::worker_lines(&stats));
     emit(&report::frame_lines(&reports));

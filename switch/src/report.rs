@@ -1,5 +1,6 @@
 //! Turns the workers' counters into what the operator reads.
 
+use pipeline::conntrack::ConntrackCounters;
 use pipeline::{GwCounter, L2Counter};
 use pmd::{Datapath, PortCounter, PortInfo, WorkerCounter, WorkerReport, WorkerStats};
 use std::fmt::Write;
@@ -92,8 +93,9 @@ pub fn port_table_for(ports: &[PortInfo], snap: &Snapshot) -> String {
     out
 }
 
-/// The gateway's counters summed over workers (those that moved), and the conntrack size.
-pub fn gateway_lines(stats: &[Arc<WorkerStats>]) -> String {
+/// The gateway's counters summed over workers (those that moved), and conntrack's size and
+/// its table counters.
+pub fn gateway_lines(stats: &[Arc<WorkerStats>], conntrack: &ConntrackCounters) -> String {
     let moved: Vec<String> = GwCounter::ALL
         .iter()
         .map(|&c| (c, stats.iter().map(|s| s.gateway(c)).sum::<u64>()))
@@ -104,11 +106,15 @@ pub fn gateway_lines(stats: &[Arc<WorkerStats>]) -> String {
         s.conntrack_entries
             .load(std::sync::atomic::Ordering::Relaxed)
     });
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     format!(
-        "gateway: {}
-conntrack: {flows} flows
-",
-        moved.join(" ")
+        "gateway: {}\nconntrack: {flows} flows created={} expired={} evicted={} refused_full={} removed_by_reload={}\n",
+        moved.join(" "),
+        load(&conntrack.created),
+        load(&conntrack.expired),
+        load(&conntrack.evicted),
+        load(&conntrack.refused_full),
+        load(&conntrack.removed),
     )
 }
 
