@@ -10,6 +10,13 @@
       bounded by TIMEOUT seconds; prints one line per request: the body, or "ERR". The whole
       run is bounded by TOTAL seconds (default TIMEOUT + 0.25 * COUNT); requests left when it
       runs out print "ERR" without being tried. Exits 0 whatever the answers were.
+  http_probe.py udp-serve PORT [LIFETIME]
+      answer every UDP datagram on PORT with the sender's address (16 bytes, space-padded)
+      followed by the datagram itself; prints "ready" once bound
+  http_probe.py udp-get HOST PORT SIZE TIMEOUT
+      sends one datagram of SIZE pseudo-random bytes (larger than the MTU: it leaves in
+      fragments) and prints the address the server saw if the whole datagram came back intact,
+      else "ERR"
 """
 import socket
 import sys
@@ -108,6 +115,34 @@ def get(url, count, timeout, total):
             sock.close()
 
 
+def udp_serve(port, lifetime):
+    deadline = time.monotonic() + lifetime
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("0.0.0.0", port))
+        sock.settimeout(0.5)
+        print("ready", flush=True)
+        while time.monotonic() < deadline:
+            try:
+                data, peer = sock.recvfrom(65535)
+            except socket.timeout:
+                continue
+            sock.sendto(peer[0].encode().ljust(16) + data, peer)
+
+
+def udp_get(host, port, size, timeout):
+    payload = bytes((i * 7919 + 13) % 251 for i in range(size))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.sendto(payload, (host, port))
+            data, _ = sock.recvfrom(65535)
+        except OSError:
+            print("ERR", flush=True)
+            return
+    seen, echoed = data[:16].decode("ascii", "replace").strip(), data[16:]
+    print(seen if echoed == payload else "ERR", flush=True)
+
+
 def main(argv):
     if len(argv) in (4, 5) and argv[1] == "serve":
         serve(int(argv[2]), argv[3], float(argv[4]) if len(argv) == 5 else 600.0)
@@ -115,6 +150,10 @@ def main(argv):
         count, timeout = int(argv[3]), float(argv[4])
         total = float(argv[5]) if len(argv) == 6 else timeout + 0.25 * count
         get(argv[2], count, timeout, total)
+    elif len(argv) in (3, 4) and argv[1] == "udp-serve":
+        udp_serve(int(argv[2]), float(argv[3]) if len(argv) == 4 else 600.0)
+    elif len(argv) == 6 and argv[1] == "udp-get":
+        udp_get(argv[2], int(argv[3]), int(argv[4]), float(argv[5]))
     else:
         sys.exit(__doc__)
 

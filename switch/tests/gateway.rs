@@ -1,5 +1,6 @@
 //! End to end: the node's L3 gateway (service VIP, NodePort, masquerade, a host-gw route to
-//! another node, the inbound policy, hairpin, reload) over veth in network namespaces, on two
+//! another node, the inbound policy, hairpin, fragmented UDP through masquerade and a service,
+//! reload) over veth in network namespaces, on two
 //! dataplanes: the Linux kernel set up the way Kubernetes sets up a node today (a bridge and
 //! nftables rules like kube-proxy's), and vswitch with a config file. One scenario runs on both
 //! and gives a [`Reachability`]; the kernel's is the reference the vswitch must match.
@@ -34,6 +35,12 @@ const BACKENDS: [(&str, &str); 3] = [
 /// The backend the reload removes (pod p2).
 const REMOVED: (&str, &str) = ("p2", "10.244.1.3:8080");
 const VIP_URL: &str = "http://10.96.0.10:80/";
+/// The UDP echo service: its VIP and port, and its one backend (on pod p2).
+const ECHO_VIP: &str = "10.96.0.11";
+const ECHO_PORT: &str = "7";
+const ECHO_BACKEND: &str = "10.244.1.3:7007";
+/// Larger than a 1500-byte MTU: every UDP check below is sent and answered in fragments.
+const BIG_DATAGRAM: &str = "4000";
 const NODE_PORT_URL: &str = "http://198.18.0.1:30080/";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,15 +78,20 @@ struct Reachability {
     hairpin_reached_self: bool,
     /// 7. p3 pings the gateway address.
     ping_gateway: bool,
-    /// 8. After the reload without p2: 30 connections p3 → VIP all answered ...
+    /// 8. p3 → external host, a 4000-byte UDP datagram (fragments): echoed back whole, and the
+    /// host saw the node address.
+    udp_fragments_masqueraded: bool,
+    /// 9. p3 → the UDP echo service, 4000 bytes: answered whole by its backend.
+    udp_fragments_through_service: bool,
+    /// 10. After the reload without p2: 30 connections p3 → VIP all answered ...
     reload_all_answered: bool,
-    /// 8. ... and none by the removed backend.
+    /// 10. ... and none by the removed backend.
     reload_removed_backend_unused: bool,
     /// Answers per backend name (and "ERR") in check 1.
     vip_counts: BTreeMap<String, usize>,
     /// Answers per backend name (and "ERR") in check 6.
     hairpin_counts: BTreeMap<String, usize>,
-    /// Answers per backend name (and "ERR") in check 8.
+    /// Answers per backend name (and "ERR") in check 10.
     reload_counts: BTreeMap<String, usize>,
 }
 
@@ -97,6 +109,8 @@ impl Reachability {
             hairpin_all_answered: true,
             hairpin_reached_self: true,
             ping_gateway: true,
+            udp_fragments_masqueraded: true,
+            udp_fragments_through_service: true,
             reload_all_answered: true,
             reload_removed_backend_unused: true,
             ..Reachability::default()
@@ -105,7 +119,7 @@ impl Reachability {
 
     /// The verdicts, in field order. Destructured without `..` so that a new field cannot be
     /// forgotten here.
-    fn verdicts(&self) -> [bool; 12] {
+    fn verdicts(&self) -> [bool; 14] {
         let Reachability {
             vip_all_answered,
             vip_balanced,
@@ -117,6 +131,8 @@ impl Reachability {
             hairpin_all_answered,
             hairpin_reached_self,
             ping_gateway,
+            udp_fragments_masqueraded,
+            udp_fragments_through_service,
             reload_all_answered,
             reload_removed_backend_unused,
             vip_counts: _,
@@ -134,6 +150,8 @@ impl Reachability {
             *hairpin_all_answered,
             *hairpin_reached_self,
             *ping_gateway,
+            *udp_fragments_masqueraded,
+            *udp_fragments_through_service,
             *reload_all_answered,
             *reload_removed_backend_unused,
         ]
@@ -181,6 +199,13 @@ port = 80
 protocol = "tcp"
 node_port = 30080
 backends = [{backends}]
+
+[[service]]
+name = "echo"
+cluster_ip = "{ECHO_VIP}"
+port = {ECHO_PORT}
+protocol = "udp"
+backends = ["{ECHO_BACKEND}"]
 "#
     )
 }
@@ -230,6 +255,7 @@ table ip kube-proxy {{
 	chain services {{
 		ip daddr 10.96.0.10 tcp dport 80 dnat ip to numgen random mod {n} map @web-endpoints
 		ip daddr 198.18.0.1 tcp dport 30080 meta mark set meta mark | 0x4000 dnat ip to numgen random mod {n} map @web-endpoints
+		ip daddr {ECHO_VIP} udp dport {ECHO_PORT} dnat ip to {ECHO_BACKEND}
 	}}
 	chain prerouting {{
 		type nat hook prerouting priority dstnat; policy accept;
@@ -350,6 +376,8 @@ impl Gateway {
         ] {
             gw.serve(host, name);
         }
+        gw.serve_udp("ex", "8080");
+        gw.serve_udp("p2", ECHO_BACKEND.split_once(':').unwrap().1);
         gw
     }
 
@@ -588,6 +616,42 @@ impl Gateway {
         assert_eq!(line.trim(), "ready", "HTTP server {name} in {host}");
     }
 
+    /// Starts `http_probe.py udp-serve PORT` (a UDP echo) in namespace `host`.
+    fn serve_udp(&mut self, host: &str, port: &str) {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(host), "python3", &probe_script()])
+            .args(["udp-serve", port, "300"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning http_probe.py udp-serve");
+        let stdout = child.stdout.take().unwrap();
+        self.servers.0.push(child);
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        assert_eq!(line.trim(), "ready", "UDP echo in {host}");
+    }
+
+    /// One `BIG_DATAGRAM`-byte UDP datagram from `from` to `host:port`: the address the echo
+    /// server saw when the whole datagram came back intact, else "ERR".
+    fn udp_echo(&self, from: &str, host: &str, port: &str) -> String {
+        let out = exec_bounded(
+            &self.ns(from),
+            &[
+                "python3",
+                &probe_script(),
+                "udp-get",
+                host,
+                port,
+                BIG_DATAGRAM,
+                &CONNECT_TIMEOUT_S.to_string(),
+            ],
+            Duration::from_secs_f64(CONNECT_TIMEOUT_S + 5.0),
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// `count` GETs of `url` from namespace `from`, each on a new connection: one answer per
     /// connection ("ERR" for none). Bounded: 2 s per connection, 2 s + 100 ms per connection
     /// for the whole run.
@@ -678,7 +742,7 @@ fn is_backend(answer: &str) -> bool {
     BACKENDS.iter().any(|b| b.0 == answer)
 }
 
-/// The eight checks, in order (the reload last: it changes the service).
+/// The ten checks, in order (the reload last: it changes the service).
 fn scenario(gw: &mut Gateway) -> Reachability {
     let mut r = Reachability::default();
 
@@ -717,7 +781,13 @@ fn scenario(gw: &mut Gateway) -> Reachability {
     // 7. The gateway answers ICMP echo.
     r.ping_gateway = gw.ping("p3", "10.244.1.1");
 
-    // 8. Reload without p2: new connections never reach it.
+    // 8. Fragmented UDP out through masquerade, and the fragmented answer back.
+    r.udp_fragments_masqueraded = gw.udp_echo("p3", "198.19.0.10", "8080") == "198.18.0.1";
+
+    // 9. Fragmented UDP through a service to a pod on this node.
+    r.udp_fragments_through_service = gw.udp_echo("p3", ECHO_VIP, ECHO_PORT) == "10.244.1.4";
+
+    // 10. Reload without p2: new connections never reach it.
     gw.reload_without_p2();
     let answers = gw.get("p3", VIP_URL, 30);
     r.reload_all_answered = answers.iter().all(|a| is_backend(a));
