@@ -79,7 +79,7 @@ struct Reachability {
     /// 7. p3 pings the gateway address.
     ping_gateway: bool,
     /// 8. p3 → external host, a 4000-byte UDP datagram (fragments): echoed back whole, and the
-    /// host saw the node address.
+    ///    host saw the node address.
     udp_fragments_masqueraded: bool,
     /// 9. p3 → the UDP echo service, 4000 bytes: answered whole by its backend.
     udp_fragments_through_service: bool,
