@@ -23,6 +23,7 @@ fn tuple(i: u32) -> Tuple {
         sport: i as u16,
         dport: 80,
         proto: 6,
+        zone: 0,
     }
 }
 
@@ -33,6 +34,7 @@ fn reply(t: &Tuple) -> Tuple {
         sport: 8080,
         dport: t.sport,
         proto: 6,
+        zone: 0,
     }
 }
 
@@ -108,9 +110,11 @@ fn config(services: usize) -> GatewayConfig {
                 "10.96.0.0/12".parse().unwrap(),
             ],
             nat_ports: (1024, 65535),
+            mtu: 1500,
         }),
         routes: vec![],
         services: svcs,
+        vxlan: None,
         conntrack_capacity: 2_000_000,
         neighbor_age_ms: u64::MAX / 2,
     }
@@ -174,6 +178,7 @@ fn gateway(services: usize, flows: u32) -> (Gateway, Vec<Vec<u8>>) {
             sport: i as u16,
             dport: 80,
             proto: 6,
+            zone: 0,
         };
         let _ = shared
             .conntrack

@@ -63,6 +63,9 @@ pub enum Disposition {
     Drop,
     /// The stage kept a copy (e.g. queued until a neighbour resolves); free the frame.
     Consumed,
+    /// Between the passes of one batch: decapsulated, to go through the pipeline once more.
+    /// The stage resolves it before it returns; a worker that sees it drops the frame.
+    Recirculate,
 }
 
 #[cfg(test)]

@@ -12,11 +12,14 @@ pub mod gateway;
 pub mod l2;
 pub mod l3;
 pub mod nat;
+pub mod overlay;
+pub mod packet;
 pub mod wire;
 
 pub use batch::{Disposition, PortId, PortMask, MAX_BATCH, MAX_PORTS};
 pub use gateway::{Emit, Gateway, GatewayConfig, GatewayShared, GwCounter};
 pub use l2::{Bridge, BridgeConfig, L2Counter, LearnEvent};
+pub use packet::Packet;
 pub use wire::{EtherType, EthernetFrame, MacAddr, WireError};
 
 /// The pipeline a worker runs: a plain learning bridge (`--ports`), or the node gateway
@@ -32,9 +35,9 @@ pub enum Pipeline {
 impl Pipeline {
     /// Decides a batch received on `ingress`; frames may be rewritten in place and new frames
     /// may be pushed to `emit`.
-    pub fn process(
+    pub fn process<P: Packet>(
         &mut self,
-        frames: &mut [&mut [u8]],
+        frames: &mut [P],
         ingress: PortId,
         now_ms: u64,
         next: &mut [Disposition],

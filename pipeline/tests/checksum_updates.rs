@@ -63,12 +63,14 @@ fn config() -> GatewayConfig {
                 "10.96.0.0/12".parse().unwrap(),
             ],
             nat_ports: (1024, 65535),
+            mtu: 1500,
         }),
         routes: vec![("10.244.2.0/24".parse().unwrap(), NODE2)],
         services: vec![
             service("web", 80, TCP, TCP_NODE_PORT, 8080),
             service("dns", 53, UDP, UDP_NODE_PORT, 5353),
         ],
+        vxlan: None,
         conntrack_capacity: 4096,
         neighbor_age_ms: 300_000,
     }

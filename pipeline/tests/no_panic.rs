@@ -69,6 +69,7 @@ mod gateway {
                 masquerade: true,
                 cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
                 nat_ports: (1024, 65535),
+                mtu: 1500,
             }),
             routes: vec![("10.244.2.0/24".parse().unwrap(), NODE2)],
             services: vec![
@@ -92,6 +93,7 @@ mod gateway {
                     ],
                 },
             ],
+            vxlan: None,
             conntrack_capacity: 1024,
             neighbor_age_ms: 300_000,
         }

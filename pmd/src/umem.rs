@@ -55,6 +55,57 @@ impl Frame {
     }
 }
 
+/// A frame's whole chunk, with the handle whose offset and length say where its data is.
+pub struct FrameBuf<'a> {
+    chunk: &'a mut [u8],
+    frame: &'a mut Frame,
+}
+
+impl FrameBuf<'_> {
+    fn span(&self) -> std::ops::Range<usize> {
+        let start = self.frame.offset as usize;
+        start..start + self.frame.len as usize
+    }
+}
+
+impl AsRef<[u8]> for FrameBuf<'_> {
+    fn as_ref(&self) -> &[u8] {
+        let span = self.span();
+        &self.chunk[span]
+    }
+}
+
+impl AsMut<[u8]> for FrameBuf<'_> {
+    fn as_mut(&mut self) -> &mut [u8] {
+        let span = self.span();
+        &mut self.chunk[span]
+    }
+}
+
+impl pipeline::Packet for FrameBuf<'_> {
+    fn headroom(&self) -> usize {
+        self.frame.offset as usize
+    }
+
+    fn push_front(&mut self, n: usize) -> bool {
+        if n > self.frame.offset as usize {
+            return false;
+        }
+        self.frame.offset -= n as u16;
+        self.frame.len += n as u16;
+        true
+    }
+
+    fn pull_front(&mut self, n: usize) -> bool {
+        if n > self.frame.len as usize {
+            return false;
+        }
+        self.frame.offset += n as u16;
+        self.frame.len -= n as u16;
+        true
+    }
+}
+
 /// The memory area, mapped anonymously and unmapped on drop.
 ///
 /// Shared (`Arc`) by the [`Umem`] and every socket bound to it, so the mapping outlives the
@@ -176,6 +227,20 @@ impl Memory {
         // SAFETY: as in `data`; the `&mut Frame` borrow guarantees no other slice of this frame
         // exists while this one lives, and no other handle to the frame exists at all.
         unsafe { std::slice::from_raw_parts_mut(self.area.ptr.as_ptr().add(start), frame.len()) }
+    }
+
+    #[inline]
+    fn buf_mut<'a>(&'a self, frame: &'a mut Frame) -> FrameBuf<'a> {
+        self.check(frame);
+        let start = (frame.index as usize) << FRAME_SHIFT;
+        debug_assert!(start + FRAME_SIZE as usize <= self.area.len);
+        // SAFETY: the whole chunk of frame `index` (index < frames, checked where the handle
+        // was made) lies inside the area; as in `data_mut`, the `&mut Frame` borrow, kept by the
+        // returned value, is the only way to these bytes while it lives.
+        let chunk = unsafe {
+            std::slice::from_raw_parts_mut(self.area.ptr.as_ptr().add(start), FRAME_SIZE as usize)
+        };
+        FrameBuf { chunk, frame }
     }
 
     #[inline]
@@ -349,6 +414,14 @@ impl Umem {
     #[allow(clippy::mut_from_ref)]
     pub fn data_mut<'a>(&'a self, frame: &'a mut Frame) -> &'a mut [u8] {
         self.mem.data_mut(frame)
+    }
+
+    /// The frame as a packet whose start can move into the room in front of it (VXLAN pushes
+    /// its headers there); the handle follows where the data ends up.
+    #[inline]
+    #[allow(clippy::mut_from_ref)]
+    pub fn buf_mut<'a>(&'a self, frame: &'a mut Frame) -> FrameBuf<'a> {
+        self.mem.buf_mut(frame)
     }
 
     /// Asks the CPU to start loading the frame's first cache line: the kernel wrote it on

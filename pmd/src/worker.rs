@@ -8,7 +8,7 @@
 use crate::netdev::cycles;
 use crate::socket::PortSocket;
 use crate::stats::{PortCounter, WorkerCounter, WorkerStats};
-use crate::umem::{Frame, FramePool, Umem, MAX_FRAME_LEN};
+use crate::umem::{Frame, FrameBuf, FramePool, Umem, MAX_FRAME_LEN};
 use arrayvec::ArrayVec;
 use crossbeam_channel::{Receiver, Sender};
 use pipeline::{Disposition, Emit, LearnEvent, Pipeline, PortId, PortMask, MAX_BATCH};
@@ -228,9 +228,9 @@ impl Worker {
         }
         let mut next = [Disposition::Drop; MAX_BATCH];
         {
-            let mut views: ArrayVec<&mut [u8], MAX_BATCH> =
-                self.rx_batch.iter_mut().map(|f| umem.data_mut(f)).collect();
-            let bytes: usize = views.iter().map(|v| v.len()).sum();
+            let bytes: usize = self.rx_batch.iter().map(|f| f.len()).sum();
+            let mut views: ArrayVec<FrameBuf<'_>, MAX_BATCH> =
+                self.rx_batch.iter_mut().map(|f| umem.buf_mut(f)).collect();
             let counters = &self.s.stats.ports[ingress as usize];
             counters.add(PortCounter::RxPackets as usize, n as u64);
             counters.add(PortCounter::RxBytes as usize, bytes as u64);
@@ -257,7 +257,7 @@ impl Worker {
                     frame,
                 ),
                 Disposition::Consumed => self.s.pool.put(frame),
-                Disposition::Forward(_) | Disposition::Drop => {
+                Disposition::Forward(_) | Disposition::Drop | Disposition::Recirculate => {
                     self.s.stats.ports[ingress as usize].add(PortCounter::DropPipeline as usize, 1);
                     self.s.pool.put(frame);
                 }

@@ -2,9 +2,10 @@
 //! errors), checked, and turned into a datapath configuration. Every error names the file, the
 //! key and the reason.
 
-use pipeline::gateway::{GatewayConfig, ServiceConfig, UplinkConfig};
+use pipeline::gateway::{GatewayConfig, ServiceConfig, UplinkConfig, VxlanConfig, VxlanPeer};
 use pipeline::l2::DEFAULT_FDB_PORT_LIMIT;
 use pipeline::l3::Ipv4Cidr;
+use pipeline::wire::vxlan::IANA_PORT;
 use pipeline::{MacAddr, PortId, MAX_PORTS};
 use pmd::{PollMode, XdpMode};
 use serde::Deserialize;
@@ -24,6 +25,26 @@ struct File {
     route: Vec<RouteSection>,
     #[serde(default)]
     service: Vec<ServiceSection>,
+    vxlan: Option<VxlanSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VxlanSection {
+    vni: u32,
+    udp_port: Option<u16>,
+    local: Option<String>,
+    mac: Option<String>,
+    #[serde(default)]
+    peer: Vec<PeerSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerSection {
+    cidr: String,
+    vtep: String,
+    mac: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,6 +161,120 @@ impl Checker<'_> {
     fn cidr(&self, key: &str, text: &str) -> Result<Ipv4Cidr, ConfigError> {
         text.parse().map_err(|e: String| self.err(key, e))
     }
+
+    /// A unicast MAC address other than all zeros.
+    fn unicast_mac(&self, key: &str, text: &str) -> Result<MacAddr, ConfigError> {
+        let mac: MacAddr = text
+            .parse()
+            .map_err(|_| self.err(key, format!("{text:?} is not a MAC address")))?;
+        if mac.is_multicast() || mac.is_zero() {
+            return Err(self.err(key, format!("{text} is not a unicast address")));
+        }
+        Ok(mac)
+    }
+}
+
+/// The `[vxlan]` section: every peer CIDR clear of the pod subnet, the uplink subnet, the routes
+/// and the other peers.
+fn vxlan(
+    c: &Checker<'_>,
+    section: &VxlanSection,
+    gateway: Ipv4Cidr,
+    uplink: Option<&UplinkConfig>,
+    routes: &[(Ipv4Cidr, Ipv4Addr)],
+) -> Result<VxlanConfig, ConfigError> {
+    let Some(up) = uplink else {
+        return Err(c.err(
+            "vxlan",
+            "the overlay runs over the uplink, and there is no [uplink]",
+        ));
+    };
+    if !(1..=0x00ff_ffff).contains(&section.vni) {
+        return Err(c.err(
+            "vxlan.vni",
+            format!("{} is outside 1..16777215", section.vni),
+        ));
+    }
+    let udp_port = section.udp_port.unwrap_or(IANA_PORT);
+    if udp_port == 0 {
+        return Err(c.err("vxlan.udp_port", "port 0 is not a UDP port"));
+    }
+    let local = match &section.local {
+        Some(text) => c.ip("vxlan.local", text)?,
+        None => up.address.addr,
+    };
+    if gateway.contains(local) {
+        return Err(c.err(
+            "vxlan.local",
+            format!("{local} is inside the pod subnet {gateway}"),
+        ));
+    }
+    let mac = match &section.mac {
+        Some(text) => c.unicast_mac("vxlan.mac", text)?,
+        // Stable across restarts, as flannel keeps flannel.1's: from the VTEP address.
+        None => {
+            let o = local.octets();
+            MacAddr([0x0e, 0x76, o[0], o[1], o[2], o[3]])
+        }
+    };
+    let mut peers: Vec<VxlanPeer> = Vec::new();
+    for (i, p) in section.peer.iter().enumerate() {
+        let key = format!("vxlan.peer[{i}]");
+        let cidr = c.cidr(&format!("{key}.cidr"), &p.cidr)?;
+        let clash = if cidr.overlaps(&gateway) {
+            Some(format!("the pod subnet {gateway}"))
+        } else if cidr.overlaps(&up.address) {
+            Some(format!("the uplink subnet {}", up.address))
+        } else if let Some((r, _)) = routes.iter().find(|(r, _)| r.overlaps(&cidr)) {
+            Some(format!("route {r}"))
+        } else {
+            peers
+                .iter()
+                .find(|o| o.cidr.overlaps(&cidr))
+                .map(|o| format!("the CIDR of peer {}", o.vtep))
+        };
+        if let Some(what) = clash {
+            return Err(c.err(format!("{key}.cidr"), format!("{cidr} overlaps {what}")));
+        }
+        let vtep = c.ip(&format!("{key}.vtep"), &p.vtep)?;
+        if vtep == local || vtep == up.address.addr {
+            return Err(c.err(format!("{key}.vtep"), format!("{vtep} is our own address")));
+        }
+        if gateway.contains(vtep)
+            || peers.iter().any(|o| o.cidr.contains(vtep))
+            || cidr.contains(vtep)
+        {
+            return Err(c.err(
+                format!("{key}.vtep"),
+                format!("{vtep} is inside a pod CIDR: a VTEP is reached over the uplink"),
+            ));
+        }
+        let peer_mac = c.unicast_mac(&format!("{key}.mac"), &p.mac)?;
+        if peer_mac == mac {
+            return Err(c.err(
+                format!("{key}.mac"),
+                format!("{} is our own VTEP MAC", p.mac),
+            ));
+        }
+        if let Some(o) = peers.iter().find(|o| o.vtep == vtep && o.mac != peer_mac) {
+            return Err(c.err(
+                format!("{key}.mac"),
+                format!("peer {vtep} already has MAC {}", o.mac),
+            ));
+        }
+        peers.push(VxlanPeer {
+            cidr,
+            vtep,
+            mac: peer_mac,
+        });
+    }
+    Ok(VxlanConfig {
+        vni: section.vni,
+        udp_port,
+        local,
+        mac,
+        peers,
+    })
 }
 
 /// Reads and checks a config file. `port_exists` is asked about every port name.
@@ -260,6 +395,8 @@ pub fn parse(
                 masquerade: u.masquerade,
                 cluster_cidrs,
                 nat_ports,
+                // The port's, filled in when the switch starts (it is not the file's to say).
+                mtu: 1500,
             })
         }
     };
@@ -386,6 +523,11 @@ pub fn parse(
         });
     }
 
+    let vxlan = match &file.vxlan {
+        Some(section) => Some(vxlan(&c, section, gateway, uplink.as_ref(), &routes)?),
+        None => None,
+    };
+
     let xdp_mode = match &file.node.xdp_mode {
         Some(m) => Some(
             m.parse::<XdpMode>()
@@ -434,6 +576,7 @@ pub fn parse(
             uplink,
             routes,
             services,
+            vxlan,
             conntrack_capacity,
             neighbor_age_ms: 300_000,
         },

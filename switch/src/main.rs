@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     let args = cli::Args::parse();
     let mut node: Option<NodeConfig> = match &args.config {
         Some(path) => match config::load(path, &port_exists) {
-            Ok(n) => Some(n),
+            Ok(n) => Some(with_uplink_mtu(n)),
             Err(e) => {
                 eprintln!("vswitch: error: {e}");
                 return ExitCode::FAILURE;
@@ -82,6 +82,16 @@ fn main() -> ExitCode {
             n.gateway.routes.len()
         ),
         None => "as a learning bridge".into(),
+    };
+    let mode = match node.as_ref().and_then(|n| n.gateway.vxlan.as_ref()) {
+        Some(v) => format!(
+            "{mode}, VXLAN VNI {} from {} to {} peer{}",
+            v.vni,
+            v.local,
+            v.peers.len(),
+            if v.peers.len() == 1 { "" } else { "s" }
+        ),
+        None => mode,
     };
     emit(&format!(
         "vswitch: forwarding among {} {mode} with {} worker{} (cores: {}), poll {:?}\n",
@@ -142,7 +152,7 @@ fn reload_config(args: &cli::Args, dp: &Datapath, node: &mut Option<NodeConfig>)
         return;
     };
     let new = match config::load(path, &port_exists) {
-        Ok(n) => n,
+        Ok(n) => with_uplink_mtu(n),
         Err(e) => {
             eprintln!("vswitch: reload refused, running config kept: {e}");
             return;
@@ -157,13 +167,24 @@ fn reload_config(args: &cli::Args, dp: &Datapath, node: &mut Option<NodeConfig>)
     }
     let r = shared.reload(&new.gateway);
     emit(&format!(
-        "vswitch: reloaded {}: {} services, {} routes; {} connections to removed backends closed\n",
+        "vswitch: reloaded {}: {} services, {} routes, {} VXLAN peers; {} connections to removed backends closed\n",
         path.display(),
         r.services,
         r.routes,
+        r.peers,
         r.flows_closed
     ));
     *node = Some(new);
+}
+
+/// The uplink port's MTU, which encapsulated packets must fit, from the kernel.
+fn with_uplink_mtu(mut node: NodeConfig) -> NodeConfig {
+    if let Some(up) = node.gateway.uplink.as_mut() {
+        if let Ok(mtu) = pmd::netdev::mtu(&node.ports[up.port as usize]) {
+            up.mtu = mtu;
+        }
+    }
+    node
 }
 
 /// Writes to stdout; a closed stdout (e.g. piped to `head`) must not stop the switch.

@@ -29,6 +29,12 @@ const ICMP_MS: u64 = 30_000;
 /// nf_conntrack_generic_timeout: protocols conntrack knows no states for (GRE, SCTP, ESP, ...).
 const GENERIC_MS: u64 = 600_000;
 
+/// A packet's flow key. `zone` separates address spaces that may overlap (Linux's conntrack
+/// zones): 0 is the node's own, which its pods, the uplink and the one VXLAN overlay share; a
+/// second overlay with overlapping pod CIDRs would get a zone of its own.
+/// The node's own address space (see `Tuple::zone`).
+pub const NODE_ZONE: u16 = 0;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Tuple {
     pub src: Ipv4Addr,
@@ -36,6 +42,7 @@ pub struct Tuple {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
+    pub zone: u16,
 }
 
 impl Tuple {
@@ -46,6 +53,7 @@ impl Tuple {
             sport: self.dport,
             dport: self.sport,
             proto: self.proto,
+            zone: self.zone,
         }
     }
 
@@ -432,6 +440,7 @@ mod tests {
             sport,
             dport: 80,
             proto: PROTO_TCP,
+            zone: 0,
         }
     }
 
@@ -442,6 +451,7 @@ mod tests {
             sport: 8080,
             dport: t.sport,
             proto: t.proto,
+            zone: t.zone,
         }
     }
 
@@ -489,6 +499,27 @@ mod tests {
         assert!(
             ct.track(&u, 0, 29_500 + 119_000).is_some(),
             "replied UDP lasts 120 s"
+        );
+    }
+
+    #[test]
+    fn the_same_addresses_in_two_zones_are_two_flows() {
+        let ct = Conntrack::new(1024);
+        let a = tuple(1);
+        let b = Tuple { zone: 7, ..a };
+        ct.insert(a, a.reverse(), FlowState::initial(PROTO_TCP, TCP_SYN), 0)
+            .unwrap();
+        assert!(ct.track(&b, TCP_SYN, 1).is_none());
+        ct.insert(b, b.reverse(), FlowState::initial(PROTO_TCP, TCP_SYN), 1)
+            .unwrap();
+        assert_eq!(ct.len(), 2);
+        assert_eq!(
+            ct.track(&b.reverse(), TCP_SYN | TCP_ACK, 2)
+                .unwrap()
+                .flow
+                .orig
+                .zone,
+            7
         );
     }
 

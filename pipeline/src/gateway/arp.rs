@@ -49,7 +49,10 @@ pub(super) fn handle(
     if sender_ok {
         learn(gw, &policy, &arp, ingress, our_ip, now_ms, emit);
     }
-    if arp.operation == ARP_REQUEST && arp.target_ip == our_ip && sender_ok {
+    // On the uplink, a VTEP address of its own (`[vxlan] local`) is ours too.
+    let target_ours =
+        arp.target_ip == our_ip || (from_uplink && policy.is_uplink_ip(arp.target_ip));
+    if arp.operation == ARP_REQUEST && target_ours && sender_ok {
         reply_in_place(frame, &arp, policy.mac);
         gw.counters.add(GwCounter::ArpReplied, 1);
         return Disposition::Forward(ingress);

@@ -4,6 +4,7 @@
 use crate::batch::{PortId, PortMask};
 use crate::l3::{Ipv4Cidr, NextHop, Route, RouteTable, Segment};
 use crate::nat::{Maglev, Service, ServiceTable};
+use crate::overlay::Overlay;
 use crate::wire::MacAddr;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -17,6 +18,28 @@ pub struct UplinkConfig {
     pub cluster_cidrs: Vec<Ipv4Cidr>,
     /// Source ports SNAT may use, inclusive (Linux: `ip_local_port_range`).
     pub nat_ports: (u16, u16),
+    /// The uplink's MTU: what an encapsulated packet must fit.
+    pub mtu: u32,
+}
+
+/// Another node whose pods live behind its VTEP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanPeer {
+    pub cidr: Ipv4Cidr,
+    pub vtep: Ipv4Addr,
+    pub mac: MacAddr,
+}
+
+/// The VXLAN overlay (flannel's `vxlan` backend): this node's VTEP and its peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanConfig {
+    pub vni: u32,
+    pub udp_port: u16,
+    /// This node's VTEP address (the uplink address by default).
+    pub local: Ipv4Addr,
+    /// This node's VTEP MAC: inner frames to us carry it, inner frames we send come from it.
+    pub mac: MacAddr,
+    pub peers: Vec<VxlanPeer>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +63,8 @@ pub struct GatewayConfig {
     /// host-gw routes: prefix via next hop on the uplink.
     pub routes: Vec<(Ipv4Cidr, Ipv4Addr)>,
     pub services: Vec<ServiceConfig>,
+    /// The overlay; needs `uplink`.
+    pub vxlan: Option<VxlanConfig>,
     pub conntrack_capacity: usize,
     pub neighbor_age_ms: u64,
 }
@@ -69,6 +94,9 @@ pub struct Policy {
     pub nat_ports: (u16, u16),
     pub routes: RouteTable,
     pub services: ServiceTable,
+    pub overlay: Option<Overlay>,
+    /// What an encapsulated packet must fit (the uplink's MTU).
+    pub uplink_mtu: u32,
 }
 
 impl Policy {
@@ -93,6 +121,12 @@ impl Policy {
                 routes.push(Route {
                     prefix: *prefix,
                     next_hop: NextHop::Via(*via, Segment::Uplink),
+                });
+            }
+            for peer in config.vxlan.iter().flat_map(|v| &v.peers) {
+                routes.push(Route {
+                    prefix: peer.cidr,
+                    next_hop: NextHop::Via(peer.vtep, Segment::Overlay),
                 });
             }
         }
@@ -129,11 +163,25 @@ impl Policy {
                 .unwrap_or((1024, 65535)),
             routes: RouteTable::new(routes),
             services: ServiceTable::new(services),
+            overlay: config
+                .vxlan
+                .as_ref()
+                .filter(|_| config.uplink.is_some())
+                .map(Overlay::new),
+            uplink_mtu: config.uplink.as_ref().map_or(1500, |u| u.mtu),
         }
     }
 
+    /// Pods of this node, the cluster CIDRs, and the overlay peers' pods.
     pub fn in_cluster(&self, ip: Ipv4Addr) -> bool {
-        self.pod_cidr.contains(ip) || self.cluster_cidrs.iter().any(|c| c.contains(ip))
+        self.pod_cidr.contains(ip)
+            || self.cluster_cidrs.iter().any(|c| c.contains(ip))
+            || self.overlay.as_ref().is_some_and(|o| o.in_peer_cidr(ip))
+    }
+
+    /// An address of ours on the uplink side: the node address or the VTEP address.
+    pub fn is_uplink_ip(&self, ip: Ipv4Addr) -> bool {
+        Some(ip) == self.node_ip || self.overlay.as_ref().is_some_and(|o| o.local == ip)
     }
 
     /// Our address on a segment.
@@ -141,6 +189,7 @@ impl Policy {
         match segment {
             Segment::Pods => Some(self.gateway_ip),
             Segment::Uplink => self.node_ip,
+            Segment::Overlay => self.overlay.as_ref().map(|o| o.local),
         }
     }
 
@@ -148,7 +197,7 @@ impl Policy {
     pub fn segment_ports(&self, segment: Segment) -> PortMask {
         match segment {
             Segment::Pods => self.pod_ports,
-            Segment::Uplink => self
+            Segment::Uplink | Segment::Overlay => self
                 .uplink_port
                 .map(PortMask::single)
                 .unwrap_or(PortMask::NONE),

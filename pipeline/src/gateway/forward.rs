@@ -1,16 +1,23 @@
-//! IPv4 to our MAC: local ICMP, conntrack (NAT decisions are `nat`'s), fragments, routing,
-//! TTL, neighbour resolution.
+//! IPv4 to our MAC: local ICMP, VXLAN to our VTEP (`overlay::decap`), conntrack (NAT decisions
+//! are `nat`'s), fragments, routing (to the overlay: `overlay::encap`), TTL, neighbour
+//! resolution.
 
 use super::icmp_limit::IcmpErrorLimiter;
-use super::{arp, icmp, Emit, Gateway, GatewayShared, GwCounter, GwCounters, Policy};
+use super::{arp, icmp, Emit, Gateway, GatewayShared, GwCounter, GwCounters, Policy, Step};
 use crate::batch::{Disposition, PortId};
 use crate::conntrack::{
-    Direction, FlowState, FragmentKey, FragmentTranslation, InsertError, Tuple,
+    Direction, FlowState, FragmentKey, FragmentTranslation, InsertError, Tuple, NODE_ZONE,
 };
 use crate::l3::{NeighborCache, Resolve, Segment};
 use crate::nat::{self, AllocError, NatKind, Refusal};
+use crate::overlay::decap::{self, DecapError};
+use crate::overlay::encap;
 use crate::wire::ipv4::{Ipv4Error, Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use crate::wire::l4::{self, ICMP_DEST_UNREACHABLE, ICMP_ECHO_REQUEST, ICMP_TIME_EXCEEDED};
+use crate::wire::vxlan;
+
+/// Destination unreachable codes.
+const ICMP_FRAGMENTATION_NEEDED: u8 = 4;
 use crate::wire::{EthernetFrame, MacAddr, ETHERNET_HEADER_LEN};
 use std::net::Ipv4Addr;
 
@@ -26,6 +33,8 @@ struct Ctx<'a> {
     emit: &'a mut Vec<Emit>,
     ingress: PortId,
     from_uplink: bool,
+    /// The inner frame of VXLAN from a peer (second pass).
+    from_overlay: bool,
     now_ms: u64,
 }
 
@@ -39,9 +48,14 @@ impl Ctx<'_> {
         Disposition::Drop
     }
 
-    /// Our address on the segment the frame came from.
+    fn drop_step(&mut self, c: GwCounter) -> Step {
+        Step::Out(self.drop(c))
+    }
+
+    /// Our address on the segment the frame came from (for the overlay, our pod-side address:
+    /// the sender is another node's pod).
     fn ingress_ip(&self) -> Ipv4Addr {
-        let seg = if self.from_uplink {
+        let seg = if self.from_uplink && !self.from_overlay {
             Segment::Uplink
         } else {
             Segment::Pods
@@ -49,19 +63,52 @@ impl Ctx<'_> {
         self.policy.our_ip(seg).unwrap_or(self.policy.gateway_ip)
     }
 
-    fn icmp_error(&mut self, frame: &[u8], kind: u8, code: u8) {
+    /// An ICMP error about `frame` back to its sender; `rest` is the header's second word
+    /// (the next-hop MTU of fragmentation-needed).
+    fn icmp_error(&mut self, frame: &[u8], kind: u8, code: u8, rest: u32) {
         let our_ip = self.ingress_ip();
-        let Some(e) = icmp::error(frame, self.ingress, self.policy.mac, our_ip, kind, code) else {
+        let Some(mut e) = icmp::error(frame, self.ingress, self.policy.mac, our_ip, kind, code)
+        else {
             return;
         };
+        icmp::set_rest_of_header(&mut e.frame, rest);
         let to = Ipv4Packet::new_quoted(&frame[ETHERNET_HEADER_LEN..])
             .map(|ip| ip.src())
             .unwrap_or(Ipv4Addr::UNSPECIFIED);
-        if self.icmp_limit.allow(to, self.now_ms) {
-            self.count(GwCounter::IcmpErrorsSent);
-            self.emit.push(e);
-        } else {
+        if !self.icmp_limit.allow(to, self.now_ms) {
             self.count(GwCounter::IcmpErrorsRateLimited);
+            return;
+        }
+        self.count(GwCounter::IcmpErrorsSent);
+        if self.from_overlay {
+            // The sender is a pod behind a peer's VTEP: the error goes back through the overlay.
+            self.send_through_overlay(e.frame, to);
+        } else {
+            self.emit.push(e);
+        }
+    }
+
+    /// Encapsulates a frame we made (an IPv4 packet to `to`, behind a peer) and sends it, or
+    /// queues it for the outer next hop.
+    fn send_through_overlay(&mut self, mut frame: Vec<u8>, to: Ipv4Addr) {
+        let Some(overlay) = self.policy.overlay.as_ref() else {
+            return;
+        };
+        let Some((Segment::Overlay, vtep)) = self.policy.routes.lookup(to) else {
+            return;
+        };
+        let Some(peer_mac) = overlay.peer_mac(vtep) else {
+            return;
+        };
+        encap::set_inner_macs(&mut frame, overlay, peer_mac);
+        let src_port = vxlan::source_port(u32::from(to) as u64);
+        encap::push_outer(&mut frame, overlay, self.policy.mac, vtep, src_port);
+        self.count(GwCounter::VxlanEncapsulated);
+        if let Disposition::Forward(port) = deliver_outer(self, &mut frame, vtep) {
+            self.emit.push(Emit {
+                to: crate::batch::PortMask::single(port),
+                frame,
+            });
         }
     }
 }
@@ -71,9 +118,44 @@ pub(super) fn handle(
     frame: &mut [u8],
     ingress: PortId,
     from_uplink: bool,
+    from_overlay: bool,
+    now_ms: u64,
+    emit: &mut Vec<Emit>,
+) -> Step {
+    with_ctx(
+        gw,
+        ingress,
+        from_uplink,
+        from_overlay,
+        now_ms,
+        emit,
+        |ctx| route(ctx, frame),
+    )
+}
+
+/// Sends an encapsulated frame (the outer headers in front) to the next hop of `vtep`.
+pub(super) fn deliver_encapsulated(
+    gw: &mut Gateway,
+    frame: &mut [u8],
+    vtep: Ipv4Addr,
     now_ms: u64,
     emit: &mut Vec<Emit>,
 ) -> Disposition {
+    let uplink = gw.policy.uplink_port.unwrap_or(0);
+    with_ctx(gw, uplink, true, false, now_ms, emit, |ctx| {
+        deliver_outer(ctx, frame, vtep)
+    })
+}
+
+fn with_ctx<R>(
+    gw: &mut Gateway,
+    ingress: PortId,
+    from_uplink: bool,
+    from_overlay: bool,
+    now_ms: u64,
+    emit: &mut Vec<Emit>,
+    f: impl FnOnce(&mut Ctx<'_>) -> R,
+) -> R {
     let Gateway {
         shared,
         policy,
@@ -91,9 +173,42 @@ pub(super) fn handle(
         emit,
         ingress,
         from_uplink,
+        from_overlay,
         now_ms,
     };
-    route(&mut ctx, frame)
+    f(&mut ctx)
+}
+
+/// The outer headers' next hop: the VTEP itself on the uplink subnet, else its router.
+fn deliver_outer(ctx: &mut Ctx<'_>, frame: &mut [u8], vtep: Ipv4Addr) -> Disposition {
+    match ctx.policy.routes.lookup(vtep) {
+        Some((Segment::Uplink, next_hop)) => deliver(ctx, frame, next_hop),
+        _ => ctx.drop(GwCounter::DropNoRoute),
+    }
+}
+
+fn decap_drop_reason(e: DecapError) -> GwCounter {
+    match e {
+        DecapError::Fragmented => GwCounter::DropVxlanFragmented,
+        DecapError::Truncated => GwCounter::DropVxlanTruncated,
+        DecapError::BadChecksum => GwCounter::DropVxlanBadChecksum,
+        DecapError::NoVni => GwCounter::DropVxlanNoVni,
+        DecapError::WrongVni => GwCounter::DropVxlanWrongVni,
+        DecapError::UnknownPeer => GwCounter::DropVxlanUnknownPeer,
+        DecapError::InnerNotForUs => GwCounter::DropVxlanInnerNotForUs,
+    }
+}
+
+/// Whether a packet from the uplink is VXLAN to our VTEP (then `decap::check` judges it).
+fn is_vxlan_to_us(policy: &Policy, ip: &Ipv4Packet<&[u8]>) -> bool {
+    let Some(overlay) = policy.overlay.as_ref() else {
+        return false;
+    };
+    ip.dst() == overlay.local
+        && ip.protocol() == PROTO_UDP
+        && !ip.is_later_fragment()
+        && ip.payload().len() >= 4
+        && u16::from_be_bytes([ip.payload()[2], ip.payload()[3]]) == overlay.udp_port
 }
 
 fn ipv4_drop_reason(e: Ipv4Error) -> GwCounter {
@@ -115,16 +230,27 @@ fn fragment_key(ip: &Ipv4Packet<&[u8]>) -> FragmentKey {
     }
 }
 
-fn route(ctx: &mut Ctx<'_>, frame: &mut [u8]) -> Disposition {
+fn route(ctx: &mut Ctx<'_>, frame: &mut [u8]) -> Step {
     let ip = match Ipv4Packet::new_checked(&frame[ETHERNET_HEADER_LEN..]) {
         Ok(ip) => ip,
-        Err(e) => return ctx.drop(ipv4_drop_reason(e)),
+        Err(e) => return ctx.drop_step(ipv4_drop_reason(e)),
     };
     let (src, dst, proto, ttl) = (ip.src(), ip.dst(), ip.protocol(), ip.ttl());
-    let local = dst == ctx.policy.gateway_ip || Some(dst) == ctx.policy.node_ip;
+    if ctx.from_uplink && is_vxlan_to_us(ctx.policy, &ip) {
+        let overlay = ctx.policy.overlay.as_ref().expect("checked");
+        return match decap::check(overlay, &ip) {
+            Ok(outer_len) => Step::Decap { outer_len },
+            Err(e) => ctx.drop_step(decap_drop_reason(e)),
+        };
+    }
+    if ctx.from_overlay && !ctx.policy.pod_cidr.contains(dst) {
+        // Peers send us traffic for our pods only (their nodes route the rest themselves).
+        return ctx.drop_step(GwCounter::DropVxlanInnerNotLocal);
+    }
+    let local = dst == ctx.policy.gateway_ip || ctx.policy.is_uplink_ip(dst);
     if !ctx.from_uplink && !ctx.policy.pod_cidr.contains(src) {
         // A pod may only route from its own subnet: anything else would leave as it is.
-        return ctx.drop(GwCounter::DropPodSourceOutsideSubnet);
+        return ctx.drop_step(GwCounter::DropPodSourceOutsideSubnet);
     }
     let fragment = ip.is_fragment().then(|| fragment_key(&ip));
     if let Some(key) = fragment.filter(|_| ip.is_later_fragment()) {
@@ -135,17 +261,17 @@ fn route(ctx: &mut Ctx<'_>, frame: &mut [u8]) -> Disposition {
         match l4[0] {
             // We reassemble nothing: a fragmented echo cannot be answered (it goes on to be
             // refused as a local packet nobody handles).
-            ICMP_ECHO_REQUEST if local && fragment.is_none() => {
+            ICMP_ECHO_REQUEST if local && fragment.is_none() && !ctx.from_overlay => {
                 icmp::echo_reply_in_place(frame, ctx.policy.mac);
                 ctx.count(GwCounter::IcmpEchoReplied);
-                return Disposition::Forward(ctx.ingress);
+                return Disposition::Forward(ctx.ingress).into();
             }
             ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED => return related(ctx, frame, ttl),
             _ => {}
         }
     }
     let Some((sport, dport)) = l4::tracked_ports(proto, l4) else {
-        return ctx.drop(GwCounter::DropL4Truncated);
+        return ctx.drop_step(GwCounter::DropL4Truncated);
     };
     let flags = if proto == PROTO_TCP {
         l4::tcp_flags(l4)
@@ -158,10 +284,11 @@ fn route(ctx: &mut Ctx<'_>, frame: &mut [u8]) -> Disposition {
         sport,
         dport,
         proto,
+        zone: NODE_ZONE,
     };
     let translated = match track_or_create(ctx, &tuple, flags, local) {
         Ok(t) => t,
-        Err(d) => return d,
+        Err(d) => return d.into(),
     };
     if let Some(key) = fragment {
         let to = FragmentTranslation {
@@ -169,7 +296,7 @@ fn route(ctx: &mut Ctx<'_>, frame: &mut [u8]) -> Disposition {
             dst: translated.2,
         };
         if !ctx.shared.fragments.record(key, to, ctx.now_ms) {
-            return ctx.drop(GwCounter::DropFragmentTableFull);
+            return ctx.drop_step(GwCounter::DropFragmentTableFull);
         }
     }
     forward(ctx, frame, translated, ttl)
@@ -207,9 +334,9 @@ fn translation(orig: &Tuple, reply: &Tuple, dir: Direction) -> Translated {
 /// A fragment after the first: it has no ports, so it follows the first fragment's
 /// translation, or is dropped when that was not seen (as the kernel's reassembly would hold
 /// it until it timed out).
-fn later_fragment(ctx: &mut Ctx<'_>, frame: &mut [u8], key: &FragmentKey, ttl: u8) -> Disposition {
+fn later_fragment(ctx: &mut Ctx<'_>, frame: &mut [u8], key: &FragmentKey, ttl: u8) -> Step {
     let Some(to) = ctx.shared.fragments.lookup(key, ctx.now_ms) else {
-        return ctx.drop(GwCounter::DropFragmentWithoutFirst);
+        return ctx.drop_step(GwCounter::DropFragmentWithoutFirst);
     };
     ctx.count(GwCounter::FragmentsTranslated);
     forward(ctx, frame, (to.src, 0, to.dst, 0), ttl)
@@ -249,6 +376,7 @@ pub(super) fn translate_bridged(gw: &mut Gateway, frame: &mut [u8], now_ms: u64)
         sport,
         dport,
         proto,
+        zone: NODE_ZONE,
     };
     let Some(hit) = gw.shared.conntrack.track(&t, flags, now_ms) else {
         return;
@@ -302,22 +430,68 @@ fn rewrite(frame: &mut [u8], (nsrc, nsport, ndst, ndport): Translated) {
     }
 }
 
-/// Rewrites to the translated tuple, decrements the TTL and sends to the next hop.
-fn forward(ctx: &mut Ctx<'_>, frame: &mut [u8], to: Translated, ttl: u8) -> Disposition {
+/// Rewrites to the translated tuple, decrements the TTL and sends to the next hop (or, for a
+/// peer's pod, has the frame encapsulated to the peer's VTEP).
+fn forward(ctx: &mut Ctx<'_>, frame: &mut [u8], to: Translated, ttl: u8) -> Step {
     if ttl <= 1 {
-        ctx.icmp_error(frame, ICMP_TIME_EXCEEDED, 0);
-        return ctx.drop(GwCounter::DropTtlExceeded);
+        ctx.icmp_error(frame, ICMP_TIME_EXCEEDED, 0, 0);
+        return ctx.drop_step(GwCounter::DropTtlExceeded);
     }
-    let Some((_, next_hop)) = ctx.policy.routes.lookup(to.2) else {
-        ctx.icmp_error(frame, ICMP_DEST_UNREACHABLE, 0);
-        return ctx.drop(GwCounter::DropNoRoute);
+    let Some((segment, next_hop)) = ctx.policy.routes.lookup(to.2) else {
+        ctx.icmp_error(frame, ICMP_DEST_UNREACHABLE, 0, 0);
+        return ctx.drop_step(GwCounter::DropNoRoute);
     };
+    if segment == Segment::Overlay {
+        return to_overlay(ctx, frame, to, next_hop);
+    }
     rewrite(frame, to);
     Ipv4Packet::new_quoted(&mut frame[ETHERNET_HEADER_LEN..])
         .expect("checked on entry")
         .decrement_ttl();
     ctx.count(GwCounter::Routed);
-    deliver(ctx, frame, next_hop)
+    deliver(ctx, frame, next_hop).into()
+}
+
+/// Routes into the overlay: the packet must fit the uplink once encapsulated (else
+/// fragmentation-needed when it has DF, as a router with a smaller next-hop MTU does, and a
+/// counted drop either way: the overlay never fragments); then it is rewritten as any routed
+/// packet, its inner MACs are our VTEP's and the peer's, and the caller pushes the outer
+/// headers.
+fn to_overlay(ctx: &mut Ctx<'_>, frame: &mut [u8], to: Translated, vtep: Ipv4Addr) -> Step {
+    let Some(overlay) = ctx.policy.overlay.as_ref() else {
+        return ctx.drop_step(GwCounter::DropNoRoute);
+    };
+    let Some(peer_mac) = overlay.peer_mac(vtep) else {
+        return ctx.drop_step(GwCounter::DropNoRoute);
+    };
+    let ip = Ipv4Packet::new_quoted(&frame[ETHERNET_HEADER_LEN..]).expect("checked on entry");
+    let (len, dont_fragment) = (ip.total_len(), ip.dont_fragment());
+    if !encap::fits(len, ctx.policy.uplink_mtu) {
+        if dont_fragment {
+            let mtu = encap::inner_mtu(ctx.policy.uplink_mtu) as u32;
+            ctx.icmp_error(frame, ICMP_DEST_UNREACHABLE, ICMP_FRAGMENTATION_NEEDED, mtu);
+        }
+        return ctx.drop_step(GwCounter::DropOverlayTooBig);
+    }
+    rewrite(frame, to);
+    Ipv4Packet::new_quoted(&mut frame[ETHERNET_HEADER_LEN..])
+        .expect("checked on entry")
+        .decrement_ttl();
+    ctx.count(GwCounter::Routed);
+    encap::set_inner_macs(frame, overlay, peer_mac);
+    let ip = Ipv4Packet::new_quoted(&frame[ETHERNET_HEADER_LEN..]).expect("checked on entry");
+    let inner = Tuple {
+        src: to.0,
+        dst: to.2,
+        sport: to.1,
+        dport: to.3,
+        proto: ip.protocol(),
+        zone: NODE_ZONE,
+    };
+    Step::Encap {
+        vtep,
+        src_port: vxlan::source_port(nat::flow_hash(&inner)),
+    }
 }
 
 /// Sets the MACs for the next hop, or queues the frame until ARP resolves it.
@@ -361,7 +535,9 @@ fn new_flow(
     flags: u8,
     local: bool,
 ) -> Result<Translated, Option<Disposition>> {
-    let plan = match nat::plan(ctx.policy, t, ctx.from_uplink, local) {
+    // Overlay peers are known by their VTEP: their packets are not inbound from outside.
+    let from_outside = ctx.from_uplink && !ctx.from_overlay;
+    let plan = match nat::plan(ctx.policy, t, from_outside, local) {
         Ok(plan) => plan,
         Err(refusal) => {
             return Err(Some(ctx.drop(match refusal {
@@ -378,6 +554,7 @@ fn new_flow(
         sport: plan.target.1,
         dport: t.sport,
         proto: t.proto,
+        zone: t.zone,
     };
     let ct = &ctx.shared.conntrack;
     let hash = nat::flow_hash(t);
@@ -435,11 +612,11 @@ fn new_flow(
 
 /// An ICMP error about a packet of a tracked flow: translated back like the flow's packets
 /// (`nat::translate_icmp_error`), then routed.
-fn related(ctx: &mut Ctx<'_>, frame: &mut [u8], ttl: u8) -> Disposition {
+fn related(ctx: &mut Ctx<'_>, frame: &mut [u8], ttl: u8) -> Step {
     let Some(outer_dst) =
         nat::translate_icmp_error(&ctx.shared.conntrack, &mut frame[ETHERNET_HEADER_LEN..])
     else {
-        return ctx.drop(GwCounter::DropIcmpRelatedUnknown);
+        return ctx.drop_step(GwCounter::DropIcmpRelatedUnknown);
     };
     ctx.count(GwCounter::IcmpRelatedTranslated);
     let src = Ipv4Packet::new_quoted(&frame[ETHERNET_HEADER_LEN..])

@@ -79,3 +79,14 @@ pub(super) fn error(
         frame,
     })
 }
+
+/// Sets the second word of an error's ICMP header (`error` leaves it zero): the next-hop MTU
+/// of fragmentation-needed lives there (RFC 1191).
+pub(super) fn set_rest_of_header(error: &mut [u8], rest: u32) {
+    if rest == 0 {
+        return;
+    }
+    let icmp = &mut error[ETHERNET_HEADER_LEN + ipv4::IPV4_MIN_HEADER_LEN..];
+    icmp[4..8].copy_from_slice(&rest.to_be_bytes());
+    l4::fill_icmp_checksum(icmp);
+}

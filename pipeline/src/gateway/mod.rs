@@ -16,15 +16,18 @@ mod forward;
 mod icmp;
 mod icmp_limit;
 
-pub use config::{GatewayConfig, Policy, ServiceConfig, UplinkConfig};
+pub use config::{GatewayConfig, Policy, ServiceConfig, UplinkConfig, VxlanConfig, VxlanPeer};
 
 use crate::batch::{Disposition, PortId, PortMask};
 use crate::conntrack::{Conntrack, FragmentTable};
 use crate::define_counters;
 use crate::l2::Bridge;
 use crate::l3::{NeighborCache, SharedNeighbors};
+use crate::overlay::encap;
+use crate::packet::Packet;
 use crate::wire::{EtherType, EthernetFrame};
 use icmp_limit::IcmpErrorLimiter;
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -51,6 +54,9 @@ define_counters! {
         IcmpRelatedTranslated => "icmp_related_translated",
         IcmpErrorsSent => "icmp_errors_sent",
         IcmpErrorsRateLimited => "icmp_errors_rate_limited",
+        VxlanEncapsulated => "vxlan_encapsulated",
+        VxlanDecapsulated => "vxlan_decapsulated",
+        Recirculated => "recirculated",
         DropRunt => "drop_runt",
         DropBadArp => "drop_bad_arp",
         DropArpClaimsOurAddress => "drop_arp_claims_our_address",
@@ -76,6 +82,18 @@ define_counters! {
         DropNeighborQueueFull => "drop_neighbor_queue_full",
         DropNeighborUnresolved => "drop_neighbor_unresolved",
         DropIcmpRelatedUnknown => "drop_icmp_error_without_flow",
+        DropVxlanFragmented => "drop_vxlan_fragmented",
+        DropVxlanTruncated => "drop_vxlan_truncated",
+        DropVxlanBadChecksum => "drop_vxlan_bad_udp_checksum",
+        DropVxlanNoVni => "drop_vxlan_no_vni_flag",
+        DropVxlanWrongVni => "drop_vxlan_wrong_vni",
+        DropVxlanUnknownPeer => "drop_vxlan_unknown_peer",
+        DropVxlanInnerNotForUs => "drop_vxlan_inner_not_for_our_vtep",
+        DropVxlanInnerNotIpv4 => "drop_vxlan_inner_not_ipv4",
+        DropVxlanInnerNotLocal => "drop_vxlan_inner_not_a_local_pod",
+        DropOverlayTooBig => "drop_overlay_too_big",
+        DropNoHeadroom => "drop_no_headroom",
+        DropRecirculationLimit => "drop_recirculation_limit",
     }
 }
 
@@ -84,6 +102,26 @@ const CONNTRACK_SHARDS_PER_SWEEP: usize = 8;
 /// Datagrams whose fragments are followed at once (Linux's reassembly memory holds a few
 /// thousand).
 const FRAGMENT_TABLE_CAPACITY: usize = 8192;
+
+/// What a frame's pass decided, before the frame is moved.
+pub(super) enum Step {
+    Out(Disposition),
+    /// To a peer's VTEP: push the outer headers (UDP from `src_port`), then to its next hop.
+    Encap {
+        vtep: Ipv4Addr,
+        src_port: u16,
+    },
+    /// VXLAN for us: strip `outer_len` bytes and route the inner frame in a second pass.
+    Decap {
+        outer_len: usize,
+    },
+}
+
+impl From<Disposition> for Step {
+    fn from(d: Disposition) -> Step {
+        Step::Out(d)
+    }
+}
 
 /// A frame the pipeline made (an ARP request, an ICMP error, a frame released from the
 /// neighbour queue), to be sent out of the ports in `to`.
@@ -107,6 +145,7 @@ pub struct GatewayShared {
 pub struct ReloadReport {
     pub services: usize,
     pub routes: usize,
+    pub peers: usize,
     pub flows_closed: usize,
 }
 
@@ -143,6 +182,7 @@ impl GatewayShared {
         ReloadReport {
             services: policy.services.len(),
             routes: policy.routes.routes().len(),
+            peers: policy.overlay.as_ref().map_or(0, |o| o.peers()),
             flows_closed,
         }
     }
@@ -198,10 +238,13 @@ impl Gateway {
         }
     }
 
-    /// Decides every frame of a batch received on `ingress`; frames may be rewritten in place.
-    pub fn process(
+    /// Decides every frame of a batch received on `ingress`; frames may be rewritten in place,
+    /// and grow or shrink at the front (VXLAN). Frames decapsulated in the first pass over the
+    /// batch are routed in a second pass (`Disposition::Recirculate` between the two); a frame
+    /// gets at most one extra pass.
+    pub fn process<P: Packet>(
         &mut self,
-        frames: &mut [&mut [u8]],
+        frames: &mut [P],
         ingress: PortId,
         now_ms: u64,
         next: &mut [Disposition],
@@ -210,7 +253,54 @@ impl Gateway {
         self.refresh_policy();
         self.counters.add(GwCounter::RxFrames, frames.len() as u64);
         for (frame, slot) in frames.iter_mut().zip(next.iter_mut()) {
-            *slot = self.handle(frame, ingress, now_ms, emit);
+            let step = self.handle(frame.as_mut(), ingress, now_ms, emit);
+            *slot = self.apply(frame, step, now_ms, emit, false);
+        }
+        for (frame, slot) in frames.iter_mut().zip(next.iter_mut()) {
+            if *slot != Disposition::Recirculate {
+                continue;
+            }
+            self.counters.add(GwCounter::Recirculated, 1);
+            let step = self.handle_inner(frame.as_mut(), ingress, now_ms, emit);
+            *slot = self.apply(frame, step, now_ms, emit, true);
+        }
+    }
+
+    /// Carries out what the frame's pass decided that needs the frame to move.
+    fn apply<P: Packet>(
+        &mut self,
+        frame: &mut P,
+        step: Step,
+        now_ms: u64,
+        emit: &mut Vec<Emit>,
+        second_pass: bool,
+    ) -> Disposition {
+        match step {
+            Step::Out(d) => d,
+            Step::Decap { outer_len } => {
+                if second_pass {
+                    self.counters.add(GwCounter::DropRecirculationLimit, 1);
+                    return Disposition::Drop;
+                }
+                if !frame.pull_front(outer_len) {
+                    self.counters.add(GwCounter::DropVxlanTruncated, 1);
+                    return Disposition::Drop;
+                }
+                self.counters.add(GwCounter::VxlanDecapsulated, 1);
+                Disposition::Recirculate
+            }
+            Step::Encap { vtep, src_port } => {
+                let Some(overlay) = self.policy.overlay.as_ref() else {
+                    self.counters.add(GwCounter::DropNoRoute, 1);
+                    return Disposition::Drop;
+                };
+                if !encap::push_outer(frame, overlay, self.policy.mac, vtep, src_port) {
+                    self.counters.add(GwCounter::DropNoHeadroom, 1);
+                    return Disposition::Drop;
+                }
+                self.counters.add(GwCounter::VxlanEncapsulated, 1);
+                forward::deliver_encapsulated(self, frame.as_mut(), vtep, now_ms, emit)
+            }
         }
     }
 
@@ -220,26 +310,58 @@ impl Gateway {
         ingress: PortId,
         now_ms: u64,
         emit: &mut Vec<Emit>,
-    ) -> Disposition {
+    ) -> Step {
         let Ok(eth) = EthernetFrame::new_checked(&*frame) else {
             self.counters.add(GwCounter::DropRunt, 1);
-            return Disposition::Drop;
+            return Step::Out(Disposition::Drop);
         };
         let from_uplink = self.policy.uplink_port == Some(ingress);
         let on_pods = self.policy.pod_ports.contains(ingress);
         if !from_uplink && !on_pods {
             self.counters.add(GwCounter::DropNotInSegment, 1);
-            return Disposition::Drop;
+            return Step::Out(Disposition::Drop);
         }
         let ethertype = eth.ethertype();
         let to_us = eth.dst_addr() == self.policy.mac;
         match ethertype {
-            EtherType::Arp => return arp::handle(self, frame, ingress, from_uplink, now_ms, emit),
+            EtherType::Arp => {
+                return Step::Out(arp::handle(self, frame, ingress, from_uplink, now_ms, emit))
+            }
             EtherType::Ipv4 if to_us => {
-                return forward::handle(self, frame, ingress, from_uplink, now_ms, emit)
+                return forward::handle(self, frame, ingress, from_uplink, false, now_ms, emit)
             }
             _ => {}
         }
+        Step::Out(self.not_routed(frame, ingress, from_uplink, ethertype, now_ms))
+    }
+
+    /// A frame decapsulated in the first pass: its inner frame (addressed to our VTEP MAC,
+    /// checked by the decapsulation) is routed like a routed frame from the uplink.
+    fn handle_inner(
+        &mut self,
+        frame: &mut [u8],
+        ingress: PortId,
+        now_ms: u64,
+        emit: &mut Vec<Emit>,
+    ) -> Step {
+        let inner_ipv4 =
+            EthernetFrame::new_checked(&*frame).is_ok_and(|eth| eth.ethertype() == EtherType::Ipv4);
+        if !inner_ipv4 {
+            self.counters.add(GwCounter::DropVxlanInnerNotIpv4, 1);
+            return Step::Out(Disposition::Drop);
+        }
+        forward::handle(self, frame, ingress, true, true, now_ms, emit)
+    }
+
+    /// Frames neither ARP nor routed: bridged on the pod segment, dropped from the uplink.
+    fn not_routed(
+        &mut self,
+        frame: &mut [u8],
+        ingress: PortId,
+        from_uplink: bool,
+        ethertype: EtherType,
+        now_ms: u64,
+    ) -> Disposition {
         if from_uplink {
             self.counters.add(GwCounter::DropUplinkNotForUs, 1);
             return Disposition::Drop;

@@ -49,6 +49,7 @@ pub(super) fn config() -> GatewayConfig {
                 "10.96.0.0/12".parse().unwrap(),
             ],
             nat_ports: (1024, 65535),
+            mtu: 1500,
         }),
         routes: vec![("10.244.2.0/24".parse::<Ipv4Cidr>().unwrap(), NODE2)],
         services: vec![ServiceConfig {
@@ -59,6 +60,7 @@ pub(super) fn config() -> GatewayConfig {
             node_port: Some(30080),
             backends: backends(&[(POD1, 8080), (POD2, 8080), (REMOTE_POD, 8080)]),
         }],
+        vxlan: None,
         conntrack_capacity: 262_144,
         neighbor_age_ms: 300_000,
     }
@@ -307,6 +309,7 @@ fn first_syn_to_vip(sport: u16) -> (Gateway, Out, Ipv4Addr) {
             sport,
             dport: 80,
             proto: PROTO_TCP,
+            zone: 0,
         };
         flows.find(&t).expect("the SYN is tracked").flow.reply.src
     };

@@ -10,6 +10,9 @@ pub enum Segment {
     Pods,
     /// The uplink to other nodes and the outside.
     Uplink,
+    /// Other nodes' pods behind their VTEPs, VXLAN-encapsulated over the uplink; a route's next
+    /// hop is the peer's VTEP address.
+    Overlay,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -45,15 +45,16 @@ pub fn flow_hash(t: &Tuple) -> u64 {
     super::maglev_mix(a ^ super::maglev_mix(b))
 }
 
-/// Decides the translation of a connection whose first packet is `t`; `local` says it is
-/// addressed to one of our own addresses.
+/// Decides the translation of a connection whose first packet is `t`; `from_outside`: it came
+/// in on the uplink (not through the overlay); `local`: it is addressed to one of our own
+/// addresses.
 pub fn plan(
     policy: &Policy,
     t: &Tuple,
-    from_uplink: bool,
+    from_outside: bool,
     local: bool,
 ) -> Result<NatPlan, Refusal> {
-    if from_uplink && policy.pod_cidr.contains(t.dst) && !policy.in_cluster(t.src) {
+    if from_outside && policy.pod_cidr.contains(t.dst) && !policy.in_cluster(t.src) {
         return Err(Refusal::Unsolicited);
     }
     let service = policy

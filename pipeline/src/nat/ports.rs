@@ -121,6 +121,7 @@ mod tests {
             sport: orig.dport,
             dport: orig.sport,
             proto: orig.proto,
+            zone: 0,
         }
     }
 
@@ -133,6 +134,7 @@ mod tests {
             sport: 7,
             dport: 7,
             proto: PROTO_ICMP,
+            zone: 0,
         };
         let reply = insert_with_unique_reply(
             &ct,
@@ -163,6 +165,7 @@ mod tests {
                 sport: 40000 + sport,
                 dport: 53,
                 proto: PROTO_UDP,
+                zone: 0,
             };
             let r = insert_with_unique_reply(
                 &ct,
@@ -190,6 +193,7 @@ mod tests {
             sport: 0,
             dport: 0,
             proto: 47,
+            zone: 0,
         };
         let a = gre(POD);
         let b = gre(Ipv4Addr::new(10, 244, 1, 3));

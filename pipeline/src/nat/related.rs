@@ -1,7 +1,7 @@
 //! ICMP errors about a translated flow (RELATED): the outer destination and the quoted header
 //! inside are translated back like the flow's own packets.
 
-use crate::conntrack::{Conntrack, Direction, Tuple};
+use crate::conntrack::{Conntrack, Direction, Tuple, NODE_ZONE};
 use crate::wire::ipv4::{Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use crate::wire::l4;
 use std::net::Ipv4Addr;
@@ -38,6 +38,7 @@ pub fn translate_icmp_error(ct: &Conntrack, ip: &mut [u8]) -> Option<Ipv4Addr> {
         sport: idport,
         dport: isport,
         proto: inner.protocol(),
+        zone: NODE_ZONE,
     };
     let hit = ct.find(&back)?;
     if hit.dir != Direction::Reply {

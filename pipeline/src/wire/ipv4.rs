@@ -106,6 +106,11 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         u16::from_be_bytes([b[field::IDENT], b[field::IDENT + 1]])
     }
 
+    /// Don't fragment: the sender wants ICMP fragmentation-needed rather than fragments.
+    pub fn dont_fragment(&self) -> bool {
+        self.buffer.as_ref()[field::FLAGS_FRAG] & 0x40 != 0
+    }
+
     /// The first or a later fragment of a larger datagram (MF set, or a fragment offset).
     pub fn is_fragment(&self) -> bool {
         let b = self.buffer.as_ref();

@@ -8,6 +8,7 @@ pub mod checksum;
 mod ethernet;
 pub mod ipv4;
 pub mod l4;
+pub mod vxlan;
 
 pub use ethernet::{EtherType, EthernetFrame, MacAddr, ETHERNET_HEADER_LEN};
 
