@@ -406,3 +406,5 @@ impl Gateway {
 mod tests;
 #[cfg(test)]
 mod tests_drops;
+#[cfg(test)]
+mod tests_vxlan;

@@ -79,10 +79,17 @@ pub(super) struct Out {
     pub(super) emit: Vec<Emit>,
 }
 
+/// Sends one frame as an owned buffer (it may grow at the front: VXLAN encapsulation).
 pub(super) fn send(gw: &mut Gateway, mut frame: Vec<u8>, ingress: PortId, now: u64) -> Out {
     let mut next = [Disposition::Drop];
     let mut emit = Vec::new();
-    gw.process(&mut [&mut frame[..]], ingress, now, &mut next, &mut emit);
+    gw.process(
+        std::slice::from_mut(&mut frame),
+        ingress,
+        now,
+        &mut next,
+        &mut emit,
+    );
     Out {
         next: next[0],
         frame,

@@ -352,7 +352,11 @@ fn drop_icmp_error_without_flow() {
 /// reason without a test fails here.
 #[test]
 fn every_drop_reason_is_asserted_by_a_test() {
-    let sources = [include_str!("tests.rs"), include_str!("tests_drops.rs")];
+    let sources = [
+        include_str!("tests.rs"),
+        include_str!("tests_drops.rs"),
+        include_str!("tests_vxlan.rs"),
+    ];
     // This test's own text does not count.
     let marker = concat!("fn every_drop_reason_is_", "asserted_by_a_test");
     let sources: Vec<&str> = sources
