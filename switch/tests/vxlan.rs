@@ -339,7 +339,13 @@ impl Cluster {
         }
         ip(
             ns,
-            &["addr", "add", &format!("{}/24", gateway_addr(i)), "dev", "cni0"],
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", gateway_addr(i)),
+                "dev",
+                "cni0",
+            ],
         );
         ip(ns, &["link", "set", "cni0", "up"]);
         in_ns(ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
@@ -490,7 +496,13 @@ mac = "{mac}"
         let stdout = std::fs::File::create(self.log_path(i, "out")).unwrap();
         let stderr = std::fs::File::create(self.log_path(i, "err")).unwrap();
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.nodes[n].ns, vswitch_bin(), "--config"])
+            .args([
+                "netns",
+                "exec",
+                &self.nodes[n].ns,
+                vswitch_bin(),
+                "--config",
+            ])
             .arg(&config)
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -683,7 +695,14 @@ mac = "{mac}"
         let started = Instant::now();
         let sent = exec_bounded(
             &from.ns,
-            &["python3", &script, "send", &to.ip, &port, &bytes.to_string()],
+            &[
+                "python3",
+                &script,
+                "send",
+                &to.ip,
+                &port,
+                &bytes.to_string(),
+            ],
             Duration::from_secs(120),
         );
         let what = format!("{} -> {} ({bytes} bytes)", from.name, to.name);
@@ -712,10 +731,7 @@ mac = "{mac}"
                 String::from_utf8_lossy(&received.stderr)
             ));
         }
-        eprintln!(
-            "{what}: {:.1} s",
-            started.elapsed().as_secs_f64()
-        );
+        eprintln!("{what}: {:.1} s", started.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -846,7 +862,9 @@ fn pmtu(kinds: [Kind; 2]) {
     let (a, b2) = (c.pod("n1p1").ns.clone(), c.pod("n2p2").ip.clone());
     let fits = exec_bounded(
         &a,
-        &["ping", "-M", "do", "-s", "1422", "-c", "3", "-i", "0.2", "-W", "1", "-w", "4", &b2],
+        &[
+            "ping", "-M", "do", "-s", "1422", "-c", "3", "-i", "0.2", "-W", "1", "-w", "4", &b2,
+        ],
         Duration::from_secs(7),
     );
     c.check(fits.status.success(), || {
@@ -854,7 +872,9 @@ fn pmtu(kinds: [Kind; 2]) {
     });
     let big = exec_bounded(
         &a,
-        &["ping", "-M", "do", "-s", "1472", "-c", "3", "-i", "0.2", "-W", "1", "-w", "3", &b2],
+        &[
+            "ping", "-M", "do", "-s", "1472", "-c", "3", "-i", "0.2", "-W", "1", "-w", "3", &b2,
+        ],
         Duration::from_secs(6),
     );
     let out = text(&big);
@@ -1002,20 +1022,24 @@ fn kernel_capture_fixture_matches_the_topology() {
     assert_eq!(inner[12..14], [0x08, 0x00], "inner ethertype");
     assert_eq!(inner[14 + 9], 1, "inner protocol ICMP");
     assert_eq!(inner[14 + 12..14 + 16], ipv4(pod_ip(1, 1)), "inner source");
-    assert_eq!(inner[14 + 16..14 + 20], ipv4(pod_ip(2, 1)), "inner destination");
+    assert_eq!(
+        inner[14 + 16..14 + 20],
+        ipv4(pod_ip(2, 1)),
+        "inner destination"
+    );
     assert_eq!(inner[14 + 20], 8, "inner ICMP echo request");
 }
 
 /// A fixture file: `#` comment lines, then the frame as hex (whitespace ignored).
 fn read_hex_fixture(path: &Path) -> Vec<u8> {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let hex: String = text
         .lines()
         .filter(|l| !l.trim_start().starts_with('#'))
         .flat_map(|l| l.chars().filter(|c| !c.is_whitespace()))
         .collect();
-    assert!(hex.len() % 2 == 0, "odd number of hex digits");
+    assert!(hex.len().is_multiple_of(2), "odd number of hex digits");
     (0..hex.len())
         .step_by(2)
         .map(|k| u8::from_str_radix(&hex[k..k + 2], 16).expect("hex"))
