@@ -65,7 +65,7 @@ mod tests {
         let mut slice: &mut [u8] = &mut bytes[..];
         assert!(!slice.push_front(2));
         assert!(slice.pull_front(1));
-        assert_eq!(slice.as_ref(), &[2, 3, 4]);
+        assert_eq!(slice, &[2, 3, 4]);
         assert!(!slice.pull_front(4));
         let mut v = vec![7u8, 8];
         assert!(v.push_front(2));
