@@ -75,3 +75,72 @@ mod tests {
         assert_eq!(v, vec![8]);
     }
 }
+
+/// An owned frame with room in front of it, as a UMEM frame has (benchmarks, fuzzing, tests).
+#[derive(Debug, Clone)]
+pub struct HeadroomBuf {
+    buf: Vec<u8>,
+    head: usize,
+}
+
+impl HeadroomBuf {
+    /// `frame` with `headroom` free bytes in front of it.
+    pub fn new(frame: &[u8], headroom: usize) -> HeadroomBuf {
+        let mut buf = vec![0; headroom + frame.len()];
+        buf[headroom..].copy_from_slice(frame);
+        HeadroomBuf {
+            buf,
+            head: headroom,
+        }
+    }
+}
+
+impl AsRef<[u8]> for HeadroomBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[self.head..]
+    }
+}
+
+impl AsMut<[u8]> for HeadroomBuf {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.head..]
+    }
+}
+
+impl Packet for HeadroomBuf {
+    fn headroom(&self) -> usize {
+        self.head
+    }
+
+    fn push_front(&mut self, n: usize) -> bool {
+        if n > self.head {
+            return false;
+        }
+        self.head -= n;
+        true
+    }
+
+    fn pull_front(&mut self, n: usize) -> bool {
+        if n > self.buf.len() - self.head {
+            return false;
+        }
+        self.head += n;
+        true
+    }
+}
+
+#[cfg(test)]
+mod headroom_tests {
+    use super::*;
+
+    #[test]
+    fn headroom_is_used_then_refused() {
+        let mut p = HeadroomBuf::new(&[1, 2, 3], 2);
+        assert!(p.push_front(2));
+        assert_eq!(p.as_ref(), &[0, 0, 1, 2, 3]);
+        assert!(!p.push_front(1));
+        assert!(p.pull_front(4));
+        assert_eq!(p.as_ref(), &[3]);
+        assert!(!p.pull_front(2));
+    }
+}

@@ -681,6 +681,120 @@ mod tests {
     }
 
     #[test]
+    fn the_overlay_section_parses_with_its_defaults() {
+        let c = parse_ok(EXAMPLE);
+        let v = c.gateway.vxlan.as_ref().unwrap();
+        assert_eq!(
+            (v.vni, v.udp_port, v.local),
+            (1, 4789, Ipv4Addr::new(198, 18, 0, 1))
+        );
+        assert_eq!(v.mac, "0e:00:00:00:00:01".parse().unwrap());
+        assert_eq!(v.peers.len(), 1);
+        assert_eq!(v.peers[0].vtep, Ipv4Addr::new(198, 18, 0, 3));
+        let c = parse_ok(&EXAMPLE.replace("mac = \"0e:00:00:00:00:01\"", ""));
+        let v = c.gateway.vxlan.unwrap();
+        assert_eq!(
+            v.mac,
+            MacAddr([0x0e, 0x76, 198, 18, 0, 1]),
+            "derived from the VTEP address"
+        );
+        let without = EXAMPLE.split("[vxlan]").next().unwrap();
+        assert!(parse_ok(without).gateway.vxlan.is_none());
+    }
+
+    #[test]
+    fn overlay_errors_name_the_key() {
+        let peer = |cidr: &str, vtep: &str, mac: &str| {
+            format!("{EXAMPLE}\n[[vxlan.peer]]\ncidr = \"{cidr}\"\nvtep = \"{vtep}\"\nmac = \"{mac}\"\n")
+        };
+        let cases = [
+            (
+                EXAMPLE.replace("vni = 1 ", "vni = 0 "),
+                "node.toml: vxlan.vni: 0 is outside 1..16777215".to_string(),
+            ),
+            (
+                EXAMPLE.replace("vni = 1 ", "vni = 16777216 "),
+                "vxlan.vni: 16777216".into(),
+            ),
+            (
+                EXAMPLE.replace("# udp_port = 4789", "udp_port = 0"),
+                "vxlan.udp_port".into(),
+            ),
+            (
+                EXAMPLE.replace("# local = \"198.18.0.1\"", "local = \"10.244.1.9\""),
+                "vxlan.local: 10.244.1.9 is inside the pod subnet".into(),
+            ),
+            (
+                EXAMPLE.replace("mac = \"0e:00:00:00:00:01\"", "mac = \"01:00:00:00:00:01\""),
+                "vxlan.mac: 01:00:00:00:00:01 is not a unicast address".into(),
+            ),
+            (
+                EXAMPLE.replace("cidr = \"10.244.3.0/24\"", "cidr = \"10.244.1.0/24\""),
+                "vxlan.peer[0].cidr: 10.244.1.0/24 overlaps the pod subnet".into(),
+            ),
+            (
+                EXAMPLE.replace("cidr = \"10.244.3.0/24\"", "cidr = \"10.244.2.128/25\""),
+                "vxlan.peer[0].cidr: 10.244.2.128/25 overlaps route 10.244.2.0/24".into(),
+            ),
+            (
+                EXAMPLE.replace("cidr = \"10.244.3.0/24\"", "cidr = \"198.18.0.0/16\""),
+                "vxlan.peer[0].cidr: 198.18.0.0/16 overlaps the uplink subnet".into(),
+            ),
+            (
+                peer("10.244.3.128/25", "198.18.0.4", "0e:00:00:00:00:04"),
+                "vxlan.peer[1].cidr: 10.244.3.128/25 overlaps the CIDR of peer 198.18.0.3".into(),
+            ),
+            (
+                peer("10.244.4.0/24", "198.18.0.1", "0e:00:00:00:00:04"),
+                "vxlan.peer[1].vtep: 198.18.0.1 is our own address".into(),
+            ),
+            (
+                peer("10.244.4.0/24", "10.244.3.9", "0e:00:00:00:00:04"),
+                "vxlan.peer[1].vtep: 10.244.3.9 is inside a pod CIDR".into(),
+            ),
+            (
+                peer("10.244.4.0/24", "198.18.0.3", "0e:00:00:00:00:04"),
+                "vxlan.peer[1].mac: peer 198.18.0.3 already has MAC".into(),
+            ),
+            (
+                peer("10.244.4.0/24", "198.18.0.4", "0e:00:00:00:00:01"),
+                "vxlan.peer[1].mac: 0e:00:00:00:00:01 is our own VTEP MAC".into(),
+            ),
+            (
+                peer("10.244.4.0/24", "nowhere", "0e:00:00:00:00:04"),
+                "vxlan.peer[1].vtep: \"nowhere\" is not an IPv4 address".into(),
+            ),
+            (
+                EXAMPLE.replace("[vxlan]", "[vxlan]\nflood = true"),
+                "unknown field `flood`".into(),
+            ),
+            (
+                {
+                    let no_uplink = EXAMPLE.split("[uplink]").next().unwrap().to_string();
+                    let overlay = EXAMPLE.split("[vxlan]").nth(1).unwrap();
+                    format!("{no_uplink}[vxlan]{overlay}")
+                },
+                "node.toml: vxlan: the overlay runs over the uplink, and there is no [uplink]"
+                    .into(),
+            ),
+        ];
+        for (text, needle) in cases {
+            let err = parse_err(&text);
+            assert!(err.contains(&needle), "expected {needle:?} in {err:?}");
+        }
+    }
+
+    #[test]
+    fn reload_may_change_the_peers() {
+        let a = parse_ok(EXAMPLE);
+        let more = parse_ok(&format!(
+            "{EXAMPLE}\n[[vxlan.peer]]\ncidr = \"10.244.4.0/24\"\nvtep = \"198.18.0.4\"\nmac = \"0e:00:00:00:00:04\"\n"
+        ));
+        assert!(a.reload_compatible(&more).is_ok());
+        assert_eq!(more.gateway.vxlan.unwrap().peers.len(), 2);
+    }
+
+    #[test]
     fn reload_refuses_changed_ports_and_addresses() {
         let a = parse_ok(EXAMPLE);
         let fewer_backends = parse_ok(&EXAMPLE.replace(", \"10.244.2.5:8080\"", ""));
