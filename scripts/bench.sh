@@ -34,8 +34,17 @@
 #   ctscale  the dnat scenario on vswitch twice: with --fill N connections tracked before the
 #         measurement (N distinct flows sent to the service first; UDP entries live 30 s) and
 #         with an empty table: the cost of a big connection table.
+#   vxlan  cross-node pod to pod over a flannel-style VXLAN overlay (VNI 1, UDP 4789): the switch
+#         namespace becomes node 1 (pod gen0 10.244.1.4), a second node namespace node 2 (pod
+#         sink0, moved there, 10.244.2.2), the nodes joined by an underlay veth pair vup ══ vup
+#         (198.18.0.1, 198.18.0.2); frames to the gateway MAC and 10.244.2.2. vswitch --config
+#         with [vxlan] on both nodes (node 1's worker on core 0, node 2's on core 1 with the
+#         generator) vs. the kernel as flannel sets a node up (bridge cni0, flannel.1 with static
+#         fdb/neigh/route entries). Pods' MTU 1450; transmit checksum offload off on the veth
+#         ends that transmit into vswitch ports. Runs last: it rewires the topology.
+#         VS2_CORES=LIST moves node 2's worker.
 #
-#   scripts/bench.sh [--scenario l2|dnat|search|ctscale|all] [--runs N] [--duration SECS]
+#   scripts/bench.sh [--scenario l2|dnat|search|ctscale|vxlan|all] [--runs N] [--duration SECS]
 #                    [--size BYTES] [--flows N] [--sink xdp-drop|stack] [--services N] [--fill N]
 #                    [--peers ovs,testpmd,busypoll|none] [--workers "1 2 4"] [--conn-rate N]
 #
@@ -69,7 +78,7 @@ while [ $# -gt 0 ]; do
 	*) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 done
-case $scenario in l2 | dnat | connrate | search | scale | ctscale | all) ;; *) echo "bench.sh: --scenario must be l2, dnat, connrate, search, scale, ctscale or all" >&2; exit 2 ;; esac
+case $scenario in l2 | dnat | connrate | search | scale | ctscale | vxlan | all) ;; *) echo "bench.sh: --scenario must be l2, dnat, connrate, search, scale, ctscale, vxlan or all" >&2; exit 2 ;; esac
 case $sink in xdp-drop | stack) ;; *) echo "bench.sh: --sink must be xdp-drop or stack" >&2; exit 2 ;; esac
 scripts/install-deps.sh
 with_ovs="" with_testpmd=""
@@ -82,14 +91,16 @@ install_peer() {
 	echo "== installing $2"
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${@:2}" >/dev/null
 }
-[ -z "$with_ovs" ] || install_peer ovs-vswitchd openvswitch-switch
-[ -z "$with_testpmd" ] || install_peer dpdk-testpmd dpdk-dev librte-net-af-xdp23
+if [ "$scenario" = l2 ] || [ "$scenario" = all ]; then
+	[ -z "$with_ovs" ] || install_peer ovs-vswitchd openvswitch-switch
+	[ -z "$with_testpmd" ] || install_peer dpdk-testpmd dpdk-dev librte-net-af-xdp23
+fi
 echo "== building release binaries"
 cargo build --release -q -p switch -p bench
 bin=target/release
 
 P="vsb$$"
-GEN=${P}gen SW=${P}sw SINK=${P}sink
+GEN=${P}gen SW=${P}sw SINK=${P}sink N2=${P}n2
 tmp=$(mktemp -d)
 . scripts/netns.sh
 cleanup() {
@@ -119,32 +130,35 @@ ip -n $SINK route add default via 10.244.1.1
 ip -n $SW link set vgen up
 ip -n $SW link set vsink up
 
+# The sink's gateway (the vxlan scenario moves the sink to node 2's pod subnet).
+SINK_GW=10.244.1.1
+
 # The sink speaks once, so switches learn its MAC and the gateway its address.
 announce_sink() {
 	# Forget the gateway's MAC first, so the sink ARPs for it (and so is learned) every time:
 	# once the XDP-drop sink is attached it cannot answer ARP.
 	ip -n $SINK neigh flush all
-	ip netns exec $SINK ping -c 1 -W 1 10.244.1.1 >/dev/null 2>&1 || true
+	ip netns exec $SINK ping -c 1 -W 1 $SINK_GW >/dev/null 2>&1 || true
 	ip netns exec $SINK python3 scripts/rawframe.py send sink0 ff:ff:ff:ff:ff:ff $SINK_MAC 1
 	sleep 0.2
 }
 
-# cpu_snapshot: busy:total jiffies of every CPU, then the switch process's (SWITCH_PID) user +
-# system time, all from /proc.
+# cpu_snapshot: busy:total jiffies of every CPU, then the switch processes' (SWITCH_PID, a
+# comma-separated list) user + system time, all from /proc.
 cpu_snapshot() {
 	python3 - "${SWITCH_PID:-0}" <<'PY'
 import sys
-pid = int(sys.argv[1])
+pids = [int(p) for p in sys.argv[1].split(",") if int(p)]
 cpus = []
 for line in open("/proc/stat"):
     if line.startswith("cpu") and line[3].isdigit():
         f = [int(x) for x in line.split()[1:9]]
         cpus.append(f"{sum(f) - f[3] - f[4]}:{sum(f)}")
 proc = 0
-if pid:
+for pid in pids:
     try:
         fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        proc = int(fields[11]) + int(fields[12])
+        proc += int(fields[11]) + int(fields[12])
     except OSError:
         pass
 print(" ".join(cpus), proc)
@@ -189,28 +203,32 @@ print(round(received / secs), round(sent / secs), f"{busy[0]:.2f}", f"{busy[1]:.
 PY
 }
 
-# start_vswitch ARGS...: runs vswitch in the switch namespace until stop_vswitch; its workers on
-# VS_CORES (default 0).
+# start_vswitch ARGS...: runs vswitch in namespace VS_NS (default the switch namespace) until
+# stop_vswitch, its output in VS_LOG; its workers on VS_CORES (default 0); waits for its program
+# on VS_PORT (default vsink).
 start_vswitch() {
-	ip netns exec $SW $bin/vswitch "$@" --cores "${VS_CORES:-0}" --poll busy >"$tmp/vswitch" 2>&1 &
+	local ns=${VS_NS:-$SW}
+	VS_LOG=$tmp/vswitch-$ns
+	ip netns exec "$ns" $bin/vswitch "$@" --cores "${VS_CORES:-0}" --poll busy >"$VS_LOG" 2>&1 &
 	VS=$!
 	SWITCH_PID=$VS
-	for _ in $(seq 100); do ip -n $SW -d link show vsink | grep -q prog/xdp && break; sleep 0.1; done
+	for _ in $(seq 100); do ip -n "$ns" -d link show "${VS_PORT:-vsink}" | grep -q prog/xdp && break; sleep 0.1; done
 	if ! kill -0 $VS 2>/dev/null; then
 		echo "bench.sh: vswitch did not start:" >&2
-		cat "$tmp/vswitch" >&2
+		cat "$VS_LOG" >&2
 		exit 1
 	fi
 }
 
-# stop_vswitch: waits for it to detach and exit; sets CPP to the worker's processing cycles per
-# packet. (Not in a command substitution: `wait` only works in the shell that started it.)
+# stop_vswitch: waits for the vswitch VS (output in VS_LOG) to detach and exit; sets CPP to the
+# worker's processing cycles per packet. (Not in a command substitution: `wait` only works in
+# the shell that started it.)
 stop_vswitch() {
 	kill -TERM $VS
 	wait $VS
 	SWITCH_PID=0
-	CPP=$(sed -nE 's/.*processing_cycles_per_packet=([0-9]+).*/\1/p' "$tmp/vswitch" | head -1)
-	grep -o 'conntrack: [0-9]* flows' "$tmp/vswitch" | sed 's/^/   vswitch at exit: /' >&2 || true
+	CPP=$(sed -nE 's/.*processing_cycles_per_packet=([0-9]+).*/\1/p' "$VS_LOG" | head -1)
+	grep -o 'conntrack: [0-9]* flows' "$VS_LOG" | sed 's/^/   vswitch at exit: /' >&2 || true
 }
 
 bridge_up() {
@@ -376,6 +394,125 @@ dnat_kernel() {
 	echo "$r 0"
 }
 
+# The VXLAN overlay as flannel's vxlan backend sets it up: VNI 1, UDP port 4789; node i's VTEP
+# (flannel.1) MAC 0e:00:00:00:00:0i, its uplink 198.18.0.i, its pod subnet 10.244.i.0/24.
+VNI=1 VXLAN_PORT=4789 POD_MTU=1450
+
+# vxlan_topology: the switch namespace becomes node 1, a new namespace node 2; the sink's switch
+# end moves to node 2 and the sink becomes pod 10.244.2.2 there; an underlay veth pair joins the
+# nodes' uplinks vup. Pods get the overlay MTU on both veth ends (as the CNI plugin does).
+vxlan_topology() {
+	netns_add $N2
+	ip -n $SW link set vsink netns $N2
+	ip -n $SW link add vup type veth peer name vup netns $N2
+	local i ns
+	for i in 1 2; do
+		ns=$SW
+		[ $i = 1 ] || ns=$N2
+		ip -n $ns link set vup address 02:00:c6:12:00:0$i
+		ip -n $ns link set vup up
+	done
+	ip -n $SINK addr flush dev sink0
+	ip -n $SINK addr add 10.244.2.2/24 dev sink0
+	ip -n $SINK route replace default via 10.244.2.1
+	SINK_GW=10.244.2.1
+	ip -n $GEN link set gen0 mtu $POD_MTU
+	ip -n $SW link set vgen mtu $POD_MTU
+	ip -n $N2 link set vsink mtu $POD_MTU
+	ip -n $SINK link set sink0 mtu $POD_MTU
+	ip -n $N2 link set vsink up
+	# veth leaves checksums to offload and AF_XDP never completes them: every end that transmits
+	# into a vswitch port computes its own (the pods, and each uplink into the other node's).
+	ip netns exec $GEN ethtool -K gen0 tx off >/dev/null
+	ip netns exec $SINK ethtool -K sink0 tx off >/dev/null
+	ip netns exec $SW ethtool -K vup tx off >/dev/null
+	ip netns exec $N2 ethtool -K vup tx off >/dev/null
+}
+
+# vxlan_toml I PEER PORT: vswitch's config for node I, its pod on PORT, its one peer node PEER.
+vxlan_toml() {
+	local i=$1 p=$2
+	printf '[pods]\nports = ["%s"]\ngateway = "10.244.%d.1/24"\n' "$3" "$i"
+	printf '[uplink]\nport = "vup"\naddress = "198.18.0.%d/24"\nnext_hop = "198.18.0.%d"\n' "$i" "$p"
+	printf 'cluster_cidrs = ["10.244.0.0/16", "10.96.0.0/12"]\n'
+	printf '[vxlan]\nvni = %d\nudp_port = %d\nmac = "0e:00:00:00:00:%02x"\n' $VNI $VXLAN_PORT "$i"
+	printf '[[vxlan.peer]]\ncidr = "10.244.%d.0/24"\nvtep = "198.18.0.%d"\nmac = "0e:00:00:00:00:%02x"\n' "$p" "$p" "$p"
+}
+
+# vswitch on both nodes: node 1's worker on core 0, node 2's on core 1 (with the generator).
+# Prints both workers' processing cycles per packet, summed.
+vxlan_vswitch() {
+	vxlan_toml 1 2 vgen >"$tmp/node1.toml"
+	vxlan_toml 2 1 vsink >"$tmp/node2.toml"
+	VS_NS=$N2 VS_CORES=${VS2_CORES:-1} start_vswitch --config "$tmp/node2.toml"
+	local vs2=$VS log2=$VS_LOG r cpp
+	VS_PORT=vup start_vswitch --config "$tmp/node1.toml"
+	SWITCH_PID=$VS,$vs2
+	announce_sink
+	r=$(measure $GW_MAC 10.244.2.2 9)
+	stop_vswitch
+	cpp=${CPP:-0}
+	VS=$vs2 VS_LOG=$log2 stop_vswitch
+	echo "$r $((cpp + ${CPP:-0}))"
+}
+
+# flannel_up NS I PEER PORT: node I (namespace NS, its pod on PORT) as flannel's vxlan backend
+# and the bridge CNI plugin set it up: bridge cni0 with the gateway address (and vswitch's
+# gateway MAC, so the generator's frames fit both), IP forwarding, flannel.1 over vup, and for
+# the peer a static FDB entry, a permanent neighbour and an onlink route.
+flannel_up() {
+	local ns=$1 i=$2 p=$3 port=$4
+	ip -n "$ns" addr add "198.18.0.$i/24" dev vup
+	ip -n "$ns" link add cni0 type bridge
+	ip -n "$ns" link set cni0 address "02:76:0a:f4:0$i:01"
+	ip -n "$ns" link set "$port" master cni0
+	ip -n "$ns" addr add "10.244.$i.1/24" dev cni0
+	ip -n "$ns" link set cni0 up
+	ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
+	ip -n "$ns" link add flannel.1 type vxlan id $VNI dstport $VXLAN_PORT local "198.18.0.$i" dev vup nolearning
+	ip -n "$ns" link set flannel.1 address "0e:00:00:00:00:0$i" mtu $POD_MTU
+	ip -n "$ns" link set flannel.1 up
+	bridge -n "$ns" fdb append "0e:00:00:00:00:0$p" dev flannel.1 dst "198.18.0.$p"
+	ip -n "$ns" neigh replace "10.244.$p.0" lladdr "0e:00:00:00:00:0$p" dev flannel.1 nud permanent
+	ip -n "$ns" route add "10.244.$p.0/24" via "10.244.$p.0" dev flannel.1 onlink
+}
+
+flannel_down() {
+	ip -n "$1" link del flannel.1
+	ip -n "$1" link del cni0
+	ip netns exec "$1" sysctl -qw net.ipv4.ip_forward=0
+	ip -n "$1" addr flush dev vup
+	ip -n "$1" neigh flush all
+}
+
+vxlan_kernel() {
+	flannel_up $SW 1 2 vgen
+	flannel_up $N2 2 1 vsink
+	# Frames sent by XDP into a veth need NAPI on its peer: GRO gives it without XDP.
+	ip netns exec $SW ethtool -K vgen gro on >/dev/null
+	# The generator's live frames sit in pages that the kernel recycles without restoring their
+	# data, and a routed kernel path rewrites them in place (MACs and TTL, on both nodes): all
+	# but a page's first frame would reach the bridge addressed to the peer's VTEP and be dropped.
+	# Put the generator's headers back where they enter, in an nftables netdev ingress chain on
+	# vgen (vswitch copies frames into its UMEM and never writes the pages).
+	ip netns exec $SW nft -f - <<-EOF
+		table netdev restore {
+		  chain in { type filter hook ingress device "vgen" priority 0;
+		    ether daddr set $GW_MAC ether saddr set $GEN_MAC ip ttl set 64; }
+		}
+	EOF
+	announce_sink
+	# The XDP-drop sink cannot answer ARP: node 2 keeps its address, as the pod's answers would.
+	ip -n $N2 neigh replace 10.244.2.2 lladdr $SINK_MAC dev cni0 nud permanent
+	local r
+	r=$(measure $GW_MAC 10.244.2.2 9)
+	ip netns exec $SW nft delete table netdev restore
+	ip netns exec $SW ethtool -K vgen gro off >/dev/null
+	flannel_down $SW
+	flannel_down $N2
+	echo "$r 0"
+}
+
 # Generator ceiling: straight into an XDP drop on the next veth.
 echo "== generator ceiling (into an XDP drop on the next veth)"
 ip netns exec $SW $bin/vswitch-pktgen count --dev vgen --xdp-drop --duration "$((duration + 2))" >"$tmp/ceiling" &
@@ -397,7 +534,7 @@ run_scenario() {
 	shift
 	local -A pps_of cycles_of cpu_of
 	local b0 b1 pc
-	echo "== scenario $name ($runs runs of ${duration}s, sink $sink, ${services} service(s), $flows flow(s))"
+	echo "== scenario $name ($runs runs of ${duration}s, ${size}-byte frames, sink $sink, ${services} service(s), $flows flow(s))"
 	for r in $(seq "$runs"); do
 		for pair in "$@"; do
 			label=${pair%%:*} fn=${pair#*:}
@@ -411,6 +548,7 @@ run_scenario() {
 	done
 	local out=bench/results/$name-$sink-$stamp.json spec=()
 	[ "$services" = 1 ] || out=bench/results/$name-$sink-${services}svc-$stamp.json
+	[ "$name" != vxlan ] || out=bench/results/$name-$sink-${size}B-${flows}flows-$stamp.json
 	for pair in "$@"; do
 		label=${pair%%:*}
 		spec+=("$label" "${pps_of[$label]}" "${cycles_of[$label]}" "${cpu_of[$label]}")
@@ -471,6 +609,11 @@ if [ "$scenario" = connrate ]; then
 	for services in 1 10000; do
 		run_scenario connrate vswitch:dnat_vswitch kernel-nft-dnat:dnat_kernel
 	done
+fi
+# Last: it rewires the topology.
+if [ "$scenario" = vxlan ] || [ "$scenario" = all ]; then
+	vxlan_topology
+	run_scenario vxlan vswitch:vxlan_vswitch kernel-vxlan:vxlan_kernel
 fi
 # Multi-core scaling: W workers, W generators on cores W..2W-1, each feeding its own queue.
 scale_run() {

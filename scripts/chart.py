@@ -22,7 +22,9 @@ for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
         planes = {k: v for k, v in data.items() if isinstance(v, dict) and "median_pps" in v}
     if not planes:
         continue
-    key = f"{data['scenario']} ({data.get('sink', '?')} sink, {data.get('services', 1)} service(s)): {', '.join(planes)}"
+    traffic = "".join([f", {data['frame_size']} B" if data.get("frame_size", 64) != 64 else "",
+                       f", {data['flows']} flows" if data.get("flows", 1) != 1 else ""])
+    key = f"{data['scenario']} ({data.get('sink', '?')} sink, {data.get('services', 1)} service(s){traffic}): {', '.join(planes)}"
     latest[key] = (os.path.basename(path), planes)
 
 if not latest:
@@ -36,7 +38,7 @@ width = 900
 peak = max(max(v["runs_pps"]) for _, p in latest.values() for v in p.values())
 scale = (width - left - 140) / peak
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
-       f'<text x="10" y="22" font-size="15" font-weight="bold">Delivered packets per second (median of runs, bar: min-max), 64-byte frames</text>']
+       f'<text x="10" y="22" font-size="15" font-weight="bold">Delivered packets per second (median of runs, bar: min-max), 64-byte frames unless noted</text>']
 y = top
 for key, (source, planes) in latest.items():
     svg.append(f'<text x="10" y="{y + 14}" font-weight="bold">{escape(key)}</text>')
