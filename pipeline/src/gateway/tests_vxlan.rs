@@ -633,3 +633,40 @@ fn unwrap_outer_vni(frame: &[u8], vni: u32) -> (etherparse::Ipv4Header, u16, Vec
     );
     unwrap_outer(&copy)
 }
+
+#[test]
+fn a_node_port_with_its_backend_on_a_peer_works_both_ways() {
+    let mut c = overlay_config();
+    c.services[0].backends = backends(&[(NODE3_POD, 8080)]);
+    let mut gw = overlay_gateway(&c);
+    let out = send(
+        &mut gw,
+        tcp(ROUTER_MAC, GW_MAC, (EXT, 5555), (NODE_IP, 30080), true, 60),
+        UPLINK,
+        0,
+    );
+    assert_eq!(out.next, Disposition::Forward(UPLINK));
+    let (outer, _, inner) = unwrap_outer(&out.frame);
+    assert_eq!(outer.destination, NODE3.octets());
+    let (src, sport, dst, dport) = addresses(&inner);
+    assert_eq!(
+        (src, dst, dport),
+        (NODE_IP, NODE3_POD, 8080),
+        "DNAT, and SNAT to the node"
+    );
+    // The backend's node routes the reply to our node address over the underlay, as flannel's
+    // nodes do (node addresses are not behind the overlay).
+    let reply = tcp(
+        NODE3_MAC,
+        GW_MAC,
+        (NODE3_POD, 8080),
+        (NODE_IP, sport),
+        false,
+        63,
+    );
+    let out = send(&mut gw, reply, UPLINK, 1);
+    assert_eq!(out.next, Disposition::Forward(UPLINK));
+    assert_eq!(eth_dst(&out.frame), ROUTER_MAC);
+    assert_eq!(addresses(&out.frame), (NODE_IP, 30080, EXT, 5555));
+    assert_eq!(gw.counters().get(GwCounter::NatNodePort), 1);
+}
