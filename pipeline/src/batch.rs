@@ -6,49 +6,83 @@ pub type PortId = u16;
 /// The largest burst a worker hands to the pipeline at once.
 pub const MAX_BATCH: usize = 64;
 
-/// Most ports a switch has (one bit each in a `PortMask`).
-pub const MAX_PORTS: usize = 64;
+/// Most ports a switch has (one bit each in a `PortMask`): a node's pods (Kubernetes allows up
+/// to 250 per node when raised from its default of 110) and its uplink.
+pub const MAX_PORTS: usize = 256;
 
-/// A set of ports.
+const MASK_WORDS: usize = MAX_PORTS / 64;
+
+/// A set of ports: a fixed-size bitset, so it stays `Copy` and a flood costs a few words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct PortMask(pub u64);
+pub struct PortMask([u64; MASK_WORDS]);
 
 impl PortMask {
-    pub const ALL: PortMask = PortMask(u64::MAX);
-    pub const NONE: PortMask = PortMask(0);
+    pub const ALL: PortMask = PortMask([u64::MAX; MASK_WORDS]);
+    pub const NONE: PortMask = PortMask([0; MASK_WORDS]);
 
     /// The set of `ports`; a port at or past `MAX_PORTS` has no bit and is left out (never
-    /// folded onto a low port). The datapath refuses more ports than that at start.
+    /// folded onto a low port). The datapath refuses more ports than that.
     pub fn of(ports: &[PortId]) -> PortMask {
-        PortMask(
-            ports
-                .iter()
-                .filter(|&&p| (p as usize) < MAX_PORTS)
-                .fold(0, |m, &p| m | (1u64 << p)),
-        )
+        let mut mask = PortMask::NONE;
+        for &p in ports {
+            mask = mask.with(p);
+        }
+        mask
     }
 
     pub fn single(port: PortId) -> PortMask {
-        PortMask::of(&[port])
+        PortMask::NONE.with(port)
+    }
+
+    #[inline]
+    fn bit(port: PortId) -> Option<(usize, u64)> {
+        ((port as usize) < MAX_PORTS).then(|| (port as usize / 64, 1u64 << (port % 64)))
     }
 
     #[inline]
     pub fn contains(&self, port: PortId) -> bool {
-        (port as usize) < MAX_PORTS && self.0 & (1 << port) != 0
+        Self::bit(port).is_some_and(|(w, b)| self.0[w] & b != 0)
+    }
+
+    /// The set with `port` added (unchanged for a port past `MAX_PORTS`).
+    #[inline]
+    pub fn with(mut self, port: PortId) -> PortMask {
+        if let Some((w, b)) = Self::bit(port) {
+            self.0[w] |= b;
+        }
+        self
     }
 
     #[inline]
-    pub fn without(self, port: PortId) -> PortMask {
-        if (port as usize) < MAX_PORTS {
-            PortMask(self.0 & !(1 << port))
-        } else {
-            self
+    pub fn without(mut self, port: PortId) -> PortMask {
+        if let Some((w, b)) = Self::bit(port) {
+            self.0[w] &= !b;
         }
+        self
     }
 
-    /// The ports in the set, below `limit`.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+
+    /// The ports in the set, below `limit`, in order.
     pub fn ports(self, limit: usize) -> impl Iterator<Item = PortId> {
-        (0..limit.min(MAX_PORTS) as PortId).filter(move |&p| self.contains(p))
+        let limit = limit.min(MAX_PORTS);
+        self.0
+            .into_iter()
+            .enumerate()
+            .flat_map(move |(w, mut word)| {
+                std::iter::from_fn(move || {
+                    if word == 0 {
+                        return None;
+                    }
+                    let bit = word.trailing_zeros() as usize;
+                    word &= word - 1;
+                    Some(w * 64 + bit)
+                })
+                .take_while(move |&p| p < limit)
+                .map(|p| p as PortId)
+            })
     }
 }
 
@@ -73,12 +107,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_port_of_a_node_has_its_own_bit() {
+        let ports: Vec<PortId> = (0..MAX_PORTS as PortId).collect();
+        let all = PortMask::of(&ports);
+        assert_eq!(all.ports(usize::MAX).collect::<Vec<_>>(), ports);
+        for p in [0, 63, 64, 65, 127, 128, 250, 255] {
+            let one = PortMask::single(p);
+            assert!(one.contains(p));
+            assert_eq!(one.ports(usize::MAX).collect::<Vec<_>>(), [p]);
+            assert!(!all.without(p).contains(p));
+            assert!(all.without(p).contains((p + 1) % MAX_PORTS as PortId));
+        }
+        assert!(!PortMask::single(64).contains(0), "no aliasing");
+        assert_eq!(PortMask::of(&[3, 200]).ports(100).collect::<Vec<_>>(), [3]);
+    }
+
+    #[test]
     fn ports_past_the_mask_are_left_out_not_aliased() {
-        assert_eq!(PortMask::of(&[64]), PortMask::NONE);
-        assert_eq!(PortMask::of(&[0, 64, 65, 127, 128]), PortMask::single(0));
-        let mask = PortMask::of(&[1, 63, 64, 65]);
-        assert!(!mask.contains(0) && !mask.contains(1 + 64));
-        assert_eq!(mask.ports(usize::MAX).collect::<Vec<_>>(), [1, 63]);
+        let past = MAX_PORTS as PortId;
+        assert_eq!(PortMask::of(&[past]), PortMask::NONE);
+        assert_eq!(PortMask::of(&[0, past, past + 64]), PortMask::single(0));
         assert_eq!(PortMask::single(PortId::MAX), PortMask::NONE);
+        assert!(PortMask::NONE.is_empty() && !PortMask::single(9).is_empty());
     }
 }

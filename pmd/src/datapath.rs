@@ -506,10 +506,10 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("\"nosuch0\""));
-        config.ports = (0..65).map(|i| format!("nosuch{i}")).collect();
+        config.ports = (0..=MAX_PORTS).map(|i| format!("nosuch{i}")).collect();
         assert_eq!(
             validate(&config).unwrap_err().to_string(),
-            "65 ports given, more than the 64 one switch supports (a flood set is one bit per port)"
+            "257 ports given, more than the 256 one switch supports (a flood set is one bit per port)"
         );
         config.ports = vec!["lo".into()];
         config.workers = vec![Some(100_000)];

@@ -640,8 +640,8 @@ mod tests {
         assert_eq!(c.fdb_port_limit, 1024);
         let c = parse_ok(&EXAMPLE.replace("# fdb_port_limit = 1024", "fdb_port_limit = 16"));
         assert_eq!(c.fdb_port_limit, 16);
-        // 63 pods and the uplink: exactly the 64 ports a switch supports.
-        let pods = (0..63)
+        // 255 pods and the uplink: exactly the 256 ports a switch supports.
+        let pods = (0..255)
             .map(|i| format!("\"p{i}\""))
             .collect::<Vec<_>>()
             .join(", ");
@@ -649,7 +649,7 @@ mod tests {
             "ports = [\"vp1\", \"vp2\", \"vp3\"]",
             &format!("ports = [{pods}]"),
         ));
-        assert_eq!(c.ports.len(), 64);
+        assert_eq!(c.ports.len(), 256);
     }
 
     #[test]
@@ -670,7 +670,7 @@ mod tests {
             (EXAMPLE.replace("# fdb_port_limit = 1024", "fdb_port_limit = 0"), "node.toml: node.fdb_port_limit: must be at least 1"),
             (EXAMPLE.replace("# fdb_port_limit = 1024", "fdb_port_limit = -1"), "node.toml: line"),
             (EXAMPLE.replace("# fdb_port_limit = 1024", "fdb_port_limit = \"lots\""), "node.toml: line"),
-            (EXAMPLE.replace("ports = [\"vp1\", \"vp2\", \"vp3\"]", &format!("ports = [{}]", (0..64).map(|i| format!("\"p{i}\"")).collect::<Vec<_>>().join(", "))), "node.toml: pods.ports / uplink.port: 65 ports, more than the 64 one switch supports"),
+            (EXAMPLE.replace("ports = [\"vp1\", \"vp2\", \"vp3\"]", &format!("ports = [{}]", (0..256).map(|i| format!("\"p{i}\"")).collect::<Vec<_>>().join(", "))), "node.toml: pods.ports / uplink.port: 257 ports, more than the 256 one switch supports"),
             ("[pods]\nports = []\ngateway = \"10.244.1.1/24\"\n".to_string(), "pods.ports: needs at least one port"),
             ("not toml at all [".to_string(), "node.toml: line 1"),
         ];
