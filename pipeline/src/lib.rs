@@ -72,6 +72,23 @@ impl Pipeline {
         }
     }
 
+    /// Binds a port to the addresses it may send from (`None`: unchecked).
+    pub fn set_port_binding(&mut self, port: PortId, binding: Option<l2::PortBinding>) {
+        self.bridge_mut().set_binding(port, binding);
+    }
+
+    /// A port went away: everything learned on it is forgotten (for the gateway also its
+    /// neighbours and their tracked connections).
+    pub fn forget_port(&mut self, port: PortId) -> gateway::ForgottenPort {
+        match self {
+            Pipeline::Bridge(b) => gateway::ForgottenPort {
+                fdb_entries: b.forget_port(port),
+                ..Default::default()
+            },
+            Pipeline::Gateway(g) => g.forget_port(port),
+        }
+    }
+
     pub fn gateway(&self) -> Option<&Gateway> {
         match self {
             Pipeline::Gateway(g) => Some(g),

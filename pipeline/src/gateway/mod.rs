@@ -58,6 +58,7 @@ define_counters! {
         VxlanDecapsulated => "vxlan_decapsulated",
         Recirculated => "recirculated",
         DropRunt => "drop_runt",
+        DropSpoofed => "drop_spoofed",
         DropBadArp => "drop_bad_arp",
         DropArpClaimsOurAddress => "drop_arp_claims_our_address",
         DropPodSourceOutsideSubnet => "drop_pod_source_outside_subnet",
@@ -138,6 +139,14 @@ pub struct GatewayShared {
     pub fragments: FragmentTable,
     policy: RwLock<Arc<Policy>>,
     epoch: AtomicU64,
+}
+
+/// What forgetting a port removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ForgottenPort {
+    pub fdb_entries: usize,
+    pub neighbors: usize,
+    pub flows: usize,
 }
 
 /// What a reload changed.
@@ -321,6 +330,10 @@ impl Gateway {
             self.counters.add(GwCounter::DropNotInSegment, 1);
             return Step::Out(Disposition::Drop);
         }
+        if on_pods && !self.bridge.security().allows(ingress, frame) {
+            self.counters.add(GwCounter::DropSpoofed, 1);
+            return Step::Out(Disposition::Drop);
+        }
         let ethertype = eth.ethertype();
         let to_us = eth.dst_addr() == self.policy.mac;
         match ethertype {
@@ -377,6 +390,25 @@ impl Gateway {
     fn bridge_frame(&mut self, frame: &[u8], ingress: PortId, now_ms: u64) -> Disposition {
         self.counters.add(GwCounter::Bridged, 1);
         self.bridge.decide(frame, ingress, now_ms)
+    }
+
+    /// A port went away: its MAC addresses, its neighbours and their tracked connections are
+    /// forgotten, and its binding dropped.
+    pub fn forget_port(&mut self, port: PortId) -> ForgottenPort {
+        let fdb_entries = self.bridge.forget_port(port);
+        let addresses = self.shared.neighbors.update(|t| t.remove_port(port));
+        let flows = if addresses.is_empty() {
+            0
+        } else {
+            self.shared.conntrack.remove_where(|f| {
+                addresses.contains(&f.orig.src) || addresses.contains(&f.reply.src)
+            })
+        };
+        ForgottenPort {
+            fdb_entries,
+            neighbors: addresses.len(),
+            flows,
+        }
     }
 
     /// Periodic work: conntrack expiry (one worker does it), neighbour aging and ARP retries.

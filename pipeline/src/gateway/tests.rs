@@ -1208,3 +1208,85 @@ fn first_fragments_beyond_the_table_are_dropped_and_counted() {
         Disposition::Forward(UPLINK)
     );
 }
+
+#[test]
+fn a_bound_pod_port_cannot_send_from_another_pods_addresses() {
+    let c = config();
+    let mut bridge = crate::l2::BridgeConfig::default();
+    bridge.bindings = vec![(
+        1,
+        crate::l2::PortBinding {
+            mac: pod_mac(2),
+            ip: Some(POD2),
+        },
+    )];
+    let mut gw = Gateway::new(
+        GatewayShared::new(&c),
+        crate::l2::Bridge::new(&c.pod_bridge(&bridge)),
+    );
+    learn_neighbors(&mut gw);
+    // Pod 2 claims pod 1's address: IPv4, gratuitous ARP, and pod 1's MAC.
+    let spoofs = [
+        tcp(pod_mac(2), GW_MAC, (POD1, 1000), (EXT, 80), true, 64),
+        arp(
+            ARP_REQUEST,
+            (pod_mac(2), POD1),
+            (MacAddr::ZERO, POD1),
+            MacAddr::BROADCAST,
+        ),
+        tcp(pod_mac(1), pod_mac(3), (POD2, 1000), (POD3, 80), true, 64),
+        arp(
+            ARP_REQUEST,
+            (pod_mac(2), GW_IP),
+            (MacAddr::ZERO, GW_IP),
+            MacAddr::BROADCAST,
+        ),
+    ];
+    for frame in spoofs {
+        let out = send(&mut gw, frame, 1, 1);
+        assert_eq!(out.next, Disposition::Drop);
+        assert!(out.emit.is_empty());
+    }
+    assert_eq!(gw.counters().get(GwCounter::DropSpoofed), 4);
+    // Nothing changed for the others: pod 1 is still where it was.
+    assert_eq!(
+        gw.shared.neighbors.read().get(POD1, 2).unwrap().mac,
+        pod_mac(1)
+    );
+    // Its own traffic passes.
+    let out = send(
+        &mut gw,
+        tcp(pod_mac(2), GW_MAC, (POD2, 1000), (EXT, 80), true, 64),
+        1,
+        2,
+    );
+    assert_eq!(out.next, Disposition::Forward(UPLINK));
+}
+
+#[test]
+fn forgetting_a_port_forgets_its_neighbours_and_their_connections() {
+    let mut gw = gateway(&config());
+    learn_neighbors(&mut gw);
+    let out = send(
+        &mut gw,
+        tcp(pod_mac(1), GW_MAC, (POD1, 5555), (EXT, 8080), true, 64),
+        0,
+        0,
+    );
+    assert_eq!(out.next, Disposition::Forward(UPLINK));
+    assert_eq!(gw.shared.conntrack.len(), 1);
+    // A frame to pod 2 is bridged: the bridge learns pod 1's MAC.
+    send(
+        &mut gw,
+        tcp(pod_mac(1), pod_mac(2), (POD1, 1), (POD2, 2), true, 64),
+        0,
+        0,
+    );
+    let gone = gw.forget_port(0);
+    assert_eq!(gone.neighbors, 1);
+    assert_eq!(gone.flows, 1);
+    assert_eq!(gone.fdb_entries, 1);
+    assert!(gw.shared.neighbors.read().get(POD1, 1).is_none());
+    assert!(gw.shared.conntrack.is_empty());
+    assert!(gw.bridge().fdb().lookup(pod_mac(1), 1).is_none());
+}

@@ -1,6 +1,7 @@
 //! The L2 learning-bridge stage: learn the source, decide by the destination.
 
 use super::fdb::{Fdb, LearnEvent, LearnOutcome};
+use super::security::{PortBinding, PortSecurity};
 use crate::batch::{Disposition, PortId, PortMask};
 use crate::define_counters;
 use crate::wire::{EthernetFrame, MacAddr};
@@ -21,6 +22,7 @@ define_counters! {
         DropRunt => "drop_runt",
         DropSourceMulticast => "drop_src_multicast",
         DropSourceZero => "drop_src_zero",
+        DropSpoofed => "drop_spoofed",
         FilteredSamePort => "filtered_same_port",
     }
 }
@@ -41,6 +43,8 @@ pub struct BridgeConfig {
     pub announce_learning: bool,
     /// The ports this bridge floods to (all by default).
     pub flood_domain: PortMask,
+    /// Ports bound to the addresses they may send from.
+    pub bindings: Vec<(PortId, PortBinding)>,
 }
 
 impl Default for BridgeConfig {
@@ -51,6 +55,7 @@ impl Default for BridgeConfig {
             fdb_age_ms: 300_000,
             announce_learning: false,
             flood_domain: PortMask::ALL,
+            bindings: Vec::new(),
         }
     }
 }
@@ -65,6 +70,7 @@ pub struct Bridge {
     /// Addresses still to re-announce after `reannounce_all`, taken in chunks.
     reannounce: Vec<MacAddr>,
     flood_domain: PortMask,
+    security: PortSecurity,
 }
 
 impl Bridge {
@@ -82,7 +88,30 @@ impl Bridge {
             events: Vec::new(),
             reannounce: Vec::new(),
             flood_domain: config.flood_domain,
+            security: {
+                let mut s = PortSecurity::default();
+                for (port, binding) in &config.bindings {
+                    s.set(*port, Some(*binding));
+                }
+                s
+            },
         }
+    }
+
+    pub fn security(&self) -> &PortSecurity {
+        &self.security
+    }
+
+    /// Binds a port to the addresses it may send from (`None`: unchecked).
+    pub fn set_binding(&mut self, port: PortId, binding: Option<PortBinding>) {
+        self.security.set(port, binding);
+    }
+
+    /// A port went away: its addresses are forgotten and its binding dropped. Returns the
+    /// entries removed.
+    pub fn forget_port(&mut self, port: PortId) -> usize {
+        self.security.set(port, None);
+        self.fdb.remove_port(port)
     }
 
     pub fn fdb(&self) -> &Fdb {
@@ -115,6 +144,10 @@ impl Bridge {
             self.counters.add(L2Counter::DropRunt, 1);
             return Disposition::Drop;
         };
+        if !self.security.allows(ingress, bytes) {
+            self.counters.add(L2Counter::DropSpoofed, 1);
+            return Disposition::Drop;
+        }
         let src = frame.src_addr();
         if src.is_multicast() {
             self.counters.add(L2Counter::DropSourceMulticast, 1);
@@ -497,5 +530,38 @@ mod tests {
                 port: 0
             }]
         );
+    }
+
+    #[test]
+    fn a_bound_port_sending_from_another_mac_is_dropped_and_forgotten_ports_are() {
+        let config = BridgeConfig {
+            bindings: vec![(
+                1,
+                PortBinding {
+                    mac: mac(1),
+                    ip: None,
+                },
+            )],
+            ..Default::default()
+        };
+        let mut b = Bridge::new(&config);
+        assert_eq!(
+            run(&mut b, &[frame(MacAddr::BROADCAST, mac(9))], 1, 0),
+            [Disposition::Drop]
+        );
+        assert_eq!(b.counters().get(L2Counter::DropSpoofed), 1);
+        assert!(
+            b.fdb().lookup(mac(9), 0).is_none(),
+            "a spoofed source is not learned"
+        );
+        assert_eq!(
+            run(&mut b, &[frame(MacAddr::BROADCAST, mac(1))], 1, 0),
+            [flood_from(1)]
+        );
+        run(&mut b, &[frame(MacAddr::BROADCAST, mac(2))], 2, 0);
+        assert_eq!(b.forget_port(1), 1);
+        assert!(b.fdb().lookup(mac(1), 1).is_none());
+        assert_eq!(b.fdb().lookup(mac(2), 1), Some(2));
+        assert!(b.security().get(1).is_none());
     }
 }

@@ -202,6 +202,16 @@ impl Fdb {
         outcome
     }
 
+    /// Removes every entry on `port`; returns how many.
+    pub fn remove_port(&mut self, port: PortId) -> usize {
+        let before = self.table.len();
+        self.table.retain(|_, e| e.port != port);
+        if let Some(n) = self.per_port.get_mut(port as usize) {
+            *n = 0;
+        }
+        before - self.table.len()
+    }
+
     /// Removes expired entries; returns how many.
     pub fn age(&mut self, now_ms: u64) -> usize {
         let before = self.table.len();

@@ -132,6 +132,23 @@ impl NeighborTable {
         Resolve::Queued { request }
     }
 
+    /// Forgets every entry on `port`; returns their addresses.
+    pub fn remove_port(&mut self, port: PortId) -> Vec<Ipv4Addr> {
+        let gone: Vec<Ipv4Addr> = self
+            .entries
+            .iter()
+            .filter(|(_, n)| n.port == port)
+            .map(|(ip, _)| *ip)
+            .collect();
+        for ip in &gone {
+            self.entries.remove(ip);
+        }
+        if !gone.is_empty() {
+            self.changes += 1;
+        }
+        gone
+    }
+
     /// Periodic work: forget old entries, re-ask for pending addresses, give up on silent ones.
     /// Returns (addresses to ask for again, frames dropped because nobody answered).
     pub fn housekeeping(&mut self, now_ms: u64) -> (Vec<Ipv4Addr>, usize) {

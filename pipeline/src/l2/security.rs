@@ -1,0 +1,144 @@
+//! Port security: a port bound to a MAC address (and an IPv4 address) may only send frames
+//! from that MAC, and ARP and IPv4 only from that address — a pod cannot take another pod's or
+//! the gateway's address. Ports without a binding are not checked.
+
+use crate::batch::PortId;
+use crate::wire::arp::ArpRepr;
+use crate::wire::ipv4::Ipv4Packet;
+use crate::wire::{EtherType, EthernetFrame, MacAddr, ETHERNET_HEADER_LEN};
+use std::net::Ipv4Addr;
+
+/// What a port may send from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortBinding {
+    pub mac: MacAddr,
+    /// `None`: any IPv4 address (the MAC is still checked).
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// The bindings of a switch's ports, indexed by port.
+#[derive(Debug, Clone, Default)]
+pub struct PortSecurity {
+    bindings: Vec<Option<PortBinding>>,
+}
+
+impl PortSecurity {
+    pub fn set(&mut self, port: PortId, binding: Option<PortBinding>) {
+        let p = port as usize;
+        if p >= self.bindings.len() {
+            self.bindings.resize(p + 1, None);
+        }
+        self.bindings[p] = binding;
+    }
+
+    pub fn get(&self, port: PortId) -> Option<PortBinding> {
+        self.bindings.get(port as usize).copied().flatten()
+    }
+
+    /// Whether `frame`, received on `port`, comes from the addresses the port is bound to. A
+    /// frame too short to tell is left to the stages, which drop it by their own reason.
+    #[inline]
+    pub fn allows(&self, port: PortId, frame: &[u8]) -> bool {
+        let Some(binding) = self.get(port) else {
+            return true;
+        };
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            return true;
+        };
+        if eth.src_addr() != binding.mac {
+            return false;
+        }
+        let Some(ip) = binding.ip else {
+            return true;
+        };
+        match eth.ethertype() {
+            EtherType::Arp => match ArpRepr::parse(&frame[ETHERNET_HEADER_LEN..]) {
+                // An ARP probe (RFC 5227) says nothing of its own: sender 0.0.0.0.
+                Some(arp) => {
+                    arp.sender_mac == binding.mac
+                        && (arp.sender_ip == ip || arp.sender_ip.is_unspecified())
+                }
+                None => true,
+            },
+            EtherType::Ipv4 => match Ipv4Packet::new_checked(&frame[ETHERNET_HEADER_LEN..]) {
+                Ok(packet) => packet.src() == ip,
+                Err(_) => true,
+            },
+            _ => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::arp::{ARP_LEN, ARP_REQUEST};
+
+    const MAC: MacAddr = MacAddr([2, 0, 0, 0, 1, 2]);
+    const OTHER: MacAddr = MacAddr([2, 0, 0, 0, 1, 3]);
+    const IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+
+    fn udp(src_mac: MacAddr, src: Ipv4Addr) -> Vec<u8> {
+        let mut b = Vec::new();
+        etherparse::PacketBuilder::ethernet2(src_mac.0, [2, 0, 0, 0, 0, 9])
+            .ipv4(src.octets(), [10, 244, 1, 3], 64)
+            .udp(1, 2)
+            .write(&mut b, b"x")
+            .unwrap();
+        b
+    }
+
+    fn arp(eth_src: MacAddr, sender: (MacAddr, Ipv4Addr)) -> Vec<u8> {
+        let mut b = vec![0u8; ETHERNET_HEADER_LEN + ARP_LEN];
+        b[0..6].copy_from_slice(&MacAddr::BROADCAST.0);
+        b[6..12].copy_from_slice(&eth_src.0);
+        b[12..14].copy_from_slice(&[0x08, 0x06]);
+        ArpRepr {
+            operation: ARP_REQUEST,
+            sender_mac: sender.0,
+            sender_ip: sender.1,
+            target_mac: MacAddr::ZERO,
+            target_ip: Ipv4Addr::new(10, 244, 1, 1),
+        }
+        .emit(&mut b[ETHERNET_HEADER_LEN..]);
+        b
+    }
+
+    #[test]
+    fn a_bound_port_sends_only_from_its_addresses() {
+        let mut s = PortSecurity::default();
+        s.set(
+            3,
+            Some(PortBinding {
+                mac: MAC,
+                ip: Some(IP),
+            }),
+        );
+        assert!(s.allows(3, &udp(MAC, IP)));
+        assert!(!s.allows(3, &udp(OTHER, IP)), "another MAC");
+        assert!(
+            !s.allows(3, &udp(MAC, Ipv4Addr::new(10, 244, 1, 3))),
+            "another IP"
+        );
+        assert!(s.allows(3, &arp(MAC, (MAC, IP))));
+        assert!(
+            s.allows(3, &arp(MAC, (MAC, Ipv4Addr::UNSPECIFIED))),
+            "a probe"
+        );
+        assert!(
+            !s.allows(3, &arp(MAC, (MAC, Ipv4Addr::new(10, 244, 1, 1)))),
+            "the gateway's"
+        );
+        assert!(
+            !s.allows(3, &arp(MAC, (OTHER, IP))),
+            "another sender MAC inside"
+        );
+        // Unbound ports are not checked; a binding without an address checks the MAC only.
+        assert!(s.allows(2, &udp(OTHER, Ipv4Addr::new(8, 8, 8, 8))));
+        s.set(3, Some(PortBinding { mac: MAC, ip: None }));
+        assert!(s.allows(3, &udp(MAC, Ipv4Addr::new(8, 8, 8, 8))));
+        assert!(!s.allows(3, &udp(OTHER, IP)));
+        s.set(3, None);
+        assert!(s.allows(3, &udp(OTHER, IP)));
+    }
+}
