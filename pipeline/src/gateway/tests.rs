@@ -1212,14 +1212,16 @@ fn first_fragments_beyond_the_table_are_dropped_and_counted() {
 #[test]
 fn a_bound_pod_port_cannot_send_from_another_pods_addresses() {
     let c = config();
-    let mut bridge = crate::l2::BridgeConfig::default();
-    bridge.bindings = vec![(
-        1,
-        crate::l2::PortBinding {
-            mac: pod_mac(2),
-            ip: Some(POD2),
-        },
-    )];
+    let bridge = crate::l2::BridgeConfig {
+        bindings: vec![(
+            1,
+            crate::l2::PortBinding {
+                mac: pod_mac(2),
+                ip: Some(POD2),
+            },
+        )],
+        ..Default::default()
+    };
     let mut gw = Gateway::new(
         GatewayShared::new(&c),
         crate::l2::Bridge::new(&c.pod_bridge(&bridge)),
