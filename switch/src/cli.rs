@@ -141,6 +141,7 @@ impl Args {
                     .or(node.map(|n| n.fdb_port_limit))
                     .unwrap_or(DEFAULT_FDB_PORT_LIMIT),
                 fdb_age_ms: node.map_or(self.fdb_age * 1000, |n| n.fdb_age_ms),
+                bindings: node.map(|n| n.bindings.clone()).unwrap_or_default(),
                 ..Default::default()
             },
             rings: RingSizes::default(),

@@ -3,7 +3,7 @@
 //! key and the reason.
 
 use pipeline::gateway::{GatewayConfig, ServiceConfig, UplinkConfig, VxlanConfig, VxlanPeer};
-use pipeline::l2::DEFAULT_FDB_PORT_LIMIT;
+use pipeline::l2::{PortBinding, DEFAULT_FDB_PORT_LIMIT};
 use pipeline::l3::Ipv4Cidr;
 use pipeline::wire::vxlan::IANA_PORT;
 use pipeline::{MacAddr, PortId, MAX_PORTS};
@@ -61,8 +61,33 @@ struct NodeSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PodsSection {
-    ports: Vec<String>,
+    ports: Vec<PortEntry>,
     gateway: String,
+}
+
+/// A pod port: its name, or its name with the addresses it is bound to (port security).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PortEntry {
+    Name(String),
+    Bound(BoundPort),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BoundPort {
+    name: String,
+    mac: String,
+    ip: Option<String>,
+}
+
+impl PortEntry {
+    fn name(&self) -> &String {
+        match self {
+            PortEntry::Name(name) => name,
+            PortEntry::Bound(b) => &b.name,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +162,8 @@ pub struct NodeConfig {
     pub fdb_age_ms: u64,
     /// Most MAC addresses learned on one port.
     pub fdb_port_limit: usize,
+    /// Pod ports bound to the addresses they may send from.
+    pub bindings: Vec<(PortId, PortBinding)>,
     pub gateway: GatewayConfig,
 }
 
@@ -313,7 +340,7 @@ pub fn parse(
         .pods
         .ports
         .iter()
-        .map(|p| ("pods.ports", p))
+        .map(|p| ("pods.ports", p.name()))
         .chain(uplink_port.iter().map(|p| ("uplink.port", p)))
     {
         if !seen.insert(name.clone()) {
@@ -523,6 +550,30 @@ pub fn parse(
         });
     }
 
+    // Port security: `{ name, mac, ip }` entries.
+    let mut bindings = Vec::new();
+    for (i, entry) in file.pods.ports.iter().enumerate() {
+        let PortEntry::Bound(b) = entry else {
+            continue;
+        };
+        let key = format!("pods.ports[{i}]");
+        let mac = c.unicast_mac(&format!("{key}.mac"), &b.mac)?;
+        let ip = match &b.ip {
+            Some(text) => {
+                let ip = c.ip(&format!("{key}.ip"), text)?;
+                if !gateway.contains(ip) || ip == gateway.addr {
+                    return Err(c.err(
+                        format!("{key}.ip"),
+                        format!("{ip} is not a pod address in {gateway}"),
+                    ));
+                }
+                Some(ip)
+            }
+            None => None,
+        };
+        bindings.push((i as PortId, PortBinding { mac, ip }));
+    }
+
     let vxlan = match &file.vxlan {
         Some(section) => Some(vxlan(&c, section, gateway, uplink.as_ref(), &routes)?),
         None => None,
@@ -569,6 +620,7 @@ pub fn parse(
         poll,
         fdb_age_ms,
         fdb_port_limit,
+        bindings,
         gateway: GatewayConfig {
             mac,
             pod_ports,
@@ -600,6 +652,9 @@ impl NodeConfig {
         }
         if self.cores != new.cores || self.xdp_mode != new.xdp_mode || self.poll != new.poll {
             return Err("[node] changed".into());
+        }
+        if self.bindings != new.bindings {
+            return Err("pods.ports bindings changed".into());
         }
         if self.fdb_port_limit != new.fdb_port_limit {
             return Err("node.fdb_port_limit changed".into());
@@ -782,6 +837,52 @@ mod tests {
             let err = parse_err(&text);
             assert!(err.contains(&needle), "expected {needle:?} in {err:?}");
         }
+    }
+
+    #[test]
+    fn pod_ports_may_be_bound_to_their_addresses() {
+        let c = parse_ok(&EXAMPLE.replace(
+            "\"vp2\"",
+            "{ name = \"vp2\", mac = \"02:00:00:00:01:03\", ip = \"10.244.1.3\" }",
+        ));
+        assert_eq!(c.ports, ["vp1", "vp2", "vp3", "vup"]);
+        assert_eq!(
+            c.bindings,
+            [(
+                1,
+                PortBinding {
+                    mac: "02:00:00:00:01:03".parse().unwrap(),
+                    ip: Some(Ipv4Addr::new(10, 244, 1, 3))
+                }
+            )]
+        );
+        let mac_only = parse_ok(
+            &EXAMPLE.replace("\"vp2\"", "{ name = \"vp2\", mac = \"02:00:00:00:01:03\" }"),
+        );
+        assert_eq!(mac_only.bindings[0].1.ip, None);
+        for (entry, needle) in [
+            (
+                "{ name = \"vp2\", mac = \"ff:ff:ff:ff:ff:ff\" }",
+                "pods.ports[1].mac",
+            ),
+            (
+                "{ name = \"vp2\", mac = \"02:00:00:00:01:03\", ip = \"10.244.9.3\" }",
+                "pods.ports[1].ip: 10.244.9.3 is not a pod address",
+            ),
+            (
+                "{ name = \"vp2\", mac = \"02:00:00:00:01:03\", ip = \"10.244.1.1\" }",
+                "pods.ports[1].ip: 10.244.1.1 is not a pod address",
+            ),
+            ("{ name = \"vp2\", ip = \"10.244.1.3\" }", "node.toml: line"),
+        ] {
+            let err = parse_err(&EXAMPLE.replace("\"vp2\"", entry));
+            assert!(err.contains(needle), "expected {needle:?} in {err:?}");
+        }
+        let a = parse_ok(EXAMPLE);
+        assert!(a
+            .reload_compatible(&mac_only)
+            .unwrap_err()
+            .contains("bindings"));
     }
 
     #[test]
