@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the tools the demo, tests and benchmarks use, when missing (Debian packages).
-#   ethtool   turns off tx checksum offload on pod veths (see README)
+#   ethtool   queue counts and GRO in the benchmark (bench.sh)
 #   ping      reachability checks;   bpftool   the netlink-attached-program test
 #   nft       the kernel reference dataplane of the gateway tests (kube-proxy-like rules)
 set -euo pipefail

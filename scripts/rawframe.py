@@ -4,6 +4,13 @@
   rawframe.py send IFACE DST_MAC SRC_MAC COUNT     send COUNT frames of EtherType 0x88b5
   rawframe.py listen IFACE SECONDS                 print "<count> <dst,...>" of 0x88b5 frames
                                                    seen within SECONDS (prints "ready" first)
+  rawframe.py udp IFACE DST_MAC SRC_MAC SRC_IP DST_IP PORT MODE COUNT
+                                                   send COUNT IPv4/UDP datagrams whose checksum is
+                                                   complete (MODE good), left to offload (partial:
+                                                   the pseudo-header sum only) or wrong; the
+                                                   payload names the mode
+  rawframe.py udp-count PORT SECONDS               count datagrams received on PORT by payload
+                                                   ("ready" first, then "<mode>=<n> ...")
 """
 import socket
 import sys
@@ -22,6 +29,63 @@ def send(iface, dst, src, count):
         frame = mac(dst) + mac(src) + ETHERTYPE.to_bytes(2, "big") + b"vswitch-test".ljust(46, b".")
         for _ in range(count):
             s.send(frame)
+
+
+def fold(acc):
+    while acc > 0xFFFF:
+        acc = (acc & 0xFFFF) + (acc >> 16)
+    return acc
+
+
+def ones_sum(data):
+    if len(data) % 2:
+        data += b"\0"
+    return sum(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
+
+
+def ip(text):
+    return bytes(int(b) for b in text.split("."))
+
+
+def udp(iface, dst, src, src_ip, dst_ip, port, mode, count):
+    payload = mode.encode().ljust(32, b".")
+    length = 8 + len(payload)
+    header = bytearray(
+        [0x45, 0, 0, 20 + length, 0, 0, 0x40, 0, 64, 17, 0, 0] + list(ip(src_ip)) + list(ip(dst_ip))
+    )
+    header[10:12] = (~fold(ones_sum(bytes(header))) & 0xFFFF).to_bytes(2, "big")
+    segment = bytearray(int(port).to_bytes(2, "big") * 2 + length.to_bytes(2, "big") + b"\0\0" + payload)
+    pseudo = ones_sum(ip(src_ip) + ip(dst_ip)) + 17 + length
+    if mode == "partial":
+        check = fold(pseudo)
+    else:
+        check = ~fold(pseudo + ones_sum(bytes(segment))) & 0xFFFF or 0xFFFF
+        if mode == "wrong":
+            check ^= 0x0101
+    segment[6:8] = check.to_bytes(2, "big")
+    frame = mac(dst) + mac(src) + b"\x08\x00" + bytes(header) + bytes(segment)
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((iface, 0))
+        for _ in range(count):
+            s.send(frame)
+            time.sleep(0.001)
+
+
+def udp_count(port, seconds):
+    counts = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("0.0.0.0", port))
+        s.settimeout(0.1)
+        print("ready", flush=True)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                data = s.recv(2048)
+            except socket.timeout:
+                continue
+            mode = data.split(b".")[0].decode("ascii", "replace")
+            counts[mode] = counts.get(mode, 0) + 1
+    print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())), flush=True)
 
 
 def listen(iface, seconds):
@@ -47,5 +111,9 @@ if __name__ == "__main__":
         send(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
     elif len(sys.argv) == 4 and sys.argv[1] == "listen":
         listen(sys.argv[2], float(sys.argv[3]))
+    elif len(sys.argv) == 10 and sys.argv[1] == "udp":
+        udp(*sys.argv[2:9], int(sys.argv[9]))
+    elif len(sys.argv) == 4 and sys.argv[1] == "udp-count":
+        udp_count(int(sys.argv[2]), float(sys.argv[3]))
     else:
         sys.exit(__doc__)

@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod l2;
 pub mod l3;
 pub mod nat;
+pub mod offload;
 pub mod overlay;
 pub mod packet;
 pub mod wire;
@@ -44,7 +45,14 @@ impl Pipeline {
         emit: &mut Vec<Emit>,
     ) {
         match self {
-            Pipeline::Bridge(b) => b.process(frames, ingress, now_ms, next),
+            Pipeline::Bridge(b) => {
+                let mut completed = 0;
+                for f in frames.iter_mut() {
+                    completed += offload::complete(f.as_mut()) as usize;
+                }
+                b.count_checksums_completed(completed as u64);
+                b.process(frames, ingress, now_ms, next)
+            }
             Pipeline::Gateway(g) => g.process(frames, ingress, now_ms, next, emit),
         }
     }

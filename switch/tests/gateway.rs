@@ -425,8 +425,6 @@ impl Gateway {
             );
             ip(&pod, &["link", "set", "eth0", "up"]);
             ip(&pod, &["route", "add", "default", "via", "10.244.1.1"]);
-            // Required for AF_XDP (see README); harmless for the kernel path.
-            in_ns(&pod, &["ethtool", "-K", "eth0", "tx", "off"]);
             ip(&sw, &["link", "set", &port, "up"]);
         }
         // Router: `up` ↔ vup (it is also node 2 at 198.18.0.2), `n2` ↔ node 2's pod, `ext` ↔
@@ -440,7 +438,6 @@ impl Gateway {
         ip(&rt, &["addr", "add", "198.18.0.254/24", "dev", "up"]);
         ip(&rt, &["addr", "add", "198.18.0.2/24", "dev", "up"]);
         ip(&rt, &["link", "set", "dev", "up", "up"]);
-        in_ns(&rt, &["ethtool", "-K", "up", "tx", "off"]);
         ip(&sw, &["link", "set", "vup", "up"]);
         for (side, host, host_addr, gw_addr, gw_cidr) in [
             ("n2", &n2, "10.244.2.5/24", "10.244.2.1", "10.244.2.1/24"),
@@ -458,7 +455,6 @@ impl Gateway {
             ip(host, &["addr", "add", host_addr, "dev", "eth0"]);
             ip(host, &["link", "set", "eth0", "up"]);
             ip(host, &["route", "add", "default", "via", gw_addr]);
-            in_ns(host, &["ethtool", "-K", "eth0", "tx", "off"]);
         }
         in_ns(&rt, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         ip(&rt, &["route", "add", "10.244.1.0/24", "via", "198.18.0.1"]);

@@ -239,12 +239,6 @@ impl Cluster {
         &self.nodes[i - 1]
     }
 
-    fn has_vswitch_peer(&self, i: usize) -> bool {
-        self.nodes
-            .iter()
-            .any(|n| n.index != i && n.kind == Kind::Vswitch)
-    }
-
     /// Two nodes: one veth pair between the uplinks. More: a bridge in namespace `ul`.
     fn cable_underlay(&mut self) {
         if self.nodes.len() == 2 {
@@ -269,10 +263,6 @@ impl Cluster {
                     ],
                 );
                 ip(&ul, &["link", "set", &side, "master", "br0", "up"]);
-                if n.kind == Kind::Vswitch {
-                    // It transmits into a vswitch port: checksums must be complete.
-                    in_ns(&ul, &["ethtool", "-K", &side, "tx", "off"]);
-                }
             }
         }
         for n in &self.nodes {
@@ -308,15 +298,10 @@ impl Cluster {
             &pod.ns,
             &["route", "add", "default", "via", &gateway_addr(pod.node)],
         );
-        match node.kind {
-            Kind::Vswitch => {
-                // veth leaves checksums to offload; AF_XDP never completes them.
-                in_ns(&pod.ns, &["ethtool", "-K", "eth0", "tx", "off"]);
-            }
-            Kind::Kernel => {
-                // The CNI plugin gives both veth ends the pod MTU.
-                ip(&node.ns, &["link", "set", &pod.port, "mtu", POD_MTU]);
-            }
+        // Pods keep the kernel's default offloads (the switch finishes their checksums).
+        if node.kind == Kind::Kernel {
+            // The CNI plugin gives both veth ends the pod MTU.
+            ip(&node.ns, &["link", "set", &pod.port, "mtu", POD_MTU]);
         }
         ip(&node.ns, &["link", "set", &pod.port, "up"]);
     }
@@ -329,10 +314,6 @@ impl Cluster {
             ns,
             &["addr", "add", &format!("{}/24", node_addr(i)), "dev", "vup"],
         );
-        if self.has_vswitch_peer(i) {
-            // vup transmits into a vswitch port (directly or over the underlay bridge).
-            in_ns(ns, &["ethtool", "-K", "vup", "tx", "off"]);
-        }
         ip(ns, &["link", "add", "cni0", "type", "bridge"]);
         for port in &node.ports {
             ip(ns, &["link", "set", port, "master", "cni0"]);

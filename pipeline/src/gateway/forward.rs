@@ -237,6 +237,14 @@ fn route(ctx: &mut Ctx<'_>, frame: &mut [u8]) -> Step {
     };
     let (src, dst, proto, ttl) = (ip.src(), ip.dst(), ip.protocol(), ip.ttl());
     if ctx.from_uplink && is_vxlan_to_us(ctx.policy, &ip) {
+        // A peer whose inner segment was left to offload computed its outer UDP checksum as
+        // for the finished segment (Linux's local checksum offload): finish the inner first.
+        let inner_at =
+            ETHERNET_HEADER_LEN + ip.header_len() + vxlan::UDP_HEADER_LEN + vxlan::VXLAN_HEADER_LEN;
+        if frame.len() > inner_at && crate::offload::complete(&mut frame[inner_at..]) {
+            ctx.count(GwCounter::ChecksumsCompleted);
+        }
+        let ip = Ipv4Packet::new_checked(&frame[ETHERNET_HEADER_LEN..]).expect("checked above");
         let overlay = ctx.policy.overlay.as_ref().expect("checked");
         return match decap::check(overlay, &ip) {
             Ok(outer_len) => Step::Decap { outer_len },

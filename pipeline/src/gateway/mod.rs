@@ -36,6 +36,7 @@ define_counters! {
     pub enum GwCounter, GwCounters {
         RxFrames => "rx_frames",
         Bridged => "bridged",
+        ChecksumsCompleted => "checksums_completed",
         ArpReplied => "arp_replied",
         ArpLearned => "arp_learned",
         ArpRequestsSent => "arp_requests_sent",
@@ -336,6 +337,9 @@ impl Gateway {
         }
         let ethertype = eth.ethertype();
         let to_us = eth.dst_addr() == self.policy.mac;
+        if ethertype == EtherType::Ipv4 && crate::offload::complete(frame) {
+            self.counters.add(GwCounter::ChecksumsCompleted, 1);
+        }
         match ethertype {
             EtherType::Arp => {
                 return Step::Out(arp::handle(self, frame, ingress, from_uplink, now_ms, emit))
@@ -362,6 +366,10 @@ impl Gateway {
         if !inner_ipv4 {
             self.counters.add(GwCounter::DropVxlanInnerNotIpv4, 1);
             return Step::Out(Disposition::Drop);
+        }
+        // A peer that left the inner checksum to offload (its outer one was finished first).
+        if crate::offload::complete(frame) {
+            self.counters.add(GwCounter::ChecksumsCompleted, 1);
         }
         forward::handle(self, frame, ingress, true, true, now_ms, emit)
     }

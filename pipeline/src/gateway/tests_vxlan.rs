@@ -670,3 +670,66 @@ fn a_node_port_with_its_backend_on_a_peer_works_both_ways() {
     assert_eq!(addresses(&out.frame), (NODE_IP, 30080, EXT, 5555));
     assert_eq!(gw.counters().get(GwCounter::NatNodePort), 1);
 }
+
+/// Puts the folded pseudo-header sum in a frame's TCP checksum field, as a sender with
+/// transmit checksum offload leaves it.
+fn leave_tcp_checksum_to_offload(frame: &mut [u8], ip_at: usize) {
+    let ip = crate::wire::ipv4::Ipv4Packet::new_checked(&frame[ip_at..]).unwrap();
+    let (src, dst, len, hl) = (ip.src(), ip.dst(), ip.payload().len(), ip.header_len());
+    let pseudo = crate::wire::checksum::fold(crate::wire::checksum::pseudo_header(
+        src.octets(),
+        dst.octets(),
+        PROTO_TCP,
+        len as u16,
+    ));
+    let at = ip_at + hl + 16;
+    frame[at..at + 2].copy_from_slice(&pseudo.to_be_bytes());
+}
+
+#[test]
+fn checksums_a_kernel_peer_left_to_offload_are_finished() {
+    let mut gw = overlay_gateway(&overlay_config());
+    let inner = inner_from_node3((POD1, 80), 63);
+    // Local checksum offload: the inner segment is partial, the outer UDP checksum was
+    // computed for the finished one.
+    let mut lco = from_node3(&inner, VNI, 0x08, true);
+    leave_tcp_checksum_to_offload(&mut lco, ENCAP_OVERHEAD + 14);
+    let out = send(&mut gw, lco, UPLINK, 0);
+    assert_eq!(out.next, Disposition::Forward(0));
+    assert_eq!(
+        addresses(&out.frame),
+        (NODE3_POD, 33000, POD1, 80),
+        "inner checksum finished"
+    );
+    // The outer UDP checksum itself left to offload (the inner complete).
+    let mut outer_partial = from_node3(&inner, VNI, 0x08, true);
+    let udp_len = (outer_partial.len() - 34) as u16;
+    let pseudo = crate::wire::checksum::fold(crate::wire::checksum::pseudo_header(
+        NODE3.octets(),
+        NODE_IP.octets(),
+        17,
+        udp_len,
+    ));
+    outer_partial[40..42].copy_from_slice(&pseudo.to_be_bytes());
+    let out = send(&mut gw, outer_partial, UPLINK, 1);
+    assert_eq!(out.next, Disposition::Forward(0));
+    assert_eq!(gw.counters().get(GwCounter::ChecksumsCompleted), 2);
+    assert_eq!(gw.counters().get(GwCounter::DropVxlanBadChecksum), 0);
+}
+
+#[test]
+fn a_pods_partial_checksum_is_finished_before_nat() {
+    let mut gw = overlay_gateway(&overlay_config());
+    let mut syn = tcp(pod_mac(3), GW_MAC, (POD3, 40000), (VIP, 80), true, 64);
+    leave_tcp_checksum_to_offload(&mut syn, 14);
+    let out = send(&mut gw, syn, 2, 0);
+    // Every backend's neighbour is known: forwarded at once, whichever Maglev picked.
+    assert!(
+        matches!(out.next, Disposition::Forward(_)),
+        "{:?}",
+        out.next
+    );
+    assert_eq!(gw.counters().get(GwCounter::ChecksumsCompleted), 1);
+    // `addresses` verifies the TCP checksum after DNAT's incremental update.
+    assert_eq!(addresses(&out.frame).3, 8080);
+}

@@ -23,6 +23,7 @@ define_counters! {
         DropSourceMulticast => "drop_src_multicast",
         DropSourceZero => "drop_src_zero",
         DropSpoofed => "drop_spoofed",
+        ChecksumsCompleted => "checksums_completed",
         FilteredSamePort => "filtered_same_port",
     }
 }
@@ -100,6 +101,11 @@ impl Bridge {
 
     pub fn security(&self) -> &PortSecurity {
         &self.security
+    }
+
+    /// Frames whose checksum was finished for the sender (`offload`) before they were bridged.
+    pub fn count_checksums_completed(&mut self, n: u64) {
+        self.counters.add(L2Counter::ChecksumsCompleted, n);
     }
 
     /// Binds a port to the addresses it may send from (`None`: unchecked).

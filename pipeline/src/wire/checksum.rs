@@ -1,16 +1,26 @@
 //! The Internet checksum (RFC 1071) and its incremental update (RFC 1624).
 
-/// One's-complement sum of 16-bit words, not yet folded.
+/// One's-complement sum of 16-bit words, partly folded (at most 0xffff, so sums of a few such
+/// values never overflow). Eight bytes at a time: a big-endian 32-bit word is its two 16-bit
+/// halves modulo 0xffff, as 2^16 ≡ 1.
 pub fn sum(data: &[u8]) -> u32 {
-    let mut acc = 0u32;
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        acc += u16::from_be_bytes([c[0], c[1]]) as u32;
+    let mut acc = 0u64;
+    let mut words = data.chunks_exact(8);
+    for w in &mut words {
+        let w = u64::from_be_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        acc += (w >> 32) + (w & 0xffff_ffff);
     }
-    if let [last] = chunks.remainder() {
-        acc += (*last as u32) << 8;
+    let mut pairs = words.remainder().chunks_exact(2);
+    for c in &mut pairs {
+        acc += u16::from_be_bytes([c[0], c[1]]) as u64;
     }
-    acc
+    if let [last] = pairs.remainder() {
+        acc += (*last as u64) << 8;
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u32
 }
 
 /// Folds a sum to 16 bits.
@@ -48,6 +58,36 @@ pub fn update32(check: u16, old: u32, new: u32) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The plain RFC 1071 loop, to check the wide one against.
+    fn sum_by_words(data: &[u8]) -> u16 {
+        let mut acc = 0u64;
+        for c in data.chunks(2) {
+            acc += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u64;
+        }
+        while acc > 0xffff {
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+        acc as u16
+    }
+
+    #[test]
+    fn the_wide_sum_equals_the_word_by_word_sum() {
+        let mut x = 0x1234_5678_9abc_def0u64;
+        for len in (0..70).chain([1499, 1500, 8999, 9000]) {
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            assert_eq!(fold(sum(&data)), sum_by_words(&data), "{len} bytes");
+        }
+        assert_eq!(sum(&[0xff; 9000]), 0xffff);
+        assert_eq!(sum(&[]), 0);
+    }
 
     #[test]
     fn rfc1071_example() {

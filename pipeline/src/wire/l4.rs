@@ -2,7 +2,7 @@
 //! ICMP type, code and echo identifier.
 
 use super::checksum;
-use super::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use super::ipv4::{Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -120,6 +120,62 @@ fn adjust_checksum(protocol: u8, l4: &mut [u8], update: impl Fn(u16) -> u16) {
     l4[at..at + 2].copy_from_slice(&new.to_be_bytes());
 }
 
+/// What `complete_partial_checksum` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartialChecksum {
+    /// Not a TCP or UDP segment that can be judged (other protocol, fragment, truncated).
+    NotApplicable,
+    /// The field held the pseudo-header sum and the rest was left to offload: finished now.
+    Completed,
+    /// A complete checksum, right or wrong: left as it is.
+    Complete,
+}
+
+/// Finishes a TCP or UDP checksum that its sender left to transmit offload (Linux's
+/// CHECKSUM_PARTIAL, as veth passes it on: the field holds the folded pseudo-header sum, and
+/// the sum over the segment is left to "hardware"). A segment whose field holds anything else,
+/// or already verifies, is not touched: a checksum that is simply wrong stays wrong, for the
+/// receiver to drop. `ip` is an IPv4 packet that passed `Ipv4Packet::new_checked`.
+pub fn complete_partial_checksum(ip: &mut [u8]) -> PartialChecksum {
+    let Ok(packet) = Ipv4Packet::new_checked(&*ip) else {
+        return PartialChecksum::NotApplicable;
+    };
+    let proto = packet.protocol();
+    let Some(at) = (match proto {
+        PROTO_TCP => Some(16),
+        PROTO_UDP => Some(6),
+        _ => None,
+    }) else {
+        return PartialChecksum::NotApplicable;
+    };
+    let (src, dst) = (packet.src().octets(), packet.dst().octets());
+    let header_len = packet.header_len();
+    let l4_len = packet.payload().len();
+    if packet.is_fragment() || l4_len < min_len(proto) || l4_len > u16::MAX as usize {
+        return PartialChecksum::NotApplicable;
+    }
+    let l4 = &mut ip[header_len..header_len + l4_len];
+    let field = read16(l4, at);
+    let pseudo = checksum::fold(checksum::pseudo_header(src, dst, proto, l4_len as u16));
+    if field != pseudo {
+        return PartialChecksum::Complete;
+    }
+    // The field stands for the pseudo-header, so the sum over the segment as it is, complemented,
+    // is the checksum — unless that already verifies (a real checksum that happens to equal it).
+    let total = checksum::fold(checksum::sum(l4));
+    if checksum::fold(checksum::pseudo_header(src, dst, proto, l4_len as u16) + total as u32)
+        == 0xffff
+    {
+        return PartialChecksum::Complete;
+    }
+    let mut finished = !total;
+    if proto == PROTO_UDP && finished == 0 {
+        finished = 0xffff;
+    }
+    l4[at..at + 2].copy_from_slice(&finished.to_be_bytes());
+    PartialChecksum::Completed
+}
+
 /// Recomputes an ICMP checksum over the whole message.
 pub fn fill_icmp_checksum(icmp: &mut [u8]) {
     if icmp.len() < 4 {
@@ -168,6 +224,73 @@ mod tests {
         assert!(tcp_checksum_ok(&bytes));
         let p = Ipv4Packet::new_checked(&bytes[..]).unwrap();
         assert_eq!(ports(PROTO_TCP, p.payload()), Some((33333, 8080)));
+    }
+
+    /// A segment as a sender with transmit checksum offload hands it over: the field holds
+    /// the folded pseudo-header sum.
+    fn partial(mut ip: Vec<u8>, at: usize) -> Vec<u8> {
+        let p = Ipv4Packet::new_checked(&ip[..]).unwrap();
+        let (src, dst, proto, len) = (p.src(), p.dst(), p.protocol(), p.payload().len());
+        let pseudo = checksum::fold(checksum::pseudo_header(
+            src.octets(),
+            dst.octets(),
+            proto,
+            len as u16,
+        ));
+        ip[20 + at..20 + at + 2].copy_from_slice(&pseudo.to_be_bytes());
+        ip
+    }
+
+    fn segment(tcp: bool, payload: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        let builder = etherparse::PacketBuilder::ipv4([10, 244, 1, 2], [10, 244, 1, 3], 64);
+        if tcp {
+            builder
+                .tcp(40000, 80, 7, 1000)
+                .write(&mut b, payload)
+                .unwrap();
+        } else {
+            builder.udp(40000, 53).write(&mut b, payload).unwrap();
+        }
+        b
+    }
+
+    #[test]
+    fn partial_checksums_are_finished_and_wrong_ones_left_alone() {
+        for (tcp, at) in [(true, 16), (false, 6)] {
+            for len in [0, 1, 17, 1400, 8900] {
+                let payload: Vec<u8> = (0..len).map(|i| (i * 31 % 256) as u8).collect();
+                let good = segment(tcp, &payload);
+                let mut p = partial(good.clone(), at);
+                assert_ne!(p, good);
+                assert_eq!(
+                    complete_partial_checksum(&mut p),
+                    PartialChecksum::Completed
+                );
+                assert_eq!(p, good, "tcp={tcp} len={len}");
+                // Already complete: untouched.
+                assert_eq!(complete_partial_checksum(&mut p), PartialChecksum::Complete);
+                assert_eq!(p, good);
+                // Simply wrong: untouched.
+                let mut wrong = good.clone();
+                wrong[20 + at] ^= 0x10;
+                let before = wrong.clone();
+                assert_eq!(
+                    complete_partial_checksum(&mut wrong),
+                    PartialChecksum::Complete
+                );
+                assert_eq!(wrong, before);
+            }
+        }
+        let mut icmp = Vec::new();
+        etherparse::PacketBuilder::ipv4([10, 244, 1, 2], [10, 244, 1, 3], 64)
+            .icmpv4_echo_request(1, 1)
+            .write(&mut icmp, b"x")
+            .unwrap();
+        assert_eq!(
+            complete_partial_checksum(&mut icmp),
+            PartialChecksum::NotApplicable
+        );
     }
 
     #[test]
