@@ -94,7 +94,7 @@ fn batch(template: impl Fn(u16) -> Vec<u8>) -> Vec<HeadroomBuf> {
 }
 
 fn stages(c: &mut Criterion) {
-    let overlay = Overlay::new(&vxlan());
+    let overlay = Overlay::new(&vxlan(), GW_MAC);
     let mut g = c.benchmark_group("vxlan_stage");
     g.throughput(Throughput::Elements(MAX_BATCH as u64));
     let inner = batch(|i| tcp(POD_MAC, GW_MAC.0, POD, REMOTE_POD, 1000 + i));
@@ -104,7 +104,7 @@ fn stages(c: &mut Criterion) {
             |frames| {
                 for f in frames.iter_mut() {
                     encap::set_inner_macs(f.as_mut(), &overlay, PEER_VTEP_MAC);
-                    let ok = encap::push_outer(f, &overlay, GW_MAC, PEER, 50000);
+                    let ok = encap::push_outer(f, &overlay, PEER, 50000);
                     black_box(ok);
                 }
             },

@@ -167,7 +167,7 @@ impl Policy {
                 .vxlan
                 .as_ref()
                 .filter(|_| config.uplink.is_some())
-                .map(Overlay::new),
+                .map(|v| Overlay::new(v, config.mac)),
             uplink_mtu: config.uplink.as_ref().map_or(1500, |u| u.mtu),
         }
     }

@@ -102,7 +102,7 @@ impl Ctx<'_> {
         };
         encap::set_inner_macs(&mut frame, overlay, peer_mac);
         let src_port = vxlan::source_port(u32::from(to) as u64);
-        encap::push_outer(&mut frame, overlay, self.policy.mac, vtep, src_port);
+        encap::push_outer(&mut frame, overlay, vtep, src_port);
         self.count(GwCounter::VxlanEncapsulated);
         if let Disposition::Forward(port) = deliver_outer(self, &mut frame, vtep) {
             self.emit.push(Emit {

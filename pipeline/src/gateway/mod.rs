@@ -304,7 +304,7 @@ impl Gateway {
                     self.counters.add(GwCounter::DropNoRoute, 1);
                     return Disposition::Drop;
                 };
-                if !encap::push_outer(frame, overlay, self.policy.mac, vtep, src_port) {
+                if !encap::push_outer(frame, overlay, vtep, src_port) {
                     self.counters.add(GwCounter::DropNoHeadroom, 1);
                     return Disposition::Drop;
                 }

@@ -8,6 +8,7 @@ pub mod encap;
 
 use crate::gateway::VxlanConfig;
 use crate::l3::Ipv4Cidr;
+use crate::wire::vxlan::{OuterRepr, ENCAP_OVERHEAD};
 use crate::wire::MacAddr;
 use rustc_hash::FxHashMap;
 use std::net::Ipv4Addr;
@@ -19,27 +20,59 @@ pub struct Overlay {
     pub udp_port: u16,
     pub local: Ipv4Addr,
     pub mac: MacAddr,
-    /// Peer VTEP address → its MAC (flannel.1's MAC there).
-    peers: FxHashMap<Ipv4Addr, MacAddr>,
+    /// Peer VTEP address → its MAC (flannel.1's MAC there) and the outer headers to it.
+    peers: FxHashMap<Ipv4Addr, Peer>,
     cidrs: Vec<Ipv4Cidr>,
 }
 
+/// A peer: its VTEP MAC, and the outer headers of a frame to it with the lengths, the IPv4
+/// checksum and the UDP source port still to fill in (written once, copied per packet).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub mac: MacAddr,
+    pub outer: [u8; ENCAP_OVERHEAD],
+}
+
 impl Overlay {
-    pub fn new(config: &VxlanConfig) -> Overlay {
+    /// The overlay of a node whose switch MAC (the outer source) is `our_mac`.
+    pub fn new(config: &VxlanConfig, our_mac: MacAddr) -> Overlay {
+        let peer = |vtep: Ipv4Addr, mac: MacAddr| {
+            let mut outer = [0u8; ENCAP_OVERHEAD];
+            OuterRepr {
+                src_mac: our_mac,
+                src_ip: config.local,
+                dst_ip: vtep,
+                src_port: 0,
+                dst_port: config.udp_port,
+                vni: config.vni,
+            }
+            .emit(&mut outer, 0);
+            Peer { mac, outer }
+        };
         Overlay {
             vni: config.vni,
             udp_port: config.udp_port,
             local: config.local,
             mac: config.mac,
-            peers: config.peers.iter().map(|p| (p.vtep, p.mac)).collect(),
+            peers: config
+                .peers
+                .iter()
+                .map(|p| (p.vtep, peer(p.vtep, p.mac)))
+                .collect(),
             cidrs: config.peers.iter().map(|p| p.cidr).collect(),
         }
+    }
+
+    /// The peer whose VTEP is `vtep`.
+    #[inline]
+    pub fn peer(&self, vtep: Ipv4Addr) -> Option<&Peer> {
+        self.peers.get(&vtep)
     }
 
     /// The MAC of the peer whose VTEP is `vtep`.
     #[inline]
     pub fn peer_mac(&self, vtep: Ipv4Addr) -> Option<MacAddr> {
-        self.peers.get(&vtep).copied()
+        self.peer(vtep).map(|p| p.mac)
     }
 
     pub fn in_peer_cidr(&self, ip: Ipv4Addr) -> bool {
