@@ -5,7 +5,7 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use pipeline::conntrack::{Conntrack, FlowState, Tuple};
 use pipeline::gateway::{GatewayConfig, ServiceConfig, UplinkConfig};
 use pipeline::l2::BridgeConfig;
-use pipeline::wire::arp::{ArpRepr, ARP_REQUEST};
+use pipeline::wire::arp::ArpRepr;
 use pipeline::{Bridge, Disposition, Gateway, GatewayShared, MacAddr, MAX_BATCH};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -131,19 +131,7 @@ fn syn_or_ack(sport: u16, syn: bool) -> Vec<u8> {
 }
 
 fn arp_from(ip: Ipv4Addr, mac: [u8; 6], target_ip: Ipv4Addr) -> Vec<u8> {
-    let mut b = vec![0u8; 42];
-    b[0..6].copy_from_slice(&[0xff; 6]);
-    b[6..12].copy_from_slice(&mac);
-    b[12..14].copy_from_slice(&[0x08, 0x06]);
-    ArpRepr {
-        operation: ARP_REQUEST,
-        sender_mac: MacAddr(mac),
-        sender_ip: ip,
-        target_mac: MacAddr::ZERO,
-        target_ip,
-    }
-    .emit(&mut b[14..]);
-    b
+    ArpRepr::request((MacAddr(mac), ip), target_ip).frame(MacAddr::BROADCAST)
 }
 
 /// A gateway with `services` services and `flows` established flows, and a batch of 64

@@ -5,7 +5,7 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use pipeline::gateway::{GatewayConfig, UplinkConfig, VxlanConfig, VxlanPeer};
 use pipeline::l2::BridgeConfig;
 use pipeline::overlay::{decap, encap, Overlay};
-use pipeline::wire::arp::{ArpRepr, ARP_REQUEST};
+use pipeline::wire::arp::ArpRepr;
 use pipeline::wire::ipv4::Ipv4Packet;
 use pipeline::wire::vxlan::ENCAP_OVERHEAD;
 use pipeline::{
@@ -129,19 +129,7 @@ fn stages(c: &mut Criterion) {
 }
 
 fn arp_from(ip: Ipv4Addr, mac: [u8; 6], target: Ipv4Addr) -> Vec<u8> {
-    let mut b = vec![0u8; 42];
-    b[0..6].copy_from_slice(&[0xff; 6]);
-    b[6..12].copy_from_slice(&mac);
-    b[12..14].copy_from_slice(&[0x08, 0x06]);
-    ArpRepr {
-        operation: ARP_REQUEST,
-        sender_mac: MacAddr(mac),
-        sender_ip: ip,
-        target_mac: MacAddr::ZERO,
-        target_ip: target,
-    }
-    .emit(&mut b[14..]);
-    b
+    ArpRepr::request((MacAddr(mac), ip), target).frame(MacAddr::BROADCAST)
 }
 
 /// A gateway that knows its pod and the peer, with 64 established pod ↔ remote pod flows.

@@ -29,19 +29,11 @@ fn udp(src_mac: MacAddr, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), len: usize)
 }
 
 fn arp(op: u16, eth_dst: MacAddr, sender: (MacAddr, Ipv4Addr), target_ip: Ipv4Addr) -> Vec<u8> {
-    let mut b = vec![0u8; 42];
-    b[0..6].copy_from_slice(&eth_dst.0);
-    b[6..12].copy_from_slice(&sender.0 .0);
-    b[12..14].copy_from_slice(&[0x08, 0x06]);
     ArpRepr {
         operation: op,
-        sender_mac: sender.0,
-        sender_ip: sender.1,
-        target_mac: MacAddr::ZERO,
-        target_ip,
+        ..ArpRepr::request(sender, target_ip)
     }
-    .emit(&mut b[14..]);
-    b
+    .frame(eth_dst)
 }
 
 /// `inner` as the peer's VTEP sends it to us.

@@ -31,7 +31,7 @@ mod gateway {
     use etherparse::PacketBuilder;
     use pipeline::gateway::{GatewayConfig, ServiceConfig, UplinkConfig};
     use pipeline::l2::BridgeConfig;
-    use pipeline::wire::arp::{ArpRepr, ARP_REQUEST};
+    use pipeline::wire::arp::ArpRepr;
     use pipeline::{
         Bridge, Disposition, Gateway, GatewayShared, GwCounter, MacAddr, PortId, MAX_BATCH,
     };
@@ -112,19 +112,7 @@ mod gateway {
     }
 
     fn arp_request(sender: (MacAddr, Ipv4Addr), target: Ipv4Addr) -> Vec<u8> {
-        let mut b = vec![0u8; 42];
-        b[0..6].copy_from_slice(&MacAddr::BROADCAST.0);
-        b[6..12].copy_from_slice(&sender.0 .0);
-        b[12..14].copy_from_slice(&[0x08, 0x06]);
-        ArpRepr {
-            operation: ARP_REQUEST,
-            sender_mac: sender.0,
-            sender_ip: sender.1,
-            target_mac: MacAddr::ZERO,
-            target_ip: target,
-        }
-        .emit(&mut b[14..]);
-        b
+        ArpRepr::request(sender, target).frame(MacAddr::BROADCAST)
     }
 
     fn tcp(mac: MacAddr, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: &str) -> Vec<u8> {

@@ -4,7 +4,7 @@ use super::{Emit, Gateway, GwCounter, Policy};
 use crate::batch::{Disposition, PortId};
 use crate::l3::Segment;
 use crate::wire::arp::{ArpRepr, ARP_LEN, ARP_REPLY, ARP_REQUEST};
-use crate::wire::{EtherType, EthernetFrame, MacAddr, ETHERNET_HEADER_LEN};
+use crate::wire::{EthernetFrame, MacAddr, ETHERNET_HEADER_LEN};
 use std::net::Ipv4Addr;
 
 pub(super) fn handle(
@@ -127,19 +127,7 @@ pub(super) fn request_for(policy: &Policy, ip: Ipv4Addr) -> Option<Emit> {
         Segment::Uplink
     };
     let our_ip = policy.our_ip(segment)?;
-    let mut frame = vec![0u8; ETHERNET_HEADER_LEN + ARP_LEN];
-    let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
-    eth.set_dst_addr(MacAddr::BROADCAST);
-    eth.set_src_addr(policy.mac);
-    eth.set_ethertype(EtherType::Arp);
-    ArpRepr {
-        operation: ARP_REQUEST,
-        sender_mac: policy.mac,
-        sender_ip: our_ip,
-        target_mac: MacAddr::ZERO,
-        target_ip: ip,
-    }
-    .emit(&mut frame[ETHERNET_HEADER_LEN..]);
+    let frame = ArpRepr::request((policy.mac, our_ip), ip).frame(MacAddr::BROADCAST);
     Some(Emit {
         to: policy.segment_ports(segment),
         frame,

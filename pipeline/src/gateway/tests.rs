@@ -120,10 +120,6 @@ pub(super) fn arp(
     target: (MacAddr, Ipv4Addr),
     eth_dst: MacAddr,
 ) -> Vec<u8> {
-    let mut b = vec![0u8; 42];
-    b[0..6].copy_from_slice(&eth_dst.0);
-    b[6..12].copy_from_slice(&sender.0 .0);
-    b[12..14].copy_from_slice(&[0x08, 0x06]);
     ArpRepr {
         operation: op,
         sender_mac: sender.0,
@@ -131,8 +127,7 @@ pub(super) fn arp(
         target_mac: target.0,
         target_ip: target.1,
     }
-    .emit(&mut b[14..]);
-    b
+    .frame(eth_dst)
 }
 
 /// (src, sport, dst, dport) of a frame; asserts valid IPv4 and TCP/UDP checksums.

@@ -72,7 +72,6 @@ impl PortSecurity {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::arp::{ARP_LEN, ARP_REQUEST};
 
     const MAC: MacAddr = MacAddr([2, 0, 0, 0, 1, 2]);
     const OTHER: MacAddr = MacAddr([2, 0, 0, 0, 1, 3]);
@@ -89,19 +88,10 @@ mod tests {
     }
 
     fn arp(eth_src: MacAddr, sender: (MacAddr, Ipv4Addr)) -> Vec<u8> {
-        let mut b = vec![0u8; ETHERNET_HEADER_LEN + ARP_LEN];
-        b[0..6].copy_from_slice(&MacAddr::BROADCAST.0);
-        b[6..12].copy_from_slice(&eth_src.0);
-        b[12..14].copy_from_slice(&[0x08, 0x06]);
-        ArpRepr {
-            operation: ARP_REQUEST,
-            sender_mac: sender.0,
-            sender_ip: sender.1,
-            target_mac: MacAddr::ZERO,
-            target_ip: Ipv4Addr::new(10, 244, 1, 1),
-        }
-        .emit(&mut b[ETHERNET_HEADER_LEN..]);
-        b
+        let mut frame =
+            ArpRepr::request(sender, Ipv4Addr::new(10, 244, 1, 1)).frame(MacAddr::BROADCAST);
+        frame[6..12].copy_from_slice(&eth_src.0);
+        frame
     }
 
     #[test]

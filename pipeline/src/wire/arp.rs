@@ -1,6 +1,6 @@
 //! ARP for IPv4 over Ethernet.
 
-use super::MacAddr;
+use super::{EtherType, EthernetFrame, MacAddr, ETHERNET_HEADER_LEN};
 use std::net::Ipv4Addr;
 
 pub const ARP_LEN: usize = 28;
@@ -35,6 +35,28 @@ impl ArpRepr {
             target_mac: MacAddr::from_bytes(&b[18..24]),
             target_ip: ip(24),
         })
+    }
+
+    /// A request from `sender` (MAC, address) for `target`.
+    pub fn request(sender: (MacAddr, Ipv4Addr), target: Ipv4Addr) -> ArpRepr {
+        ArpRepr {
+            operation: ARP_REQUEST,
+            sender_mac: sender.0,
+            sender_ip: sender.1,
+            target_mac: MacAddr::ZERO,
+            target_ip: target,
+        }
+    }
+
+    /// The Ethernet frame that carries this packet to `eth_dst`, from the sender's MAC.
+    pub fn frame(&self, eth_dst: MacAddr) -> Vec<u8> {
+        let mut frame = vec![0u8; ETHERNET_HEADER_LEN + ARP_LEN];
+        let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
+        eth.set_dst_addr(eth_dst);
+        eth.set_src_addr(self.sender_mac);
+        eth.set_ethertype(EtherType::Arp);
+        self.emit(&mut frame[ETHERNET_HEADER_LEN..]);
+        frame
     }
 
     pub fn emit(&self, out: &mut [u8]) {
