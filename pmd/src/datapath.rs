@@ -547,6 +547,11 @@ impl Datapath {
             .collect()
     }
 
+    /// Has every worker publish its counters now (they do once a second by themselves).
+    pub fn refresh_stats(&self) {
+        let _ = self.on_workers(|_, _| ());
+    }
+
     /// Asks worker `w` alone (e.g. its forwarding table).
     pub fn on_worker<R: Send + 'static>(
         &self,

@@ -284,7 +284,8 @@ impl Worker {
                 }
             }
         }
-        self.publish_ports();
+        // Whoever asked reads fresh counters.
+        self.publish();
     }
 
     fn add_port(

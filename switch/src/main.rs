@@ -9,6 +9,7 @@ mod cli;
 mod config;
 mod control;
 mod live;
+mod logging;
 mod metrics;
 mod report;
 
@@ -27,31 +28,13 @@ use std::time::{Duration, Instant};
 /// How often the ports' interfaces are checked for having disappeared.
 const VANISHED_CHECK: Duration = Duration::from_millis(500);
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        .init();
-    // A panicking worker is reported where the operator looks, then the process exits non-zero.
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let thread = std::thread::current();
-        tracing::error!(thread = thread.name().unwrap_or("?"), "panic: {info}");
-        default(info);
-    }));
-}
-
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("ctl") {
         return control::client::main(&argv[2..]);
     }
     let args = cli::Args::parse();
-    init_logging();
+    logging::init();
     let node: Option<NodeConfig> = match &args.config {
         Some(path) => match config::load(path, &port_exists) {
             Ok(n) => Some(with_uplink_mtu(n)),

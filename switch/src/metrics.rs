@@ -126,6 +126,7 @@ impl Out {
 /// The whole exposition, from the workers' published counters.
 pub fn render(live: &Live) -> String {
     let dp = &live.dp;
+    dp.refresh_stats();
     let mut o = Out(String::new());
     let ports: Vec<(u16, String)> = dp
         .ports()

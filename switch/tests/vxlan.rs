@@ -501,6 +501,8 @@ mac = "{mac}"
                 "exec",
                 &self.nodes[n].ns,
                 vswitch_bin(),
+                "--ctl",
+                &common::ctl_path(),
                 "--config",
             ])
             .arg(&config)

@@ -260,6 +260,7 @@ fn counter_map<C: Copy>(
 
 fn stats(live: &Live) -> Value {
     let dp = &live.dp;
+    dp.refresh_stats();
     let workers: Vec<Value> = dp
         .stats
         .iter()
@@ -419,7 +420,14 @@ fn routes(live: &Live) -> Value {
                 NextHop::Connected(s) => (None, s),
                 NextHop::Via(ip, s) => (Some(ip.to_string()), s),
             };
-            json!({ "prefix": r.prefix.to_string(), "via": via, "segment": segment_name(segment) })
+            // The network, not the gateway's own address the pod subnet is written with.
+            let mask = u32::MAX.checked_shl(32 - r.prefix.len as u32).unwrap_or(0);
+            let net = Ipv4Addr::from(u32::from(r.prefix.addr) & mask);
+            json!({
+                "prefix": format!("{net}/{}", r.prefix.len),
+                "via": via,
+                "segment": segment_name(segment),
+            })
         })
         .collect();
     json!({ "routes": routes })
