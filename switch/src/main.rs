@@ -124,14 +124,9 @@ fn main() -> ExitCode {
         }
         if reload.swap(false, Ordering::Relaxed) {
             match live.reload() {
-                Ok(text) => {
-                    tracing::info!("{text}");
-                    emit(&format!("vswitch: {text}\n"));
-                }
-                Err(e) => {
-                    tracing::warn!("{e}");
-                    eprintln!("vswitch: {e}");
-                }
+                Ok(text) => emit(&format!("vswitch: {text}\n")),
+                // Said once, as before tracing: on stderr.
+                Err(e) => eprintln!("vswitch: {e}"),
             }
         }
         if last_check.elapsed() >= VANISHED_CHECK {

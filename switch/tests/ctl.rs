@@ -368,6 +368,7 @@ fn every_command_answers_in_both_formats_while_traffic_flows() {
     assert!(start.elapsed() < Duration::from_secs(8));
 
     let _ = server.kill();
+    let _ = server.wait();
     let stopped = switch.stop();
     assert_eq!(stopped.code, Some(0), "{}", stopped.stderr);
     assert!(
