@@ -209,7 +209,8 @@ PY
 start_vswitch() {
 	local ns=${VS_NS:-$SW}
 	VS_LOG=$tmp/vswitch-$ns
-	ip netns exec "$ns" $bin/vswitch "$@" --cores "${VS_CORES:-0}" --poll busy >"$VS_LOG" 2>&1 &
+	# Each switch its own control socket: two run at once in the vxlan scenario.
+	ip netns exec "$ns" $bin/vswitch "$@" --cores "${VS_CORES:-0}" --poll busy --ctl "$tmp/ctl-$ns.sock" >"$VS_LOG" 2>&1 &
 	VS=$!
 	SWITCH_PID=$VS
 	for _ in $(seq 100); do ip -n "$ns" -d link show "${VS_PORT:-vsink}" | grep -q prog/xdp && break; sleep 0.1; done

@@ -9,8 +9,8 @@
 # Service "web" 10.96.0.10:80 → pod1, pod2 and the node-2 pod on 8080; NodePort 30080.
 # Builds a release binary, makes the namespaces, runs vswitch --config, shows pods talking on
 # their segment, load-balanced service traffic, NodePort from outside, masquerade to the
-# outside, the inbound policy, a host-gw route, a 20 MB transfer; prints the switch's counters
-# and cleans up (also on failure).
+# outside, the inbound policy, a host-gw route, a 20 MB transfer; shows the switch's tables with
+# `vswitch ctl`, prints its counters and cleans up (also on failure).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo.sh needs root (network namespaces, XDP)" >&2; exit 1; }
@@ -90,7 +90,8 @@ TOML
 
 echo "== starting vswitch --config node.toml in ${P}sw"
 # Not through a shell function: $! must be vswitch itself, to signal and wait for it.
-ip netns exec "${P}sw" target/release/vswitch --config "$tmp/node.toml" --stats-interval 2 >"$tmp/vswitch.log" 2>&1 &
+ip netns exec "${P}sw" target/release/vswitch --config "$tmp/node.toml" --ctl "$tmp/vswitch.sock" \
+	--stats-interval 2 >"$tmp/vswitch.log" 2>&1 &
 switch=$!
 for _ in $(seq 100); do ip -n "${P}sw" -d link show vup | grep -q prog/xdp && break; sleep 0.1; done
 head -1 "$tmp/vswitch.log"
@@ -134,6 +135,17 @@ received=$(cat "$tmp/rx")
 echo "   sent:     $sent"
 echo "   received: $received  (${ms} ms)"
 [ "$sent" = "$received" ] || { echo "TRANSFER CORRUPTED"; exit 1; }
+
+ctl() { target/release/vswitch ctl --socket "$tmp/vswitch.sock" "$@" | sed 's/^/   /'; }
+echo "== the switch's tables (vswitch ctl)"
+for what in ports fdb neigh routes services; do
+	echo "-- vswitch ctl show $what"
+	ctl show "$what"
+done
+echo "-- vswitch ctl show conntrack --limit 5"
+ctl show conntrack --limit 5
+echo "-- vswitch ctl show stats"
+ctl show stats
 
 echo "== stopping vswitch (SIGTERM); what it printed"
 kill -TERM "$switch"

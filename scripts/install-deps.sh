@@ -3,8 +3,9 @@
 #   ethtool   queue counts and GRO in the benchmark (bench.sh)
 #   ping      reachability checks;   bpftool   the netlink-attached-program test
 #   nft       the kernel reference dataplane of the gateway tests (kube-proxy-like rules)
+#   tcpdump   reads the capture files `vswitch ctl capture` writes (switch/tests/ctl.rs)
 set -euo pipefail
-declare -A package=([ethtool]=ethtool [ping]=iputils-ping [bpftool]=bpftool [nft]=nftables)
+declare -A package=([ethtool]=ethtool [ping]=iputils-ping [bpftool]=bpftool [nft]=nftables [tcpdump]=tcpdump)
 missing=()
 for tool in "${!package[@]}"; do
 	command -v "$tool" >/dev/null 2>&1 || missing+=("${package[$tool]}")

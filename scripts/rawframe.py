@@ -4,6 +4,8 @@
   rawframe.py send IFACE DST_MAC SRC_MAC COUNT     send COUNT frames of EtherType 0x88b5
   rawframe.py listen IFACE SECONDS                 print "<count> <dst,...>" of 0x88b5 frames
                                                    seen within SECONDS (prints "ready" first)
+  rawframe.py garp IFACE SRC_MAC IP COUNT          send COUNT gratuitous ARP requests claiming
+                                                   IP for SRC_MAC (broadcast)
   rawframe.py udp IFACE DST_MAC SRC_MAC SRC_IP DST_IP PORT MODE COUNT
                                                    send COUNT IPv4/UDP datagrams whose checksum is
                                                    complete (MODE good), left to offload (partial:
@@ -27,6 +29,16 @@ def send(iface, dst, src, count):
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
         s.bind((iface, 0))
         frame = mac(dst) + mac(src) + ETHERTYPE.to_bytes(2, "big") + b"vswitch-test".ljust(46, b".")
+        for _ in range(count):
+            s.send(frame)
+
+
+def garp(iface, src, ip, count):
+    addr = bytes(int(o) for o in ip.split("."))
+    arp = (b"\x00\x01\x08\x00\x06\x04\x00\x01" + mac(src) + addr + b"\x00" * 6 + addr)
+    frame = b"\xff" * 6 + mac(src) + b"\x08\x06" + arp.ljust(46, b"\x00")
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((iface, 0))
         for _ in range(count):
             s.send(frame)
 
@@ -111,6 +123,8 @@ if __name__ == "__main__":
         send(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
     elif len(sys.argv) == 4 and sys.argv[1] == "listen":
         listen(sys.argv[2], float(sys.argv[3]))
+    elif len(sys.argv) == 6 and sys.argv[1] == "garp":
+        garp(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
     elif len(sys.argv) == 10 and sys.argv[1] == "udp":
         udp(*sys.argv[2:9], int(sys.argv[9]))
     elif len(sys.argv) == 4 and sys.argv[1] == "udp-count":

@@ -65,6 +65,19 @@ impl PortMask {
         self.0.iter().all(|w| *w == 0)
     }
 
+    /// The ports in both sets.
+    #[inline]
+    pub fn and(mut self, other: PortMask) -> PortMask {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a &= b;
+        }
+        self
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
     /// The ports in the set, below `limit`, in order.
     pub fn ports(self, limit: usize) -> impl Iterator<Item = PortId> {
         let limit = limit.min(MAX_PORTS);
@@ -129,5 +142,10 @@ mod tests {
         assert_eq!(PortMask::of(&[0, past, past + 64]), PortMask::single(0));
         assert_eq!(PortMask::single(PortId::MAX), PortMask::NONE);
         assert!(PortMask::NONE.is_empty() && !PortMask::single(9).is_empty());
+        assert_eq!(
+            PortMask::of(&[1, 70, 200]).and(PortMask::of(&[70, 200, 201])),
+            PortMask::of(&[70, 200])
+        );
+        assert_eq!(PortMask::of(&[1, 70, 200]).len(), 3);
     }
 }

@@ -80,6 +80,11 @@ impl Pipeline {
         }
     }
 
+    /// The ports floods go to.
+    pub fn set_flood_domain(&mut self, ports: PortMask) {
+        self.bridge_mut().set_flood_domain(ports);
+    }
+
     /// Binds a port to the addresses it may send from (`None`: unchecked).
     pub fn set_port_binding(&mut self, port: PortId, binding: Option<l2::PortBinding>) {
         self.bridge_mut().set_binding(port, binding);

@@ -1,13 +1,16 @@
-//! Builds the datapath from a port list: checks everything first, then opens sockets, loads and
-//! attaches the XDP programs, and starts the workers. Stopping detaches and reports.
+//! Builds the datapath: checks everything first, starts the workers (each with its UMEM and
+//! no ports), then adds the ports one by one. Ports are added and removed while the workers
+//! run: the control thread opens and closes sockets, programs and maps, and tells the workers
+//! through their command channels. Stopping detaches and reports.
 
 use crate::bpf::{RedirectProgram, XdpLink, XdpMode, XskMap};
 use crate::netdev;
 use crate::socket::PortSocket;
 use crate::stats::WorkerStats;
-use crate::umem::{RingSizes, Umem, MAX_FRAME_LEN};
-use crate::worker::{Egress, Handoff, PollMode, Worker, WorkerReport, WorkerSetup};
+use crate::umem::{RingSizes, Umem, UmemHandle, FRAME_SIZE, MAX_FRAME_LEN};
+use crate::worker::{Command, Handoff, PollMode, Worker, WorkerReport, WorkerSetup};
 use crossbeam_channel::{bounded, Receiver, Sender};
+use pipeline::gateway::ForgottenPort;
 use pipeline::{
     Bridge, BridgeConfig, Gateway, GatewayConfig, GatewayShared, LearnEvent, Pipeline, PortId,
     MAX_PORTS,
@@ -18,7 +21,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Ethernet header plus one VLAN tag and the FCS-less trailer room the MTU does not include.
 const L2_OVERHEAD: u32 = 18;
@@ -28,6 +31,14 @@ const HANDOFF_QUEUE: usize = 8192;
 const BUSY_POLL_USECS: i32 = 20;
 const BUSY_POLL_BUDGET: i32 = 64;
 const LEARN_QUEUE: usize = 4096;
+const COMMAND_QUEUE: usize = 64;
+/// How long the control thread waits for a worker to answer (it answers between two passes,
+/// so within a millisecond or two unless it is stuck).
+const WORKER_ANSWER: Duration = Duration::from_secs(2);
+/// Frames per worker by default: 64 MiB, enough for 250 ports' fill rings at their idle size
+/// plus bursts on the busy ones. The kernel keeps about 136 bytes per frame for every socket
+/// registered on the UMEM, so this also bounds what each port costs it (about 2.2 MB).
+pub const DEFAULT_FRAMES_PER_WORKER: u32 = 16_384;
 
 #[derive(Debug, Clone)]
 pub struct DatapathConfig {
@@ -42,6 +53,8 @@ pub struct DatapathConfig {
     pub rings: RingSizes,
     /// The node gateway's configuration (`--config`); `None` for a plain learning bridge.
     pub gateway: Option<GatewayConfig>,
+    /// Frames in each worker's UMEM, shared by all its ports.
+    pub frames_per_worker: u32,
 }
 
 impl Default for DatapathConfig {
@@ -55,6 +68,7 @@ impl Default for DatapathConfig {
             bridge: BridgeConfig::default(),
             rings: RingSizes::default(),
             gateway: None,
+            frames_per_worker: DEFAULT_FRAMES_PER_WORKER,
         }
     }
 }
@@ -73,6 +87,9 @@ pub enum DatapathError {
     DuplicateCore(usize),
     TooManyWorkers { workers: usize, queues: usize },
     XdpProgramPresent { port: String },
+    PortPresent(String),
+    NoSuchPort(String),
+    WorkerGone(usize),
     Setup { what: String, source: io::Error },
 }
 
@@ -109,6 +126,9 @@ impl fmt::Display for DatapathError {
                 f,
                 "port {port:?} already has an XDP program attached outside vswitch (by netlink, e.g. `ip link set dev {port} xdp ...`); remove it with `ip link set dev {port} xdp off` (or `xdpgeneric off`) and start again"
             ),
+            DatapathError::PortPresent(p) => write!(f, "port {p:?} is already attached"),
+            DatapathError::NoSuchPort(p) => write!(f, "no port {p:?} is attached"),
+            DatapathError::WorkerGone(w) => write!(f, "worker {w} did not answer (stopped?)"),
             DatapathError::Setup { what, source } => write!(f, "{what}: {source}"),
         }
     }
@@ -130,11 +150,28 @@ pub struct PortInfo {
     pub mtu: u32,
 }
 
-/// Checks ports and cores without changing anything.
-pub fn validate(config: &DatapathConfig) -> Result<Vec<PortInfo>, DatapathError> {
-    if config.ports.is_empty() {
-        return Err(DatapathError::NoPorts);
+/// A port as the kernel describes it now.
+pub fn port_info(name: &str) -> Result<PortInfo, DatapathError> {
+    let ifindex = netdev::ifindex(name).map_err(|_| DatapathError::PortNotFound(name.into()))?;
+    let mtu = netdev::mtu(name).map_err(setup(format!("reading the MTU of {name}")))?;
+    if mtu > MAX_MTU {
+        return Err(DatapathError::MtuTooLarge {
+            port: name.into(),
+            mtu,
+        });
     }
+    let queues = netdev::rx_queues(name).map_err(setup(format!("reading the queues of {name}")))?;
+    Ok(PortInfo {
+        name: name.into(),
+        ifindex,
+        queues,
+        mtu,
+    })
+}
+
+/// Checks ports and cores without changing anything. No ports is fine: they can be added
+/// later (`Datapath::add_port`).
+pub fn validate(config: &DatapathConfig) -> Result<Vec<PortInfo>, DatapathError> {
     if config.ports.len() > MAX_PORTS {
         return Err(DatapathError::TooManyPorts {
             ports: config.ports.len(),
@@ -172,26 +209,10 @@ pub fn validate(config: &DatapathConfig) -> Result<Vec<PortInfo>, DatapathError>
     }
     let mut ports = Vec::new();
     for name in &config.ports {
-        let ifindex =
-            netdev::ifindex(name).map_err(|_| DatapathError::PortNotFound(name.clone()))?;
-        let mtu = netdev::mtu(name).map_err(setup(format!("reading the MTU of {name}")))?;
-        if mtu > MAX_MTU {
-            return Err(DatapathError::MtuTooLarge {
-                port: name.clone(),
-                mtu,
-            });
-        }
-        let queues =
-            netdev::rx_queues(name).map_err(setup(format!("reading the queues of {name}")))?;
-        ports.push(PortInfo {
-            name: name.clone(),
-            ifindex,
-            queues,
-            mtu,
-        });
+        ports.push(port_info(name)?);
     }
     let queues: usize = ports.iter().map(|p| p.queues as usize).sum();
-    if config.workers.len() > queues {
+    if !ports.is_empty() && config.workers.len() > queues {
         return Err(DatapathError::TooManyWorkers {
             workers: config.workers.len(),
             queues,
@@ -200,47 +221,69 @@ pub fn validate(config: &DatapathConfig) -> Result<Vec<PortInfo>, DatapathError>
     Ok(ports)
 }
 
-/// Which worker polls each queue of each port. With as many queues as workers, worker `w`
-/// gets queue `w` of every port, so every worker can transmit on every port without a copy;
-/// with fewer, the ports are spread round-robin.
-pub fn assign_queues(ports: &[PortInfo], workers: usize) -> Vec<Vec<usize>> {
-    ports
-        .iter()
-        .enumerate()
-        .map(|(p, info)| {
-            (0..info.queues as usize)
-                .map(|q| {
-                    if info.queues as usize >= workers {
-                        q % workers
-                    } else {
-                        (p + q) % workers
-                    }
-                })
-                .collect()
+/// Which worker polls each of a port's `queues`: with as many queues as workers, worker w
+/// gets queue w, so every worker transmits on the port without a copy; with fewer, the
+/// workers from `first` (the least loaded) on.
+pub fn queue_owners(queues: u32, workers: usize, first: usize) -> Vec<usize> {
+    (0..queues as usize)
+        .map(|q| {
+            if queues as usize >= workers {
+                q % workers
+            } else {
+                (first + q) % workers
+            }
         })
         .collect()
 }
 
+/// A port the datapath has attached.
+pub struct LivePort {
+    pub info: PortInfo,
+    /// The mode its program ended up attached in.
+    pub mode: XdpMode,
+    /// The worker polling each of its queues.
+    pub owners: Vec<usize>,
+    /// When it was attached, for the operator.
+    pub since: Instant,
+    // Dropping the link detaches the program; the map goes after it.
+    link: Option<XdpLink>,
+    map: Option<XskMap>,
+}
+
+/// Code run on every worker's pipeline, between passes (a port's binding, a flood domain).
+pub type SharedJob = Arc<dyn Fn(&mut Pipeline, u64) + Send + Sync>;
+
+struct WorkerHandle {
+    commands: Sender<Command>,
+    handoff: Sender<Handoff>,
+    umem: UmemHandle,
+    thread: Option<JoinHandle<WorkerReport>>,
+}
+
+/// What became of a worker, at stop.
+pub enum WorkerEnd {
+    Stopped(WorkerReport),
+    /// It panicked; the panic's message.
+    Panicked(String),
+}
+
 /// A running datapath.
 pub struct Datapath {
-    pub ports: Vec<PortInfo>,
-    /// The mode each port's program ended up attached in.
-    pub modes: Vec<XdpMode>,
     pub stats: Vec<Arc<WorkerStats>>,
     /// The tables the gateway's workers share (for reloads), in gateway mode.
     pub gateway: Option<Arc<GatewayShared>>,
+    /// The time base of every worker (`now_ms` counts from it).
+    pub epoch: Instant,
+    /// Worker cores, as configured (`None`: unpinned).
+    pub cores: Vec<Option<usize>>,
+    /// Bytes of each worker's UMEM.
+    pub umem_bytes: usize,
+    xdp_mode: XdpMode,
+    rings: RingSizes,
+    busy_poll: bool,
+    ports: Vec<Option<LivePort>>,
+    workers: Vec<WorkerHandle>,
     stop: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<WorkerReport>>,
-    // Dropping these detaches the programs.
-    links: Vec<XdpLink>,
-    _maps: Vec<XskMap>,
-}
-
-struct WorkerParts {
-    // Sockets first: they drop before the UMEM (see `WorkerSetup`).
-    sockets: Vec<(PortId, PortSocket)>,
-    umem: Umem,
-    pool: crate::umem::FramePool,
 }
 
 impl Datapath {
@@ -248,115 +291,37 @@ impl Datapath {
         let ports = validate(config)?;
         netdev::raise_memlock_limit();
         let nworkers = config.workers.len();
-        let owner = assign_queues(&ports, nworkers);
-
-        // Sockets first: each worker's UMEM and the queues it owns.
-        let mut parts = Vec::new();
-        for w in 0..nworkers {
-            let owned: Vec<(usize, u32)> = owner
-                .iter()
-                .enumerate()
-                .flat_map(|(p, qs)| {
-                    qs.iter()
-                        .enumerate()
-                        .filter(move |(_, &o)| o == w)
-                        .map(move |(q, _)| (p, q as u32))
-                })
-                .collect();
-            let rings = config.rings;
-            let frames = owned.len() as u32 * (rings.fill + rings.rx + rings.tx) + 4096;
-            let (umem, pool) = Umem::new(frames, rings)
-                .map_err(setup(format!("worker {w}: creating its UMEM")))?;
-            let mut sockets = Vec::new();
-            for (i, &(p, q)) in owned.iter().enumerate() {
-                let name = &ports[p].name;
-                let sock = PortSocket::open(&umem, name, q, i == 0, rings).map_err(setup(
-                    format!("opening an AF_XDP socket on {name} queue {q}"),
-                ))?;
-                if config.busy_poll {
-                    sock.enable_busy_poll(BUSY_POLL_USECS, BUSY_POLL_BUDGET)
-                        .map_err(setup(format!("enabling busy polling on {name} queue {q}")))?;
-                }
-                sockets.push((p as PortId, sock));
-            }
-            parts.push(WorkerParts {
-                sockets,
-                umem,
-                pool,
-            });
-        }
-
-        // Then the programs: each port's XSKMAP points its queues at their sockets.
-        let mut maps = Vec::new();
-        let mut links = Vec::new();
-        let mut modes = Vec::new();
-        for (p, info) in ports.iter().enumerate() {
-            let map = XskMap::create(info.queues)
-                .map_err(setup(format!("creating the XSKMAP of {}", info.name)))?;
-            for part in &parts {
-                for (port, sock) in &part.sockets {
-                    if *port as usize == p {
-                        map.insert(sock.queue, sock.raw_fd())
-                            .map_err(setup(format!(
-                                "registering {} queue {}",
-                                info.name, sock.queue
-                            )))?;
-                    }
-                }
-            }
-            let prog = RedirectProgram::load(&map)
-                .map_err(setup(format!("loading the XDP program for {}", info.name)))?;
-            let link = attach(&prog, info, config.xdp_mode)?;
-            modes.push(link.mode);
-            links.push(link);
-            maps.push(map);
-        }
-
         // Channels between workers: frame handoffs and learned addresses.
         let (handoff_tx, handoff_rx): (Vec<Sender<Handoff>>, Vec<Receiver<Handoff>>) =
             (0..nworkers).map(|_| bounded(HANDOFF_QUEUE)).unzip();
         let (learn_tx, learn_rx): (Vec<Sender<LearnEvent>>, Vec<Receiver<LearnEvent>>) =
             (0..nworkers).map(|_| bounded(LEARN_QUEUE)).unzip();
-
         let stop = Arc::new(AtomicBool::new(false));
         // One clock for every worker: they stamp entries of the tables they share.
         let epoch = Instant::now();
-        let mut stats = Vec::new();
-        let mut workers = Vec::new();
         let mut bridge_config = match &config.gateway {
             Some(gw) => gw.pod_bridge(&config.bridge),
             None => config.bridge.clone(),
         };
         bridge_config.announce_learning = nworkers > 1;
         let gateway = config.gateway.as_ref().map(GatewayShared::new);
-        for (w, (part, (handoff_in, learn_in))) in parts
-            .into_iter()
-            .zip(handoff_rx.into_iter().zip(learn_rx))
-            .enumerate()
-        {
-            let egress = (0..ports.len())
-                .map(|p| {
-                    match part
-                        .sockets
-                        .iter()
-                        .position(|(port, _)| *port as usize == p)
-                    {
-                        Some(index) => Egress::Local(index),
-                        None => Egress::Remote(handoff_tx[owner[p][0]].clone()),
-                    }
-                })
-                .collect();
-            let worker_stats = Arc::new(WorkerStats::new(ports.len()));
+        let mut stats = Vec::new();
+        let mut workers = Vec::new();
+        let frames = config.frames_per_worker.max(1024);
+        for (w, (handoff_in, learn_in)) in handoff_rx.into_iter().zip(learn_rx).enumerate() {
+            let (umem, pool) =
+                Umem::new(frames).map_err(setup(format!("worker {w}: mapping its UMEM")))?;
+            let (commands_tx, commands) = bounded(COMMAND_QUEUE);
+            let worker_stats = Arc::new(WorkerStats::new());
             stats.push(worker_stats.clone());
+            let handle = umem.handle();
             let worker_setup = WorkerSetup {
                 id: w,
                 core: config.workers[w],
                 poll: config.poll,
                 busy_poll: config.busy_poll,
-                umem: part.umem,
-                pool: part.pool,
-                sockets: part.sockets,
-                egress,
+                umem,
+                pool,
                 handoff_in,
                 learn_out: learn_tx
                     .iter()
@@ -365,6 +330,7 @@ impl Datapath {
                     .map(|(_, s)| s.clone())
                     .collect(),
                 learn_in,
+                commands,
                 pipeline: match &gateway {
                     Some(shared) => Pipeline::Gateway(Box::new(Gateway::new(
                         shared.clone(),
@@ -377,38 +343,344 @@ impl Datapath {
                 stop: stop.clone(),
                 epoch,
             };
-            let handle = std::thread::Builder::new()
-                .name(format!("pmd{w}"))
+            let thread = std::thread::Builder::new()
+                .name(format!("vswitch-pmd{w}"))
                 .spawn(move || Worker::new(worker_setup).run())
                 .map_err(setup(format!("starting worker {w}")))?;
-            workers.push(handle);
+            workers.push(WorkerHandle {
+                commands: commands_tx,
+                handoff: handoff_tx[w].clone(),
+                umem: handle,
+                thread: Some(thread),
+            });
         }
-        Ok(Datapath {
-            ports,
-            modes,
+        let mut dp = Datapath {
             stats,
             gateway,
-            stop,
+            epoch,
+            cores: config.workers.clone(),
+            umem_bytes: frames as usize * FRAME_SIZE as usize,
+            xdp_mode: config.xdp_mode,
+            rings: config.rings,
+            busy_poll: config.busy_poll,
+            ports: (0..MAX_PORTS).map(|_| None).collect(),
             workers,
-            links,
-            _maps: maps,
-        })
+            stop,
+        };
+        // Initial ports get the ids 0, 1, ... in order (the config file's uplink id relies on it).
+        for info in ports {
+            dp.add_port_info(info, |_| None)?;
+        }
+        Ok(dp)
+    }
+
+    /// Milliseconds since the workers' epoch, as they stamp their tables.
+    pub fn now_ms(&self) -> u64 {
+        crate::worker::now_ms(self.epoch)
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The attached ports, by id.
+    pub fn ports(&self) -> impl Iterator<Item = (PortId, &LivePort)> {
+        self.ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (i as PortId, p)))
+    }
+
+    pub fn port(&self, id: PortId) -> Option<&LivePort> {
+        self.ports.get(id as usize).and_then(|p| p.as_ref())
+    }
+
+    pub fn port_id(&self, name: &str) -> Option<PortId> {
+        self.ports()
+            .find(|(_, p)| p.info.name == name)
+            .map(|(id, _)| id)
+    }
+
+    /// Attaches the interface `name` as a new port (the lowest free id) while the workers
+    /// run. `setup` is called with the id before the port's program is attached; the job it
+    /// returns runs on every worker first (a binding, a flood domain).
+    pub fn add_port(
+        &mut self,
+        name: &str,
+        setup: impl FnOnce(PortId) -> Option<SharedJob>,
+    ) -> Result<PortId, DatapathError> {
+        if self.port_id(name).is_some() {
+            return Err(DatapathError::PortPresent(name.into()));
+        }
+        let info = port_info(name)?;
+        self.add_port_info(info, setup)
+    }
+
+    fn least_loaded_worker(&self) -> usize {
+        let mut load = vec![0usize; self.workers.len()];
+        for (_, p) in self.ports() {
+            for &w in &p.owners {
+                load[w] += 1;
+            }
+        }
+        (0..load.len()).min_by_key(|&w| (load[w], w)).unwrap_or(0)
+    }
+
+    fn add_port_info(
+        &mut self,
+        info: PortInfo,
+        setup_job: impl FnOnce(PortId) -> Option<SharedJob>,
+    ) -> Result<PortId, DatapathError> {
+        let Some(id) = self.ports.iter().position(|p| p.is_none()) else {
+            return Err(DatapathError::TooManyPorts {
+                ports: MAX_PORTS + 1,
+                limit: MAX_PORTS,
+            });
+        };
+        let port = id as PortId;
+        let nworkers = self.workers.len();
+        // With as many queues as workers, worker w gets queue w (every worker transmits on
+        // the port without a copy); with fewer, the least loaded workers get them.
+        let owners = queue_owners(info.queues, nworkers, self.least_loaded_worker());
+        // Sockets and the program first; nothing reaches them until the program is attached.
+        let map = XskMap::create(info.queues)
+            .map_err(setup(format!("creating the XSKMAP of {}", info.name)))?;
+        let mut sockets: Vec<Vec<PortSocket>> = (0..nworkers).map(|_| Vec::new()).collect();
+        for (q, &w) in owners.iter().enumerate() {
+            let q = q as u32;
+            let name = &info.name;
+            let sock = PortSocket::open(&self.workers[w].umem, name, q, self.rings).map_err(
+                setup(format!("opening an AF_XDP socket on {name} queue {q}")),
+            )?;
+            if self.busy_poll {
+                sock.enable_busy_poll(BUSY_POLL_USECS, BUSY_POLL_BUDGET)
+                    .map_err(setup(format!("enabling busy polling on {name} queue {q}")))?;
+            }
+            map.insert(q, sock.raw_fd())
+                .map_err(setup(format!("registering {name} queue {q}")))?;
+            sockets[w].push(sock);
+        }
+        let prog = RedirectProgram::load(&map)
+            .map_err(setup(format!("loading the XDP program for {}", info.name)))?;
+        // The workers learn of the port (and run `setup`'s job) before any frame arrives.
+        let job = setup_job(port);
+        let mut acks = Vec::new();
+        for (w, socks) in sockets.into_iter().enumerate() {
+            if let Some(job) = &job {
+                let job = job.clone();
+                self.send(w, Command::Pipeline(Box::new(move |p, now| job(p, now))))?;
+            }
+            let (done, ack) = bounded(1);
+            let remote = socks
+                .is_empty()
+                .then(|| self.workers[owners[0]].handoff.clone());
+            self.send(
+                w,
+                Command::AddPort {
+                    port,
+                    sockets: socks,
+                    remote,
+                    done,
+                },
+            )?;
+            acks.push((w, ack));
+        }
+        for (w, ack) in acks {
+            ack.recv_timeout(WORKER_ANSWER)
+                .map_err(|_| DatapathError::WorkerGone(w))?;
+        }
+        self.ports[id] = Some(LivePort {
+            info,
+            mode: self.xdp_mode,
+            owners,
+            since: Instant::now(),
+            link: None,
+            map: Some(map),
+        });
+        let live = self.ports[id].as_ref().expect("just set");
+        match attach(&prog, &live.info, self.xdp_mode) {
+            Ok(link) => {
+                let live = self.ports[id].as_mut().expect("just set");
+                live.mode = link.mode;
+                live.link = Some(link);
+                Ok(port)
+            }
+            Err(e) => {
+                let _ = self.del_port(port, |_| None);
+                Err(e)
+            }
+        }
+    }
+
+    fn send(&self, w: usize, command: Command) -> Result<(), DatapathError> {
+        self.workers[w]
+            .commands
+            .send_timeout(command, WORKER_ANSWER)
+            .map_err(|_| DatapathError::WorkerGone(w))
+    }
+
+    /// Runs `job` on every worker's pipeline between two of its passes; returns once each
+    /// has (or a worker failed to answer in time).
+    pub fn on_workers<R: Send + 'static>(
+        &self,
+        job: impl Fn(&mut Pipeline, u64) -> R + Send + Sync + 'static,
+    ) -> Result<Vec<R>, DatapathError> {
+        let job = Arc::new(job);
+        let mut answers = Vec::new();
+        for w in 0..self.workers.len() {
+            let (tx, rx) = bounded(1);
+            let job = job.clone();
+            self.send(
+                w,
+                Command::Pipeline(Box::new(move |p, now| {
+                    let _ = tx.try_send(job(p, now));
+                })),
+            )?;
+            answers.push((w, rx));
+        }
+        answers
+            .into_iter()
+            .map(|(w, rx)| {
+                rx.recv_timeout(WORKER_ANSWER)
+                    .map_err(|_| DatapathError::WorkerGone(w))
+            })
+            .collect()
+    }
+
+    /// Has every worker publish its counters now (they do once a second by themselves).
+    pub fn refresh_stats(&self) {
+        let _ = self.on_workers(|_, _| ());
+    }
+
+    /// Asks worker `w` alone (e.g. its forwarding table).
+    pub fn on_worker<R: Send + 'static>(
+        &self,
+        w: usize,
+        job: impl FnOnce(&mut Pipeline, u64) -> R + Send + 'static,
+    ) -> Result<R, DatapathError> {
+        let (tx, rx) = bounded(1);
+        self.send(
+            w,
+            Command::Pipeline(Box::new(move |p, now| {
+                let _ = tx.try_send(job(p, now));
+            })),
+        )?;
+        rx.recv_timeout(WORKER_ANSWER)
+            .map_err(|_| DatapathError::WorkerGone(w))
+    }
+
+    /// Copies of port `port`'s frames, both directions, to `to`, until `to`'s receiver goes.
+    pub fn capture(
+        &self,
+        port: PortId,
+        to: Sender<crate::worker::Captured>,
+    ) -> Result<(), DatapathError> {
+        for w in 0..self.workers.len() {
+            self.send(
+                w,
+                Command::Capture(crate::worker::Capture {
+                    port,
+                    to: to.clone(),
+                }),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Removes a port while the workers run: its program is detached, every worker stops
+    /// using it and forgets what it learned there (FDB entries; for the gateway its
+    /// neighbours and their connections), `teardown`'s job runs on every worker, and once
+    /// the owners have their transmitted frames home the sockets are closed and the frames
+    /// they still held return to the pools.
+    pub fn del_port(
+        &mut self,
+        port: PortId,
+        teardown: impl FnOnce(PortId) -> Option<SharedJob>,
+    ) -> Result<ForgottenPort, DatapathError> {
+        let Some(mut live) = self.ports.get_mut(port as usize).and_then(|p| p.take()) else {
+            return Err(DatapathError::NoSuchPort(port.to_string()));
+        };
+        // Nothing new arrives once the program is gone.
+        live.link = None;
+        let mut waits = Vec::new();
+        for w in 0..self.workers.len() {
+            let (done, back) = bounded(1);
+            self.send(w, Command::DelPort { port, done })?;
+            waits.push((w, back));
+        }
+        let forgotten = self.on_workers(move |p, _| p.forget_port(port))?;
+        if let Some(job) = teardown(port) {
+            self.on_workers(move |p, now| job(p, now))?;
+        }
+        let mut result = Ok(());
+        for (w, back) in waits {
+            match back.recv_timeout(WORKER_ANSWER + Duration::from_secs(1)) {
+                Ok(sockets) => {
+                    let tags: Vec<u32> = sockets.iter().map(|s| s.tag()).collect();
+                    // The map holds the sockets too: it goes first, then the sockets close
+                    // (the kernel stops using their frames), then the frames come home.
+                    live.map = None;
+                    drop(sockets);
+                    if !tags.is_empty() {
+                        let (done, reclaimed) = bounded(1);
+                        self.send(w, Command::Reclaim { tags, done })?;
+                        if reclaimed.recv_timeout(WORKER_ANSWER).is_err() {
+                            result = Err(DatapathError::WorkerGone(w));
+                        }
+                    }
+                }
+                Err(_) => result = Err(DatapathError::WorkerGone(w)),
+            }
+        }
+        result?;
+        Ok(forgotten
+            .iter()
+            .fold(ForgottenPort::default(), |a, f| ForgottenPort {
+                fdb_entries: a.fdb_entries.max(f.fdb_entries),
+                neighbors: a.neighbors + f.neighbors,
+                flows: a.flows + f.flows,
+            }))
+    }
+
+    /// Ports whose interface is gone (or was replaced by another of the same name) since it
+    /// was attached.
+    pub fn vanished_ports(&self) -> Vec<PortId> {
+        self.ports()
+            .filter(|(_, p)| netdev::ifindex(&p.info.name).ok() != Some(p.info.ifindex))
+            .map(|(id, _)| id)
+            .collect()
     }
 
     /// Whether every worker thread is still running.
     pub fn workers_alive(&self) -> bool {
-        self.workers.iter().all(|w| !w.is_finished())
+        self.workers
+            .iter()
+            .all(|w| w.thread.as_ref().is_some_and(|t| !t.is_finished()))
     }
 
     /// Stops the workers, detaches the programs and reports each worker's frames.
-    pub fn stop(mut self) -> Vec<WorkerReport> {
+    pub fn stop(mut self) -> Vec<WorkerEnd> {
         self.stop.store(true, Ordering::Relaxed);
         // Detach first so nothing new arrives while the workers drain.
-        self.links.clear();
-        self.workers
-            .drain(..)
-            .filter_map(|w| w.join().ok())
-            .collect()
+        for p in self.ports.iter_mut().flatten() {
+            p.link = None;
+        }
+        let ends = self
+            .workers
+            .iter_mut()
+            .filter_map(|w| w.thread.take())
+            .map(|t| match t.join() {
+                Ok(report) => WorkerEnd::Stopped(report),
+                Err(payload) => WorkerEnd::Panicked(
+                    payload
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "(no message)".into()),
+                ),
+            })
+            .collect();
+        ends
     }
 }
 
@@ -463,39 +735,22 @@ fn attach(
 mod tests {
     use super::*;
 
-    fn port(name: &str, queues: u32) -> PortInfo {
-        PortInfo {
-            name: name.into(),
-            ifindex: 1,
-            queues,
-            mtu: 1500,
-        }
-    }
-
     #[test]
-    fn single_queue_ports_are_spread_over_workers() {
-        let ports = [port("a", 1), port("b", 1), port("c", 1)];
-        assert_eq!(assign_queues(&ports, 1), vec![vec![0], vec![0], vec![0]]);
-        assert_eq!(assign_queues(&ports, 2), vec![vec![0], vec![1], vec![0]]);
-    }
-
-    #[test]
-    fn multi_queue_ports_give_every_worker_a_queue_on_every_port() {
-        let ports = [port("a", 4), port("b", 4)];
-        assert_eq!(
-            assign_queues(&ports, 4),
-            vec![vec![0, 1, 2, 3], vec![0, 1, 2, 3]]
-        );
-        assert_eq!(
-            assign_queues(&ports, 2),
-            vec![vec![0, 1, 0, 1], vec![0, 1, 0, 1]]
-        );
+    fn queues_go_to_the_least_loaded_worker_or_one_per_worker() {
+        assert_eq!(queue_owners(1, 1, 0), [0]);
+        assert_eq!(queue_owners(1, 2, 1), [1]);
+        assert_eq!(queue_owners(4, 4, 2), [0, 1, 2, 3]);
+        assert_eq!(queue_owners(4, 2, 1), [0, 1, 0, 1]);
+        assert_eq!(queue_owners(2, 3, 2), [2, 0]);
     }
 
     #[test]
     fn bad_configs_name_the_value() {
         let mut config = DatapathConfig::default();
-        assert!(matches!(validate(&config), Err(DatapathError::NoPorts)));
+        assert!(
+            validate(&config).unwrap().is_empty(),
+            "ports can come later"
+        );
         config.ports = vec!["lo".into(), "lo".into()];
         assert_eq!(
             validate(&config).unwrap_err().to_string(),

@@ -15,7 +15,10 @@ pub mod umem;
 pub mod worker;
 
 pub use bpf::XdpMode;
-pub use datapath::{Datapath, DatapathConfig, DatapathError, PortInfo, MAX_MTU};
+pub use datapath::{
+    Datapath, DatapathConfig, DatapathError, LivePort, PortInfo, SharedJob, WorkerEnd,
+    DEFAULT_FRAMES_PER_WORKER, MAX_MTU,
+};
 pub use stats::{PortCounter, WorkerCounter, WorkerStats};
-pub use umem::RingSizes;
-pub use worker::{PollMode, WorkerReport};
+pub use umem::{RingSizes, FRAME_SIZE};
+pub use worker::{Captured, PollMode, WorkerReport};

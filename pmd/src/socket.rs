@@ -1,10 +1,12 @@
 //! One AF_XDP socket: a port's receive queue with its fill, completion, rx and tx rings, bound
-//! into the worker's shared UMEM.
+//! into the worker's UMEM, which it registers itself (see `umem`), so it opens and closes
+//! without disturbing the worker's other sockets.
 
-use crate::umem::{Frame, FramePool, RingSizes, Umem, UmemBinding};
+use crate::umem::{Frame, FramePool, RingSizes, Umem, UmemHandle};
 use std::ffi::CString;
 use std::io;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, User};
 
@@ -65,6 +67,10 @@ fn raise_tx_budget(fd: i32, budget: u32) -> bool {
 }
 
 const SOL_XDP: libc::c_int = 283;
+/// Frames lent to an idle port's fill ring; it doubles while the port receives faster than
+/// that, up to half the ring, and halves again when it calms down.
+pub const FILL_MIN: u32 = 32;
+static NEXT_TAG: AtomicU32 = AtomicU32::new(1);
 const SO_PREFER_BUSY_POLL: libc::c_int = 69;
 const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
 
@@ -80,26 +86,39 @@ pub struct PortSocket {
     tx: RingTx,
     device: DeviceQueue,
     user: User,
+    /// This socket's registration of the UMEM's memory (the descriptor the rings belong to).
+    _registration: xdpilone::Umem,
     /// The UMEM this socket is bound with; keeps its memory mapped while the socket lives.
-    umem: UmemBinding,
+    umem: UmemHandle,
+    /// Names this socket in the UMEM's record of lent frames.
+    tag: u32,
     /// Frames lent to the kernel through the fill ring and not yet received back.
     lent_to_fill: u32,
     /// Frames queued for transmit and not yet completed.
     in_flight_tx: u32,
-    /// Frames to keep lent to the fill ring: half its size, because the kernel publishes how
-    /// far it has consumed only when its cached batch runs out; a ring kept full would look
-    /// full to us until the kernel has run dry.
+    /// Frames to keep lent to the fill ring: from `FILL_MIN` up to half the ring (the kernel
+    /// publishes how far it has consumed only when its cached batch runs out; a ring kept
+    /// full would look full to us until the kernel has run dry), following the port's rate.
     fill_target: u32,
+    fill_max: u32,
+    /// Frames received since the last `tick`.
+    received: u64,
 }
 
+// SAFETY: the only part that is not `Send` is the registration's `xdpilone::Umem`, for its
+// pointer to our area, which it never dereferences (we do not call its `frame`); the area is
+// kept mapped by `umem` (an `Arc`) wherever the socket goes. The rings are used by one thread
+// at a time: the socket is opened on the control thread, then moved to the worker that polls
+// it, and back to be closed.
+unsafe impl Send for PortSocket {}
+
 impl PortSocket {
-    /// Opens a socket on `ifname` queue `queue` in `umem`. The first socket of a UMEM uses the
-    /// UMEM's own descriptor; later ones share it (bind flags 0, as the kernel requires).
+    /// Opens a socket on `ifname` queue `queue`, registering `umem`'s memory for it. Callable
+    /// from any thread; the worker that owns `umem` polls it.
     pub fn open(
-        umem: &Umem,
+        umem: &UmemHandle,
         ifname: &str,
         queue: u32,
-        first: bool,
         rings: RingSizes,
     ) -> io::Result<PortSocket> {
         let cname =
@@ -107,22 +126,13 @@ impl PortSocket {
         let mut info = IfInfo::invalid();
         info.from_name(&cname).map_err(errno)?;
         info.set_queue(queue);
-        let xsk = umem.xsk();
-        let socket = if first {
-            Socket::with_shared(&info, xsk)
-        } else {
-            Socket::new(&info)
-        }
-        .map_err(errno)?;
+        let xsk = umem.register(rings)?;
+        let socket = Socket::with_shared(&info, &xsk).map_err(errno)?;
         let device = xsk.fq_cq(&socket).map_err(errno)?;
         let config = SocketConfig {
             rx_size: NonZeroU32::new(rings.rx),
             tx_size: NonZeroU32::new(rings.tx),
-            bind_flags: if first {
-                SocketConfig::XDP_BIND_NEED_WAKEUP
-            } else {
-                0
-            },
+            bind_flags: SocketConfig::XDP_BIND_NEED_WAKEUP,
         };
         let user = xsk.rx_tx(&socket, &config).map_err(errno)?;
         let rx = user.map_rx().map_err(errno)?;
@@ -155,11 +165,33 @@ impl PortSocket {
             tx,
             device,
             user,
-            umem: umem.binding(),
+            _registration: xsk,
+            umem: umem.clone(),
+            tag: NEXT_TAG.fetch_add(1, Ordering::Relaxed),
             lent_to_fill: 0,
             in_flight_tx: 0,
-            fill_target: rings.fill / 2,
+            fill_target: FILL_MIN.min(rings.fill / 2),
+            fill_max: rings.fill / 2,
+            received: 0,
         })
+    }
+
+    /// Names this socket's frames in the UMEM (see `Umem::reclaim`).
+    pub fn tag(&self) -> u32 {
+        self.tag
+    }
+
+    pub fn fill_target(&self) -> u32 {
+        self.fill_target
+    }
+
+    /// Once a second: an idle port gives back its share of the pool (its fill target halves
+    /// while it received less than that in the second).
+    pub fn tick(&mut self) {
+        if self.received < self.fill_target as u64 {
+            self.fill_target = (self.fill_target / 2).max(FILL_MIN.min(self.fill_max));
+        }
+        self.received = 0;
     }
 
     /// Asks the kernel to let this socket's reader run the receive queue's NAPI itself
@@ -238,7 +270,7 @@ impl PortSocket {
             }
             let frames = (0..room)
                 .map_while(|_| pool.alloc())
-                .map(|f| umem.fill_addr(f));
+                .map(|f| umem.fill_addr(f, self.tag));
             let n = writer.insert(frames);
             writer.commit();
             self.lent_to_fill += n;
@@ -263,7 +295,7 @@ impl PortSocket {
                 got += 1;
                 // The kernel only returns frames we lent it; anything else is skipped (a handle
                 // to a frame in the pool or held elsewhere would alias it).
-                if let Some(frame) = umem.frame_at(desc.addr, desc.len) {
+                if let Some(frame) = umem.frame_at(desc.addr, desc.len, self.tag) {
                     out.push(frame);
                 }
             }
@@ -274,6 +306,11 @@ impl PortSocket {
             n += got;
         }
         self.lent_to_fill -= n.min(self.lent_to_fill);
+        self.received += n as u64;
+        // The kernel ate most of what it was lent since the last refill: lend more.
+        if n > 0 && self.lent_to_fill < self.fill_target / 4 && self.fill_target < self.fill_max {
+            self.fill_target = (self.fill_target * 2).min(self.fill_max);
+        }
         n
     }
 
@@ -294,7 +331,8 @@ impl PortSocket {
             }
             // Exactly `room` frames, no more than reserved: `insert` polls the iterator before
             // checking for a slot, so an extra frame would be marked lent and lost.
-            sent += writer.insert(frames.drain(..room).map(|f| umem.desc(f)));
+            let tag = self.tag;
+            sent += writer.insert(frames.drain(..room).map(|f| umem.desc(f, tag)));
             writer.commit();
         }
         self.in_flight_tx += sent;
@@ -344,7 +382,7 @@ impl PortSocket {
             let mut got = 0;
             while let Some(addr) = reader.read() {
                 got += 1;
-                if let Some(frame) = umem.frame_at(addr, 0) {
+                if let Some(frame) = umem.frame_at(addr, 0, self.tag) {
                     pool.put(frame);
                 }
             }

@@ -68,6 +68,8 @@ define_counters! {
         FramesFree => "frames_free",
         FramesInFill => "frames_in_fill",
         FramesInTx => "frames_in_tx",
+        Sockets => "sockets",
+        DropPortAbsent => "drop_port_absent",
     }
 }
 
@@ -110,10 +112,19 @@ pub struct WorkerStats {
     pub conntrack_entries: AtomicU64,
 }
 
+impl Default for WorkerStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl WorkerStats {
-    pub fn new(ports: usize) -> WorkerStats {
+    /// Counters for every port slot a switch can have (`MAX_PORTS`): ports come and go.
+    pub fn new() -> WorkerStats {
         WorkerStats {
-            ports: (0..ports).map(|_| AtomicCounters::default()).collect(),
+            ports: (0..pipeline::MAX_PORTS)
+                .map(|_| AtomicCounters::default())
+                .collect(),
             worker: AtomicCounters::default(),
             l2: AtomicCounters::default(),
             gateway: AtomicCounters::default(),

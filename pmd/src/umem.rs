@@ -1,6 +1,11 @@
 //! UMEM: one memory area per worker, cut into equal frames, shared by every socket the worker
 //! polls, so a frame received on one port is transmitted on another by descriptor.
 //!
+//! Each socket registers the area itself (its own `XDP_UMEM_REG` of the same pages), so a
+//! socket can be opened and closed while the others run: no socket owns a registration the
+//! rest depend on. Frames lent to the kernel carry the tag of the socket they were lent
+//! through; when a socket closes, what it still held comes home by that tag.
+//!
 //! Ownership: a frame is either in the worker's [`FramePool`], lent to the kernel (fill or tx
 //! ring), or held as a [`Frame`] handle. A `Frame` is move-only; handing it to a ring consumes
 //! it, so one frame cannot be given to two rings.
@@ -172,6 +177,8 @@ pub(crate) struct Memory {
     frames: u32,
     /// One bit per frame: lent to the kernel (fill or tx ring) and not yet taken back.
     lent: Box<[Cell<u64>]>,
+    /// Per frame: the socket it was lent through (meaningful while its `lent` bit is set).
+    owner: Box<[Cell<u32>]>,
 }
 
 impl Memory {
@@ -193,6 +200,7 @@ impl Memory {
             id,
             frames,
             lent: (0..words).map(|_| Cell::new(0)).collect(),
+            owner: (0..frames).map(|_| Cell::new(0)).collect(),
         };
         Ok((memory, pool))
     }
@@ -248,22 +256,24 @@ impl Memory {
         ((index / 64) as usize, 1u64 << (index % 64))
     }
 
-    /// Marks a frame lent to the kernel; consumes its handle.
+    /// Marks a frame lent to the kernel through socket `tag`; consumes its handle.
     #[inline]
-    fn lend(&self, frame: Frame) -> Frame {
+    fn lend(&self, frame: Frame, tag: u32) -> Frame {
         self.check(&frame);
         let (word, bit) = Self::bit(frame.index);
         let cell = &self.lent[word];
         debug_assert_eq!(cell.get() & bit, 0, "frame {} lent twice", frame.index);
         cell.set(cell.get() | bit);
+        self.owner[frame.index as usize].set(tag);
         frame
     }
 
-    /// Re-creates the handle for a descriptor the kernel returned (rx or completion). `None`
-    /// for an address outside this UMEM or a frame that is not lent to the kernel (it is in
-    /// the pool or held as a handle: a second handle would alias it).
+    /// Re-creates the handle for a descriptor socket `tag` returned (rx or completion). `None`
+    /// for an address outside this UMEM or a frame that is not lent to the kernel through that
+    /// socket (it is in the pool, held as a handle, or another socket's: a second handle would
+    /// alias it).
     #[inline]
-    pub(crate) fn frame_at(&self, addr: u64, len: u32) -> Option<Frame> {
+    pub(crate) fn frame_at(&self, addr: u64, len: u32, tag: u32) -> Option<Frame> {
         let index = addr >> FRAME_SHIFT;
         let offset = (addr & (FRAME_SIZE as u64 - 1)) as u32;
         if index >= self.frames as u64 || offset as u64 + len as u64 > FRAME_SIZE as u64 {
@@ -272,7 +282,7 @@ impl Memory {
         let index = index as u32;
         let (word, bit) = Self::bit(index);
         let cell = &self.lent[word];
-        if cell.get() & bit == 0 {
+        if cell.get() & bit == 0 || self.owner[index as usize].get() != tag {
             return None;
         }
         cell.set(cell.get() & !bit);
@@ -284,9 +294,29 @@ impl Memory {
         })
     }
 
-    /// The ring descriptor for a frame handed to the kernel (tx).
-    pub(crate) fn desc(&self, frame: Frame) -> xdpilone::xdp::XdpDesc {
-        let frame = self.lend(frame);
+    /// Every frame still lent through socket `tag`, as handles: only once that socket is
+    /// closed (the kernel no longer writes or reads them).
+    pub(crate) fn take_back(&self, tag: u32) -> Vec<Frame> {
+        let mut out = Vec::new();
+        for index in 0..self.frames {
+            let (word, bit) = Self::bit(index);
+            let cell = &self.lent[word];
+            if cell.get() & bit != 0 && self.owner[index as usize].get() == tag {
+                cell.set(cell.get() & !bit);
+                out.push(Frame {
+                    umem: self.id,
+                    index,
+                    offset: KERNEL_HEADROOM as u16,
+                    len: 0,
+                });
+            }
+        }
+        out
+    }
+
+    /// The ring descriptor for a frame handed to the kernel through socket `tag` (tx).
+    pub(crate) fn desc(&self, frame: Frame, tag: u32) -> xdpilone::xdp::XdpDesc {
+        let frame = self.lend(frame, tag);
         xdpilone::xdp::XdpDesc {
             addr: frame.addr(),
             len: frame.len as u32,
@@ -294,23 +324,23 @@ impl Memory {
         }
     }
 
-    /// The chunk address of a frame handed to the fill ring.
-    pub(crate) fn fill_addr(&self, frame: Frame) -> u64 {
-        let frame = self.lend(frame);
+    /// The chunk address of a frame handed to socket `tag`'s fill ring.
+    pub(crate) fn fill_addr(&self, frame: Frame, tag: u32) -> u64 {
+        let frame = self.lend(frame, tag);
         (frame.index as u64) << FRAME_SHIFT
     }
 
-    fn binding(&self) -> UmemBinding {
-        UmemBinding {
+    fn handle(&self) -> UmemHandle {
+        UmemHandle {
             id: self.id,
-            _area: self.area.clone(),
+            area: self.area.clone(),
         }
     }
 
     /// The memory, if `binding` was made from it; panics otherwise (a socket used with another
     /// worker's UMEM would hand the kernel frames that user code still holds).
     #[inline]
-    fn bound(&self, binding: &UmemBinding) -> &Memory {
+    fn bound(&self, binding: &UmemHandle) -> &Memory {
         assert_eq!(
             binding.id, self.id,
             "socket bound to UMEM {} used with UMEM {}",
@@ -320,27 +350,49 @@ impl Memory {
     }
 }
 
-/// What a socket keeps of the UMEM it was bound with: its id, checked on every ring operation,
-/// and a reference to its memory, so the mapping lives as long as the socket.
-pub(crate) struct UmemBinding {
+/// What opening a socket needs of a UMEM, from any thread: its id, checked on every ring
+/// operation, and a reference to its memory, so the mapping lives as long as every socket
+/// (and kernel registration) made from it. It gives no access to the frames' bytes.
+#[derive(Clone)]
+pub struct UmemHandle {
     id: u32,
-    _area: Arc<Area>,
+    area: Arc<Area>,
 }
 
-/// A registered UMEM.
+impl UmemHandle {
+    /// Registers the area with the kernel on a fresh AF_XDP socket (one per port socket).
+    pub(crate) fn register(&self, rings: RingSizes) -> io::Result<xdpilone::Umem> {
+        let config = xdpilone::UmemConfig {
+            fill_size: rings.fill,
+            complete_size: rings.completion,
+            frame_size: FRAME_SIZE,
+            headroom: 0,
+            flags: 0,
+        };
+        let slice = NonNull::slice_from_raw_parts(self.area.ptr, self.area.len);
+        // SAFETY: `slice` is our page-aligned mapping of whole frames, which stays mapped as long
+        // as this registration's user: the socket that holds it also holds a `UmemHandle` (the
+        // `Arc<Area>`), declared after the registration so it drops later.
+        unsafe { xdpilone::Umem::new(config, slice) }
+            .map_err(|e| io::Error::from_raw_os_error(e.get_raw().abs()))
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("registering a UMEM of {} bytes: {e}", self.area.len),
+                )
+            })
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.area.len
+    }
+}
+
+/// A worker's frame memory and its bookkeeping. Not `Sync` (the `Cell` bitmaps): one thread
+/// uses it; sockets reach the memory through their `UmemHandle`.
 pub struct Umem {
-    // Field order matters: the kernel registration goes before the memory it registers (and the
-    // memory itself stays mapped until every socket's `UmemBinding` is gone too).
-    xsk: xdpilone::Umem,
     mem: Memory,
 }
-
-// SAFETY: the only non-`Send` part is `xdpilone::Umem`, for its pointer to our area (it never
-// reads or writes through it; the rest is an `Arc` of the descriptor and an `Arc` of a
-// `Send + Sync` device set). The area is plain memory owned by this value and its sockets; moving the Umem
-// to the worker thread that uses it moves that ownership with it. It is not `Sync` (the `Cell`
-// bitmap): one thread uses it.
-unsafe impl Send for Umem {}
 
 /// Ring sizes of each socket; all powers of two.
 #[derive(Debug, Clone, Copy)]
@@ -352,55 +404,50 @@ pub struct RingSizes {
 }
 
 impl Default for RingSizes {
+    // Rings cost 8-16 bytes a slot; what costs memory is the frames lent to them, which the
+    // socket sizes to its port's rate (see `PortSocket::fill_target`).
     fn default() -> Self {
         RingSizes {
-            fill: 8192,
-            completion: 4096,
-            rx: 4096,
+            fill: 2048,
+            completion: 2048,
+            rx: 2048,
             tx: 2048,
         }
     }
 }
 
 impl Umem {
-    /// Maps and registers `frames` frames; the pool returned is the only source of its frames.
-    pub fn new(frames: u32, rings: RingSizes) -> io::Result<(Umem, FramePool)> {
+    /// Maps `frames` frames; the pool returned is the only source of its frames. Sockets
+    /// register the memory with the kernel as they are opened (`PortSocket::open`).
+    pub fn new(frames: u32) -> io::Result<(Umem, FramePool)> {
         let (mem, pool) = Memory::new(frames)?;
-        let config = xdpilone::UmemConfig {
-            fill_size: rings.fill,
-            complete_size: rings.completion,
-            frame_size: FRAME_SIZE,
-            headroom: 0,
-            flags: 0,
-        };
-        let slice = NonNull::slice_from_raw_parts(mem.area.ptr, mem.area.len);
-        // SAFETY: `slice` is our page-aligned mapping of `frames * FRAME_SIZE` bytes, which stays
-        // mapped as long as the returned Umem (the `mem` field drops after `xsk`) and every
-        // socket bound to it (each holds the area through its `UmemBinding`).
-        let xsk = unsafe { xdpilone::Umem::new(config, slice) }
-            .map_err(|e| io::Error::from_raw_os_error(e.get_raw()))
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("registering UMEM of {frames} frames: {e}"),
-                )
-            })?;
-        Ok((Umem { xsk, mem }, pool))
+        Ok((Umem { mem }, pool))
     }
 
-    pub(crate) fn xsk(&self) -> &xdpilone::Umem {
-        &self.xsk
+    /// What opening a socket on this memory needs; `Send + Sync`, for the control thread.
+    pub fn handle(&self) -> UmemHandle {
+        self.mem.handle()
     }
 
-    /// What a socket bound to this UMEM keeps of it.
-    pub(crate) fn binding(&self) -> UmemBinding {
-        self.mem.binding()
+    pub fn frames(&self) -> u32 {
+        self.mem.frames
     }
 
     /// The frame bookkeeping, for a socket bound to this UMEM; panics for any other socket.
     #[inline]
-    pub(crate) fn bound(&self, binding: &UmemBinding) -> &Memory {
+    pub(crate) fn bound(&self, binding: &UmemHandle) -> &Memory {
         self.mem.bound(binding)
+    }
+
+    /// Returns to `pool` every frame still lent through a socket that is now closed; returns
+    /// how many.
+    pub fn reclaim(&self, tag: u32, pool: &mut FramePool) -> usize {
+        let frames = self.mem.take_back(tag);
+        let n = frames.len();
+        for frame in frames {
+            pool.put(frame);
+        }
+        n
     }
 
     /// The frame's data.
@@ -568,9 +615,9 @@ mod tests {
         // The kernel hands back a frame it was lent; a forged second handle to a frame in the
         // pool cannot be made (see below), so make the duplicate the only way safe code can:
         // lend the frame, take it back twice.
-        let addr = mem.fill_addr(frame);
-        let again = mem.frame_at(addr, 0).unwrap();
-        assert!(mem.frame_at(addr, 0).is_none(), "taken back once only");
+        let addr = mem.fill_addr(frame, 7);
+        let again = mem.frame_at(addr, 0, 7).unwrap();
+        assert!(mem.frame_at(addr, 0, 7).is_none(), "taken back once only");
         pool.put(again);
         assert_eq!(pool.available(), 4);
         let dup = Frame {
@@ -593,25 +640,47 @@ mod tests {
         // Frames in the pool: a descriptor naming one makes no handle (it would alias the
         // frame the pool hands out next).
         for index in 0..4u64 {
-            assert!(mem.frame_at(index << FRAME_SHIFT, 60).is_none());
+            assert!(mem.frame_at(index << FRAME_SHIFT, 60, 7).is_none());
         }
         let mut held = pool.alloc().unwrap();
         let held_addr = held.addr();
-        assert!(mem.frame_at(held_addr, 60).is_none(), "held as a handle");
+        assert!(mem.frame_at(held_addr, 60, 7).is_none(), "held as a handle");
         held.set_len(60);
-        let desc = mem.desc(held);
+        let desc = mem.desc(held, 7);
         assert_eq!(desc.addr, held_addr);
-        let back = mem.frame_at(desc.addr, desc.len).unwrap();
+        let back = mem.frame_at(desc.addr, desc.len, 7).unwrap();
         assert_eq!(back.len(), 60);
-        assert!(mem.frame_at(desc.addr, desc.len).is_none());
+        assert!(mem.frame_at(desc.addr, desc.len, 7).is_none());
         // Outside the UMEM or past the frame's end.
-        assert!(mem.frame_at(4 << FRAME_SHIFT, 0).is_none());
-        assert!(mem.frame_at(u64::MAX, 0).is_none());
+        assert!(mem.frame_at(4 << FRAME_SHIFT, 0, 7).is_none());
+        assert!(mem.frame_at(u64::MAX, 0, 7).is_none());
         let fill = pool.alloc().unwrap();
-        let addr = mem.fill_addr(fill);
-        assert!(mem.frame_at(addr + 256, FRAME_SIZE - 255).is_none());
-        assert!(mem.frame_at(addr + 256, 1500).is_some());
+        let addr = mem.fill_addr(fill, 7);
+        assert!(mem.frame_at(addr + 256, FRAME_SIZE - 255, 7).is_none());
+        assert!(mem.frame_at(addr + 256, 1500, 7).is_some());
         pool.put(back);
+    }
+
+    #[test]
+    fn frames_come_back_only_through_their_own_socket_or_its_closing() {
+        let (mem, mut pool) = Memory::new(4).unwrap();
+        let a = mem.fill_addr(pool.alloc().unwrap(), 1);
+        let b = mem.fill_addr(pool.alloc().unwrap(), 2);
+        let _c = mem.fill_addr(pool.alloc().unwrap(), 2);
+        assert!(
+            mem.frame_at(a, 60, 2).is_none(),
+            "not lent through socket 2"
+        );
+        assert!(mem.frame_at(b, 60, 2).is_some());
+        // Socket 2 closed: what it still held is ours again, socket 1's is not touched.
+        let back = mem.take_back(2);
+        assert_eq!(back.len(), 1);
+        for f in back {
+            pool.put(f);
+        }
+        assert!(mem.take_back(2).is_empty());
+        assert_eq!(pool.available(), 2);
+        assert!(mem.frame_at(a, 60, 1).is_some());
     }
 
     #[test]
@@ -643,7 +712,7 @@ mod tests {
         // privileges to open).
         let (a, _) = Memory::new(1).unwrap();
         let (b, _) = Memory::new(1).unwrap();
-        let binding = a.binding();
+        let binding = a.handle();
         assert!(std::ptr::eq(a.bound(&binding), &a));
         b.bound(&binding);
     }
@@ -651,7 +720,7 @@ mod tests {
     #[test]
     fn a_binding_keeps_the_memory_mapped() {
         let (mem, _pool) = Memory::new(1).unwrap();
-        let binding = mem.binding();
+        let binding = mem.handle();
         let area = Arc::downgrade(&mem.area);
         drop(mem);
         assert!(area.upgrade().is_some(), "a socket still refers to it");

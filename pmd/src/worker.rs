@@ -3,18 +3,21 @@
 //!
 //! Ownership: the worker thread owns its UMEM, pool, sockets and bridge outright. It talks to the
 //! other workers only through bounded channels (frames handed off for ports it has no queue on,
-//! learned MAC addresses), and to the control thread through `WorkerStats` and the stop flag.
+//! learned MAC addresses), and to the control thread through `WorkerStats`, the stop flag and
+//! its command channel, which it reads at one point of its loop (before each pass): ports come
+//! and go, and tables are read or changed, between passes, never under a lock on the packet
+//! path.
 
 use crate::netdev::cycles;
 use crate::socket::PortSocket;
 use crate::stats::{PortCounter, WorkerCounter, WorkerStats};
 use crate::umem::{Frame, FrameBuf, FramePool, Umem, MAX_FRAME_LEN};
 use arrayvec::ArrayVec;
-use crossbeam_channel::{Receiver, Sender};
-use pipeline::{Disposition, Emit, LearnEvent, Pipeline, PortId, PortMask, MAX_BATCH};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use pipeline::{Disposition, Emit, LearnEvent, Pipeline, PortId, PortMask, MAX_BATCH, MAX_PORTS};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What the worker does when there is no traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +50,8 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 /// Frames kept back from the fill rings for flood copies and handoffs.
 const POOL_RESERVE: usize = 4 * MAX_BATCH;
 const MAX_HANDOFFS_PER_PASS: usize = 4 * MAX_BATCH;
+/// How long a removed port's socket may take to get its transmitted frames back.
+const RETIRE_DEADLINE: Duration = Duration::from_millis(500);
 /// FDB entries re-announced per pass during a resynchronisation: a peer drains its whole
 /// learning channel (4,096 slots) every pass, so this cannot fill it on its own.
 const REANNOUNCE_PER_PASS: usize = 256;
@@ -86,10 +91,61 @@ impl WorkerReport {
 
 /// Where a port's frames go from this worker.
 pub enum Egress {
-    /// Through this worker's own socket (index into `sockets`).
+    /// Not attached (never was, or removed).
+    Absent,
+    /// Through this worker's own socket (index into its sockets).
     Local(usize),
     /// Copied to the worker owning the port's queue.
     Remote(Sender<Handoff>),
+}
+
+/// A frame seen on a captured port, as it arrived or as it left.
+pub struct Captured {
+    pub port: PortId,
+    pub time: SystemTime,
+    pub data: Vec<u8>,
+}
+
+/// Copies of a port's frames, both directions, sent (never waited on) to `to`.
+pub struct Capture {
+    pub port: PortId,
+    pub to: Sender<Captured>,
+}
+
+/// Code the control thread runs against a worker's pipeline, between two passes.
+pub type PipelineJob = Box<dyn FnOnce(&mut Pipeline, u64) + Send>;
+
+/// What the control thread asks of a worker; each carries a bounded channel for the answer,
+/// which the worker never waits on.
+pub enum Command {
+    /// A port now exists: its queues this worker owns (maybe none), or the owner to hand its
+    /// frames to.
+    AddPort {
+        port: PortId,
+        sockets: Vec<PortSocket>,
+        remote: Option<Sender<Handoff>>,
+        done: Sender<()>,
+    },
+    /// Stop using a port (its program is already detached). Its sockets come back on `done`
+    /// once their transmitted frames are home (or after a deadline), to be closed.
+    DelPort {
+        port: PortId,
+        done: Sender<Vec<PortSocket>>,
+    },
+    /// Those sockets are closed: the frames still lent through them are ours again.
+    Reclaim {
+        tags: Vec<u32>,
+        done: Sender<usize>,
+    },
+    Pipeline(PipelineJob),
+    /// Start copying a port's frames (replaces an earlier capture of the same port).
+    Capture(Capture),
+}
+
+struct Retiring {
+    sockets: Vec<PortSocket>,
+    deadline: Instant,
+    done: Sender<Vec<PortSocket>>,
 }
 
 pub struct WorkerSetup {
@@ -98,17 +154,12 @@ pub struct WorkerSetup {
     pub poll: PollMode,
     /// Drive the receive queues' NAPI from the worker (preferred busy polling).
     pub busy_poll: bool,
-    /// The sockets this worker polls, with the port each belongs to. Declared before `umem`, so
-    /// they drop first; each also keeps the UMEM's memory mapped through its binding, so no
-    /// field order can unmap it under a live socket.
-    pub sockets: Vec<(PortId, PortSocket)>,
     pub umem: Umem,
     pub pool: FramePool,
-    /// Indexed by port.
-    pub egress: Vec<Egress>,
     pub handoff_in: Receiver<Handoff>,
     pub learn_out: Vec<Sender<LearnEvent>>,
     pub learn_in: Receiver<LearnEvent>,
+    pub commands: Receiver<Command>,
     pub pipeline: Pipeline,
     /// Ages the tables all workers share (exactly one worker is the leader).
     pub leader: bool,
@@ -120,22 +171,35 @@ pub struct WorkerSetup {
 }
 
 pub struct Worker {
+    // The sockets drop before `s` (which holds the UMEM); each also keeps the UMEM's memory
+    // mapped through its handle, so no field order can unmap it under a live socket.
+    /// The sockets this worker polls, with the port each belongs to.
+    sockets: Vec<(PortId, PortSocket)>,
+    retiring: Vec<Retiring>,
     s: WorkerSetup,
+    /// Indexed by port.
+    egress: Vec<Egress>,
+    present: PortMask,
     staged: Vec<Vec<Frame>>,
     rx_batch: Vec<Frame>,
     emitted: Vec<Emit>,
+    captures: Vec<Capture>,
+    pollfds: Vec<libc::pollfd>,
 }
 
 impl Worker {
     pub fn new(setup: WorkerSetup) -> Worker {
-        let ports = setup.egress.len();
         Worker {
+            sockets: Vec::new(),
+            retiring: Vec::new(),
             s: setup,
-            staged: (0..ports)
-                .map(|_| Vec::with_capacity(2 * MAX_BATCH))
-                .collect(),
+            egress: (0..MAX_PORTS).map(|_| Egress::Absent).collect(),
+            present: PortMask::NONE,
+            staged: (0..MAX_PORTS).map(|_| Vec::new()).collect(),
             rx_batch: Vec::with_capacity(MAX_BATCH),
             emitted: Vec::new(),
+            captures: Vec::new(),
+            pollfds: Vec::new(),
         }
     }
 
@@ -148,14 +212,17 @@ impl Worker {
         if let Some(core) = self.s.core {
             core_affinity::set_for_current(core_affinity::CoreId { id: core });
         }
-        for i in 0..self.s.sockets.len() {
-            let (_, sock) = &mut self.s.sockets[i];
-            sock.refill(&self.s.umem, &mut self.s.pool, POOL_RESERVE);
-        }
         let mut empty_passes = 0u32;
         let mut last_housekeeping = Instant::now();
         let mut passes = 0u64;
         while !self.s.stop.load(Ordering::Relaxed) {
+            // The one point where the worker's view of ports and tables changes.
+            if !self.s.commands.is_empty() {
+                self.apply_commands();
+            }
+            if !self.retiring.is_empty() {
+                self.service_retiring();
+            }
             let start = cycles();
             let now_ms = self.now_ms();
             let packets = self.poll_once(now_ms);
@@ -187,17 +254,156 @@ impl Worker {
         self.drain()
     }
 
+    fn apply_commands(&mut self) {
+        while let Ok(command) = self.s.commands.try_recv() {
+            match command {
+                Command::AddPort {
+                    port,
+                    sockets,
+                    remote,
+                    done,
+                } => {
+                    self.add_port(port, sockets, remote);
+                    let _ = done.try_send(());
+                }
+                Command::DelPort { port, done } => self.del_port(port, done),
+                Command::Reclaim { tags, done } => {
+                    let n = tags
+                        .iter()
+                        .map(|&t| self.s.umem.reclaim(t, &mut self.s.pool))
+                        .sum();
+                    let _ = done.try_send(n);
+                }
+                Command::Pipeline(job) => {
+                    let now_ms = self.now_ms();
+                    job(&mut self.s.pipeline, now_ms);
+                }
+                Command::Capture(c) => {
+                    self.captures.retain(|old| old.port != c.port);
+                    self.captures.push(c);
+                }
+            }
+        }
+        // Whoever asked reads fresh counters.
+        self.publish();
+    }
+
+    fn add_port(
+        &mut self,
+        port: PortId,
+        sockets: Vec<PortSocket>,
+        remote: Option<Sender<Handoff>>,
+    ) {
+        let p = port as usize;
+        if p >= MAX_PORTS {
+            return;
+        }
+        // A new port starts from zero, whatever its slot counted before.
+        for c in PortCounter::ALL {
+            self.s.stats.ports[p].set(*c as usize, 0);
+        }
+        for mut sock in sockets {
+            sock.refill(&self.s.umem, &mut self.s.pool, POOL_RESERVE);
+            self.sockets.push((port, sock));
+        }
+        self.egress[p] = match remote {
+            Some(owner) => Egress::Remote(owner),
+            None => Egress::Absent,
+        };
+        self.reindex();
+        if !matches!(self.egress[p], Egress::Absent) {
+            self.present = self.present.with(port);
+        }
+    }
+
+    fn del_port(&mut self, port: PortId, done: Sender<Vec<PortSocket>>) {
+        let p = port as usize;
+        if p >= MAX_PORTS {
+            let _ = done.try_send(Vec::new());
+            return;
+        }
+        self.egress[p] = Egress::Absent;
+        self.present = self.present.without(port);
+        for frame in self.staged[p].drain(..) {
+            self.s.pool.put(frame);
+        }
+        self.captures.retain(|c| c.port != port);
+        let (gone, keep): (Vec<_>, Vec<_>) = self
+            .sockets
+            .drain(..)
+            .partition(|(owner, _)| *owner == port);
+        self.sockets = keep;
+        self.reindex();
+        self.retiring.push(Retiring {
+            sockets: gone.into_iter().map(|(_, s)| s).collect(),
+            deadline: Instant::now() + RETIRE_DEADLINE,
+            done,
+        });
+    }
+
+    /// Points each local port's egress at its first socket (after sockets came or went).
+    fn reindex(&mut self) {
+        for e in self.egress.iter_mut() {
+            if matches!(e, Egress::Local(_)) {
+                *e = Egress::Absent;
+            }
+        }
+        for (i, (port, _)) in self.sockets.iter().enumerate() {
+            let e = &mut self.egress[*port as usize];
+            if !matches!(e, Egress::Local(_)) {
+                *e = Egress::Local(i);
+            }
+        }
+    }
+
+    /// Removed ports' sockets: their transmitted frames come home, what they received is put
+    /// back; then they go back to be closed.
+    fn service_retiring(&mut self) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.retiring.len() {
+            let r = &mut self.retiring[i];
+            let mut busy = false;
+            for sock in r.sockets.iter_mut() {
+                sock.kick_tx();
+                sock.reap_completions(&self.s.umem, &mut self.s.pool);
+                let mut frames = Vec::new();
+                while sock.receive(&self.s.umem, MAX_BATCH as u32, &mut frames) > 0 {}
+                for frame in frames {
+                    self.s.pool.put(frame);
+                }
+                busy |= sock.in_flight_tx() > 0;
+            }
+            if busy && now < r.deadline {
+                i += 1;
+                continue;
+            }
+            let r = self.retiring.swap_remove(i);
+            let tags: Vec<u32> = r.sockets.iter().map(|s| s.tag()).collect();
+            if let Err(TrySendError::Full(sockets) | TrySendError::Disconnected(sockets)) =
+                r.done.try_send(r.sockets)
+            {
+                // Nobody waits to close them any more: close them here, and take back their
+                // frames at once.
+                drop(sockets);
+                for tag in tags {
+                    self.s.umem.reclaim(tag, &mut self.s.pool);
+                }
+            }
+        }
+    }
+
     /// One pass over every queue; returns the frames received.
     fn poll_once(&mut self, now_ms: u64) -> usize {
         let mut received = 0;
-        for i in 0..self.s.sockets.len() {
+        for i in 0..self.sockets.len() {
             received += self.receive_burst(i, now_ms);
         }
         received += self.accept_handoffs();
         self.exchange_learning(now_ms);
         self.flush();
         let mut kicks = 0;
-        for (_, sock) in self.s.sockets.iter_mut() {
+        for (_, sock) in self.sockets.iter_mut() {
             kicks += sock.kick_tx() as u64;
             sock.reap_completions(&self.s.umem, &mut self.s.pool);
             sock.refill(&self.s.umem, &mut self.s.pool, POOL_RESERVE);
@@ -209,8 +415,25 @@ impl Worker {
         received
     }
 
+    fn capture(&mut self, port: PortId, frames: &[Frame]) {
+        let Some(i) = self.captures.iter().position(|c| c.port == port) else {
+            return;
+        };
+        let time = SystemTime::now();
+        for frame in frames {
+            let data = self.s.umem.data(frame).to_vec();
+            match self.captures[i].to.try_send(Captured { port, time, data }) {
+                Ok(()) | Err(TrySendError::Full(_)) => {}
+                Err(TrySendError::Disconnected(_)) => {
+                    self.captures.swap_remove(i);
+                    return;
+                }
+            }
+        }
+    }
+
     fn receive_burst(&mut self, socket: usize, now_ms: u64) -> usize {
-        let (ingress, sock) = &mut self.s.sockets[socket];
+        let (ingress, sock) = &mut self.sockets[socket];
         let ingress = *ingress;
         self.rx_batch.clear();
         sock.receive(&self.s.umem, MAX_BATCH as u32, &mut self.rx_batch);
@@ -221,6 +444,11 @@ impl Worker {
         let n = self.rx_batch.len();
         if n == 0 {
             return 0;
+        }
+        if !self.captures.is_empty() {
+            let batch = std::mem::take(&mut self.rx_batch);
+            self.capture(ingress, &batch);
+            self.rx_batch = batch;
         }
         let umem = &self.s.umem;
         for frame in &self.rx_batch {
@@ -242,10 +470,10 @@ impl Worker {
                 &mut self.emitted,
             );
         }
-        let ports = self.staged.len() as PortId;
+        let present = self.present;
         for (frame, disposition) in self.rx_batch.drain(..).zip(next) {
             match disposition {
-                Disposition::Forward(port) if port < ports => {
+                Disposition::Forward(port) if present.contains(port) => {
                     self.staged[port as usize].push(frame)
                 }
                 Disposition::Flood(mask) => flood(
@@ -253,10 +481,18 @@ impl Worker {
                     &mut self.s.pool,
                     &mut self.staged,
                     &self.s.stats,
-                    mask.without(ingress),
+                    mask.and(present).without(ingress),
                     frame,
                 ),
                 Disposition::Consumed => self.s.pool.put(frame),
+                Disposition::Forward(port) if (port as usize) < MAX_PORTS => {
+                    // To a port that is gone (or not attached yet).
+                    self.s
+                        .stats
+                        .worker
+                        .add(WorkerCounter::DropPortAbsent as usize, 1);
+                    self.s.pool.put(frame);
+                }
                 Disposition::Forward(_) | Disposition::Drop | Disposition::Recirculate => {
                     self.s.stats.ports[ingress as usize].add(PortCounter::DropPipeline as usize, 1);
                     self.s.pool.put(frame);
@@ -269,16 +505,16 @@ impl Worker {
 
     /// Frames the pipeline made: each copied into a frame of ours for every port it goes to.
     fn stage_emitted(&mut self) {
-        let ports = self.staged.len();
         for e in self.emitted.drain(..) {
+            let to = e.to.and(self.present);
             if e.frame.len() > MAX_FRAME_LEN as usize {
-                for port in e.to.ports(ports) {
+                for port in to.ports(MAX_PORTS) {
                     self.s.stats.ports[port as usize]
                         .add(PortCounter::DropEmitTooLarge as usize, 1);
                 }
                 continue;
             }
-            for port in e.to.ports(ports) {
+            for port in to.ports(MAX_PORTS) {
                 match self.s.pool.alloc() {
                     Some(mut frame) => {
                         frame.set_len(e.frame.len());
@@ -302,7 +538,8 @@ impl Worker {
             };
             n += 1;
             let port = handoff.port as usize;
-            if port >= self.staged.len() {
+            if port >= MAX_PORTS || !matches!(self.egress[port], Egress::Local(_)) {
+                // Out of range, or removed while the frame was on its way.
                 self.s
                     .stats
                     .worker
@@ -356,10 +593,13 @@ impl Worker {
                 .add(WorkerCounter::LearnResyncs as usize, 1);
         }
         while let Ok(event) = self.s.learn_in.try_recv() {
-            self.s
-                .pipeline
-                .bridge_mut()
-                .apply_learn_event(event, now_ms);
+            // An entry for a port this worker no longer has would only be flooded around.
+            if self.present.contains(event.port) {
+                self.s
+                    .pipeline
+                    .bridge_mut()
+                    .apply_learn_event(event, now_ms);
+            }
         }
         self.s
             .stats
@@ -369,15 +609,23 @@ impl Worker {
 
     /// Sends every staged frame: by descriptor on our own sockets, by copy to other workers.
     fn flush(&mut self) {
-        for port in 0..self.staged.len() {
-            if self.staged[port].is_empty() {
+        for port in self.present.ports(MAX_PORTS) {
+            let p = port as usize;
+            if self.staged[p].is_empty() {
                 continue;
             }
-            let counters = &self.s.stats.ports[port];
-            let staged = &mut self.staged[port];
-            match &self.s.egress[port] {
+            if !self.captures.is_empty() {
+                let staged = std::mem::take(&mut self.staged[p]);
+                if matches!(self.egress[p], Egress::Local(_)) {
+                    self.capture(port, &staged);
+                }
+                self.staged[p] = staged;
+            }
+            let counters = &self.s.stats.ports[p];
+            let staged = &mut self.staged[p];
+            match &self.egress[p] {
                 Egress::Local(index) => {
-                    let sock = &mut self.s.sockets[*index].1;
+                    let sock = &mut self.sockets[*index].1;
                     let bytes: usize = staged.iter().map(|f| f.len()).sum();
                     let sent = sock.transmit(&self.s.umem, staged);
                     let unsent_bytes: usize = staged.iter().map(|f| f.len()).sum();
@@ -393,10 +641,7 @@ impl Worker {
                     for frame in staged.drain(..) {
                         let data = self.s.umem.data(&frame).to_vec();
                         self.s.pool.put(frame);
-                        match owner.try_send(Handoff {
-                            port: port as PortId,
-                            data,
-                        }) {
+                        match owner.try_send(Handoff { port, data }) {
                             Ok(()) => handed += 1,
                             Err(_) => counters.add(PortCounter::DropHandoffFull as usize, 1),
                         }
@@ -406,26 +651,34 @@ impl Worker {
                         .worker
                         .add(WorkerCounter::HandoffsOut as usize, handed);
                 }
+                Egress::Absent => {
+                    for frame in staged.drain(..) {
+                        self.s.pool.put(frame);
+                    }
+                }
             }
         }
     }
 
     /// Nothing queued anywhere: safe to wait.
     fn quiet(&self) -> bool {
-        self.s.sockets.iter().all(|(_, s)| s.in_flight_tx() == 0) && self.s.handoff_in.is_empty()
+        self.sockets.iter().all(|(_, s)| s.in_flight_tx() == 0)
+            && self.s.handoff_in.is_empty()
+            && self.s.commands.is_empty()
+            && self.retiring.is_empty()
     }
 
     fn wait_for_traffic(&mut self) {
-        let mut fds: ArrayVec<libc::pollfd, 64> = ArrayVec::new();
-        for (_, sock) in self.s.sockets.iter().take(64) {
-            fds.push(libc::pollfd {
+        self.pollfds.clear();
+        for (_, sock) in self.sockets.iter() {
+            self.pollfds.push(libc::pollfd {
                 fd: sock.raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             });
         }
         // Time spent waiting is neither busy nor idle polling, so it is not counted as cycles.
-        crate::netdev::poll_fds(&mut fds, WAIT_TIMEOUT_MS);
+        crate::netdev::poll_fds(&mut self.pollfds, WAIT_TIMEOUT_MS);
         self.s.stats.worker.add(WorkerCounter::Sleeps as usize, 1);
     }
 
@@ -434,7 +687,27 @@ impl Worker {
             .pipeline
             .housekeeping(now_ms, self.s.leader, &mut self.emitted);
         self.stage_emitted();
+        for (_, sock) in self.sockets.iter_mut() {
+            sock.tick();
+        }
         self.publish();
+    }
+
+    /// What the control thread reads about this worker's ports and frames.
+    fn publish_ports(&self) {
+        let w = &self.s.stats.worker;
+        w.set(WorkerCounter::Sockets as usize, self.sockets.len() as u64);
+        w.set(
+            WorkerCounter::FramesInFill as usize,
+            self.sockets
+                .iter()
+                .map(|(_, s)| s.lent_to_fill() as u64)
+                .sum(),
+        );
+        w.set(
+            WorkerCounter::FramesFree as usize,
+            self.s.pool.available() as u64,
+        );
     }
 
     fn publish(&self) {
@@ -456,7 +729,7 @@ impl Worker {
                     .store(gw.shared().conntrack.len() as u64, Ordering::Relaxed);
             }
         }
-        for (port, sock) in &self.s.sockets {
+        for (port, sock) in &self.sockets {
             if let Ok(k) = sock.kernel_stats() {
                 let c = &stats.ports[*port as usize];
                 c.set(PortCounter::KernelRxDropped as usize, k.rx_dropped);
@@ -479,17 +752,17 @@ impl Worker {
             report.frames_total as u64,
         );
         w.set(
-            WorkerCounter::FramesFree as usize,
-            report.frames_free as u64,
-        );
-        w.set(
-            WorkerCounter::FramesInFill as usize,
-            report.frames_in_fill as u64,
-        );
-        w.set(
             WorkerCounter::FramesInTx as usize,
             report.frames_in_tx as u64,
         );
+        self.publish_ports();
+    }
+
+    fn all_sockets(&self) -> impl Iterator<Item = &PortSocket> {
+        self.sockets
+            .iter()
+            .map(|(_, s)| s)
+            .chain(self.retiring.iter().flat_map(|r| r.sockets.iter()))
     }
 
     fn report(&self) -> WorkerReport {
@@ -497,8 +770,8 @@ impl Worker {
             worker: self.s.id,
             frames_total: self.s.pool.total(),
             frames_free: self.s.pool.available() as u32,
-            frames_in_fill: self.s.sockets.iter().map(|(_, s)| s.lent_to_fill()).sum(),
-            frames_in_tx: self.s.sockets.iter().map(|(_, s)| s.in_flight_tx()).sum(),
+            frames_in_fill: self.all_sockets().map(|s| s.lent_to_fill()).sum(),
+            frames_in_tx: self.all_sockets().map(|s| s.in_flight_tx()).sum(),
             frames_refused: {
                 let (foreign, twice) = self.s.pool.refused();
                 (foreign + twice) as u32
@@ -510,20 +783,24 @@ impl Worker {
     /// rx rings still hold, and reports where every frame is.
     fn drain(mut self) -> WorkerReport {
         self.flush();
+        for r in std::mem::take(&mut self.retiring) {
+            // Kept to the end: their frames are counted like any socket's.
+            self.sockets
+                .extend(r.sockets.into_iter().map(|s| (PortId::MAX, s)));
+        }
         let deadline = Instant::now() + Duration::from_millis(500);
         loop {
-            for (_, sock) in self.s.sockets.iter_mut() {
+            for (_, sock) in self.sockets.iter_mut() {
                 sock.kick_tx();
                 sock.reap_completions(&self.s.umem, &mut self.s.pool);
             }
-            if self.s.sockets.iter().all(|(_, s)| s.in_flight_tx() == 0)
-                || Instant::now() >= deadline
+            if self.sockets.iter().all(|(_, s)| s.in_flight_tx() == 0) || Instant::now() >= deadline
             {
                 break;
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        for (_, sock) in self.s.sockets.iter_mut() {
+        for (_, sock) in self.sockets.iter_mut() {
             let mut frames = Vec::new();
             while sock.receive(&self.s.umem, MAX_BATCH as u32, &mut frames) > 0 {}
             for frame in frames {

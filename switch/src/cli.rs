@@ -56,6 +56,18 @@ pub struct Args {
     /// Print per-port rates every SECS seconds (0: only at exit).
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub stats_interval: u64,
+
+    /// The control socket `vswitch ctl` talks to (mode 0600: only this user, and root).
+    #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+    pub ctl: std::path::PathBuf,
+
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// Frame memory per worker, in MiB, shared by all its ports (pinned).
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(4..=16_384))]
+    pub frame_memory: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +158,8 @@ impl Args {
             },
             rings: RingSizes::default(),
             gateway: node.map(|n| n.gateway.clone()),
+            frames_per_worker: (self.frame_memory as u64 * (1 << 20) / pmd::FRAME_SIZE as u64)
+                as u32,
         }
     }
 }

@@ -61,6 +61,8 @@ struct NodeSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PodsSection {
+    /// May be empty: pods are attached later with `vswitch ctl port add`.
+    #[serde(default)]
     ports: Vec<PortEntry>,
     gateway: String,
 }
@@ -330,9 +332,6 @@ pub fn parse(
     })?;
 
     // Ports.
-    if file.pods.ports.is_empty() {
-        return Err(c.err("pods.ports", "needs at least one port"));
-    }
     let mut seen = HashSet::new();
     let mut ports = Vec::new();
     let uplink_port = file.uplink.as_ref().map(|u| u.port.clone());
@@ -683,6 +682,14 @@ mod tests {
     }
 
     #[test]
+    fn pods_may_come_later() {
+        for pods in ["ports = []\n", ""] {
+            let c = parse_ok(&format!("[pods]\n{pods}gateway = \"10.244.1.1/24\"\n"));
+            assert!(c.ports.is_empty() && c.gateway.pod_ports.is_empty());
+        }
+    }
+
+    #[test]
     fn the_example_parses() {
         let c = parse_ok(EXAMPLE);
         assert_eq!(c.ports, ["vp1", "vp2", "vp3", "vup"]);
@@ -726,7 +733,6 @@ mod tests {
             (EXAMPLE.replace("# fdb_port_limit = 1024", "fdb_port_limit = -1"), "node.toml: line"),
             (EXAMPLE.replace("# fdb_port_limit = 1024", "fdb_port_limit = \"lots\""), "node.toml: line"),
             (EXAMPLE.replace("ports = [\"vp1\", \"vp2\", \"vp3\"]", &format!("ports = [{}]", (0..256).map(|i| format!("\"p{i}\"")).collect::<Vec<_>>().join(", "))), "node.toml: pods.ports / uplink.port: 257 ports, more than the 256 one switch supports"),
-            ("[pods]\nports = []\ngateway = \"10.244.1.1/24\"\n".to_string(), "pods.ports: needs at least one port"),
             ("not toml at all [".to_string(), "node.toml: line 1"),
         ];
         for (text, needle) in cases {

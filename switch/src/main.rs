@@ -1,15 +1,23 @@
 //! `vswitch`: runs in the network namespace that holds its ports, forwarding among them until
 //! SIGINT or SIGTERM, then detaches and prints its counters. With `--config`, SIGHUP reloads
-//! the config file; a bad file is refused and the running config stays.
+//! the config file; a bad file is refused and the running config stays. A control socket
+//! (`--ctl`) lets `vswitch ctl` read its tables and attach or remove ports while it runs.
 #![deny(unsafe_code)]
 
+mod capture;
 mod cli;
 mod config;
+mod control;
+mod live;
+mod logging;
+mod metrics;
 mod report;
 
 use clap::Parser;
 use config::NodeConfig;
-use pmd::Datapath;
+use control::{Outcome, Request, RequestKind};
+use live::{port_exists, with_uplink_mtu, Live};
+use pmd::{Datapath, PortInfo, WorkerEnd};
 use report::Snapshot;
 use std::io::Write;
 use std::process::ExitCode;
@@ -17,13 +25,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn port_exists(name: &str) -> bool {
-    pmd::netdev::ifindex(name).is_ok()
-}
+/// How often the ports' interfaces are checked for having disappeared.
+const VANISHED_CHECK: Duration = Duration::from_millis(500);
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("ctl") {
+        return control::client::main(&argv[2..]);
+    }
     let args = cli::Args::parse();
-    let mut node: Option<NodeConfig> = match &args.config {
+    logging::init();
+    let node: Option<NodeConfig> = match &args.config {
         Some(path) => match config::load(path, &port_exists) {
             Ok(n) => Some(with_uplink_mtu(n)),
             Err(e) => {
@@ -49,6 +61,25 @@ fn main() -> ExitCode {
         }
     }
 
+    // Everything that can be refused is, before anything is attached.
+    if let Err(e) = pmd::datapath::validate(&config) {
+        eprintln!("vswitch: error: {e}");
+        return ExitCode::FAILURE;
+    }
+    let (ctl_listener, _ctl_socket) = match control::server::bind(&args.ctl) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vswitch: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let metrics_listener = match args.metrics.map(metrics::bind).transpose() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("vswitch: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let dp = match Datapath::start(&config) {
         Ok(dp) => dp,
         Err(e) => {
@@ -56,16 +87,115 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    emit(&start_line(&dp, &config, node.as_ref()));
+    let (requests_tx, requests) = crossbeam_channel::bounded::<Request>(16);
+    {
+        let tx = requests_tx.clone();
+        let _ = std::thread::Builder::new()
+            .name("vswitch-ctl-accept".into())
+            .spawn(move || control::server::serve(ctl_listener, tx));
+    }
+    if let Some(listener) = metrics_listener {
+        let tx = requests_tx.clone();
+        let _ = std::thread::Builder::new()
+            .name("vswitch-metrics-accept".into())
+            .spawn(move || metrics::serve(listener, tx));
+    }
+    tracing::info!(socket = %args.ctl.display(), metrics = ?args.metrics, "control socket ready");
+    let interval = Duration::from_secs(args.stats_interval);
+    let mut live = Live::new(dp, args, node);
+
+    let mut last = rates_snapshot(&live.dp);
+    let mut last_check = Instant::now();
+    let mut failed = false;
+    while !terminate.load(Ordering::Relaxed) {
+        if let Ok(request) = requests.recv_timeout(Duration::from_millis(50)) {
+            let outcome = match request.kind {
+                RequestKind::Ctl(args) => control::commands::execute(&mut live, &args),
+                RequestKind::Metrics => Outcome::Text(metrics::render(&live)),
+            };
+            let _ = request.reply.try_send(outcome);
+        }
+        if !live.dp.workers_alive() {
+            tracing::error!("a worker stopped unexpectedly; shutting down");
+            eprintln!("vswitch: error: a worker stopped unexpectedly; shutting down");
+            failed = true;
+            break;
+        }
+        if reload.swap(false, Ordering::Relaxed) {
+            match live.reload() {
+                Ok(text) => emit(&format!("vswitch: {text}\n")),
+                // Said once, as before tracing: on stderr.
+                Err(e) => eprintln!("vswitch: {e}"),
+            }
+        }
+        if last_check.elapsed() >= VANISHED_CHECK {
+            last_check = Instant::now();
+            live.check_vanished();
+        }
+        live.load.update(&live.dp);
+        if !interval.is_zero() && last.0.elapsed() >= interval {
+            let now = rates_snapshot(&live.dp);
+            if now
+                .1
+                .iter()
+                .map(|p| p.ifindex)
+                .eq(last.1.iter().map(|p| p.ifindex))
+            {
+                let secs = now.0.duration_since(last.0).as_secs_f64();
+                emit(&report::rate_lines(&now.1, &last.2, &now.2, secs));
+            }
+            last = now;
+        }
+    }
+
+    let stats = live.dp.stats.clone();
+    let gateway = live.dp.gateway.clone();
+    let (ids, names): (Vec<_>, Vec<PortInfo>) =
+        live.dp.ports().map(|(id, p)| (id, p.info.clone())).unzip();
+    let ends = live.dp.stop();
+    emit("vswitch: stopped; XDP programs detached\n");
+    let snap = Snapshot::take(&stats, &ids);
+    emit(&report::port_table_for(&names, &snap));
+    if let Some(shared) = &gateway {
+        emit(&report::gateway_lines(&stats, &shared.conntrack.counters));
+    }
+    emit(&report::worker_lines(&stats));
+    let mut reports = Vec::new();
+    for (w, end) in ends.into_iter().enumerate() {
+        match end {
+            WorkerEnd::Stopped(r) => reports.push(r),
+            WorkerEnd::Panicked(why) => {
+                failed = true;
+                eprintln!("vswitch: error: worker {w} panicked: {why}");
+            }
+        }
+    }
+    emit(&report::frame_lines(&reports));
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+type Rates = (Instant, Vec<PortInfo>, Snapshot);
+
+fn rates_snapshot(dp: &Datapath) -> Rates {
+    let (ids, infos): (Vec<_>, Vec<_>) = dp.ports().map(|(id, p)| (id, p.info.clone())).unzip();
+    (Instant::now(), infos, Snapshot::take(&dp.stats, &ids))
+}
+
+fn start_line(dp: &Datapath, config: &pmd::DatapathConfig, node: Option<&NodeConfig>) -> String {
     let ports: Vec<String> = dp
-        .ports
-        .iter()
-        .zip(&dp.modes)
-        .map(|(p, mode)| {
+        .ports()
+        .map(|(_, p)| {
             format!(
-                "{} ({mode}, {} queue{})",
-                p.name,
-                p.queues,
-                if p.queues == 1 { "" } else { "s" }
+                "{} ({}, {} queue{})",
+                p.info.name,
+                p.mode,
+                p.info.queues,
+                if p.info.queues == 1 { "" } else { "s" }
             )
         })
         .collect();
@@ -74,7 +204,7 @@ fn main() -> ExitCode {
         .iter()
         .map(|c| c.map_or("any".into(), |c| c.to_string()))
         .collect();
-    let mode = match &node {
+    let mode = match node {
         Some(n) => format!(
             "as node gateway {} ({} services, {} routes)",
             n.gateway.gateway,
@@ -83,7 +213,7 @@ fn main() -> ExitCode {
         ),
         None => "as a learning bridge".into(),
     };
-    let mode = match node.as_ref().and_then(|n| n.gateway.vxlan.as_ref()) {
+    let mode = match node.and_then(|n| n.gateway.vxlan.as_ref()) {
         Some(v) => format!(
             "{mode}, VXLAN VNI {} from {} to {} peer{}",
             v.vni,
@@ -93,102 +223,22 @@ fn main() -> ExitCode {
         ),
         None => mode,
     };
-    emit(&format!(
+    format!(
         "vswitch: forwarding among {} {mode} with {} worker{} (cores: {}), poll {:?}\n",
-        ports.join(", "),
+        if ports.is_empty() {
+            "no ports yet".to_string()
+        } else {
+            ports.join(", ")
+        },
         config.workers.len(),
         if config.workers.len() == 1 { "" } else { "s" },
         cores.join(","),
         config.poll
-    ));
-
-    let interval = Duration::from_secs(args.stats_interval);
-    let mut last = (Instant::now(), Snapshot::take(&dp.stats, dp.ports.len()));
-    let mut failed = false;
-    while !terminate.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(50));
-        if !dp.workers_alive() {
-            eprintln!("vswitch: error: a worker stopped unexpectedly; shutting down");
-            failed = true;
-            break;
-        }
-        if reload.swap(false, Ordering::Relaxed) {
-            reload_config(&args, &dp, &mut node);
-        }
-        if !interval.is_zero() && last.0.elapsed() >= interval {
-            let now = (Instant::now(), Snapshot::take(&dp.stats, dp.ports.len()));
-            let secs = now.0.duration_since(last.0).as_secs_f64();
-            emit(&report::rate_lines(&dp, &last.1, &now.1, secs));
-            last = now;
-        }
-    }
-
-    let stats = dp.stats.clone();
-    let nports = dp.ports.len();
-    let names = dp.ports.clone();
-    let gateway = dp.gateway.clone();
-    let reports = dp.stop();
-    emit("vswitch: stopped; XDP programs detached\n");
-    let snap = Snapshot::take(&stats, nports);
-    emit(&report::port_table_for(&names, &snap));
-    if let Some(shared) = &gateway {
-        emit(&report::gateway_lines(&stats, &shared.conntrack.counters));
-    }
-    emit(&report::worker_lines(&stats));
-    emit(&report::frame_lines(&reports));
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
-}
-
-/// SIGHUP: re-read the config file; apply it if it is valid and changes only what a reload may
-/// change, else say why and keep running as before.
-fn reload_config(args: &cli::Args, dp: &Datapath, node: &mut Option<NodeConfig>) {
-    let (Some(path), Some(current), Some(shared)) = (&args.config, node.as_ref(), &dp.gateway)
-    else {
-        eprintln!("vswitch: SIGHUP ignored: no --config to reload");
-        return;
-    };
-    let new = match config::load(path, &port_exists) {
-        Ok(n) => with_uplink_mtu(n),
-        Err(e) => {
-            eprintln!("vswitch: reload refused, running config kept: {e}");
-            return;
-        }
-    };
-    if let Err(why) = current.reload_compatible(&new) {
-        eprintln!(
-            "vswitch: reload refused, running config kept: {}: {why}; restart to change it",
-            path.display()
-        );
-        return;
-    }
-    let r = shared.reload(&new.gateway);
-    emit(&format!(
-        "vswitch: reloaded {}: {} services, {} routes, {} VXLAN peers; {} connections to removed backends closed\n",
-        path.display(),
-        r.services,
-        r.routes,
-        r.peers,
-        r.flows_closed
-    ));
-    *node = Some(new);
-}
-
-/// The uplink port's MTU, which encapsulated packets must fit, from the kernel.
-fn with_uplink_mtu(mut node: NodeConfig) -> NodeConfig {
-    if let Some(up) = node.gateway.uplink.as_mut() {
-        if let Ok(mtu) = pmd::netdev::mtu(&node.ports[up.port as usize]) {
-            up.mtu = mtu;
-        }
-    }
-    node
+    )
 }
 
 /// Writes to stdout; a closed stdout (e.g. piped to `head`) must not stop the switch.
-fn emit(text: &str) {
+pub fn emit(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();

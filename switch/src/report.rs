@@ -1,8 +1,8 @@
 //! Turns the workers' counters into what the operator reads.
 
 use pipeline::conntrack::ConntrackCounters;
-use pipeline::{GwCounter, L2Counter};
-use pmd::{Datapath, PortCounter, PortInfo, WorkerCounter, WorkerReport, WorkerStats};
+use pipeline::{GwCounter, L2Counter, PortId};
+use pmd::{PortCounter, PortInfo, WorkerCounter, WorkerReport, WorkerStats};
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -14,16 +14,17 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn take(stats: &[Arc<WorkerStats>], ports: usize) -> Snapshot {
+    /// The counters of `ports` (by id), in that order.
+    pub fn take(stats: &[Arc<WorkerStats>], ports: &[PortId]) -> Snapshot {
         let mut snap = Snapshot {
-            ports: vec![[0; PortCounter::COUNT]; ports],
+            ports: vec![[0; PortCounter::COUNT]; ports.len()],
             l2: [0; L2Counter::COUNT],
             fdb_entries: Vec::new(),
         };
         for w in stats {
-            for (p, counters) in snap.ports.iter_mut().enumerate() {
+            for (counters, &id) in snap.ports.iter_mut().zip(ports) {
                 for &c in PortCounter::ALL {
-                    counters[c as usize] += w.port(p, c);
+                    counters[c as usize] += w.port(id as usize, c);
                 }
             }
             for &c in L2Counter::ALL {
@@ -168,10 +169,10 @@ pub fn frame_lines(reports: &[WorkerReport]) -> String {
     out
 }
 
-/// One line per port with rates since the previous snapshot.
-pub fn rate_lines(dp: &Datapath, before: &Snapshot, after: &Snapshot, secs: f64) -> String {
+/// One line per port with rates since the previous snapshot (of the same ports).
+pub fn rate_lines(ports: &[PortInfo], before: &Snapshot, after: &Snapshot, secs: f64) -> String {
     let mut out = String::new();
-    for (p, info) in dp.ports.iter().enumerate() {
+    for (p, info) in ports.iter().enumerate() {
         let rate = |c| (after.port(p, c) - before.port(p, c)) as f64 / secs;
         let _ = writeln!(
             out,
@@ -193,7 +194,7 @@ mod tests {
 
     #[test]
     fn worker_lines_show_lost_learning_announcements_and_resyncs() {
-        let stats = Arc::new(WorkerStats::new(2));
+        let stats = Arc::new(WorkerStats::new());
         stats.worker.set(WorkerCounter::LearnEventsLost as usize, 7);
         stats.worker.set(WorkerCounter::LearnResyncs as usize, 2);
         stats.worker.set(WorkerCounter::HandoffsBadPort as usize, 3);
@@ -205,10 +206,10 @@ mod tests {
 
     #[test]
     fn new_drop_reasons_are_shown_per_port() {
-        let stats = Arc::new(WorkerStats::new(1));
+        let stats = Arc::new(WorkerStats::new());
         stats.ports[0].set(PortCounter::DropEmitTooLarge as usize, 4);
         stats.ports[0].set(PortCounter::DropHandoffTooLarge as usize, 5);
-        let snap = Snapshot::take(&[stats], 1);
+        let snap = Snapshot::take(&[stats], &[0]);
         let ports = [PortInfo {
             name: "vp1".into(),
             ifindex: 1,

@@ -526,7 +526,8 @@ impl Gateway {
         let stdout = std::fs::File::create(self.dir.0.join("vswitch.out")).unwrap();
         let stderr = std::fs::File::create(self.dir.0.join("vswitch.err")).unwrap();
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns("sw"), vswitch_bin(), "--config"])
+            .args(["netns", "exec", &self.ns("sw"), vswitch_bin()])
+            .args(["--ctl", &common::ctl_path(), "--config"])
             .arg(&config)
             .args(match self.dataplane {
                 Dataplane::VswitchTwoWorkers => &["--cores", "0,1"][..],

@@ -301,7 +301,8 @@ fn refused(topo: &Topology, args: &[&str], needle: &str) {
 
 /// As `refused`, but `kept` may carry a program someone else attached.
 fn refused_leaving(topo: &Topology, args: &[&str], needle: &str, kept: Option<&str>) {
-    let mut full = vec![vswitch_bin()];
+    let ctl = common::ctl_path();
+    let mut full = vec![vswitch_bin(), "--ctl", &ctl];
     full.extend_from_slice(args);
     let out = topo.exec(&topo.sw, &full);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -482,6 +482,8 @@ mac = "{mac}"
                 "exec",
                 &self.nodes[n].ns,
                 vswitch_bin(),
+                "--ctl",
+                &common::ctl_path(),
                 "--config",
             ])
             .arg(&config)

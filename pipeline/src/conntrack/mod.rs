@@ -126,6 +126,11 @@ impl Flow {
     fn expired(&self, now_ms: u64) -> bool {
         now_ms.saturating_sub(self.last_ms) >= self.state.timeout_ms()
     }
+
+    /// Milliseconds until the flow times out without more packets.
+    pub fn expires_in_ms(&self, now_ms: u64) -> u64 {
+        (self.last_ms + self.state.timeout_ms()).saturating_sub(now_ms)
+    }
 }
 
 /// A packet's match.
@@ -366,6 +371,29 @@ impl Conntrack {
                 Err(e)
             }
         }
+    }
+
+    /// Up to `limit` flows, copied one shard (one lock) at a time, for the operator.
+    pub fn snapshot(&self, limit: usize) -> Vec<Flow> {
+        let mut out = Vec::new();
+        for i in 0..SHARDS {
+            if out.len() >= limit {
+                break;
+            }
+            let shard = self.shard(i);
+            let room = limit - out.len();
+            out.extend(
+                shard
+                    .map
+                    .values()
+                    .filter_map(|s| match s {
+                        Slot::Flow(f) => Some(*f),
+                        Slot::Alias(_) => None,
+                    })
+                    .take(room),
+            );
+        }
+        out
     }
 
     /// Removes every flow `doomed` picks (a reload closing connections to removed backends).

@@ -177,6 +177,15 @@ impl GatewayShared {
             .clone()
     }
 
+    /// Changes the pod ports (a pod attached or removed while the switch runs): the policy is
+    /// rebuilt from `config` (which must differ from the running one in `pod_ports` only)
+    /// and swapped in; tracked connections are left alone.
+    pub fn set_pod_ports(&self, config: &GatewayConfig) {
+        let policy = Arc::new(Policy::new(config));
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
+        self.epoch.fetch_add(1, Ordering::Release);
+    }
+
     /// Applies a new configuration to new connections, and closes tracked connections whose
     /// backend is gone. Ports, addresses and the MAC are fixed for the switch's life (checked
     /// by the caller).

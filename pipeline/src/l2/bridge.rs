@@ -124,6 +124,17 @@ impl Bridge {
         &self.fdb
     }
 
+    /// Forgets every learned address (the operator's `fdb flush`); returns how many.
+    pub fn flush_fdb(&mut self) -> usize {
+        self.reannounce.clear();
+        self.fdb.clear()
+    }
+
+    /// The ports floods go to (ports come and go while the switch runs).
+    pub fn set_flood_domain(&mut self, ports: PortMask) {
+        self.flood_domain = ports;
+    }
+
     pub fn counters(&self) -> &L2Counters {
         &self.counters
     }

@@ -93,6 +93,22 @@ impl Fdb {
         self.table.len()
     }
 
+    /// Every entry (for the operator), in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = (MacAddr, FdbEntry)> + '_ {
+        self.table.iter().map(|(&k, &e)| {
+            let b = k.to_be_bytes();
+            (MacAddr([b[2], b[3], b[4], b[5], b[6], b[7]]), e)
+        })
+    }
+
+    /// Forgets every entry.
+    pub fn clear(&mut self) -> usize {
+        let n = self.table.len();
+        self.table.clear();
+        self.per_port.clear();
+        n
+    }
+
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
     }

@@ -72,6 +72,21 @@ impl NeighborTable {
             .filter(|n| now_ms.saturating_sub(n.updated_ms) < self.age_ms)
     }
 
+    /// Resolved addresses (live or not yet aged out), for the operator.
+    pub fn entries(&self) -> impl Iterator<Item = (Ipv4Addr, Neighbor)> + '_ {
+        self.entries.iter().map(|(&ip, &n)| (ip, n))
+    }
+
+    /// Addresses being resolved, for the operator.
+    pub fn pending(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.pending.keys().copied()
+    }
+
+    /// Whether an entry updated at `updated_ms` is still used.
+    pub fn is_live(&self, updated_ms: u64, now_ms: u64) -> bool {
+        now_ms.saturating_sub(updated_ms) < self.age_ms
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

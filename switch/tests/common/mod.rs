@@ -113,6 +113,22 @@ impl Topology {
             port: format!("vp{i}"),
         };
         self.add_namespace(&pod.ns);
+        self.cable(&pod);
+        self.pods.push(pod);
+    }
+
+    /// Deletes pod `i`'s veth pair (both ends), as a pod that goes away does.
+    pub fn unplug(&self, i: usize) {
+        let pod = &self.pods[i];
+        must(&["ip", "-n", &self.sw, "link", "del", &pod.port]);
+    }
+
+    /// Cables pod `i` again after `unplug`.
+    pub fn replug(&self, i: usize) {
+        self.cable(&self.pods[i]);
+    }
+
+    fn cable(&self, pod: &Pod) {
         must(&[
             "ip", "-n", &pod.ns, "link", "add", "eth0", "type", "veth", "peer", "name", &pod.port,
             "netns", &self.sw,
@@ -134,7 +150,6 @@ impl Topology {
         // Pods keep the kernel's default offloads: the switch finishes the checksums they leave
         // to "hardware".
         must(&["ip", "-n", &self.sw, "link", "set", &pod.port, "up"]);
-        self.pods.push(pod);
     }
 
     pub fn ports(&self) -> String {
@@ -172,16 +187,32 @@ impl Topology {
         self.start_switch_with(&args, ports)
     }
 
-    /// Starts `vswitch ARGS` and waits until every port in `ports` (comma-separated) has its
-    /// XDP program.
+    /// Starts `vswitch ARGS` and waits until every port in `ports` (comma-separated; may be
+    /// empty) has its XDP program and the control socket answers. Without `--ctl` in `ARGS`
+    /// it gets a socket of its own (`Switch::ctl`).
     pub fn start_switch_with(&self, args: &[&str], ports: &str) -> Switch {
+        let ctl = match args.iter().position(|a| *a == "--ctl") {
+            Some(i) => args[i + 1].to_string(),
+            None => ctl_path(),
+        };
         let mut full = vec![vswitch_bin()];
         full.extend_from_slice(args);
+        if !args.contains(&"--ctl") {
+            full.extend_from_slice(&["--ctl", &ctl]);
+        }
         let child = self.spawn(&self.sw, &full);
-        let switch = Switch { child: Some(child) };
-        // Attached once every port shows an XDP program.
+        let switch = Switch {
+            child: Some(child),
+            ctl,
+        };
+        // Attached once every port shows an XDP program and the control socket is there.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !ports.split(',').all(|p| self.xdp_attached(p)) {
+        while !ports
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .all(|p| self.xdp_attached(p))
+            || !Path::new(&switch.ctl).exists()
+        {
             assert!(
                 Instant::now() < deadline,
                 "vswitch did not attach within 10 s"
@@ -215,9 +246,19 @@ impl Topology {
     }
 }
 
+/// A control socket path of its own for a test's switch (under the temporary directory).
+pub fn ctl_path() -> String {
+    std::env::temp_dir()
+        .join(format!("{}.sock", unique_prefix("vswitch-test-")))
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// A running `vswitch`; killed if the test ends without stopping it.
 pub struct Switch {
     child: Option<Child>,
+    /// Its control socket.
+    pub ctl: String,
 }
 
 /// What `vswitch` printed when it stopped.
@@ -250,6 +291,44 @@ impl Stopped {
 impl Switch {
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// Runs `vswitch ctl --socket <its socket> ARGS` (the client bounds its own wait).
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(vswitch_bin())
+            .args(["ctl", "--socket", &self.ctl])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running vswitch ctl {args:?}: {e}"))
+    }
+
+    /// `ctl ARGS` that must succeed; its stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "vswitch ctl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ctl ARGS --json`, parsed.
+    pub fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = args.to_vec();
+        full.push("--json");
+        let text = self.ctl_ok(&full);
+        assert_eq!(text.lines().count(), 1, "one JSON object: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+
+    /// SIGKILL, as a crash would; nothing is cleaned up.
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// SIGTERM, then wait (at most 10 s) and collect the output.

@@ -72,11 +72,10 @@ pub fn run(
 ) -> Result<(), String> {
     let ifindex = netdev::ifindex(dev).map_err(|e| e.to_string())?;
     let queues = netdev::rx_queues(dev).map_err(|e| format!("{dev}: {e}"))?;
-    let (umem, mut pool) =
-        Umem::new(FRAMES_PER_QUEUE * queues, RINGS).map_err(|e| e.to_string())?;
+    let (umem, mut pool) = Umem::new(FRAMES_PER_QUEUE * queues).map_err(|e| e.to_string())?;
     let mut sockets = Vec::new();
     for q in 0..queues {
-        sockets.push(PortSocket::open(&umem, dev, q, q == 0, RINGS).map_err(|e| e.to_string())?);
+        sockets.push(PortSocket::open(&umem.handle(), dev, q, RINGS).map_err(|e| e.to_string())?);
     }
     let map = XskMap::create(queues).map_err(|e| e.to_string())?;
     for s in &sockets {

@@ -1,0 +1,47 @@
+//! The control socket (`--ctl PATH`) and its client (`vswitch ctl`).
+//!
+//! Protocol: the client sends one line, a JSON object `{"args": ["show", "ports"]}`, and reads
+//! one line back: `{"ok": true, "result": {...}}` or `{"ok": false, "error": "..."}`.
+//! Connections are served by their own threads; what needs the datapath goes to the main
+//! thread as a `Request` over a bounded channel, and the workers are reached only through
+//! their own bounded command channels, so no client can stall a worker.
+
+pub mod client;
+pub mod commands;
+pub mod server;
+pub mod table;
+
+use crossbeam_channel::{Receiver, Sender};
+use pmd::Captured;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_SOCKET: &str = "/run/vswitch/vswitch.sock";
+/// Longest request line.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// What a connection asks of the main thread.
+pub enum RequestKind {
+    Ctl(Vec<String>),
+    Metrics,
+}
+
+pub struct Request {
+    pub kind: RequestKind,
+    pub reply: Sender<Outcome>,
+}
+
+/// The main thread's answer.
+pub enum Outcome {
+    Json(serde_json::Value),
+    Text(String),
+    Error(String),
+    /// Frames of a captured port arrive on `frames`; the connection writes them.
+    Capture {
+        frames: Receiver<Captured>,
+        count: usize,
+        out: PathBuf,
+        timeout: Duration,
+        port: String,
+    },
+}

@@ -1,0 +1,247 @@
+//! The control socket: a Unix stream socket, mode 0600, served one thread per connection
+//! (at most `MAX_CLIENTS` at once). A request is one bounded line read under a deadline; a
+//! malformed, oversized or slow request gets an error and touches nothing.
+
+use super::{Outcome, Request, RequestKind, MAX_REQUEST};
+use crate::capture;
+use crossbeam_channel::Sender;
+use serde_json::{json, Value};
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MAX_CLIENTS: usize = 16;
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request may wait for the main thread (port changes wait on workers, bounded).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The listening socket; its file is removed when this is dropped.
+pub struct ControlSocket {
+    path: PathBuf,
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Binds `path` with mode 0600, so only its owner (the user running the switch) and root can
+/// connect. A socket file left by a switch that was killed is replaced; one that answers
+/// belongs to a running switch and is refused.
+pub fn bind(path: &Path) -> Result<(UnixListener, ControlSocket), String> {
+    let what =
+        |e: io::Error, doing: &str| format!("control socket {}: {doing}: {e}", path.display());
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| what(e, "creating its directory"))?;
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(format!(
+                "control socket {}: exists and is not a socket; remove it or choose another --ctl",
+                path.display()
+            ));
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(format!(
+                "control socket {}: another vswitch is listening there",
+                path.display()
+            ));
+        }
+        fs::remove_file(path).map_err(|e| what(e, "removing a stale socket"))?;
+    }
+    // Bound in a private directory, made 0600, then moved into place: nobody else can reach
+    // it while its mode is still the umask's.
+    let private = dir.join(format!(".vswitch-ctl-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&private);
+    fs::create_dir(&private).map_err(|e| what(e, "creating a private directory"))?;
+    let result: Result<UnixListener, String> = (|| {
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o700))
+            .map_err(|e| what(e, "securing a private directory"))?;
+        let tmp = private.join("s");
+        let listener = UnixListener::bind(&tmp).map_err(|e| what(e, "binding"))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))
+            .map_err(|e| what(e, "setting its mode"))?;
+        fs::rename(&tmp, path).map_err(|e| what(e, "moving it into place"))?;
+        Ok(listener)
+    })();
+    let _ = fs::remove_dir_all(&private);
+    let listener = result?;
+    Ok((
+        listener,
+        ControlSocket {
+            path: path.to_path_buf(),
+        },
+    ))
+}
+
+/// Serves connections forever (the thread ends with the process).
+pub fn serve(listener: UnixListener, requests: Sender<Request>) {
+    let clients = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        if clients.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
+            clients.fetch_sub(1, Ordering::AcqRel);
+            let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+            let _ = reply(
+                &mut stream,
+                Err("too many control connections; try again".into()),
+            );
+            continue;
+        }
+        let requests = requests.clone();
+        let clients = clients.clone();
+        let spawned = std::thread::Builder::new()
+            .name("vswitch-ctl".into())
+            .spawn(move || {
+                connection(stream, &requests);
+                clients.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            tracing::warn!("control: cannot start a thread for a connection");
+        }
+    }
+}
+
+fn reply(stream: &mut UnixStream, result: Result<Value, String>) -> io::Result<()> {
+    let body = match result {
+        Ok(v) => json!({ "ok": true, "result": v }),
+        Err(e) => json!({ "ok": false, "error": e }),
+    };
+    let mut line = body.to_string();
+    line.push('\n');
+    stream.write_all(line.as_bytes())
+}
+
+/// Reads one request line: at most `MAX_REQUEST` bytes, before `READ_TIMEOUT` runs out.
+pub fn read_line(stream: &UnixStream, limit: usize, timeout: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + timeout;
+    let mut reader = BufReader::new(Read::take(stream, limit as u64 + 1));
+    let mut buf = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("request timed out".into());
+        }
+        let _ = stream.set_read_timeout(Some(left));
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) => break,
+            Ok(_) if buf.ends_with(b"\n") => break,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err("request timed out".into())
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading the request: {e}")),
+        }
+        if buf.len() > limit {
+            break;
+        }
+    }
+    if buf.len() > limit {
+        return Err(format!("request longer than {limit} bytes"));
+    }
+    String::from_utf8(buf).map_err(|_| "request is not UTF-8".into())
+}
+
+fn parse(line: &str) -> Result<Vec<String>, String> {
+    let v: Value =
+        serde_json::from_str(line.trim()).map_err(|e| format!("malformed request: {e}"))?;
+    let args = v
+        .get("args")
+        .and_then(|a| a.as_array())
+        .ok_or("malformed request: expected {\"args\": [...]}")?;
+    args.iter()
+        .map(|a| {
+            a.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| "malformed request: args must be strings".to_string())
+        })
+        .collect()
+}
+
+/// Asks the main thread; never waits on it for more than `ANSWER_TIMEOUT`.
+pub fn ask(requests: &Sender<Request>, kind: RequestKind) -> Outcome {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    if requests
+        .send_timeout(Request { kind, reply: tx }, ANSWER_TIMEOUT)
+        .is_err()
+    {
+        return Outcome::Error("the switch is busy or stopping".into());
+    }
+    rx.recv_timeout(ANSWER_TIMEOUT)
+        .unwrap_or_else(|_| Outcome::Error("the switch did not answer in time".into()))
+}
+
+fn connection(mut stream: UnixStream, requests: &Sender<Request>) {
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let args = match read_line(&stream, MAX_REQUEST, READ_TIMEOUT).and_then(|l| parse(&l)) {
+        Ok(args) => args,
+        Err(e) => {
+            tracing::debug!("control: refused a request: {e}");
+            let _ = reply(&mut stream, Err(e));
+            return;
+        }
+    };
+    tracing::debug!(?args, "control request");
+    let result = match ask(requests, RequestKind::Ctl(args)) {
+        Outcome::Json(v) => Ok(v),
+        Outcome::Text(t) => Ok(Value::String(t)),
+        Outcome::Error(e) => Err(e),
+        Outcome::Capture {
+            frames,
+            count,
+            out,
+            timeout,
+            port,
+        } => write_capture(&frames, count, &out, timeout, &port),
+    };
+    let _ = reply(&mut stream, result);
+}
+
+fn write_capture(
+    frames: &crossbeam_channel::Receiver<pmd::Captured>,
+    count: usize,
+    out: &Path,
+    timeout: Duration,
+    port: &str,
+) -> Result<Value, String> {
+    let file = fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let mut file = io::BufWriter::new(file);
+    let io_err = |e: io::Error| format!("{}: {e}", out.display());
+    capture::write_header(&mut file).map_err(io_err)?;
+    let deadline = Instant::now() + timeout;
+    let mut written = 0;
+    while written < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match frames.recv_timeout(left) {
+            Ok(frame) => {
+                capture::write_frame(&mut file, &frame).map_err(io_err)?;
+                written += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    file.flush().map_err(io_err)?;
+    if written < count {
+        return Err(format!(
+            "only {written} of {count} frames seen on {port} in {} s; those are in {}",
+            timeout.as_secs(),
+            out.display()
+        ));
+    }
+    Ok(json!({ "captured": written, "port": port, "file": out.display().to_string() }))
+}

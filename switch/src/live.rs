@@ -1,0 +1,263 @@
+//! The running switch: the datapath plus what changed since it started (ports the operator
+//! attached or removed, their bindings, ports whose interface vanished), and the config file
+//! it reloads. Owned by the main thread; the control socket and the metrics endpoint reach it
+//! only through requests the main thread answers.
+
+use crate::cli::Args;
+use crate::config::{self, NodeConfig};
+use pipeline::gateway::{ForgottenPort, GatewayConfig};
+use pipeline::l2::PortBinding;
+use pipeline::{Pipeline, PortId, PortMask};
+use pmd::{Datapath, SharedJob, WorkerCounter};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub fn port_exists(name: &str) -> bool {
+    pmd::netdev::ifindex(name).is_ok()
+}
+
+/// The uplink port's MTU, which encapsulated packets must fit, from the kernel.
+pub fn with_uplink_mtu(mut node: NodeConfig) -> NodeConfig {
+    if let Some(up) = node.gateway.uplink.as_mut() {
+        if let Some(name) = node.ports.get(up.port as usize) {
+            if let Ok(mtu) = pmd::netdev::mtu(name) {
+                up.mtu = mtu;
+            }
+        }
+    }
+    node
+}
+
+/// Each worker's share of busy polling over the last second or so.
+pub struct Load {
+    at: Instant,
+    last: Vec<(u64, u64)>,
+    pub ratio: Vec<f64>,
+}
+
+impl Load {
+    fn new(workers: usize) -> Load {
+        Load {
+            at: Instant::now(),
+            last: vec![(0, 0); workers],
+            ratio: vec![0.0; workers],
+        }
+    }
+
+    pub fn update(&mut self, dp: &Datapath) {
+        if self.at.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.at = Instant::now();
+        for (w, s) in dp.stats.iter().enumerate() {
+            let now = (
+                s.worker(WorkerCounter::BusyCycles),
+                s.worker(WorkerCounter::IdleCycles),
+            );
+            let (busy, idle) = (now.0 - self.last[w].0, now.1 - self.last[w].1);
+            self.ratio[w] = if busy + idle > 0 {
+                busy as f64 / (busy + idle) as f64
+            } else {
+                0.0
+            };
+            self.last[w] = now;
+        }
+    }
+}
+
+pub struct Live {
+    pub dp: Datapath,
+    pub args: Args,
+    /// The config file as loaded (what a reload is compared with).
+    pub node: Option<NodeConfig>,
+    /// Gateway mode: the pod ports now (the file's, then what `port add` / `port del` did).
+    pub pods: Vec<PortId>,
+    pub bindings: HashMap<PortId, PortBinding>,
+    /// Ports taken down because their interface disappeared.
+    pub ports_lost: u64,
+    pub load: Load,
+}
+
+impl Live {
+    pub fn new(dp: Datapath, args: Args, node: Option<NodeConfig>) -> Live {
+        let pods = node
+            .as_ref()
+            .map(|n| n.gateway.pod_ports.clone())
+            .unwrap_or_default();
+        let load = Load::new(dp.workers());
+        Live {
+            dp,
+            args,
+            node,
+            pods,
+            bindings: HashMap::new(),
+            ports_lost: 0,
+            load,
+        }
+    }
+
+    fn uplink(&self) -> Option<PortId> {
+        self.node
+            .as_ref()
+            .and_then(|n| n.gateway.uplink.as_ref())
+            .map(|u| u.port)
+    }
+
+    /// What changing the pod segment needs, detached from `self` (so it can run while the
+    /// datapath is borrowed mutably).
+    fn segment(&self) -> Segment {
+        Segment {
+            shared: self.dp.gateway.clone(),
+            config: self.node.as_ref().map(|n| n.gateway.clone()),
+        }
+    }
+
+    /// Attaches `name` (a pod, in gateway mode), optionally bound to a MAC and IPv4 address.
+    pub fn add_port(&mut self, name: &str, binding: Option<PortBinding>) -> Result<PortId, String> {
+        let segment = self.segment();
+        let pods = self.pods.clone();
+        // The new port's segment and binding are in place before its first frame.
+        let result = self.dp.add_port(name, |id| {
+            let mut now = pods.clone();
+            now.push(id);
+            let flood = segment.set(&now);
+            Some(Arc::new(move |p: &mut Pipeline, t| {
+                if let Some(job) = &flood {
+                    job(p, t);
+                }
+                p.set_port_binding(id, binding);
+            }))
+        });
+        match result {
+            Ok(id) => {
+                if segment.shared.is_some() {
+                    self.pods.push(id);
+                }
+                if let Some(b) = binding {
+                    self.bindings.insert(id, b);
+                }
+                tracing::info!(port = name, id, ?binding, "port added");
+                Ok(id)
+            }
+            Err(e) => {
+                // Back to the segment as it was.
+                if let Some(job) = segment.set(&self.pods) {
+                    let _ = self.dp.on_workers(move |p, t| job(p, t));
+                }
+                tracing::warn!(port = name, "port add failed: {e}");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Removes a port (by the operator: never the uplink).
+    pub fn del_port(&mut self, name: &str) -> Result<ForgottenPort, String> {
+        let id = self
+            .dp
+            .port_id(name)
+            .ok_or_else(|| format!("no port {name:?} is attached"))?;
+        if Some(id) == self.uplink() {
+            return Err(format!(
+                "{name} is the uplink; it stays as long as the switch runs"
+            ));
+        }
+        let forgotten = self.remove(id)?;
+        tracing::info!(
+            port = name,
+            id,
+            fdb_entries = forgotten.fdb_entries,
+            neighbors = forgotten.neighbors,
+            flows = forgotten.flows,
+            "port removed"
+        );
+        Ok(forgotten)
+    }
+
+    fn remove(&mut self, id: PortId) -> Result<ForgottenPort, String> {
+        let segment = self.segment();
+        self.pods.retain(|&p| p != id);
+        self.bindings.remove(&id);
+        let pods = self.pods.clone();
+        self.dp
+            .del_port(id, |_| segment.set(&pods))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Takes down the ports whose interface disappeared (each alone; logged and counted).
+    pub fn check_vanished(&mut self) {
+        for id in self.dp.vanished_ports() {
+            let name = self
+                .dp
+                .port(id)
+                .map(|p| p.info.name.clone())
+                .unwrap_or_default();
+            self.ports_lost += 1;
+            match self.remove(id) {
+                Ok(_) => tracing::warn!(
+                    port = name.as_str(),
+                    id,
+                    "interface disappeared: port removed; `vswitch ctl port add {name}` brings it back once it exists again"
+                ),
+                Err(e) => tracing::error!(port = name.as_str(), id, "interface disappeared; removing the port: {e}"),
+            }
+        }
+    }
+
+    /// SIGHUP or `ctl reload`: re-read the config file; apply it if it is valid and changes
+    /// only what a reload may change, else say why and keep running as before.
+    pub fn reload(&mut self) -> Result<String, String> {
+        let (Some(path), Some(current), Some(shared)) =
+            (&self.args.config, self.node.as_ref(), &self.dp.gateway)
+        else {
+            return Err("nothing to reload: the switch runs without --config".into());
+        };
+        let new = match config::load(path, &port_exists) {
+            Ok(n) => with_uplink_mtu(n),
+            Err(e) => return Err(format!("reload refused, running config kept: {e}")),
+        };
+        if let Err(why) = current.reload_compatible(&new) {
+            return Err(format!(
+                "reload refused, running config kept: {}: {why}; restart to change it",
+                path.display()
+            ));
+        }
+        let mut live = new.gateway.clone();
+        live.pod_ports = self.pods.clone();
+        let r = shared.reload(&live);
+        let text = format!(
+            "reloaded {}: {} services, {} routes, {} VXLAN peers; {} connections to removed backends closed",
+            path.display(),
+            r.services,
+            r.routes,
+            r.peers,
+            r.flows_closed
+        );
+        self.node = Some(new);
+        Ok(text)
+    }
+}
+
+/// The gateway's pod segment, for changing it while the datapath is borrowed.
+struct Segment {
+    shared: Option<Arc<pipeline::GatewayShared>>,
+    config: Option<GatewayConfig>,
+}
+
+impl Segment {
+    /// Gateway mode: the pod segment becomes `pods` (the policy now; the flood domain on the
+    /// workers, through the returned job).
+    fn set(&self, pods: &[PortId]) -> Option<SharedJob> {
+        let (Some(shared), Some(config)) = (&self.shared, &self.config) else {
+            return None;
+        };
+        shared.set_pod_ports(&GatewayConfig {
+            pod_ports: pods.to_vec(),
+            ..config.clone()
+        });
+        let flood = PortMask::of(pods);
+        Some(Arc::new(move |p: &mut Pipeline, _| {
+            p.set_flood_domain(flood)
+        }))
+    }
+}

@@ -1,0 +1,399 @@
+//! End to end: ports attached and removed while the switch runs and traffic flows; a veth
+//! that disappears under it; hundreds of ports without leaks; a restart after SIGKILL; port
+//! security for bound pods.
+
+mod common;
+
+use common::{must, network_test, Switch, Topology};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+fn gateway_toml() -> String {
+    "[pods]\ngateway = \"10.244.1.1/24\"\n".to_string()
+}
+
+fn ping_all_pairs(topo: &Topology, pods: &[usize]) {
+    for &a in pods {
+        for &b in pods {
+            if a != b {
+                assert!(topo.ping(a, b), "ping pod {} → pod {}", a + 1, b + 1);
+            }
+        }
+    }
+}
+
+fn port_names(switch: &Switch) -> Vec<String> {
+    switch.ctl_json(&["show", "ports"])["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn finish(switch: Switch) {
+    let stopped = switch.stop();
+    assert_eq!(stopped.code, Some(0), "{}", stopped.stderr);
+    assert!(
+        stopped.stdout.contains("all frames home"),
+        "{}",
+        stopped.stdout
+    );
+    assert!(
+        !stopped.stdout.contains("FRAMES MISSING"),
+        "{}",
+        stopped.stdout
+    );
+}
+
+#[test]
+fn ports_come_and_go_while_traffic_flows() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(3);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, gateway_toml()).unwrap();
+    let switch = topo.start_switch_with(&["--config", path.to_str().unwrap()], "");
+    assert!(port_names(&switch).is_empty());
+    for pod in &topo.pods {
+        let added = switch.ctl_json(&["port", "add", &pod.port]);
+        eprintln!("port add {}: {} ms", pod.port, added["ms"]);
+    }
+    ping_all_pairs(&topo, &[0, 1, 2]);
+
+    // A 50 MB transfer between pods 1 and 2 while pod 3's port goes.
+    let mut server = topo.spawn(
+        &topo.pods[1].ns,
+        &[
+            "python3",
+            &Topology::script("tcp_transfer.py"),
+            "serve",
+            "5001",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let sender = {
+        let ns = topo.pods[0].ns.clone();
+        let script = Topology::script("tcp_transfer.py");
+        std::thread::spawn(move || {
+            common::exec_bounded(
+                &ns,
+                &[
+                    "python3",
+                    &script,
+                    "send",
+                    "10.244.1.12",
+                    "5001",
+                    "50000000",
+                ],
+                Duration::from_secs(120),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let del = switch.ctl_json(&["port", "del", "vp3"]);
+    eprintln!("port del vp3 during the transfer: {} ms", del["ms"]);
+    let sent = sender.join().unwrap();
+    let received = {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while server.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = server.kill();
+        server.wait_with_output().unwrap()
+    };
+    let sent = String::from_utf8_lossy(&sent.stdout).trim().to_string();
+    let received = String::from_utf8_lossy(&received.stdout).trim().to_string();
+    assert!(sent.starts_with("50000000 "), "sender: {sent:?}");
+    assert_eq!(sent, received, "the transfer arrived whole");
+    assert!(!topo.ping(0, 2), "a removed port forwards nothing");
+    switch.ctl_json(&["port", "add", "vp3"]);
+    assert!(topo.ping(0, 2), "added again");
+
+    // The veth of pod 2 disappears under the switch: only its port goes.
+    topo.unplug(1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while port_names(&switch).contains(&"vp2".to_string()) {
+        assert!(Instant::now() < deadline, "vp2 still listed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        topo.ping(0, 2) && topo.ping(2, 0),
+        "the others keep forwarding"
+    );
+    let stats = switch.ctl_json(&["show", "stats"]);
+    assert_eq!(stats["ports_lost"], 1, "{stats}");
+    topo.replug(1);
+    switch.ctl_json(&["port", "add", "vp2"]);
+    ping_all_pairs(&topo, &[0, 1, 2]);
+    finish(switch);
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// The switch's own process (the child is `ip netns exec`, which execs it: the same pid).
+fn memory_of(stats: &Value) -> (u64, u64, u64, u64) {
+    let m = &stats["frame_memory"];
+    (
+        m["bytes_pinned"].as_u64().unwrap(),
+        m["frames"].as_u64().unwrap(),
+        m["frames_free"].as_u64().unwrap(),
+        m["sockets"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn two_hundred_fifty_ports_come_and_go_without_leaks() {
+    let Some(_net) = network_test() else { return };
+    const PORTS: usize = 250;
+    let topo = Topology::new(0);
+    // Both ends of each veth in the switch's namespace: cheap to make, and enough to attach.
+    let batch: String = (0..PORTS)
+        .map(|i| {
+            format!(
+                "link add lp{i} type veth peer name lq{i}\nlink set lp{i} up\nlink set lq{i} up\n"
+            )
+        })
+        .collect();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), batch).unwrap();
+    must(&[
+        "ip",
+        "-n",
+        &topo.sw,
+        "-batch",
+        file.path().to_str().unwrap(),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, gateway_toml()).unwrap();
+    let switch = topo.start_switch_with(&["--config", path.to_str().unwrap()], "");
+    let pid = switch.pid();
+    let (fds0, rss0) = (fd_count(pid), rss_kib(pid));
+    let mut rss_after_first = 0;
+    for round in 0..2 {
+        let start = Instant::now();
+        let mut slowest = 0.0f64;
+        for i in 0..PORTS {
+            let added = switch.ctl_json(&["port", "add", &format!("lp{i}")]);
+            slowest = slowest.max(added["ms"].as_f64().unwrap());
+        }
+        let attach = start.elapsed();
+        let stats = switch.ctl_json(&["show", "stats"]);
+        let (pinned, frames, free, sockets) = memory_of(&stats);
+        eprintln!(
+            "round {round}: {PORTS} ports attached in {attach:?} (slowest port add {slowest} ms); pinned {} MiB, kernel estimate {} MiB, {free} of {frames} frames free",
+            pinned >> 20,
+            stats["frame_memory"]["kernel_bytes_estimate"].as_u64().unwrap() >> 20
+        );
+        assert_eq!(sockets, PORTS as u64);
+        assert!(
+            pinned
+                + stats["frame_memory"]["kernel_bytes_estimate"]
+                    .as_u64()
+                    .unwrap()
+                < 1 << 30
+        );
+        assert!(attach < Duration::from_secs(60), "bounded: {attach:?}");
+        let start = Instant::now();
+        for i in 0..PORTS {
+            switch.ctl_json(&["port", "del", &format!("lp{i}")]);
+        }
+        eprintln!(
+            "round {round}: {PORTS} ports removed in {:?}",
+            start.elapsed()
+        );
+        let stats = switch.ctl_json(&["show", "stats"]);
+        let (_, frames, free, sockets) = memory_of(&stats);
+        assert_eq!(sockets, 0);
+        assert_eq!(free, frames, "every frame home: {stats}");
+        assert_eq!(
+            fd_count(pid),
+            fds0,
+            "file descriptors back to where they were"
+        );
+        if round == 0 {
+            rss_after_first = rss_kib(pid);
+        } else {
+            let rss = rss_kib(pid);
+            assert!(
+                rss <= rss_after_first + 8 * 1024,
+                "memory grows with each round: {rss0} KiB at start, {rss_after_first} KiB after the first, {rss} KiB after the second"
+            );
+        }
+    }
+    finish(switch);
+}
+
+#[test]
+fn a_killed_switch_restarts_on_the_same_ports() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(3);
+    let ctl = common::ctl_path();
+    let args = ["--ports", "vp1,vp2,vp3", "--ctl", &ctl];
+    let switch = topo.start_switch_with(&args, "vp1,vp2,vp3");
+    assert!(topo.ping(0, 1));
+    switch.kill9();
+    assert!(
+        std::path::Path::new(&ctl).exists(),
+        "a killed switch leaves its socket file"
+    );
+    let switch = topo.start_switch_with(&args, "vp1,vp2,vp3");
+    ping_all_pairs(&topo, &[0, 1, 2]);
+    finish(switch);
+}
+
+#[test]
+fn a_bound_pod_cannot_spoof_its_neighbours_or_the_gateway() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(3);
+    for pod in &topo.pods {
+        must(&[
+            "ip",
+            "-n",
+            &pod.ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.244.1.1",
+        ]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, gateway_toml()).unwrap();
+    let switch = topo.start_switch_with(&["--config", path.to_str().unwrap()], "");
+    for pod in &topo.pods {
+        switch.ctl_json(&["port", "add", &pod.port, "--mac", &pod.mac, "--ip", &pod.ip]);
+    }
+    ping_all_pairs(&topo, &[0, 1, 2]);
+    let ping_gateway = |i: usize| {
+        topo.exec(
+            &topo.pods[i].ns,
+            &["ping", "-c", "1", "-W", "1", "10.244.1.1"],
+        )
+        .status
+        .success()
+    };
+    assert!(ping_gateway(0) && ping_gateway(1));
+    let gateway_mac = {
+        let out = must(&["ip", "-n", &topo.pods[0].ns, "neigh", "show", "10.244.1.1"]);
+        out.split_whitespace()
+            .nth(4)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let fdb_of = |mac: &str| -> Option<String> {
+        switch.ctl_json(&["show", "fdb"])["fdb"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["mac"] == mac)
+            .map(|e| e["port"].as_str().unwrap().to_string())
+    };
+    let spoofed = || {
+        let stats = switch.ctl_json(&["show", "stats"]);
+        stats["bridge"]["drop_spoofed"].as_u64().unwrap()
+            + stats["gateway"]["drop_spoofed"].as_u64().unwrap()
+    };
+    let spoofed_before = spoofed();
+    let attacker = &topo.pods[2];
+
+    // Pod 3 takes pod 1's address.
+    must(&["ip", "-n", &attacker.ns, "addr", "flush", "dev", "eth0"]);
+    must(&[
+        "ip",
+        "-n",
+        &attacker.ns,
+        "addr",
+        "add",
+        "10.244.1.11/24",
+        "dev",
+        "eth0",
+    ]);
+    assert!(!topo
+        .exec(
+            &attacker.ns,
+            &["ping", "-c", "2", "-i", "0.2", "-W", "1", "10.244.1.12"]
+        )
+        .status
+        .success());
+    // Pod 3 takes pod 1's MAC.
+    must(&[
+        "ip",
+        "-n",
+        &attacker.ns,
+        "link",
+        "set",
+        "eth0",
+        "address",
+        &topo.pods[0].mac,
+    ]);
+    assert!(!topo
+        .exec(
+            &attacker.ns,
+            &["ping", "-c", "2", "-i", "0.2", "-W", "1", "10.244.1.12"]
+        )
+        .status
+        .success());
+    must(&[
+        "ip",
+        "-n",
+        &attacker.ns,
+        "link",
+        "set",
+        "eth0",
+        "address",
+        &attacker.mac,
+    ]);
+    // Pod 3 claims the gateway's address by gratuitous ARP.
+    must(&[
+        "ip",
+        "netns",
+        "exec",
+        &attacker.ns,
+        "python3",
+        &Topology::script("rawframe.py"),
+        "garp",
+        "eth0",
+        &attacker.mac,
+        "10.244.1.1",
+        "5",
+    ]);
+    std::thread::sleep(Duration::from_millis(200));
+
+    // Nothing changed for the others.
+    assert_eq!(
+        fdb_of(&topo.pods[0].mac).as_deref(),
+        Some("vp1"),
+        "pod 1's MAC stays on vp1"
+    );
+    let out = must(&["ip", "-n", &topo.pods[0].ns, "neigh", "show", "10.244.1.1"]);
+    assert!(
+        out.contains(&gateway_mac),
+        "pod 1 still has the gateway's MAC: {out}"
+    );
+    assert!(!out.contains(&attacker.mac), "{out}");
+    assert!(ping_gateway(0) && ping_gateway(1));
+    ping_all_pairs(&topo, &[0, 1]);
+    let spoofed = spoofed();
+    assert!(
+        spoofed >= spoofed_before + 4,
+        "counted: {spoofed_before} → {spoofed}"
+    );
+    finish(switch);
+}
