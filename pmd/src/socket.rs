@@ -101,8 +101,6 @@ pub struct PortSocket {
     /// full would look full to us until the kernel has run dry), following the port's rate.
     fill_target: u32,
     fill_max: u32,
-    /// What an idle port keeps lent: at least `FILL_MIN`, more when few ports share the pool.
-    fill_floor: u32,
     /// Frames received since the last `tick`.
     received: u64,
 }
@@ -174,7 +172,6 @@ impl PortSocket {
             in_flight_tx: 0,
             fill_target: FILL_MIN.min(rings.fill / 2),
             fill_max: rings.fill / 2,
-            fill_floor: FILL_MIN.min(rings.fill / 2),
             received: 0,
         })
     }
@@ -188,17 +185,11 @@ impl PortSocket {
         self.fill_target
     }
 
-    /// Sets what the port keeps lent while idle (clamped to `FILL_MIN` and half the ring).
-    pub fn set_fill_floor(&mut self, frames: u32) {
-        self.fill_floor = frames.clamp(FILL_MIN.min(self.fill_max), self.fill_max);
-        self.fill_target = self.fill_target.max(self.fill_floor);
-    }
-
     /// Once a second: an idle port gives back its share of the pool (its fill target halves
     /// while it received less than that in the second).
     pub fn tick(&mut self) {
         if self.received < self.fill_target as u64 {
-            self.fill_target = (self.fill_target / 2).max(self.fill_floor);
+            self.fill_target = (self.fill_target / 2).max(FILL_MIN.min(self.fill_max));
         }
         self.received = 0;
     }

@@ -354,12 +354,6 @@ impl Worker {
                 *e = Egress::Local(i);
             }
         }
-        // Few ports share the pool: each may keep more lent while idle, so the first burst
-        // after a quiet spell finds its ring stocked (250 ports keep the minimum).
-        let floor = self.s.pool.total() / (4 * self.sockets.len().max(1) as u32);
-        for (_, sock) in self.sockets.iter_mut() {
-            sock.set_fill_floor(floor);
-        }
     }
 
     /// Removed ports' sockets: their transmitted frames come home, what they received is put
