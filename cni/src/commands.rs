@@ -88,17 +88,23 @@ fn add_steps(
     ipam_plugin: &Path,
     made: &mut Made,
 ) -> Result<CniResult> {
-    let ipam_result = ipam::run(ipam_plugin, "ADD", env, conf)?
-        .ok_or_else(|| CniError::internal("the IPAM plugin returned no result"))?;
+    // IPAM runs while the veth is made (it needs no address), then the address goes on.
+    let pending = ipam::start(ipam_plugin, "ADD", env, conf)?;
     made.ipam = true;
-    let (ip, gateway) = pod_address(&ipam_result)?;
-
     let host = host_ifname(&env.container_id, &env.ifname);
-    let node = Netlink::here()?;
     let mac = random_mac()?;
-    node.add_veth(&host, &env.ifname, conf.mtu, mac, netns)?;
-    made.veth = Some(host.clone());
-    node.set_up(&host)?;
+    let node = Netlink::here()?;
+    let made_veth = node
+        .add_veth(&host, &env.ifname, conf.mtu, mac, netns)
+        .and_then(|_| {
+            made.veth = Some(host.clone());
+            node.set_up(&host)
+        });
+    let ipam_result = pending
+        .wait(env, conf)?
+        .ok_or_else(|| CniError::internal("the IPAM plugin returned no result"))?;
+    made_veth?;
+    let (ip, gateway) = pod_address(&ipam_result)?;
 
     let pod = Netlink::inside(netns)?;
     let link = pod.link(&env.ifname)?.ok_or_else(|| {
@@ -229,6 +235,9 @@ fn pod_routes(r: &CniResult, gateway: Option<Ipv4Addr>) -> Vec<Route> {
 pub fn del(env: &Env, conf: &NetConf) -> Result<()> {
     let host = host_ifname(&env.container_id, &env.ifname);
     let mut first: Option<CniError> = None;
+    // The address is released while the port and veth go (they do not depend on it).
+    let releasing =
+        ipam::find(&conf.ipam_type, &env.path).and_then(|p| ipam::start(&p, "DEL", env, conf));
     match switch::port_del(&conf.ctl, &host) {
         // A switch that is not running has no ports: nothing to detach.
         Ok(_) | Err(SwitchError::Unreachable(_)) => {}
@@ -238,9 +247,7 @@ pub fn del(env: &Env, conf: &NetConf) -> Result<()> {
     if let Err(e) = Netlink::here().and_then(|n| n.del_link(&host)) {
         first.get_or_insert(e);
     }
-    let released =
-        ipam::find(&conf.ipam_type, &env.path).and_then(|p| ipam::run(&p, "DEL", env, conf));
-    if let Err(e) = released {
+    if let Err(e) = releasing.and_then(|p| p.wait(env, conf)) {
         first.get_or_insert(e);
     }
     first.map_or(Ok(()), Err)

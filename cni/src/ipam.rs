@@ -7,7 +7,7 @@ use crate::result::CniResult;
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 /// The plugin `name` in the first `CNI_PATH` directory that has it.
 pub fn find(name: &str, path: &[PathBuf]) -> Result<PathBuf> {
@@ -25,23 +25,47 @@ pub fn find(name: &str, path: &[PathBuf]) -> Result<PathBuf> {
 
 /// Runs `plugin` for `command`. ADD returns its result; the others return `None`.
 pub fn run(plugin: &Path, command: &str, env: &Env, conf: &NetConf) -> Result<Option<CniResult>> {
-    match exec(plugin, command, env, &conf.raw) {
-        // A 1.1.0 configuration with an IPAM plugin that only knows 1.0.0 (Debian 12's
-        // plugins): the two result formats are the same, so ask again in 1.0.0.
-        Err(e) if e.code == code::INCOMPATIBLE_VERSION && conf.cni_version == "1.1.0" => {
-            let mut older = conf.raw.clone();
-            older["cniVersion"] = Value::from("1.0.0");
-            let mut r = exec(plugin, command, env, &older)?;
-            if let Some(r) = &mut r {
-                r.cni_version = conf.cni_version.clone();
+    start(plugin, command, env, conf)?.wait(env, conf)
+}
+
+/// Starts `plugin` for `command`; `wait` collects it, so other work can overlap its run.
+pub fn start(plugin: &Path, command: &str, env: &Env, conf: &NetConf) -> Result<Pending> {
+    Ok(Pending {
+        child: spawn(plugin, command, env, &conf.raw)?,
+        plugin: plugin.to_path_buf(),
+        command: command.to_string(),
+    })
+}
+
+/// A running IPAM plugin.
+pub struct Pending {
+    child: Child,
+    plugin: PathBuf,
+    command: String,
+}
+
+impl Pending {
+    pub fn wait(self, env: &Env, conf: &NetConf) -> Result<Option<CniResult>> {
+        let (plugin, command) = (self.plugin, self.command);
+        match collect(self.child, &plugin, &command) {
+            // A 1.1.0 configuration with an IPAM plugin that only knows 1.0.0 (Debian 12's
+            // plugins): the two result formats are the same, so ask again in 1.0.0.
+            Err(e) if e.code == code::INCOMPATIBLE_VERSION && conf.cni_version == "1.1.0" => {
+                let mut older = conf.raw.clone();
+                older["cniVersion"] = Value::from("1.0.0");
+                let child = spawn(&plugin, &command, env, &older)?;
+                let mut r = collect(child, &plugin, &command)?;
+                if let Some(r) = &mut r {
+                    r.cni_version = conf.cni_version.clone();
+                }
+                Ok(r)
             }
-            Ok(r)
+            other => other,
         }
-        other => other,
     }
 }
 
-fn exec(plugin: &Path, command: &str, env: &Env, conf: &Value) -> Result<Option<CniResult>> {
+fn spawn(plugin: &Path, command: &str, env: &Env, conf: &Value) -> Result<Child> {
     let stdin = serde_json::to_vec(conf).map_err(|e| CniError::internal(e.to_string()))?;
     let mut cmd = Command::new(plugin);
     // The environment we were given, with the command we mean (a rollback runs DEL).
@@ -54,14 +78,21 @@ fn exec(plugin: &Path, command: &str, env: &Env, conf: &Value) -> Result<Option<
     if let Some(netns) = &env.netns {
         cmd.env("CNI_NETNS", netns);
     }
-    let what = format!("IPAM plugin {}", plugin.display());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| CniError::new(code::IO_FAILURE, format!("{what}: {e}")))?;
+    let mut child = cmd.spawn().map_err(|e| {
+        CniError::new(
+            code::IO_FAILURE,
+            format!("IPAM plugin {}: {e}", plugin.display()),
+        )
+    })?;
     if let Some(mut input) = child.stdin.take() {
         // A plugin that exits without reading its stdin is judged by its exit status.
         let _ = input.write_all(&stdin);
     }
+    Ok(child)
+}
+
+fn collect(child: Child, plugin: &Path, command: &str) -> Result<Option<CniResult>> {
+    let what = format!("IPAM plugin {}", plugin.display());
     let out = child
         .wait_with_output()
         .map_err(|e| CniError::new(code::IO_FAILURE, format!("{what}: {e}")))?;
