@@ -26,10 +26,12 @@ fn run(env: &[(&str, &str)], stdin: &str) -> (bool, Value) {
     (out.status.success(), v)
 }
 
+type Env<'a> = Vec<(&'a str, &'a str)>;
+
 const CONF: &str = r#"{"cniVersion": "1.0.0", "name": "vswitch", "type": "vswitch-cni",
   "ctl": "/nonexistent/vswitch.sock", "ipam": {"type": "host-local"}}"#;
 
-fn add_env<'a>(skip: &str) -> Vec<(&'a str, &'a str)> {
+fn add_env<'a>(skip: &str) -> Env<'a> {
     [
         ("CNI_COMMAND", "ADD"),
         ("CNI_CONTAINERID", "c1"),
@@ -59,7 +61,7 @@ fn version() {
 fn refusals_carry_the_spec_codes() {
     let old = CONF.replace("1.0.0", "0.4.0");
     let nameless = CONF.replace("\"name\": \"vswitch\",", "");
-    let cases: Vec<(Vec<(&str, &str)>, &str, u64)> = vec![
+    let cases: Vec<(Env, &str, u64)> = vec![
         (add_env(""), "{\"cniVersion\": ", 6),
         (add_env("CNI_NETNS"), CONF, 4),
         (add_env("CNI_CONTAINERID"), CONF, 4),
