@@ -4,12 +4,15 @@
 #   ping      reachability checks;   bpftool   the netlink-attached-program test
 #   nft       the kernel reference dataplane of the gateway tests (kube-proxy-like rules)
 #   tcpdump   reads the capture files `vswitch ctl capture` writes (switch/tests/ctl.rs)
+#   containernetworking-plugins   the reference CNI plugins in /usr/lib/cni (host-local,
+#             bridge, portmap) that switch/tests/cni.rs runs beside vswitch-cni
 set -euo pipefail
 declare -A package=([ethtool]=ethtool [ping]=iputils-ping [bpftool]=bpftool [nft]=nftables [tcpdump]=tcpdump)
 missing=()
 for tool in "${!package[@]}"; do
 	command -v "$tool" >/dev/null 2>&1 || missing+=("${package[$tool]}")
 done
+[ -x /usr/lib/cni/host-local ] || missing+=(containernetworking-plugins)
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "installing: ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive

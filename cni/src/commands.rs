@@ -1,0 +1,530 @@
+//! ADD, DEL, CHECK, STATUS, GC and VERSION.
+
+use crate::config::{Env, NetConf, SUPPORTED_VERSIONS};
+use crate::error::{code, CniError, Result};
+use crate::ipam;
+use crate::netlink::{format_mac, open_netns, random_mac, Netlink};
+use crate::result::{CniResult, Interface, IpConfig, Ipv4Net, Route};
+use crate::switch::{self, SwitchError};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+/// Host-side veth names: this prefix and 12 hex digits of a hash of the container id and the
+/// pod's interface name, so DEL finds the veth from what it is given alone (15 characters,
+/// Linux's limit).
+pub const HOST_PREFIX: &str = "vsw";
+
+pub fn host_ifname(container_id: &str, ifname: &str) -> String {
+    // FNV-1a: stable across releases and platforms, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain([0]).chain(ifname.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{HOST_PREFIX}{:012x}", h >> 16)
+}
+
+/// Whether `name` is one of ours (for GC).
+pub fn is_host_ifname(name: &str) -> bool {
+    name.len() == 15
+        && name.starts_with(HOST_PREFIX)
+        && name[HOST_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn open_pod_netns(env: &Env) -> Result<(File, String)> {
+    let path = env
+        .netns
+        .as_ref()
+        .ok_or_else(|| CniError::new(code::INVALID_ENV, "CNI_NETNS is missing"))?;
+    let file = open_netns(path).map_err(|e| {
+        CniError::new(
+            code::CONTAINER_UNKNOWN,
+            format!("CNI_NETNS {}: {e}", path.display()),
+        )
+    })?;
+    Ok((file, path.to_string_lossy().into_owned()))
+}
+
+/// What a failed ADD has made so far, undone in reverse.
+#[derive(Default)]
+struct Made {
+    ipam: bool,
+    veth: Option<String>,
+    port: Option<String>,
+}
+
+pub fn add(env: &Env, conf: &NetConf) -> Result<CniResult> {
+    let (netns, sandbox) = open_pod_netns(env)?;
+    let ipam_plugin = ipam::find(&conf.ipam_type, &env.path)?;
+    // Nothing is made for a switch that is not there.
+    if let Err(e) = UnixStream::connect(&conf.ctl) {
+        return Err(CniError::new(
+            code::TRY_AGAIN_LATER,
+            format!(
+                "the switch is not running: control socket {}: {e}",
+                conf.ctl.display()
+            ),
+        ));
+    }
+    let mut made = Made::default();
+    let result = add_steps(env, conf, &netns, &sandbox, &ipam_plugin, &mut made);
+    if result.is_err() {
+        undo(env, conf, &ipam_plugin, made);
+    }
+    result
+}
+
+fn add_steps(
+    env: &Env,
+    conf: &NetConf,
+    netns: &File,
+    sandbox: &str,
+    ipam_plugin: &Path,
+    made: &mut Made,
+) -> Result<CniResult> {
+    // IPAM runs while the veth is made (it needs no address), then the address goes on.
+    let pending = ipam::start(ipam_plugin, "ADD", env, conf)?;
+    made.ipam = true;
+    let host = host_ifname(&env.container_id, &env.ifname);
+    let mac = random_mac()?;
+    let node = Netlink::here()?;
+    let made_veth = node
+        .add_veth(&host, &env.ifname, conf.mtu, mac, netns)
+        .and_then(|_| {
+            made.veth = Some(host.clone());
+            node.set_up(&host)
+        });
+    let ipam_result = pending
+        .wait(env, conf)?
+        .ok_or_else(|| CniError::internal("the IPAM plugin returned no result"))?;
+    made_veth?;
+    let (ip, gateway) = pod_address(&ipam_result)?;
+
+    let pod = Netlink::inside(netns)?;
+    let link = pod.link(&env.ifname)?.ok_or_else(|| {
+        CniError::internal(format!(
+            "{} vanished from the pod after creation",
+            env.ifname
+        ))
+    })?;
+    pod.add_addr(link.index, ip)?;
+    pod.set_up(&env.ifname)?;
+    let routes = pod_routes(&ipam_result, gateway);
+    for r in &routes {
+        let dst = Ipv4Net::parse(&r.dst).ok_or_else(|| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!("route {:?}: not an IPv4 prefix", r.dst),
+            )
+        })?;
+        let gw = r.gw.as_deref().map(parse_ip).transpose()?;
+        pod.add_route(dst, gw, link.index)?;
+    }
+
+    let pod_mac = format_mac(&mac);
+    switch::port_add(&conf.ctl, &host, &pod_mac, &ip.addr.to_string())?;
+    made.port = Some(host.clone());
+
+    let host_mac = node.link(&host)?.map(|l| l.mac).unwrap_or_default();
+    let mtu = (conf.cni_version != "1.0.0").then_some(conf.mtu);
+    let ips = vec![IpConfig {
+        address: ip.to_string(),
+        gateway: gateway.map(|g| g.to_string()),
+        interface: Some(1),
+        ..Default::default()
+    }];
+    Ok(CniResult {
+        cni_version: conf.cni_version.clone(),
+        interfaces: vec![
+            Interface {
+                name: host,
+                mac: host_mac,
+                mtu,
+                ..Default::default()
+            },
+            Interface {
+                name: env.ifname.clone(),
+                mac: pod_mac,
+                mtu,
+                sandbox: Some(sandbox.to_string()),
+                ..Default::default()
+            },
+        ],
+        ips,
+        routes,
+        dns: ipam_result.dns.clone(),
+        other: Default::default(),
+    })
+}
+
+fn undo(env: &Env, conf: &NetConf, ipam_plugin: &Path, made: Made) {
+    if let Some(port) = &made.port {
+        let _ = switch::port_del(&conf.ctl, port);
+    }
+    if let Some(veth) = &made.veth {
+        if let Ok(node) = Netlink::here() {
+            let _ = node.del_link(veth);
+        }
+    }
+    if made.ipam {
+        let _ = ipam::run(ipam_plugin, "DEL", env, conf);
+    }
+}
+
+fn parse_ip(text: &str) -> Result<Ipv4Addr> {
+    text.parse().map_err(|_| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("{text:?}: not an IPv4 address (vswitch is IPv4 only)"),
+        )
+    })
+}
+
+/// The pod's one IPv4 address and its gateway: the switch binds a port to one address.
+fn pod_address(r: &CniResult) -> Result<(Ipv4Net, Option<Ipv4Addr>)> {
+    let invalid = |m: String| CniError::new(code::INVALID_CONFIG, m);
+    let [ip] = r.ips.as_slice() else {
+        return Err(invalid(format!(
+            "IPAM gave {} addresses; vswitch-cni needs exactly one IPv4 address (IPv6 is not supported)",
+            r.ips.len()
+        )));
+    };
+    let net = Ipv4Net::parse(&ip.address).ok_or_else(|| {
+        invalid(format!(
+            "IPAM gave {:?}: not an IPv4 address with a prefix (vswitch is IPv4 only)",
+            ip.address
+        ))
+    })?;
+    let gateway = ip.gateway.as_deref().map(parse_ip).transpose()?;
+    Ok((net, gateway))
+}
+
+/// IPAM's routes (a route without `gw` goes via the gateway), and a default route via the
+/// gateway unless IPAM gave one.
+fn pod_routes(r: &CniResult, gateway: Option<Ipv4Addr>) -> Vec<Route> {
+    let mut routes: Vec<Route> = r
+        .routes
+        .iter()
+        .map(|route| Route {
+            dst: route.dst.clone(),
+            gw: route.gw.clone().or_else(|| gateway.map(|g| g.to_string())),
+            other: route.other.clone(),
+        })
+        .collect();
+    let has_default = routes
+        .iter()
+        .any(|r| Ipv4Net::parse(&r.dst).is_some_and(|n| n.prefix == 0));
+    if let (false, Some(gw)) = (has_default, gateway) {
+        routes.push(Route {
+            dst: "0.0.0.0/0".into(),
+            gw: Some(gw.to_string()),
+            ..Default::default()
+        });
+    }
+    routes
+}
+
+/// DEL: whatever is there goes; what is not is fine. The IPAM plugin is always asked to
+/// release, so a lease outlives no failed step.
+pub fn del(env: &Env, conf: &NetConf) -> Result<()> {
+    let host = host_ifname(&env.container_id, &env.ifname);
+    let mut first: Option<CniError> = None;
+    // The address is released while the port and veth go (they do not depend on it).
+    let releasing =
+        ipam::find(&conf.ipam_type, &env.path).and_then(|p| ipam::start(&p, "DEL", env, conf));
+    match switch::port_del(&conf.ctl, &host) {
+        // A switch that is not running has no ports: nothing to detach.
+        Ok(_) | Err(SwitchError::Unreachable(_)) => {}
+        Err(e) => first = Some(e.into_cni(&format!("detaching {host}"))),
+    }
+    // Deleting the host end deletes the pod's end too.
+    if let Err(e) = Netlink::here().and_then(|n| n.del_link(&host)) {
+        first.get_or_insert(e);
+    }
+    if let Err(e) = releasing.and_then(|p| p.wait(env, conf)) {
+        first.get_or_insert(e);
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// CHECK: the attachment still matches `prevResult`; every difference is reported.
+pub fn check(env: &Env, conf: &NetConf) -> Result<()> {
+    let prev = conf.prev_result.clone().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "CHECK needs prevResult in the configuration",
+        )
+    })?;
+    let prev = CniResult::from_value(prev, "prevResult")?;
+    let (netns, sandbox) = open_pod_netns(env)?;
+    let ipam_plugin = ipam::find(&conf.ipam_type, &env.path)?;
+    ipam::run(&ipam_plugin, "CHECK", env, conf)?;
+
+    let host = host_ifname(&env.container_id, &env.ifname);
+    let mut diffs = Vec::new();
+    let Some(pod_idx) = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == env.ifname && i.sandbox.is_some())
+    else {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!("prevResult has no interface {} in a sandbox", env.ifname),
+        ));
+    };
+    let want = &prev.interfaces[pod_idx];
+    if want.sandbox.as_deref() != Some(sandbox.as_str()) {
+        diffs.push(format!(
+            "prevResult puts {} in {:?}, CNI_NETNS is {sandbox}",
+            env.ifname, want.sandbox
+        ));
+    }
+    let ips: Vec<Ipv4Net> = prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface == Some(pod_idx))
+        .filter_map(|ip| Ipv4Net::parse(&ip.address))
+        .collect();
+
+    let pod = Netlink::inside(&netns)?;
+    match pod.link(&env.ifname)? {
+        None => diffs.push(format!("no interface {} in {sandbox}", env.ifname)),
+        Some(link) => {
+            if !want.mac.is_empty() && !link.mac.eq_ignore_ascii_case(&want.mac) {
+                diffs.push(format!(
+                    "{}: MAC {} (want {})",
+                    env.ifname, link.mac, want.mac
+                ));
+            }
+            if link.mtu != conf.mtu {
+                diffs.push(format!(
+                    "{}: MTU {} (want {})",
+                    env.ifname, link.mtu, conf.mtu
+                ));
+            }
+            if !link.up {
+                diffs.push(format!("{} is down", env.ifname));
+            }
+            let have = pod.addrs(link.index)?;
+            for ip in &ips {
+                if !have.contains(ip) {
+                    diffs.push(format!("{}: no address {ip}", env.ifname));
+                }
+            }
+            let routes = pod.routes()?;
+            for r in &prev.routes {
+                let Some(dst) = Ipv4Net::parse(&r.dst) else {
+                    continue;
+                };
+                let gw = r.gw.as_deref().and_then(|g| g.parse::<Ipv4Addr>().ok());
+                let found = routes.iter().any(|have| {
+                    have.dst.prefix == dst.prefix
+                        && have.dst.network() == dst.network()
+                        && (gw.is_none() || have.gw == gw)
+                        && have.oif == Some(link.index)
+                });
+                if !found {
+                    let via =
+                        r.gw.as_deref()
+                            .map(|g| format!(" via {g}"))
+                            .unwrap_or_default();
+                    diffs.push(format!("no route {}{via} on {}", r.dst, env.ifname));
+                }
+            }
+        }
+    }
+
+    let node = Netlink::here()?;
+    match node.link(&host)? {
+        None => diffs.push(format!("no host-side veth {host}")),
+        Some(l) => {
+            if !l.veth {
+                diffs.push(format!("{host} is not a veth"));
+            }
+            if !l.up {
+                diffs.push(format!("{host} is down"));
+            }
+            if l.mtu != conf.mtu {
+                diffs.push(format!("{host}: MTU {} (want {})", l.mtu, conf.mtu));
+            }
+        }
+    }
+
+    let ports = switch::ports(&conf.ctl).map_err(|e| e.into_cni("CHECK"))?;
+    match ports.iter().find(|p| p.name == host) {
+        None => diffs.push(format!("the switch has no port {host}")),
+        Some(p) => {
+            if !p
+                .mac
+                .as_deref()
+                .is_some_and(|m| m.eq_ignore_ascii_case(&want.mac))
+            {
+                diffs.push(format!(
+                    "switch port {host} is bound to MAC {:?} (want {})",
+                    p.mac, want.mac
+                ));
+            }
+            let want_ip = ips.first().map(|n| n.addr.to_string());
+            if p.ip != want_ip {
+                diffs.push(format!(
+                    "switch port {host} is bound to IP {:?} (want {want_ip:?})",
+                    p.ip
+                ));
+            }
+        }
+    }
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            code::CHECK_FAILED,
+            format!("{} differs from prevResult", env.ifname),
+        )
+        .with_details(diffs.join("; ")))
+    }
+}
+
+/// STATUS: ready when the switch answers on its control socket.
+pub fn status(conf: &NetConf) -> Result<()> {
+    switch::request(&conf.ctl, &["show", "ports"])
+        .map(|_| ())
+        .map_err(|e| {
+            let why = match e {
+                SwitchError::Unreachable(e) | SwitchError::Busy(e) | SwitchError::Refused(e) => e,
+            };
+            CniError::new(
+                code::NOT_AVAILABLE,
+                "plugin not available: the switch does not answer",
+            )
+            .with_details(why)
+        })
+}
+
+/// GC (1.1.0): host-side veths (and their switch ports) of attachments not in
+/// `cni.dev/valid-attachments` go; then the IPAM plugin collects its own.
+pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
+    let valid: BTreeSet<String> = conf
+        .raw
+        .get("cni.dev/valid-attachments")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|a| {
+                    let id = a.get("containerID")?.as_str()?;
+                    let ifname = a.get("ifname")?.as_str()?;
+                    Some(host_ifname(id, ifname))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let node = Netlink::here()?;
+    for name in node.link_names()? {
+        if is_host_ifname(&name) && !valid.contains(&name) {
+            match switch::port_del(&conf.ctl, &name) {
+                Ok(_) | Err(SwitchError::Unreachable(_)) => {}
+                Err(e) => return Err(e.into_cni(&format!("detaching {name}"))),
+            }
+            node.del_link(&name)?;
+        }
+    }
+    let ipam_plugin = ipam::find(&conf.ipam_type, &env.path)?;
+    match ipam::run(&ipam_plugin, "GC", env, conf) {
+        // An IPAM plugin older than 1.1.0 has no GC.
+        Err(e) if e.code == code::INCOMPATIBLE_VERSION || e.msg.contains("unknown CNI_COMMAND") => {
+            Ok(())
+        }
+        other => other.map(|_| ()),
+    }
+}
+
+/// VERSION, written in the config's version when it names one we speak.
+pub fn version(config_version: Option<&str>) -> Value {
+    let v = config_version
+        .filter(|v| SUPPORTED_VERSIONS.contains(v))
+        .unwrap_or(SUPPORTED_VERSIONS[SUPPORTED_VERSIONS.len() - 1]);
+    json!({ "cniVersion": v, "supportedVersions": SUPPORTED_VERSIONS })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_stable_short_and_ours() {
+        let a = host_ifname("8f2a1c0e7b", "eth0");
+        assert_eq!(a.len(), 15);
+        assert_eq!(a, host_ifname("8f2a1c0e7b", "eth0"));
+        assert_ne!(a, host_ifname("8f2a1c0e7b", "eth1"));
+        assert_ne!(a, host_ifname("8f2a1c0e7c", "eth0"));
+        assert!(is_host_ifname(&a));
+        for other in ["eth0", "vsw", "vswABCDEF012345", "vsw0000000000000", "cni0"] {
+            assert!(!is_host_ifname(other), "{other}");
+        }
+        // No collisions over many pods.
+        let names: BTreeSet<String> = (0..10_000)
+            .map(|i| host_ifname(&format!("container{i}"), "eth0"))
+            .collect();
+        assert_eq!(names.len(), 10_000);
+    }
+
+    fn ipam(v: Value) -> CniResult {
+        CniResult::from_value(v, "test").unwrap()
+    }
+
+    #[test]
+    fn one_ipv4_address() {
+        let r = ipam(
+            json!({"cniVersion": "1.0.0", "ips": [{"address": "10.244.1.5/24", "gateway": "10.244.1.1"}]}),
+        );
+        let (ip, gw) = pod_address(&r).unwrap();
+        assert_eq!(ip.to_string(), "10.244.1.5/24");
+        assert_eq!(gw, Some(Ipv4Addr::new(10, 244, 1, 1)));
+        for bad in [
+            json!({"cniVersion": "1.0.0", "ips": []}),
+            json!({"cniVersion": "1.0.0", "ips": [{"address": "fd00::5/64"}]}),
+            json!({"cniVersion": "1.0.0", "ips": [{"address": "10.244.1.5/24"}, {"address": "10.244.1.6/24"}]}),
+            json!({"cniVersion": "1.0.0", "ips": [{"address": "10.244.1.5/24", "gateway": "fd00::1"}]}),
+        ] {
+            assert_eq!(
+                pod_address(&ipam(bad)).unwrap_err().code,
+                code::INVALID_CONFIG
+            );
+        }
+    }
+
+    #[test]
+    fn routes_get_a_default_via_the_gateway() {
+        let gw = Some(Ipv4Addr::new(10, 244, 1, 1));
+        let r = ipam(json!({"cniVersion": "1.0.0"}));
+        let routes = pod_routes(&r, gw);
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].dst, "0.0.0.0/0");
+        assert_eq!(routes[0].gw.as_deref(), Some("10.244.1.1"));
+
+        let r = ipam(
+            json!({"cniVersion": "1.0.0", "routes": [{"dst": "10.96.0.0/12"}, {"dst": "0.0.0.0/0", "gw": "10.244.1.254"}]}),
+        );
+        let routes = pod_routes(&r, gw);
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[0].gw.as_deref(), Some("10.244.1.1"));
+        assert_eq!(routes[1].gw.as_deref(), Some("10.244.1.254"));
+
+        assert!(pod_routes(&ipam(json!({"cniVersion": "1.0.0"})), None).is_empty());
+    }
+
+    #[test]
+    fn version_output() {
+        assert_eq!(
+            version(Some("1.0.0")),
+            json!({"cniVersion": "1.0.0", "supportedVersions": ["1.0.0", "1.1.0"]})
+        );
+        assert_eq!(version(None)["cniVersion"], "1.1.0");
+        assert_eq!(version(Some("0.3.1"))["cniVersion"], "1.1.0");
+    }
+}
