@@ -658,10 +658,7 @@ fn cni_timings() {
     let Some(_guard) = network_test() else { return };
     const PODS: usize = 100;
     for dataplane in [Dataplane::Bridge, Dataplane::Vswitch] {
-        // With the default 64 MiB, ports attached faster than once a second keep the frames
-        // they were lent while few ports shared the pool, and it runs dry near 94 ports (see
-        // docs/PERFORMANCE.md).
-        let mut node = Node::with_switch_args(dataplane, &["--frame-memory", "256"]);
+        let mut node = Node::with_switch_args(dataplane, &[]);
         let list = node.conflist(dataplane, "1.0.0");
         let conf = Node::plugin_conf(&list, 0, None);
         let pods: Vec<Attachment> = (1..=PODS).map(|i| node.pod(i)).collect();
