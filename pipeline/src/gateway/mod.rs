@@ -6,8 +6,8 @@
 //! neighbour resolution, `icmp.rs` for echo and errors); other frames on pod ports go through the
 //! pod segment's L2 bridge; other frames on the uplink are dropped.
 //!
-//! Sharing: `GatewayShared` (conntrack, neighbours, the current `Policy`) is one per switch; each
-//! worker has its own `Gateway` with its own bridge, counters and a cached `Arc<Policy>` that it
+//! Sharing: `GatewayShared` (conntrack, neighbours, session affinity, the current `Policy`) is
+//! one per switch; each worker has its own `Gateway` with its own bridge, counters and a cached `Arc<Policy>` that it
 //! refreshes when `GatewayShared::epoch` moves (a reload).
 
 mod arp;
@@ -23,6 +23,7 @@ use crate::conntrack::{Conntrack, FragmentTable};
 use crate::define_counters;
 use crate::l2::Bridge;
 use crate::l3::{NeighborCache, SharedNeighbors};
+use crate::nat::{Affinity, DEFAULT_AFFINITY_CAPACITY};
 use crate::overlay::encap;
 use crate::packet::Packet;
 use crate::wire::{EtherType, EthernetFrame};
@@ -138,6 +139,8 @@ pub struct GatewayShared {
     pub conntrack: Conntrack,
     pub neighbors: SharedNeighbors,
     pub fragments: FragmentTable,
+    /// ClientIP session affinity, for services that ask for it.
+    pub affinity: Affinity,
     policy: RwLock<Arc<Policy>>,
     epoch: AtomicU64,
 }
@@ -165,6 +168,7 @@ impl GatewayShared {
             conntrack: Conntrack::new(config.conntrack_capacity),
             neighbors: SharedNeighbors::new(config.neighbor_age_ms),
             fragments: FragmentTable::new(FRAGMENT_TABLE_CAPACITY),
+            affinity: Affinity::new(DEFAULT_AFFINITY_CAPACITY),
             policy: RwLock::new(Arc::new(Policy::new(config))),
             epoch: AtomicU64::new(1),
         })
@@ -437,6 +441,9 @@ impl Gateway {
                 .conntrack
                 .expire_some(now_ms, CONNTRACK_SHARDS_PER_SWEEP);
             self.shared.fragments.expire(now_ms);
+            self.shared
+                .affinity
+                .expire_some(now_ms, CONNTRACK_SHARDS_PER_SWEEP);
             let (ask, dropped) = self.shared.neighbors.update(|t| t.housekeeping(now_ms));
             self.counters
                 .add(GwCounter::DropNeighborUnresolved, dropped as u64);
@@ -455,5 +462,7 @@ impl Gateway {
 mod tests;
 #[cfg(test)]
 mod tests_drops;
+#[cfg(test)]
+mod tests_services;
 #[cfg(test)]
 mod tests_vxlan;
