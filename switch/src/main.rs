@@ -8,6 +8,7 @@ mod capture;
 mod cli;
 mod config;
 mod control;
+mod k8s;
 mod live;
 mod logging;
 mod metrics;
@@ -113,6 +114,7 @@ fn main() -> ExitCode {
             let outcome = match request.kind {
                 RequestKind::Ctl(args) => control::commands::execute(&mut live, &args),
                 RequestKind::Metrics => Outcome::Text(metrics::render(&live)),
+                RequestKind::Import(list) => control::commands::import(&mut live, &list),
             };
             let _ = request.reply.try_send(outcome);
         }
