@@ -936,6 +936,53 @@ mod tests {
     }
 
     #[test]
+    fn the_deploy_script_renders_a_config_this_parser_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/render-node-config.sh");
+        let out = std::process::Command::new("sh")
+            .arg(&script)
+            .env("POD_CIDR", "10.244.3.0/24")
+            .env("NODE_IP", "198.18.0.3/24")
+            .env("NEXT_HOP", "198.18.0.254")
+            .env("UPLINK", "ens5")
+            .env("OUT_DIR", dir.path())
+            .env("CNI_DIR", dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(dir.path().join("node.toml")).unwrap();
+        let c = parse_ok(&text);
+        assert_eq!(c.gateway.gateway.to_string(), "10.244.3.1/24");
+        assert_eq!(c.ports, ["ens5"]);
+        let up = c.gateway.uplink.unwrap();
+        assert_eq!(up.next_hop.to_string(), "198.18.0.254");
+        assert_eq!(up.cluster_cidrs.len(), 2);
+        let conflist: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("10-vswitch.conflist")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(conflist["plugins"][0]["type"], "vswitch-cni");
+        assert_eq!(
+            conflist["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+            "10.244.3.0/24"
+        );
+        // Without what it needs it says so.
+        let out = std::process::Command::new("sh")
+            .arg(&script)
+            .env("POD_CIDR", "10.244.3.0/24")
+            .env_remove("NODE_IP")
+            .env("OUT_DIR", dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("NODE_IP"));
+    }
+
+    #[test]
     fn affinity_and_etp_local_from_the_file() {
         let c = parse_ok(&EXAMPLE.replace(
             "protocol = \"tcp\"",
