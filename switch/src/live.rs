@@ -245,6 +245,10 @@ impl Live {
     }
 }
 
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
+}
+
 impl Live {
     /// `vswitch ctl import`: the services of a Kubernetes List replace the running ones (the
     /// file's, or the last import's); connections to backends that remain keep them, the
@@ -260,6 +264,7 @@ impl Live {
         };
         let t = crate::k8s::translate(list, &facts)
             .map_err(|e| format!("import refused, services kept: {e}"))?;
+        let translated = start.elapsed();
         let mut config = node.gateway.clone();
         config.services = t.services;
         config.pod_ports = self.pods.clone();
@@ -271,7 +276,8 @@ impl Live {
             "endpoints": t.endpoints,
             "skipped": t.skipped,
             "flows_closed": r.flows_closed,
-            "ms": (start.elapsed().as_secs_f64() * 1e5).round() / 100.0,
+            "ms": ms(start.elapsed()),
+            "translate_ms": ms(translated),
         }))
     }
 }

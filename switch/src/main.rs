@@ -134,6 +134,9 @@ fn main() -> ExitCode {
         if last_check.elapsed() >= VANISHED_CHECK {
             last_check = Instant::now();
             live.check_vanished();
+            if let Some(g) = &live.dp.gateway {
+                g.reap_retired();
+            }
         }
         live.load.update(&live.dp);
         if !interval.is_zero() && last.0.elapsed() >= interval {

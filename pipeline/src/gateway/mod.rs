@@ -30,7 +30,7 @@ use crate::wire::{EtherType, EthernetFrame};
 use icmp_limit::IcmpErrorLimiter;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 define_counters! {
     /// What the gateway did with each frame, and why it dropped what it dropped.
@@ -143,6 +143,9 @@ pub struct GatewayShared {
     pub affinity: Affinity,
     policy: RwLock<Arc<Policy>>,
     epoch: AtomicU64,
+    /// Policies the workers let go of, freed by the control thread (`reap_retired`): freeing
+    /// 10,000 services' tables takes milliseconds a worker must not spend.
+    retired: Mutex<Vec<Arc<Policy>>>,
 }
 
 /// What forgetting a port removed.
@@ -171,6 +174,7 @@ impl GatewayShared {
             affinity: Affinity::new(DEFAULT_AFFINITY_CAPACITY),
             policy: RwLock::new(Arc::new(Policy::new(config))),
             epoch: AtomicU64::new(1),
+            retired: Mutex::new(Vec::new()),
         })
     }
 
@@ -179,6 +183,13 @@ impl GatewayShared {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Frees the policies the workers have replaced (call it from the control thread, now and
+    /// then); returns how many.
+    pub fn reap_retired(&self) -> usize {
+        let old = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|e| e.into_inner()));
+        old.len()
     }
 
     /// Changes the pod ports (a pod attached or removed while the switch runs): the policy is
@@ -256,8 +267,13 @@ impl Gateway {
     fn refresh_policy(&mut self) {
         let epoch = self.shared.epoch.load(Ordering::Acquire);
         if epoch != self.epoch {
-            self.policy = self.shared.policy();
+            let old = std::mem::replace(&mut self.policy, self.shared.policy());
             self.epoch = epoch;
+            self.shared
+                .retired
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(old);
         }
     }
 

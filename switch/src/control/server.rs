@@ -258,8 +258,16 @@ fn request(
             MAX_BODY >> 20
         )),
         Some(len) => {
+            let start = Instant::now();
             let body = read_body(reader, stream, len, Instant::now() + BODY_TIMEOUT)?;
+            let read = start.elapsed();
             let list = crate::k8s::parse(&body)?;
+            tracing::info!(
+                bytes = len,
+                read_ms = read.as_millis() as u64,
+                parse_ms = (start.elapsed() - read).as_millis() as u64,
+                "import received"
+            );
             Ok(RequestKind::Import(Box::new(list)))
         }
     }
