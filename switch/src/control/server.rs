@@ -351,3 +351,64 @@ fn write_capture(
     }
     Ok(json!({ "captured": written, "port": port, "file": out.display().to_string() }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the server makes of `bytes` sent by a client that then stops writing.
+    fn request_of(bytes: &[u8]) -> Result<RequestKind, String> {
+        let (mut client, server) = UnixStream::pair().unwrap();
+        client.write_all(bytes).unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut reader = BufReader::new(&server);
+        request(&mut reader, &server)
+    }
+
+    fn error_of(bytes: &[u8]) -> String {
+        match request_of(bytes) {
+            Ok(_) => panic!("accepted {:?}", String::from_utf8_lossy(bytes)),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn an_import_body_follows_its_line_and_is_bounded() {
+        let body = br#"{"kind": "List", "items": []}"#;
+        let mut bytes =
+            format!("{{\"args\": [\"import\"], \"body_len\": {}}}\n", body.len()).into_bytes();
+        bytes.extend_from_slice(body);
+        assert!(matches!(request_of(&bytes), Ok(RequestKind::Import(l)) if l.items.is_empty()));
+        assert!(matches!(
+            request_of(b"{\"args\": [\"show\", \"ports\"]}\n"),
+            Ok(RequestKind::Ctl(a)) if a == ["show", "ports"]
+        ));
+        let cases: [(&[u8], &str); 6] = [
+            (b"{\"args\": [\"import\"]}\n", "import needs the JSON"),
+            (
+                b"{\"args\": [\"show\", \"ports\"], \"body_len\": 3}\nabc",
+                "takes no request body",
+            ),
+            (
+                b"{\"args\": [\"import\"], \"body_len\": -1}\n",
+                "body_len must be a byte count",
+            ),
+            (
+                b"{\"args\": [\"import\"], \"body_len\": 200000000}\n",
+                "at most 134217728 bytes (128 MiB)",
+            ),
+            (
+                b"{\"args\": [\"import\"], \"body_len\": 100}\n{\"items\"",
+                "ended after 8 of 100 bytes",
+            ),
+            (
+                b"{\"args\": [\"import\"], \"body_len\": 4}\n[1]\n",
+                "not a Kubernetes List",
+            ),
+        ];
+        for (bytes, needle) in cases {
+            let e = error_of(bytes);
+            assert!(e.contains(needle), "expected {needle:?} in {e:?}");
+        }
+    }
+}
