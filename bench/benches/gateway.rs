@@ -85,6 +85,8 @@ fn config(services: usize) -> GatewayConfig {
         proto: 6,
         node_port: Some(30080),
         backends: vec![SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 2), 8080)],
+        affinity_timeout_s: None,
+        external_local: None,
     }];
     for i in 1..services {
         svcs.push(ServiceConfig {
@@ -94,6 +96,8 @@ fn config(services: usize) -> GatewayConfig {
             proto: 6,
             node_port: None,
             backends: vec![SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 3), 8080)],
+            affinity_timeout_s: None,
+            external_local: None,
         });
     }
     GatewayConfig {

@@ -59,6 +59,8 @@ fn config(with_peer: bool) -> GatewayConfig {
                 .iter()
                 .map(|(ip, p)| SocketAddrV4::new(*ip, *p))
                 .collect(),
+            affinity_timeout_s: None,
+            external_local: None,
         }
     };
     GatewayConfig {

@@ -48,6 +48,8 @@ fn config() -> GatewayConfig {
             .iter()
             .map(|ip| SocketAddrV4::new(*ip, target))
             .collect(),
+        affinity_timeout_s: None,
+        external_local: None,
     };
     GatewayConfig {
         mac: GW_MAC,

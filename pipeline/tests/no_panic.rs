@@ -80,6 +80,8 @@ mod gateway {
                     proto: 6,
                     node_port: Some(30080),
                     backends: vec![SocketAddrV4::new(PODS[0], 8080)],
+                    affinity_timeout_s: None,
+                    external_local: None,
                 },
                 ServiceConfig {
                     name: "dns".into(),
@@ -91,6 +93,8 @@ mod gateway {
                         SocketAddrV4::new(PODS[1], 5353),
                         SocketAddrV4::new(Ipv4Addr::new(10, 244, 2, 5), 5353),
                     ],
+                    affinity_timeout_s: None,
+                    external_local: None,
                 },
             ],
             vxlan: None,

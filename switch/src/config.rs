@@ -127,7 +127,12 @@ struct ServiceSection {
     node_port: Option<u16>,
     #[serde(default)]
     backends: Vec<String>,
+    session_affinity_timeout: Option<u32>,
+    external_traffic_policy: Option<String>,
 }
+
+/// Kubernetes' bound on `sessionAffinityConfig.clientIP.timeoutSeconds` (one day).
+pub const MAX_AFFINITY_TIMEOUT_S: u32 = 86_400;
 
 fn tcp() -> String {
     "tcp".into()
@@ -539,6 +544,40 @@ pub fn parse(
             }
             backends.push(addr);
         }
+        if let Some(t) = s.session_affinity_timeout {
+            if !(1..=MAX_AFFINITY_TIMEOUT_S).contains(&t) {
+                return Err(c.err(
+                    format!("{key}.session_affinity_timeout"),
+                    format!("{t}: expected 1 to {MAX_AFFINITY_TIMEOUT_S} seconds"),
+                ));
+            }
+        }
+        let external_local = match s.external_traffic_policy.as_deref() {
+            None | Some("cluster") => None,
+            Some("local") if s.node_port.is_none() => {
+                return Err(c.err(
+                    format!("{key}.external_traffic_policy"),
+                    "\"local\" needs a node_port",
+                ))
+            }
+            // This node's endpoints are the ones in its pod subnet (or on the node itself).
+            Some("local") => Some(
+                backends
+                    .iter()
+                    .copied()
+                    .filter(|b| {
+                        gateway.contains(*b.ip())
+                            || uplink.as_ref().is_some_and(|u| u.address.addr == *b.ip())
+                    })
+                    .collect(),
+            ),
+            Some(other) => {
+                return Err(c.err(
+                    format!("{key}.external_traffic_policy"),
+                    format!("{other:?} is not cluster or local"),
+                ))
+            }
+        };
         services.push(ServiceConfig {
             name: s.name.clone(),
             cluster_ip,
@@ -546,6 +585,8 @@ pub fn parse(
             proto,
             node_port: s.node_port,
             backends,
+            affinity_timeout_s: s.session_affinity_timeout,
+            external_local,
         });
     }
 
@@ -728,6 +769,9 @@ mod tests {
             (EXAMPLE.replace("\"10.244.2.5:8080\"", "\"10.244.2.5\""), "service[0].backends[2]: \"10.244.2.5\""),
             (format!("{EXAMPLE}\n[[service]]\nname = \"web\"\ncluster_ip = \"10.96.0.11\"\nport = 80\n"), "service[1].name: duplicate service \"web\""),
             (format!("{EXAMPLE}\n[[service]]\nname = \"web2\"\ncluster_ip = \"10.96.0.10\"\nport = 80\n"), "service[1]: 10.96.0.10:80 tcp is already service \"web\""),
+            (EXAMPLE.replace("protocol = \"tcp\"", "protocol = \"tcp\"\nsession_affinity_timeout = 0"), "service[0].session_affinity_timeout: 0: expected 1 to 86400 seconds"),
+            (EXAMPLE.replace("protocol = \"tcp\"", "protocol = \"tcp\"\nexternal_traffic_policy = \"nearby\""), "service[0].external_traffic_policy: \"nearby\" is not cluster or local"),
+            (format!("{EXAMPLE}\n[[service]]\nname = \"np\"\ncluster_ip = \"10.96.0.12\"\nport = 80\nexternal_traffic_policy = \"local\"\n"), "service[1].external_traffic_policy: \"local\" needs a node_port"),
             (EXAMPLE.replace("xdp_mode = \"auto\"", "xdp_mode = \"fast\""), "node.xdp_mode"),
             (EXAMPLE.replace("# fdb_port_limit = 1024", "fdb_port_limit = 0"), "node.toml: node.fdb_port_limit: must be at least 1"),
             (EXAMPLE.replace("# fdb_port_limit = 1024", "fdb_port_limit = -1"), "node.toml: line"),
@@ -889,6 +933,70 @@ mod tests {
             .reload_compatible(&mac_only)
             .unwrap_err()
             .contains("bindings"));
+    }
+
+    #[test]
+    fn the_deploy_script_renders_a_config_this_parser_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/render-node-config.sh");
+        let out = std::process::Command::new("sh")
+            .arg(&script)
+            .env("POD_CIDR", "10.244.3.0/24")
+            .env("NODE_IP", "198.18.0.3/24")
+            .env("NEXT_HOP", "198.18.0.254")
+            .env("UPLINK", "ens5")
+            .env("OUT_DIR", dir.path())
+            .env("CNI_DIR", dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(dir.path().join("node.toml")).unwrap();
+        let c = parse_ok(&text);
+        assert_eq!(c.gateway.gateway.to_string(), "10.244.3.1/24");
+        assert_eq!(c.ports, ["ens5"]);
+        let up = c.gateway.uplink.unwrap();
+        assert_eq!(up.next_hop.to_string(), "198.18.0.254");
+        assert_eq!(up.cluster_cidrs.len(), 2);
+        let conflist: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("10-vswitch.conflist")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(conflist["plugins"][0]["type"], "vswitch-cni");
+        assert_eq!(
+            conflist["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+            "10.244.3.0/24"
+        );
+        // Without what it needs it says so.
+        let out = std::process::Command::new("sh")
+            .arg(&script)
+            .env("POD_CIDR", "10.244.3.0/24")
+            .env_remove("NODE_IP")
+            .env("OUT_DIR", dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("NODE_IP"));
+    }
+
+    #[test]
+    fn affinity_and_etp_local_from_the_file() {
+        let c = parse_ok(&EXAMPLE.replace(
+            "protocol = \"tcp\"",
+            "protocol = \"tcp\"\nsession_affinity_timeout = 600\nexternal_traffic_policy = \"local\"",
+        ));
+        let s = &c.gateway.services[0];
+        assert_eq!(s.affinity_timeout_s, Some(600));
+        // Only the backends in this node's pod subnet.
+        let local = s.external_local.as_ref().unwrap();
+        assert!(!local.is_empty() && local.len() < s.backends.len());
+        assert!(local.iter().all(|b| b.ip().octets()[..3] == [10, 244, 1]));
+        let plain = parse_ok(EXAMPLE);
+        assert_eq!(plain.gateway.services[0].affinity_timeout_s, None);
+        assert_eq!(plain.gateway.services[0].external_local, None);
     }
 
     #[test]

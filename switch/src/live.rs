@@ -76,6 +76,8 @@ pub struct Live {
     pub bindings: HashMap<PortId, PortBinding>,
     /// Ports taken down because their interface disappeared.
     pub ports_lost: u64,
+    /// Services came from `import` (Kubernetes): a reload of the file keeps them.
+    pub imported: bool,
     pub load: Load,
 }
 
@@ -93,6 +95,7 @@ impl Live {
             pods,
             bindings: HashMap::new(),
             ports_lost: 0,
+            imported: false,
             load,
         }
     }
@@ -222,6 +225,10 @@ impl Live {
                 path.display()
             ));
         }
+        let mut new = new;
+        if self.imported {
+            new.gateway.services = current.gateway.services.clone();
+        }
         let mut live = new.gateway.clone();
         live.pod_ports = self.pods.clone();
         let r = shared.reload(&live);
@@ -235,6 +242,43 @@ impl Live {
         );
         self.node = Some(new);
         Ok(text)
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
+}
+
+impl Live {
+    /// `vswitch ctl import`: the services of a Kubernetes List replace the running ones (the
+    /// file's, or the last import's); connections to backends that remain keep them, the
+    /// others are closed, as a reload does.
+    pub fn import(&mut self, list: &crate::k8s::List) -> Result<serde_json::Value, String> {
+        let start = std::time::Instant::now();
+        let (Some(node), Some(shared)) = (self.node.as_mut(), &self.dp.gateway) else {
+            return Err("import needs the node gateway: the switch runs without --config".into());
+        };
+        let facts = crate::k8s::Node {
+            pod_cidr: node.gateway.gateway,
+            uplink: node.gateway.uplink.as_ref().map(|u| u.address),
+        };
+        let t = crate::k8s::translate(list, &facts)
+            .map_err(|e| format!("import refused, services kept: {e}"))?;
+        let translated = start.elapsed();
+        let mut config = node.gateway.clone();
+        config.services = t.services;
+        config.pod_ports = self.pods.clone();
+        let r = shared.reload(&config);
+        node.gateway.services = config.services;
+        self.imported = true;
+        Ok(serde_json::json!({
+            "services": r.services,
+            "endpoints": t.endpoints,
+            "skipped": t.skipped,
+            "flows_closed": r.flows_closed,
+            "ms": ms(start.elapsed()),
+            "translate_ms": ms(translated),
+        }))
     }
 }
 

@@ -8,6 +8,7 @@ mod capture;
 mod cli;
 mod config;
 mod control;
+mod k8s;
 mod live;
 mod logging;
 mod metrics;
@@ -113,6 +114,7 @@ fn main() -> ExitCode {
             let outcome = match request.kind {
                 RequestKind::Ctl(args) => control::commands::execute(&mut live, &args),
                 RequestKind::Metrics => Outcome::Text(metrics::render(&live)),
+                RequestKind::Import(list) => control::commands::import(&mut live, &list),
             };
             let _ = request.reply.try_send(outcome);
         }
@@ -132,6 +134,9 @@ fn main() -> ExitCode {
         if last_check.elapsed() >= VANISHED_CHECK {
             last_check = Instant::now();
             live.check_vanished();
+            if let Some(g) = &live.dp.gateway {
+                g.reap_retired();
+            }
         }
         live.load.update(&live.dp);
         if !interval.is_zero() && last.0.elapsed() >= interval {

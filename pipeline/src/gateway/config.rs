@@ -50,6 +50,11 @@ pub struct ServiceConfig {
     pub proto: u8,
     pub node_port: Option<u16>,
     pub backends: Vec<SocketAddrV4>,
+    /// `sessionAffinity: ClientIP` with this timeout in seconds; `None`: no affinity.
+    pub affinity_timeout_s: Option<u32>,
+    /// `externalTrafficPolicy: Local`: what the NodePort reaches (this node's endpoints), with
+    /// the client's address kept; `None`: the NodePort reaches `backends`, SNATed to the node.
+    pub external_local: Option<Vec<SocketAddrV4>>,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +145,8 @@ impl Policy {
                 proto: s.proto,
                 node_port: s.node_port,
                 maglev: Maglev::new(&s.backends),
+                affinity_ms: s.affinity_timeout_s.map(|t| t as u64 * 1000),
+                external_local: s.external_local.as_deref().map(Maglev::new),
             })
             .collect();
         Policy {

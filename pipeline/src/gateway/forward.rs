@@ -545,7 +545,14 @@ fn new_flow(
 ) -> Result<Translated, Option<Disposition>> {
     // Overlay peers are known by their VTEP: their packets are not inbound from outside.
     let from_outside = ctx.from_uplink && !ctx.from_overlay;
-    let plan = match nat::plan(ctx.policy, t, from_outside, local) {
+    let plan = match nat::plan(
+        ctx.policy,
+        &ctx.shared.affinity,
+        t,
+        from_outside,
+        local,
+        ctx.now_ms,
+    ) {
         Ok(plan) => plan,
         Err(refusal) => {
             return Err(Some(ctx.drop(match refusal {

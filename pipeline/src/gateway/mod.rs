@@ -6,8 +6,8 @@
 //! neighbour resolution, `icmp.rs` for echo and errors); other frames on pod ports go through the
 //! pod segment's L2 bridge; other frames on the uplink are dropped.
 //!
-//! Sharing: `GatewayShared` (conntrack, neighbours, the current `Policy`) is one per switch; each
-//! worker has its own `Gateway` with its own bridge, counters and a cached `Arc<Policy>` that it
+//! Sharing: `GatewayShared` (conntrack, neighbours, session affinity, the current `Policy`) is
+//! one per switch; each worker has its own `Gateway` with its own bridge, counters and a cached `Arc<Policy>` that it
 //! refreshes when `GatewayShared::epoch` moves (a reload).
 
 mod arp;
@@ -23,13 +23,14 @@ use crate::conntrack::{Conntrack, FragmentTable};
 use crate::define_counters;
 use crate::l2::Bridge;
 use crate::l3::{NeighborCache, SharedNeighbors};
+use crate::nat::{Affinity, DEFAULT_AFFINITY_CAPACITY};
 use crate::overlay::encap;
 use crate::packet::Packet;
 use crate::wire::{EtherType, EthernetFrame};
 use icmp_limit::IcmpErrorLimiter;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 define_counters! {
     /// What the gateway did with each frame, and why it dropped what it dropped.
@@ -138,8 +139,13 @@ pub struct GatewayShared {
     pub conntrack: Conntrack,
     pub neighbors: SharedNeighbors,
     pub fragments: FragmentTable,
+    /// ClientIP session affinity, for services that ask for it.
+    pub affinity: Affinity,
     policy: RwLock<Arc<Policy>>,
     epoch: AtomicU64,
+    /// Policies the workers let go of, freed by the control thread (`reap_retired`): freeing
+    /// 10,000 services' tables takes milliseconds a worker must not spend.
+    retired: Mutex<Vec<Arc<Policy>>>,
 }
 
 /// What forgetting a port removed.
@@ -165,8 +171,10 @@ impl GatewayShared {
             conntrack: Conntrack::new(config.conntrack_capacity),
             neighbors: SharedNeighbors::new(config.neighbor_age_ms),
             fragments: FragmentTable::new(FRAGMENT_TABLE_CAPACITY),
+            affinity: Affinity::new(DEFAULT_AFFINITY_CAPACITY),
             policy: RwLock::new(Arc::new(Policy::new(config))),
             epoch: AtomicU64::new(1),
+            retired: Mutex::new(Vec::new()),
         })
     }
 
@@ -175,6 +183,13 @@ impl GatewayShared {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Frees the policies the workers have replaced (call it from the control thread, now and
+    /// then); returns how many.
+    pub fn reap_retired(&self) -> usize {
+        let old = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|e| e.into_inner()));
+        old.len()
     }
 
     /// Changes the pod ports (a pod attached or removed while the switch runs): the policy is
@@ -252,8 +267,13 @@ impl Gateway {
     fn refresh_policy(&mut self) {
         let epoch = self.shared.epoch.load(Ordering::Acquire);
         if epoch != self.epoch {
-            self.policy = self.shared.policy();
+            let old = std::mem::replace(&mut self.policy, self.shared.policy());
             self.epoch = epoch;
+            self.shared
+                .retired
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(old);
         }
     }
 
@@ -437,6 +457,9 @@ impl Gateway {
                 .conntrack
                 .expire_some(now_ms, CONNTRACK_SHARDS_PER_SWEEP);
             self.shared.fragments.expire(now_ms);
+            self.shared
+                .affinity
+                .expire_some(now_ms, CONNTRACK_SHARDS_PER_SWEEP);
             let (ask, dropped) = self.shared.neighbors.update(|t| t.housekeeping(now_ms));
             self.counters
                 .add(GwCounter::DropNeighborUnresolved, dropped as u64);
@@ -455,5 +478,7 @@ impl Gateway {
 mod tests;
 #[cfg(test)]
 mod tests_drops;
+#[cfg(test)]
+mod tests_services;
 #[cfg(test)]
 mod tests_vxlan;

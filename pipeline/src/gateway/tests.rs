@@ -59,6 +59,8 @@ pub(super) fn config() -> GatewayConfig {
             proto: PROTO_TCP,
             node_port: Some(30080),
             backends: backends(&[(POD1, 8080), (POD2, 8080), (REMOTE_POD, 8080)]),
+            affinity_timeout_s: None,
+            external_local: None,
         }],
         vxlan: None,
         conntrack_capacity: 262_144,
@@ -949,6 +951,8 @@ fn later_fragments_follow_the_first_through_a_service() {
         proto: PROTO_UDP,
         node_port: None,
         backends: backends(&[(POD2, 5353)]),
+        affinity_timeout_s: None,
+        external_local: None,
     });
     let mut gw = gateway(&c);
     learn_neighbors(&mut gw);

@@ -2,6 +2,7 @@
 //! with SNAT to the node, hairpin SNAT to the gateway, masquerade to the node address, or
 //! nothing — and which new connections are refused.
 
+use super::{Affinity, AffinityKey, Service};
 use crate::conntrack::Tuple;
 use crate::gateway::Policy;
 use crate::l3::Segment;
@@ -45,14 +46,44 @@ pub fn flow_hash(t: &Tuple) -> u64 {
     super::maglev_mix(a ^ super::maglev_mix(b))
 }
 
+/// The backend for a new connection to `svc` through its cluster IP or (`node_port`) its
+/// NodePort: the Maglev pick, unless ClientIP affinity remembers another. Also says whether
+/// the front is ETP Local (the client's address is kept).
+fn pick_backend(
+    svc: &Service,
+    node_port: bool,
+    t: &Tuple,
+    affinity: &Affinity,
+    now_ms: u64,
+) -> (Option<std::net::SocketAddrV4>, bool) {
+    let (maglev, local) = svc.backends_for(node_port);
+    let balance = || maglev.pick(flow_hash(t));
+    let backend = match svc.affinity_ms {
+        None => balance(),
+        Some(timeout_ms) => {
+            let key = AffinityKey {
+                vip: svc.cluster_ip,
+                port: svc.port,
+                proto: svc.proto,
+                local,
+                client: t.src,
+            };
+            affinity.pick(key, now_ms, timeout_ms, |b| maglev.contains(b), balance)
+        }
+    };
+    (backend, local)
+}
+
 /// Decides the translation of a connection whose first packet is `t`; `from_outside`: it came
 /// in on the uplink (not through the overlay); `local`: it is addressed to one of our own
-/// addresses.
+/// addresses. Services with ClientIP affinity consult and update `affinity`.
 pub fn plan(
     policy: &Policy,
+    affinity: &Affinity,
     t: &Tuple,
     from_outside: bool,
     local: bool,
+    now_ms: u64,
 ) -> Result<NatPlan, Refusal> {
     if from_outside && policy.pod_cidr.contains(t.dst) && !policy.in_cluster(t.src) {
         return Err(Refusal::Unsolicited);
@@ -67,11 +98,17 @@ pub fn plan(
                 .flatten()
                 .map(|s| (s, NatKind::NodePort))
         });
+    let mut keep_source = false;
     let (target, dnat) = match service {
-        Some((svc, kind)) => match svc.maglev.pick(flow_hash(t)) {
-            Some(b) => ((*b.ip(), b.port()), kind),
-            None => return Err(Refusal::NoBackend),
-        },
+        Some((svc, kind)) => {
+            let (backend, etp_local) =
+                pick_backend(svc, kind == NatKind::NodePort, t, affinity, now_ms);
+            keep_source = etp_local;
+            match backend {
+                Some(b) => ((*b.ip(), b.port()), kind),
+                None => return Err(Refusal::NoBackend),
+            }
+        }
         None if local => return Err(Refusal::LocalUnhandled),
         None if policy.services.is_vip(t.dst) => return Err(Refusal::NoBackend),
         None => ((t.dst, t.dport), NatKind::None),
@@ -81,7 +118,10 @@ pub fn plan(
         .lookup(target.0)
         .is_some_and(|(seg, _)| seg == Segment::Uplink);
     let (snat, kind) = match dnat {
-        // kube-proxy masquerades NodePort traffic so that replies come back through this node.
+        // kube-proxy masquerades NodePort traffic so that replies come back through this node;
+        // with ETP Local the backend is ours, its replies come back anyway, and it sees the
+        // client.
+        NatKind::NodePort if keep_source => (None, NatKind::NodePort),
         NatKind::NodePort => (policy.node_ip, NatKind::NodePort),
         // The reply of a pod that lands on itself must come to us, not straight back.
         NatKind::Service if target.0 == t.src => (Some(policy.gateway_ip), NatKind::Hairpin),

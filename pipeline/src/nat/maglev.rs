@@ -82,6 +82,10 @@ impl Maglev {
         &self.backends
     }
 
+    pub fn contains(&self, backend: SocketAddrV4) -> bool {
+        self.backends.binary_search(&backend).is_ok()
+    }
+
     /// The backend for a flow hash.
     #[inline]
     pub fn pick(&self, flow_hash: u64) -> Option<SocketAddrV4> {

@@ -13,6 +13,24 @@ pub struct Service {
     pub proto: u8,
     pub node_port: Option<u16>,
     pub maglev: Maglev,
+    /// `sessionAffinity: ClientIP`: how long a client keeps its backend without a new
+    /// connection.
+    pub affinity_ms: Option<u64>,
+    /// `externalTrafficPolicy: Local`: the NodePort balances over these (this node's)
+    /// backends only, and keeps the client's address.
+    pub external_local: Option<Maglev>,
+}
+
+impl Service {
+    /// The backends a front balances over: the NodePort's own set (ETP Local), else the
+    /// service's.
+    #[inline]
+    pub fn backends_for(&self, node_port: bool) -> (&Maglev, bool) {
+        match &self.external_local {
+            Some(local) if node_port => (local, true),
+            _ => (&self.maglev, false),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -64,9 +82,14 @@ impl ServiceTable {
 
     /// Every backend of every service.
     pub fn all_backends(&self) -> impl Iterator<Item = SocketAddrV4> + '_ {
-        self.by_vip
-            .values()
-            .flat_map(|s| s.maglev.backends().iter().copied())
+        self.by_vip.values().flat_map(|s| {
+            let local = s.external_local.as_ref().map(|m| m.backends());
+            s.maglev
+                .backends()
+                .iter()
+                .chain(local.unwrap_or_default())
+                .copied()
+        })
     }
 }
 
@@ -82,6 +105,8 @@ mod tests {
             proto: 6,
             node_port,
             maglev: Maglev::new(&[SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 2), 8080)]),
+            affinity_ms: None,
+            external_local: None,
         }
     }
 

@@ -1,7 +1,7 @@
 //! `vswitch ctl [--socket PATH] COMMAND [--json]`: sends the command to a running switch and
 //! prints its answer, as tables or (with `--json`) as one JSON object.
 
-use super::{commands::USAGE, server::read_line, table, DEFAULT_SOCKET};
+use super::{commands::USAGE, server::read_line, table, DEFAULT_SOCKET, MAX_BODY};
 use serde_json::{json, Value};
 use std::io::{ErrorKind, Write};
 use std::os::unix::net::UnixStream;
@@ -62,7 +62,21 @@ pub fn main(args: &[String]) -> ExitCode {
             .min(3600);
         wait = Duration::from_secs(secs + 30);
     }
-    let answer = match ask(&socket, &words, wait) {
+    // `import FILE|-`: the file (or stdin) goes as the request's body, as it is.
+    let mut body = None;
+    if words.first().map(String::as_str) == Some("import") {
+        let source = match words.as_slice() {
+            [_, source] => source.clone(),
+            _ => return fail("usage: vswitch ctl import FILE|-  (kubectl get services,endpointslices -A -o json)"),
+        };
+        match read_body(&source) {
+            Ok(b) => body = Some(b),
+            Err(e) => return fail(e),
+        }
+        words.truncate(1);
+        wait = Duration::from_secs(120);
+    }
+    let answer = match ask(&socket, &words, body.as_deref(), wait) {
         Ok(a) => a,
         Err(e) => return fail(e),
     };
@@ -87,7 +101,33 @@ pub fn main(args: &[String]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn ask(socket: &PathBuf, words: &[String], wait: Duration) -> Result<Value, String> {
+/// The JSON to import, from a file or (`-`) stdin, at most `MAX_BODY` bytes.
+fn read_body(source: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut body = Vec::new();
+    let limit = MAX_BODY as u64 + 1;
+    let read = if source == "-" {
+        std::io::stdin().lock().take(limit).read_to_end(&mut body)
+    } else {
+        std::fs::File::open(source).and_then(|f| f.take(limit).read_to_end(&mut body))
+    };
+    let name = if source == "-" { "stdin" } else { source };
+    read.map_err(|e| format!("{name}: {e}"))?;
+    if body.len() > MAX_BODY {
+        return Err(format!(
+            "{name}: more than {} MiB, the most one import takes",
+            MAX_BODY >> 20
+        ));
+    }
+    Ok(body)
+}
+
+fn ask(
+    socket: &PathBuf,
+    words: &[String],
+    body: Option<&[u8]>,
+    wait: Duration,
+) -> Result<Value, String> {
     let mut stream = UnixStream::connect(socket).map_err(|e| {
         let hint = match e.kind() {
             ErrorKind::NotFound | ErrorKind::ConnectionRefused => {
@@ -99,13 +139,24 @@ fn ask(socket: &PathBuf, words: &[String], wait: Duration) -> Result<Value, Stri
         format!("cannot connect to {}: {e}{hint}", socket.display())
     })?;
     let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-    let mut line = json!({ "args": words }).to_string();
+    let mut line = match body {
+        Some(b) => json!({ "args": words, "body_len": b.len() }),
+        None => json!({ "args": words }),
+    }
+    .to_string();
     line.push('\n');
-    stream
+    let sent = stream
         .write_all(line.as_bytes())
-        .map_err(|e| format!("sending to {}: {e}", socket.display()))?;
-    let answer = read_line(&stream, MAX_ANSWER, wait)
-        .map_err(|e| format!("reading the answer from {}: {e}", socket.display()))?;
+        .and_then(|_| stream.write_all(body.unwrap_or_default()));
+    // A switch that refuses a body early says why before it stops reading.
+    let answer = read_line(&stream, MAX_ANSWER, wait);
+    let answer = match (sent, answer) {
+        (_, Ok(a)) if !a.is_empty() => a,
+        (Err(e), _) => return Err(format!("sending to {}: {e}", socket.display())),
+        (Ok(()), a) => {
+            a.map_err(|e| format!("reading the answer from {}: {e}", socket.display()))?
+        }
+    };
     if answer.is_empty() {
         return Err(format!(
             "{} closed the connection without answering",

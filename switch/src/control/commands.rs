@@ -66,7 +66,27 @@ impl Words {
     }
 }
 
-pub const USAGE: &str = "commands: show ports | show stats | show fdb | show neigh | show routes | show services | show conntrack [--limit N] | port add IF [--mac MAC [--ip ADDR]] | port del IF | fdb flush | conntrack flush | reload | capture PORT --count N --out FILE [--timeout SECS]";
+pub const USAGE: &str = "commands: show ports | show stats | show fdb | show neigh | show routes | show services | show conntrack [--limit N] | port add IF [--mac MAC [--ip ADDR]] | port del IF | fdb flush | conntrack flush | reload | import FILE|- | capture PORT --count N --out FILE [--timeout SECS]";
+
+/// `import`: the services of a Kubernetes List replace the running ones.
+pub fn import(live: &mut Live, list: &crate::k8s::List) -> Outcome {
+    match live.import(list) {
+        Ok(report) => {
+            tracing::info!(
+                services = report["services"].as_u64(),
+                endpoints = report["endpoints"].as_u64(),
+                flows_closed = report["flows_closed"].as_u64(),
+                ms = report["ms"].as_f64(),
+                "services imported"
+            );
+            Outcome::Json(report)
+        }
+        Err(e) => {
+            tracing::warn!("import refused: {e}");
+            Outcome::Error(e)
+        }
+    }
+}
 
 pub fn execute(live: &mut Live, args: &[String]) -> Outcome {
     match run(live, args) {
@@ -459,6 +479,8 @@ fn services(live: &Live) -> Value {
                 "protocol": proto_name(s.proto),
                 "node_port": s.node_port,
                 "backends": s.backends.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
+                "affinity_s": s.affinity_timeout_s,
+                "node_port_local": s.external_local.as_ref().map(|l| l.iter().map(|b| b.to_string()).collect::<Vec<_>>()),
             })
         })
         .collect();

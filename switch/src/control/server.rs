@@ -1,8 +1,9 @@
 //! The control socket: a Unix stream socket, mode 0600, served one thread per connection
-//! (at most `MAX_CLIENTS` at once). A request is one bounded line read under a deadline; a
-//! malformed, oversized or slow request gets an error and touches nothing.
+//! (at most `MAX_CLIENTS` at once). A request is one bounded line read under a deadline (an
+//! import's body follows it, bounded too); a malformed, oversized or slow request gets an error
+//! and touches nothing.
 
-use super::{Outcome, Request, RequestKind, MAX_REQUEST};
+use super::{Outcome, Request, RequestKind, MAX_BODY, MAX_REQUEST};
 use crate::capture;
 use crossbeam_channel::Sender;
 use serde_json::{json, Value};
@@ -18,6 +19,8 @@ use std::time::{Duration, Instant};
 const MAX_CLIENTS: usize = 16;
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request body (an import) may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a request may wait for the main thread (port changes wait on workers, bounded).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -123,8 +126,18 @@ fn reply(stream: &mut UnixStream, result: Result<Value, String>) -> io::Result<(
 
 /// Reads one request line: at most `MAX_REQUEST` bytes, before `READ_TIMEOUT` runs out.
 pub fn read_line(stream: &UnixStream, limit: usize, timeout: Duration) -> Result<String, String> {
-    let deadline = Instant::now() + timeout;
-    let mut reader = BufReader::new(Read::take(stream, limit as u64 + 1));
+    let mut reader = BufReader::new(stream);
+    read_line_from(&mut reader, stream, limit, Instant::now() + timeout)
+}
+
+/// Reads one line of at most `limit` bytes from `reader` (buffered over `stream`) before
+/// `deadline`; what follows the line stays in `reader`.
+fn read_line_from(
+    reader: &mut BufReader<&UnixStream>,
+    stream: &UnixStream,
+    limit: usize,
+    deadline: Instant,
+) -> Result<String, String> {
     let mut buf = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -132,18 +145,12 @@ pub fn read_line(stream: &UnixStream, limit: usize, timeout: Duration) -> Result
             return Err("request timed out".into());
         }
         let _ = stream.set_read_timeout(Some(left));
-        match reader.read_until(b'\n', &mut buf) {
+        let room = (limit + 1 - buf.len()) as u64;
+        match reader.by_ref().take(room).read_until(b'\n', &mut buf) {
             Ok(0) => break,
             Ok(_) if buf.ends_with(b"\n") => break,
             Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err("request timed out".into())
-            }
+            Err(e) if timed_out(&e) => return Err("request timed out".into()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(format!("reading the request: {e}")),
         }
@@ -157,20 +164,113 @@ pub fn read_line(stream: &UnixStream, limit: usize, timeout: Duration) -> Result
     String::from_utf8(buf).map_err(|_| "request is not UTF-8".into())
 }
 
-fn parse(line: &str) -> Result<Vec<String>, String> {
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Reads a request's body: exactly `len` bytes, before `deadline`.
+fn read_body(
+    reader: &mut BufReader<&UnixStream>,
+    stream: &UnixStream,
+    len: usize,
+    deadline: Instant,
+) -> Result<Vec<u8>, String> {
+    let mut body = Vec::with_capacity(len);
+    while body.len() < len {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "request body timed out after {} of {len} bytes",
+                body.len()
+            ));
+        }
+        let _ = stream.set_read_timeout(Some(left));
+        let want = (len - body.len()) as u64;
+        match reader.by_ref().take(want).read_to_end(&mut body) {
+            Ok(0) => {
+                return Err(format!(
+                    "request body ended after {} of {len} bytes",
+                    body.len()
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if timed_out(&e) => {
+                return Err(format!(
+                    "request body timed out after {} of {len} bytes",
+                    body.len()
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading the request body: {e}")),
+        }
+    }
+    Ok(body)
+}
+
+/// A request: its words, and the length of the body that follows its line, if any.
+fn parse(line: &str) -> Result<(Vec<String>, Option<usize>), String> {
     let v: Value =
         serde_json::from_str(line.trim()).map_err(|e| format!("malformed request: {e}"))?;
     let args = v
         .get("args")
         .and_then(|a| a.as_array())
         .ok_or("malformed request: expected {\"args\": [...]}")?;
-    args.iter()
+    let args = args
+        .iter()
         .map(|a| {
             a.as_str()
                 .map(str::to_string)
                 .ok_or_else(|| "malformed request: args must be strings".to_string())
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    let body_len = match v.get("body_len") {
+        None => None,
+        Some(n) => Some(
+            n.as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or("malformed request: body_len must be a byte count")?,
+        ),
+    };
+    Ok((args, body_len))
+}
+
+/// What a request asks for, its body read and parsed here (off the main thread).
+fn request(
+    reader: &mut BufReader<&UnixStream>,
+    stream: &UnixStream,
+) -> Result<RequestKind, String> {
+    let line = read_line_from(reader, stream, MAX_REQUEST, Instant::now() + READ_TIMEOUT)?;
+    let (args, body_len) = parse(&line)?;
+    let takes_body = args.first().map(String::as_str) == Some("import");
+    match body_len {
+        None if takes_body => {
+            Err("import needs the JSON to import: vswitch ctl import FILE|-".into())
+        }
+        None => Ok(RequestKind::Ctl(args)),
+        Some(_) if !takes_body || args.len() != 1 => {
+            Err(format!("{:?} takes no request body", args.join(" ")))
+        }
+        Some(len) if len > MAX_BODY => Err(format!(
+            "import of {len} bytes refused: at most {MAX_BODY} bytes ({} MiB)",
+            MAX_BODY >> 20
+        )),
+        Some(len) => {
+            let start = Instant::now();
+            let body = read_body(reader, stream, len, Instant::now() + BODY_TIMEOUT)?;
+            let read = start.elapsed();
+            let list = crate::k8s::parse(&body)?;
+            tracing::info!(
+                bytes = len,
+                read_ms = read.as_millis() as u64,
+                parse_ms = (start.elapsed() - read).as_millis() as u64,
+                "import received"
+            );
+            Ok(RequestKind::Import(Box::new(list)))
+        }
+    }
 }
 
 /// Asks the main thread; never waits on it for more than `ANSWER_TIMEOUT`.
@@ -188,16 +288,22 @@ pub fn ask(requests: &Sender<Request>, kind: RequestKind) -> Outcome {
 
 fn connection(mut stream: UnixStream, requests: &Sender<Request>) {
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let args = match read_line(&stream, MAX_REQUEST, READ_TIMEOUT).and_then(|l| parse(&l)) {
-        Ok(args) => args,
+    let kind = {
+        let mut reader = BufReader::new(&stream);
+        request(&mut reader, &stream)
+    };
+    let kind = match kind {
+        Ok(kind) => kind,
         Err(e) => {
             tracing::debug!("control: refused a request: {e}");
             let _ = reply(&mut stream, Err(e));
             return;
         }
     };
-    tracing::debug!(?args, "control request");
-    let result = match ask(requests, RequestKind::Ctl(args)) {
+    if let RequestKind::Ctl(args) = &kind {
+        tracing::debug!(?args, "control request");
+    }
+    let result = match ask(requests, kind) {
         Outcome::Json(v) => Ok(v),
         Outcome::Text(t) => Ok(Value::String(t)),
         Outcome::Error(e) => Err(e),
@@ -244,4 +350,65 @@ fn write_capture(
         ));
     }
     Ok(json!({ "captured": written, "port": port, "file": out.display().to_string() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the server makes of `bytes` sent by a client that then stops writing.
+    fn request_of(bytes: &[u8]) -> Result<RequestKind, String> {
+        let (mut client, server) = UnixStream::pair().unwrap();
+        client.write_all(bytes).unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut reader = BufReader::new(&server);
+        request(&mut reader, &server)
+    }
+
+    fn error_of(bytes: &[u8]) -> String {
+        match request_of(bytes) {
+            Ok(_) => panic!("accepted {:?}", String::from_utf8_lossy(bytes)),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn an_import_body_follows_its_line_and_is_bounded() {
+        let body = br#"{"kind": "List", "items": []}"#;
+        let mut bytes =
+            format!("{{\"args\": [\"import\"], \"body_len\": {}}}\n", body.len()).into_bytes();
+        bytes.extend_from_slice(body);
+        assert!(matches!(request_of(&bytes), Ok(RequestKind::Import(l)) if l.items.is_empty()));
+        assert!(matches!(
+            request_of(b"{\"args\": [\"show\", \"ports\"]}\n"),
+            Ok(RequestKind::Ctl(a)) if a == ["show", "ports"]
+        ));
+        let cases: [(&[u8], &str); 6] = [
+            (b"{\"args\": [\"import\"]}\n", "import needs the JSON"),
+            (
+                b"{\"args\": [\"show\", \"ports\"], \"body_len\": 3}\nabc",
+                "takes no request body",
+            ),
+            (
+                b"{\"args\": [\"import\"], \"body_len\": -1}\n",
+                "body_len must be a byte count",
+            ),
+            (
+                b"{\"args\": [\"import\"], \"body_len\": 200000000}\n",
+                "at most 134217728 bytes (128 MiB)",
+            ),
+            (
+                b"{\"args\": [\"import\"], \"body_len\": 100}\n{\"items\"",
+                "ended after 8 of 100 bytes",
+            ),
+            (
+                b"{\"args\": [\"import\"], \"body_len\": 4}\n[1]\n",
+                "not a Kubernetes List",
+            ),
+        ];
+        for (bytes, needle) in cases {
+            let e = error_of(bytes);
+            assert!(e.contains(needle), "expected {needle:?} in {e:?}");
+        }
+    }
 }

@@ -194,16 +194,37 @@ fn services(list: &Value) -> String {
                         format!("{}:{}", cell(&s["cluster_ip"]), cell(&s["port"])),
                         cell(&s["protocol"]),
                         cell(&s["node_port"]),
+                        cell(&s["affinity_s"]),
                         cell(&s["backends"]),
+                        cell(&s["node_port_local"]),
                     ]
                 })
                 .collect()
         })
         .unwrap_or_default();
     table(
-        &["name", "cluster_ip", "protocol", "node_port", "backends"],
+        &[
+            "name",
+            "cluster_ip",
+            "protocol",
+            "node_port",
+            "affinity_s",
+            "backends",
+            "node_port_local",
+        ],
         &rows,
     )
+}
+
+fn import(r: &Value) -> String {
+    let mut out = format!(
+        "imported {} services ({} endpoints) in {} ms; {} connections to removed backends closed\n",
+        r["services"], r["endpoints"], r["ms"], r["flows_closed"]
+    );
+    for s in r["skipped"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "skipped {}", cell(s));
+    }
+    out
 }
 
 pub fn render(words: &[String], r: &Value) -> String {
@@ -270,6 +291,7 @@ pub fn render(words: &[String], r: &Value) -> String {
         ["fdb", "flush"] => format!("flushed {} fdb entries\n", r["flushed"]),
         ["conntrack", "flush"] => format!("flushed {} connections\n", r["flushed"]),
         ["reload"] => format!("{}\n", cell(&r["reloaded"])),
+        ["import", ..] => import(r),
         ["capture", ..] => format!(
             "wrote {} frames of {} to {}\n",
             r["captured"],

@@ -1,0 +1,137 @@
+//! The watch loop: two reflectors (Services, EndpointSlices) keep the cluster's state; an
+//! applier imports it into the switch once both have listed, after each change (debounced),
+//! and every `resync` anyway.
+//!
+//! Lost watches: kube-runtime's `watcher` resumes a watch that ends from the last
+//! resourceVersion seen (bookmarks on) and retries errors with backoff; on `410 Gone`, in the
+//! stream or as the answer to the watch request, a fresh watcher lists again and the store is
+//! replaced by the new list.
+
+use crate::{ctl, list};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource};
+use std::fmt::Debug;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+pub struct Options {
+    pub ctl: PathBuf,
+    pub debounce: Duration,
+    pub resync: Duration,
+    pub max_imports: Option<u64>,
+}
+
+/// A watch error that means our resourceVersion is gone: an ERROR event with 410 (which
+/// kube-runtime's watcher answers with a re-list itself) or a `410 Gone` answer to the watch
+/// request (which it would retry with the same resourceVersion forever).
+fn gone(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::WatchError(r) => r.code == 410,
+        watcher::Error::WatchStartFailed(kube::Error::Api(r))
+        | watcher::Error::WatchFailed(kube::Error::Api(r)) => r.code == 410,
+        _ => false,
+    }
+}
+
+/// Watches one kind into a store; `changed` is told after every change that counts. After
+/// `410 Gone` a fresh watcher lists again, and the store is replaced when that list is done.
+fn watch<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
+where
+    K: Resource + Clone + Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (reader, mut writer) = reflector::store();
+    let kind = K::kind(&Default::default()).into_owned();
+    tokio::spawn(async move {
+        loop {
+            // Managed fields are most of an object's size and nothing the switch reads.
+            let stream = watcher(api.clone(), watcher::Config::default())
+                .modify(|o| o.meta_mut().managed_fields = None)
+                .default_backoff();
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(e) if gone(&e) => {
+                        tracing::warn!(kind, "watch: {e}; listing again");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(kind, "watch: {e}; retrying");
+                        continue;
+                    }
+                };
+                writer.apply_watcher_event(&event);
+                match event {
+                    watcher::Event::Init => tracing::info!(kind, "listing"),
+                    watcher::Event::InitApply(_) => {}
+                    watcher::Event::InitDone => {
+                        tracing::info!(kind, "listed");
+                        changed.notify_one();
+                    }
+                    watcher::Event::Apply(_) | watcher::Event::Delete(_) => changed.notify_one(),
+                }
+            }
+        }
+    });
+    reader
+}
+
+pub async fn run(client: Client, opts: Options) -> Result<(), String> {
+    let changed = Arc::new(Notify::new());
+    let services: Store<Service> = watch(Api::all(client.clone()), changed.clone());
+    let slices: Store<EndpointSlice> = watch(Api::all(client), changed.clone());
+    services
+        .wait_until_ready()
+        .await
+        .map_err(|e| format!("Services: {e}"))?;
+    slices
+        .wait_until_ready()
+        .await
+        .map_err(|e| format!("EndpointSlices: {e}"))?;
+    let mut imports = 0u64;
+    let mut retry = false;
+    loop {
+        let wait = if retry {
+            Duration::from_secs(1)
+        } else {
+            opts.resync
+        };
+        let _ = tokio::time::timeout(wait, changed.notified()).await;
+        // Let a burst of changes (a rollout) land in one import.
+        tokio::time::sleep(opts.debounce).await;
+        let body = list::body(&services.state(), &slices.state());
+        let socket = opts.ctl.clone();
+        let bytes = body.len();
+        let result = tokio::task::spawn_blocking(move || ctl::import(&socket, &body))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+        match result {
+            Ok(summary) => {
+                retry = false;
+                imports += 1;
+                tracing::info!(
+                    bytes,
+                    services = summary["services"].as_u64(),
+                    endpoints = summary["endpoints"].as_u64(),
+                    flows_closed = summary["flows_closed"].as_u64(),
+                    "imported"
+                );
+                if opts.max_imports.is_some_and(|m| imports >= m) {
+                    return Ok(());
+                }
+            }
+            Err(e) => {
+                retry = true;
+                tracing::warn!("import into {}: {e}; retrying", opts.ctl.display());
+            }
+        }
+    }
+}
