@@ -43,8 +43,14 @@
 #         fdb/neigh/route entries). Pods' MTU 1450; transmit checksum offload off on the veth
 #         ends that transmit into vswitch ports. Runs last: it rewires the topology.
 #         VS2_CORES=LIST moves node 2's worker.
+#   tcp   pod to pod TCP on one node (issue 12): iperf3 from pod A (gen0 10.244.1.4, client) to
+#         pod B (sink0 10.244.1.2, `iperf3 -s -1`), 1 and 4 streams, both directions (-R),
+#         MTU 1500 (jumbo frames are not supported yet), --duration seconds each (-J): vswitch
+#         --ports vs. a Linux bridge, interleaved. The pods keep the kernel's default offloads
+#         (vswitch finishes partial checksums). Gbit/s, retransmits and busy CPU (all cores,
+#         /proc/stat) per Gbit/s. iperf3 is installed from Debian when missing. Not in `all`.
 #
-#   scripts/bench.sh [--scenario l2|dnat|search|ctscale|vxlan|all] [--runs N] [--duration SECS]
+#   scripts/bench.sh [--scenario l2|dnat|search|ctscale|vxlan|tcp|all] [--runs N] [--duration SECS]
 #                    [--size BYTES] [--flows N] [--sink xdp-drop|stack] [--services N] [--fill N]
 #                    [--peers ovs,testpmd,busypoll|none] [--workers "1 2 4"] [--conn-rate N]
 #
@@ -78,7 +84,7 @@ while [ $# -gt 0 ]; do
 	*) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 done
-case $scenario in l2 | dnat | connrate | search | scale | ctscale | vxlan | all) ;; *) echo "bench.sh: --scenario must be l2, dnat, connrate, search, scale, ctscale, vxlan or all" >&2; exit 2 ;; esac
+case $scenario in l2 | dnat | connrate | search | scale | ctscale | vxlan | tcp | all) ;; *) echo "bench.sh: --scenario must be l2, dnat, connrate, search, scale, ctscale, vxlan, tcp or all" >&2; exit 2 ;; esac
 case $sink in xdp-drop | stack) ;; *) echo "bench.sh: --sink must be xdp-drop or stack" >&2; exit 2 ;; esac
 scripts/install-deps.sh
 with_ovs="" with_testpmd=""
@@ -95,6 +101,7 @@ if [ "$scenario" = l2 ] || [ "$scenario" = all ]; then
 	[ -z "$with_ovs" ] || install_peer ovs-vswitchd openvswitch-switch
 	[ -z "$with_testpmd" ] || install_peer dpdk-testpmd dpdk-dev librte-net-af-xdp23
 fi
+[ "$scenario" != tcp ] || install_peer iperf3 iperf3
 echo "== building release binaries"
 cargo build --release -q -p switch -p bench
 bin=target/release
@@ -514,7 +521,63 @@ vxlan_kernel() {
 	echo "$r 0"
 }
 
-# Generator ceiling: straight into an XDP drop on the next veth.
+# TCP between two pods on one node (--scenario tcp): pod A is gen0 (client), pod B sink0
+# (server). Both keep the kernel's default offloads (no `ethtool -K ... tx off` here).
+# tcp_one STREAMS REVERSE: one bounded iperf3 run; prints "gbps retransmits busy_cores
+# switch_process_cores" (busy: all CPUs from /proc/stat over the client's run).
+tcp_one() {
+	local rev=() srv out before after
+	[ "$2" = 1 ] && rev=(-R)
+	ip netns exec $SINK timeout $((duration + 20)) iperf3 -s -1 -B 10.244.1.2 >"$tmp/iperf-s" 2>&1 &
+	srv=$!
+	for _ in $(seq 50); do ip netns exec $SINK ss -ltn | grep -q ':5201 ' && break; sleep 0.1; done
+	out=$tmp/iperf-c
+	before=$(cpu_snapshot)
+	ip netns exec $GEN timeout $((duration + 15)) iperf3 -c 10.244.1.2 -B 10.244.1.4 -t "$duration" \
+		-P "$1" "${rev[@]}" -J >"$out" || true
+	after=$(cpu_snapshot)
+	wait $srv || true
+	python3 - "$out" "$before" "$after" "$duration" <<'PY'
+import json, os, sys
+try:
+    end = json.load(open(sys.argv[1]))["end"]
+    gbps = end["sum_received"]["bits_per_second"] / 1e9
+    retr = end["sum_sent"].get("retransmits", 0)
+except (ValueError, KeyError):
+    gbps, retr = 0.0, -1
+b, a = sys.argv[2].split(), sys.argv[3].split()
+busy = 0.0
+for x, y in zip(b[:-1], a[:-1]):
+    (bb, bt), (ab, at) = map(int, x.split(":")), map(int, y.split(":"))
+    busy += (ab - bb) / max(at - bt, 1)
+proc = (int(a[-1]) - int(b[-1])) / os.sysconf("SC_CLK_TCK") / float(sys.argv[4])
+print(f"{gbps:.3f}", retr, f"{busy:.2f}", f"{proc:.2f}")
+PY
+}
+
+tcp_vswitch() {
+	start_vswitch --ports vgen,vsink
+	local r
+	r=$(tcp_one "$@")
+	stop_vswitch
+	echo "$r"
+}
+
+# The Linux bridge as the bridge CNI plugin leaves it: no offload changes anywhere.
+tcp_bridge() {
+	ip -n $SW link add br0 type bridge
+	ip -n $SW link set vgen master br0
+	ip -n $SW link set vsink master br0
+	ip -n $SW link set br0 up
+	local r
+	r=$(tcp_one "$@")
+	ip -n $SW link del br0
+	echo "$r"
+}
+
+# Generator ceiling: straight into an XDP drop on the next veth (not for tcp: no generator).
+gen_ceiling=0
+[ "$scenario" = tcp ] || {
 echo "== generator ceiling (into an XDP drop on the next veth)"
 ip netns exec $SW $bin/vswitch-pktgen count --dev vgen --xdp-drop --duration "$((duration + 2))" >"$tmp/ceiling" &
 c=$!
@@ -524,6 +587,7 @@ gen_out=$(ip netns exec $GEN $bin/vswitch-pktgen send --dev gen0 --core 1 --src-
 wait $c
 gen_ceiling=$(python3 -c "import re,sys; r=int(re.search(r'received=(\d+)', sys.argv[1]).group(1)); s=float(re.search(r'seconds=([0-9.]+)', sys.argv[2]).group(1)); print(round(r/s))" "$(tail -1 "$tmp/ceiling")" "$gen_out")
 echo "   $gen_ceiling pps"
+}
 
 mkdir -p bench/results
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
@@ -681,7 +745,60 @@ print(f"written {out}")
 PY
 fi
 
-[ "$scenario" = search ] || [ "$scenario" = scale ] || python3 scripts/chart.py
+if [ "$scenario" = tcp ]; then
+	declare -A tcp_of
+	echo "== scenario tcp (iperf3, $runs run(s) of ${duration}s per case, MTU 1500, pods' default offloads)"
+	for r in $(seq "$runs"); do
+		for streams in 1 4; do
+			for rev in 0 1; do
+				for pair in vswitch:tcp_vswitch linux-bridge:tcp_bridge; do
+					label=${pair%%:*} fn=${pair#*:}
+					read -r g re b pc < <("$fn" "$streams" "$rev")
+					tcp_of[$streams,$rev,$label]+="$g,$re,$b,$pc "
+					printf 'run %s P=%s %-7s %-13s %s Gbit/s, %s retransmits, %s cores busy, switch process %s cores\n' \
+						"$r" "$streams" "$([ $rev = 1 ] && echo B-to-A || echo A-to-B)" "$label:" "$g" "$re" "$b" "$pc"
+				done
+			done
+		done
+	done
+	out=bench/results/tcp-$stamp.json
+	spec=()
+	for k in "${!tcp_of[@]}"; do spec+=("$k" "${tcp_of[$k]}"); done
+	python3 - "$out" "$duration" "${spec[@]}" <<'PY'
+import json, os, platform, statistics, sys
+out, duration, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
+med = statistics.median
+cases = {}
+for i in range(0, len(rest), 2):
+    streams, rev, label = rest[i].split(",")
+    runs = [[float(v) for v in run.split(",")] for run in rest[i + 1].split()]
+    case = f"{streams} stream(s), {'B to A (-R)' if rev == '1' else 'A to B'}"
+    cases.setdefault(case, {})[label] = {
+        "runs_gbps": [r[0] for r in runs], "median_gbps": med([r[0] for r in runs]),
+        "retransmits": [int(r[1]) for r in runs], "busy_cores": [r[2] for r in runs],
+        "switch_process_cores": [r[3] for r in runs],
+        "busy_cores_per_gbps": [round(r[2] / r[0], 3) if r[0] else None for r in runs],
+    }
+for planes in cases.values():
+    v, b = planes["vswitch"]["median_gbps"], planes["linux-bridge"]["median_gbps"]
+    planes["ratio_vswitch/linux-bridge"] = round(v / b, 3) if b else None
+result = {"scenario": "tcp", "tool": "iperf3", "mtu": 1500, "duration_s": float(duration),
+          "machine": f"{platform.node()} {os.cpu_count()} cores {platform.machine()} kernel {platform.release()}",
+          "cases": dict(sorted(cases.items()))}
+json.dump(result, open(out, "w"), indent=2)
+print(f"\n{'case':<26} {'dataplane':<13} {'Gbit/s':>8} {'retr':>7} {'busy':>6} {'cores/Gbit/s':>13} {'vswitch is':>11}")
+for case, planes in sorted(cases.items()):
+    for label in ("vswitch", "linux-bridge"):
+        p = planes[label]
+        busy = med(p["busy_cores"])
+        ratio = f"{planes['ratio_vswitch/linux-bridge']:.2f}x" if label == "linux-bridge" and planes["ratio_vswitch/linux-bridge"] else ""
+        print(f"{case:<26} {label:<13} {p['median_gbps']:>8.2f} {int(med(p['retransmits'])):>7} {busy:>6.2f} "
+              f"{busy / p['median_gbps'] if p['median_gbps'] else float('nan'):>13.3f} {ratio:>11}")
+print(f"written {out}")
+PY
+fi
+
+[ "$scenario" = search ] || [ "$scenario" = scale ] || [ "$scenario" = tcp ] || python3 scripts/chart.py
 
 # RFC 2544 search, L2: vswitch, then the Linux bridge.
 search_one() {
