@@ -97,12 +97,10 @@ impl Ctx<'_> {
         let Some((Segment::Overlay, vtep)) = self.policy.routes.lookup(to) else {
             return;
         };
-        let Some(peer_mac) = overlay.peer_mac(vtep) else {
-            return;
-        };
-        encap::set_inner_macs(&mut frame, overlay, peer_mac);
         let src_port = vxlan::source_port(u32::from(to) as u64);
-        encap::push_outer(&mut frame, overlay, vtep, src_port);
+        if encap::push_outer(&mut frame, overlay, vtep, src_port).is_err() {
+            return;
+        }
         self.count(GwCounter::VxlanEncapsulated);
         if let Disposition::Forward(port) = deliver_outer(self, &mut frame, vtep) {
             self.emit.push(Emit {
@@ -244,7 +242,7 @@ fn route(ctx: &mut Ctx<'_>, frame: &mut [u8]) -> Step {
         if frame.len() > inner_at && crate::offload::complete(&mut frame[inner_at..]) {
             ctx.count(GwCounter::ChecksumsCompleted);
         }
-        let ip = Ipv4Packet::new_checked(&frame[ETHERNET_HEADER_LEN..]).expect("checked above");
+        let ip = Ipv4Packet::new_quoted(&frame[ETHERNET_HEADER_LEN..]).expect("checked above");
         let overlay = ctx.policy.overlay.as_ref().expect("checked");
         return match decap::check(overlay, &ip) {
             Ok(outer_len) => Step::Decap { outer_len },
@@ -463,17 +461,10 @@ fn forward(ctx: &mut Ctx<'_>, frame: &mut [u8], to: Translated, ttl: u8) -> Step
 /// Routes into the overlay: the packet must fit the uplink once encapsulated (else
 /// fragmentation-needed when it has DF, as a router with a smaller next-hop MTU does, and a
 /// counted drop either way: the overlay never fragments); then it is rewritten as any routed
-/// packet, its inner MACs are our VTEP's and the peer's, and the caller pushes the outer
-/// headers.
+/// packet, and the caller encapsulates it (`encap::push_outer`).
 fn to_overlay(ctx: &mut Ctx<'_>, frame: &mut [u8], to: Translated, vtep: Ipv4Addr) -> Step {
-    let Some(overlay) = ctx.policy.overlay.as_ref() else {
-        return ctx.drop_step(GwCounter::DropNoRoute);
-    };
-    let Some(peer_mac) = overlay.peer_mac(vtep) else {
-        return ctx.drop_step(GwCounter::DropNoRoute);
-    };
     let ip = Ipv4Packet::new_quoted(&frame[ETHERNET_HEADER_LEN..]).expect("checked on entry");
-    let (len, dont_fragment) = (ip.total_len(), ip.dont_fragment());
+    let (len, dont_fragment, proto) = (ip.total_len(), ip.dont_fragment(), ip.protocol());
     if !encap::fits(len, ctx.policy.uplink_mtu) {
         if dont_fragment {
             let mtu = encap::inner_mtu(ctx.policy.uplink_mtu) as u32;
@@ -486,14 +477,12 @@ fn to_overlay(ctx: &mut Ctx<'_>, frame: &mut [u8], to: Translated, vtep: Ipv4Add
         .expect("checked on entry")
         .decrement_ttl();
     ctx.count(GwCounter::Routed);
-    encap::set_inner_macs(frame, overlay, peer_mac);
-    let ip = Ipv4Packet::new_quoted(&frame[ETHERNET_HEADER_LEN..]).expect("checked on entry");
     let inner = Tuple {
         src: to.0,
         dst: to.2,
         sport: to.1,
         dport: to.3,
-        proto: ip.protocol(),
+        proto,
         zone: NODE_ZONE,
     };
     Step::Encap {

@@ -333,8 +333,14 @@ impl Gateway {
                     self.counters.add(GwCounter::DropNoRoute, 1);
                     return Disposition::Drop;
                 };
-                if !encap::push_outer(frame, overlay, vtep, src_port) {
-                    self.counters.add(GwCounter::DropNoHeadroom, 1);
+                if let Err(e) = encap::push_outer(frame, overlay, vtep, src_port) {
+                    self.counters.add(
+                        match e {
+                            encap::EncapError::UnknownPeer => GwCounter::DropNoRoute,
+                            encap::EncapError::NoHeadroom => GwCounter::DropNoHeadroom,
+                        },
+                        1,
+                    );
                     return Disposition::Drop;
                 }
                 self.counters.add(GwCounter::VxlanEncapsulated, 1);

@@ -45,7 +45,7 @@ pub fn check(overlay: &Overlay, ip: &Ipv4Packet<&[u8]>) -> Result<usize, DecapEr
     if header.vni != overlay.vni {
         return Err(DecapError::WrongVni);
     }
-    if overlay.peer_mac(ip.src()).is_none() {
+    if overlay.peer(ip.src()).is_none() {
         return Err(DecapError::UnknownPeer);
     }
     let inner = &udp[UDP_HEADER_LEN + VXLAN_HEADER_LEN..];

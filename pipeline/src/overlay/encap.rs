@@ -1,11 +1,11 @@
 //! Encapsulation: the inner frame gets our VTEP MAC and the peer's, and the outer Ethernet,
-//! IPv4, UDP and VXLAN headers go in front of it.
+//! IPv4, UDP and VXLAN headers go in front of it — one lookup of the peer for both.
 
 use super::Overlay;
 use crate::packet::Packet;
 use crate::wire::checksum;
 use crate::wire::vxlan::{self, ENCAP_OVERHEAD};
-use crate::wire::{EthernetFrame, MacAddr, ETHERNET_HEADER_LEN};
+use crate::wire::{EthernetFrame, ETHERNET_HEADER_LEN};
 use std::net::Ipv4Addr;
 
 /// Whether an inner IPv4 packet of `inner_ip_len` bytes fits the uplink once encapsulated.
@@ -20,31 +20,37 @@ pub fn inner_mtu(uplink_mtu: u32) -> u16 {
     (uplink_mtu as usize).saturating_sub(vxlan::MTU_OVERHEAD) as u16
 }
 
-/// Addresses the inner Ethernet header from our VTEP to the peer's.
-pub fn set_inner_macs(frame: &mut [u8], overlay: &Overlay, peer_mac: MacAddr) {
-    let mut eth = EthernetFrame::new_unchecked(&mut frame[..ETHERNET_HEADER_LEN]);
-    eth.set_src_addr(overlay.mac);
-    eth.set_dst_addr(peer_mac);
+/// Why a frame was not encapsulated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncapError {
+    /// The VTEP is not a peer's.
+    UnknownPeer,
+    /// No room in front of the frame.
+    NoHeadroom,
 }
 
-/// Pushes the outer headers in front of `packet` (the inner Ethernet frame), to `vtep` from
-/// UDP source port `src_port`: the peer's prepared headers, with the lengths, the source port
-/// and the IPv4 checksum (updated from the template's, RFC 1624) filled in. False, changing
-/// nothing, without the headroom or for a VTEP that is not a peer's.
+/// Encapsulates `packet` (the inner Ethernet frame) to the peer whose VTEP is `vtep`, from UDP
+/// source port `src_port`: the inner Ethernet header is addressed from our VTEP MAC to the
+/// peer's, and the peer's prepared outer headers go in front, with the lengths, the source
+/// port and the IPv4 checksum (updated from the template's, RFC 1624) filled in. On an error
+/// nothing has changed.
 #[inline]
 pub fn push_outer<P: Packet>(
     packet: &mut P,
     overlay: &Overlay,
     vtep: Ipv4Addr,
     src_port: u16,
-) -> bool {
-    let Some(peer) = overlay.peer(vtep) else {
-        return false;
-    };
+) -> Result<(), EncapError> {
+    let peer = overlay.peer(vtep).ok_or(EncapError::UnknownPeer)?;
     let inner_len = packet.as_ref().len();
     if !packet.push_front(ENCAP_OVERHEAD) {
-        return false;
+        return Err(EncapError::NoHeadroom);
     }
+    let mut inner = EthernetFrame::new_unchecked(
+        &mut packet.as_mut()[ENCAP_OVERHEAD..ENCAP_OVERHEAD + ETHERNET_HEADER_LEN],
+    );
+    inner.set_src_addr(overlay.mac);
+    inner.set_dst_addr(peer.mac);
     let out = &mut packet.as_mut()[..ENCAP_OVERHEAD];
     out.copy_from_slice(&peer.outer);
     const IP: usize = ETHERNET_HEADER_LEN;
@@ -58,5 +64,5 @@ pub fn push_outer<P: Packet>(
     out[UDP..UDP + 2].copy_from_slice(&src_port.to_be_bytes());
     let udp_len = (vxlan::UDP_HEADER_LEN + vxlan::VXLAN_HEADER_LEN + inner_len) as u16;
     out[UDP + 4..UDP + 6].copy_from_slice(&udp_len.to_be_bytes());
-    true
+    Ok(())
 }

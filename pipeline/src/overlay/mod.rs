@@ -69,12 +69,6 @@ impl Overlay {
         self.peers.get(&vtep)
     }
 
-    /// The MAC of the peer whose VTEP is `vtep`.
-    #[inline]
-    pub fn peer_mac(&self, vtep: Ipv4Addr) -> Option<MacAddr> {
-        self.peer(vtep).map(|p| p.mac)
-    }
-
     pub fn in_peer_cidr(&self, ip: Ipv4Addr) -> bool {
         self.cidrs.iter().any(|c| c.contains(ip))
     }
