@@ -44,6 +44,11 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A table of `list`'s objects, one column per key, headed by the keys.
+fn listing(list: &Value, keys: &[&str]) -> String {
+    table(keys, &rows(list, keys))
+}
+
 fn rows(list: &Value, keys: &[&str]) -> Vec<Vec<String>> {
     list.as_array()
         .map(|a| {
@@ -128,29 +133,16 @@ fn mib(v: &Value) -> String {
 fn stats(r: &Value) -> String {
     let mut out = ports(&r["ports"]);
     out.push('\n');
-    out.push_str(&table(
-        &[
-            "worker",
-            "core",
-            "packets",
-            "cycles_per_packet",
-            "busy_percent",
-            "sockets",
-            "frames_free",
-        ],
-        &rows(
-            &r["workers"],
-            &[
-                "worker",
-                "core",
-                "packets",
-                "cycles_per_packet",
-                "busy_percent",
-                "sockets",
-                "frames_free",
-            ],
-        ),
-    ));
+    let workers = [
+        "worker",
+        "core",
+        "packets",
+        "cycles_per_packet",
+        "busy_percent",
+        "sockets",
+        "frames_free",
+    ];
+    out.push_str(&listing(&r["workers"], &workers));
     let _ = writeln!(
         out,
         "\nbridge: fdb_entries={} {}",
@@ -236,18 +228,9 @@ pub fn render(words: &[String], r: &Value) -> String {
     match words.as_slice() {
         ["show", "ports", ..] => ports(&r["ports"]),
         ["show", "stats", ..] => stats(r),
-        ["show", "fdb", ..] => table(
-            &["mac", "port", "age_s"],
-            &rows(&r["fdb"], &["mac", "port", "age_s"]),
-        ),
-        ["show", "neigh", ..] => table(
-            &["ip", "mac", "port", "state"],
-            &rows(&r["neigh"], &["ip", "mac", "port", "state"]),
-        ),
-        ["show", "routes", ..] => table(
-            &["prefix", "via", "segment"],
-            &rows(&r["routes"], &["prefix", "via", "segment"]),
-        ),
+        ["show", "fdb", ..] => listing(&r["fdb"], &["mac", "port", "age_s"]),
+        ["show", "neigh", ..] => listing(&r["neigh"], &["ip", "mac", "port", "state"]),
+        ["show", "routes", ..] => listing(&r["routes"], &["prefix", "via", "segment"]),
         ["show", "services", ..] => services(&r["services"]),
         ["show", "conntrack", ..] => {
             let keys = [
@@ -259,7 +242,7 @@ pub fn render(words: &[String], r: &Value) -> String {
                 "state",
                 "expires_s",
             ];
-            let mut out = table(&keys, &rows(&r["conntrack"], &keys));
+            let mut out = listing(&r["conntrack"], &keys);
             let shown = r["conntrack"].as_array().map_or(0, |a| a.len());
             let _ = writeln!(out, "{shown} of {} connections", r["total"]);
             out
