@@ -879,6 +879,25 @@ fn udp_fragments(
         .collect()
 }
 
+/// Sends each frame on `ingress`; each must be forwarded out of `egress`. Returns them as sent.
+#[track_caller]
+fn all_forwarded(
+    gw: &mut Gateway,
+    frames: Vec<Vec<u8>>,
+    ingress: PortId,
+    now: u64,
+    egress: PortId,
+) -> Vec<Vec<u8>> {
+    frames
+        .into_iter()
+        .map(|f| {
+            let o = send(gw, f, ingress, now);
+            assert_eq!(o.next, Disposition::Forward(egress));
+            o.frame
+        })
+        .collect()
+}
+
 /// Joins forwarded fragments back into the UDP datagram; checks every IPv4 header checksum
 /// and the UDP checksum over the whole, and returns (src, dst, sport, dport, payload).
 fn reassemble(frames: &[Vec<u8>]) -> (Ipv4Addr, Ipv4Addr, u16, u16, Vec<u8>) {
@@ -917,25 +936,14 @@ fn later_fragments_follow_the_first_through_masquerade_and_back() {
     learn_neighbors(&mut gw);
     let frags = udp_fragments(pod_mac(1), (POD1, 5000), (EXT, 9000), 4000, 77);
     assert_eq!(frags.len(), 3);
-    let mut out = Vec::new();
-    for f in frags {
-        let o = send(&mut gw, f, 0, 0);
-        assert_eq!(o.next, Disposition::Forward(UPLINK));
-        out.push(o.frame);
-    }
+    let out = all_forwarded(&mut gw, frags, 0, 0, UPLINK);
     let (src, dst, sport, dport, payload) = reassemble(&out);
     assert_eq!((src, dst, dport), (NODE_IP, EXT, 9000));
     assert_eq!(payload.len(), 4000);
     assert_eq!(gw.counters().get(GwCounter::FragmentsTranslated), 2);
     // The reply, fragmented too, reaches the pod whole.
-    let replies: Vec<Vec<u8>> = udp_fragments(ROUTER_MAC, (EXT, 9000), (NODE_IP, sport), 3000, 9)
-        .into_iter()
-        .map(|f| send(&mut gw, f, UPLINK, 1))
-        .map(|o| {
-            assert_eq!(o.next, Disposition::Forward(0));
-            o.frame
-        })
-        .collect();
+    let replies = udp_fragments(ROUTER_MAC, (EXT, 9000), (NODE_IP, sport), 3000, 9);
+    let replies = all_forwarded(&mut gw, replies, UPLINK, 1, 0);
     let (src, dst, sport, dport, payload) = reassemble(&replies);
     assert_eq!((src, dst, sport, dport), (EXT, POD1, 9000, 5000));
     assert_eq!(payload.len(), 3000);
@@ -956,20 +964,14 @@ fn later_fragments_follow_the_first_through_a_service() {
     });
     let mut gw = gateway(&c);
     learn_neighbors(&mut gw);
-    let out: Vec<Vec<u8>> = udp_fragments(
+    let frags = udp_fragments(
         pod_mac(3),
         (POD3, 4444),
         (Ipv4Addr::new(10, 96, 0, 53), 53),
         4000,
         5,
-    )
-    .into_iter()
-    .map(|f| {
-        let o = send(&mut gw, f, 2, 0);
-        assert_eq!(o.next, Disposition::Forward(1));
-        o.frame
-    })
-    .collect();
+    );
+    let out = all_forwarded(&mut gw, frags, 2, 0, 1);
     let (src, dst, sport, dport, payload) = reassemble(&out);
     assert_eq!((src, dst, sport, dport), (POD3, POD2, 4444, 5353));
     assert_eq!(payload.len(), 4000);
