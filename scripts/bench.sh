@@ -49,10 +49,18 @@
 #         --ports vs. a Linux bridge, interleaved. The pods keep the kernel's default offloads
 #         (vswitch finishes partial checksums). Gbit/s, retransmits and busy CPU (all cores,
 #         /proc/stat) per Gbit/s. iperf3 is installed from Debian when missing. Not in `all`.
+#   live  ports attached and detached under load (issue 8): L2 gen0 -> sink0 at --rate pps
+#         (default 1,000,000) while nothing else happens, then while `vswitch ctl port add/del`
+#         cycles 8 other pods' ports (each command's wall time, client process included);
+#         frames lost between the two pods in each case. Then `port add` to the first frame
+#         forwarded from the new pod (it streams a frame every 100 us to the sink before its
+#         port exists; the sink's AF_PACKET socket stamps the first) and `port del`; then
+#         unlimited-rate L2 with and without `vswitch ctl show stats` every 100 ms. Not in `all`.
 #
-#   scripts/bench.sh [--scenario l2|dnat|search|ctscale|vxlan|tcp|all] [--runs N] [--duration SECS]
+#   scripts/bench.sh [--scenario l2|dnat|search|ctscale|vxlan|tcp|live|all] [--runs N] [--duration SECS]
 #                    [--size BYTES] [--flows N] [--sink xdp-drop|stack] [--services N] [--fill N]
 #                    [--peers ovs,testpmd,busypoll|none] [--workers "1 2 4"] [--conn-rate N]
+#                    [--rate PPS]
 #
 # --peers busypoll adds vswitch --busy-poll to l2: preferred busy polling, the worker running
 # its ports' receive NAPI itself.
@@ -65,6 +73,7 @@ cd "$(dirname "$0")/.."
 scenario=all runs=3 duration=5 size=64 flows=1 sink=xdp-drop services=1 fill=1000000 peers=ovs,testpmd
 workers_list="1 2 4"
 conn_rate=100000
+live_rate=1000000
 # Service protocol and extra generator options (the connrate scenario changes them).
 svc_proto=udp
 gen_extra=()
@@ -81,10 +90,11 @@ while [ $# -gt 0 ]; do
 	--peers) peers=$2; shift 2 ;;
 	--workers) workers_list=$2; shift 2 ;;
 	--conn-rate) conn_rate=$2; shift 2 ;;
+	--rate) live_rate=$2; shift 2 ;;
 	*) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 done
-case $scenario in l2 | dnat | connrate | search | scale | ctscale | vxlan | tcp | all) ;; *) echo "bench.sh: --scenario must be l2, dnat, connrate, search, scale, ctscale, vxlan, tcp or all" >&2; exit 2 ;; esac
+case $scenario in l2 | dnat | connrate | search | scale | ctscale | vxlan | tcp | live | all) ;; *) echo "bench.sh: --scenario must be l2, dnat, connrate, search, scale, ctscale, vxlan, tcp, live or all" >&2; exit 2 ;; esac
 case $sink in xdp-drop | stack) ;; *) echo "bench.sh: --sink must be xdp-drop or stack" >&2; exit 2 ;; esac
 scripts/install-deps.sh
 with_ovs="" with_testpmd=""
@@ -206,6 +216,8 @@ for x, y in zip(b[:-1], a[:-1]):
     busy.append((ab - bb) / max(at - bt, 1))
 busy += [0.0] * (2 - len(busy))
 proc = (int(a[-1]) - int(b[-1])) / os.sysconf("SC_CLK_TCK") / secs
+if os.environ.get("COUNTS_TO"):
+    open(os.environ["COUNTS_TO"], "w").write(f"{sent} {received}\n")
 print(round(received / secs), round(sent / secs), f"{busy[0]:.2f}", f"{busy[1]:.2f}", f"{proc:.2f}")
 PY
 }
@@ -798,7 +810,7 @@ print(f"written {out}")
 PY
 fi
 
-[ "$scenario" = search ] || [ "$scenario" = scale ] || [ "$scenario" = tcp ] || python3 scripts/chart.py
+[ "$scenario" = search ] || [ "$scenario" = scale ] || [ "$scenario" = tcp ] || [ "$scenario" = live ] || python3 scripts/chart.py
 
 # RFC 2544 search, L2: vswitch, then the Linux bridge.
 search_one() {
@@ -825,6 +837,180 @@ for r in runs:
     lat = "  ".join(f"{k}: {v['p50']}/{v['p99']}/{v['p999']}" for k, v in r["latency_us_at_pdr_share"].items())
     print(f"{r['label']:<14} {r['ndr_pps']:>12,} {r['pdr_pps']:>12,}   {lat}")
 print(f"written {sys.argv[1]}")
+PY
+fi
+# Ports attached and detached under load (--scenario live).
+
+# loss_points: counters of the places a frame between gen0 and sink0 can be lost, as JSON.
+loss_points() {
+	python3 - "$SW" "$GEN" "$SINK" $bin/vswitch "$tmp/ctl-$SW.sock" <<'PY'
+import json, subprocess, sys
+sw, gen, sink, vswitch, sock = sys.argv[1:]
+def ethtool(ns, dev):
+    out = subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-S", dev], capture_output=True, text=True).stdout
+    return {k.strip(): int(v) for k, v in (l.split(":") for l in out.splitlines()[1:]) if v.strip().isdigit()}
+stats = json.loads(subprocess.run([vswitch, "ctl", "--socket", sock, "show", "stats", "--json"], capture_output=True, text=True).stdout)
+ports = stats["ports"]
+worker = {f"worker {k}": v for k, v in stats["workers"][0].items() if k in ("gaps_over_1ms", "longest_gap_us", "longest_commands_us")}
+drops = {f"vswitch {p['name']} {k}": v for p in ports if p["name"] in ("vgen", "vsink") for k, v in p["drops"].items()}
+g, v, k = ethtool(gen, "gen0"), ethtool(sw, "vgen"), ethtool(sink, "sink0")
+print(json.dumps({"gen0 xdp_xmit_errors (vgen's ring full)": g.get("tx_queue_0_xdp_xmit_errors", 0),
+                  "vgen rx drops": v.get("rx_queue_0_drops", 0) + v.get("rx_queue_0_xdp_drops", 0),
+                  "vgen xdp redirect to the switch": v.get("rx_queue_0_xdp_redirect", 0),
+                  "sink0 rx drops": k.get("rx_queue_0_drops", 0), **drops, **worker}))
+PY
+}
+
+# loss_delta BEFORE AFTER: the counters that grew between two loss_points.
+loss_delta() {
+	python3 -c '
+import json, sys
+a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print(", ".join(f"{k} +{b[k] - a.get(k, 0)}" for k in b if b[k] != a.get(k, 0)) or "none grew")
+' "$1" "$2"
+}
+
+# lost: frames the generator sent that the sink did not count, in the last measure.
+lost() { read -r sent received <"$tmp/counts"; echo $((sent - received)); }
+
+# live_churn SECONDS: cycles port add / port del over vp1..vp8 until SECONDS pass; each command's
+# wall time in ms (client process included) appended to $tmp/churn-add and $tmp/churn-del.
+live_churn() {
+	$spare python3 - "$1" "$tmp" $bin/vswitch "$tmp/ctl-$SW.sock" $SW <<'PY'
+import subprocess, sys, time
+secs, tmp, vswitch, sock, ns = float(sys.argv[1]), *sys.argv[2:]
+end = time.monotonic() + secs
+adds, dels = open(f"{tmp}/churn-add", "a"), open(f"{tmp}/churn-del", "a")
+i = 0
+while time.monotonic() < end:
+    port = f"vp{i % 8 + 1}"
+    for op, log in (("add", adds), ("del", dels)):
+        t = time.monotonic()
+        subprocess.run([vswitch, "ctl", "--socket", sock, "port", op, port],
+                       check=True, stdout=subprocess.DEVNULL)
+        log.write(f"{(time.monotonic() - t) * 1000:.1f}\n")
+    i += 1
+PY
+}
+
+# live_first: prints "add_ms first_frame_ms del_ms" for pod newp attached as vnew.
+live_first() {
+	ip netns exec $SINK python3 scripts/rawframe.py first sink0 02:00:00:00:01:99 5 >"$tmp/first" &
+	local rx=$!
+	for _ in $(seq 50); do grep -q ready "$tmp/first" && break; sleep 0.1; done
+	ip netns exec $NEW python3 scripts/rawframe.py stream newp $SINK_MAC 02:00:00:00:01:99 4 &
+	local tx=$!
+	sleep 0.3
+	local times
+	times=$(python3 - $bin/vswitch "$tmp/ctl-$SW.sock" $SW <<'PY'
+import subprocess, sys, time
+vswitch, sock, ns = sys.argv[1:]
+t0 = time.monotonic_ns()
+subprocess.run([vswitch, "ctl", "--socket", sock, "port", "add", "vnew"], check=True, stdout=subprocess.DEVNULL)
+print(t0, time.monotonic_ns())
+PY
+)
+	wait $rx
+	wait $tx
+	local t
+	t=$(python3 - $bin/vswitch "$tmp/ctl-$SW.sock" $SW <<'PY'
+import subprocess, sys, time
+vswitch, sock, ns = sys.argv[1:]
+t0 = time.monotonic_ns()
+subprocess.run([vswitch, "ctl", "--socket", sock, "port", "del", "vnew"], check=True, stdout=subprocess.DEVNULL)
+print((time.monotonic_ns() - t0) / 1e6)
+PY
+)
+	python3 -c '
+import sys
+t0, t1 = map(int, sys.argv[1].split())
+first = sys.argv[2].strip()
+print(f"{(t1 - t0) / 1e6:.1f}", f"{(int(first) - t0) / 1e6:.1f}" if first.isdigit() else "none", f"{float(sys.argv[3]):.1f}")
+' "$times" "$(tail -1 "$tmp/first")" "$t"
+}
+
+# live_show: unlimited-rate L2 with `show stats` every 100 ms beside it.
+live_show() {
+	(while :; do $spare $bin/vswitch ctl --socket "$tmp/ctl-$SW.sock" show stats >/dev/null; sleep 0.1; done) &
+	local loop=$!
+	measure $SINK_MAC 10.244.1.2 9
+	kill $loop
+	wait $loop 2>/dev/null || true
+}
+
+if [ "$scenario" = live ]; then
+	# The control clients run off the worker's core (as kubelet and CNI do on a node whose
+	# dataplane cores are reserved): on the generator's core, which has room to spare.
+	spare="taskset -c 1"
+	PODS=${P}pods NEW=${P}new
+	netns_add $PODS
+	netns_add $NEW
+	for i in $(seq 8); do
+		ip -n $SW link add vp$i type veth peer name p$i netns $PODS
+		ip -n $SW link set vp$i up
+		ip -n $PODS link set p$i up
+	done
+	ip -n $SW link add vnew type veth peer name newp netns $NEW
+	ip -n $SW link set vnew up
+	ip -n $NEW link set newp address 02:00:00:00:01:99 up
+	echo "== scenario live ($runs runs; L2 at $live_rate pps for ${duration}s each; 8 ports cycled)"
+	start_vswitch --ports vgen,vsink
+	announce_sink
+	base_lost="" churn_lost="" firsts="" show_on="" show_off=""
+	for r in $(seq "$runs"); do
+		gen_extra=(--rate "$live_rate")
+		p0=$(loss_points)
+		read -r d o _ < <(COUNTS_TO=$tmp/counts measure $SINK_MAC 10.244.1.2 9)
+		base_lost+="$(lost) "
+		echo "run $r quiet:           delivered $d pps of $o offered"
+		echo "   counters that grew: $(loss_delta "$p0" "$(loss_points)")"
+		p0=$(loss_points)
+		live_churn "$duration" &
+		churn=$!
+		read -r d o _ < <(COUNTS_TO=$tmp/counts measure $SINK_MAC 10.244.1.2 9)
+		wait $churn
+		churn_lost+="$(lost) "
+		echo "run $r ports churning:  delivered $d pps of $o offered"
+		echo "   counters that grew: $(loss_delta "$p0" "$(loss_points)")"
+		gen_extra=()
+		read -r d _ < <(measure $SINK_MAC 10.244.1.2 9)
+		show_off+="$d "
+		read -r s _ < <(live_show)
+		show_on+="$s "
+		echo "run $r unlimited:       $d pps without show, $s pps with show stats every 100 ms"
+		read -r a f x < <(live_first)
+		firsts+="$a,$f,$x "
+		echo "run $r new pod:         port add $a ms, first frame forwarded $f ms after it began, port del $x ms"
+	done
+	stop_vswitch
+	out=bench/results/live-$stamp.json
+	python3 - "$out" "$live_rate" "$duration" "$base_lost" "$churn_lost" "$show_off" "$show_on" "$firsts" "$tmp" <<'PY'
+import json, os, platform, statistics, sys
+out, rate, duration, base, churn, off, on, firsts, tmp = sys.argv[1:]
+ints = lambda s: [int(x) for x in s.split()]
+med = statistics.median
+adds = [float(x) for x in open(f"{tmp}/churn-add")]
+dels = [float(x) for x in open(f"{tmp}/churn-del")]
+first = [f.split(",") for f in firsts.split()]
+num = lambda v: float(v) if v != "none" else None
+result = {
+    "scenario": "live", "offered_pps": int(rate), "duration_s": float(duration),
+    "machine": f"{platform.node()} {os.cpu_count()} cores {platform.machine()} kernel {platform.release()}",
+    "frames_lost_quiet": ints(base), "frames_lost_while_ports_churn": ints(churn),
+    "churn_port_add_ms": {"count": len(adds), "median": med(adds), "max": max(adds)},
+    "churn_port_del_ms": {"count": len(dels), "median": med(dels), "max": max(dels)},
+    "new_pod": [{"port_add_ms": num(a), "first_frame_ms": num(f), "port_del_ms": num(x)} for a, f, x in first],
+    "unlimited_pps_without_show": ints(off), "unlimited_pps_with_show": ints(on),
+    "show_ratio": round(med(ints(on)) / med(ints(off)), 4),
+}
+json.dump(result, open(out, "w"), indent=2)
+print()
+print(f"frames lost at {int(rate):,} pps: quiet {base.split()}, while ports churn {churn.split()}")
+print(f"port add (client wall time): median {med(adds):.1f} ms, max {max(adds):.1f} ms over {len(adds)}")
+print(f"port del (client wall time): median {med(dels):.1f} ms, max {max(dels):.1f} ms over {len(dels)}")
+print("new pod: port add / first frame / port del ms:", "; ".join("/".join(f) for f in first))
+print(f"show stats every 100 ms: {result['show_ratio']:.3f}x the rate without it")
+print(f"written {out}")
 PY
 fi
 exit 0

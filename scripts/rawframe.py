@@ -11,6 +11,10 @@
                                                    complete (MODE good), left to offload (partial:
                                                    the pseudo-header sum only) or wrong; the
                                                    payload names the mode
+  rawframe.py stream IFACE DST_MAC SRC_MAC SECONDS  send a 0x88b5 frame every 100 us for SECONDS
+  rawframe.py first IFACE SRC_MAC SECONDS         print "ready", then the CLOCK_MONOTONIC time
+                                                   (ns) the first 0x88b5 frame from SRC_MAC
+                                                   arrived ("none" if none within SECONDS)
   rawframe.py udp-count PORT SECONDS               count datagrams received on PORT by payload
                                                    ("ready" first, then "<mode>=<n> ...")
 """
@@ -31,6 +35,37 @@ def send(iface, dst, src, count):
         frame = mac(dst) + mac(src) + ETHERTYPE.to_bytes(2, "big") + b"vswitch-test".ljust(46, b".")
         for _ in range(count):
             s.send(frame)
+
+
+def stream(iface, dst, src, seconds):
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((iface, 0))
+        frame = mac(dst) + mac(src) + ETHERTYPE.to_bytes(2, "big") + b"vswitch-stream".ljust(46, b".")
+        end = time.monotonic() + seconds
+        due = time.monotonic()
+        while due < end:
+            s.send(frame)
+            due += 0.0001
+            while time.monotonic() < due:
+                pass
+
+
+def first(iface, src, seconds):
+    want = mac(src)
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETHERTYPE)) as s:
+        s.bind((iface, 0))
+        s.settimeout(0.01)
+        print("ready", flush=True)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                frame, addr = s.recvfrom(2048)
+            except socket.timeout:
+                continue
+            if addr[2] != socket.PACKET_OUTGOING and frame[6:12] == want:
+                print(time.monotonic_ns(), flush=True)
+                return
+        print("none", flush=True)
 
 
 def garp(iface, src, ip, count):
@@ -127,6 +162,10 @@ if __name__ == "__main__":
         garp(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
     elif len(sys.argv) == 10 and sys.argv[1] == "udp":
         udp(*sys.argv[2:9], int(sys.argv[9]))
+    elif len(sys.argv) == 6 and sys.argv[1] == "stream":
+        stream(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]))
+    elif len(sys.argv) == 5 and sys.argv[1] == "first":
+        first(sys.argv[2], sys.argv[3], float(sys.argv[4]))
     elif len(sys.argv) == 4 and sys.argv[1] == "udp-count":
         udp_count(int(sys.argv[2]), float(sys.argv[3]))
     else:

@@ -278,6 +278,8 @@ pub struct Datapath {
     pub cores: Vec<Option<usize>>,
     /// Bytes of each worker's UMEM.
     pub umem_bytes: usize,
+    /// Where the process's other threads run (empty: anywhere).
+    pub housekeeping_cores: Vec<usize>,
     xdp_mode: XdpMode,
     rings: RingSizes,
     busy_poll: bool,
@@ -290,6 +292,9 @@ impl Datapath {
     pub fn start(config: &DatapathConfig) -> Result<Datapath, DatapathError> {
         let ports = validate(config)?;
         netdev::raise_memlock_limit();
+        // Before the workers start: they pin themselves, everything else stays off their cores.
+        let pinned: Vec<usize> = config.workers.iter().flatten().copied().collect();
+        let housekeeping_cores = crate::housekeeping::keep_off_worker_cores(&pinned);
         let nworkers = config.workers.len();
         // Channels between workers: frame handoffs and learned addresses.
         let (handoff_tx, handoff_rx): (Vec<Sender<Handoff>>, Vec<Receiver<Handoff>>) =
@@ -360,6 +365,7 @@ impl Datapath {
             epoch,
             cores: config.workers.clone(),
             umem_bytes: frames as usize * FRAME_SIZE as usize,
+            housekeeping_cores,
             xdp_mode: config.xdp_mode,
             rings: config.rings,
             busy_poll: config.busy_poll,

@@ -8,6 +8,7 @@
 
 pub mod bpf;
 pub mod datapath;
+pub mod housekeeping;
 pub mod netdev;
 pub mod socket;
 pub mod stats;

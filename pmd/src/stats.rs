@@ -70,6 +70,9 @@ define_counters! {
         FramesInTx => "frames_in_tx",
         Sockets => "sockets",
         DropPortAbsent => "drop_port_absent",
+        LongestGapUs => "longest_gap_us",
+        LongestCommandsUs => "longest_commands_us",
+        GapsOver1ms => "gaps_over_1ms",
     }
 }
 
@@ -93,6 +96,14 @@ impl<const N: usize> AtomicCounters<N> {
     #[inline]
     pub fn set(&self, index: usize, v: u64) {
         self.0[index].store(v, Relaxed);
+    }
+
+    /// Raises the value to `v` if lower (one writer: no lost update).
+    #[inline]
+    pub fn max(&self, index: usize, v: u64) {
+        if v > self.0[index].load(Relaxed) {
+            self.0[index].store(v, Relaxed);
+        }
     }
 
     pub fn get(&self, index: usize) -> u64 {

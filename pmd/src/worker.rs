@@ -57,6 +57,10 @@ const RETIRE_DEADLINE: Duration = Duration::from_millis(500);
 const REANNOUNCE_PER_PASS: usize = 256;
 
 /// Milliseconds since the workers' shared epoch.
+fn micros(d: std::time::Duration) -> u64 {
+    d.as_micros().min(u64::MAX as u128) as u64
+}
+
 pub fn now_ms(epoch: Instant) -> u64 {
     epoch.elapsed().as_millis() as u64
 }
@@ -215,13 +219,28 @@ impl Worker {
         let mut empty_passes = 0u32;
         let mut last_housekeeping = Instant::now();
         let mut passes = 0u64;
+        let mut last_poll = Instant::now();
         while !self.s.stop.load(Ordering::Relaxed) {
             // The one point where the worker's view of ports and tables changes.
             if !self.s.commands.is_empty() {
+                let t = Instant::now();
                 self.apply_commands();
+                self.s.stats.worker.max(
+                    WorkerCounter::LongestCommandsUs as usize,
+                    micros(t.elapsed()),
+                );
             }
             if !self.retiring.is_empty() {
                 self.service_retiring();
+            }
+            // How long the rings went unserved: what a stall costs in drops and latency.
+            let polled = Instant::now();
+            let gap = micros(polled - last_poll);
+            last_poll = polled;
+            let w = &self.s.stats.worker;
+            w.max(WorkerCounter::LongestGapUs as usize, gap);
+            if gap > 1000 {
+                w.add(WorkerCounter::GapsOver1ms as usize, 1);
             }
             let start = cycles();
             let now_ms = self.now_ms();
@@ -249,6 +268,8 @@ impl Worker {
                 && self.quiet()
             {
                 self.wait_for_traffic();
+                // A wait with nothing to serve is no stall.
+                last_poll = Instant::now();
             }
         }
         self.drain()

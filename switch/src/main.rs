@@ -89,6 +89,9 @@ fn main() -> ExitCode {
         }
     };
     emit(&start_line(&dp, &config, node.as_ref()));
+    if !dp.housekeeping_cores.is_empty() {
+        tracing::info!(cores = ?dp.housekeeping_cores, "other threads kept off the worker cores");
+    }
     let (requests_tx, requests) = crossbeam_channel::bounded::<Request>(16);
     {
         let tx = requests_tx.clone();

@@ -300,6 +300,9 @@ fn stats(live: &Live) -> Value {
                 "frames_in_fill": s.worker(WorkerCounter::FramesInFill),
                 "handoffs_out": s.worker(WorkerCounter::HandoffsOut),
                 "drop_port_absent": s.worker(WorkerCounter::DropPortAbsent),
+                "longest_gap_us": s.worker(WorkerCounter::LongestGapUs),
+                "longest_commands_us": s.worker(WorkerCounter::LongestCommandsUs),
+                "gaps_over_1ms": s.worker(WorkerCounter::GapsOver1ms),
             })
         })
         .collect();
