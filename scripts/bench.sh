@@ -45,7 +45,7 @@
 #         VS2_CORES=LIST moves node 2's worker.
 #   tcp   pod to pod TCP on one node (issue 12): iperf3 from pod A (gen0 10.244.1.4, client) to
 #         pod B (sink0 10.244.1.2, `iperf3 -s -1`), 1 and 4 streams, both directions (-R),
-#         MTU 1500 (jumbo frames are not supported yet), --duration seconds each (-J): vswitch
+#         MTU 1500 (--mtu 9000: jumbo frames on both pods' veths), --duration seconds each (-J): vswitch
 #         --ports vs. a Linux bridge, interleaved. The pods keep the kernel's default offloads
 #         (vswitch finishes partial checksums). Gbit/s, retransmits and busy CPU (all cores,
 #         /proc/stat) per Gbit/s. iperf3 is installed from Debian when missing. Not in `all`.
@@ -60,7 +60,7 @@
 #   scripts/bench.sh [--scenario l2|dnat|search|ctscale|vxlan|tcp|live|all] [--runs N] [--duration SECS]
 #                    [--size BYTES] [--flows N] [--sink xdp-drop|stack] [--services N] [--fill N]
 #                    [--peers ovs,testpmd,busypoll|none] [--workers "1 2 4"] [--conn-rate N]
-#                    [--rate PPS]
+#                    [--rate PPS] [--mtu BYTES]
 #
 # --peers busypoll adds vswitch --busy-poll to l2: preferred busy polling, the worker running
 # its ports' receive NAPI itself.
@@ -74,6 +74,7 @@ scenario=all runs=3 duration=5 size=64 flows=1 sink=xdp-drop services=1 fill=100
 workers_list="1 2 4"
 conn_rate=100000
 live_rate=1000000
+mtu=1500
 # Service protocol and extra generator options (the connrate scenario changes them).
 svc_proto=udp
 gen_extra=()
@@ -91,6 +92,7 @@ while [ $# -gt 0 ]; do
 	--workers) workers_list=$2; shift 2 ;;
 	--conn-rate) conn_rate=$2; shift 2 ;;
 	--rate) live_rate=$2; shift 2 ;;
+	--mtu) mtu=$2; shift 2 ;;
 	*) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 done
@@ -759,7 +761,8 @@ fi
 
 if [ "$scenario" = tcp ]; then
 	declare -A tcp_of
-	echo "== scenario tcp (iperf3, $runs run(s) of ${duration}s per case, MTU 1500, pods' default offloads)"
+	for dev in gen0:$GEN vgen:$SW sink0:$SINK vsink:$SW; do ip -n "${dev#*:}" link set "${dev%%:*}" mtu "$mtu"; done
+	echo "== scenario tcp (iperf3, $runs run(s) of ${duration}s per case, MTU $mtu, pods' default offloads)"
 	for r in $(seq "$runs"); do
 		for streams in 1 4; do
 			for rev in 0 1; do
@@ -773,10 +776,10 @@ if [ "$scenario" = tcp ]; then
 			done
 		done
 	done
-	out=bench/results/tcp-$stamp.json
+	out=bench/results/tcp-mtu$mtu-$stamp.json
 	spec=()
 	for k in "${!tcp_of[@]}"; do spec+=("$k" "${tcp_of[$k]}"); done
-	python3 - "$out" "$duration" "${spec[@]}" <<'PY'
+	MTU=$mtu python3 - "$out" "$duration" "${spec[@]}" <<'PY'
 import json, os, platform, statistics, sys
 out, duration, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
 med = statistics.median
@@ -794,7 +797,7 @@ for i in range(0, len(rest), 2):
 for planes in cases.values():
     v, b = planes["vswitch"]["median_gbps"], planes["linux-bridge"]["median_gbps"]
     planes["ratio_vswitch/linux-bridge"] = round(v / b, 3) if b else None
-result = {"scenario": "tcp", "tool": "iperf3", "mtu": 1500, "duration_s": float(duration),
+result = {"scenario": "tcp", "tool": "iperf3", "mtu": int(os.environ["MTU"]), "duration_s": float(duration),
           "machine": f"{platform.node()} {os.cpu_count()} cores {platform.machine()} kernel {platform.release()}",
           "cases": dict(sorted(cases.items()))}
 json.dump(result, open(out, "w"), indent=2)

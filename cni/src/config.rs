@@ -8,8 +8,8 @@ use std::path::PathBuf;
 pub const SUPPORTED_VERSIONS: &[&str] = &["1.0.0", "1.1.0"];
 pub const DEFAULT_SOCKET: &str = "/run/vswitch/vswitch.sock";
 pub const DEFAULT_MTU: u32 = 1500;
-/// The switch refuses larger MTUs (native XDP on veth would fail).
-pub const MAX_MTU: u32 = 3822;
+/// The switch refuses larger MTUs (its largest multi-buffer packet).
+pub const MAX_MTU: u32 = 9216;
 /// IPv4's minimum.
 pub const MIN_MTU: u32 = 68;
 
@@ -276,7 +276,7 @@ mod tests {
             code::INVALID_CONFIG
         );
         assert_eq!(code_of(&with("name", Value::Null)), code::INVALID_CONFIG);
-        assert_eq!(code_of(&with("mtu", 9000.into())), code::INVALID_CONFIG);
+        assert_eq!(code_of(&with("mtu", 9217.into())), code::INVALID_CONFIG);
         assert_eq!(code_of(&with("mtu", "big".into())), code::INVALID_CONFIG);
         assert_eq!(code_of(&with("ipam", Value::Null)), code::INVALID_CONFIG);
         assert_eq!(

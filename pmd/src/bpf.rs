@@ -10,6 +10,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_LOAD: libc::c_long = 5;
+/// The XDP program handles multi-buffer packets.
+const BPF_F_XDP_HAS_FRAGS: u32 = 1 << 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_FUNC_REDIRECT: i32 = 23;
@@ -252,16 +254,22 @@ impl RedirectProgram {
             insn(0x85, 0, 0, 0, BPF_FUNC_REDIRECT_MAP),
             insn(0x95, 0, 0, 0, 0),
         ];
+        // Frags-aware (it reads no packet bytes), so veth and drivers allow MTUs above a page.
         Ok(RedirectProgram {
-            fd: load_xdp(&insns, "vswitch_redir")?,
+            fd: load_xdp_flags(&insns, "vswitch_redir", BPF_F_XDP_HAS_FRAGS)?,
         })
     }
 }
 
 fn load_xdp(insns: &[Insn], name: &str) -> io::Result<OwnedFd> {
+    load_xdp_flags(insns, name, 0)
+}
+
+fn load_xdp_flags(insns: &[Insn], name: &str, prog_flags: u32) -> io::Result<OwnedFd> {
     let license = b"Dual MIT/GPL\0";
     let mut attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_XDP,
+        prog_flags,
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,

@@ -7,7 +7,7 @@ use crate::bpf::{RedirectProgram, XdpLink, XdpMode, XskMap};
 use crate::netdev;
 use crate::socket::PortSocket;
 use crate::stats::WorkerStats;
-use crate::umem::{RingSizes, Umem, UmemHandle, FRAME_SIZE, MAX_FRAME_LEN};
+use crate::umem::{RingSizes, Umem, UmemHandle, FRAME_SIZE, MAX_PACKET_LEN};
 use crate::worker::{Command, Handoff, PollMode, Worker, WorkerReport, WorkerSetup};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use pipeline::gateway::ForgottenPort;
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 /// Ethernet header plus one VLAN tag and the FCS-less trailer room the MTU does not include.
 const L2_OVERHEAD: u32 = 18;
 /// The largest MTU whose frames fit a UMEM frame.
-pub const MAX_MTU: u32 = MAX_FRAME_LEN - L2_OVERHEAD;
+pub const MAX_MTU: u32 = MAX_PACKET_LEN - L2_OVERHEAD;
 const HANDOFF_QUEUE: usize = 8192;
 const BUSY_POLL_USECS: i32 = 20;
 const BUSY_POLL_BUDGET: i32 = 64;
@@ -107,7 +107,7 @@ impl fmt::Display for DatapathError {
             }
             DatapathError::MtuTooLarge { port, mtu } => write!(
                 f,
-                "port {port:?} has MTU {mtu}, above the {MAX_MTU} a frame can hold (jumbo frames are not supported yet); lower it with `ip link set dev {port} mtu 1500`"
+                "port {port:?} has MTU {mtu}, above the largest supported, {MAX_MTU}; lower it with `ip link set dev {port} mtu 9000`"
             ),
             DatapathError::MtuTooLargeForNative { port, mtu } => write!(
                 f,
@@ -484,6 +484,7 @@ impl Datapath {
                 w,
                 Command::AddPort {
                     port,
+                    max_frame: info.mtu + L2_OVERHEAD,
                     sockets: socks,
                     remote,
                     done,

@@ -2,7 +2,7 @@
 //! into the worker's UMEM, which it registers itself (see `umem`), so it opens and closes
 //! without disturbing the worker's other sockets.
 
-use crate::umem::{Frame, FramePool, RingSizes, Umem, UmemHandle};
+use crate::umem::{Frame, FramePool, RingSizes, Umem, UmemHandle, MAX_CHAIN, XDP_PKT_CONTD};
 use std::ffi::CString;
 use std::io;
 use std::num::NonZeroU32;
@@ -67,6 +67,8 @@ fn raise_tx_budget(fd: i32, budget: u32) -> bool {
 }
 
 const SOL_XDP: libc::c_int = 283;
+/// Bind flag: multi-buffer packets (chains of descriptors).
+const XDP_USE_SG: u16 = 1 << 4;
 /// Frames lent to an idle port's fill ring; it doubles while the port receives faster than
 /// that, up to half the ring, and halves again when it calms down.
 pub const FILL_MIN: u32 = 32;
@@ -132,7 +134,8 @@ impl PortSocket {
         let config = SocketConfig {
             rx_size: NonZeroU32::new(rings.rx),
             tx_size: NonZeroU32::new(rings.tx),
-            bind_flags: SocketConfig::XDP_BIND_NEED_WAKEUP,
+            // Multi-buffer: a frame longer than one UMEM frame arrives (and leaves) as a chain.
+            bind_flags: SocketConfig::XDP_BIND_NEED_WAKEUP | XDP_USE_SG,
         };
         let user = xsk.rx_tx(&socket, &config).map_err(errno)?;
         let rx = user.map_rx().map_err(errno)?;
@@ -295,7 +298,8 @@ impl PortSocket {
                 got += 1;
                 // The kernel only returns frames we lent it; anything else is skipped (a handle
                 // to a frame in the pool or held elsewhere would alias it).
-                if let Some(frame) = umem.frame_at(desc.addr, desc.len, self.tag) {
+                if let Some(mut frame) = umem.frame_at(desc.addr, desc.len, self.tag) {
+                    frame.set_more(desc.options & XDP_PKT_CONTD != 0);
                     out.push(frame);
                 }
             }
@@ -304,6 +308,19 @@ impl PortSocket {
                 break;
             }
             n += got;
+        }
+        // The kernel publishes a chain at once: the rest of one cut by `max` is there.
+        while out.last().is_some_and(|f| f.more()) && n < max + MAX_CHAIN {
+            let mut reader = self.rx.receive(1);
+            let Some(desc) = reader.read() else {
+                break;
+            };
+            n += 1;
+            if let Some(mut frame) = umem.frame_at(desc.addr, desc.len, self.tag) {
+                frame.set_more(desc.options & XDP_PKT_CONTD != 0);
+                out.push(frame);
+            }
+            reader.release();
         }
         self.lent_to_fill -= n.min(self.lent_to_fill);
         self.received += n as u64;
@@ -317,9 +334,12 @@ impl PortSocket {
     }
 
     /// Queues frames from the front of `frames` for transmit; what does not fit stays in it.
-    pub fn transmit(&mut self, umem: &Umem, frames: &mut Vec<Frame>) -> u32 {
+    /// Returns whether the last frame queued continues in one that did not fit (a chain cut
+    /// by the ring's end: the kernel holds its start until the rest comes).
+    pub fn transmit(&mut self, umem: &Umem, frames: &mut Vec<Frame>) -> bool {
         let umem = umem.bound(&self.umem);
         let mut sent = 0;
+        let mut cut = false;
         // A reservation is served from a cached view of the kernel's consumer while that shows
         // any room; once it is used up, the next reservation reads the real one. So: twice.
         for _ in 0..2 {
@@ -331,6 +351,7 @@ impl PortSocket {
             if room == 0 {
                 break;
             }
+            cut = frames[room - 1].more();
             // Exactly `room` frames, no more than reserved: `insert` polls the iterator before
             // checking for a slot, so an extra frame would be marked lent and lost.
             let tag = self.tag;
@@ -338,7 +359,7 @@ impl PortSocket {
             writer.commit();
         }
         self.in_flight_tx += sent;
-        sent
+        cut
     }
 
     /// Tells the kernel to send what it has not taken from the tx ring yet, only when it asked

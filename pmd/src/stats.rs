@@ -17,6 +17,8 @@ define_counters! {
         DropHandoffFull => "tx_drop_handoff_full",
         DropEmitTooLarge => "tx_drop_emit_too_large",
         DropHandoffTooLarge => "tx_drop_handoff_too_large",
+        DropOverMtu => "tx_drop_over_mtu",
+        DropBadChain => "rx_drop_bad_chain",
         KernelRxDropped => "kernel_rx_dropped",
         KernelRxRingFull => "kernel_rx_ring_full",
         KernelFillRingEmpty => "kernel_fill_ring_empty",

@@ -23,6 +23,14 @@ const FRAME_SHIFT: u32 = FRAME_SIZE.trailing_zeros();
 pub const KERNEL_HEADROOM: u32 = 256;
 /// Largest frame that fits a UMEM frame after the kernel's headroom.
 pub const MAX_FRAME_LEN: u32 = FRAME_SIZE - KERNEL_HEADROOM;
+/// Largest packet, as a chain of UMEM frames (multi-buffer): a 9216-byte MTU with its
+/// Ethernet header and a VLAN tag.
+pub const MAX_PACKET_LEN: u32 = 9216 + 18;
+/// UMEM frames in the longest chain.
+pub const MAX_CHAIN: u32 = MAX_PACKET_LEN.div_ceil(MAX_FRAME_LEN);
+
+/// Descriptor option: the packet continues in the next descriptor.
+pub(crate) const XDP_PKT_CONTD: u32 = 1;
 
 static NEXT_UMEM_ID: AtomicU32 = AtomicU32::new(1);
 
@@ -33,6 +41,8 @@ pub struct Frame {
     index: u32,
     offset: u16,
     len: u16,
+    /// The packet goes on in the next frame (multi-buffer: `XDP_PKT_CONTD`).
+    more: bool,
 }
 
 impl Frame {
@@ -46,6 +56,15 @@ impl Frame {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Whether the packet goes on in the next frame of its chain.
+    pub fn more(&self) -> bool {
+        self.more
+    }
+
+    pub fn set_more(&mut self, more: bool) {
+        self.more = more;
     }
 
     /// Sets the data length; clamped to what fits after the data offset.
@@ -291,6 +310,7 @@ impl Memory {
             index,
             offset: offset as u16,
             len: len as u16,
+            more: false,
         })
     }
 
@@ -308,6 +328,7 @@ impl Memory {
                     index,
                     offset: KERNEL_HEADROOM as u16,
                     len: 0,
+                    more: false,
                 });
             }
         }
@@ -320,7 +341,7 @@ impl Memory {
         xdpilone::xdp::XdpDesc {
             addr: frame.addr(),
             len: frame.len as u32,
-            options: 0,
+            options: if frame.more { XDP_PKT_CONTD } else { 0 },
         }
     }
 
@@ -514,6 +535,7 @@ impl FramePool {
             index,
             offset: KERNEL_HEADROOM as u16,
             len: 0,
+            more: false,
         })
     }
 
@@ -571,6 +593,7 @@ mod tests {
             index: 3,
             offset: 256,
             len: 60,
+            more: false,
         };
         assert_eq!(frame.addr(), 3 * 4096 + 256);
         drop(umem_area);
@@ -583,6 +606,7 @@ mod tests {
             index: 0,
             offset: KERNEL_HEADROOM as u16,
             len: 0,
+            more: false,
         };
         frame.set_len(100_000);
         assert_eq!(frame.len(), MAX_FRAME_LEN as usize);
@@ -625,6 +649,7 @@ mod tests {
             index,
             offset: 0,
             len: 0,
+            more: false,
         };
         pool.put(dup);
         assert_eq!(pool.available(), 4, "the second put is refused");

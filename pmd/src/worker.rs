@@ -11,9 +11,12 @@
 use crate::netdev::cycles;
 use crate::socket::PortSocket;
 use crate::stats::{PortCounter, WorkerCounter, WorkerStats};
-use crate::umem::{Frame, FrameBuf, FramePool, Umem, MAX_FRAME_LEN};
+use crate::umem::{
+    Frame, FrameBuf, FramePool, Umem, KERNEL_HEADROOM, MAX_FRAME_LEN, MAX_PACKET_LEN,
+};
 use arrayvec::ArrayVec;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use pipeline::packet::HeadroomBuf;
 use pipeline::{Disposition, Emit, LearnEvent, Pipeline, PortId, PortMask, MAX_BATCH, MAX_PORTS};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -126,6 +129,8 @@ pub enum Command {
     /// frames to.
     AddPort {
         port: PortId,
+        /// Longest frame the port takes (its MTU plus Ethernet header and a VLAN tag).
+        max_frame: u32,
         sockets: Vec<PortSocket>,
         remote: Option<Sender<Handoff>>,
         done: Sender<()>,
@@ -186,6 +191,10 @@ pub struct Worker {
     present: PortMask,
     staged: Vec<Vec<Frame>>,
     rx_batch: Vec<Frame>,
+    /// Multi-buffer packets of the current burst, each copied out of its chain.
+    chained: Vec<Vec<u8>>,
+    /// Per port: the longest frame it takes.
+    max_frame: Vec<u32>,
     emitted: Vec<Emit>,
     captures: Vec<Capture>,
     pollfds: Vec<libc::pollfd>,
@@ -201,6 +210,8 @@ impl Worker {
             present: PortMask::NONE,
             staged: (0..MAX_PORTS).map(|_| Vec::new()).collect(),
             rx_batch: Vec::with_capacity(MAX_BATCH),
+            chained: Vec::new(),
+            max_frame: vec![MAX_PACKET_LEN; MAX_PORTS],
             emitted: Vec::new(),
             captures: Vec::new(),
             pollfds: Vec::new(),
@@ -280,10 +291,14 @@ impl Worker {
             match command {
                 Command::AddPort {
                     port,
+                    max_frame,
                     sockets,
                     remote,
                     done,
                 } => {
+                    if let Some(m) = self.max_frame.get_mut(port as usize) {
+                        *m = max_frame;
+                    }
                     self.add_port(port, sockets, remote);
                     let _ = done.try_send(());
                 }
@@ -437,18 +452,110 @@ impl Worker {
     }
 
     fn capture(&mut self, port: PortId, frames: &[Frame]) {
+        let packets = chains(frames)
+            .map(|chain| {
+                let mut data = Vec::new();
+                for frame in chain {
+                    data.extend_from_slice(self.s.umem.data(frame));
+                }
+                data
+            })
+            .collect();
+        self.capture_packets(port, packets);
+    }
+
+    fn capture_packets(&mut self, port: PortId, packets: Vec<Vec<u8>>) {
         let Some(i) = self.captures.iter().position(|c| c.port == port) else {
             return;
         };
         let time = SystemTime::now();
-        for frame in frames {
-            let data = self.s.umem.data(frame).to_vec();
+        for data in packets {
             match self.captures[i].to.try_send(Captured { port, time, data }) {
                 Ok(()) | Err(TrySendError::Full(_)) => {}
                 Err(TrySendError::Disconnected(_)) => {
                     self.captures.swap_remove(i);
                     return;
                 }
+            }
+        }
+    }
+
+    /// Takes the chains (multi-buffer packets) out of the burst, each copied into one buffer;
+    /// a chain cut short or longer than any packet is dropped.
+    fn unchain(&mut self, ingress: PortId) {
+        let umem = &self.s.umem;
+        let mut single = Vec::with_capacity(self.rx_batch.len());
+        let mut building: Option<Vec<u8>> = None;
+        let mut bad = 0;
+        for frame in self.rx_batch.drain(..) {
+            match building.as_mut() {
+                None if !frame.more() => {
+                    single.push(frame);
+                    continue;
+                }
+                None => building = Some(umem.data(&frame).to_vec()),
+                Some(data) => data.extend_from_slice(umem.data(&frame)),
+            }
+            let ends = !frame.more();
+            self.s.pool.put(frame);
+            if ends {
+                let data = building.take().unwrap_or_default();
+                if data.len() > MAX_PACKET_LEN as usize {
+                    bad += 1;
+                } else {
+                    self.chained.push(data);
+                }
+            }
+        }
+        bad += building.is_some() as u64;
+        self.rx_batch = single;
+        self.s.stats.ports[ingress as usize].add(PortCounter::DropBadChain as usize, bad);
+    }
+
+    /// The burst's multi-buffer packets, one at a time through the pipeline in a buffer of
+    /// their own, then copied into chains for the ports they go to.
+    fn process_chained(&mut self, ingress: PortId, now_ms: u64) {
+        let packets = std::mem::take(&mut self.chained);
+        if !self.captures.is_empty() {
+            self.capture_packets(ingress, packets.clone());
+        }
+        let counters = &self.s.stats.ports[ingress as usize];
+        counters.add(PortCounter::RxPackets as usize, packets.len() as u64);
+        counters.add(
+            PortCounter::RxBytes as usize,
+            packets.iter().map(|p| p.len() as u64).sum(),
+        );
+        for data in packets {
+            let mut packet = [HeadroomBuf::new(&data, KERNEL_HEADROOM as usize)];
+            let mut next = [Disposition::Drop];
+            self.s
+                .pipeline
+                .process(&mut packet, ingress, now_ms, &mut next, &mut self.emitted);
+            let out = packet[0].as_ref();
+            let to = match next[0] {
+                Disposition::Forward(port) if self.present.contains(port) => PortMask::single(port),
+                Disposition::Flood(mask) => mask.and(self.present).without(ingress),
+                Disposition::Consumed => PortMask::NONE,
+                Disposition::Forward(port) if (port as usize) < MAX_PORTS => {
+                    self.s
+                        .stats
+                        .worker
+                        .add(WorkerCounter::DropPortAbsent as usize, 1);
+                    PortMask::NONE
+                }
+                Disposition::Forward(_) | Disposition::Drop | Disposition::Recirculate => {
+                    self.s.stats.ports[ingress as usize].add(PortCounter::DropPipeline as usize, 1);
+                    PortMask::NONE
+                }
+            };
+            for port in to.ports(MAX_PORTS) {
+                stage_copy(
+                    &self.s.umem,
+                    &mut self.s.pool,
+                    &mut self.staged[port as usize],
+                    &self.s.stats.ports[port as usize],
+                    out,
+                );
             }
         }
     }
@@ -462,9 +569,18 @@ impl Worker {
             sock.busy_poll();
             sock.receive(&self.s.umem, MAX_BATCH as u32, &mut self.rx_batch);
         }
+        let received = self.rx_batch.len();
+        if received == 0 {
+            return 0;
+        }
+        if self.rx_batch.iter().any(Frame::more) {
+            self.unchain(ingress);
+            self.process_chained(ingress, now_ms);
+        }
         let n = self.rx_batch.len();
         if n == 0 {
-            return 0;
+            self.stage_emitted();
+            return received;
         }
         if !self.captures.is_empty() {
             let batch = std::mem::take(&mut self.rx_batch);
@@ -521,14 +637,15 @@ impl Worker {
             }
         }
         self.stage_emitted();
-        n
+        received
     }
 
-    /// Frames the pipeline made: each copied into a frame of ours for every port it goes to.
+    /// Frames the pipeline made: each copied into a frame (or chain) of ours for every port
+    /// it goes to.
     fn stage_emitted(&mut self) {
         for e in self.emitted.drain(..) {
             let to = e.to.and(self.present);
-            if e.frame.len() > MAX_FRAME_LEN as usize {
+            if e.frame.len() > MAX_PACKET_LEN as usize {
                 for port in to.ports(MAX_PORTS) {
                     self.s.stats.ports[port as usize]
                         .add(PortCounter::DropEmitTooLarge as usize, 1);
@@ -536,16 +653,13 @@ impl Worker {
                 continue;
             }
             for port in to.ports(MAX_PORTS) {
-                match self.s.pool.alloc() {
-                    Some(mut frame) => {
-                        frame.set_len(e.frame.len());
-                        self.s.umem.data_mut(&mut frame).copy_from_slice(&e.frame);
-                        self.staged[port as usize].push(frame);
-                    }
-                    None => {
-                        self.s.stats.ports[port as usize].add(PortCounter::DropNoFrame as usize, 1)
-                    }
-                }
+                stage_copy(
+                    &self.s.umem,
+                    &mut self.s.pool,
+                    &mut self.staged[port as usize],
+                    &self.s.stats.ports[port as usize],
+                    &e.frame,
+                );
             }
         }
     }
@@ -567,21 +681,17 @@ impl Worker {
                     .add(WorkerCounter::HandoffsBadPort as usize, 1);
                 continue;
             }
-            if handoff.data.len() > MAX_FRAME_LEN as usize {
+            if handoff.data.len() > MAX_PACKET_LEN as usize {
                 self.s.stats.ports[port].add(PortCounter::DropHandoffTooLarge as usize, 1);
                 continue;
             }
-            match self.s.pool.alloc() {
-                Some(mut frame) => {
-                    frame.set_len(handoff.data.len());
-                    self.s
-                        .umem
-                        .data_mut(&mut frame)
-                        .copy_from_slice(&handoff.data);
-                    self.staged[port].push(frame);
-                }
-                None => self.s.stats.ports[port].add(PortCounter::DropNoFrame as usize, 1),
-            }
+            stage_copy(
+                &self.s.umem,
+                &mut self.s.pool,
+                &mut self.staged[port],
+                &self.s.stats.ports[port],
+                &handoff.data,
+            );
         }
         self.s
             .stats
@@ -646,22 +756,47 @@ impl Worker {
             let staged = &mut self.staged[p];
             match &self.egress[p] {
                 Egress::Local(index) => {
+                    let over = drop_over(staged, self.max_frame[p], &mut self.s.pool);
+                    counters.add(PortCounter::DropOverMtu as usize, over);
                     let sock = &mut self.sockets[*index].1;
                     let bytes: usize = staged.iter().map(|f| f.len()).sum();
-                    let sent = sock.transmit(&self.s.umem, staged);
-                    let unsent_bytes: usize = staged.iter().map(|f| f.len()).sum();
-                    counters.add(PortCounter::TxPackets as usize, sent as u64);
+                    let packets = packets_in(staged);
+                    let cut = sock.transmit(&self.s.umem, staged);
+                    // The rest of a chain whose start is queued goes first in the next pass.
+                    let tail = if cut {
+                        staged
+                            .iter()
+                            .position(|f| !f.more())
+                            .map_or(0, |end| end + 1)
+                    } else {
+                        0
+                    };
+                    let tail: Vec<Frame> = staged.drain(..tail).collect();
+                    let unsent_bytes: usize = staged.iter().map(|f| f.len()).sum::<usize>()
+                        + tail.iter().map(|f| f.len()).sum::<usize>();
+                    let unsent = packets_in(staged);
+                    counters.add(
+                        PortCounter::TxPackets as usize,
+                        packets - unsent - packets_in(&tail),
+                    );
                     counters.add(PortCounter::TxBytes as usize, (bytes - unsent_bytes) as u64);
-                    counters.add(PortCounter::DropTxRingFull as usize, staged.len() as u64);
+                    counters.add(PortCounter::DropTxRingFull as usize, unsent);
                     for frame in staged.drain(..) {
                         self.s.pool.put(frame);
                     }
+                    staged.extend(tail);
                 }
                 Egress::Remote(owner) => {
                     let mut handed = 0;
+                    let mut data = Vec::new();
                     for frame in staged.drain(..) {
-                        let data = self.s.umem.data(&frame).to_vec();
+                        data.extend_from_slice(self.s.umem.data(&frame));
+                        let ends = !frame.more();
                         self.s.pool.put(frame);
+                        if !ends {
+                            continue;
+                        }
+                        let data = std::mem::take(&mut data);
                         match owner.try_send(Handoff { port, data }) {
                             Ok(()) => handed += 1,
                             Err(_) => counters.add(PortCounter::DropHandoffFull as usize, 1),
@@ -835,6 +970,79 @@ impl Worker {
 
 /// Sends a flooded frame out of every port in `to`: copies for all but the last port, the
 /// original frame for the last.
+/// The packets in a run of frames: each chain is one.
+fn chains(frames: &[Frame]) -> impl Iterator<Item = &[Frame]> {
+    frames.split_inclusive(|f| !f.more())
+}
+
+fn packets_in(frames: &[Frame]) -> u64 {
+    frames.iter().filter(|f| !f.more()).count() as u64
+}
+
+/// Removes (to the pool) the packets longer than `max_frame`; returns how many.
+fn drop_over(staged: &mut Vec<Frame>, max_frame: u32, pool: &mut FramePool) -> u64 {
+    let mut len = 0;
+    let mut over = false;
+    for f in staged.iter() {
+        len += f.len();
+        if !f.more() {
+            over |= len > max_frame as usize;
+            len = 0;
+        }
+    }
+    if !over {
+        return 0;
+    }
+    let mut kept = Vec::with_capacity(staged.len());
+    let mut dropped = 0;
+    let mut chain: Vec<Frame> = Vec::new();
+    let mut len = 0;
+    for frame in staged.drain(..) {
+        len += frame.len();
+        let ends = !frame.more();
+        chain.push(frame);
+        if ends {
+            if len <= max_frame as usize {
+                kept.append(&mut chain);
+            } else {
+                dropped += 1;
+                for f in chain.drain(..) {
+                    pool.put(f);
+                }
+            }
+            len = 0;
+        }
+    }
+    *staged = kept;
+    dropped
+}
+
+/// Copies `data` into a new frame, or a chain of them when it is longer than one, queued for
+/// a port; counted as dropped when the pool cannot give them all.
+fn stage_copy(
+    umem: &Umem,
+    pool: &mut FramePool,
+    staged: &mut Vec<Frame>,
+    counters: &crate::stats::AtomicCounters<{ PortCounter::COUNT }>,
+    data: &[u8],
+) {
+    let pieces: Vec<&[u8]> = data.chunks(MAX_FRAME_LEN as usize).collect();
+    if pool.available() < pieces.len() {
+        counters.add(PortCounter::DropNoFrame as usize, 1);
+        return;
+    }
+    let last = pieces.len().saturating_sub(1);
+    for (i, piece) in pieces.into_iter().enumerate() {
+        let Some(mut frame) = pool.alloc() else {
+            return;
+        };
+        frame.set_len(piece.len());
+        frame.set_more(i < last);
+        umem.data_mut(&mut frame).copy_from_slice(piece);
+        staged.push(frame);
+    }
+}
+
 fn flood(
     umem: &Umem,
     pool: &mut FramePool,
@@ -860,5 +1068,72 @@ fn flood(
     match last {
         Some(port) => staged[port as usize].push(frame),
         None => pool.put(frame),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::AtomicCounters;
+
+    fn staged_packets(umem: &Umem, pool: &mut FramePool, lens: &[usize]) -> Vec<Frame> {
+        let counters = AtomicCounters::<{ PortCounter::COUNT }>::default();
+        let mut staged = Vec::new();
+        for (i, &len) in lens.iter().enumerate() {
+            stage_copy(umem, pool, &mut staged, &counters, &vec![i as u8; len]);
+        }
+        staged
+    }
+
+    #[test]
+    fn a_long_packet_becomes_a_chain_with_its_bytes_in_order() {
+        let (umem, mut pool) = Umem::new(64).unwrap();
+        let data: Vec<u8> = (0..9014u32).map(|i| (i % 251) as u8).collect();
+        let counters = AtomicCounters::<{ PortCounter::COUNT }>::default();
+        let mut staged = Vec::new();
+        stage_copy(&umem, &mut pool, &mut staged, &counters, &data);
+        assert_eq!(staged.len(), 3);
+        assert_eq!(
+            staged.iter().map(Frame::more).collect::<Vec<_>>(),
+            [true, true, false]
+        );
+        let joined: Vec<u8> = staged.iter().flat_map(|f| umem.data(f).to_vec()).collect();
+        assert_eq!(joined, data);
+        assert_eq!(chains(&staged).count(), 1);
+        assert_eq!(packets_in(&staged), 1);
+    }
+
+    #[test]
+    fn packets_over_the_mtu_go_whole_and_the_rest_stay_in_order() {
+        let (umem, mut pool) = Umem::new(64).unwrap();
+        let free = pool.available();
+        let mut staged = staged_packets(&umem, &mut pool, &[100, 9014, 1514, 4000, 60]);
+        assert_eq!(drop_over(&mut staged, 1518, &mut pool), 2);
+        let firsts: Vec<u8> = chains(&staged).map(|c| umem.data(&c[0])[0]).collect();
+        assert_eq!(firsts, [0, 2, 4], "the packets that fit, in order");
+        assert_eq!(drop_over(&mut staged, 1518, &mut pool), 0);
+        for f in staged.drain(..) {
+            pool.put(f);
+        }
+        assert_eq!(
+            pool.available(),
+            free,
+            "every frame of a dropped chain is home"
+        );
+    }
+
+    #[test]
+    fn no_frame_is_taken_when_the_pool_cannot_hold_the_whole_chain() {
+        let (umem, mut pool) = Umem::new(1024).unwrap();
+        let mut hoard = Vec::new();
+        while pool.available() > 2 {
+            hoard.push(pool.alloc().unwrap());
+        }
+        let counters = AtomicCounters::<{ PortCounter::COUNT }>::default();
+        let mut staged = Vec::new();
+        stage_copy(&umem, &mut pool, &mut staged, &counters, &[7; 9000]);
+        assert!(staged.is_empty());
+        assert_eq!(pool.available(), 2);
+        assert_eq!(counters.get(PortCounter::DropNoFrame as usize), 1);
     }
 }

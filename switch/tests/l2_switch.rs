@@ -352,9 +352,9 @@ fn bad_arguments_are_refused_by_name() {
     );
     refused(&topo, &["--ports", "vp1,vp2", "--fdb-age", "-5"], "-5");
     must(&[
-        "ip", "-n", &topo.sw, "link", "set", "dev", "vp2", "mtu", "9000",
+        "ip", "-n", &topo.sw, "link", "set", "dev", "vp2", "mtu", "9217",
     ]);
-    refused(&topo, &["--ports", "vp1,vp2"], "MTU 9000");
+    refused(&topo, &["--ports", "vp1,vp2"], "MTU 9217");
 }
 
 #[test]

@@ -1028,3 +1028,33 @@ fn read_hex_fixture(path: &Path) -> Vec<u8> {
         .map(|k| u8::from_str_radix(&hex[k..k + 2], 16).expect("hex"))
         .collect()
 }
+
+/// A 9000-byte underlay carries pods at 8950: jumbo frames (multi-buffer chains) are
+/// encapsulated and decapsulated whole, with DF, both ways.
+#[test]
+fn jumbo_underlay_carries_8950_byte_pods() {
+    let Some(_net) = network_test() else { return };
+    let mut c = Cluster::build(&[Kind::Vswitch, Kind::Vswitch], 1, "", |c| {
+        for n in &c.nodes {
+            ip(&n.ns, &["link", "set", "vup", "mtu", "9000"]);
+        }
+        for p in &c.pods {
+            ip(&p.ns, &["link", "set", "eth0", "mtu", "8950"]);
+            ip(&c.node(p.node).ns, &["link", "set", &p.port, "mtu", "8950"]);
+        }
+    });
+    let (from, to) = (c.pod("n1p1").clone(), c.pod("n2p1").clone());
+    // 8922 bytes of ICMP payload: an 8950-byte packet, DF set.
+    let out = in_ns(
+        &from.ns,
+        &[
+            "ping", "-c", "2", "-W", "2", "-M", "do", "-s", "8922", &to.ip,
+        ],
+    );
+    if !out.contains(" 0% packet loss") {
+        c.fail(&format!("8950-byte DF ping over a 9000 underlay:\n{out}"));
+    }
+    c.must_transfer("n1p1", "n2p1", 20_000_000, 5001);
+    c.must_transfer("n2p1", "n1p1", 20_000_000, 5002);
+    finish_overlay(c);
+}
