@@ -34,6 +34,13 @@ pub enum Pipeline {
 }
 
 impl Pipeline {
+    /// A port's MTU, for the gateway's routed packets (the bridge leaves it to the egress).
+    pub fn set_port_mtu(&mut self, port: PortId, mtu: u32) {
+        if let Pipeline::Gateway(g) = self {
+            g.set_port_mtu(port, mtu);
+        }
+    }
+
     /// Decides a batch received on `ingress`; frames may be rewritten in place and new frames
     /// may be pushed to `emit`.
     pub fn process<P: Packet>(

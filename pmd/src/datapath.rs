@@ -484,7 +484,7 @@ impl Datapath {
                 w,
                 Command::AddPort {
                     port,
-                    max_frame: info.mtu + L2_OVERHEAD,
+                    mtu: info.mtu,
                     sockets: socks,
                     remote,
                     done,

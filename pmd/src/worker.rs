@@ -129,8 +129,7 @@ pub enum Command {
     /// frames to.
     AddPort {
         port: PortId,
-        /// Longest frame the port takes (its MTU plus Ethernet header and a VLAN tag).
-        max_frame: u32,
+        mtu: u32,
         sockets: Vec<PortSocket>,
         remote: Option<Sender<Handoff>>,
         done: Sender<()>,
@@ -291,14 +290,16 @@ impl Worker {
             match command {
                 Command::AddPort {
                     port,
-                    max_frame,
+                    mtu,
                     sockets,
                     remote,
                     done,
                 } => {
                     if let Some(m) = self.max_frame.get_mut(port as usize) {
-                        *m = max_frame;
+                        // The kernel's rule (is_skb_forwardable): Ethernet header and a VLAN tag.
+                        *m = mtu + 18;
                     }
+                    self.s.pipeline.set_port_mtu(port, mtu);
                     self.add_port(port, sockets, remote);
                     let _ = done.try_send(());
                 }

@@ -30,6 +30,8 @@ struct Ctx<'a> {
     counters: &'a mut GwCounters,
     neighbors: &'a mut NeighborCache,
     icmp_limit: &'a mut IcmpErrorLimiter,
+    port_mtu: &'a [u32],
+    smallest_mtu: u32,
     emit: &'a mut Vec<Emit>,
     ingress: PortId,
     from_uplink: bool,
@@ -160,6 +162,8 @@ fn with_ctx<R>(
         counters,
         neighbor_cache,
         icmp_limit,
+        port_mtu,
+        smallest_mtu,
         ..
     } = gw;
     let mut ctx = Ctx {
@@ -168,6 +172,8 @@ fn with_ctx<R>(
         counters,
         neighbors: neighbor_cache,
         icmp_limit,
+        port_mtu,
+        smallest_mtu: *smallest_mtu,
         emit,
         ingress,
         from_uplink,
@@ -450,6 +456,14 @@ fn forward(ctx: &mut Ctx<'_>, frame: &mut [u8], to: Translated, ttl: u8) -> Step
     if segment == Segment::Overlay {
         return to_overlay(ctx, frame, to, next_hop);
     }
+    if let Some(mtu) = too_big_for_next_hop(ctx, frame, next_hop) {
+        // As a router with a smaller next-hop MTU: we do not fragment.
+        let ip = Ipv4Packet::new_quoted(&frame[ETHERNET_HEADER_LEN..]).expect("checked on entry");
+        if ip.dont_fragment() {
+            ctx.icmp_error(frame, ICMP_DEST_UNREACHABLE, ICMP_FRAGMENTATION_NEEDED, mtu);
+        }
+        return ctx.drop_step(GwCounter::DropTooBig);
+    }
     rewrite(frame, to);
     Ipv4Packet::new_quoted(&mut frame[ETHERNET_HEADER_LEN..])
         .expect("checked on entry")
@@ -489,6 +503,22 @@ fn to_overlay(ctx: &mut Ctx<'_>, frame: &mut [u8], to: Translated, vtep: Ipv4Add
         vtep,
         src_port: vxlan::source_port(nat::flow_hash(&inner)),
     }
+}
+
+/// The MTU of the port a resolved next hop is on, when the packet is longer.
+fn too_big_for_next_hop(ctx: &mut Ctx<'_>, frame: &[u8], next_hop: Ipv4Addr) -> Option<u32> {
+    let len = Ipv4Packet::new_quoted(&frame[ETHERNET_HEADER_LEN..])
+        .expect("checked on entry")
+        .total_len();
+    if len <= ctx.smallest_mtu as usize {
+        return None;
+    }
+    let port = ctx
+        .neighbors
+        .get(&ctx.shared.neighbors, next_hop, ctx.now_ms)?
+        .port;
+    let mtu = *ctx.port_mtu.get(port as usize)?;
+    (mtu != 0 && len > mtu as usize).then_some(mtu)
 }
 
 /// Sets the MACs for the next hop, or queues the frame until ARP resolves it.

@@ -95,6 +95,7 @@ define_counters! {
         DropVxlanInnerNotIpv4 => "drop_vxlan_inner_not_ipv4",
         DropVxlanInnerNotLocal => "drop_vxlan_inner_not_a_local_pod",
         DropOverlayTooBig => "drop_overlay_too_big",
+        DropTooBig => "drop_too_big",
         DropNoHeadroom => "drop_no_headroom",
         DropRecirculationLimit => "drop_recirculation_limit",
     }
@@ -231,6 +232,10 @@ pub struct Gateway {
     counters: GwCounters,
     neighbor_cache: NeighborCache,
     icmp_limit: IcmpErrorLimiter,
+    /// Each port's MTU as the worker knows it (0: unknown, nothing checked).
+    port_mtu: Vec<u32>,
+    /// The smallest of them: shorter packets skip the check.
+    smallest_mtu: u32,
 }
 
 impl Gateway {
@@ -245,7 +250,24 @@ impl Gateway {
             counters: GwCounters::default(),
             neighbor_cache: NeighborCache::default(),
             icmp_limit: IcmpErrorLimiter::default(),
+            port_mtu: vec![0; crate::MAX_PORTS],
+            smallest_mtu: u32::MAX,
         }
+    }
+
+    /// A port's MTU: a routed packet larger than its egress port's is answered with
+    /// fragmentation-needed (DF) and dropped either way.
+    pub fn set_port_mtu(&mut self, port: PortId, mtu: u32) {
+        if let Some(m) = self.port_mtu.get_mut(port as usize) {
+            *m = mtu;
+        }
+        self.smallest_mtu = self
+            .port_mtu
+            .iter()
+            .copied()
+            .filter(|&m| m != 0)
+            .min()
+            .unwrap_or(u32::MAX);
     }
 
     pub fn counters(&self) -> &GwCounters {

@@ -1293,3 +1293,79 @@ fn forgetting_a_port_forgets_its_neighbours_and_their_connections() {
     assert!(gw.shared.conntrack.is_empty());
     assert!(gw.bridge().fdb().lookup(pod_mac(1), 1).is_none());
 }
+
+#[test]
+fn a_routed_packet_too_big_for_its_egress_port_gets_fragmentation_needed_when_it_has_df() {
+    let mut gw = gateway(&config());
+    learn_neighbors(&mut gw);
+    // Pods at 9000, the uplink at 1500: the worker tells the gateway each port's MTU.
+    for port in [0, 1, 2] {
+        gw.set_port_mtu(port, 9000);
+    }
+    gw.set_port_mtu(UPLINK, 1500);
+    let udp = |df: bool, sport: u16, payload: usize| {
+        let mut b = Vec::new();
+        PacketBuilder::ethernet2(pod_mac(1).0, GW_MAC.0)
+            .ipv4(POD1.octets(), EXT.octets(), 64)
+            .udp(sport, 9)
+            .write(&mut b, &vec![0u8; payload])
+            .unwrap();
+        if df {
+            b[14 + 6] |= 0x40;
+        } else {
+            b[14 + 6] &= !0x40;
+        }
+        crate::wire::ipv4::Ipv4Packet::new_quoted(&mut b[14..])
+            .unwrap()
+            .fill_checksum();
+        b
+    };
+    // A 1500-byte packet fits the uplink.
+    let out = send(&mut gw, udp(true, 5000, 1472), 0, 0);
+    assert_eq!(out.next, Disposition::Forward(UPLINK));
+    let (_, nat_port, _, _) = addresses(&out.frame);
+    // 4028 bytes with DF: fragmentation-needed with the uplink's MTU, back to the pod.
+    let out = send(&mut gw, udp(true, 5001, 4000), 0, 1);
+    assert_eq!(out.next, Disposition::Drop);
+    assert_eq!(out.emit.len(), 1);
+    let p = SlicedPacket::from_ethernet(&out.emit[0].frame).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = &p.net else {
+        panic!("not IPv4")
+    };
+    assert_eq!(ip.header().destination_addr(), POD1);
+    let Some(TransportSlice::Icmpv4(icmp)) = p.transport else {
+        panic!("not ICMP")
+    };
+    assert_eq!(
+        icmp.icmp_type(),
+        etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1500 }
+        )
+    );
+    assert_eq!(gw.counters().get(GwCounter::DropTooBig), 1);
+    // Without DF: dropped (the switch does not fragment), no error.
+    let out = send(&mut gw, udp(false, 5002, 4000), 0, 2);
+    assert_eq!(out.next, Disposition::Drop);
+    assert!(out.emit.is_empty());
+    assert_eq!(gw.counters().get(GwCounter::DropTooBig), 2);
+    // Inbound to a pod at 9000, the same size passes.
+    let back = send(
+        &mut gw,
+        {
+            let mut b = Vec::new();
+            PacketBuilder::ethernet2(ROUTER_MAC.0, GW_MAC.0)
+                .ipv4(EXT.octets(), NODE_IP.octets(), 64)
+                .udp(9, nat_port)
+                .write(&mut b, &[0u8; 4000])
+                .unwrap();
+            b
+        },
+        UPLINK,
+        3,
+    );
+    assert_eq!(
+        back.next,
+        Disposition::Forward(0),
+        "a reply to the first flow"
+    );
+}
