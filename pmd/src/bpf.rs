@@ -7,11 +7,13 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+pub(crate) const BPF_MAP_CREATE: libc::c_long = 0;
+pub(crate) const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+pub(crate) const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+pub(crate) const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_PROG_LOAD: libc::c_long = 5;
 /// The XDP program handles multi-buffer packets.
-const BPF_F_XDP_HAS_FRAGS: u32 = 1 << 5;
+pub(crate) const BPF_F_XDP_HAS_FRAGS: u32 = 1 << 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_FUNC_REDIRECT: i32 = 23;
@@ -24,7 +26,7 @@ const BPF_FUNC_KTIME_GET_NS: i32 = 5;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
 const BPF_FUNC_REDIRECT_MAP: i32 = 51;
-const BPF_PSEUDO_MAP_FD: u8 = 1;
+pub(crate) const BPF_PSEUDO_MAP_FD: u8 = 1;
 const XDP_PASS: i32 = 2;
 
 const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
@@ -67,25 +69,25 @@ impl std::fmt::Display for XdpMode {
 
 #[repr(C)]
 #[derive(Default)]
-struct MapCreateAttr {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-    inner_map_fd: u32,
-    numa_node: u32,
-    map_name: [u8; 16],
+pub(crate) struct MapCreateAttr {
+    pub(crate) map_type: u32,
+    pub(crate) key_size: u32,
+    pub(crate) value_size: u32,
+    pub(crate) max_entries: u32,
+    pub(crate) map_flags: u32,
+    pub(crate) inner_map_fd: u32,
+    pub(crate) numa_node: u32,
+    pub(crate) map_name: [u8; 16],
 }
 
 #[repr(C)]
 #[derive(Default)]
-struct MapElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
+pub(crate) struct MapElemAttr {
+    pub(crate) map_fd: u32,
+    pub(crate) _pad: u32,
+    pub(crate) key: u64,
+    pub(crate) value: u64,
+    pub(crate) flags: u64,
 }
 
 #[repr(C)]
@@ -139,11 +141,11 @@ struct TestRunAttr {
 
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct Insn {
-    code: u8,
-    regs: u8,
-    off: i16,
-    imm: i32,
+pub(crate) struct Insn {
+    pub(crate) code: u8,
+    pub(crate) regs: u8,
+    pub(crate) off: i16,
+    pub(crate) imm: i32,
 }
 
 const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
@@ -165,7 +167,7 @@ const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
 /// returns: readable for what the kernel reads, writable for what it writes (a log buffer,
 /// output data). The kernel copies or fills those buffers during the call and keeps no pointer
 /// to them afterwards; null with length 0 is always allowed.
-unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
+pub(crate) unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
     // SAFETY: `attr` is a live, initialised `#[repr(C)]` bpf_attr prefix of exactly
     // `size_of::<T>()` bytes; the kernel reads (and for some commands writes) only that range,
     // and the pointers inside it are valid for the call, as the caller guarantees.
@@ -184,12 +186,12 @@ unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
     }
 }
 
-fn fd_from(ret: i64) -> OwnedFd {
+pub(crate) fn fd_from(ret: i64) -> OwnedFd {
     // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
     unsafe { OwnedFd::from_raw_fd(ret as RawFd) }
 }
 
-fn name16(name: &str) -> [u8; 16] {
+pub(crate) fn name16(name: &str) -> [u8; 16] {
     let mut out = [0u8; 16];
     for (o, b) in out.iter_mut().zip(name.bytes().take(15)) {
         *o = b;
@@ -199,7 +201,7 @@ fn name16(name: &str) -> [u8; 16] {
 
 /// An XSKMAP: receive queue index → AF_XDP socket.
 pub struct XskMap {
-    fd: OwnedFd,
+    pub(crate) fd: OwnedFd,
 }
 
 impl XskMap {
@@ -240,6 +242,11 @@ pub struct RedirectProgram {
 }
 
 impl RedirectProgram {
+    /// A loaded program: the fast path's, which falls back to the XSKMAP as this one does.
+    pub(crate) fn from_fd(fd: OwnedFd) -> RedirectProgram {
+        RedirectProgram { fd }
+    }
+
     pub fn load(map: &XskMap) -> io::Result<RedirectProgram> {
         let map_fd = map.fd.as_raw_fd();
         let insns = [
@@ -265,7 +272,7 @@ fn load_xdp(insns: &[Insn], name: &str) -> io::Result<OwnedFd> {
     load_xdp_flags(insns, name, 0)
 }
 
-fn load_xdp_flags(insns: &[Insn], name: &str, prog_flags: u32) -> io::Result<OwnedFd> {
+pub(crate) fn load_xdp_flags(insns: &[Insn], name: &str, prog_flags: u32) -> io::Result<OwnedFd> {
     let license = b"Dual MIT/GPL\0";
     let mut attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_XDP,

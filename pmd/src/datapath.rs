@@ -4,6 +4,7 @@
 //! through their command channels. Stopping detaches and reports.
 
 use crate::bpf::{RedirectProgram, XdpLink, XdpMode, XskMap};
+use crate::fastpath::FastPath;
 use crate::netdev;
 use crate::socket::PortSocket;
 use crate::stats::WorkerStats;
@@ -55,6 +56,8 @@ pub struct DatapathConfig {
     pub gateway: Option<GatewayConfig>,
     /// Frames in each worker's UMEM, shared by all its ports.
     pub frames_per_worker: u32,
+    /// The XDP fast path: established L2 flows forwarded by the ports' XDP programs.
+    pub fast_path: bool,
 }
 
 impl Default for DatapathConfig {
@@ -69,6 +72,7 @@ impl Default for DatapathConfig {
             rings: RingSizes::default(),
             gateway: None,
             frames_per_worker: DEFAULT_FRAMES_PER_WORKER,
+            fast_path: false,
         }
     }
 }
@@ -283,6 +287,8 @@ pub struct Datapath {
     xdp_mode: XdpMode,
     rings: RingSizes,
     busy_poll: bool,
+    /// The fast path's maps (`None`: off).
+    fast: Option<Arc<FastPath>>,
     ports: Vec<Option<LivePort>>,
     workers: Vec<WorkerHandle>,
     stop: Arc<AtomicBool>,
@@ -313,6 +319,12 @@ impl Datapath {
         let mut stats = Vec::new();
         let mut workers = Vec::new();
         let frames = config.frames_per_worker.max(1024);
+        let fast = match config.fast_path {
+            true => Some(Arc::new(
+                FastPath::new().map_err(setup("creating the fast path's maps"))?,
+            )),
+            false => None,
+        };
         for (w, (handoff_in, learn_in)) in handoff_rx.into_iter().zip(learn_rx).enumerate() {
             let (umem, pool) =
                 Umem::new(frames).map_err(setup(format!("worker {w}: mapping its UMEM")))?;
@@ -345,6 +357,7 @@ impl Datapath {
                 },
                 leader: w == 0,
                 stats: worker_stats,
+                fast: fast.clone(),
                 stop: stop.clone(),
                 epoch,
             };
@@ -369,6 +382,7 @@ impl Datapath {
             xdp_mode: config.xdp_mode,
             rings: config.rings,
             busy_poll: config.busy_poll,
+            fast,
             ports: (0..MAX_PORTS).map(|_| None).collect(),
             workers,
             stop,
@@ -466,8 +480,15 @@ impl Datapath {
                 .map_err(setup(format!("registering {name} queue {q}")))?;
             sockets[w].push(sock);
         }
-        let prog = RedirectProgram::load(&map)
-            .map_err(setup(format!("loading the XDP program for {}", info.name)))?;
+        let prog = match &self.fast {
+            Some(fast) => {
+                fast.add_port(info.ifindex)
+                    .map_err(setup(format!("adding {} to the fast path", info.name)))?;
+                fast.program(&map)
+            }
+            None => RedirectProgram::load(&map),
+        }
+        .map_err(setup(format!("loading the XDP program for {}", info.name)))?;
         // The workers learn of the port (and run `setup`'s job) before any frame arrives.
         let job = setup_job(port);
         let mut acks = Vec::new();
@@ -484,6 +505,7 @@ impl Datapath {
                 w,
                 Command::AddPort {
                     port,
+                    ifindex: info.ifindex,
                     mtu: info.mtu,
                     sockets: socks,
                     remote,
@@ -607,8 +629,11 @@ impl Datapath {
         let Some(mut live) = self.ports.get_mut(port as usize).and_then(|p| p.take()) else {
             return Err(DatapathError::NoSuchPort(port.to_string()));
         };
-        // Nothing new arrives once the program is gone.
+        // Nothing new arrives once the program is gone, and nothing leaves by the fast path.
         live.link = None;
+        if let Some(fast) = &self.fast {
+            let _ = fast.del_port(live.info.ifindex);
+        }
         let mut waits = Vec::new();
         for w in 0..self.workers.len() {
             let (done, back) = bounded(1);

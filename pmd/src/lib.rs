@@ -8,6 +8,8 @@
 
 pub mod bpf;
 pub mod datapath;
+pub mod fastpath;
+pub mod flowcache;
 pub mod housekeeping;
 pub mod netdev;
 pub mod socket;

@@ -75,6 +75,12 @@ define_counters! {
         LongestGapUs => "longest_gap_us",
         LongestCommandsUs => "longest_commands_us",
         GapsOver1ms => "gaps_over_1ms",
+        FastPathFlows => "fast_path_flows",
+        FastPathInstalled => "fast_path_installed",
+        FastPathRemoved => "fast_path_removed",
+        FastPathFull => "fast_path_full",
+        FastPathErrors => "fast_path_errors",
+        FastPathPackets => "fast_path_packets",
     }
 }
 

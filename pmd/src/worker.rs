@@ -8,6 +8,8 @@
 //! and go, and tables are read or changed, between passes, never under a lock on the packet
 //! path.
 
+use crate::fastpath::FastPath;
+use crate::flowcache::FlowCache;
 use crate::netdev::cycles;
 use crate::socket::PortSocket;
 use crate::stats::{PortCounter, WorkerCounter, WorkerStats};
@@ -17,7 +19,9 @@ use crate::umem::{
 use arrayvec::ArrayVec;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use pipeline::packet::HeadroomBuf;
-use pipeline::{Disposition, Emit, LearnEvent, Pipeline, PortId, PortMask, MAX_BATCH, MAX_PORTS};
+use pipeline::{
+    Disposition, Emit, L2Counter, LearnEvent, Pipeline, PortId, PortMask, MAX_BATCH, MAX_PORTS,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -129,6 +133,7 @@ pub enum Command {
     /// frames to.
     AddPort {
         port: PortId,
+        ifindex: u32,
         mtu: u32,
         sockets: Vec<PortSocket>,
         remote: Option<Sender<Handoff>>,
@@ -173,6 +178,8 @@ pub struct WorkerSetup {
     pub leader: bool,
     pub stats: Arc<WorkerStats>,
     pub stop: Arc<AtomicBool>,
+    /// The XDP fast path's maps, when it is on.
+    pub fast: Option<Arc<FastPath>>,
     /// The time base of every worker: `now_ms` is milliseconds since this instant, so the
     /// timestamps workers write into shared tables (conntrack, neighbours) compare.
     pub epoch: Instant,
@@ -189,6 +196,12 @@ pub struct Worker {
     egress: Vec<Egress>,
     present: PortMask,
     staged: Vec<Vec<Frame>>,
+    /// The fast path's flows this worker installed.
+    flows: Option<FlowCache>,
+    /// Per port: its interface index (0: absent).
+    ifindex: Vec<u32>,
+    /// The bridge's moved + aged count when the flows were last checked against it.
+    fdb_changes: u64,
     rx_batch: Vec<Frame>,
     /// Multi-buffer packets of the current burst, each copied out of its chain.
     chained: Vec<Vec<u8>>,
@@ -201,10 +214,19 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(setup: WorkerSetup) -> Worker {
+        // L2 flows only, for now: routed and NATed flows stay in userspace.
+        let flows = setup
+            .fast
+            .clone()
+            .filter(|_| matches!(setup.pipeline, Pipeline::Bridge(_)))
+            .map(FlowCache::new);
         Worker {
             sockets: Vec::new(),
             retiring: Vec::new(),
             s: setup,
+            flows,
+            ifindex: vec![0; MAX_PORTS],
+            fdb_changes: 0,
             egress: (0..MAX_PORTS).map(|_| Egress::Absent).collect(),
             present: PortMask::NONE,
             staged: (0..MAX_PORTS).map(|_| Vec::new()).collect(),
@@ -290,11 +312,15 @@ impl Worker {
             match command {
                 Command::AddPort {
                     port,
+                    ifindex,
                     mtu,
                     sockets,
                     remote,
                     done,
                 } => {
+                    if let Some(i) = self.ifindex.get_mut(port as usize) {
+                        *i = ifindex;
+                    }
                     if let Some(m) = self.max_frame.get_mut(port as usize) {
                         // The kernel's rule (is_skb_forwardable): Ethernet header and a VLAN tag.
                         *m = mtu + 18;
@@ -321,6 +347,8 @@ impl Worker {
                 }
             }
         }
+        // Ports, tables or bindings may have changed under the installed flows.
+        self.validate_flows();
         // Whoever asked reads fresh counters.
         self.publish();
     }
@@ -612,6 +640,17 @@ impl Worker {
         for (frame, disposition) in self.rx_batch.drain(..).zip(next) {
             match disposition {
                 Disposition::Forward(port) if present.contains(port) => {
+                    if let Some(flows) = self.flows.as_mut() {
+                        flows.consider(
+                            umem.data(&frame),
+                            ingress,
+                            port,
+                            &self.ifindex,
+                            self.s.pipeline.bridge(),
+                            &self.s.stats,
+                            now_ms,
+                        );
+                    }
                     self.staged[port as usize].push(frame)
                 }
                 Disposition::Flood(mask) => flood(
@@ -638,7 +677,33 @@ impl Worker {
             }
         }
         self.stage_emitted();
+        if self.flows.is_some() {
+            let c = self.s.pipeline.bridge().counters();
+            let changes = c.get(L2Counter::Moved) + c.get(L2Counter::Aged);
+            if changes != self.fdb_changes {
+                self.fdb_changes = changes;
+                self.validate_flows();
+            }
+        }
         received
+    }
+
+    /// Takes out the installed flows the bridge no longer backs.
+    fn validate_flows(&mut self) {
+        let now_ms = self.now_ms();
+        if let Some(flows) = self.flows.as_mut() {
+            let present = self.present;
+            flows.validate(
+                self.s.pipeline.bridge(),
+                |p| present.contains(p),
+                &self.s.stats,
+                now_ms,
+            );
+            self.s
+                .stats
+                .worker
+                .set(WorkerCounter::FastPathFlows as usize, flows.len() as u64);
+        }
     }
 
     /// Frames the pipeline made: each copied into a frame (or chain) of ours for every port
@@ -840,9 +905,14 @@ impl Worker {
     }
 
     fn housekeeping(&mut self, now_ms: u64) {
+        // What the fast path forwarded keeps its sources alive before the bridge ages them.
+        if let Some(flows) = self.flows.as_mut() {
+            flows.harvest(self.s.pipeline.bridge_mut(), &self.s.stats, now_ms);
+        }
         self.s
             .pipeline
             .housekeeping(now_ms, self.s.leader, &mut self.emitted);
+        self.validate_flows();
         self.stage_emitted();
         for (_, sock) in self.sockets.iter_mut() {
             sock.tick();
@@ -939,6 +1009,11 @@ impl Worker {
     /// Stops: sends what is staged, waits for every transmit to complete, takes back what the
     /// rx rings still hold, and reports where every frame is.
     fn drain(mut self) -> WorkerReport {
+        let now_ms = self.now_ms();
+        if let Some(flows) = self.flows.as_mut() {
+            flows.harvest(self.s.pipeline.bridge_mut(), &self.s.stats, now_ms);
+            flows.clear();
+        }
         self.flush();
         for r in std::mem::take(&mut self.retiring) {
             // Kept to the end: their frames are counted like any socket's.

@@ -65,6 +65,12 @@ pub struct Args {
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// The XDP fast path: `xdp` lets the ports' XDP programs forward the L2 flows the switch
+    /// has learned (pods' veth ends need GRO or an XDP program: see README); `off` sends every
+    /// frame through the workers. Default: off.
+    #[arg(long, value_name = "MODE", value_parser = parse_fast_path)]
+    pub fast_path: Option<bool>,
+
     /// Frame memory per worker, in MiB, shared by all its ports (pinned).
     #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(4..=16_384))]
     pub frame_memory: u32,
@@ -75,6 +81,14 @@ pub struct PortList(pub Vec<String>);
 
 #[derive(Debug, Clone)]
 pub struct CoreList(pub Vec<usize>);
+
+fn parse_fast_path(s: &str) -> Result<bool, String> {
+    match s {
+        "xdp" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("unknown fast path {other:?} (expected xdp or off)")),
+    }
+}
 
 fn parse_ports(s: &str) -> Result<PortList, String> {
     if s.trim().is_empty() {
@@ -160,6 +174,7 @@ impl Args {
             gateway: node.map(|n| n.gateway.clone()),
             frames_per_worker: (self.frame_memory as u64 * (1 << 20) / pmd::FRAME_SIZE as u64)
                 as u32,
+            fast_path: self.fast_path.unwrap_or(false),
         }
     }
 }

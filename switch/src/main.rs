@@ -232,7 +232,7 @@ fn start_line(dp: &Datapath, config: &pmd::DatapathConfig, node: Option<&NodeCon
         None => mode,
     };
     format!(
-        "vswitch: forwarding among {} {mode} with {} worker{} (cores: {}), poll {:?}\n",
+        "vswitch: forwarding among {} {mode} with {} worker{} (cores: {}), poll {:?}{}\n",
         if ports.is_empty() {
             "no ports yet".to_string()
         } else {
@@ -241,7 +241,12 @@ fn start_line(dp: &Datapath, config: &pmd::DatapathConfig, node: Option<&NodeCon
         config.workers.len(),
         if config.workers.len() == 1 { "" } else { "s" },
         cores.join(","),
-        config.poll
+        config.poll,
+        if config.fast_path {
+            ", fast path xdp"
+        } else {
+            ""
+        }
     )
 }
 

@@ -8,6 +8,9 @@ use std::process::Child;
 
 const ONE_WORKER: &[&str] = &[];
 const TWO_WORKERS: &[&str] = &["--cores", "0,1"];
+/// The same suites with the XDP fast path on (issue 10): the pods see the same.
+const FAST_PATH: &[&str] = &["--fast-path", "xdp"];
+const FAST_PATH_TWO_WORKERS: &[&str] = &["--fast-path", "xdp", "--cores", "0,1"];
 
 /// Stops the switch and checks what every test expects of a clean stop.
 fn finish(topo: &Topology, switch: Switch, workers: usize) -> Stopped {
@@ -419,4 +422,28 @@ fn netlink_attached_program_is_reported() {
 fn finish_without_port_check(switch: Switch) {
     let stopped = switch.stop();
     assert_eq!(stopped.code, Some(0), "{}", stopped.stderr);
+}
+
+#[test]
+fn ping_between_every_pair_fast_path() {
+    let Some(_net) = network_test() else { return };
+    ping_every_pair(FAST_PATH, 1);
+}
+
+#[test]
+fn tcp_50mb_arrives_intact_fast_path() {
+    let Some(_net) = network_test() else { return };
+    tcp_transfer(FAST_PATH, 1);
+}
+
+#[test]
+fn tcp_50mb_arrives_intact_fast_path_two_workers() {
+    let Some(_net) = network_test() else { return };
+    tcp_transfer(FAST_PATH_TWO_WORKERS, 2);
+}
+
+#[test]
+fn flood_then_learn_fast_path() {
+    let Some(_net) = network_test() else { return };
+    flood_then_learn(FAST_PATH, 1);
 }

@@ -124,6 +124,14 @@ impl Bridge {
         &self.fdb
     }
 
+    /// `mac` was seen on `port` where the switch did not see it (the XDP fast path): its entry
+    /// stays alive. Only an entry already pointing there is refreshed, never moved.
+    pub fn refresh(&mut self, mac: MacAddr, port: PortId, now_ms: u64) {
+        if self.fdb.lookup(mac, now_ms) == Some(port) {
+            self.fdb.learn(mac, port, now_ms);
+        }
+    }
+
     /// Forgets every learned address (the operator's `fdb flush`); returns how many.
     pub fn flush_fdb(&mut self) -> usize {
         self.reannounce.clear();

@@ -303,6 +303,12 @@ fn stats(live: &Live) -> Value {
                 "longest_gap_us": s.worker(WorkerCounter::LongestGapUs),
                 "longest_commands_us": s.worker(WorkerCounter::LongestCommandsUs),
                 "gaps_over_1ms": s.worker(WorkerCounter::GapsOver1ms),
+                "fast_path_flows": s.worker(WorkerCounter::FastPathFlows),
+                "fast_path_packets": s.worker(WorkerCounter::FastPathPackets),
+                "fast_path_installed": s.worker(WorkerCounter::FastPathInstalled),
+                "fast_path_removed": s.worker(WorkerCounter::FastPathRemoved),
+                "fast_path_full": s.worker(WorkerCounter::FastPathFull),
+                "fast_path_errors": s.worker(WorkerCounter::FastPathErrors),
             })
         })
         .collect();

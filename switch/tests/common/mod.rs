@@ -147,8 +147,12 @@ impl Topology {
             "eth0",
         ]);
         must(&["ip", "-n", &pod.ns, "link", "set", "eth0", "up"]);
-        // Pods keep the kernel's default offloads: the switch finishes the checksums they leave
-        // to "hardware".
+        // GRO gives the pod's end NAPI, which frames the XDP fast path redirects into it need
+        // (README); otherwise pods keep the kernel's default offloads: the switch finishes the
+        // checksums they leave to "hardware".
+        must(&[
+            "ip", "netns", "exec", &pod.ns, "ethtool", "-K", "eth0", "gro", "on",
+        ]);
         must(&["ip", "-n", &self.sw, "link", "set", &pod.port, "up"]);
     }
 

@@ -1,0 +1,296 @@
+//! The XDP fast path's kernel side (issue 10): the maps the workers fill and the per-port
+//! program that reads them, built from `bpf/fastpath.c` by `build.rs` and loaded by our own
+//! ELF reader (no libbpf, no BTF).
+//!
+//! The program looks up (ingress ifindex, destination MAC, source MAC) in `l2_flows`; a hit is
+//! counted, stamped and redirected through the `ports` devmap; a miss goes to the port's XSKMAP
+//! exactly as the plain redirect program does. Only workers write `l2_flows`.
+
+use crate::bpf::{
+    bpf, fd_from, load_xdp_flags, name16, Insn, MapCreateAttr, MapElemAttr, RedirectProgram,
+    XskMap, BPF_F_XDP_HAS_FRAGS, BPF_MAP_CREATE, BPF_MAP_DELETE_ELEM, BPF_MAP_LOOKUP_ELEM,
+    BPF_MAP_UPDATE_ELEM, BPF_PSEUDO_MAP_FD,
+};
+use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+#[cfg(fastpath_object)]
+static OBJECT: Option<&[u8]> = Some(include_bytes!(concat!(env!("OUT_DIR"), "/fastpath.o")));
+#[cfg(not(fastpath_object))]
+static OBJECT: Option<&[u8]> = None;
+
+const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_DEVMAP_HASH: u32 = 25;
+/// Map update flag: create only (an installed flow keeps its counters).
+const BPF_NOEXIST: u64 = 1;
+/// Flows the map holds; beyond, flows stay in userspace (counted).
+pub const FLOW_CAPACITY: u32 = 65_536;
+const PORT_CAPACITY: u32 = 256;
+
+/// Whether this build carries the program (clang was there when pmd was built).
+pub fn available() -> bool {
+    OBJECT.is_some()
+}
+
+/// The key of an L2 flow, as the program builds it (16 bytes, no padding).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct L2Key {
+    pub ifindex: u32,
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+}
+
+/// An L2 flow's value: where it goes, and what the program counted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct L2Flow {
+    pub egress_ifindex: u32,
+    pub reserved: u32,
+    pub packets: u64,
+    pub bytes: u64,
+    /// CLOCK_MONOTONIC nanoseconds of the last hit.
+    pub last_ns: u64,
+}
+
+/// The maps every port's program shares.
+pub struct FastPath {
+    ports: OwnedFd,
+    flows: OwnedFd,
+}
+
+impl FastPath {
+    pub fn new() -> io::Result<FastPath> {
+        if OBJECT.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this vswitch was built without clang, so without the XDP fast path (scripts/install-deps.sh installs clang; rebuild)",
+            ));
+        }
+        Ok(FastPath {
+            ports: create_map(
+                BPF_MAP_TYPE_DEVMAP_HASH,
+                4,
+                4,
+                PORT_CAPACITY,
+                "vswitch_ports",
+            )?,
+            flows: create_map(
+                BPF_MAP_TYPE_HASH,
+                std::mem::size_of::<L2Key>() as u32,
+                std::mem::size_of::<L2Flow>() as u32,
+                FLOW_CAPACITY,
+                "vswitch_l2flows",
+            )?,
+        })
+    }
+
+    /// The program for one port: its own XSKMAP, the shared maps.
+    pub fn program(&self, xsks: &XskMap) -> io::Result<RedirectProgram> {
+        let object = OBJECT.ok_or_else(|| io::Error::from(io::ErrorKind::Unsupported))?;
+        let insns = link(object, |name| match name {
+            "xsks" => Some(xsks.fd.as_raw_fd()),
+            "ports" => Some(self.ports.as_raw_fd()),
+            "l2_flows" => Some(self.flows.as_raw_fd()),
+            _ => None,
+        })?;
+        let fd = load_xdp_flags(&insns, "vswitch_fast", BPF_F_XDP_HAS_FRAGS)?;
+        Ok(RedirectProgram::from_fd(fd))
+    }
+
+    /// Lets flows leave through `ifindex`.
+    pub fn add_port(&self, ifindex: u32) -> io::Result<()> {
+        update(&self.ports, &ifindex, &ifindex, 0)
+    }
+
+    pub fn del_port(&self, ifindex: u32) -> io::Result<()> {
+        delete(&self.ports, &ifindex)
+    }
+
+    /// Installs a flow; `false` when the key was there already (left as it is).
+    pub fn install(&self, key: &L2Key, egress_ifindex: u32) -> io::Result<bool> {
+        let flow = L2Flow {
+            egress_ifindex,
+            ..Default::default()
+        };
+        match update(&self.flows, key, &flow, BPF_NOEXIST) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn remove(&self, key: &L2Key) -> io::Result<()> {
+        match delete(&self.flows, key) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// The flow's value now (`None`: not installed).
+    pub fn read(&self, key: &L2Key) -> io::Result<Option<L2Flow>> {
+        let mut flow = L2Flow::default();
+        let mut attr = MapElemAttr {
+            map_fd: self.flows.as_raw_fd() as u32,
+            key: key as *const L2Key as u64,
+            value: &mut flow as *mut L2Flow as u64,
+            ..Default::default()
+        };
+        // SAFETY: `key` points to an L2Key and `value` to an L2Flow, the map's key and value
+        // sizes (both `repr(C)` without padding), alive until after the call; the kernel reads
+        // the key and writes the value.
+        match unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) } {
+            Ok(_) => Ok(Some(flow)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn create_map(
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    name: &str,
+) -> io::Result<OwnedFd> {
+    let mut attr = MapCreateAttr {
+        map_type,
+        key_size,
+        value_size,
+        max_entries,
+        map_name: name16(name),
+        ..Default::default()
+    };
+    // SAFETY: a map-create attribute holds no user pointers.
+    let fd = unsafe { bpf(BPF_MAP_CREATE, &mut attr)? };
+    Ok(fd_from(fd))
+}
+
+fn update<K, V>(map: &OwnedFd, key: &K, value: &V, flags: u64) -> io::Result<()> {
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key as *const K as u64,
+        value: value as *const V as u64,
+        flags,
+        ..Default::default()
+    };
+    // SAFETY: `key` and `value` are live references to the map's key and value types (the
+    // callers pass the types the map was created with), read by the kernel during the call.
+    unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map(|_| ())
+}
+
+fn delete<K>(map: &OwnedFd, key: &K) -> io::Result<()> {
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key as *const K as u64,
+        ..Default::default()
+    };
+    // SAFETY: `key` is a live reference to the map's key type, read during the call only.
+    unsafe { bpf(BPF_MAP_DELETE_ELEM, &mut attr) }.map(|_| ())
+}
+
+/// The instructions of the object's `xdp` section with each map reference (a 64-bit
+/// immediate load the relocation names) pointed at the descriptor `map_fd` gives for it.
+fn link(object: &[u8], map_fd: impl Fn(&str) -> Option<RawFd>) -> io::Result<Vec<Insn>> {
+    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let file = object::File::parse(object).map_err(|e| bad(format!("fast path object: {e}")))?;
+    let section = file
+        .section_by_name("xdp")
+        .ok_or_else(|| bad("fast path object: no xdp section".into()))?;
+    let data = section
+        .data()
+        .map_err(|e| bad(format!("fast path object: {e}")))?;
+    let mut insns: Vec<Insn> = data
+        .chunks_exact(8)
+        .map(|c| Insn {
+            code: c[0],
+            regs: c[1],
+            off: i16::from_le_bytes([c[2], c[3]]),
+            imm: i32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect();
+    for (offset, reloc) in section.relocations() {
+        let RelocationTarget::Symbol(index) = reloc.target() else {
+            return Err(bad(format!("relocation at {offset} not to a symbol")));
+        };
+        let name = file
+            .symbol_by_index(index)
+            .and_then(|s| s.name().map(str::to_string))
+            .map_err(|e| bad(format!("relocation at {offset}: {e}")))?;
+        let fd = map_fd(&name).ok_or_else(|| bad(format!("unknown map {name:?}")))?;
+        let insn = insns
+            .get_mut((offset / 8) as usize)
+            .filter(|i| i.code == 0x18)
+            .ok_or_else(|| bad(format!("relocation at {offset} is not a map load")))?;
+        insn.regs = (insn.regs & 0x0f) | (BPF_PSEUDO_MAP_FD << 4);
+        insn.imm = fd;
+    }
+    Ok(insns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_and_value_have_the_programs_layout() {
+        assert_eq!(std::mem::size_of::<L2Key>(), 16);
+        assert_eq!(std::mem::size_of::<L2Flow>(), 32);
+    }
+
+    #[test]
+    fn every_map_reference_is_linked() {
+        let Some(object) = OBJECT else {
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI builds with clang: the fast path must be there"
+            );
+            return;
+        };
+        let insns = link(object, |name| match name {
+            "xsks" => Some(101),
+            "ports" => Some(102),
+            "l2_flows" => Some(103),
+            _ => None,
+        })
+        .unwrap();
+        let mut fds: Vec<i32> = insns
+            .iter()
+            .filter(|i| i.code == 0x18 && i.regs >> 4 == BPF_PSEUDO_MAP_FD)
+            .map(|i| i.imm)
+            .collect();
+        fds.sort();
+        fds.dedup();
+        assert_eq!(fds, [101, 102, 103]);
+        assert!(link(object, |_| None).is_err(), "an unknown map is refused");
+    }
+
+    #[test]
+    fn the_verifier_accepts_the_program_and_flows_install_and_read_back() {
+        if !available() || nix::unistd::geteuid().as_raw() != 0 {
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI runs this as root, with clang"
+            );
+            return;
+        }
+        let fast = FastPath::new().unwrap();
+        let xsks = XskMap::create(1).unwrap();
+        fast.program(&xsks).unwrap();
+        let key = L2Key {
+            ifindex: 7,
+            dst: [2, 0, 0, 0, 0, 2],
+            src: [2, 0, 0, 0, 0, 1],
+        };
+        assert_eq!(fast.read(&key).unwrap(), None);
+        assert!(fast.install(&key, 9).unwrap());
+        assert!(!fast.install(&key, 10).unwrap());
+        let flow = fast.read(&key).unwrap().unwrap();
+        assert_eq!(flow.egress_ifindex, 9, "a second install keeps the first");
+        fast.remove(&key).unwrap();
+        fast.remove(&key).unwrap();
+        assert_eq!(fast.read(&key).unwrap(), None);
+    }
+}

@@ -1,0 +1,190 @@
+//! A worker's side of the XDP fast path: which L2 flows it installed, installing new ones as
+//! the bridge forwards their first frames, taking them out when the bridge's view changes,
+//! and reading back what the program counted (port counters, FDB liveness).
+//!
+//! The bridge stays the authority: a flow is installed only when both its addresses are
+//! learned where the frame came from and goes to, and removed as soon as either entry moves,
+//! ages or is flushed, or a port goes.
+
+use crate::fastpath::{FastPath, L2Key, FLOW_CAPACITY};
+use crate::stats::{PortCounter, WorkerCounter, WorkerStats};
+use pipeline::l2::Bridge;
+use pipeline::wire::MacAddr;
+use pipeline::PortId;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+struct Installed {
+    ingress: PortId,
+    egress: PortId,
+    /// What the program had counted when last read.
+    packets: u64,
+    bytes: u64,
+}
+
+pub struct FlowCache {
+    fast: Arc<FastPath>,
+    installed: HashMap<L2Key, Installed>,
+    /// Keys another worker installed first (it reads their counters).
+    foreign: HashSet<L2Key>,
+}
+
+impl FlowCache {
+    pub fn new(fast: Arc<FastPath>) -> FlowCache {
+        FlowCache {
+            fast,
+            installed: HashMap::new(),
+            foreign: HashSet::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.installed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.installed.is_empty()
+    }
+
+    /// The bridge forwarded `frame` from `ingress` to `egress`: install its flow if it
+    /// qualifies (unicast both ways, both addresses learned where they are, no port security
+    /// on the ingress port, which checks every frame's addresses).
+    #[allow(clippy::too_many_arguments)]
+    pub fn consider(
+        &mut self,
+        frame: &[u8],
+        ingress: PortId,
+        egress: PortId,
+        ifindex: &[u32],
+        bridge: &Bridge,
+        stats: &WorkerStats,
+        now_ms: u64,
+    ) {
+        if frame.len() < 12 {
+            return;
+        }
+        let (dst, src) = (
+            MacAddr::from_bytes(&frame[..6]),
+            MacAddr::from_bytes(&frame[6..12]),
+        );
+        let (Some(&in_if), Some(&out_if)) =
+            (ifindex.get(ingress as usize), ifindex.get(egress as usize))
+        else {
+            return;
+        };
+        let key = L2Key {
+            ifindex: in_if,
+            dst: dst.0,
+            src: src.0,
+        };
+        if in_if == 0
+            || out_if == 0
+            || self.installed.contains_key(&key)
+            || self.foreign.contains(&key)
+            || dst.0[0] & 1 != 0
+            || src.0[0] & 1 != 0
+            || bridge.security().get(ingress).is_some()
+            || bridge.fdb().lookup(src, now_ms) != Some(ingress)
+            || bridge.fdb().lookup(dst, now_ms) != Some(egress)
+        {
+            return;
+        }
+        let w = &stats.worker;
+        if self.installed.len() >= FLOW_CAPACITY as usize {
+            w.add(WorkerCounter::FastPathFull as usize, 1);
+            return;
+        }
+        match self.fast.install(&key, out_if) {
+            Ok(true) => {
+                self.installed.insert(
+                    key,
+                    Installed {
+                        ingress,
+                        egress,
+                        packets: 0,
+                        bytes: 0,
+                    },
+                );
+                w.add(WorkerCounter::FastPathInstalled as usize, 1);
+            }
+            Ok(false) => {
+                self.foreign.insert(key);
+            }
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::E2BIG | libc::ENOMEM | libc::ENOSPC)
+                ) =>
+            {
+                w.add(WorkerCounter::FastPathFull as usize, 1);
+            }
+            Err(_) => w.add(WorkerCounter::FastPathErrors as usize, 1),
+        }
+    }
+
+    /// Takes out every flow the bridge no longer backs (an address moved, aged or was flushed;
+    /// a port went). Cheap enough to run after every change of the worker's view.
+    pub fn validate(
+        &mut self,
+        bridge: &Bridge,
+        present: impl Fn(PortId) -> bool,
+        stats: &WorkerStats,
+        now_ms: u64,
+    ) {
+        let fast = &self.fast;
+        let mut removed = 0;
+        self.installed.retain(|key, f| {
+            let keep = present(f.ingress)
+                && present(f.egress)
+                && bridge.fdb().lookup(MacAddr(key.src), now_ms) == Some(f.ingress)
+                && bridge.fdb().lookup(MacAddr(key.dst), now_ms) == Some(f.egress);
+            if !keep {
+                let _ = fast.remove(key);
+                removed += 1;
+            }
+            keep
+        });
+        // Another worker's flows are its business; forget them so they can be looked at again.
+        self.foreign.clear();
+        stats
+            .worker
+            .add(WorkerCounter::FastPathRemoved as usize, removed);
+    }
+
+    /// Reads what the program counted since the last read: the ports' counters include it,
+    /// and a source address that is sending keeps its FDB entry alive.
+    pub fn harvest(&mut self, bridge: &mut Bridge, stats: &WorkerStats, now_ms: u64) {
+        for (key, f) in self.installed.iter_mut() {
+            let Ok(Some(now)) = self.fast.read(key) else {
+                continue;
+            };
+            let (packets, bytes) = (
+                now.packets.saturating_sub(f.packets),
+                now.bytes.saturating_sub(f.bytes),
+            );
+            if packets == 0 {
+                continue;
+            }
+            (f.packets, f.bytes) = (now.packets, now.bytes);
+            let rx = &stats.ports[f.ingress as usize];
+            rx.add(PortCounter::RxPackets as usize, packets);
+            rx.add(PortCounter::RxBytes as usize, bytes);
+            let tx = &stats.ports[f.egress as usize];
+            tx.add(PortCounter::TxPackets as usize, packets);
+            tx.add(PortCounter::TxBytes as usize, bytes);
+            stats
+                .worker
+                .add(WorkerCounter::FastPathPackets as usize, packets);
+            bridge.refresh(MacAddr(key.src), f.ingress, now_ms);
+        }
+    }
+
+    /// Takes out every flow (stop, or the fast path turned off).
+    pub fn clear(&mut self) {
+        for key in self.installed.keys() {
+            let _ = self.fast.remove(key);
+        }
+        self.installed.clear();
+        self.foreign.clear();
+    }
+}

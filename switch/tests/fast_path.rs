@@ -1,0 +1,181 @@
+//! The XDP fast path (issue 10, L2 flows): what the pods see is the same with it and without
+//! it; it carries what it may (TCP and UDP with complete checksums, no connection changes)
+//! and counts it on the ports; and its flows go when the bridge's view changes.
+
+mod common;
+
+use common::{network_test, Switch, Topology};
+use std::io::{BufRead, BufReader};
+
+const FAST: &[&str] = &["--fast-path", "xdp"];
+
+fn worker_counter(switch: &Switch, name: &str) -> u64 {
+    let stats = switch.ctl_json(&["show", "stats", "--json"]);
+    stats["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w[name].as_u64().unwrap_or_else(|| panic!("no {name}: {w}")))
+        .sum()
+}
+
+fn stop(switch: Switch) -> String {
+    let stopped = switch.stop();
+    assert_eq!(stopped.code, Some(0), "{}", stopped.stderr);
+    assert!(
+        stopped.stdout.contains("all frames home"),
+        "{}",
+        stopped.stdout
+    );
+    stopped.stdout
+}
+
+fn transfer(topo: &Topology, bytes: &str) {
+    let script = Topology::script("tcp_transfer.py");
+    let server = topo.spawn(&topo.pods[1].ns, &["python3", &script, "serve", "5001"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let sent = topo.exec(
+        &topo.pods[0].ns,
+        &["python3", &script, "send", &topo.pods[1].ip, "5001", bytes],
+    );
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let received = server.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&received.stdout).trim(),
+        String::from_utf8_lossy(&sent.stdout).trim(),
+        "bytes and SHA-256 at the receiver"
+    );
+}
+
+/// Pods that finish their own checksums (transmit offload off): their TCP data goes by the
+/// fast path, intact, and the ports count it.
+#[test]
+fn tcp_with_complete_checksums_goes_by_the_fast_path_and_is_counted() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(2);
+    for pod in &topo.pods {
+        common::must(&[
+            "ip", "netns", "exec", &pod.ns, "ethtool", "-K", "eth0", "tx", "off",
+        ]);
+    }
+    let switch = topo.start_switch(FAST);
+    assert!(topo.ping(0, 1));
+    transfer(&topo, "50000000");
+    // The workers read the program's counters once a second.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let fast = worker_counter(&switch, "fast_path_packets");
+    assert!(fast > 20_000, "fast_path_packets = {fast}");
+    assert!(worker_counter(&switch, "fast_path_flows") >= 2);
+    let out = stop(switch);
+    let rx: u64 = out
+        .lines()
+        .find(|l| l.starts_with("vp1 "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(rx > 50_000_000, "vp1 rx_bytes {rx} include the fast path's");
+}
+
+/// Pods with the kernel's default offloads leave TCP checksums partial: only the switch
+/// finishes those, so that traffic stays in the slow path, and arrives intact.
+#[test]
+fn offloaded_checksums_stay_in_the_slow_path() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(2);
+    let switch = topo.start_switch(FAST);
+    assert!(topo.ping(0, 1));
+    transfer(&topo, "5000000");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let fast = worker_counter(&switch, "fast_path_packets");
+    assert!(
+        fast < 100,
+        "fast_path_packets = {fast}: partial checksums went by it"
+    );
+    let out = stop(switch);
+    assert!(out.contains("checksums_completed="), "{out}");
+}
+
+/// What pod 2 accepts of UDP datagrams from pod 1 with complete, partial and wrong checksums.
+fn udp_seen(extra: &[&str]) -> String {
+    let topo = Topology::new(2);
+    let switch = topo.start_switch(extra);
+    // Both addresses learned, so the flow qualifies at once.
+    assert!(topo.ping(1, 0));
+    let script = Topology::script("rawframe.py");
+    let mut counter = topo.spawn(
+        &topo.pods[1].ns,
+        &["python3", &script, "udp-count", "7777", "3"],
+    );
+    let mut out = BufReader::new(counter.stdout.take().unwrap());
+    let mut ready = String::new();
+    out.read_line(&mut ready).unwrap();
+    for mode in ["good", "partial", "wrong", "good"] {
+        let sent = topo.exec(
+            &topo.pods[0].ns,
+            &[
+                "python3",
+                &script,
+                "udp",
+                "eth0",
+                &topo.pods[1].mac,
+                &topo.pods[0].mac,
+                &topo.pods[0].ip,
+                &topo.pods[1].ip,
+                "7777",
+                mode,
+                "50",
+            ],
+        );
+        assert!(sent.status.success());
+    }
+    let mut counts = String::new();
+    out.read_line(&mut counts).unwrap();
+    counter.wait().unwrap();
+    if extra == FAST {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        assert!(
+            worker_counter(&switch, "fast_path_packets") > 0,
+            "the good datagrams after the first went by the fast path"
+        );
+    }
+    stop(switch);
+    counts.trim().to_string()
+}
+
+#[test]
+fn the_pods_see_the_same_with_and_without_the_fast_path() {
+    let Some(_net) = network_test() else { return };
+    let slow = udp_seen(&[]);
+    let fast = udp_seen(FAST);
+    assert_eq!(slow, "good=100 partial=50");
+    assert_eq!(fast, slow);
+}
+
+/// Flows go with their port, and with the addresses they were learned from.
+#[test]
+fn flows_go_when_their_port_or_addresses_go() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(3);
+    for pod in &topo.pods {
+        common::must(&[
+            "ip", "netns", "exec", &pod.ns, "ethtool", "-K", "eth0", "tx", "off",
+        ]);
+    }
+    let switch = topo.start_switch(FAST);
+    assert!(topo.ping(0, 1) && topo.ping(0, 2));
+    transfer(&topo, "2000000");
+    let flows = || worker_counter(&switch, "fast_path_flows");
+    assert!(flows() >= 2, "pod 1 <-> pod 2 installed");
+    switch.ctl_ok(&["fdb", "flush"]);
+    assert_eq!(flows(), 0, "fdb flush takes every flow out");
+    transfer(&topo, "2000000");
+    assert!(flows() >= 2);
+    switch.ctl_ok(&["port", "del", "vp2"]);
+    assert_eq!(flows(), 0, "port del takes its flows out");
+    assert!(topo.ping(0, 2), "the others still reach each other");
+    stop(switch);
+}
