@@ -11,7 +11,8 @@
 # the generator's core, the sink's on whichever core transmits to it).
 #
 # Scenarios:
-#   l2    frames to the sink's MAC and address: vswitch --ports vs. a Linux bridge, Open vSwitch
+#   l2    frames to the sink's MAC and address: vswitch --ports (and with --fast-path xdp) vs. a
+#         Linux bridge, the kernel's bare XDP redirect vgen -> vsink (the limit of the path), Open vSwitch
 #         3.1's userspace datapath with afxdp ports (datapath_type=netdev, PMD on core 0) and
 #         DPDK testpmd io forwarding over two net_af_xdp vdevs (--no-huge, forwarding lcore 0):
 #         the AF_XDP ceiling. The peers are installed from Debian packages when missing
@@ -144,6 +145,8 @@ ip -n $GEN addr add 10.244.1.4/24 dev gen0
 ip -n $SINK addr add 10.244.1.2/24 dev sink0
 ip -n $GEN link set gen0 up
 ip -n $SINK link set sink0 up
+# NAPI on the sink's end, which frames redirected by XDP into vsink need (GRO gives it).
+ip netns exec $SINK ethtool -K sink0 gro on >/dev/null
 ip -n $GEN route add default via 10.244.1.1
 ip -n $SINK route add default via 10.244.1.1
 ip -n $SW link set vgen up
@@ -276,6 +279,28 @@ l2_vswitch() {
 	r=$(measure $SINK_MAC 10.244.1.2 9)
 	stop_vswitch
 	echo "$r $CPP"
+}
+
+# The XDP fast path: the first frame learns and installs the flow, the rest never leave XDP.
+l2_vswitch_fast() {
+	start_vswitch --ports vgen,vsink --fast-path xdp
+	announce_sink
+	local r
+	r=$(measure $SINK_MAC 10.244.1.2 9)
+	stop_vswitch
+	echo "$r $CPP"
+}
+
+# The kernel's bare XDP forwarding between the same veths (bpf_redirect in native XDP on vgen):
+# what any XDP forwarder can reach at most.
+l2_xdp_redirect() {
+	ip netns exec $SW $bin/vswitch-pktgen redirect --dev vgen --to vsink --duration $((duration + 4)) >/dev/null &
+	local rd=$! r
+	for _ in $(seq 50); do ip -n $SW -d link show vgen | grep -q prog/xdp && break; sleep 0.1; done
+	r=$(measure $SINK_MAC 10.244.1.2 9)
+	kill $rd 2>/dev/null || true
+	wait $rd 2>/dev/null || true
+	echo "$r 0"
 }
 
 l2_vswitch_busypoll() {
@@ -673,7 +698,7 @@ print()
 PY
 }
 
-l2_planes=(vswitch:l2_vswitch linux-bridge:l2_kernel)
+l2_planes=(vswitch:l2_vswitch linux-bridge:l2_kernel vswitch-fastpath:l2_vswitch_fast kernel-xdp-redirect:l2_xdp_redirect)
 [ -n "$with_ovs" ] && l2_planes+=(ovs-afxdp:l2_ovs)
 [ -n "$with_testpmd" ] && l2_planes+=(testpmd-af_xdp:l2_testpmd)
 [ -n "$with_busypoll" ] && l2_planes+=(vswitch-busy-poll:l2_vswitch_busypoll)

@@ -335,6 +335,13 @@ impl LiveFrameSender {
         })
     }
 
+    /// Attaches the program to `ifindex` in native mode: every frame arriving there is
+    /// redirected out of the sender's interface (the kernel's bare XDP forwarding, a peer in
+    /// the benchmarks).
+    pub fn attach_native(&self, ifindex: u32) -> io::Result<XdpLink> {
+        XdpLink::attach_fd(&self.fd, ifindex, XdpMode::Native)
+    }
+
     /// Keeps the program attached (generic mode) to `ifindex` while the sender lives. Every
     /// test run of a program the kernel's XDP dispatcher does not hold yet rewrites the
     /// dispatcher, which interrupts every core (text poke IPIs); an attached program is held.

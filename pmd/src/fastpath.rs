@@ -20,7 +20,7 @@ static OBJECT: Option<&[u8]> = Some(include_bytes!(concat!(env!("OUT_DIR"), "/fa
 #[cfg(not(fastpath_object))]
 static OBJECT: Option<&[u8]> = None;
 
-const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
 const BPF_MAP_TYPE_DEVMAP_HASH: u32 = 25;
 /// Map update flag: create only (an installed flow keeps its counters).
 const BPF_NOEXIST: u64 = 1;
@@ -50,14 +50,15 @@ pub struct L2Flow {
     pub reserved: u32,
     pub packets: u64,
     pub bytes: u64,
-    /// CLOCK_MONOTONIC nanoseconds of the last hit.
-    pub last_ns: u64,
+    pub reserved2: u64,
 }
 
 /// The maps every port's program shares.
 pub struct FastPath {
     ports: OwnedFd,
     flows: OwnedFd,
+    /// The flow map is per CPU: a value is one `L2Flow` per possible CPU.
+    cpus: usize,
 }
 
 impl FastPath {
@@ -69,6 +70,7 @@ impl FastPath {
             ));
         }
         Ok(FastPath {
+            cpus: possible_cpus()?,
             ports: create_map(
                 BPF_MAP_TYPE_DEVMAP_HASH,
                 4,
@@ -77,7 +79,7 @@ impl FastPath {
                 "vswitch_ports",
             )?,
             flows: create_map(
-                BPF_MAP_TYPE_HASH,
+                BPF_MAP_TYPE_PERCPU_HASH,
                 std::mem::size_of::<L2Key>() as u32,
                 std::mem::size_of::<L2Flow>() as u32,
                 FLOW_CAPACITY,
@@ -114,7 +116,8 @@ impl FastPath {
             egress_ifindex,
             ..Default::default()
         };
-        match update(&self.flows, key, &flow, BPF_NOEXIST) {
+        let per_cpu = vec![flow; self.cpus];
+        match update_slice(&self.flows, key, &per_cpu, BPF_NOEXIST) {
             Ok(()) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
             Err(e) => Err(e),
@@ -128,20 +131,25 @@ impl FastPath {
         }
     }
 
-    /// The flow's value now (`None`: not installed).
+    /// The flow's value now, its counters summed over the CPUs (`None`: not installed).
     pub fn read(&self, key: &L2Key) -> io::Result<Option<L2Flow>> {
-        let mut flow = L2Flow::default();
+        let mut per_cpu = vec![L2Flow::default(); self.cpus];
         let mut attr = MapElemAttr {
             map_fd: self.flows.as_raw_fd() as u32,
             key: key as *const L2Key as u64,
-            value: &mut flow as *mut L2Flow as u64,
+            value: per_cpu.as_mut_ptr() as u64,
             ..Default::default()
         };
-        // SAFETY: `key` points to an L2Key and `value` to an L2Flow, the map's key and value
-        // sizes (both `repr(C)` without padding), alive until after the call; the kernel reads
-        // the key and writes the value.
+        // SAFETY: `key` points to an L2Key, the map's key; `value` to `cpus` L2Flows, the
+        // per-CPU value size (32 bytes, a multiple of 8, times the possible CPUs), alive until
+        // after the call; the kernel reads the key and writes the values.
         match unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) } {
-            Ok(_) => Ok(Some(flow)),
+            Ok(_) => Ok(Some(L2Flow {
+                egress_ifindex: per_cpu[0].egress_ifindex,
+                packets: per_cpu.iter().map(|f| f.packets).sum(),
+                bytes: per_cpu.iter().map(|f| f.bytes).sum(),
+                ..Default::default()
+            })),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
             Err(e) => Err(e),
         }
@@ -179,6 +187,38 @@ fn update<K, V>(map: &OwnedFd, key: &K, value: &V, flags: u64) -> io::Result<()>
     // SAFETY: `key` and `value` are live references to the map's key and value types (the
     // callers pass the types the map was created with), read by the kernel during the call.
     unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map(|_| ())
+}
+
+/// As `update`, for a per-CPU map: one value per possible CPU.
+fn update_slice<K, V>(map: &OwnedFd, key: &K, values: &[V], flags: u64) -> io::Result<()> {
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key as *const K as u64,
+        value: values.as_ptr() as u64,
+        flags,
+        ..Default::default()
+    };
+    // SAFETY: `key` is a live reference to the map's key type and `values` a live slice of one
+    // value per possible CPU, what the kernel reads for a per-CPU map, during the call only.
+    unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map(|_| ())
+}
+
+/// CPUs the kernel may bring up (`/sys/devices/system/cpu/possible`, e.g. "0-15"): the
+/// number of values in a per-CPU map's element.
+fn possible_cpus() -> io::Result<usize> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
+    let mut highest = 0;
+    for part in text.trim().split(',') {
+        let last = part.rsplit('-').next().unwrap_or(part);
+        let n: usize = last.parse().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("possible CPUs {text:?}"),
+            )
+        })?;
+        highest = highest.max(n);
+    }
+    Ok(highest + 1)
 }
 
 fn delete<K>(map: &OwnedFd, key: &K) -> io::Result<()> {

@@ -89,6 +89,16 @@ enum Command {
         #[arg(long)]
         core: Option<usize>,
     },
+    /// Forward every frame arriving on `dev` out of `to` in native XDP (`bpf_redirect`), for
+    /// `duration` seconds: the kernel's bare XDP path, the limit of any XDP forwarder.
+    Redirect {
+        #[arg(long)]
+        dev: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+    },
     /// Count frames received on an interface (its rx_packets counter).
     Count {
         #[arg(long)]
@@ -180,6 +190,9 @@ fn main() -> ExitCode {
             duration,
             xdp_drop,
         } => count(&dev, Duration::from_secs_f64(duration), xdp_drop, &stop),
+        Command::Redirect { dev, to, duration } => {
+            redirect(&dev, &to, Duration::from_secs_f64(duration), &stop)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -273,6 +286,20 @@ fn send(dev: &str, spec: &FrameSpec, plan: &SendPlan, stop: &AtomicBool) -> Resu
         "result: sent={sent} seconds={secs:.3} pps={:.0} forgone={forgone}",
         sent as f64 / secs
     );
+    Ok(())
+}
+
+fn redirect(dev: &str, to: &str, duration: Duration, stop: &AtomicBool) -> Result<(), String> {
+    let ifindex = |d: &str| pmd::netdev::ifindex(d).map_err(|e| format!("{d}: {e}"));
+    let prog = LiveFrameSender::load(ifindex(to)?).map_err(|e| format!("loading: {e}"))?;
+    let _link = prog
+        .attach_native(ifindex(dev)?)
+        .map_err(|e| format!("attaching to {dev}: {e}"))?;
+    println!("redirecting {dev} -> {to}");
+    let start = Instant::now();
+    while !stop.load(Ordering::Relaxed) && start.elapsed() < duration {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     Ok(())
 }
 
