@@ -29,9 +29,10 @@
 #         new connection (--conn-rate per second, offered for 2 s), with 1 and with 10,000
 #         services: kube-proxy-style rules are matched for each new connection, in order.
 #   scale  L2 with 1, 2 and 4 workers (--workers LIST) over multi-queue veth pairs: worker w
-#         owns queue w of both ports; one generator per queue, pinned to its own core (veth
-#         picks the receive queue from the sending CPU), so W workers need 2W cores; counts
-#         that do not fit are skipped with a note.
+#         owns queue w of both ports; one generator process (vswitch-pktgen send --cores) with a
+#         sending thread per queue, each pinned to its own core (veth picks the receive queue
+#         from the sending CPU), so W workers need 2W cores; counts that do not fit are skipped
+#         with a note.
 #   ctscale  the dnat scenario on vswitch twice: with --fill N connections tracked before the
 #         measurement (N distinct flows sent to the service first; UDP entries live 30 s) and
 #         with an empty table: the cost of a big connection table.
@@ -721,7 +722,7 @@ if [ "$scenario" = vxlan ] || [ "$scenario" = all ]; then
 fi
 # Multi-core scaling: W workers, W generators on cores W..2W-1, each feeding its own queue.
 scale_run() {
-	local w=$1 cores gens=() i
+	local w=$1 cores
 	cores=$(seq -s, 0 $((w - 1)))
 	ip -n $GEN link set gen0 down
 	ip netns exec $GEN ethtool -L gen0 rx "$w" tx "$w" >/dev/null 2>&1 || true
@@ -733,19 +734,18 @@ scale_run() {
 	announce_sink
 	start_sink_counter
 	local counter=$COUNTER
-	for i in $(seq 0 $((w - 1))); do
-		ip netns exec $GEN $bin/vswitch-pktgen send --dev gen0 --core $((w + i)) --src-mac $GEN_MAC \
-			--dst-mac $SINK_MAC --src-ip 10.244.1.4 --dst-ip 10.244.1.2 --dst-port 9 \
-			--size "$size" --flows "$flows" --duration "$duration" | tail -1 >"$tmp/gen$i" &
-		gens+=($!)
-	done
-	wait "${gens[@]}"
+	# One generator process, one program held once, a sending thread on each of cores W..2W-1
+	# (veth picks the receive queue from the sending CPU). It refuses when it cannot hold the
+	# program: unheld, every send rewrites the XDP dispatcher and the generators stall.
+	ip netns exec $GEN $bin/vswitch-pktgen send --dev gen0 --cores "$(seq -s, "$w" $((2 * w - 1)))" \
+		--src-mac $GEN_MAC --dst-mac $SINK_MAC --src-ip 10.244.1.4 --dst-ip 10.244.1.2 --dst-port 9 \
+		--size "$size" --flows "$flows" --duration "$duration" | tail -1 >"$tmp/gen"
 	wait $counter
 	stop_vswitch
-	python3 - "$(tail -1 "$tmp/sink")" "$tmp" "$w" <<'PY'
+	python3 - "$(tail -1 "$tmp/sink")" "$(cat "$tmp/gen")" <<'PY'
 import re, sys
 received = int(re.search(r"received=(\d+)", sys.argv[1]).group(1))
-secs = max(float(re.search(r"seconds=([0-9.]+)", open(f"{sys.argv[2]}/gen{i}").read()).group(1)) for i in range(int(sys.argv[3])))
+secs = float(re.search(r"seconds=([0-9.]+)", sys.argv[2]).group(1))
 print(round(received / secs))
 PY
 }

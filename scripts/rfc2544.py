@@ -3,18 +3,20 @@
 
 Binary search of the offered rate for NDR (no loss) and PDR (loss at most 0.5 %), then latency
 at 10 %, 50 % and 90 % of PDR, with vswitch-pktgen: `send --stamp` in the generator namespace,
-`recv` (AF_XDP, sequence numbers and send times) in the sink namespace, both pinned to --core
-(keep them off the switch's worker core: a receiver scheduled there preempts a busy-polling
-worker for a whole scheduler slice, milliseconds).
+`recv` (AF_XDP, sequence numbers and send times) in the sink namespace, pinned to --core and
+--recv-core (default: the next core when the machine has one, else --core); keep both off the
+switch's worker core: a receiver scheduled there preempts a busy-polling worker for a whole
+scheduler slice, milliseconds.
 
   rfc2544.py --gen-ns NS --sink-ns NS --src-mac M --dst-mac M --dst-ip IP [--dst-port P]
              [--gen-dev gen0] [--sink-dev sink0] [--trial SECS] [--precision FRACTION]
-             [--core C] [--bin DIR] [--label NAME]
+             [--core C] [--recv-core C] [--bin DIR] [--label NAME]
 
 Prints one line per trial and, last, one JSON object.
 """
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -27,7 +29,7 @@ def trial(a, rate):
     """One trial at `rate` pps (0: as fast as possible): (sent, received, lost, latency dict)."""
     recv = subprocess.Popen(
         ["ip", "netns", "exec", a.sink_ns, f"{a.bin}/vswitch-pktgen", "recv", "--dev", a.sink_dev,
-         "--port", str(a.dst_port), "--duration", str(a.trial + 1.5), "--core", str(a.core)],
+         "--port", str(a.dst_port), "--duration", str(a.trial + 1.5), "--core", str(a.recv_core)],
         stdout=subprocess.PIPE, text=True)
     line = recv.stdout.readline()
     if line.strip() != "ready":
@@ -83,9 +85,12 @@ def main():
     p.add_argument("--trial", type=float, default=2.0)
     p.add_argument("--precision", type=float, default=0.03)
     p.add_argument("--core", type=int, default=1)
+    p.add_argument("--recv-core", type=int, default=None)
     p.add_argument("--bin", default="target/release")
     p.add_argument("--label", default="switch")
     a = p.parse_args()
+    if a.recv_core is None:
+        a.recv_core = a.core + 1 if a.core + 1 < os.cpu_count() else a.core
 
     print(f"== {a.label}: maximum rate (generator as fast as it goes)", flush=True)
     sent, received, _, seconds, _ = trial(a, 0)

@@ -68,8 +68,13 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         count: u64,
         /// Pin the sender to this core.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cores")]
         core: Option<usize>,
+        /// One sending thread per core of this list (e.g. 2,3 or 4-7), one program for all,
+        /// held in the XDP dispatcher (refused when it cannot be: the other threads' sends
+        /// would rewrite the dispatcher and stall). Rate and count are shared out.
+        #[arg(long, value_parser = parse_cores)]
+        cores: Option<CoreList>,
         /// Write a sequence number and the send time into each frame (for `recv`).
         #[arg(long)]
         stamp: bool,
@@ -141,6 +146,7 @@ fn main() -> ExitCode {
             duration,
             count,
             core,
+            cores,
             stamp,
         } => {
             let spec = FrameSpec {
@@ -172,7 +178,10 @@ fn main() -> ExitCode {
                 limit: count,
                 stamp,
             };
-            send(&dev, &spec, &plan, &stop)
+            match cores {
+                Some(cores) => send_on_cores(&dev, &spec, &plan, &cores.0, &stop),
+                None => send(&dev, &spec, &plan, &stop),
+            }
         }
         Command::Recv {
             dev,
@@ -217,29 +226,114 @@ struct SendPlan {
     stamp: bool,
 }
 
-fn send(dev: &str, spec: &FrameSpec, plan: &SendPlan, stop: &AtomicBool) -> Result<(), String> {
-    let SendPlan {
-        flows,
-        burst,
-        rate,
-        duration,
-        limit,
-        stamp,
-    } = *plan;
+fn load_sender(dev: &str, stamp: bool) -> Result<LiveFrameSender, String> {
     let ifindex = pmd::netdev::ifindex(dev).map_err(|e| e.to_string())?;
     let loaded = if stamp {
         LiveFrameSender::load_stamped(ifindex)
     } else {
         LiveFrameSender::load(ifindex)
     };
-    let mut sender = loaded.map_err(|e| format!("loading the sender program: {e}"))?;
-    // The generator's own namespace's loopback carries nothing; holding the program there
-    // spares every core an IPI storm per send call.
+    loaded.map_err(|e| format!("loading the sender program: {e}"))
+}
+
+/// Holds the program in the XDP dispatcher on the namespace's loopback (which carries
+/// nothing): a program the dispatcher does not hold is swapped in for every send call, which
+/// interrupts every core and sleeps.
+fn hold(sender: &mut LiveFrameSender) -> Result<(), String> {
     let lo = pmd::netdev::ifindex("lo").map_err(|e| e.to_string())?;
-    if let Err(e) = sender.hold_in_dispatcher(lo) {
-        eprintln!("vswitch-pktgen: warning: could not hold the program in the XDP dispatcher ({e}); small sends will disturb other cores");
+    sender
+        .hold_in_dispatcher(lo)
+        .map_err(|e| format!("holding the program in the XDP dispatcher on lo: {e}"))
+}
+
+fn send(dev: &str, spec: &FrameSpec, plan: &SendPlan, stop: &AtomicBool) -> Result<(), String> {
+    let mut sender = load_sender(dev, plan.stamp)?;
+    // Said in the result, for whoever reads the numbers.
+    let disturbed = match hold(&mut sender) {
+        Ok(()) => false,
+        Err(e) => {
+            eprintln!("vswitch-pktgen: warning: {e}; small sends will disturb other cores");
+            true
+        }
+    };
+    let frames: Vec<Vec<u8>> = (0..plan.flows).map(|f| test_frame(spec, f)).collect();
+    let (sent, secs, forgone) = send_loop(&sender, &frames, plan, dev, stop, true)?;
+    println!(
+        "result: sent={sent} seconds={secs:.3} pps={:.0} forgone={forgone}{}",
+        sent as f64 / secs,
+        if disturbed { " disturbed=yes" } else { "" }
+    );
+    Ok(())
+}
+
+/// One program, held once; one sending thread per core, each with its share of rate and count.
+fn send_on_cores(
+    dev: &str,
+    spec: &FrameSpec,
+    plan: &SendPlan,
+    cores: &[usize],
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    let mut sender = load_sender(dev, plan.stamp)?;
+    hold(&mut sender).map_err(|e| format!("{e}: refusing to send from several cores"))?;
+    let frames: Vec<Vec<u8>> = (0..plan.flows).map(|f| test_frame(spec, f)).collect();
+    let n = cores.len() as u64;
+    let share = SendPlan {
+        rate: plan.rate / n,
+        limit: plan.limit.div_ceil(n),
+        ..*plan
+    };
+    let results: Vec<Result<(u64, f64, u64), String>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = cores
+            .iter()
+            .map(|&core| {
+                let (sender, frames) = (&sender, &frames);
+                scope.spawn(move || {
+                    core_affinity::set_for_current(core_affinity::CoreId { id: core });
+                    send_loop(sender, frames, &share, dev, stop, false)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err("a sending thread panicked".into()))
+            })
+            .collect()
+    });
+    let (mut sent, mut secs, mut forgone) = (0, 0f64, 0);
+    for (core, r) in cores.iter().zip(results) {
+        let (s, t, f) = r?;
+        println!("core {core}: sent={s} pps={:.0}", s as f64 / t);
+        sent += s;
+        secs = secs.max(t);
+        forgone += f;
     }
-    let frames: Vec<Vec<u8>> = (0..flows).map(|f| test_frame(spec, f)).collect();
+    println!(
+        "result: sent={sent} seconds={secs:.3} pps={:.0} forgone={forgone} cores={}",
+        sent as f64 / secs,
+        cores.len()
+    );
+    Ok(())
+}
+
+/// Sends until the plan's duration or count is reached; returns (sent, seconds, forgone).
+fn send_loop(
+    sender: &LiveFrameSender,
+    frames: &[Vec<u8>],
+    plan: &SendPlan,
+    dev: &str,
+    stop: &AtomicBool,
+    report_each_second: bool,
+) -> Result<(u64, f64, u64), String> {
+    let SendPlan {
+        burst,
+        rate,
+        duration,
+        limit,
+        ..
+    } = *plan;
     let start = Instant::now();
     let mut sent = 0u64;
     let mut last = (start, 0u64);
@@ -275,18 +369,41 @@ fn send(dev: &str, spec: &FrameSpec, plan: &SendPlan, stop: &AtomicBool) -> Resu
             .map_err(|e| format!("sending into {dev}: {e}"))?;
         sent += per_flow;
         flow = (flow + 1) % frames.len();
-        if last.0.elapsed() >= Duration::from_secs(1) {
+        if report_each_second && last.0.elapsed() >= Duration::from_secs(1) {
             let secs = last.0.elapsed().as_secs_f64();
             println!("tx {dev}: {:.0} pps", (sent - last.1) as f64 / secs);
             last = (Instant::now(), sent);
         }
     }
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "result: sent={sent} seconds={secs:.3} pps={:.0} forgone={forgone}",
-        sent as f64 / secs
-    );
-    Ok(())
+    Ok((sent, start.elapsed().as_secs_f64(), forgone))
+}
+
+#[derive(Clone, Debug)]
+struct CoreList(Vec<usize>);
+
+/// A core list: numbers and ranges, comma-separated (2,3 or 4-7).
+fn parse_cores(s: &str) -> Result<CoreList, String> {
+    let mut cores = Vec::new();
+    for part in s.split(',') {
+        let bad = || format!("bad core list {s:?} (e.g. 2,3 or 4-7)");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (
+                    a.trim().parse().map_err(|_| bad())?,
+                    b.trim().parse().map_err(|_| bad())?,
+                );
+                if a > b {
+                    return Err(bad());
+                }
+                cores.extend(a..=b);
+            }
+            None => cores.push(part.trim().parse().map_err(|_| bad())?),
+        }
+    }
+    if cores.is_empty() {
+        return Err(format!("empty core list {s:?}"));
+    }
+    Ok(CoreList(cores))
 }
 
 fn redirect(dev: &str, to: &str, duration: Duration, stop: &AtomicBool) -> Result<(), String> {
