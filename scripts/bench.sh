@@ -24,7 +24,8 @@
 #         iptables mode matches rules in order).
 #   search  RFC 2544 / CSIT-style: binary search of the offered rate for NDR (no loss) and PDR
 #         (0.5 % loss), then latency p50/p99/p99.9 at 10/50/90 % of PDR, L2, vswitch and the
-#         Linux bridge (scripts/rfc2544.py; receiver: vswitch-pktgen recv on an AF_XDP socket).
+#         Linux bridge, and vswitch with --fast-path xdp (scripts/rfc2544.py; receiver:
+#         vswitch-pktgen recv on an AF_XDP socket, on its own core where there is one).
 #   connrate  connection setup: the dnat scenario with TCP services and every frame a SYN of a
 #         new connection (--conn-rate per second, offered for 2 s), with 1 and with 10,000
 #         services: kube-proxy-style rules are matched for each new connection, in order.
@@ -850,12 +851,16 @@ if [ "$scenario" = search ]; then
 	announce_sink
 	search_one vswitch
 	stop_vswitch
+	start_vswitch --ports vgen,vsink --fast-path xdp
+	announce_sink
+	search_one vswitch-fastpath
+	stop_vswitch
 	bridge_up
 	announce_sink
 	search_one linux-bridge
 	bridge_down
 	out=bench/results/search-$stamp.json
-	python3 - "$out" "$tmp/search-vswitch" "$tmp/search-linux-bridge" <<'PY'
+	python3 - "$out" "$tmp/search-vswitch" "$tmp/search-vswitch-fastpath" "$tmp/search-linux-bridge" <<'PY'
 import json, os, platform, sys
 runs = [json.loads(open(f).read().strip().splitlines()[-1]) for f in sys.argv[2:]]
 machine = f"{platform.node()} {os.cpu_count()} cores {platform.machine()} kernel {platform.release()}"
