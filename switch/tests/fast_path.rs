@@ -20,35 +20,7 @@ fn worker_counter(switch: &Switch, name: &str) -> u64 {
 }
 
 fn stop(switch: Switch) -> String {
-    let stopped = switch.stop();
-    assert_eq!(stopped.code, Some(0), "{}", stopped.stderr);
-    assert!(
-        stopped.stdout.contains("all frames home"),
-        "{}",
-        stopped.stdout
-    );
-    stopped.stdout
-}
-
-fn transfer(topo: &Topology, bytes: &str) {
-    let script = Topology::script("tcp_transfer.py");
-    let server = topo.spawn(&topo.pods[1].ns, &["python3", &script, "serve", "5001"]);
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let sent = topo.exec(
-        &topo.pods[0].ns,
-        &["python3", &script, "send", &topo.pods[1].ip, "5001", bytes],
-    );
-    assert!(
-        sent.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
-    let received = server.wait_with_output().unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&received.stdout).trim(),
-        String::from_utf8_lossy(&sent.stdout).trim(),
-        "bytes and SHA-256 at the receiver"
-    );
+    switch.stop_clean().stdout
 }
 
 /// Pods that finish their own checksums (transmit offload off): their TCP data goes by the
@@ -64,7 +36,7 @@ fn tcp_with_complete_checksums_goes_by_the_fast_path_and_is_counted() {
     }
     let switch = topo.start_switch(FAST);
     assert!(topo.ping(0, 1));
-    transfer(&topo, "50000000");
+    topo.transfer(0, 1, 50_000_000);
     // The workers read the program's counters once a second.
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let fast = worker_counter(&switch, "fast_path_packets");
@@ -88,7 +60,7 @@ fn offloaded_checksums_stay_in_the_slow_path() {
     let topo = Topology::new(2);
     let switch = topo.start_switch(FAST);
     assert!(topo.ping(0, 1));
-    transfer(&topo, "5000000");
+    topo.transfer(0, 1, 5_000_000);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let fast = worker_counter(&switch, "fast_path_packets");
     assert!(
@@ -167,12 +139,12 @@ fn flows_go_when_their_port_or_addresses_go() {
     }
     let switch = topo.start_switch(FAST);
     assert!(topo.ping(0, 1) && topo.ping(0, 2));
-    transfer(&topo, "2000000");
+    topo.transfer(0, 1, 2_000_000);
     let flows = || worker_counter(&switch, "fast_path_flows");
     assert!(flows() >= 2, "pod 1 <-> pod 2 installed");
     switch.ctl_ok(&["fdb", "flush"]);
     assert_eq!(flows(), 0, "fdb flush takes every flow out");
-    transfer(&topo, "2000000");
+    topo.transfer(0, 1, 2_000_000);
     assert!(flows() >= 2);
     switch.ctl_ok(&["port", "del", "vp2"]);
     assert_eq!(flows(), 0, "port del takes its flows out");

@@ -14,8 +14,7 @@ fn set_mtu(topo: &Topology, pod: usize, mtu: u32) {
 }
 
 fn stop(switch: Switch, workers: usize) -> Stopped {
-    let stopped = switch.stop();
-    assert_eq!(stopped.code, Some(0), "{}", stopped.stderr);
+    let stopped = switch.stop_clean();
     assert_eq!(
         stopped.stdout.matches("all frames home").count(),
         workers,
@@ -23,34 +22,6 @@ fn stop(switch: Switch, workers: usize) -> Stopped {
         stopped.stdout
     );
     stopped
-}
-
-/// 50 MB from pod `from` to pod `to`, checked by SHA-256 at the receiver.
-fn transfer(topo: &Topology, from: usize, to: usize) {
-    let script = Topology::script("tcp_transfer.py");
-    let server = topo.spawn(&topo.pods[to].ns, &["python3", &script, "serve", "5001"]);
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let sent = topo.exec(
-        &topo.pods[from].ns,
-        &[
-            "python3",
-            &script,
-            "send",
-            &topo.pods[to].ip,
-            "5001",
-            "50000000",
-        ],
-    );
-    assert!(
-        sent.status.success(),
-        "sender: {}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
-    let received = server.wait_with_output().unwrap();
-    let sent = String::from_utf8_lossy(&sent.stdout).trim().to_string();
-    let received = String::from_utf8_lossy(&received.stdout).trim().to_string();
-    assert!(sent.starts_with("50000000 "), "sender said {sent:?}");
-    assert_eq!(received, sent, "bytes and SHA-256 at the receiver");
 }
 
 fn jumbo_both_ways(extra: &[&str], workers: usize) {
@@ -83,8 +54,8 @@ fn jumbo_both_ways(extra: &[&str], workers: usize) {
         "9000-byte ping with DF: {}",
         String::from_utf8_lossy(&ping.stdout)
     );
-    transfer(&topo, 0, 1);
-    transfer(&topo, 1, 0);
+    topo.transfer(0, 1, 50_000_000);
+    topo.transfer(1, 0, 50_000_000);
     let stats = switch.ctl_json(&["show", "ports", "--json"]);
     for port in stats["ports"].as_array().unwrap() {
         for (reason, n) in port["drops"].as_object().unwrap() {

@@ -167,30 +167,7 @@ fn ping_between_every_pair_two_workers() {
 fn tcp_transfer(extra: &[&str], workers: usize) {
     let topo = Topology::new(3);
     let switch = topo.start_switch(extra);
-    let script = Topology::script("tcp_transfer.py");
-    let server = topo.spawn(&topo.pods[1].ns, &["python3", &script, "serve", "5001"]);
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let sent = topo.exec(
-        &topo.pods[0].ns,
-        &[
-            "python3",
-            &script,
-            "send",
-            &topo.pods[1].ip,
-            "5001",
-            "50000000",
-        ],
-    );
-    assert!(
-        sent.status.success(),
-        "sender: {}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
-    let received = server.wait_with_output().unwrap();
-    let sent = String::from_utf8_lossy(&sent.stdout).trim().to_string();
-    let received = String::from_utf8_lossy(&received.stdout).trim().to_string();
-    assert!(sent.starts_with("50000000 "), "sender said {sent:?}");
-    assert_eq!(received, sent, "bytes and SHA-256 at the receiver");
+    topo.transfer(0, 1, 50_000_000);
     let stopped = finish(&topo, switch, workers);
     assert!(
         stopped.port_counter("vp1", "rx_bytes") > 50_000_000,

@@ -241,6 +241,39 @@ impl Topology {
         .success()
     }
 
+    /// `bytes` of random data over TCP from pod `from` to pod `to` (port 5001), checked by
+    /// SHA-256 at the receiver.
+    #[allow(dead_code)]
+    pub fn transfer(&self, from: usize, to: usize, bytes: u64) {
+        let script = Topology::script("tcp_transfer.py");
+        let server = self.spawn(&self.pods[to].ns, &["python3", &script, "serve", "5001"]);
+        std::thread::sleep(Duration::from_millis(300));
+        let sent = self.exec(
+            &self.pods[from].ns,
+            &[
+                "python3",
+                &script,
+                "send",
+                &self.pods[to].ip,
+                "5001",
+                &bytes.to_string(),
+            ],
+        );
+        assert!(
+            sent.status.success(),
+            "sender: {}",
+            String::from_utf8_lossy(&sent.stderr)
+        );
+        let received = server.wait_with_output().unwrap();
+        let sent = String::from_utf8_lossy(&sent.stdout).trim().to_string();
+        let received = String::from_utf8_lossy(&received.stdout).trim().to_string();
+        assert!(
+            sent.starts_with(&format!("{bytes} ")),
+            "sender said {sent:?}"
+        );
+        assert_eq!(received, sent, "bytes and SHA-256 at the receiver");
+    }
+
     pub fn script(name: &str) -> String {
         repo_root()
             .join("scripts")
@@ -333,6 +366,18 @@ impl Switch {
         let mut child = self.child.take().unwrap();
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// Stops, and checks it exited 0 with every frame home; returns its report.
+    pub fn stop_clean(self) -> Stopped {
+        let stopped = self.stop();
+        assert_eq!(stopped.code, Some(0), "{}", stopped.stderr);
+        assert!(
+            stopped.stdout.contains("all frames home"),
+            "{}",
+            stopped.stdout
+        );
+        stopped
     }
 
     /// SIGTERM, then wait (at most 10 s) and collect the output.
