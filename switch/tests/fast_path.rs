@@ -5,7 +5,6 @@
 mod common;
 
 use common::{network_test, Switch, Topology};
-use std::io::{BufRead, BufReader};
 
 const FAST: &[&str] = &["--fast-path", "xdp"];
 
@@ -77,36 +76,12 @@ fn udp_seen(extra: &[&str]) -> String {
     let switch = topo.start_switch(extra);
     // Both addresses learned, so the flow qualifies at once.
     assert!(topo.ping(1, 0));
-    let script = Topology::script("rawframe.py");
-    let mut counter = topo.spawn(
-        &topo.pods[1].ns,
-        &["python3", &script, "udp-count", "7777", "3"],
+    let counts = topo.udp_accepted(
+        0,
+        1,
+        &[("good", 50), ("partial", 50), ("wrong", 50), ("good", 50)],
+        "3",
     );
-    let mut out = BufReader::new(counter.stdout.take().unwrap());
-    let mut ready = String::new();
-    out.read_line(&mut ready).unwrap();
-    for mode in ["good", "partial", "wrong", "good"] {
-        let sent = topo.exec(
-            &topo.pods[0].ns,
-            &[
-                "python3",
-                &script,
-                "udp",
-                "eth0",
-                &topo.pods[1].mac,
-                &topo.pods[0].mac,
-                &topo.pods[0].ip,
-                &topo.pods[1].ip,
-                "7777",
-                mode,
-                "50",
-            ],
-        );
-        assert!(sent.status.success());
-    }
-    let mut counts = String::new();
-    out.read_line(&mut counts).unwrap();
-    counter.wait().unwrap();
     if extra == FAST {
         std::thread::sleep(std::time::Duration::from_millis(1500));
         assert!(
@@ -115,7 +90,7 @@ fn udp_seen(extra: &[&str]) -> String {
         );
     }
     stop(switch);
-    counts.trim().to_string()
+    counts
 }
 
 #[test]

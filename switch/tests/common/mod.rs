@@ -274,6 +274,55 @@ impl Topology {
         assert_eq!(received, sent, "bytes and SHA-256 at the receiver");
     }
 
+    /// UDP datagrams from pod `from` to pod `to`'s port 7777 on a raw socket, with their
+    /// checksum `good`, `partial` (left to offload) or `wrong`, then what pod `to` accepted
+    /// within `secs` ("good=N partial=M", by payload).
+    #[allow(dead_code)]
+    pub fn udp_accepted(
+        &self,
+        from: usize,
+        to: usize,
+        sends: &[(&str, u32)],
+        secs: &str,
+    ) -> String {
+        let script = Topology::script("rawframe.py");
+        let mut counter = self.spawn(
+            &self.pods[to].ns,
+            &["python3", &script, "udp-count", "7777", secs],
+        );
+        let mut out = std::io::BufReader::new(counter.stdout.take().unwrap());
+        let mut ready = String::new();
+        std::io::BufRead::read_line(&mut out, &mut ready).unwrap();
+        assert_eq!(ready.trim(), "ready");
+        for (mode, count) in sends {
+            let sent = self.exec(
+                &self.pods[from].ns,
+                &[
+                    "python3",
+                    &script,
+                    "udp",
+                    "eth0",
+                    &self.pods[to].mac,
+                    &self.pods[from].mac,
+                    &self.pods[from].ip,
+                    &self.pods[to].ip,
+                    "7777",
+                    mode,
+                    &count.to_string(),
+                ],
+            );
+            assert!(
+                sent.status.success(),
+                "{}",
+                String::from_utf8_lossy(&sent.stderr)
+            );
+        }
+        let mut counts = String::new();
+        std::io::BufRead::read_line(&mut out, &mut counts).unwrap();
+        counter.wait().unwrap();
+        counts.trim().to_string()
+    }
+
     pub fn script(name: &str) -> String {
         repo_root()
             .join("scripts")
