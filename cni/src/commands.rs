@@ -37,6 +37,25 @@ pub fn is_host_ifname(name: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// GRO on the pod's end of the veth: it gives that end NAPI, which frames the switch's XDP
+/// fast path redirects to the pod need (without it the kernel drops them).
+fn give_napi(netns: &File, ifname: &str) -> Result<()> {
+    let done = std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("entering the pod's network namespace: {e}"))?;
+            pmd::netdev::set_gro(ifname, true)
+                .map_err(|e| format!("turning GRO on for {ifname} in the pod: {e}"))
+        })
+        .join()
+    });
+    match done {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(CniError::internal(e)),
+        Err(_) => Err(CniError::internal("the namespace thread failed")),
+    }
+}
+
 fn open_pod_netns(env: &Env) -> Result<(File, String)> {
     let path = env
         .netns
@@ -115,6 +134,7 @@ fn add_steps(
     })?;
     pod.add_addr(link.index, ip)?;
     pod.set_up(&env.ifname)?;
+    give_napi(netns, &env.ifname)?;
     let routes = pod_routes(&ipam_result, gateway);
     for r in &routes {
         let dst = Ipv4Net::parse(&r.dst).ok_or_else(|| {

@@ -6,6 +6,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
 const ETHTOOL_GCHANNELS: u32 = 0x3c;
+const ETHTOOL_GGRO: u32 = 0x2b;
+const ETHTOOL_SGRO: u32 = 0x2c;
 
 #[repr(C)]
 struct IfreqInt {
@@ -94,6 +96,39 @@ pub fn mtu(name: &str) -> io::Result<u32> {
         return Err(io::Error::last_os_error());
     }
     Ok(req.value as u32)
+}
+
+#[repr(C)]
+struct EthtoolValue {
+    cmd: u32,
+    data: u32,
+}
+
+fn ethtool_value(name: &str, cmd: u32, data: u32) -> io::Result<u32> {
+    let sock = control_socket()?;
+    let mut value = EthtoolValue { cmd, data };
+    let mut req = IfreqPtr {
+        name: ifname_array(name)?,
+        data: &mut value as *mut EthtoolValue as *mut libc::c_void,
+        _pad: [0; 16],
+    };
+    // SAFETY: SIOCETHTOOL with a get/set-value command reads and may write the ethtool_value
+    // `req.data` points to, which lives until after the call.
+    let ret = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req as *mut IfreqPtr) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value.data)
+}
+
+/// Turns GRO on or off on `name` (in the current network namespace). On a veth end it also
+/// gives that end NAPI, which frames an XDP program redirects into its peer need.
+pub fn set_gro(name: &str, on: bool) -> io::Result<()> {
+    ethtool_value(name, ETHTOOL_SGRO, on as u32).map(|_| ())
+}
+
+pub fn gro(name: &str) -> io::Result<bool> {
+    ethtool_value(name, ETHTOOL_GGRO, 0).map(|v| v != 0)
 }
 
 /// How many receive queues the interface has in use (1 where the driver does not say).

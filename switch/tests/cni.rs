@@ -381,6 +381,13 @@ fn ten_pods(dataplane: Dataplane) {
             );
             let host = result["interfaces"][0]["name"].as_str().unwrap();
             assert!(host.len() <= 15 && host.starts_with("vsw"), "{host}");
+            // NAPI on the pod's end, for the XDP fast path's redirects.
+            let features = common::must(&["ip", "netns", "exec", &att.ns, "ethtool", "-k", "eth0"]);
+            assert!(
+                features.contains("generic-receive-offload: on"),
+                "{}: {features}",
+                att.ns
+            );
         }
     }
     assert_eq!(addresses.len(), 10, "10 different addresses: {addresses:?}");
