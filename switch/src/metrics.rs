@@ -229,6 +229,25 @@ pub fn render(live: &Live) -> String {
             s.worker(WorkerCounter::Packets),
         );
     }
+    let sum = |c: WorkerCounter| -> u64 { dp.stats.iter().map(|s| s.worker(c)).sum() };
+    o.one(
+        "vswitch_fast_path_flows",
+        "gauge",
+        "L2 flows installed in the XDP fast path.",
+        sum(WorkerCounter::FastPathFlows),
+    );
+    o.one(
+        "vswitch_fast_path_packets_total",
+        "counter",
+        "Frames the XDP fast path forwarded (read back once a second).",
+        sum(WorkerCounter::FastPathPackets),
+    );
+    o.one(
+        "vswitch_fast_path_full_total",
+        "counter",
+        "Flows left in userspace because the fast path's flow map was full.",
+        sum(WorkerCounter::FastPathFull),
+    );
     let mem = commands::memory(live);
     let n = |k: &str| mem[k].as_u64().unwrap_or(0);
     o.one(
