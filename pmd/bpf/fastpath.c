@@ -31,7 +31,7 @@ struct l2_key {
 };
 
 struct l2_flow {
-	__u32 egress_ifindex;
+	__u32 egress_port;
 	__u32 reserved;
 	__u64 packets;
 	__u64 bytes;
@@ -46,9 +46,9 @@ struct map_def SEC("maps") xsks = {
 	.max_entries = 64,
 };
 
-// Shared by every port's program: egress ports by ifindex.
+// Shared by every port's program: egress ports by the switch's port id (an array: no hashing).
 struct map_def SEC("maps") ports = {
-	.type = BPF_MAP_TYPE_DEVMAP_HASH,
+	.type = BPF_MAP_TYPE_DEVMAP,
 	.key_size = 4,
 	.value_size = 4,
 	.max_entries = 256,
@@ -123,7 +123,7 @@ int vswitch_fastpath(struct xdp_md *ctx)
 	if (!flow)
 		goto slow;
 	// A missing egress port leaves the frame to the slow path, which knows why.
-	if (bpf_redirect_map(&ports, flow->egress_ifindex, 0) != XDP_REDIRECT)
+	if (bpf_redirect_map(&ports, flow->egress_port, 0) != XDP_REDIRECT)
 		goto slow;
 	// This CPU's copy: no other writer. The workers read the sums once a second.
 	flow->packets += 1;

@@ -482,7 +482,7 @@ impl Datapath {
         }
         let prog = match &self.fast {
             Some(fast) => {
-                fast.add_port(info.ifindex)
+                fast.add_port(port as u32, info.ifindex)
                     .map_err(setup(format!("adding {} to the fast path", info.name)))?;
                 fast.program(&map)
             }
@@ -632,7 +632,7 @@ impl Datapath {
         // Nothing new arrives once the program is gone, and nothing leaves by the fast path.
         live.link = None;
         if let Some(fast) = &self.fast {
-            let _ = fast.del_port(live.info.ifindex);
+            let _ = fast.del_port(port as u32);
         }
         let mut waits = Vec::new();
         for w in 0..self.workers.len() {

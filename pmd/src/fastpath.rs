@@ -21,12 +21,12 @@ static OBJECT: Option<&[u8]> = Some(include_bytes!(concat!(env!("OUT_DIR"), "/fa
 static OBJECT: Option<&[u8]> = None;
 
 const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
-const BPF_MAP_TYPE_DEVMAP_HASH: u32 = 25;
+const BPF_MAP_TYPE_DEVMAP: u32 = 14;
 /// Map update flag: create only (an installed flow keeps its counters).
 const BPF_NOEXIST: u64 = 1;
 /// Flows the map holds; beyond, flows stay in userspace (counted).
 pub const FLOW_CAPACITY: u32 = 65_536;
-const PORT_CAPACITY: u32 = 256;
+const PORT_CAPACITY: u32 = pipeline::MAX_PORTS as u32;
 
 /// Whether this build carries the program (clang was there when pmd was built).
 pub fn available() -> bool {
@@ -46,7 +46,8 @@ pub struct L2Key {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct L2Flow {
-    pub egress_ifindex: u32,
+    /// The switch's port id of the egress port (the `ports` devmap's index).
+    pub egress_port: u32,
     pub reserved: u32,
     pub packets: u64,
     pub bytes: u64,
@@ -71,13 +72,7 @@ impl FastPath {
         }
         Ok(FastPath {
             cpus: possible_cpus()?,
-            ports: create_map(
-                BPF_MAP_TYPE_DEVMAP_HASH,
-                4,
-                4,
-                PORT_CAPACITY,
-                "vswitch_ports",
-            )?,
+            ports: create_map(BPF_MAP_TYPE_DEVMAP, 4, 4, PORT_CAPACITY, "vswitch_ports")?,
             flows: create_map(
                 BPF_MAP_TYPE_PERCPU_HASH,
                 std::mem::size_of::<L2Key>() as u32,
@@ -101,19 +96,19 @@ impl FastPath {
         Ok(RedirectProgram::from_fd(fd))
     }
 
-    /// Lets flows leave through `ifindex`.
-    pub fn add_port(&self, ifindex: u32) -> io::Result<()> {
-        update(&self.ports, &ifindex, &ifindex, 0)
+    /// Lets flows leave through port `port` (interface `ifindex`).
+    pub fn add_port(&self, port: u32, ifindex: u32) -> io::Result<()> {
+        update(&self.ports, &port, &ifindex, 0)
     }
 
-    pub fn del_port(&self, ifindex: u32) -> io::Result<()> {
-        delete(&self.ports, &ifindex)
+    pub fn del_port(&self, port: u32) -> io::Result<()> {
+        delete(&self.ports, &port)
     }
 
     /// Installs a flow; `false` when the key was there already (left as it is).
-    pub fn install(&self, key: &L2Key, egress_ifindex: u32) -> io::Result<bool> {
+    pub fn install(&self, key: &L2Key, egress_port: u32) -> io::Result<bool> {
         let flow = L2Flow {
-            egress_ifindex,
+            egress_port,
             ..Default::default()
         };
         let per_cpu = vec![flow; self.cpus];
@@ -145,7 +140,7 @@ impl FastPath {
         // after the call; the kernel reads the key and writes the values.
         match unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) } {
             Ok(_) => Ok(Some(L2Flow {
-                egress_ifindex: per_cpu[0].egress_ifindex,
+                egress_port: per_cpu[0].egress_port,
                 packets: per_cpu.iter().map(|f| f.packets).sum(),
                 bytes: per_cpu.iter().map(|f| f.bytes).sum(),
                 ..Default::default()
@@ -328,7 +323,7 @@ mod tests {
         assert!(fast.install(&key, 9).unwrap());
         assert!(!fast.install(&key, 10).unwrap());
         let flow = fast.read(&key).unwrap().unwrap();
-        assert_eq!(flow.egress_ifindex, 9, "a second install keeps the first");
+        assert_eq!(flow.egress_port, 9, "a second install keeps the first");
         fast.remove(&key).unwrap();
         fast.remove(&key).unwrap();
         assert_eq!(fast.read(&key).unwrap(), None);

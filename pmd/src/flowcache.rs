@@ -94,7 +94,7 @@ impl FlowCache {
             w.add(WorkerCounter::FastPathFull as usize, 1);
             return;
         }
-        match self.fast.install(&key, out_if) {
+        match self.fast.install(&key, egress as u32) {
             Ok(true) => {
                 self.installed.insert(
                     key,
