@@ -604,6 +604,14 @@ tcp_vswitch() {
 	echo "$r"
 }
 
+tcp_vswitch_fast() {
+	start_vswitch --ports vgen,vsink --fast-path xdp
+	local r
+	r=$(tcp_one "$@")
+	stop_vswitch
+	echo "$r"
+}
+
 # The Linux bridge as the bridge CNI plugin leaves it: no offload changes anywhere.
 tcp_bridge() {
 	ip -n $SW link add br0 type bridge
@@ -788,11 +796,13 @@ fi
 if [ "$scenario" = tcp ]; then
 	declare -A tcp_of
 	for dev in gen0:$GEN vgen:$SW sink0:$SINK vsink:$SW; do ip -n "${dev#*:}" link set "${dev%%:*}" mtu "$mtu"; done
+	# Both pods with GRO, as vswitch-cni leaves them (NAPI for the fast path's redirects).
+	ip netns exec $GEN ethtool -K gen0 gro on >/dev/null
 	echo "== scenario tcp (iperf3, $runs run(s) of ${duration}s per case, MTU $mtu, pods' default offloads)"
 	for r in $(seq "$runs"); do
 		for streams in 1 4; do
 			for rev in 0 1; do
-				for pair in vswitch:tcp_vswitch linux-bridge:tcp_bridge; do
+				for pair in vswitch:tcp_vswitch vswitch-fastpath:tcp_vswitch_fast linux-bridge:tcp_bridge; do
 					label=${pair%%:*} fn=${pair#*:}
 					read -r g re b pc < <("$fn" "$streams" "$rev")
 					tcp_of[$streams,$rev,$label]+="$g,$re,$b,$pc "
@@ -821,19 +831,21 @@ for i in range(0, len(rest), 2):
         "busy_cores_per_gbps": [round(r[2] / r[0], 3) if r[0] else None for r in runs],
     }
 for planes in cases.values():
-    v, b = planes["vswitch"]["median_gbps"], planes["linux-bridge"]["median_gbps"]
-    planes["ratio_vswitch/linux-bridge"] = round(v / b, 3) if b else None
+    b = planes["linux-bridge"]["median_gbps"]
+    for label in ("vswitch", "vswitch-fastpath"):
+        planes[f"ratio_{label}/linux-bridge"] = round(planes[label]["median_gbps"] / b, 3) if b else None
 result = {"scenario": "tcp", "tool": "iperf3", "mtu": int(os.environ["MTU"]), "duration_s": float(duration),
           "machine": f"{platform.node()} {os.cpu_count()} cores {platform.machine()} kernel {platform.release()}",
           "cases": dict(sorted(cases.items()))}
 json.dump(result, open(out, "w"), indent=2)
-print(f"\n{'case':<26} {'dataplane':<13} {'Gbit/s':>8} {'retr':>7} {'busy':>6} {'cores/Gbit/s':>13} {'vswitch is':>11}")
+print(f"\n{'case':<26} {'dataplane':<17} {'Gbit/s':>8} {'retr':>7} {'busy':>6} {'cores/Gbit/s':>13} {'of bridge':>10}")
 for case, planes in sorted(cases.items()):
-    for label in ("vswitch", "linux-bridge"):
+    for label in ("vswitch", "vswitch-fastpath", "linux-bridge"):
         p = planes[label]
         busy = med(p["busy_cores"])
-        ratio = f"{planes['ratio_vswitch/linux-bridge']:.2f}x" if label == "linux-bridge" and planes["ratio_vswitch/linux-bridge"] else ""
-        print(f"{case:<26} {label:<13} {p['median_gbps']:>8.2f} {int(med(p['retransmits'])):>7} {busy:>6.2f} "
+        r = planes.get(f"ratio_{label}/linux-bridge")
+        ratio = f"{r:.2f}x" if r else ""
+        print(f"{case:<26} {label:<17} {p['median_gbps']:>8.2f} {int(med(p['retransmits'])):>7} {busy:>6.2f} "
               f"{busy / p['median_gbps'] if p['median_gbps'] else float('nan'):>13.3f} {ratio:>11}")
 print(f"written {out}")
 PY

@@ -1,6 +1,7 @@
 //! The XDP fast path (issue 10, L2 flows): what the pods see is the same with it and without
-//! it; it carries what it may (TCP and UDP with complete checksums, no connection changes)
-//! and counts it on the ports; and its flows go when the bridge's view changes.
+//! it; it carries what it may (TCP and UDP, checksums finished where pods left them to offload,
+//! no connection changes) and counts it on the ports; and its flows go when the bridge's view
+//! changes.
 
 mod common;
 
@@ -51,23 +52,20 @@ fn tcp_with_complete_checksums_goes_by_the_fast_path_and_is_counted() {
     assert!(rx > 50_000_000, "vp1 rx_bytes {rx} include the fast path's");
 }
 
-/// Pods with the kernel's default offloads leave TCP checksums partial: only the switch
-/// finishes those, so that traffic stays in the slow path, and arrives intact.
+/// Pods with the kernel's default offloads leave TCP checksums partial: the fast path finishes
+/// them as the switch does, and the data arrives intact.
 #[test]
-fn offloaded_checksums_stay_in_the_slow_path() {
+fn offloaded_checksums_are_finished_by_the_fast_path() {
     let Some(_net) = network_test() else { return };
     let topo = Topology::new(2);
     let switch = topo.start_switch(FAST);
     assert!(topo.ping(0, 1));
-    topo.transfer(0, 1, 5_000_000);
+    topo.transfer(0, 1, 50_000_000);
+    topo.transfer(1, 0, 20_000_000);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let fast = worker_counter(&switch, "fast_path_packets");
-    assert!(
-        fast < 100,
-        "fast_path_packets = {fast}: partial checksums went by it"
-    );
-    let out = stop(switch);
-    assert!(out.contains("checksums_completed="), "{out}");
+    assert!(fast > 20_000, "fast_path_packets = {fast}");
+    stop(switch);
 }
 
 /// What pod 2 accepts of UDP datagrams from pod 1 with complete, partial and wrong checksums.
