@@ -116,6 +116,25 @@ pub(super) fn tcp(
     b
 }
 
+/// A UDP datagram from pod 1 to `dst` with `payload` bytes, the DF bit set or not.
+pub(super) fn udp_from_pod1(dst: Ipv4Addr, sport: u16, payload: usize, df: bool) -> Vec<u8> {
+    let mut b = Vec::new();
+    PacketBuilder::ethernet2(pod_mac(1).0, GW_MAC.0)
+        .ipv4(POD1.octets(), dst.octets(), 64)
+        .udp(sport, 9)
+        .write(&mut b, &vec![0u8; payload])
+        .unwrap();
+    if df {
+        b[14 + 6] |= 0x40;
+    } else {
+        b[14 + 6] &= !0x40;
+    }
+    crate::wire::ipv4::Ipv4Packet::new_quoted(&mut b[14..])
+        .unwrap()
+        .fill_checksum();
+    b
+}
+
 pub(super) fn arp(
     op: u16,
     sender: (MacAddr, Ipv4Addr),
@@ -1303,23 +1322,7 @@ fn a_routed_packet_too_big_for_its_egress_port_gets_fragmentation_needed_when_it
         gw.set_port_mtu(port, 9000);
     }
     gw.set_port_mtu(UPLINK, 1500);
-    let udp = |df: bool, sport: u16, payload: usize| {
-        let mut b = Vec::new();
-        PacketBuilder::ethernet2(pod_mac(1).0, GW_MAC.0)
-            .ipv4(POD1.octets(), EXT.octets(), 64)
-            .udp(sport, 9)
-            .write(&mut b, &vec![0u8; payload])
-            .unwrap();
-        if df {
-            b[14 + 6] |= 0x40;
-        } else {
-            b[14 + 6] &= !0x40;
-        }
-        crate::wire::ipv4::Ipv4Packet::new_quoted(&mut b[14..])
-            .unwrap()
-            .fill_checksum();
-        b
-    };
+    let udp = |df: bool, sport: u16, payload: usize| udp_from_pod1(EXT, sport, payload, df);
     // A 1500-byte packet fits the uplink.
     let out = send(&mut gw, udp(true, 5000, 1472), 0, 0);
     assert_eq!(out.next, Disposition::Forward(UPLINK));

@@ -261,23 +261,7 @@ fn a_service_with_a_backend_on_a_peer_is_reached_and_answers() {
 #[test]
 fn a_packet_too_big_for_the_overlay_gets_fragmentation_needed_when_it_has_df() {
     let mut gw = overlay_gateway(&overlay_config());
-    let big = |df: bool, sport: u16| {
-        let mut b = Vec::new();
-        PacketBuilder::ethernet2(pod_mac(1).0, GW_MAC.0)
-            .ipv4(POD1.octets(), NODE3_POD.octets(), 64)
-            .udp(sport, 9)
-            .write(&mut b, &[0u8; 1472])
-            .unwrap();
-        if df {
-            b[14 + 6] |= 0x40;
-        } else {
-            b[14 + 6] &= !0x40;
-        }
-        crate::wire::ipv4::Ipv4Packet::new_quoted(&mut b[14..])
-            .unwrap()
-            .fill_checksum();
-        b
-    };
+    let big = |df: bool, sport: u16| udp_from_pod1(NODE3_POD, sport, 1472, df);
     // 1500-byte IPv4: 50 bytes over the 1450 the overlay carries at uplink MTU 1500.
     let out = send(&mut gw, big(true, 5000), 0, 0);
     assert_eq!(out.next, Disposition::Drop);
