@@ -363,7 +363,7 @@ impl Gateway {
             dir: ScratchDir(dir),
             namespaces: Namespaces::default(),
         };
-        gw.cable();
+        common::cable_gateway_node(&gw.prefix, &mut gw.namespaces);
         match dataplane {
             Dataplane::Kernel => gw.kernel_node(),
             Dataplane::Vswitch | Dataplane::VswitchTwoWorkers => gw.start_vswitch(),
@@ -383,81 +383,6 @@ impl Gateway {
 
     fn ns(&self, short: &str) -> String {
         format!("{}{short}", self.prefix)
-    }
-
-    /// Namespaces, veth pairs, pod and router addresses: everything but the node's dataplane.
-    fn cable(&mut self) {
-        let (sw, rt, n2, ex) = (self.ns("sw"), self.ns("rt"), self.ns("n2"), self.ns("ex"));
-        for short in ["sw", "p1", "p2", "p3", "rt", "n2", "ex"] {
-            let ns = self.ns(short);
-            self.namespaces.add(&ns);
-        }
-        // Pods: eth0 ↔ vpN in the node namespace.
-        for i in 1..=3 {
-            let pod = self.ns(&format!("p{i}"));
-            let port = format!("vp{i}");
-            ip(
-                &pod,
-                &[
-                    "link", "add", "name", "eth0", "type", "veth", "peer", "name", &port, "netns",
-                    &sw,
-                ],
-            );
-            ip(
-                &pod,
-                &[
-                    "link",
-                    "set",
-                    "eth0",
-                    "address",
-                    &format!("02:00:00:00:01:{i:02x}"),
-                ],
-            );
-            ip(
-                &pod,
-                &[
-                    "addr",
-                    "add",
-                    &format!("10.244.1.{}/24", i + 1),
-                    "dev",
-                    "eth0",
-                ],
-            );
-            ip(&pod, &["link", "set", "eth0", "up"]);
-            ip(&pod, &["route", "add", "default", "via", "10.244.1.1"]);
-            ip(&sw, &["link", "set", &port, "up"]);
-        }
-        // Router: `up` ↔ vup (it is also node 2 at 198.18.0.2), `n2` ↔ node 2's pod, `ext` ↔
-        // the external host. It routes and does no NAT.
-        ip(
-            &rt,
-            &[
-                "link", "add", "name", "up", "type", "veth", "peer", "name", "vup", "netns", &sw,
-            ],
-        );
-        ip(&rt, &["addr", "add", "198.18.0.254/24", "dev", "up"]);
-        ip(&rt, &["addr", "add", "198.18.0.2/24", "dev", "up"]);
-        ip(&rt, &["link", "set", "dev", "up", "up"]);
-        ip(&sw, &["link", "set", "vup", "up"]);
-        for (side, host, host_addr, gw_addr, gw_cidr) in [
-            ("n2", &n2, "10.244.2.5/24", "10.244.2.1", "10.244.2.1/24"),
-            ("ext", &ex, "198.19.0.10/24", "198.19.0.1", "198.19.0.1/24"),
-        ] {
-            ip(
-                &rt,
-                &[
-                    "link", "add", "name", side, "type", "veth", "peer", "name", "eth0", "netns",
-                    host,
-                ],
-            );
-            ip(&rt, &["addr", "add", gw_cidr, "dev", side]);
-            ip(&rt, &["link", "set", side, "up"]);
-            ip(host, &["addr", "add", host_addr, "dev", "eth0"]);
-            ip(host, &["link", "set", "eth0", "up"]);
-            ip(host, &["route", "add", "default", "via", gw_addr]);
-        }
-        in_ns(&rt, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        ip(&rt, &["route", "add", "10.244.1.0/24", "via", "198.18.0.1"]);
     }
 
     /// The node as Kubernetes builds it today: bridge br0 with the pod gateway address,

@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{exec_bounded, must, network_test, unique_prefix, vswitch_bin, Namespaces};
+use common::{exec_bounded, network_test, unique_prefix, vswitch_bin, Namespaces};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -71,12 +71,6 @@ struct Node {
     _namespaces: Namespaces,
 }
 
-fn ip(ns: &str, args: &[&str]) {
-    let mut full = vec!["ip", "-n", ns];
-    full.extend_from_slice(args);
-    must(&full);
-}
-
 impl Node {
     fn ns(&self, short: &str) -> String {
         format!("{}{short}", self.prefix)
@@ -85,84 +79,8 @@ impl Node {
     fn new() -> Node {
         let prefix = unique_prefix("vk8s");
         let mut namespaces = Namespaces::default();
-        let ns = |s: &str| format!("{prefix}{s}");
-        for s in ["sw", "p1", "p2", "p3", "rt", "n2", "ex"] {
-            namespaces.add(&ns(s));
-        }
-        let (sw, rt) = (ns("sw"), ns("rt"));
-        for i in 1..=3 {
-            let pod = ns(&format!("p{i}"));
-            let port = format!("vp{i}");
-            ip(
-                &pod,
-                &[
-                    "link", "add", "name", "eth0", "type", "veth", "peer", "name", &port, "netns",
-                    &sw,
-                ],
-            );
-            ip(
-                &pod,
-                &[
-                    "addr",
-                    "add",
-                    &format!("10.244.1.{}/24", i + 1),
-                    "dev",
-                    "eth0",
-                ],
-            );
-            ip(&pod, &["link", "set", "eth0", "up"]);
-            ip(&pod, &["route", "add", "default", "via", "10.244.1.1"]);
-            ip(&sw, &["link", "set", &port, "up"]);
-        }
-        ip(
-            &rt,
-            &[
-                "link", "add", "name", "up", "type", "veth", "peer", "name", "vup", "netns", &sw,
-            ],
-        );
-        ip(&rt, &["addr", "add", "198.18.0.254/24", "dev", "up"]);
-        ip(&rt, &["addr", "add", "198.18.0.2/24", "dev", "up"]);
-        ip(&rt, &["link", "set", "dev", "up", "up"]);
-        ip(&sw, &["link", "set", "vup", "up"]);
-        for (side, host, addr, gw, gw_cidr) in [
-            (
-                "n2",
-                ns("n2"),
-                "10.244.2.5/24",
-                "10.244.2.1",
-                "10.244.2.1/24",
-            ),
-            (
-                "ext",
-                ns("ex"),
-                "198.19.0.10/24",
-                "198.19.0.1",
-                "198.19.0.1/24",
-            ),
-        ] {
-            ip(
-                &rt,
-                &[
-                    "link", "add", "name", side, "type", "veth", "peer", "name", "eth0", "netns",
-                    &host,
-                ],
-            );
-            ip(&rt, &["addr", "add", gw_cidr, "dev", side]);
-            ip(&rt, &["link", "set", side, "up"]);
-            ip(&host, &["addr", "add", addr, "dev", "eth0"]);
-            ip(&host, &["link", "set", "eth0", "up"]);
-            ip(&host, &["route", "add", "default", "via", gw]);
-        }
-        must(&[
-            "ip",
-            "netns",
-            "exec",
-            &rt,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
-        ip(&rt, &["route", "add", "10.244.1.0/24", "via", "198.18.0.1"]);
+        common::cable_gateway_node(&prefix, &mut namespaces);
+        let sw = format!("{prefix}sw");
 
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("node.toml");

@@ -529,3 +529,97 @@ pub fn exec_bounded(ns: &str, args: &[&str], limit: Duration) -> Output {
     }
     child.wait_with_output().unwrap()
 }
+
+/// The gateway suites' node (namespaces `PREFIX` + sw, p1..p3, rt, n2, ex): veth pairs, pod
+/// and router addresses, everything but the node's dataplane.
+///
+/// ```text
+///  p1 10.244.1.2 ─ vp1 ┐                                   ┌ n2 ── n2 pod 10.244.2.5
+///  p2 10.244.1.3 ─ vp2 ├ sw (node) vup ═══ up  rt (router) ┤       (node 2, via 198.18.0.2)
+///  p3 10.244.1.4 ─ vp3 ┘   198.18.0.1     198.18.0.254     └ ext ─ ex 198.19.0.10 (external)
+/// ```
+#[allow(dead_code)]
+pub fn cable_gateway_node(prefix: &str, namespaces: &mut Namespaces) {
+    let ns = |short: &str| format!("{prefix}{short}");
+    let ip = |ns: &str, args: &[&str]| {
+        let mut full = vec!["ip", "-n", ns];
+        full.extend_from_slice(args);
+        must(&full);
+    };
+    let (sw, rt, n2, ex) = (ns("sw"), ns("rt"), ns("n2"), ns("ex"));
+    for short in ["sw", "p1", "p2", "p3", "rt", "n2", "ex"] {
+        namespaces.add(&ns(short));
+    }
+    // Pods: eth0 ↔ vpN in the node namespace.
+    for i in 1..=3 {
+        let pod = ns(&format!("p{i}"));
+        let port = format!("vp{i}");
+        ip(
+            &pod,
+            &[
+                "link", "add", "name", "eth0", "type", "veth", "peer", "name", &port, "netns", &sw,
+            ],
+        );
+        ip(
+            &pod,
+            &[
+                "link",
+                "set",
+                "eth0",
+                "address",
+                &format!("02:00:00:00:01:{i:02x}"),
+            ],
+        );
+        ip(
+            &pod,
+            &[
+                "addr",
+                "add",
+                &format!("10.244.1.{}/24", i + 1),
+                "dev",
+                "eth0",
+            ],
+        );
+        ip(&pod, &["link", "set", "eth0", "up"]);
+        ip(&pod, &["route", "add", "default", "via", "10.244.1.1"]);
+        ip(&sw, &["link", "set", &port, "up"]);
+    }
+    // Router: `up` ↔ vup (it is also node 2 at 198.18.0.2), `n2` ↔ node 2's pod, `ext` ↔
+    // the external host. It routes and does no NAT.
+    ip(
+        &rt,
+        &[
+            "link", "add", "name", "up", "type", "veth", "peer", "name", "vup", "netns", &sw,
+        ],
+    );
+    ip(&rt, &["addr", "add", "198.18.0.254/24", "dev", "up"]);
+    ip(&rt, &["addr", "add", "198.18.0.2/24", "dev", "up"]);
+    ip(&rt, &["link", "set", "dev", "up", "up"]);
+    ip(&sw, &["link", "set", "vup", "up"]);
+    for (side, host, host_addr, gw_addr, gw_cidr) in [
+        ("n2", &n2, "10.244.2.5/24", "10.244.2.1", "10.244.2.1/24"),
+        ("ext", &ex, "198.19.0.10/24", "198.19.0.1", "198.19.0.1/24"),
+    ] {
+        ip(
+            &rt,
+            &[
+                "link", "add", "name", side, "type", "veth", "peer", "name", "eth0", "netns", host,
+            ],
+        );
+        ip(&rt, &["addr", "add", gw_cidr, "dev", side]);
+        ip(&rt, &["link", "set", side, "up"]);
+        ip(host, &["addr", "add", host_addr, "dev", "eth0"]);
+        ip(host, &["link", "set", "eth0", "up"]);
+        ip(host, &["route", "add", "default", "via", gw_addr]);
+    }
+    must(&[
+        "ip",
+        "netns",
+        "exec",
+        &rt,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+    ip(&rt, &["route", "add", "10.244.1.0/24", "via", "198.18.0.1"]);
+}
