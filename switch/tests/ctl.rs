@@ -19,21 +19,6 @@ fn node_toml(ports: &str) -> String {
     )
 }
 
-fn default_routes(topo: &Topology) {
-    for pod in &topo.pods {
-        must(&[
-            "ip",
-            "-n",
-            &pod.ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.244.1.1",
-        ]);
-    }
-}
-
 /// `GET /metrics` from inside the switch's namespace (where the endpoint listens).
 fn scrape(topo: &Topology) -> String {
     let code = format!(
@@ -79,7 +64,7 @@ fn raw_request(switch: &Switch, bytes: &[u8]) -> String {
 fn every_command_answers_in_both_formats_while_traffic_flows() {
     let Some(_net) = network_test() else { return };
     let topo = Topology::new(3);
-    default_routes(&topo);
+    topo.add_default_routes();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("node.toml");
     std::fs::write(&path, node_toml("\"vp1\", \"vp2\"")).unwrap();

@@ -255,18 +255,7 @@ fn a_killed_switch_restarts_on_the_same_ports() {
 fn a_bound_pod_cannot_spoof_its_neighbours_or_the_gateway() {
     let Some(_net) = network_test() else { return };
     let topo = Topology::new(3);
-    for pod in &topo.pods {
-        must(&[
-            "ip",
-            "-n",
-            &pod.ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.244.1.1",
-        ]);
-    }
+    topo.add_default_routes();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("node.toml");
     std::fs::write(&path, gateway_toml()).unwrap();
@@ -306,6 +295,14 @@ fn a_bound_pod_cannot_spoof_its_neighbours_or_the_gateway() {
     };
     let spoofed_before = spoofed();
     let attacker = &topo.pods[2];
+    let attacker_reaches_pod2 = || {
+        topo.exec(
+            &attacker.ns,
+            &["ping", "-c", "2", "-i", "0.2", "-W", "1", "10.244.1.12"],
+        )
+        .status
+        .success()
+    };
 
     // Pod 3 takes pod 1's address.
     must(&["ip", "-n", &attacker.ns, "addr", "flush", "dev", "eth0"]);
@@ -319,13 +316,7 @@ fn a_bound_pod_cannot_spoof_its_neighbours_or_the_gateway() {
         "dev",
         "eth0",
     ]);
-    assert!(!topo
-        .exec(
-            &attacker.ns,
-            &["ping", "-c", "2", "-i", "0.2", "-W", "1", "10.244.1.12"]
-        )
-        .status
-        .success());
+    assert!(!attacker_reaches_pod2());
     // Pod 3 takes pod 1's MAC.
     must(&[
         "ip",
@@ -337,13 +328,7 @@ fn a_bound_pod_cannot_spoof_its_neighbours_or_the_gateway() {
         "address",
         &topo.pods[0].mac,
     ]);
-    assert!(!topo
-        .exec(
-            &attacker.ns,
-            &["ping", "-c", "2", "-i", "0.2", "-W", "1", "10.244.1.12"]
-        )
-        .status
-        .success());
+    assert!(!attacker_reaches_pod2());
     must(&[
         "ip",
         "-n",

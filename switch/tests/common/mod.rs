@@ -156,6 +156,23 @@ impl Topology {
         must(&["ip", "-n", &self.sw, "link", "set", &pod.port, "up"]);
     }
 
+    /// A default route via the gateway address 10.244.1.1 in every pod (gateway-mode tests).
+    #[allow(dead_code)]
+    pub fn add_default_routes(&self) {
+        for pod in &self.pods {
+            must(&[
+                "ip",
+                "-n",
+                &pod.ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                "10.244.1.1",
+            ]);
+        }
+    }
+
     pub fn ports(&self) -> String {
         self.pods
             .iter()
