@@ -104,20 +104,27 @@ struct EthtoolValue {
     data: u32,
 }
 
-fn ethtool_value(name: &str, cmd: u32, data: u32) -> io::Result<u32> {
+/// One SIOCETHTOOL request on `name`: `command` is the ethtool struct for the command its
+/// first field names (`ethtool_value`, `ethtool_channels`), read and written by the kernel.
+fn ethtool<T>(name: &str, command: &mut T) -> io::Result<()> {
     let sock = control_socket()?;
-    let mut value = EthtoolValue { cmd, data };
     let mut req = IfreqPtr {
         name: ifname_array(name)?,
-        data: &mut value as *mut EthtoolValue as *mut libc::c_void,
+        data: command as *mut T as *mut libc::c_void,
         _pad: [0; 16],
     };
-    // SAFETY: SIOCETHTOOL with a get/set-value command reads and may write the ethtool_value
-    // `req.data` points to, which lives until after the call.
+    // SAFETY: SIOCETHTOOL reads the command from, and writes its answer into, the struct
+    // `req.data` points to: `command`, borrowed for the call, of the type its `cmd` names.
     let ret = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req as *mut IfreqPtr) };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(())
+}
+
+fn ethtool_value(name: &str, cmd: u32, data: u32) -> io::Result<u32> {
+    let mut value = EthtoolValue { cmd, data };
+    ethtool(name, &mut value)?;
     Ok(value.data)
 }
 
@@ -133,21 +140,11 @@ pub fn gro(name: &str) -> io::Result<bool> {
 
 /// How many receive queues the interface has in use (1 where the driver does not say).
 pub fn rx_queues(name: &str) -> io::Result<u32> {
-    let sock = control_socket()?;
     let mut channels = EthtoolChannels {
         cmd: ETHTOOL_GCHANNELS,
         ..Default::default()
     };
-    let mut req = IfreqPtr {
-        name: ifname_array(name)?,
-        data: &mut channels as *mut EthtoolChannels as *mut libc::c_void,
-        _pad: [0; 16],
-    };
-    // SAFETY: SIOCETHTOOL with ETHTOOL_GCHANNELS fills the ethtool_channels that `req.data`
-    // points to, which lives until after the call.
-    let ret = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req as *mut IfreqPtr) };
-    if ret < 0 {
-        let err = io::Error::last_os_error();
+    if let Err(err) = ethtool(name, &mut channels) {
         return match err.raw_os_error() {
             Some(libc::EOPNOTSUPP) => Ok(1),
             _ => Err(err),

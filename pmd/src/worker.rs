@@ -275,7 +275,8 @@ impl Worker {
                 w.add(WorkerCounter::GapsOver1ms as usize, 1);
             }
             let start = cycles();
-            let now_ms = self.now_ms();
+            // The same clock reading: one per pass.
+            let now_ms = polled.saturating_duration_since(self.s.epoch).as_millis() as u64;
             let packets = self.poll_once(now_ms);
             passes += 1;
             let spent = cycles().wrapping_sub(start);
