@@ -578,15 +578,7 @@ impl Worker {
                     PortMask::NONE
                 }
             };
-            for port in to.ports(MAX_PORTS) {
-                stage_copy(
-                    &self.s.umem,
-                    &mut self.s.pool,
-                    &mut self.staged[port as usize],
-                    &self.s.stats.ports[port as usize],
-                    out,
-                );
-            }
+            self.stage_copies(to, out);
         }
     }
 
@@ -710,7 +702,9 @@ impl Worker {
     /// Frames the pipeline made: each copied into a frame (or chain) of ours for every port
     /// it goes to.
     fn stage_emitted(&mut self) {
-        for e in self.emitted.drain(..) {
+        // Taken out while staging (which borrows the worker), put back to keep its allocation.
+        let mut emitted = std::mem::take(&mut self.emitted);
+        for e in emitted.drain(..) {
             let to = e.to.and(self.present);
             if e.frame.len() > MAX_PACKET_LEN as usize {
                 for port in to.ports(MAX_PORTS) {
@@ -719,15 +713,21 @@ impl Worker {
                 }
                 continue;
             }
-            for port in to.ports(MAX_PORTS) {
-                stage_copy(
-                    &self.s.umem,
-                    &mut self.s.pool,
-                    &mut self.staged[port as usize],
-                    &self.s.stats.ports[port as usize],
-                    &e.frame,
-                );
-            }
+            self.stage_copies(to, &e.frame);
+        }
+        self.emitted = emitted;
+    }
+
+    /// Copies `data` into a frame (or chain) of ours for each port of `to`.
+    fn stage_copies(&mut self, to: PortMask, data: &[u8]) {
+        for port in to.ports(MAX_PORTS) {
+            stage_copy(
+                &self.s.umem,
+                &mut self.s.pool,
+                &mut self.staged[port as usize],
+                &self.s.stats.ports[port as usize],
+                data,
+            );
         }
     }
 
