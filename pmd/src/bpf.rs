@@ -247,6 +247,27 @@ impl RedirectProgram {
         RedirectProgram { fd }
     }
 
+    /// Runs the program once on a copy of `frame` (`BPF_PROG_TEST_RUN`, nothing sent): its
+    /// verdict and the frame as it left it. For tests of what a program does to frames.
+    pub fn test_run(&self, frame: &[u8]) -> io::Result<(u32, Vec<u8>)> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut attr = TestRunAttr {
+            prog_fd: self.fd.as_raw_fd() as u32,
+            data_size_in: frame.len() as u32,
+            data_in: frame.as_ptr() as u64,
+            data_size_out: out.len() as u32,
+            data_out: out.as_mut_ptr() as u64,
+            repeat: 1,
+            ..Default::default()
+        };
+        // SAFETY: `data_in` points to the borrowed `frame` (`data_size_in` bytes, read during
+        // the call) and `data_out` to `out`, `data_size_out` writable bytes alive until after
+        // the call; the kernel writes at most that many and sets `data_size_out` to the length.
+        unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) }?;
+        out.truncate(attr.data_size_out as usize);
+        Ok((attr.retval, out))
+    }
+
     pub fn load(map: &XskMap) -> io::Result<RedirectProgram> {
         let map_fd = map.fd.as_raw_fd();
         let insns = [

@@ -4,7 +4,7 @@
 //! through their command channels. Stopping detaches and reports.
 
 use crate::bpf::{RedirectProgram, XdpLink, XdpMode, XskMap};
-use crate::fastpath::FastPath;
+use crate::fastpath::{FastPath, FlowTable};
 use crate::netdev;
 use crate::socket::PortSocket;
 use crate::stats::WorkerStats;
@@ -321,7 +321,11 @@ impl Datapath {
         let frames = config.frames_per_worker.max(1024);
         let fast = match config.fast_path {
             true => Some(Arc::new(
-                FastPath::new().map_err(setup("creating the fast path's maps"))?,
+                FastPath::new(match config.gateway {
+                    Some(_) => FlowTable::Tuple,
+                    None => FlowTable::L2,
+                })
+                .map_err(setup("creating the fast path's maps"))?,
             )),
             false => None,
         };

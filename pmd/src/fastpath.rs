@@ -1,10 +1,12 @@
 //! The XDP fast path's kernel side (issue 10): the maps the workers fill and the per-port
-//! program that reads them, built from `bpf/fastpath.c` by `build.rs` and loaded by our own
-//! ELF reader (no libbpf, no BTF).
+//! program that reads them, built from `bpf/fastpath.c` (bridge) or `bpf/fastpath_tuple.c`
+//! (gateway) by `build.rs` and loaded by our own ELF reader (no libbpf, no BTF).
 //!
-//! The program looks up (ingress ifindex, destination MAC, source MAC) in `l2_flows`; a hit is
-//! counted, stamped and redirected through the `ports` devmap; a miss goes to the port's XSKMAP
-//! exactly as the plain redirect program does. Only workers write `l2_flows`.
+//! The bridge's program looks up (ingress ifindex, destination MAC, source MAC) in `l2_flows`;
+//! the gateway's looks up the same plus protocol, addresses and ports in `tuple_flows` and
+//! rewrites the frame as the entry says. A hit is counted, stamped and redirected through the
+//! `ports` devmap; a miss goes to the port's XSKMAP exactly as the plain redirect program does.
+//! Only workers write the flow maps.
 
 use crate::bpf::{
     bpf, fd_from, load_xdp_flags, name16, Insn, MapCreateAttr, MapElemAttr, RedirectProgram,
@@ -13,12 +15,20 @@ use crate::bpf::{
 };
 use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
 use std::io;
+use std::mem::size_of;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 #[cfg(fastpath_object)]
-static OBJECT: Option<&[u8]> = Some(include_bytes!(concat!(env!("OUT_DIR"), "/fastpath.o")));
+static L2_OBJECT: Option<&[u8]> = Some(include_bytes!(concat!(env!("OUT_DIR"), "/fastpath.o")));
+#[cfg(fastpath_object)]
+static TUPLE_OBJECT: Option<&[u8]> = Some(include_bytes!(concat!(
+    env!("OUT_DIR"),
+    "/fastpath_tuple.o"
+)));
 #[cfg(not(fastpath_object))]
-static OBJECT: Option<&[u8]> = None;
+static L2_OBJECT: Option<&[u8]> = None;
+#[cfg(not(fastpath_object))]
+static TUPLE_OBJECT: Option<&[u8]> = None;
 
 const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
 const BPF_MAP_TYPE_DEVMAP: u32 = 14;
@@ -30,7 +40,46 @@ const PORT_CAPACITY: u32 = pipeline::MAX_PORTS as u32;
 
 /// Whether this build carries the program (clang was there when pmd was built).
 pub fn available() -> bool {
-    OBJECT.is_some()
+    L2_OBJECT.is_some() && TUPLE_OBJECT.is_some()
+}
+
+/// Which flows the fast path holds: the bridge's (by MACs) or the gateway's (by 5-tuple, with
+/// rewrites).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowTable {
+    L2,
+    Tuple,
+}
+
+impl FlowTable {
+    fn object(self) -> Option<&'static [u8]> {
+        match self {
+            FlowTable::L2 => L2_OBJECT,
+            FlowTable::Tuple => TUPLE_OBJECT,
+        }
+    }
+
+    fn map_name(self) -> &'static str {
+        match self {
+            FlowTable::L2 => "l2_flows",
+            FlowTable::Tuple => "tuple_flows",
+        }
+    }
+
+    fn sizes(self) -> (u32, u32) {
+        match self {
+            FlowTable::L2 => (size_of::<L2Key>() as u32, size_of::<L2Flow>() as u32),
+            FlowTable::Tuple => (size_of::<TupleKey>() as u32, size_of::<TupleFlow>() as u32),
+        }
+    }
+}
+
+/// What the program counts in a flow's value, per CPU.
+pub trait Counted: Copy + Default {
+    fn packets(&self) -> u64;
+    fn bytes(&self) -> u64;
+    /// The per-CPU copies summed into the first.
+    fn merge(copies: &[Self]) -> Self;
 }
 
 /// The key of an L2 flow, as the program builds it (16 bytes, no padding).
@@ -54,42 +103,187 @@ pub struct L2Flow {
     pub reserved2: u64,
 }
 
+impl Counted for L2Flow {
+    fn packets(&self) -> u64 {
+        self.packets
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn merge(copies: &[L2Flow]) -> L2Flow {
+        L2Flow {
+            packets: copies.iter().map(|f| f.packets).sum(),
+            bytes: copies.iter().map(|f| f.bytes).sum(),
+            ..copies[0]
+        }
+    }
+}
+
+/// The key of a gateway flow, as the program builds it from the frame (32 bytes): addresses
+/// and ports in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TupleKey {
+    pub ifindex: u32,
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+/// `TupleFlow::flags`: the packet is routed (its TTL goes down by one).
+pub const DECREMENT_TTL: u8 = 1;
+
+/// A gateway flow's value: the egress port, the frame's new MACs, addresses and ports (network
+/// byte order), the checksum deltas, and what the program counted (64 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TupleFlow {
+    pub egress_port: u32,
+    pub max_len: u16,
+    pub flags: u8,
+    pub pad: u8,
+    pub new_dst: [u8; 6],
+    pub new_src: [u8; 6],
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    /// RFC 1624 deltas (one's complement sums of ~old + new), stored as the packet holds them.
+    pub ip_delta: [u8; 2],
+    pub l4_delta: [u8; 2],
+    pub pad2: u32,
+    pub packets: u64,
+    pub bytes: u64,
+    /// CLOCK_MONOTONIC nanoseconds of the last hit (0: none yet).
+    pub last_ns: u64,
+}
+
+impl TupleFlow {
+    /// The value that turns frames of `key` into frames with these MACs, addresses and ports;
+    /// `routed` also decrements the TTL. The checksum deltas follow from old and new.
+    pub fn rewrite(
+        key: &TupleKey,
+        egress_port: u32,
+        max_len: u16,
+        new_macs: ([u8; 6], [u8; 6]),
+        new_tuple: ([u8; 4], [u8; 2], [u8; 4], [u8; 2]),
+        routed: bool,
+    ) -> TupleFlow {
+        let (saddr, sport, daddr, dport) = new_tuple;
+        let mut addresses = 0u32;
+        for (old, new) in [(key.saddr, saddr), (key.daddr, daddr)] {
+            addresses += delta(&old, &new);
+        }
+        let ports = delta(&key.sport, &sport) + delta(&key.dport, &dport);
+        // The TTL shares a word with the protocol; one less is ~m + (m - 0x100) = 0xfeff,
+        // whatever m is (the program leaves TTL 1 and 0 to the switch).
+        let ttl = if routed { 0xfeff } else { 0 };
+        TupleFlow {
+            egress_port,
+            max_len,
+            flags: if routed { DECREMENT_TTL } else { 0 },
+            new_dst: new_macs.0,
+            new_src: new_macs.1,
+            saddr,
+            daddr,
+            sport,
+            dport,
+            ip_delta: fold(addresses + ttl).to_be_bytes(),
+            // The pseudo-header holds the addresses; the TTL is not in it.
+            l4_delta: fold(addresses + ports).to_be_bytes(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Sum of ~old + new over the 16-bit big-endian words of a field.
+fn delta(old: &[u8], new: &[u8]) -> u32 {
+    old.chunks(2)
+        .zip(new.chunks(2))
+        .map(|(o, n)| {
+            (!u16::from_be_bytes([o[0], o[1]])) as u32 + u16::from_be_bytes([n[0], n[1]]) as u32
+        })
+        .sum()
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+impl Counted for TupleFlow {
+    fn packets(&self) -> u64 {
+        self.packets
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn merge(copies: &[TupleFlow]) -> TupleFlow {
+        TupleFlow {
+            packets: copies.iter().map(|f| f.packets).sum(),
+            bytes: copies.iter().map(|f| f.bytes).sum(),
+            last_ns: copies.iter().map(|f| f.last_ns).max().unwrap_or(0),
+            ..copies[0]
+        }
+    }
+}
+
 /// The maps every port's program shares.
 pub struct FastPath {
+    table: FlowTable,
     ports: OwnedFd,
     flows: OwnedFd,
-    /// The flow map is per CPU: a value is one `L2Flow` per possible CPU.
+    /// The flow map is per CPU: a value is one flow value per possible CPU.
     cpus: usize,
 }
 
 impl FastPath {
-    pub fn new() -> io::Result<FastPath> {
-        if OBJECT.is_none() {
+    pub fn new(table: FlowTable) -> io::Result<FastPath> {
+        if table.object().is_none() {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "this vswitch was built without clang, so without the XDP fast path (scripts/install-deps.sh installs clang; rebuild)",
             ));
         }
+        let (key_size, value_size) = table.sizes();
         Ok(FastPath {
+            table,
             cpus: possible_cpus()?,
             ports: create_map(BPF_MAP_TYPE_DEVMAP, 4, 4, PORT_CAPACITY, "vswitch_ports")?,
             flows: create_map(
                 BPF_MAP_TYPE_PERCPU_HASH,
-                std::mem::size_of::<L2Key>() as u32,
-                std::mem::size_of::<L2Flow>() as u32,
+                key_size,
+                value_size,
                 FLOW_CAPACITY,
-                "vswitch_l2flows",
+                "vswitch_flows",
             )?,
         })
     }
 
+    pub fn table(&self) -> FlowTable {
+        self.table
+    }
+
     /// The program for one port: its own XSKMAP, the shared maps.
     pub fn program(&self, xsks: &XskMap) -> io::Result<RedirectProgram> {
-        let object = OBJECT.ok_or_else(|| io::Error::from(io::ErrorKind::Unsupported))?;
+        let object =
+            (self.table.object()).ok_or_else(|| io::Error::from(io::ErrorKind::Unsupported))?;
+        let flows = self.table.map_name();
         let insns = link(object, |name| match name {
             "xsks" => Some(xsks.fd.as_raw_fd()),
             "ports" => Some(self.ports.as_raw_fd()),
-            "l2_flows" => Some(self.flows.as_raw_fd()),
+            n if n == flows => Some(self.flows.as_raw_fd()),
             _ => None,
         })?;
         let fd = load_xdp_flags(&insns, "vswitch_fast", BPF_F_XDP_HAS_FRAGS)?;
@@ -105,12 +299,25 @@ impl FastPath {
         delete(&self.ports, &port)
     }
 
-    /// Installs a flow; `false` when the key was there already (left as it is).
+    /// Installs a flow (a bridge flow's value is its egress port); `false` when the key was
+    /// there already (left as it is).
     pub fn install(&self, key: &L2Key, egress_port: u32) -> io::Result<bool> {
-        let flow = L2Flow {
-            egress_port,
-            ..Default::default()
-        };
+        self.install_value(
+            key,
+            L2Flow {
+                egress_port,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Installs a gateway flow; `false` when the key was there already.
+    pub fn install_tuple(&self, key: &TupleKey, flow: TupleFlow) -> io::Result<bool> {
+        self.install_value(key, flow)
+    }
+
+    fn install_value<K, V: Counted>(&self, key: &K, flow: V) -> io::Result<bool> {
+        self.check_types::<K, V>();
         let per_cpu = vec![flow; self.cpus];
         match update_slice(&self.flows, key, &per_cpu, BPF_NOEXIST) {
             Ok(()) => Ok(true),
@@ -119,7 +326,22 @@ impl FastPath {
         }
     }
 
-    pub fn remove(&self, key: &L2Key) -> io::Result<()> {
+    /// The map's key and value types are the ones it was created with.
+    fn check_types<K, V>(&self) {
+        let (key_size, value_size) = self.table.sizes();
+        assert_eq!(
+            (size_of::<K>(), size_of::<V>()),
+            (key_size as usize, value_size as usize),
+            "a flow of another table"
+        );
+    }
+
+    pub fn remove<K>(&self, key: &K) -> io::Result<()> {
+        assert_eq!(
+            size_of::<K>(),
+            self.table.sizes().0 as usize,
+            "a key of another table"
+        );
         match delete(&self.flows, key) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             other => other,
@@ -127,24 +349,21 @@ impl FastPath {
     }
 
     /// The flow's value now, its counters summed over the CPUs (`None`: not installed).
-    pub fn read(&self, key: &L2Key) -> io::Result<Option<L2Flow>> {
-        let mut per_cpu = vec![L2Flow::default(); self.cpus];
+    pub fn read<K, V: Counted>(&self, key: &K) -> io::Result<Option<V>> {
+        self.check_types::<K, V>();
+        let mut per_cpu = vec![V::default(); self.cpus];
         let mut attr = MapElemAttr {
             map_fd: self.flows.as_raw_fd() as u32,
-            key: key as *const L2Key as u64,
+            key: key as *const K as u64,
             value: per_cpu.as_mut_ptr() as u64,
             ..Default::default()
         };
-        // SAFETY: `key` points to an L2Key, the map's key; `value` to `cpus` L2Flows, the
-        // per-CPU value size (32 bytes, a multiple of 8, times the possible CPUs), alive until
-        // after the call; the kernel reads the key and writes the values.
+        // SAFETY: `key` points to a K and `per_cpu` to `cpus` Vs, the map's key and per-CPU
+        // value types (`check_types`; both values are multiples of 8 bytes, so the kernel's
+        // per-CPU stride is their size), alive until after the call; the kernel reads the key
+        // and writes the values.
         match unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) } {
-            Ok(_) => Ok(Some(L2Flow {
-                egress_port: per_cpu[0].egress_port,
-                packets: per_cpu.iter().map(|f| f.packets).sum(),
-                bytes: per_cpu.iter().map(|f| f.bytes).sum(),
-                ..Default::default()
-            })),
+            Ok(_) => Ok(Some(V::merge(&per_cpu))),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
             Err(e) => Err(e),
         }
@@ -273,33 +492,37 @@ mod tests {
     fn the_key_and_value_have_the_programs_layout() {
         assert_eq!(std::mem::size_of::<L2Key>(), 16);
         assert_eq!(std::mem::size_of::<L2Flow>(), 32);
+        assert_eq!(std::mem::size_of::<TupleKey>(), 32);
+        assert_eq!(std::mem::size_of::<TupleFlow>(), 64);
     }
 
     #[test]
     fn every_map_reference_is_linked() {
-        let Some(object) = OBJECT else {
-            assert!(
-                std::env::var("CI").is_err(),
-                "CI builds with clang: the fast path must be there"
-            );
-            return;
-        };
-        let insns = link(object, |name| match name {
-            "xsks" => Some(101),
-            "ports" => Some(102),
-            "l2_flows" => Some(103),
-            _ => None,
-        })
-        .unwrap();
-        let mut fds: Vec<i32> = insns
-            .iter()
-            .filter(|i| i.code == 0x18 && i.regs >> 4 == BPF_PSEUDO_MAP_FD)
-            .map(|i| i.imm)
-            .collect();
-        fds.sort();
-        fds.dedup();
-        assert_eq!(fds, [101, 102, 103]);
-        assert!(link(object, |_| None).is_err(), "an unknown map is refused");
+        for table in [FlowTable::L2, FlowTable::Tuple] {
+            let Some(object) = table.object() else {
+                assert!(
+                    std::env::var("CI").is_err(),
+                    "CI builds with clang: the fast path must be there"
+                );
+                return;
+            };
+            let insns = link(object, |name| match name {
+                "xsks" => Some(101),
+                "ports" => Some(102),
+                n if n == table.map_name() => Some(103),
+                _ => None,
+            })
+            .unwrap();
+            let mut fds: Vec<i32> = insns
+                .iter()
+                .filter(|i| i.code == 0x18 && i.regs >> 4 == BPF_PSEUDO_MAP_FD)
+                .map(|i| i.imm)
+                .collect();
+            fds.sort();
+            fds.dedup();
+            assert_eq!(fds, [101, 102, 103], "{table:?}");
+            assert!(link(object, |_| None).is_err(), "an unknown map is refused");
+        }
     }
 
     #[test]
@@ -311,7 +534,7 @@ mod tests {
             );
             return;
         }
-        let fast = FastPath::new().unwrap();
+        let fast = FastPath::new(FlowTable::L2).unwrap();
         let xsks = XskMap::create(1).unwrap();
         fast.program(&xsks).unwrap();
         let key = L2Key {
@@ -319,13 +542,17 @@ mod tests {
             dst: [2, 0, 0, 0, 0, 2],
             src: [2, 0, 0, 0, 0, 1],
         };
-        assert_eq!(fast.read(&key).unwrap(), None);
+        assert_eq!(fast.read::<_, L2Flow>(&key).unwrap(), None);
         assert!(fast.install(&key, 9).unwrap());
         assert!(!fast.install(&key, 10).unwrap());
-        let flow = fast.read(&key).unwrap().unwrap();
+        let flow: L2Flow = fast.read(&key).unwrap().unwrap();
         assert_eq!(flow.egress_port, 9, "a second install keeps the first");
         fast.remove(&key).unwrap();
         fast.remove(&key).unwrap();
-        assert_eq!(fast.read(&key).unwrap(), None);
+        assert_eq!(fast.read::<_, L2Flow>(&key).unwrap(), None);
     }
 }
+
+#[cfg(test)]
+#[path = "fastpath_tuple_tests.rs"]
+mod tuple_tests;

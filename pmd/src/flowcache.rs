@@ -6,7 +6,7 @@
 //! learned where the frame came from and goes to, and removed as soon as either entry moves,
 //! ages or is flushed, or a port goes.
 
-use crate::fastpath::{FastPath, L2Key, FLOW_CAPACITY};
+use crate::fastpath::{FastPath, L2Flow, L2Key, FLOW_CAPACITY};
 use crate::stats::{PortCounter, WorkerCounter, WorkerStats};
 use pipeline::l2::Bridge;
 use pipeline::wire::MacAddr;
@@ -155,7 +155,7 @@ impl FlowCache {
     /// and a source address that is sending keeps its FDB entry alive.
     pub fn harvest(&mut self, bridge: &mut Bridge, stats: &WorkerStats, now_ms: u64) {
         for (key, f) in self.installed.iter_mut() {
-            let Ok(Some(now)) = self.fast.read(key) else {
+            let Ok(Some(now)) = self.fast.read::<_, L2Flow>(key) else {
                 continue;
             };
             let (packets, bytes) = (
