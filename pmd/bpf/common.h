@@ -9,6 +9,8 @@
 #include <linux/bpf.h>
 
 #define SEC(name) __attribute__((section(name), used))
+// Our loader links one section: every function is inlined into the program.
+#define INLINE inline __attribute__((always_inline))
 
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)BPF_FUNC_map_lookup_elem;
 static long (*bpf_redirect_map)(void *map, __u64 key, __u64 flags) = (void *)BPF_FUNC_redirect_map;
@@ -43,14 +45,14 @@ struct map_def SEC("maps") ports = {
 	.max_entries = 256,
 };
 
-static __inline __u16 fold(__u32 sum)
+static INLINE __u16 fold(__u32 sum)
 {
 	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
 	return (__u16)sum;
 }
 
-static __inline __u32 be16(const __u8 *p)
+static INLINE __u32 be16(const __u8 *p)
 {
 	return ((__u32)p[0] << 8) | p[1];
 }
@@ -65,7 +67,7 @@ static __inline __u32 be16(const __u8 *p)
 // switch). PARTIAL: its TCP/UDP checksum was left to offload (the field holds the
 // pseudo-header sum), to be finished here as the switch does. Anything else, ARP included,
 // goes to the switch (0).
-static __inline int understood(const __u8 *data, const __u8 *end)
+static INLINE int understood(const __u8 *data, const __u8 *end)
 {
 	const __u8 *ip = data + 14;
 	const __u8 *l4 = ip + 20;
@@ -106,7 +108,7 @@ static __inline int understood(const __u8 *data, const __u8 *end)
 		q += (size);                                                  \
 	}
 
-static __inline int finish_partial(__u8 *data, __u8 *end)
+static INLINE int finish_partial(__u8 *data, __u8 *end)
 {
 	__u8 *ip = data + 14;
 	__u8 *l4 = ip + 20;

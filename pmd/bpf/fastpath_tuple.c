@@ -55,7 +55,7 @@ struct map_def SEC("maps") tuple_flows = {
 };
 
 // RFC 1624, eqn. 3: HC' = ~(~HC + delta), delta = sum of ~m + m'.
-static __inline __u16 adjusted(__u16 check, __u16 delta)
+static INLINE __u16 adjusted(__u16 check, __u16 delta)
 {
 	return ~fold((__u32)(__u16)~check + delta);
 }
@@ -88,7 +88,11 @@ int vswitch_fastpath_tuple(struct xdp_md *ctx)
 	// The switch sends time-exceeded and fragmentation-needed.
 	if ((flow->flags & DECREMENT_TTL) && ip[8] <= 1)
 		goto slow;
-	if (be16(ip + 2) > flow->max_len)
+	// What the switch would drop: a header checksum that does not verify, a total length
+	// the frame does not hold.
+	if (fold(bpf_csum_diff(0, 0, (__be32 *)ip, 20, 0)) != 0xffff)
+		goto slow;
+	if (be16(ip + 2) > flow->max_len || 14 + be16(ip + 2) > bpf_xdp_get_buff_len(ctx))
 		goto slow;
 	if (kind == PARTIAL && !finish_partial(data, data_end))
 		goto slow;

@@ -335,6 +335,20 @@ fn what_the_switch_must_see_is_left_alone() {
         assert_eq!(counted.packets, 0, "{why}");
         rig.fast.remove(&key).unwrap();
     }
+    // What the switch drops as malformed: a bad header checksum, a total length past the end.
+    let mut bad_checksum = frame(&TCP_ACK, (GW_MAC, POD_MAC), (CLIENT, 40000, VIP, 80));
+    bad_checksum[25] ^= 1;
+    let mut truncated = frame(&TCP_ACK, (GW_MAC, POD_MAC), (CLIENT, 40000, VIP, 80));
+    truncated.truncate(truncated.len() - 1);
+    for (why, before) in [("bad checksum", bad_checksum), ("truncated", truncated)] {
+        let key = install_dnat(&rig, &before, 1500);
+        assert_eq!(
+            rig.prog.test_run(&before).unwrap(),
+            (XDP_PASS, before.clone()),
+            "{why}"
+        );
+        rig.fast.remove(&key).unwrap();
+    }
     // A frame of no installed flow, and one whose egress port is gone.
     let before = frame(&TCP_ACK, (GW_MAC, POD_MAC), (CLIENT, 40001, VIP, 80));
     assert_eq!(
