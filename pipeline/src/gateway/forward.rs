@@ -3,7 +3,10 @@
 //! resolution.
 
 use super::icmp_limit::IcmpErrorLimiter;
-use super::{arp, icmp, Emit, Gateway, GatewayShared, GwCounter, GwCounters, Policy, Step};
+use super::offers::{offloadable, Pending};
+use super::{
+    arp, icmp, Emit, FlowOffer, Gateway, GatewayShared, GwCounter, GwCounters, Policy, Step,
+};
 use crate::batch::{Disposition, PortId};
 use crate::conntrack::{
     Direction, FlowState, FragmentKey, FragmentTranslation, InsertError, Tuple, NODE_ZONE,
@@ -38,6 +41,10 @@ struct Ctx<'a> {
     /// The inner frame of VXLAN from a peer (second pass).
     from_overlay: bool,
     now_ms: u64,
+    /// Where offers go (`None`: no fast path), and this frame's, until it is known where
+    /// the frame goes.
+    offers: Option<&'a mut Vec<FlowOffer>>,
+    pending: Option<Pending>,
 }
 
 impl Ctx<'_> {
@@ -164,6 +171,7 @@ fn with_ctx<R>(
         icmp_limit,
         port_mtu,
         smallest_mtu,
+        offers,
         ..
     } = gw;
     let mut ctx = Ctx {
@@ -179,6 +187,8 @@ fn with_ctx<R>(
         from_uplink,
         from_overlay,
         now_ms,
+        offers: offers.as_mut(),
+        pending: None,
     };
     f(&mut ctx)
 }
@@ -298,10 +308,20 @@ fn route(ctx: &mut Ctx<'_>, frame: &mut [u8]) -> Step {
         proto,
         zone: NODE_ZONE,
     };
-    let translated = match track_or_create(ctx, &tuple, flags, local) {
+    let (translated, established) = match track_or_create(ctx, &tuple, flags, local) {
         Ok(t) => t,
         Err(d) => return d.into(),
     };
+    // The fast path parses IPv4 without options, TCP and UDP, and knows no overlay.
+    if established
+        && ctx.offers.is_some()
+        && fragment.is_none()
+        && matches!(proto, PROTO_TCP | PROTO_UDP)
+        && ip.header_len() == 20
+        && !ctx.from_overlay
+    {
+        ctx.pending = Some(Pending::of(frame, tuple));
+    }
     if let Some(key) = fragment {
         let to = FragmentTranslation {
             src: translated.0,
@@ -314,29 +334,31 @@ fn route(ctx: &mut Ctx<'_>, frame: &mut [u8]) -> Step {
     forward(ctx, frame, translated, ttl)
 }
 
-/// The conntrack translation of a packet: its flow's, or a new flow's.
+/// The conntrack translation of a packet: its flow's, or a new flow's; and whether the flow
+/// is one the fast path may take (`offloadable`).
 fn track_or_create(
     ctx: &mut Ctx<'_>,
     tuple: &Tuple,
     flags: u8,
     local: bool,
-) -> Result<Translated, Disposition> {
+) -> Result<(Translated, bool), Disposition> {
     // Twice at most: a new flow another worker inserted first is found on the second look.
     for _ in 0..2 {
         if let Some(hit) = ctx.shared.conntrack.track(tuple, flags, ctx.now_ms) {
-            return Ok(translation(&hit.flow.orig, &hit.flow.reply, hit.dir));
+            let to = translation(&hit.flow.orig, &hit.flow.reply, hit.dir);
+            return Ok((to, offloadable(&hit.flow.state)));
         }
         match new_flow(ctx, tuple, flags, local) {
             Err(None) => continue,
             Err(Some(d)) => return Err(d),
-            Ok(t) => return Ok(t),
+            Ok(t) => return Ok((t, false)),
         }
     }
     Err(ctx.drop(GwCounter::DropConntrackFull))
 }
 
 /// What a packet of a flow becomes in direction `dir`.
-fn translation(orig: &Tuple, reply: &Tuple, dir: Direction) -> Translated {
+pub(super) fn translation(orig: &Tuple, reply: &Tuple, dir: Direction) -> Translated {
     match dir {
         Direction::Original => (reply.dst, reply.dport, reply.src, reply.sport),
         Direction::Reply => (orig.dst, orig.dport, orig.src, orig.sport),
@@ -355,10 +377,15 @@ fn later_fragment(ctx: &mut Ctx<'_>, frame: &mut [u8], key: &FragmentKey, ttl: u
 }
 
 /// For IPv4 bridged between pods: if it belongs to a translated flow, translate it (no TTL
-/// change, no routing: it stays on the segment).
-pub(super) fn translate_bridged(gw: &mut Gateway, frame: &mut [u8], now_ms: u64) {
+/// change, no routing: it stays on the segment). Returns what the fast path may be offered
+/// when the frame is forwarded: the frame as it came and its translation.
+pub(super) fn translate_bridged(
+    gw: &mut Gateway,
+    frame: &mut [u8],
+    now_ms: u64,
+) -> Option<(Pending, Translated)> {
     let Ok(ip) = Ipv4Packet::new_checked(&frame[ETHERNET_HEADER_LEN..]) else {
-        return;
+        return None;
     };
     let (src, dst, proto) = (ip.src(), ip.dst(), ip.protocol());
     let fragment = ip.is_fragment().then(|| fragment_key(&ip));
@@ -369,13 +396,14 @@ pub(super) fn translate_bridged(gw: &mut Gateway, frame: &mut [u8], now_ms: u64)
                 gw.counters.add(GwCounter::FragmentsTranslated, 1);
             }
         }
-        return;
+        return None;
     }
     if !matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP) {
-        return;
+        return None;
     }
+    let offerable = fragment.is_none() && proto != PROTO_ICMP && ip.header_len() == 20;
     let Some((sport, dport)) = l4::ports(proto, ip.payload()) else {
-        return;
+        return None;
     };
     let flags = if proto == PROTO_TCP {
         l4::tcp_flags(ip.payload())
@@ -391,9 +419,11 @@ pub(super) fn translate_bridged(gw: &mut Gateway, frame: &mut [u8], now_ms: u64)
         zone: NODE_ZONE,
     };
     let Some(hit) = gw.shared.conntrack.track(&t, flags, now_ms) else {
-        return;
+        return None;
     };
     let to = translation(&hit.flow.orig, &hit.flow.reply, hit.dir);
+    let pending = (offerable && gw.offers.is_some() && offloadable(&hit.flow.state))
+        .then(|| (Pending::of(frame, t), to));
     if let Some(key) = fragment {
         let translation = FragmentTranslation {
             src: to.0,
@@ -401,11 +431,11 @@ pub(super) fn translate_bridged(gw: &mut Gateway, frame: &mut [u8], now_ms: u64)
         };
         gw.shared.fragments.record(key, translation, now_ms);
     }
-    if to == (src, sport, dst, dport) {
-        return;
+    if to != (src, sport, dst, dport) {
+        rewrite(frame, to);
+        gw.counters.add(GwCounter::NatBridged, 1);
     }
-    rewrite(frame, to);
-    gw.counters.add(GwCounter::NatBridged, 1);
+    pending
 }
 
 /// Rewrites addresses and ports to `(src, sport, dst, dport)`, keeping checksums valid. A
@@ -469,7 +499,15 @@ fn forward(ctx: &mut Ctx<'_>, frame: &mut [u8], to: Translated, ttl: u8) -> Step
         .expect("checked on entry")
         .decrement_ttl();
     ctx.count(GwCounter::Routed);
-    deliver(ctx, frame, next_hop).into()
+    let disposition = deliver(ctx, frame, next_hop);
+    if let (Disposition::Forward(egress), Some(p)) = (disposition, ctx.pending.take()) {
+        let mtu = ctx.port_mtu.get(egress as usize).copied().unwrap_or(0);
+        let offer = p.offer(frame, ctx.ingress, egress, to, Some(next_hop), mtu);
+        if let Some(offers) = ctx.offers.as_mut() {
+            offers.push(offer);
+        }
+    }
+    disposition.into()
 }
 
 /// Routes into the overlay: the packet must fit the uplink once encapsulated (else

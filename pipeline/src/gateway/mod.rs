@@ -15,8 +15,10 @@ mod config;
 mod forward;
 mod icmp;
 mod icmp_limit;
+mod offers;
 
 pub use config::{GatewayConfig, Policy, ServiceConfig, UplinkConfig, VxlanConfig, VxlanPeer};
+pub use offers::{offloadable, FlowOffer};
 
 use crate::batch::{Disposition, PortId, PortMask};
 use crate::conntrack::{Conntrack, FragmentTable};
@@ -236,6 +238,8 @@ pub struct Gateway {
     port_mtu: Vec<u32>,
     /// The smallest of them: shorter packets skip the check.
     smallest_mtu: u32,
+    /// Decisions the fast path may repeat (`None`: there is no fast path).
+    offers: Option<Vec<FlowOffer>>,
 }
 
 impl Gateway {
@@ -252,6 +256,7 @@ impl Gateway {
             icmp_limit: IcmpErrorLimiter::default(),
             port_mtu: vec![0; crate::MAX_PORTS],
             smallest_mtu: u32::MAX,
+            offers: None,
         }
     }
 
@@ -444,12 +449,20 @@ impl Gateway {
             self.counters.add(GwCounter::DropUplinkNotForUs, 1);
             return Disposition::Drop;
         }
+        let mut pending = None;
         if ethertype == EtherType::Ipv4 {
             // A backend answering a client on its own segment sends straight to the client's
             // MAC: undo the service's DNAT here, as the kernel's bridge netfilter does.
-            forward::translate_bridged(self, frame, now_ms);
+            pending = forward::translate_bridged(self, frame, now_ms);
         }
-        self.bridge_frame(frame, ingress, now_ms)
+        let disposition = self.bridge_frame(frame, ingress, now_ms);
+        if let (Some((p, to)), Disposition::Forward(egress)) = (pending, disposition) {
+            let mtu = self.port_mtu.get(egress as usize).copied().unwrap_or(0);
+            if let Some(offers) = self.offers.as_mut() {
+                offers.push(p.offer(frame, ingress, egress, to, None, mtu));
+            }
+        }
+        disposition
     }
 
     fn bridge_frame(&mut self, frame: &[u8], ingress: PortId, now_ms: u64) -> Disposition {
@@ -506,6 +519,8 @@ impl Gateway {
 mod tests;
 #[cfg(test)]
 mod tests_drops;
+#[cfg(test)]
+mod tests_offers;
 #[cfg(test)]
 mod tests_services;
 #[cfg(test)]

@@ -226,7 +226,8 @@ impl SharedNeighbors {
         result
     }
 
-    fn generation(&self) -> u64 {
+    /// Moves when an entry moved or went.
+    pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 }

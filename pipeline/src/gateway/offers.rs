@@ -1,0 +1,157 @@
+//! What the gateway offers the XDP fast path: a decision it made for a frame of an established
+//! conntrack flow, complete enough to be repeated for the flow's next frames by a program that
+//! knows nothing else (new MACs, translated addresses and ports, TTL), and the checks that say
+//! whether such a decision still holds after tables changed.
+//!
+//! Only flows whose state the fast path cannot change qualify: TCP established (SYN, FIN and
+//! RST always come to the switch), UDP once replied. Routed frames (to our MAC, not through the
+//! overlay) and frames bridged on the pod segment (a backend's direct reply, un-DNATed) are
+//! offered; fragments, IP options, ICMP and anything encapsulated are not.
+
+use super::Gateway;
+use crate::batch::PortId;
+use crate::conntrack::{FlowState, TcpState, Tuple};
+use crate::l3::Segment;
+use crate::wire::MacAddr;
+use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
+
+/// One decision the fast path may repeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowOffer {
+    pub ingress: PortId,
+    pub egress: PortId,
+    /// The frame as it came.
+    pub dst_mac: MacAddr,
+    pub src_mac: MacAddr,
+    pub tuple: Tuple,
+    /// The frame as it left: MACs, and (src, sport, dst, dport) after NAT.
+    pub new_dst_mac: MacAddr,
+    pub new_src_mac: MacAddr,
+    pub to: (Ipv4Addr, u16, Ipv4Addr, u16),
+    /// Routed to this next hop (TTL decremented); `None`: bridged on the pod segment.
+    pub next_hop: Option<Ipv4Addr>,
+    /// The egress port's MTU as the gateway checks it (0: unknown, not checked).
+    pub mtu: u32,
+}
+
+/// A frame being decided whose flow qualifies, until it is known where it goes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Pending {
+    pub dst_mac: MacAddr,
+    pub src_mac: MacAddr,
+    pub tuple: Tuple,
+}
+
+impl Pending {
+    pub fn of(frame: &[u8], tuple: Tuple) -> Pending {
+        Pending {
+            dst_mac: MacAddr::from_bytes(&frame[..6]),
+            src_mac: MacAddr::from_bytes(&frame[6..12]),
+            tuple,
+        }
+    }
+
+    /// The offer, once the frame (rewritten, with its new MACs) goes out of `egress`.
+    pub fn offer(
+        self,
+        frame: &[u8],
+        ingress: PortId,
+        egress: PortId,
+        to: (Ipv4Addr, u16, Ipv4Addr, u16),
+        next_hop: Option<Ipv4Addr>,
+        mtu: u32,
+    ) -> FlowOffer {
+        FlowOffer {
+            ingress,
+            egress,
+            dst_mac: self.dst_mac,
+            src_mac: self.src_mac,
+            tuple: self.tuple,
+            new_dst_mac: MacAddr::from_bytes(&frame[..6]),
+            new_src_mac: MacAddr::from_bytes(&frame[6..12]),
+            to,
+            next_hop,
+            mtu,
+        }
+    }
+}
+
+/// Whether a flow in this state may be left to the fast path: nothing its packets carry there
+/// can change the state (SYN, FIN and RST go to the switch; a UDP flow is replied for good).
+pub fn offloadable(state: &FlowState) -> bool {
+    matches!(
+        state,
+        FlowState::Tcp(TcpState::Established) | FlowState::Udp { replied: true }
+    )
+}
+
+impl Gateway {
+    /// Starts collecting offers (the worker has a fast path to give them to).
+    pub fn enable_offers(&mut self) {
+        self.offers = Some(Vec::new());
+    }
+
+    /// The offers made since the last call.
+    pub fn offers_mut(&mut self) -> Option<&mut Vec<FlowOffer>> {
+        self.offers.as_mut()
+    }
+
+    /// Moves whenever something an offer depends on may have changed: a reload, a neighbour
+    /// that moved or went, a tracked flow that went (expired, removed, evicted).
+    pub fn offer_generation(&self) -> u64 {
+        let c = &self.shared.conntrack.counters;
+        self.shared.epoch.load(Ordering::Acquire)
+            + self.shared.neighbors.generation()
+            + c.expired.load(Ordering::Relaxed)
+            + c.removed.load(Ordering::Relaxed)
+            + c.evicted.load(Ordering::Relaxed)
+    }
+
+    /// The policy's epoch: a reload takes every offer back.
+    pub fn policy_epoch(&self) -> u64 {
+        self.shared.epoch.load(Ordering::Acquire)
+    }
+
+    /// Whether the switch would still decide the offered frame the same way: the flow is
+    /// tracked, qualifies and translates as offered, and its next hop (or, bridged, both
+    /// addresses) and egress are where they were.
+    pub fn offer_holds(&mut self, o: &FlowOffer, now_ms: u64) -> bool {
+        let Some(hit) = self.shared.conntrack.find(&o.tuple) else {
+            return false;
+        };
+        if !offloadable(&hit.flow.state)
+            || hit.flow.expires_in_ms(now_ms) == 0
+            || super::forward::translation(&hit.flow.orig, &hit.flow.reply, hit.dir) != o.to
+            || self.port_mtu.get(o.egress as usize) != Some(&o.mtu)
+        {
+            return false;
+        }
+        match o.next_hop {
+            Some(next_hop) => {
+                let route = self.policy.routes.lookup(o.to.2);
+                let neighbor = self
+                    .neighbor_cache
+                    .get(&self.shared.neighbors, next_hop, now_ms);
+                matches!(route, Some((seg, hop)) if seg != Segment::Overlay && hop == next_hop)
+                    && neighbor.is_some_and(|n| n.mac == o.new_dst_mac && n.port == o.egress)
+                    && o.new_src_mac == self.policy.mac
+            }
+            None => {
+                let fdb = self.bridge.fdb();
+                fdb.lookup(o.src_mac, now_ms) == Some(o.ingress)
+                    && fdb.lookup(o.dst_mac, now_ms) == Some(o.egress)
+            }
+        }
+    }
+
+    /// The fast path forwarded packets of the offer: its flow (and, bridged, its source
+    /// address) stays alive as if the switch had seen them.
+    pub fn offer_used(&mut self, o: &FlowOffer, now_ms: u64) {
+        // A packet without flags: it refreshes the flow and leaves its state as it is.
+        self.shared.conntrack.track(&o.tuple, 0, now_ms);
+        if o.next_hop.is_none() {
+            self.bridge.refresh(o.src_mac, o.ingress, now_ms);
+        }
+    }
+}
