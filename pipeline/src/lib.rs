@@ -115,4 +115,11 @@ impl Pipeline {
             Pipeline::Bridge(_) => None,
         }
     }
+
+    pub fn gateway_mut(&mut self) -> Option<&mut Gateway> {
+        match self {
+            Pipeline::Gateway(g) => Some(g),
+            Pipeline::Bridge(_) => None,
+        }
+    }
 }

@@ -14,6 +14,7 @@ pub mod housekeeping;
 pub mod netdev;
 pub mod socket;
 pub mod stats;
+pub mod tuplecache;
 pub mod umem;
 pub mod worker;
 

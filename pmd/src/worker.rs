@@ -8,11 +8,12 @@
 //! and go, and tables are read or changed, between passes, never under a lock on the packet
 //! path.
 
-use crate::fastpath::FastPath;
+use crate::fastpath::{FastPath, FlowTable};
 use crate::flowcache::FlowCache;
 use crate::netdev::cycles;
 use crate::socket::PortSocket;
 use crate::stats::{PortCounter, WorkerCounter, WorkerStats};
+use crate::tuplecache::TupleCache;
 use crate::umem::{
     Frame, FrameBuf, FramePool, Umem, KERNEL_HEADROOM, MAX_FRAME_LEN, MAX_PACKET_LEN,
 };
@@ -196,8 +197,10 @@ pub struct Worker {
     egress: Vec<Egress>,
     present: PortMask,
     staged: Vec<Vec<Frame>>,
-    /// The fast path's flows this worker installed.
+    /// The fast path's flows this worker installed: the bridge's (by MACs) or the gateway's
+    /// (by 5-tuple, with rewrites).
     flows: Option<FlowCache>,
+    tuples: Option<TupleCache>,
     /// Per port: its interface index (0: absent).
     ifindex: Vec<u32>,
     /// The bridge's moved + aged count when the flows were last checked against it.
@@ -213,18 +216,25 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(setup: WorkerSetup) -> Worker {
-        // L2 flows only, for now: routed and NATed flows stay in userspace.
-        let flows = setup
-            .fast
+    pub fn new(mut setup: WorkerSetup) -> Worker {
+        let fast = setup.fast.clone();
+        let flows = fast
             .clone()
-            .filter(|_| matches!(setup.pipeline, Pipeline::Bridge(_)))
+            .filter(|f| f.table() == FlowTable::L2 && setup.pipeline.gateway().is_none())
             .map(FlowCache::new);
+        let tuples = match (fast, setup.pipeline.gateway_mut()) {
+            (Some(f), Some(gateway)) if f.table() == FlowTable::Tuple => {
+                gateway.enable_offers();
+                Some(TupleCache::new(f, gateway))
+            }
+            _ => None,
+        };
         Worker {
             sockets: Vec::new(),
             retiring: Vec::new(),
             s: setup,
             flows,
+            tuples,
             ifindex: vec![0; MAX_PORTS],
             fdb_changes: 0,
             egress: (0..MAX_PORTS).map(|_| Egress::Absent).collect(),
@@ -670,6 +680,20 @@ impl Worker {
             }
         }
         self.stage_emitted();
+        if let (Some(tuples), Some(gateway)) = (self.tuples.as_mut(), self.s.pipeline.gateway_mut())
+        {
+            let stats = &self.s.stats;
+            if let Some(offers) = gateway.offers_mut().filter(|o| !o.is_empty()) {
+                tuples.install(offers, &self.ifindex, |p| present.contains(p), stats);
+            }
+            tuples.revalidate_if_changed(
+                gateway,
+                &self.ifindex,
+                |p| present.contains(p),
+                stats,
+                now_ms,
+            );
+        }
         if self.flows.is_some() {
             let c = self.s.pipeline.bridge().counters();
             let changes = c.get(L2Counter::Moved) + c.get(L2Counter::Aged);
@@ -681,11 +705,11 @@ impl Worker {
         received
     }
 
-    /// Takes out the installed flows the bridge no longer backs.
+    /// Takes out the installed flows the bridge (or gateway) no longer backs.
     fn validate_flows(&mut self) {
         let now_ms = self.now_ms();
+        let present = self.present;
         if let Some(flows) = self.flows.as_mut() {
-            let present = self.present;
             flows.validate(
                 self.s.pipeline.bridge(),
                 |p| present.contains(p),
@@ -696,6 +720,20 @@ impl Worker {
                 .stats
                 .worker
                 .set(WorkerCounter::FastPathFlows as usize, flows.len() as u64);
+        }
+        if let (Some(tuples), Some(gateway)) = (self.tuples.as_mut(), self.s.pipeline.gateway_mut())
+        {
+            tuples.validate(
+                gateway,
+                &self.ifindex,
+                |p| present.contains(p),
+                &self.s.stats,
+                now_ms,
+            );
+            self.s
+                .stats
+                .worker
+                .set(WorkerCounter::FastPathFlows as usize, tuples.len() as u64);
         }
     }
 
@@ -910,6 +948,10 @@ impl Worker {
         if let Some(flows) = self.flows.as_mut() {
             flows.harvest(self.s.pipeline.bridge_mut(), &self.s.stats, now_ms);
         }
+        if let (Some(tuples), Some(gateway)) = (self.tuples.as_mut(), self.s.pipeline.gateway_mut())
+        {
+            tuples.harvest(gateway, &self.s.stats, now_ms);
+        }
         self.s
             .pipeline
             .housekeeping(now_ms, self.s.leader, &mut self.emitted);
@@ -1014,6 +1056,11 @@ impl Worker {
         if let Some(flows) = self.flows.as_mut() {
             flows.harvest(self.s.pipeline.bridge_mut(), &self.s.stats, now_ms);
             flows.clear();
+        }
+        if let (Some(tuples), Some(gateway)) = (self.tuples.as_mut(), self.s.pipeline.gateway_mut())
+        {
+            tuples.harvest(gateway, &self.s.stats, now_ms);
+            tuples.clear();
         }
         self.flush();
         for r in std::mem::take(&mut self.retiring) {

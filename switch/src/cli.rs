@@ -65,9 +65,10 @@ pub struct Args {
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
 
-    /// The XDP fast path: `xdp` lets the ports' XDP programs forward the L2 flows the switch
-    /// has learned (pods' veth ends need GRO or an XDP program: see README); `off` sends every
-    /// frame through the workers. Default: off.
+    /// The XDP fast path: `xdp` lets the ports' XDP programs forward the flows the switch has
+    /// decided (L2 flows; in gateway mode established conntrack flows, NAT included); pods'
+    /// veth ends need GRO or an XDP program (see README). `off` sends every frame through the
+    /// workers. Default: off, or `[node] fast_path`.
     #[arg(long, value_name = "MODE", value_parser = parse_fast_path)]
     pub fast_path: Option<bool>,
 
@@ -174,7 +175,10 @@ impl Args {
             gateway: node.map(|n| n.gateway.clone()),
             frames_per_worker: (self.frame_memory as u64 * (1 << 20) / pmd::FRAME_SIZE as u64)
                 as u32,
-            fast_path: self.fast_path.unwrap_or(false),
+            fast_path: self
+                .fast_path
+                .or(node.and_then(|n| n.fast_path))
+                .unwrap_or(false),
         }
     }
 }

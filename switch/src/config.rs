@@ -52,6 +52,7 @@ struct PeerSection {
 struct NodeSection {
     cores: Option<Vec<usize>>,
     xdp_mode: Option<String>,
+    fast_path: Option<String>,
     poll: Option<String>,
     fdb_age: Option<u64>,
     fdb_port_limit: Option<usize>,
@@ -165,6 +166,8 @@ pub struct NodeConfig {
     pub ports: Vec<String>,
     pub cores: Option<Vec<usize>>,
     pub xdp_mode: Option<XdpMode>,
+    /// `[node] fast_path`: `Some(true)` for `xdp` (`--fast-path` overrides it).
+    pub fast_path: Option<bool>,
     pub poll: Option<PollMode>,
     pub fdb_age_ms: u64,
     /// Most MAC addresses learned on one port.
@@ -626,6 +629,12 @@ pub fn parse(
         ),
         None => None,
     };
+    let fast_path = match file.node.fast_path.as_deref() {
+        Some("xdp") => Some(true),
+        Some("off") => Some(false),
+        Some(other) => return Err(c.err("node.fast_path", format!("{other:?} is not xdp or off"))),
+        None => None,
+    };
     let poll = match &file.node.poll {
         Some(m) => Some(m.parse::<PollMode>().map_err(|e| c.err("node.poll", e))?),
         None => None,
@@ -657,6 +666,7 @@ pub fn parse(
         ports,
         cores: file.node.cores.clone(),
         xdp_mode,
+        fast_path,
         poll,
         fdb_age_ms,
         fdb_port_limit,
@@ -690,7 +700,11 @@ impl NodeConfig {
         {
             return Err("uplink.address changed".into());
         }
-        if self.cores != new.cores || self.xdp_mode != new.xdp_mode || self.poll != new.poll {
+        if self.cores != new.cores
+            || self.xdp_mode != new.xdp_mode
+            || self.fast_path != new.fast_path
+            || self.poll != new.poll
+        {
             return Err("[node] changed".into());
         }
         if self.bindings != new.bindings {
@@ -773,6 +787,7 @@ mod tests {
             (EXAMPLE.replace("protocol = \"tcp\"", "protocol = \"tcp\"\nexternal_traffic_policy = \"nearby\""), "service[0].external_traffic_policy: \"nearby\" is not cluster or local"),
             (format!("{EXAMPLE}\n[[service]]\nname = \"np\"\ncluster_ip = \"10.96.0.12\"\nport = 80\nexternal_traffic_policy = \"local\"\n"), "service[1].external_traffic_policy: \"local\" needs a node_port"),
             (EXAMPLE.replace("xdp_mode = \"auto\"", "xdp_mode = \"fast\""), "node.xdp_mode"),
+            (EXAMPLE.replace("xdp_mode = \"auto\"", "fast_path = \"ebpf\""), "node.fast_path: \"ebpf\" is not xdp or off"),
             (EXAMPLE.replace("# fdb_port_limit = 1024", "fdb_port_limit = 0"), "node.toml: node.fdb_port_limit: must be at least 1"),
             (EXAMPLE.replace("# fdb_port_limit = 1024", "fdb_port_limit = -1"), "node.toml: line"),
             (EXAMPLE.replace("# fdb_port_limit = 1024", "fdb_port_limit = \"lots\""), "node.toml: line"),

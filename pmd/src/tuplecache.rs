@@ -1,0 +1,245 @@
+//! A worker's side of the gateway's fast path: installing what the gateway offered (a
+//! decision for an established flow, see `pipeline::gateway::FlowOffer`) as a 5-tuple entry
+//! with its rewrite, taking entries out when the gateway would no longer decide the same way,
+//! and reading back what the program counted (port counters, conntrack and FDB liveness).
+//!
+//! The gateway stays the authority: every entry is re-checked against it (`offer_holds`)
+//! whenever something it depends on may have changed (its generation moved), after commands,
+//! and each second; a reload takes them all.
+
+use crate::fastpath::{FastPath, TupleFlow, TupleKey, FLOW_CAPACITY};
+use crate::stats::{PortCounter, WorkerCounter, WorkerStats};
+use pipeline::gateway::{FlowOffer, Gateway};
+use pipeline::PortId;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// At most this often a changed generation re-checks the entries (flows expire all the time
+/// on a busy node; each check walks every entry).
+const REVALIDATE_MS: u64 = 5;
+
+struct Installed {
+    offer: FlowOffer,
+    /// The ports' interfaces when installed (a port id may come back as another interface).
+    ifindex: (u32, u32),
+    /// What the program had counted when last read.
+    packets: u64,
+    bytes: u64,
+}
+
+pub struct TupleCache {
+    fast: Arc<FastPath>,
+    installed: HashMap<TupleKey, Installed>,
+    /// Keys another worker installed first (it reads their counters).
+    foreign: HashSet<TupleKey>,
+    generation: u64,
+    epoch: u64,
+    validated_ms: u64,
+}
+
+impl TupleCache {
+    pub fn new(fast: Arc<FastPath>, gateway: &Gateway) -> TupleCache {
+        TupleCache {
+            fast,
+            installed: HashMap::new(),
+            foreign: HashSet::new(),
+            generation: gateway.offer_generation(),
+            epoch: gateway.policy_epoch(),
+            validated_ms: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.installed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.installed.is_empty()
+    }
+
+    /// Installs what the gateway offered in the last batch (and empties `offers`).
+    pub fn install(
+        &mut self,
+        offers: &mut Vec<FlowOffer>,
+        ifindex: &[u32],
+        present: impl Fn(PortId) -> bool,
+        stats: &WorkerStats,
+    ) {
+        let w = &stats.worker;
+        for offer in offers.drain(..) {
+            let (Some(&in_if), Some(&out_if)) = (
+                ifindex.get(offer.ingress as usize),
+                ifindex.get(offer.egress as usize),
+            ) else {
+                continue;
+            };
+            if in_if == 0 || out_if == 0 || !present(offer.ingress) || !present(offer.egress) {
+                continue;
+            }
+            let key = key_of(&offer, in_if);
+            if self.installed.contains_key(&key) || self.foreign.contains(&key) {
+                continue;
+            }
+            if self.installed.len() >= FLOW_CAPACITY as usize {
+                w.add(WorkerCounter::FastPathFull as usize, 1);
+                continue;
+            }
+            match self.fast.install_tuple(&key, value_of(&offer, &key)) {
+                Ok(true) => {
+                    self.installed.insert(
+                        key,
+                        Installed {
+                            offer,
+                            ifindex: (in_if, out_if),
+                            packets: 0,
+                            bytes: 0,
+                        },
+                    );
+                    w.add(WorkerCounter::FastPathInstalled as usize, 1);
+                }
+                Ok(false) => {
+                    self.foreign.insert(key);
+                }
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::E2BIG | libc::ENOMEM | libc::ENOSPC)
+                    ) =>
+                {
+                    w.add(WorkerCounter::FastPathFull as usize, 1);
+                }
+                Err(_) => w.add(WorkerCounter::FastPathErrors as usize, 1),
+            }
+        }
+    }
+
+    /// Re-checks the entries if the gateway's generation moved (at most every few ms).
+    pub fn revalidate_if_changed(
+        &mut self,
+        gateway: &mut Gateway,
+        ifindex: &[u32],
+        present: impl Fn(PortId) -> bool,
+        stats: &WorkerStats,
+        now_ms: u64,
+    ) {
+        if self.installed.is_empty() && self.foreign.is_empty() {
+            self.generation = gateway.offer_generation();
+            return;
+        }
+        if gateway.offer_generation() != self.generation
+            && now_ms >= self.validated_ms + REVALIDATE_MS
+        {
+            self.validate(gateway, ifindex, present, stats, now_ms);
+        }
+    }
+
+    /// Takes out every entry the gateway would no longer decide the same way; all of them
+    /// after a reload.
+    pub fn validate(
+        &mut self,
+        gateway: &mut Gateway,
+        ifindex: &[u32],
+        present: impl Fn(PortId) -> bool,
+        stats: &WorkerStats,
+        now_ms: u64,
+    ) {
+        self.generation = gateway.offer_generation();
+        self.validated_ms = now_ms;
+        let reloaded = gateway.policy_epoch() != self.epoch;
+        self.epoch = gateway.policy_epoch();
+        let fast = &self.fast;
+        let mut removed = 0;
+        self.installed.retain(|key, f| {
+            let o = &f.offer;
+            let keep = !reloaded
+                && present(o.ingress)
+                && present(o.egress)
+                && ifindex.get(o.ingress as usize) == Some(&f.ifindex.0)
+                && ifindex.get(o.egress as usize) == Some(&f.ifindex.1)
+                && gateway.offer_holds(o, now_ms);
+            if !keep {
+                let _ = fast.remove(key);
+                removed += 1;
+            }
+            keep
+        });
+        self.foreign.clear();
+        stats
+            .worker
+            .add(WorkerCounter::FastPathRemoved as usize, removed);
+    }
+
+    /// Reads what the program counted since the last read: the ports' counters include it,
+    /// and the flows (and bridged sources) it forwarded stay alive in the gateway's tables.
+    pub fn harvest(&mut self, gateway: &mut Gateway, stats: &WorkerStats, now_ms: u64) {
+        for (key, f) in self.installed.iter_mut() {
+            let Ok(Some(now)) = self.fast.read::<_, TupleFlow>(key) else {
+                continue;
+            };
+            let (packets, bytes) = (
+                now.packets.saturating_sub(f.packets),
+                now.bytes.saturating_sub(f.bytes),
+            );
+            if packets == 0 {
+                continue;
+            }
+            (f.packets, f.bytes) = (now.packets, now.bytes);
+            let rx = &stats.ports[f.offer.ingress as usize];
+            rx.add(PortCounter::RxPackets as usize, packets);
+            rx.add(PortCounter::RxBytes as usize, bytes);
+            let tx = &stats.ports[f.offer.egress as usize];
+            tx.add(PortCounter::TxPackets as usize, packets);
+            tx.add(PortCounter::TxBytes as usize, bytes);
+            stats
+                .worker
+                .add(WorkerCounter::FastPathPackets as usize, packets);
+            gateway.offer_used(&f.offer, now_ms);
+        }
+    }
+
+    /// Takes out every entry (stop).
+    pub fn clear(&mut self) {
+        for key in self.installed.keys() {
+            let _ = self.fast.remove(key);
+        }
+        self.installed.clear();
+        self.foreign.clear();
+    }
+}
+
+fn key_of(o: &FlowOffer, ingress_ifindex: u32) -> TupleKey {
+    let t = &o.tuple;
+    TupleKey {
+        ifindex: ingress_ifindex,
+        dst: o.dst_mac.0,
+        src: o.src_mac.0,
+        saddr: t.src.octets(),
+        daddr: t.dst.octets(),
+        sport: t.sport.to_be_bytes(),
+        dport: t.dport.to_be_bytes(),
+        proto: t.proto,
+        pad: [0; 3],
+    }
+}
+
+fn value_of(o: &FlowOffer, key: &TupleKey) -> TupleFlow {
+    let (src, sport, dst, dport) = o.to;
+    // An unknown MTU is not checked by the gateway either.
+    let max_len = match o.mtu {
+        0 => u16::MAX,
+        mtu => mtu.min(u16::MAX as u32) as u16,
+    };
+    TupleFlow::rewrite(
+        key,
+        o.egress as u32,
+        max_len,
+        (o.new_dst_mac.0, o.new_src_mac.0),
+        (
+            src.octets(),
+            sport.to_be_bytes(),
+            dst.octets(),
+            dport.to_be_bytes(),
+        ),
+        o.next_hop.is_some(),
+    )
+}
