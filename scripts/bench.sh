@@ -21,7 +21,8 @@
 #         the sink pod (10.244.1.2:8080): vswitch --config vs. a Linux bridge with the gateway
 #         address, IP forwarding and an nftables DNAT rule as kube-proxy writes them. With
 #         --services N, N services exist and the measured one is the last (kube-proxy's
-#         iptables mode matches rules in order).
+#         iptables mode matches rules in order). Also vswitch with --fast-path xdp (the flow's
+#         packets after its first rewritten and redirected by the ports' XDP programs).
 #   search  RFC 2544 / CSIT-style: binary search of the offered rate for NDR (no loss) and PDR
 #         (0.5 % loss), then latency p50/p99/p99.9 at 10/50/90 % of PDR, L2, vswitch and the
 #         Linux bridge, and vswitch with --fast-path xdp (scripts/rfc2544.py; receiver:
@@ -390,6 +391,7 @@ service_vip() { echo 10.96.0.10; }
 other_vip() { echo "10.97.$(($1 / 250)).$(($1 % 250 + 1))"; }
 
 # dnat_vswitch [FILL]: with FILL, that many flows are tracked before the measurement.
+# DNAT_FAST=1: with the XDP fast path (established flows rewritten and redirected by XDP).
 dnat_vswitch() {
 	local fill_flows=${1:-0}
 	{
@@ -400,7 +402,11 @@ dnat_vswitch() {
 		done
 		printf '[[service]]\nname = "web"\ncluster_ip = "10.96.0.10"\nport = 80\nprotocol = "%s"\nbackends = ["10.244.1.2:8080"]\n' "$svc_proto"
 	} >"$tmp/node.toml"
-	start_vswitch --config "$tmp/node.toml"
+	if [ "${DNAT_FAST:-0}" = 1 ]; then
+		start_vswitch --config "$tmp/node.toml" --fast-path xdp
+	else
+		start_vswitch --config "$tmp/node.toml"
+	fi
 	announce_sink
 	if [ "$fill_flows" -gt 0 ]; then
 		# Source addresses from 10.244.100.0 on: never the measured flow's.
@@ -415,6 +421,7 @@ dnat_vswitch() {
 	echo "$r $CPP"
 }
 
+dnat_vswitch_fast() { DNAT_FAST=1 dnat_vswitch; }
 ctscale_vswitch() { dnat_vswitch "$fill"; }
 ctscale_kernel() { dnat_vswitch 0; }
 
@@ -713,7 +720,7 @@ l2_planes=(vswitch:l2_vswitch linux-bridge:l2_kernel vswitch-fastpath:l2_vswitch
 [ -n "$with_testpmd" ] && l2_planes+=(testpmd-af_xdp:l2_testpmd)
 [ -n "$with_busypoll" ] && l2_planes+=(vswitch-busy-poll:l2_vswitch_busypoll)
 [ "$scenario" = l2 ] || [ "$scenario" = all ] && run_scenario l2 "${l2_planes[@]}"
-[ "$scenario" = dnat ] || [ "$scenario" = all ] && run_scenario dnat vswitch:dnat_vswitch kernel-nft-dnat:dnat_kernel
+[ "$scenario" = dnat ] || [ "$scenario" = all ] && run_scenario dnat vswitch:dnat_vswitch kernel-nft-dnat:dnat_kernel vswitch-fastpath:dnat_vswitch_fast
 [ "$scenario" = ctscale ] && run_scenario ctscale vswitch:ctscale_vswitch vswitch-empty-ct:ctscale_kernel
 if [ "$scenario" = connrate ]; then
 	# Every frame a SYN of a new connection, offered at conn_rate for 2 s (fits the kernel's

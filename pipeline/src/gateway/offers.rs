@@ -4,7 +4,9 @@
 //! whether such a decision still holds after tables changed.
 //!
 //! Only flows whose state the fast path cannot change qualify: TCP established (SYN, FIN and
-//! RST always come to the switch), UDP once replied. Routed frames (to our MAC, not through the
+//! RST always come to the switch), UDP from its second packet on (its one state change, the
+//! first reply, always comes through the switch: a reply direction is offered only from a
+//! reply the switch forwarded). Routed frames (to our MAC, not through the
 //! overlay) and frames bridged on the pod segment (a backend's direct reply, un-DNATed) are
 //! offered; fragments, IP options, ICMP and anything encapsulated are not.
 
@@ -78,11 +80,11 @@ impl Pending {
 }
 
 /// Whether a flow in this state may be left to the fast path: nothing its packets carry there
-/// can change the state (SYN, FIN and RST go to the switch; a UDP flow is replied for good).
+/// can change the state (SYN, FIN and RST go to the switch; see the module's note on UDP).
 pub fn offloadable(state: &FlowState) -> bool {
     matches!(
         state,
-        FlowState::Tcp(TcpState::Established) | FlowState::Udp { replied: true }
+        FlowState::Tcp(TcpState::Established) | FlowState::Udp { .. }
     )
 }
 

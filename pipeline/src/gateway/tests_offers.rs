@@ -221,11 +221,21 @@ fn a_backends_direct_reply_is_offered_as_bridged_and_kept_alive_by_use() {
 }
 
 #[test]
-fn udp_is_offered_once_replied_and_fragments_never() {
+fn udp_is_offered_from_its_second_packet_and_fragments_never() {
     let mut gw = offering();
     let out = send(&mut gw, udp_from_pod1(POD3, 5000, 32, true), 0, 0);
     assert_eq!(out.next, Disposition::Forward(2));
-    assert!(taken(&mut gw).is_empty(), "not replied yet");
+    assert!(taken(&mut gw).is_empty(), "a new flow");
+    send(&mut gw, udp_from_pod1(POD3, 5000, 32, true), 0, 0);
+    let unreplied = taken(&mut gw);
+    assert_eq!(unreplied.len(), 1, "tracked: offered unreplied");
+    // Used while unreplied, it keeps the short timeout of an unreplied flow.
+    gw.offer_used(&unreplied[0], 1);
+    let hit = gw.shared.conntrack.find(&unreplied[0].tuple).unwrap();
+    assert_eq!(
+        hit.flow.state,
+        crate::conntrack::FlowState::Udp { replied: false }
+    );
     let mut reply = Vec::new();
     PacketBuilder::ethernet2(pod_mac(3).0, GW_MAC.0)
         .ipv4(POD3.octets(), POD1.octets(), 64)
