@@ -252,6 +252,14 @@ start_vswitch() {
 # worker's processing cycles per packet. (Not in a command substitution: `wait` only works in
 # the shell that started it.)
 stop_vswitch() {
+	# What the fast path carried (only when it was on).
+	$bin/vswitch ctl --socket "$tmp/ctl-${VS_NS:-$SW}.sock" show stats --json 2>/dev/null | python3 -c '
+import json, sys
+w = json.load(sys.stdin)["workers"]
+n = sum(x.get("fast_path_installed", 0) for x in w)
+if n:
+    print("   vswitch fast path: %d packets, %d flows installed, %d removed" % (sum(x["fast_path_packets"] for x in w), n, sum(x["fast_path_removed"] for x in w)), file=sys.stderr)
+' || true
 	kill -TERM $VS
 	wait $VS
 	SWITCH_PID=0
@@ -720,7 +728,13 @@ l2_planes=(vswitch:l2_vswitch linux-bridge:l2_kernel vswitch-fastpath:l2_vswitch
 [ -n "$with_testpmd" ] && l2_planes+=(testpmd-af_xdp:l2_testpmd)
 [ -n "$with_busypoll" ] && l2_planes+=(vswitch-busy-poll:l2_vswitch_busypoll)
 [ "$scenario" = l2 ] || [ "$scenario" = all ] && run_scenario l2 "${l2_planes[@]}"
-[ "$scenario" = dnat ] || [ "$scenario" = all ] && run_scenario dnat vswitch:dnat_vswitch kernel-nft-dnat:dnat_kernel vswitch-fastpath:dnat_vswitch_fast
+if [ "$scenario" = dnat ] || [ "$scenario" = all ]; then
+	# The fast path rewrites frames in place and the generator's pages come back as they
+	# left: every plane gets the same header-restoring generator.
+	gen_extra=(--restore-headers)
+	run_scenario dnat vswitch:dnat_vswitch kernel-nft-dnat:dnat_kernel vswitch-fastpath:dnat_vswitch_fast
+	gen_extra=()
+fi
 [ "$scenario" = ctscale ] && run_scenario ctscale vswitch:ctscale_vswitch vswitch-empty-ct:ctscale_kernel
 if [ "$scenario" = connrate ]; then
 	# Every frame a SYN of a new connection, offered at conn_rate for 2 s (fits the kernel's

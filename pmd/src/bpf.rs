@@ -23,6 +23,8 @@ const BPF_MAP_TYPE_XSKMAP: u32 = 17;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
 const BPF_FUNC_KTIME_GET_NS: i32 = 5;
+const BPF_FUNC_GET_SMP_PROCESSOR_ID: i32 = 8;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
 const BPF_FUNC_REDIRECT_MAP: i32 = 51;
@@ -250,22 +252,7 @@ impl RedirectProgram {
     /// Runs the program once on a copy of `frame` (`BPF_PROG_TEST_RUN`, nothing sent): its
     /// verdict and the frame as it left it. For tests of what a program does to frames.
     pub fn test_run(&self, frame: &[u8]) -> io::Result<(u32, Vec<u8>)> {
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut attr = TestRunAttr {
-            prog_fd: self.fd.as_raw_fd() as u32,
-            data_size_in: frame.len() as u32,
-            data_in: frame.as_ptr() as u64,
-            data_size_out: out.len() as u32,
-            data_out: out.as_mut_ptr() as u64,
-            repeat: 1,
-            ..Default::default()
-        };
-        // SAFETY: `data_in` points to the borrowed `frame` (`data_size_in` bytes, read during
-        // the call) and `data_out` to `out`, `data_size_out` writable bytes alive until after
-        // the call; the kernel writes at most that many and sets `data_size_out` to the length.
-        unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) }?;
-        out.truncate(attr.data_size_out as usize);
-        Ok((attr.retval, out))
+        test_run(&self.fd, frame)
     }
 
     pub fn load(map: &XskMap) -> io::Result<RedirectProgram> {
@@ -331,6 +318,27 @@ pub(crate) fn load_xdp_flags(insns: &[Insn], name: &str, prog_flags: u32) -> io:
     }
 }
 
+/// Runs a program once on a copy of `frame` (`BPF_PROG_TEST_RUN`, nothing sent): its verdict
+/// and the frame as it left it.
+fn test_run(prog: &OwnedFd, frame: &[u8]) -> io::Result<(u32, Vec<u8>)> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        data_size_out: out.len() as u32,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ..Default::default()
+    };
+    // SAFETY: `data_in` points to the borrowed `frame` (`data_size_in` bytes, read during
+    // the call) and `data_out` to `out`, `data_size_out` writable bytes alive until after
+    // the call; the kernel writes at most that many and sets `data_size_out` to the length.
+    unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) }?;
+    out.truncate(attr.data_size_out as usize);
+    Ok((attr.retval, out))
+}
+
 /// A traffic source: an XDP program that redirects every frame to one interface, run by the
 /// kernel on prepared frames (`BPF_PROG_TEST_RUN` with live frames, as xdp-trafficgen does).
 /// The frames leave through the interface's `ndo_xdp_xmit`; on veth the peer must have NAPI
@@ -338,6 +346,8 @@ pub(crate) fn load_xdp_flags(insns: &[Insn], name: &str, prog_flags: u32) -> io:
 pub struct LiveFrameSender {
     fd: OwnedFd,
     _pin: Option<XdpLink>,
+    /// The restoring sender's header templates, one slot per CPU.
+    templates: Option<OwnedFd>,
 }
 
 impl LiveFrameSender {
@@ -353,6 +363,7 @@ impl LiveFrameSender {
         Ok(LiveFrameSender {
             fd: load_xdp(&insns, "vswitch_pktgen")?,
             _pin: None,
+            templates: None,
         })
     }
 
@@ -461,9 +472,98 @@ impl LiveFrameSender {
         let fd = load_xdp(&insns, "vswitch_pktstmp")?;
         // The program holds its own reference to the map.
         drop(map);
-        Ok(LiveFrameSender { fd, _pin: None })
+        Ok(LiveFrameSender {
+            fd,
+            _pin: None,
+            templates: None,
+        })
+    }
+
+    /// A sender whose program first writes the frame's first `RESTORED_LEN` bytes back from
+    /// the template of the CPU it runs on (`set_template`). The kernel recycles a sender's
+    /// pages without copying the frame in again, so a frame that a forwarder rewrote in place
+    /// (an XDP fast path doing NAT) would otherwise come back rewritten. Each sending thread
+    /// must stay on one CPU (pinned).
+    pub fn load_restoring(ifindex: u32) -> io::Result<LiveFrameSender> {
+        let slots = crate::fastpath::possible_cpus()? as u32;
+        let mut attr = MapCreateAttr {
+            map_type: BPF_MAP_TYPE_ARRAY,
+            key_size: 4,
+            value_size: TEMPLATE_SLOT as u32,
+            max_entries: slots,
+            map_name: name16("vswitch_tmpl"),
+            ..Default::default()
+        };
+        // SAFETY: a map-create attribute holds no user pointers.
+        let map = fd_from(unsafe { bpf(BPF_MAP_CREATE, &mut attr)? });
+        let len = RESTORED_LEN as i32;
+        let mut insns = vec![
+            insn(0xbf, 6, 1, 0, 0), // r6 = ctx
+            insn(0x85, 0, 0, 0, BPF_FUNC_GET_SMP_PROCESSOR_ID),
+            insn(0x63, 10, 0, -4, 0), // *(u32 *)(fp - 4) = cpu (the key)
+            insn(0x18, 1, BPF_PSEUDO_MAP_FD, 0, map.as_raw_fd()),
+            insn(0, 0, 0, 0, 0),     // r1 = &templates
+            insn(0xbf, 2, 10, 0, 0), // r2 = fp
+            insn(0x07, 2, 0, 0, -4), // r2 = &key
+            insn(0x85, 0, 0, 0, BPF_FUNC_MAP_LOOKUP_ELEM),
+            insn(0x15, 0, 0, 21, 0),         // if !r0: just redirect
+            insn(0x79, 1, 0, len as i16, 0), // r1 = the slot's "set" word
+            insn(0x15, 1, 0, 19, 0),         // if never set: just redirect
+            insn(0x61, 2, 6, 0, 0),          // r2 = ctx->data
+            insn(0x61, 3, 6, 4, 0),          // r3 = ctx->data_end
+            insn(0xbf, 4, 2, 0, 0),          // r4 = data
+            insn(0x07, 4, 0, 0, len),        // r4 += RESTORED_LEN
+            insn(0x2d, 4, 3, 14, 0),         // if r4 > data_end: just redirect
+        ];
+        for word in 0..(RESTORED_LEN / 8) as i16 {
+            insns.push(insn(0x79, 5, 0, word * 8, 0)); // r5 = template[word]
+            insns.push(insn(0x7b, 2, 5, word * 8, 0)); // frame[word] = r5
+        }
+        insns.extend([
+            insn(0xb7, 1, 0, 0, ifindex as i32), // redirect to ifindex
+            insn(0xb7, 2, 0, 0, 0),
+            insn(0x85, 0, 0, 0, BPF_FUNC_REDIRECT),
+            insn(0x95, 0, 0, 0, 0),
+        ]);
+        Ok(LiveFrameSender {
+            fd: load_xdp(&insns, "vswitch_pktrst")?,
+            _pin: None,
+            templates: Some(map),
+        })
+    }
+
+    /// The frame the calling thread sends next, for the restoring sender to write back (a
+    /// no-op for the others). The slot is the CPU the thread runs on now.
+    pub fn set_template(&self, frame: &[u8]) -> io::Result<()> {
+        let Some(map) = &self.templates else {
+            return Ok(());
+        };
+        // SAFETY: sched_getcpu has no arguments and only returns a number.
+        let cpu = unsafe { libc::sched_getcpu() };
+        if cpu < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut slot = [0u8; TEMPLATE_SLOT];
+        let n = frame.len().min(RESTORED_LEN);
+        slot[..n].copy_from_slice(&frame[..n]);
+        slot[RESTORED_LEN] = 1;
+        let key = cpu as u32;
+        let mut attr = MapElemAttr {
+            map_fd: map.as_raw_fd() as u32,
+            key: &key as *const u32 as u64,
+            value: slot.as_ptr() as u64,
+            ..Default::default()
+        };
+        // SAFETY: `key` points to a u32 and `value` to `TEMPLATE_SLOT` bytes, the map's key
+        // and value sizes, both alive during the call, which only reads them.
+        unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map(|_| ())
     }
 }
+
+/// Bytes of a frame the restoring sender writes back: Ethernet, IPv4 and a TCP header.
+pub const RESTORED_LEN: usize = 56;
+/// A template slot: the bytes, then a word that says the slot was set.
+const TEMPLATE_SLOT: usize = RESTORED_LEN + 8;
 
 /// The program attached to one interface; detached when dropped (or when the process dies).
 pub struct XdpLink {
@@ -503,6 +603,36 @@ impl XdpLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_restoring_sender_writes_the_template_back_into_every_frame() {
+        if nix::unistd::geteuid().as_raw() != 0 {
+            assert!(std::env::var("CI").is_err(), "CI runs this as root");
+            return;
+        }
+        // The template slot is this thread's CPU: stay on it.
+        let cpu = nix::sched::sched_getcpu().unwrap();
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu).unwrap();
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+        let sender = LiveFrameSender::load_restoring(1).unwrap();
+        let original: Vec<u8> = (0..100u8).collect();
+        let rewritten: Vec<u8> = (0..100u8).map(|b| b ^ 0x5a).collect();
+        const XDP_REDIRECT: u32 = 4;
+        // Before a template is set, frames go as they are.
+        assert_eq!(
+            test_run(&sender.fd, &rewritten).unwrap(),
+            (XDP_REDIRECT, rewritten.clone())
+        );
+        sender.set_template(&original).unwrap();
+        let (verdict, out) = test_run(&sender.fd, &rewritten).unwrap();
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(out[..RESTORED_LEN], original[..RESTORED_LEN]);
+        assert_eq!(out[RESTORED_LEN..], rewritten[RESTORED_LEN..]);
+        // A frame too short to hold the headers is left alone.
+        let short = &rewritten[..RESTORED_LEN - 1];
+        assert_eq!(test_run(&sender.fd, short).unwrap().1, short);
+    }
 
     #[test]
     fn modes_parse_and_name_bad_values() {

@@ -419,7 +419,7 @@ fn update_slice<K, V>(map: &OwnedFd, key: &K, values: &[V], flags: u64) -> io::R
 
 /// CPUs the kernel may bring up (`/sys/devices/system/cpu/possible`, e.g. "0-15"): the
 /// number of values in a per-CPU map's element.
-fn possible_cpus() -> io::Result<usize> {
+pub(crate) fn possible_cpus() -> io::Result<usize> {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
     let mut highest = 0;
     for part in text.trim().split(',') {

@@ -402,9 +402,7 @@ pub(super) fn translate_bridged(
         return None;
     }
     let offerable = fragment.is_none() && proto != PROTO_ICMP && ip.header_len() == 20;
-    let Some((sport, dport)) = l4::ports(proto, ip.payload()) else {
-        return None;
-    };
+    let (sport, dport) = l4::ports(proto, ip.payload())?;
     let flags = if proto == PROTO_TCP {
         l4::tcp_flags(ip.payload())
     } else {
@@ -418,9 +416,7 @@ pub(super) fn translate_bridged(
         proto,
         zone: NODE_ZONE,
     };
-    let Some(hit) = gw.shared.conntrack.track(&t, flags, now_ms) else {
-        return None;
-    };
+    let hit = gw.shared.conntrack.track(&t, flags, now_ms)?;
     let to = translation(&hit.flow.orig, &hit.flow.reply, hit.dir);
     let pending = (offerable && gw.offers.is_some() && offloadable(&hit.flow.state))
         .then(|| (Pending::of(frame, t), to));

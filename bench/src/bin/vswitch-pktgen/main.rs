@@ -78,6 +78,11 @@ enum Command {
         /// Write a sequence number and the send time into each frame (for `recv`).
         #[arg(long)]
         stamp: bool,
+        /// Write each frame's headers (first 56 bytes) back before every send: the kernel
+        /// recycles the sender's pages as they are, so a forwarder that rewrites frames in
+        /// place (an XDP fast path doing NAT) would otherwise be sent its own output.
+        #[arg(long, conflicts_with = "stamp")]
+        restore_headers: bool,
     },
     /// Receive frames on an AF_XDP socket and measure loss, reordering and latency from the
     /// sequence numbers and send times `send --stamp` wrote (the sender must be pinned to one
@@ -148,6 +153,7 @@ fn main() -> ExitCode {
             core,
             cores,
             stamp,
+            restore_headers,
         } => {
             let spec = FrameSpec {
                 src_mac,
@@ -165,6 +171,12 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::FAILURE;
             }
+            if restore_headers && core.is_none() && cores.is_none() {
+                eprintln!(
+                    "vswitch-pktgen: error: --restore-headers keeps a template per CPU; pin the sender with --core or --cores"
+                );
+                return ExitCode::FAILURE;
+            }
             if let Some(core) = core {
                 core_affinity::set_for_current(core_affinity::CoreId { id: core });
             }
@@ -177,6 +189,7 @@ fn main() -> ExitCode {
                 duration: Duration::from_secs_f64(duration),
                 limit: count,
                 stamp,
+                restore_headers,
             };
             match cores {
                 Some(cores) => send_on_cores(&dev, &spec, &plan, &cores.0, &stop),
@@ -224,12 +237,15 @@ struct SendPlan {
     /// Packets in all; 0 for no limit.
     limit: u64,
     stamp: bool,
+    restore_headers: bool,
 }
 
-fn load_sender(dev: &str, stamp: bool) -> Result<LiveFrameSender, String> {
+fn load_sender(dev: &str, plan: &SendPlan) -> Result<LiveFrameSender, String> {
     let ifindex = pmd::netdev::ifindex(dev).map_err(|e| e.to_string())?;
-    let loaded = if stamp {
+    let loaded = if plan.stamp {
         LiveFrameSender::load_stamped(ifindex)
+    } else if plan.restore_headers {
+        LiveFrameSender::load_restoring(ifindex)
     } else {
         LiveFrameSender::load(ifindex)
     };
@@ -247,7 +263,7 @@ fn hold(sender: &mut LiveFrameSender) -> Result<(), String> {
 }
 
 fn send(dev: &str, spec: &FrameSpec, plan: &SendPlan, stop: &AtomicBool) -> Result<(), String> {
-    let mut sender = load_sender(dev, plan.stamp)?;
+    let mut sender = load_sender(dev, plan)?;
     // Said in the result, for whoever reads the numbers.
     let disturbed = match hold(&mut sender) {
         Ok(()) => false,
@@ -274,7 +290,7 @@ fn send_on_cores(
     cores: &[usize],
     stop: &AtomicBool,
 ) -> Result<(), String> {
-    let mut sender = load_sender(dev, plan.stamp)?;
+    let mut sender = load_sender(dev, plan)?;
     hold(&mut sender).map_err(|e| format!("{e}: refusing to send from several cores"))?;
     let frames: Vec<Vec<u8>> = (0..plan.flows).map(|f| test_frame(spec, f)).collect();
     let n = cores.len() as u64;
@@ -338,6 +354,7 @@ fn send_loop(
     let mut sent = 0u64;
     let mut last = (start, 0u64);
     let mut flow = 0usize;
+    let mut template = None;
     // Frames the rate allowed but that were never sent: time the sender lost (descheduled)
     // is not caught up in one burst, which would measure the burst, not the rate.
     let mut forgone = 0u64;
@@ -364,6 +381,12 @@ fn send_loop(
         }
         // Flows round-robin, `burst` frames of each per call.
         let per_flow = n.min(burst);
+        if plan.restore_headers && template != Some(flow) {
+            sender
+                .set_template(&frames[flow])
+                .map_err(|e| format!("setting the header template: {e}"))?;
+            template = Some(flow);
+        }
         sender
             .send(&frames[flow], per_flow as u32, XDP_BATCH)
             .map_err(|e| format!("sending into {dev}: {e}"))?;
