@@ -161,7 +161,7 @@ pub struct TupleFlow {
     pub pad2: u32,
     pub packets: u64,
     pub bytes: u64,
-    /// CLOCK_MONOTONIC nanoseconds of the last hit (0: none yet).
+    /// CLOCK_MONOTONIC nanoseconds (coarse: jiffies resolution) of the last hit (0: none yet).
     pub last_ns: u64,
 }
 
