@@ -6,7 +6,9 @@
 //! violation is an `Err`, a panic is a crash.
 #![deny(unsafe_code)]
 
-use pipeline::gateway::{GatewayConfig, ServiceConfig, UplinkConfig, VxlanConfig, VxlanPeer};
+use pipeline::gateway::{
+    FlowOffer, GatewayConfig, ServiceConfig, UplinkConfig, VxlanConfig, VxlanPeer,
+};
 use pipeline::l2::{BridgeConfig, PortBinding};
 use pipeline::wire::vxlan::ENCAP_OVERHEAD;
 use pipeline::{Bridge, Disposition, Gateway, GatewayShared, HeadroomBuf, MacAddr, PortId};
@@ -173,6 +175,33 @@ fn frame(b: &mut Bytes<'_>, templates: &[(PortId, Vec<u8>)]) -> Vec<u8> {
 }
 
 /// The checks a worker relies on, for one batch received on `ingress`.
+/// Every offer the fast path would install describes a frame of the batch as it left: forwarded
+/// to the offer's egress, with the offer's MACs, addresses and ports (else the fast path would
+/// send something the switch did not).
+fn check_offers(
+    ingress: PortId,
+    frames: &[HeadroomBuf],
+    next: &[Disposition],
+    offers: &[FlowOffer],
+) -> Result<(), String> {
+    for o in offers {
+        let matches = |f: &HeadroomBuf, d: &Disposition| {
+            let f = f.as_ref();
+            let port = |at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
+            let addr = |at: usize| Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3]);
+            *d == Disposition::Forward(o.egress)
+                && f.len() >= 38
+                && f[0..6] == o.new_dst_mac.0
+                && f[6..12] == o.new_src_mac.0
+                && (addr(26), port(34), addr(30), port(36)) == o.to
+        };
+        if o.ingress != ingress || !frames.iter().zip(next).any(|(f, d)| matches(f, d)) {
+            return Err(format!("an offer no frame of the batch matches: {o:?}"));
+        }
+    }
+    Ok(())
+}
+
 fn check(
     ingress: PortId,
     before: &[usize],
@@ -237,6 +266,7 @@ pub fn run_case(data: &[u8]) -> Result<Signature, String> {
         ..Default::default()
     };
     let mut gw = Gateway::new(shared.clone(), Bridge::new(&initial.pod_bridge(&bridge)));
+    gw.enable_offers();
     let mut now = 0u64;
     let mut emit = Vec::new();
     // Everyone's neighbours known first, so frames reach the deep paths.
@@ -267,6 +297,14 @@ pub fn run_case(data: &[u8]) -> Result<Signature, String> {
                 gw.process(&mut frames, ingress, now, &mut next, &mut emit);
                 check(ingress, &before, &frames, &next, &emit)?;
                 emit.clear();
+                let offers = std::mem::take(gw.offers_mut().expect("enabled"));
+                check_offers(ingress, &frames, &next, &offers)?;
+                // What a worker does with them later: re-check and refresh.
+                for o in &offers {
+                    if gw.offer_holds(o, now) {
+                        gw.offer_used(o, now);
+                    }
+                }
             }
             5 => {
                 now += b.byte() as u64 * 250;
