@@ -633,11 +633,32 @@ impl Datapath {
         let Some(mut live) = self.ports.get_mut(port as usize).and_then(|p| p.take()) else {
             return Err(DatapathError::NoSuchPort(port.to_string()));
         };
-        // Nothing new arrives once the program is gone, and nothing leaves by the fast path.
-        live.link = None;
+        // Nothing leaves by the fast path any more.
         if let Some(fast) = &self.fast {
             let _ = fast.del_port(port as u32);
         }
+        // Detaching the program waits for an RCU grace period (veth takes down its NAPI), and
+        // so does closing a socket: the detach runs beside the rest. A closed socket is out
+        // of the XSKMAP before its close returns (the kernel removes it from its maps first),
+        // so what the still-attached program gets meanwhile goes to the stack, never into
+        // frames we take back.
+        let link = live.link.take();
+        std::thread::scope(|scope| {
+            let detach = scope.spawn(move || drop(link));
+            let removed = self.retire_port(port, &mut live, teardown);
+            let _ = detach.join();
+            removed
+        })
+    }
+
+    /// `del_port` after the program's detach started: the workers stop using the port and
+    /// forget it, its sockets are closed and their frames come home.
+    fn retire_port(
+        &mut self,
+        port: PortId,
+        live: &mut LivePort,
+        teardown: impl FnOnce(PortId) -> Option<SharedJob>,
+    ) -> Result<ForgottenPort, DatapathError> {
         let mut waits = Vec::new();
         for w in 0..self.workers.len() {
             let (done, back) = bounded(1);
