@@ -6,7 +6,7 @@
 //! learned where the frame came from and goes to, and removed as soon as either entry moves,
 //! ages or is flushed, or a port goes.
 
-use crate::fastpath::{FastPath, L2Flow, L2Key, FLOW_CAPACITY};
+use crate::fastpath::{Counted, FastPath, L2Flow, L2Key, FLOW_CAPACITY};
 use crate::stats::{PortCounter, WorkerCounter, WorkerStats};
 use pipeline::l2::Bridge;
 use pipeline::wire::MacAddr;
@@ -17,9 +17,8 @@ use std::sync::Arc;
 struct Installed {
     ingress: PortId,
     egress: PortId,
-    /// What the program had counted when last read.
-    packets: u64,
-    bytes: u64,
+    /// What the program had counted (packets, bytes) when last read.
+    seen: (u64, u64),
 }
 
 pub struct FlowCache {
@@ -94,31 +93,21 @@ impl FlowCache {
             w.add(WorkerCounter::FastPathFull as usize, 1);
             return;
         }
-        match self.fast.install(&key, egress as u32) {
-            Ok(true) => {
+        match counted_install(self.fast.install(&key, egress as u32), stats) {
+            Some(true) => {
                 self.installed.insert(
                     key,
                     Installed {
                         ingress,
                         egress,
-                        packets: 0,
-                        bytes: 0,
+                        seen: (0, 0),
                     },
                 );
-                w.add(WorkerCounter::FastPathInstalled as usize, 1);
             }
-            Ok(false) => {
+            Some(false) => {
                 self.foreign.insert(key);
             }
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::E2BIG | libc::ENOMEM | libc::ENOSPC)
-                ) =>
-            {
-                w.add(WorkerCounter::FastPathFull as usize, 1);
-            }
-            Err(_) => w.add(WorkerCounter::FastPathErrors as usize, 1),
+            None => {}
         }
     }
 
@@ -155,26 +144,11 @@ impl FlowCache {
     /// and a source address that is sending keeps its FDB entry alive.
     pub fn harvest(&mut self, bridge: &mut Bridge, stats: &WorkerStats, now_ms: u64) {
         for (key, f) in self.installed.iter_mut() {
-            let Ok(Some(now)) = self.fast.read::<_, L2Flow>(key) else {
+            let Some((packets, bytes)) = new_counts::<_, L2Flow>(&self.fast, key, &mut f.seen)
+            else {
                 continue;
             };
-            let (packets, bytes) = (
-                now.packets.saturating_sub(f.packets),
-                now.bytes.saturating_sub(f.bytes),
-            );
-            if packets == 0 {
-                continue;
-            }
-            (f.packets, f.bytes) = (now.packets, now.bytes);
-            let rx = &stats.ports[f.ingress as usize];
-            rx.add(PortCounter::RxPackets as usize, packets);
-            rx.add(PortCounter::RxBytes as usize, bytes);
-            let tx = &stats.ports[f.egress as usize];
-            tx.add(PortCounter::TxPackets as usize, packets);
-            tx.add(PortCounter::TxBytes as usize, bytes);
-            stats
-                .worker
-                .add(WorkerCounter::FastPathPackets as usize, packets);
+            count_forwarded(stats, f.ingress, f.egress, packets, bytes);
             bridge.refresh(MacAddr(key.src), f.ingress, now_ms);
         }
     }
@@ -187,4 +161,68 @@ impl FlowCache {
         self.installed.clear();
         self.foreign.clear();
     }
+}
+
+/// Counts an install's outcome: `Some(true)` installed, `Some(false)` another worker's already,
+/// `None` refused (the map full, or an error).
+pub(crate) fn counted_install(result: std::io::Result<bool>, stats: &WorkerStats) -> Option<bool> {
+    let w = &stats.worker;
+    match result {
+        Ok(true) => {
+            w.add(WorkerCounter::FastPathInstalled as usize, 1);
+            Some(true)
+        }
+        Ok(false) => Some(false),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::E2BIG | libc::ENOMEM | libc::ENOSPC)
+            ) =>
+        {
+            w.add(WorkerCounter::FastPathFull as usize, 1);
+            None
+        }
+        Err(_) => {
+            w.add(WorkerCounter::FastPathErrors as usize, 1);
+            None
+        }
+    }
+}
+
+/// What the program counted for `key` since `seen` (packets, bytes), which moves on; `None`
+/// when nothing new.
+pub(crate) fn new_counts<K, V: Counted>(
+    fast: &FastPath,
+    key: &K,
+    seen: &mut (u64, u64),
+) -> Option<(u64, u64)> {
+    let now: V = fast.read(key).ok()??;
+    let new = (
+        now.packets().saturating_sub(seen.0),
+        now.bytes().saturating_sub(seen.1),
+    );
+    if new.0 == 0 {
+        return None;
+    }
+    *seen = (now.packets(), now.bytes());
+    Some(new)
+}
+
+/// Traffic the fast path carried, counted as the ports' and the worker's own.
+pub(crate) fn count_forwarded(
+    stats: &WorkerStats,
+    ingress: PortId,
+    egress: PortId,
+    packets: u64,
+    bytes: u64,
+) {
+    let rx = &stats.ports[ingress as usize];
+    rx.add(PortCounter::RxPackets as usize, packets);
+    rx.add(PortCounter::RxBytes as usize, bytes);
+    let tx = &stats.ports[egress as usize];
+    tx.add(PortCounter::TxPackets as usize, packets);
+    tx.add(PortCounter::TxBytes as usize, bytes);
+    stats
+        .worker
+        .add(WorkerCounter::FastPathPackets as usize, packets);
 }

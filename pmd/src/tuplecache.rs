@@ -8,7 +8,8 @@
 //! and each second; a reload takes them all.
 
 use crate::fastpath::{FastPath, TupleFlow, TupleKey, FLOW_CAPACITY};
-use crate::stats::{PortCounter, WorkerCounter, WorkerStats};
+use crate::flowcache::{count_forwarded, counted_install, new_counts};
+use crate::stats::{WorkerCounter, WorkerStats};
 use pipeline::gateway::{FlowOffer, Gateway};
 use pipeline::PortId;
 use std::collections::{HashMap, HashSet};
@@ -22,9 +23,8 @@ struct Installed {
     offer: FlowOffer,
     /// The ports' interfaces when installed (a port id may come back as another interface).
     ifindex: (u32, u32),
-    /// What the program had counted when last read.
-    packets: u64,
-    bytes: u64,
+    /// What the program had counted (packets, bytes) when last read.
+    seen: (u64, u64),
 }
 
 pub struct TupleCache {
@@ -84,31 +84,21 @@ impl TupleCache {
                 w.add(WorkerCounter::FastPathFull as usize, 1);
                 continue;
             }
-            match self.fast.install_tuple(&key, value_of(&offer, &key)) {
-                Ok(true) => {
+            match counted_install(self.fast.install_tuple(&key, value_of(&offer, &key)), stats) {
+                Some(true) => {
                     self.installed.insert(
                         key,
                         Installed {
                             offer,
                             ifindex: (in_if, out_if),
-                            packets: 0,
-                            bytes: 0,
+                            seen: (0, 0),
                         },
                     );
-                    w.add(WorkerCounter::FastPathInstalled as usize, 1);
                 }
-                Ok(false) => {
+                Some(false) => {
                     self.foreign.insert(key);
                 }
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::E2BIG | libc::ENOMEM | libc::ENOSPC)
-                    ) =>
-                {
-                    w.add(WorkerCounter::FastPathFull as usize, 1);
-                }
-                Err(_) => w.add(WorkerCounter::FastPathErrors as usize, 1),
+                None => {}
             }
         }
     }
@@ -173,26 +163,11 @@ impl TupleCache {
     /// and the flows (and bridged sources) it forwarded stay alive in the gateway's tables.
     pub fn harvest(&mut self, gateway: &mut Gateway, stats: &WorkerStats, now_ms: u64) {
         for (key, f) in self.installed.iter_mut() {
-            let Ok(Some(now)) = self.fast.read::<_, TupleFlow>(key) else {
+            let Some((packets, bytes)) = new_counts::<_, TupleFlow>(&self.fast, key, &mut f.seen)
+            else {
                 continue;
             };
-            let (packets, bytes) = (
-                now.packets.saturating_sub(f.packets),
-                now.bytes.saturating_sub(f.bytes),
-            );
-            if packets == 0 {
-                continue;
-            }
-            (f.packets, f.bytes) = (now.packets, now.bytes);
-            let rx = &stats.ports[f.offer.ingress as usize];
-            rx.add(PortCounter::RxPackets as usize, packets);
-            rx.add(PortCounter::RxBytes as usize, bytes);
-            let tx = &stats.ports[f.offer.egress as usize];
-            tx.add(PortCounter::TxPackets as usize, packets);
-            tx.add(PortCounter::TxBytes as usize, bytes);
-            stats
-                .worker
-                .add(WorkerCounter::FastPathPackets as usize, packets);
+            count_forwarded(stats, f.offer.ingress, f.offer.egress, packets, bytes);
             gateway.offer_used(&f.offer, now_ms);
         }
     }

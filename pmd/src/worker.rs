@@ -716,10 +716,6 @@ impl Worker {
                 &self.s.stats,
                 now_ms,
             );
-            self.s
-                .stats
-                .worker
-                .set(WorkerCounter::FastPathFlows as usize, flows.len() as u64);
         }
         if let (Some(tuples), Some(gateway)) = (self.tuples.as_mut(), self.s.pipeline.gateway_mut())
         {
@@ -730,11 +726,13 @@ impl Worker {
                 &self.s.stats,
                 now_ms,
             );
-            self.s
-                .stats
-                .worker
-                .set(WorkerCounter::FastPathFlows as usize, tuples.len() as u64);
         }
+        let installed = self.flows.as_ref().map_or(0, FlowCache::len)
+            + self.tuples.as_ref().map_or(0, TupleCache::len);
+        self.s
+            .stats
+            .worker
+            .set(WorkerCounter::FastPathFlows as usize, installed as u64);
     }
 
     /// Frames the pipeline made: each copied into a frame (or chain) of ours for every port
