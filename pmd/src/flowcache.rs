@@ -120,24 +120,14 @@ impl FlowCache {
         stats: &WorkerStats,
         now_ms: u64,
     ) {
-        let fast = &self.fast;
-        let mut removed = 0;
-        self.installed.retain(|key, f| {
-            let keep = present(f.ingress)
+        remove_unbacked(&mut self.installed, &self.fast, stats, |key, f| {
+            present(f.ingress)
                 && present(f.egress)
                 && bridge.fdb().lookup(MacAddr(key.src), now_ms) == Some(f.ingress)
-                && bridge.fdb().lookup(MacAddr(key.dst), now_ms) == Some(f.egress);
-            if !keep {
-                let _ = fast.remove(key);
-                removed += 1;
-            }
-            keep
+                && bridge.fdb().lookup(MacAddr(key.dst), now_ms) == Some(f.egress)
         });
         // Another worker's flows are its business; forget them so they can be looked at again.
         self.foreign.clear();
-        stats
-            .worker
-            .add(WorkerCounter::FastPathRemoved as usize, removed);
     }
 
     /// Reads what the program counted since the last read: the ports' counters include it,
@@ -225,4 +215,25 @@ pub(crate) fn count_forwarded(
     stats
         .worker
         .add(WorkerCounter::FastPathPackets as usize, packets);
+}
+
+/// Takes out of the map (and counts) every installed entry `keep` rejects.
+pub(crate) fn remove_unbacked<K: std::hash::Hash + Eq, I>(
+    installed: &mut HashMap<K, I>,
+    fast: &FastPath,
+    stats: &WorkerStats,
+    mut keep: impl FnMut(&K, &I) -> bool,
+) {
+    let mut removed = 0;
+    installed.retain(|key, f| {
+        let kept = keep(key, f);
+        if !kept {
+            let _ = fast.remove(key);
+            removed += 1;
+        }
+        kept
+    });
+    stats
+        .worker
+        .add(WorkerCounter::FastPathRemoved as usize, removed);
 }

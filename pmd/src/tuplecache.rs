@@ -8,7 +8,7 @@
 //! and each second; a reload takes them all.
 
 use crate::fastpath::{FastPath, TupleFlow, TupleKey, FLOW_CAPACITY};
-use crate::flowcache::{count_forwarded, counted_install, new_counts};
+use crate::flowcache::{count_forwarded, counted_install, new_counts, remove_unbacked};
 use crate::stats::{WorkerCounter, WorkerStats};
 use pipeline::gateway::{FlowOffer, Gateway};
 use pipeline::PortId;
@@ -137,26 +137,16 @@ impl TupleCache {
         self.validated_ms = now_ms;
         let reloaded = gateway.policy_epoch() != self.epoch;
         self.epoch = gateway.policy_epoch();
-        let fast = &self.fast;
-        let mut removed = 0;
-        self.installed.retain(|key, f| {
+        remove_unbacked(&mut self.installed, &self.fast, stats, |_, f| {
             let o = &f.offer;
-            let keep = !reloaded
+            !reloaded
                 && present(o.ingress)
                 && present(o.egress)
                 && ifindex.get(o.ingress as usize) == Some(&f.ifindex.0)
                 && ifindex.get(o.egress as usize) == Some(&f.ifindex.1)
-                && gateway.offer_holds(o, now_ms);
-            if !keep {
-                let _ = fast.remove(key);
-                removed += 1;
-            }
-            keep
+                && gateway.offer_holds(o, now_ms)
         });
         self.foreign.clear();
-        stats
-            .worker
-            .add(WorkerCounter::FastPathRemoved as usize, removed);
     }
 
     /// Reads what the program counted since the last read: the ports' counters include it,
