@@ -146,6 +146,8 @@ pub struct GatewayShared {
     pub affinity: Affinity,
     policy: RwLock<Arc<Policy>>,
     epoch: AtomicU64,
+    /// Moves on reloads only (not when pods come and go): what the fast path's entries hang on.
+    reloads: AtomicU64,
     /// Policies the workers let go of, freed by the control thread (`reap_retired`): freeing
     /// 10,000 services' tables takes milliseconds a worker must not spend.
     retired: Mutex<Vec<Arc<Policy>>>,
@@ -177,6 +179,7 @@ impl GatewayShared {
             affinity: Affinity::new(DEFAULT_AFFINITY_CAPACITY),
             policy: RwLock::new(Arc::new(Policy::new(config))),
             epoch: AtomicU64::new(1),
+            reloads: AtomicU64::new(0),
             retired: Mutex::new(Vec::new()),
         })
     }
@@ -212,6 +215,7 @@ impl GatewayShared {
         let backends: std::collections::HashSet<_> = policy.services.all_backends().collect();
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy.clone();
         self.epoch.fetch_add(1, Ordering::Release);
+        self.reloads.fetch_add(1, Ordering::Release);
         let flows_closed = self.conntrack.remove_where(|f| {
             let dnat = f.orig.dst != f.reply.src || f.orig.dport != f.reply.sport;
             dnat && !backends.contains(&std::net::SocketAddrV4::new(f.reply.src, f.reply.sport))

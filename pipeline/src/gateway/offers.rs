@@ -110,9 +110,9 @@ impl Gateway {
             + c.evicted.load(Ordering::Relaxed)
     }
 
-    /// The policy's epoch: a reload takes every offer back.
+    /// Moves on every reload (not when pods come and go): a reload takes every offer back.
     pub fn policy_epoch(&self) -> u64 {
-        self.shared.epoch.load(Ordering::Acquire)
+        self.shared.reloads.load(Ordering::Acquire)
     }
 
     /// Whether the switch would still decide the offered frame the same way: the flow is

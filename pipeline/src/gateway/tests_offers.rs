@@ -258,3 +258,19 @@ fn udp_is_offered_from_its_second_packet_and_fragments_never() {
     assert_eq!(out.next, Disposition::Forward(2));
     assert!(taken(&mut gw).is_empty());
 }
+
+#[test]
+fn a_reload_takes_offers_back_but_pods_coming_and_going_do_not() {
+    let mut gw = offering();
+    let [_, _, ack, _] = handshake(&mut gw, 44000);
+    let (epoch, generation) = (gw.policy_epoch(), gw.offer_generation());
+    let mut c = config();
+    c.services[0].backends = backends(&[(POD1, 8080)]);
+    c.pod_ports = vec![0, 1, 2, 5];
+    gw.shared.set_pod_ports(&c);
+    assert_eq!(gw.policy_epoch(), epoch, "a pod attached");
+    assert_ne!(gw.offer_generation(), generation, "re-checked");
+    assert!(gw.offer_holds(&ack[0], 5));
+    gw.shared.reload(&c);
+    assert_ne!(gw.policy_epoch(), epoch, "reloaded");
+}
