@@ -79,6 +79,9 @@ static INLINE int understood(const __u8 *data, const __u8 *end)
 		return 0;
 	if ((be16(ip + 6) & 0x3fff) != 0)
 		return 0;
+	// A total length shorter than the headers: the switch drops it as malformed.
+	if (be16(ip + 2) < 20 + (ip[9] == 6 ? 20 : 8))
+		return 0;
 	l4_len = be16(ip + 2) - 20;
 	if (ip[9] == 6) {
 		if (l4[13] & 0x07)

@@ -638,55 +638,21 @@ impl Datapath {
             let _ = fast.del_port(port as u32);
         }
         // Detaching the program waits for an RCU grace period (veth takes down its NAPI), and
-        // so does closing a socket: the detach runs beside the rest. A closed socket is out
-        // of the XSKMAP before its close returns (the kernel removes it from its maps first),
-        // so what the still-attached program gets meanwhile goes to the stack, never into
-        // frames we take back.
+        // so does closing a socket: the detach runs beside the workers' retirement and the
+        // sockets' close. A closed socket is out of the XSKMAP before its close returns (what
+        // the still-attached program gets meanwhile goes to the stack), but the frames come
+        // home only after the detach too: in zero-copy mode the driver gives up the frames
+        // posted to its rings when the program goes, not when the socket closes.
         let link = live.link.take();
-        std::thread::scope(|scope| {
-            let detach = scope.spawn(move || drop(link));
-            let removed = self.retire_port(port, &mut live, teardown);
-            let _ = detach.join();
-            removed
-        })
-    }
-
-    /// `del_port` after the program's detach started: the workers stop using the port and
-    /// forget it, its sockets are closed and their frames come home.
-    fn retire_port(
-        &mut self,
-        port: PortId,
-        live: &mut LivePort,
-        teardown: impl FnOnce(PortId) -> Option<SharedJob>,
-    ) -> Result<ForgottenPort, DatapathError> {
-        let mut waits = Vec::new();
-        for w in 0..self.workers.len() {
-            let (done, back) = bounded(1);
-            self.send(w, Command::DelPort { port, done })?;
-            waits.push((w, back));
-        }
-        let forgotten = self.on_workers(move |p, _| p.forget_port(port))?;
-        if let Some(job) = teardown(port) {
-            self.on_workers(move |p, now| job(p, now))?;
-        }
-        let mut result = Ok(());
-        for (w, back) in waits {
-            match back.recv_timeout(WORKER_ANSWER + Duration::from_secs(1)) {
-                Ok(sockets) => {
-                    let tags: Vec<u32> = sockets.iter().map(|s| s.tag()).collect();
-                    // The map holds the sockets too: it goes first, then the sockets close
-                    // (the kernel stops using their frames), then the frames come home.
-                    live.map = None;
-                    drop(sockets);
-                    if !tags.is_empty() {
-                        let (done, reclaimed) = bounded(1);
-                        self.send(w, Command::Reclaim { tags, done })?;
-                        if reclaimed.recv_timeout(WORKER_ANSWER).is_err() {
-                            result = Err(DatapathError::WorkerGone(w));
-                        }
-                    }
-                }
-                Err(_) => result = Err(DatapathError::WorkerGone(w)),
+        let detach = std::thread::spawn(move || drop(link));
+        let retired = self.retire_port(port, &mut live, teardown);
+        let _ = detach.join();
+        let (forgotten, to_reclaim, mut result) = retired?;
+        for (w, tags) in to_reclaim {
+            let (done, reclaimed) = bounded(1);
+            self.send(w, Command::Reclaim { tags, done })?;
+            if reclaimed.recv_timeout(WORKER_ANSWER).is_err() {
+                result = Err(DatapathError::WorkerGone(w));
             }
         }
         result?;
@@ -697,6 +663,52 @@ impl Datapath {
                 neighbors: a.neighbors + f.neighbors,
                 flows: a.flows + f.flows,
             }))
+    }
+
+    /// `del_port` while the program's detach runs: the workers stop using the port and forget
+    /// it, and its sockets are closed. Returns what each worker forgot, per worker the tags of
+    /// the closed sockets whose frames are to come home, and whether every worker answered.
+    #[allow(clippy::type_complexity)]
+    fn retire_port(
+        &mut self,
+        port: PortId,
+        live: &mut LivePort,
+        teardown: impl FnOnce(PortId) -> Option<SharedJob>,
+    ) -> Result<
+        (
+            Vec<ForgottenPort>,
+            Vec<(usize, Vec<u32>)>,
+            Result<(), DatapathError>,
+        ),
+        DatapathError,
+    > {
+        let mut waits = Vec::new();
+        for w in 0..self.workers.len() {
+            let (done, back) = bounded(1);
+            self.send(w, Command::DelPort { port, done })?;
+            waits.push((w, back));
+        }
+        let forgotten = self.on_workers(move |p, _| p.forget_port(port))?;
+        if let Some(job) = teardown(port) {
+            self.on_workers(move |p, now| job(p, now))?;
+        }
+        let mut to_reclaim = Vec::new();
+        let mut answered = Ok(());
+        for (w, back) in waits {
+            let Ok(sockets) = back.recv_timeout(WORKER_ANSWER + Duration::from_secs(1)) else {
+                answered = Err(DatapathError::WorkerGone(w));
+                continue;
+            };
+            let tags: Vec<u32> = sockets.iter().map(|s| s.tag()).collect();
+            // Our map descriptor goes, then the sockets close (the kernel stops using their
+            // frames for receive and transmit when `close` returns).
+            live.map = None;
+            drop(sockets);
+            if !tags.is_empty() {
+                to_reclaim.push((w, tags));
+            }
+        }
+        Ok((forgotten, to_reclaim, answered))
     }
 
     /// Ports whose interface is gone (or was replaced by another of the same name) since it

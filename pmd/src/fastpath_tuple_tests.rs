@@ -340,7 +340,17 @@ fn what_the_switch_must_see_is_left_alone() {
     bad_checksum[25] ^= 1;
     let mut truncated = frame(&TCP_ACK, (GW_MAC, POD_MAC), (CLIENT, 40000, VIP, 80));
     truncated.truncate(truncated.len() - 1);
-    for (why, before) in [("bad checksum", bad_checksum), ("truncated", truncated)] {
+    // A total length shorter than IPv4 + TCP headers (the checksum kept right).
+    let mut too_short = frame(&TCP_ACK, (GW_MAC, POD_MAC), (CLIENT, 40000, VIP, 80));
+    too_short[16..18].copy_from_slice(&30u16.to_be_bytes());
+    too_short[24..26].copy_from_slice(&[0, 0]);
+    let c = checksum(&too_short[14..34]);
+    too_short[24..26].copy_from_slice(&c.to_be_bytes());
+    for (why, before) in [
+        ("bad checksum", bad_checksum),
+        ("truncated", truncated),
+        ("total length shorter than the headers", too_short),
+    ] {
         let key = install_dnat(&rig, &before, 1500);
         assert_eq!(
             rig.prog.test_run(&before).unwrap(),

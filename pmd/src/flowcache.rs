@@ -120,7 +120,7 @@ impl FlowCache {
         stats: &WorkerStats,
         now_ms: u64,
     ) {
-        remove_unbacked(&mut self.installed, &self.fast, stats, |key, f| {
+        remove_unbacked::<_, _, L2Flow>(&mut self.installed, &self.fast, stats, |key, f| {
             present(f.ingress)
                 && present(f.egress)
                 && bridge.fdb().lookup(MacAddr(key.src), now_ms) == Some(f.ingress)
@@ -217,8 +217,27 @@ pub(crate) fn count_forwarded(
         .add(WorkerCounter::FastPathPackets as usize, packets);
 }
 
-/// Takes out of the map (and counts) every installed entry `keep` rejects.
-pub(crate) fn remove_unbacked<K: std::hash::Hash + Eq, I>(
+/// An installed entry as the caches' shared code sees it.
+pub(crate) trait Entry {
+    /// Its ingress and egress ports.
+    fn ports(&self) -> (PortId, PortId);
+    /// What the program had counted (packets, bytes) when last read.
+    fn seen(&mut self) -> &mut (u64, u64);
+}
+
+impl Entry for Installed {
+    fn ports(&self) -> (PortId, PortId) {
+        (self.ingress, self.egress)
+    }
+
+    fn seen(&mut self) -> &mut (u64, u64) {
+        &mut self.seen
+    }
+}
+
+/// Takes out of the map (and counts) every installed entry `keep` rejects; what the program
+/// counted for it since the last read still goes to its ports.
+pub(crate) fn remove_unbacked<K: std::hash::Hash + Eq, I: Entry, V: Counted>(
     installed: &mut HashMap<K, I>,
     fast: &FastPath,
     stats: &WorkerStats,
@@ -228,6 +247,10 @@ pub(crate) fn remove_unbacked<K: std::hash::Hash + Eq, I>(
     installed.retain(|key, f| {
         let kept = keep(key, f);
         if !kept {
+            if let Some((packets, bytes)) = new_counts::<K, V>(fast, key, f.seen()) {
+                let (ingress, egress) = f.ports();
+                count_forwarded(stats, ingress, egress, packets, bytes);
+            }
             let _ = fast.remove(key);
             removed += 1;
         }

@@ -8,7 +8,7 @@
 //! and each second; a reload takes them all.
 
 use crate::fastpath::{FastPath, TupleFlow, TupleKey, FLOW_CAPACITY};
-use crate::flowcache::{count_forwarded, counted_install, new_counts, remove_unbacked};
+use crate::flowcache::{count_forwarded, counted_install, new_counts, remove_unbacked, Entry};
 use crate::stats::{WorkerCounter, WorkerStats};
 use pipeline::gateway::{FlowOffer, Gateway};
 use pipeline::PortId;
@@ -25,6 +25,16 @@ struct Installed {
     ifindex: (u32, u32),
     /// What the program had counted (packets, bytes) when last read.
     seen: (u64, u64),
+}
+
+impl Entry for Installed {
+    fn ports(&self) -> (PortId, PortId) {
+        (self.offer.ingress, self.offer.egress)
+    }
+
+    fn seen(&mut self) -> &mut (u64, u64) {
+        &mut self.seen
+    }
 }
 
 pub struct TupleCache {
@@ -57,14 +67,20 @@ impl TupleCache {
         self.installed.is_empty()
     }
 
-    /// Installs what the gateway offered in the last batch (and empties `offers`).
+    /// Installs what the gateway offered in the last batch, each offer re-checked (a later
+    /// frame of the batch may have closed its flow or moved its addresses).
     pub fn install(
         &mut self,
-        offers: &mut Vec<FlowOffer>,
+        gateway: &mut Gateway,
         ifindex: &[u32],
         present: impl Fn(PortId) -> bool,
         stats: &WorkerStats,
+        now_ms: u64,
     ) {
+        let Some(offers) = gateway.offers_mut().filter(|o| !o.is_empty()) else {
+            return;
+        };
+        let mut offers = std::mem::take(offers);
         let w = &stats.worker;
         for offer in offers.drain(..) {
             let (Some(&in_if), Some(&out_if)) = (
@@ -77,7 +93,10 @@ impl TupleCache {
                 continue;
             }
             let key = key_of(&offer, in_if);
-            if self.installed.contains_key(&key) || self.foreign.contains(&key) {
+            if self.installed.contains_key(&key)
+                || self.foreign.contains(&key)
+                || !gateway.offer_holds(&offer, now_ms)
+            {
                 continue;
             }
             if self.installed.len() >= FLOW_CAPACITY as usize {
@@ -101,6 +120,10 @@ impl TupleCache {
                 None => {}
             }
         }
+        // Its room is kept for the next batch's offers.
+        if let Some(empty) = gateway.offers_mut() {
+            *empty = offers;
+        }
     }
 
     /// Re-checks the entries if the gateway's generation moved (at most every few ms).
@@ -114,6 +137,7 @@ impl TupleCache {
     ) {
         if self.installed.is_empty() && self.foreign.is_empty() {
             self.generation = gateway.offer_generation();
+            self.epoch = gateway.policy_epoch();
             return;
         }
         if gateway.offer_generation() != self.generation
@@ -137,7 +161,7 @@ impl TupleCache {
         self.validated_ms = now_ms;
         let reloaded = gateway.policy_epoch() != self.epoch;
         self.epoch = gateway.policy_epoch();
-        remove_unbacked(&mut self.installed, &self.fast, stats, |_, f| {
+        remove_unbacked::<_, _, TupleFlow>(&mut self.installed, &self.fast, stats, |_, f| {
             let o = &f.offer;
             !reloaded
                 && present(o.ingress)

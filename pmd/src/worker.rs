@@ -288,6 +288,7 @@ impl Worker {
             // The same clock reading: one per pass.
             let now_ms = polled.saturating_duration_since(self.s.epoch).as_millis() as u64;
             let packets = self.poll_once(now_ms);
+            self.revalidate_tuples(now_ms);
             passes += 1;
             let spent = cycles().wrapping_sub(start);
             let w = &self.s.stats.worker;
@@ -683,10 +684,7 @@ impl Worker {
         if let (Some(tuples), Some(gateway)) = (self.tuples.as_mut(), self.s.pipeline.gateway_mut())
         {
             let stats = &self.s.stats;
-            if let Some(offers) = gateway.offers_mut().filter(|o| !o.is_empty()) {
-                tuples.install(offers, &self.ifindex, |p| present.contains(p), stats);
-            }
-            tuples.revalidate_if_changed(
+            tuples.install(
                 gateway,
                 &self.ifindex,
                 |p| present.contains(p),
@@ -703,6 +701,23 @@ impl Worker {
             }
         }
         received
+    }
+
+    /// Re-checks the gateway's fast-path entries when something they depend on changed (a
+    /// few atomic loads when nothing did): also while the fast path carries everything and the
+    /// workers receive nothing, and for changes made by the control thread.
+    fn revalidate_tuples(&mut self, now_ms: u64) {
+        if let (Some(tuples), Some(gateway)) = (self.tuples.as_mut(), self.s.pipeline.gateway_mut())
+        {
+            let present = self.present;
+            tuples.revalidate_if_changed(
+                gateway,
+                &self.ifindex,
+                |p| present.contains(p),
+                &self.s.stats,
+                now_ms,
+            );
+        }
     }
 
     /// Takes out the installed flows the bridge (or gateway) no longer backs.

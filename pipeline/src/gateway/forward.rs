@@ -3,7 +3,7 @@
 //! resolution.
 
 use super::icmp_limit::IcmpErrorLimiter;
-use super::offers::{offloadable, Pending};
+use super::offers::{note_closing, offloadable, Pending};
 use super::{
     arp, icmp, Emit, FlowOffer, Gateway, GatewayShared, GwCounter, GwCounters, Policy, Step,
 };
@@ -345,6 +345,7 @@ fn track_or_create(
     // Twice at most: a new flow another worker inserted first is found on the second look.
     for _ in 0..2 {
         if let Some(hit) = ctx.shared.conntrack.track(tuple, flags, ctx.now_ms) {
+            note_closing(ctx.shared, tuple.proto, flags);
             let to = translation(&hit.flow.orig, &hit.flow.reply, hit.dir);
             return Ok((to, offloadable(&hit.flow.state)));
         }
@@ -417,6 +418,7 @@ pub(super) fn translate_bridged(
         zone: NODE_ZONE,
     };
     let hit = gw.shared.conntrack.track(&t, flags, now_ms)?;
+    note_closing(&gw.shared, proto, flags);
     let to = translation(&hit.flow.orig, &hit.flow.reply, hit.dir);
     let pending = (offerable && gw.offers.is_some() && offloadable(&hit.flow.state))
         .then(|| (Pending::of(frame, t), to));

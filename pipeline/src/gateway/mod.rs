@@ -148,6 +148,9 @@ pub struct GatewayShared {
     epoch: AtomicU64,
     /// Moves on reloads only (not when pods come and go): what the fast path's entries hang on.
     reloads: AtomicU64,
+    /// Tracked TCP packets with FIN or RST: a connection leaving the state the fast path may
+    /// carry.
+    closings: AtomicU64,
     /// Policies the workers let go of, freed by the control thread (`reap_retired`): freeing
     /// 10,000 services' tables takes milliseconds a worker must not spend.
     retired: Mutex<Vec<Arc<Policy>>>,
@@ -180,6 +183,7 @@ impl GatewayShared {
             policy: RwLock::new(Arc::new(Policy::new(config))),
             epoch: AtomicU64::new(1),
             reloads: AtomicU64::new(0),
+            closings: AtomicU64::new(0),
             retired: Mutex::new(Vec::new()),
         })
     }

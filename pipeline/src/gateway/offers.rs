@@ -13,7 +13,9 @@
 use super::Gateway;
 use crate::batch::PortId;
 use crate::conntrack::{FlowState, TcpState, Tuple};
+use crate::l2::L2Counter;
 use crate::l3::Segment;
+use crate::wire::l4::{TCP_FIN, TCP_RST};
 use crate::wire::MacAddr;
 use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
@@ -79,6 +81,14 @@ impl Pending {
     }
 }
 
+/// Counts a tracked TCP packet that starts or ends a connection's close: the workers re-check
+/// their entries.
+pub(super) fn note_closing(shared: &super::GatewayShared, proto: u8, tcp_flags: u8) {
+    if proto == crate::wire::ipv4::PROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        shared.closings.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Whether a flow in this state may be left to the fast path: nothing its packets carry there
 /// can change the state (SYN, FIN and RST go to the switch; see the module's note on UDP).
 pub fn offloadable(state: &FlowState) -> bool {
@@ -99,15 +109,20 @@ impl Gateway {
         self.offers.as_mut()
     }
 
-    /// Moves whenever something an offer depends on may have changed: a reload, a neighbour
-    /// that moved or went, a tracked flow that went (expired, removed, evicted).
+    /// Moves whenever something an offer depends on may have changed: a reload or pod change,
+    /// a neighbour that moved or went, a tracked flow that went (expired, removed, evicted) or
+    /// began to close (FIN, RST), an address of this worker's bridge that moved or aged.
     pub fn offer_generation(&self) -> u64 {
         let c = &self.shared.conntrack.counters;
+        let fdb = self.bridge.counters();
         self.shared.epoch.load(Ordering::Acquire)
             + self.shared.neighbors.generation()
+            + self.shared.closings.load(Ordering::Relaxed)
             + c.expired.load(Ordering::Relaxed)
             + c.removed.load(Ordering::Relaxed)
             + c.evicted.load(Ordering::Relaxed)
+            + fdb.get(L2Counter::Moved)
+            + fdb.get(L2Counter::Aged)
     }
 
     /// Moves on every reload (not when pods come and go): a reload takes every offer back.
@@ -150,6 +165,13 @@ impl Gateway {
     /// The fast path forwarded packets of the offer: its flow (and, bridged, its source
     /// address) stays alive as if the switch had seen them.
     pub fn offer_used(&mut self, o: &FlowOffer, now_ms: u64) {
+        // Only the flow the offer was made for (the tuple may belong to a newer one by now).
+        let Some(hit) = self.shared.conntrack.find(&o.tuple) else {
+            return;
+        };
+        if super::forward::translation(&hit.flow.orig, &hit.flow.reply, hit.dir) != o.to {
+            return;
+        }
         // A packet without flags: it refreshes the flow and leaves its state as it is.
         self.shared.conntrack.track(&o.tuple, 0, now_ms);
         if o.next_hop.is_none() {

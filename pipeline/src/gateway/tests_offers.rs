@@ -116,6 +116,12 @@ fn an_established_service_flow_is_offered_both_ways_and_a_new_one_is_not() {
     let fin = segment((pod_mac(3), GW_MAC), (POD3, 41000), (VIP, 80), FIN);
     send(&mut gw, fin, 2, now);
     assert!(taken(&mut gw).is_empty());
+    assert_ne!(
+        gw.offer_generation(),
+        generation,
+        "a closing flow is re-checked at once"
+    );
+    let generation = gw.offer_generation();
     assert!(!gw.offer_holds(&ack[0], now) && !gw.offer_holds(&back, now));
     // Flows that go (here: all of them) move the generation the workers watch.
     let [_, _, ack, _] = handshake(&mut gw, 41001);
