@@ -841,9 +841,9 @@ fn vswitch_gateway_reachability_fast_path() {
 }
 
 /// Bulk TCP through the fast path: to a service (DNAT routed one way, the backend's direct
-/// reply un-DNATed on the segment the other), and masqueraded to an external host. Intact,
-/// mostly carried by the XDP programs, counted on the ports, and the flows leave the fast
-/// path once their connections close.
+/// reply un-DNATed on the segment the other), masqueraded to an external host, and pod to pod
+/// on the segment (untracked). Intact, mostly carried by the XDP programs, counted on the
+/// ports, and tracked flows leave the fast path once their connections close.
 #[test]
 fn vswitch_fast_path_carries_service_and_masqueraded_bulk_traffic() {
     let Some(_net) = network_test() else { return };
@@ -864,6 +864,11 @@ fn vswitch_fast_path_carries_service_and_masqueraded_bulk_traffic() {
     );
     // Closed connections (FIN through the switch) leave the fast path.
     assert_eq!(gw.worker_counter("fast_path_flows"), 0);
+    // Pod to pod on the segment, untracked: carried as it is, like the bridge's L2 flows.
+    gw.transfer("p3", "p1", "10.244.1.2", 30_000_000);
+    std::thread::sleep(Duration::from_millis(1500));
+    let more = gw.worker_counter("fast_path_packets") - fast;
+    assert!(more > 10_000, "pod-to-pod fast_path_packets grew by {more}");
     gw.finish();
 }
 

@@ -417,7 +417,12 @@ pub(super) fn translate_bridged(
         proto,
         zone: NODE_ZONE,
     };
-    let hit = gw.shared.conntrack.track(&t, flags, now_ms)?;
+    let Some(hit) = gw.shared.conntrack.track(&t, flags, now_ms) else {
+        // Plain pod-to-pod traffic: the fast path may carry it as it is (not ICMP, whose
+        // echo identifiers are tracked by NAT).
+        return (offerable && gw.offers.is_some())
+            .then(|| (Pending::untracked(frame, t), (src, sport, dst, dport)));
+    };
     note_closing(&gw.shared, proto, flags);
     let to = translation(&hit.flow.orig, &hit.flow.reply, hit.dir);
     let pending = (offerable && gw.offers.is_some() && offloadable(&hit.flow.state))
@@ -654,7 +659,14 @@ fn new_flow(
         }
     };
     match inserted {
-        Ok(r) => reply = r,
+        Ok(r) => {
+            reply = r;
+            // Bridged frames of these tuples are translated from now on: an untracked entry
+            // in the fast path must go.
+            ctx.shared
+                .untracked
+                .taken_over(&[*t, reply], &ctx.shared.closings);
+        }
         Err(AllocError::OrigTaken) => return Err(None),
         Err(e) => {
             return Err(Some(ctx.drop(match e {

@@ -149,8 +149,10 @@ pub struct GatewayShared {
     /// Moves on reloads only (not when pods come and go): what the fast path's entries hang on.
     reloads: AtomicU64,
     /// Tracked TCP packets with FIN or RST: a connection leaving the state the fast path may
-    /// carry.
+    /// carry; also new flows that take over the tuple of an untracked bridged offer.
     closings: AtomicU64,
+    /// Tuples of untracked pod-to-pod traffic offered to the fast path (`offers.rs`).
+    untracked: offers::UntrackedOffers,
     /// Policies the workers let go of, freed by the control thread (`reap_retired`): freeing
     /// 10,000 services' tables takes milliseconds a worker must not spend.
     retired: Mutex<Vec<Arc<Policy>>>,
@@ -184,6 +186,7 @@ impl GatewayShared {
             epoch: AtomicU64::new(1),
             reloads: AtomicU64::new(0),
             closings: AtomicU64::new(0),
+            untracked: offers::UntrackedOffers::default(),
             retired: Mutex::new(Vec::new()),
         })
     }
@@ -465,9 +468,14 @@ impl Gateway {
         }
         let disposition = self.bridge_frame(frame, ingress, now_ms);
         if let (Some((p, to)), Disposition::Forward(egress)) = (pending, disposition) {
+            let untracked = p.untracked;
+            let tuple = p.tuple;
             let mtu = self.port_mtu.get(egress as usize).copied().unwrap_or(0);
             if let Some(offers) = self.offers.as_mut() {
                 offers.push(p.offer(frame, ingress, egress, to, None, mtu));
+                if untracked {
+                    self.shared.untracked.register(tuple, &self.shared.closings);
+                }
             }
         }
         disposition

@@ -6,9 +6,10 @@
 //! Only flows whose state the fast path cannot change qualify: TCP established (SYN, FIN and
 //! RST always come to the switch), UDP from its second packet on (its one state change, the
 //! first reply, always comes through the switch: a reply direction is offered only from a
-//! reply the switch forwarded). Routed frames (to our MAC, not through the
-//! overlay) and frames bridged on the pod segment (a backend's direct reply, un-DNATed) are
-//! offered; fragments, IP options, ICMP and anything encapsulated are not.
+//! reply the switch forwarded). Routed frames (to our MAC, not through the overlay) and frames
+//! bridged on the pod segment (a backend's direct reply, un-DNATed; and plain pod-to-pod
+//! traffic conntrack does not track, see `UntrackedOffers`) are offered; fragments, IP
+//! options, ICMP and anything encapsulated are not.
 
 use super::Gateway;
 use crate::batch::PortId;
@@ -18,7 +19,7 @@ use crate::l3::Segment;
 use crate::wire::l4::{TCP_FIN, TCP_RST};
 use crate::wire::MacAddr;
 use std::net::Ipv4Addr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One decision the fast path may repeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +46,8 @@ pub(super) struct Pending {
     pub dst_mac: MacAddr,
     pub src_mac: MacAddr,
     pub tuple: Tuple,
+    /// Bridged pod-to-pod traffic conntrack does not track.
+    pub untracked: bool,
 }
 
 impl Pending {
@@ -53,6 +56,14 @@ impl Pending {
             dst_mac: MacAddr::from_bytes(&frame[..6]),
             src_mac: MacAddr::from_bytes(&frame[6..12]),
             tuple,
+            untracked: false,
+        }
+    }
+
+    pub fn untracked(frame: &[u8], tuple: Tuple) -> Pending {
+        Pending {
+            untracked: true,
+            ..Pending::of(frame, tuple)
         }
     }
 
@@ -81,12 +92,62 @@ impl Pending {
     }
 }
 
+/// Most untracked tuples remembered; past it the set starts over (and every untracked entry
+/// is re-checked, failing until offered again).
+const UNTRACKED_CAPACITY: usize = 65_536;
+
+/// The tuples of untracked bridged traffic offered to the fast path. Pod-to-pod frames on the
+/// segment are not tracked, but once a routed connection's flow has the same tuple (a backend's
+/// direct reply to its client), the switch translates them: an entry that forwards them as
+/// they are must go before that. A new flow checks its tuples here; a hit moves the generation
+/// the workers watch. An untracked entry holds only while its tuple is here.
+#[derive(Debug, Default)]
+pub(super) struct UntrackedOffers {
+    tuples: std::sync::Mutex<rustc_hash::FxHashSet<Tuple>>,
+}
+
+impl UntrackedOffers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, rustc_hash::FxHashSet<Tuple>> {
+        self.tuples.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn register(&self, t: Tuple, generation: &AtomicU64) {
+        let mut tuples = self.lock();
+        if tuples.len() >= UNTRACKED_CAPACITY && !tuples.contains(&t) {
+            tuples.clear();
+            generation.fetch_add(1, Ordering::Relaxed);
+        }
+        tuples.insert(t);
+    }
+
+    pub fn taken_over(&self, tuples: &[Tuple], generation: &AtomicU64) {
+        let mut known = self.lock();
+        if known.is_empty() {
+            return;
+        }
+        for t in tuples {
+            if known.remove(t) {
+                generation.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn contains(&self, t: &Tuple) -> bool {
+        self.lock().contains(t)
+    }
+}
+
 /// Counts a tracked TCP packet that starts or ends a connection's close: the workers re-check
 /// their entries.
 pub(super) fn note_closing(shared: &super::GatewayShared, proto: u8, tcp_flags: u8) {
     if proto == crate::wire::ipv4::PROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         shared.closings.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// A tuple as (src, sport, dst, dport): untranslated.
+fn identity(t: &Tuple) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
+    (t.src, t.sport, t.dst, t.dport)
 }
 
 /// Whether a flow in this state may be left to the fast path: nothing its packets carry there
@@ -134,15 +195,27 @@ impl Gateway {
     /// tracked, qualifies and translates as offered, and its next hop (or, bridged, both
     /// addresses) and egress are where they were.
     pub fn offer_holds(&mut self, o: &FlowOffer, now_ms: u64) -> bool {
-        let Some(hit) = self.shared.conntrack.find(&o.tuple) else {
+        if self.port_mtu.get(o.egress as usize) != Some(&o.mtu) {
             return false;
-        };
-        if !offloadable(&hit.flow.state)
-            || hit.flow.expires_in_ms(now_ms) == 0
-            || super::forward::translation(&hit.flow.orig, &hit.flow.reply, hit.dir) != o.to
-            || self.port_mtu.get(o.egress as usize) != Some(&o.mtu)
-        {
-            return false;
+        }
+        match self.shared.conntrack.find(&o.tuple) {
+            // Untracked pod-to-pod traffic: forwarded as it is, while nothing took it over.
+            None => {
+                if o.next_hop.is_some()
+                    || o.to != identity(&o.tuple)
+                    || !self.shared.untracked.contains(&o.tuple)
+                {
+                    return false;
+                }
+            }
+            Some(hit) => {
+                if !offloadable(&hit.flow.state)
+                    || hit.flow.expires_in_ms(now_ms) == 0
+                    || super::forward::translation(&hit.flow.orig, &hit.flow.reply, hit.dir) != o.to
+                {
+                    return false;
+                }
+            }
         }
         match o.next_hop {
             Some(next_hop) => {
@@ -166,14 +239,17 @@ impl Gateway {
     /// address) stays alive as if the switch had seen them.
     pub fn offer_used(&mut self, o: &FlowOffer, now_ms: u64) {
         // Only the flow the offer was made for (the tuple may belong to a newer one by now).
-        let Some(hit) = self.shared.conntrack.find(&o.tuple) else {
-            return;
-        };
-        if super::forward::translation(&hit.flow.orig, &hit.flow.reply, hit.dir) != o.to {
-            return;
+        match self.shared.conntrack.find(&o.tuple) {
+            None if o.to != identity(&o.tuple) => return,
+            None => {}
+            Some(hit) => {
+                if super::forward::translation(&hit.flow.orig, &hit.flow.reply, hit.dir) != o.to {
+                    return;
+                }
+                // A packet without flags: it refreshes the flow and leaves its state as it is.
+                self.shared.conntrack.track(&o.tuple, 0, now_ms);
+            }
         }
-        // A packet without flags: it refreshes the flow and leaves its state as it is.
-        self.shared.conntrack.track(&o.tuple, 0, now_ms);
         if o.next_hop.is_none() {
             self.bridge.refresh(o.src_mac, o.ingress, now_ms);
         }

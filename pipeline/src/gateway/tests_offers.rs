@@ -280,3 +280,51 @@ fn a_reload_takes_offers_back_but_pods_coming_and_going_do_not() {
     gw.shared.reload(&c);
     assert_ne!(gw.policy_epoch(), epoch, "reloaded");
 }
+
+#[test]
+fn untracked_pod_to_pod_is_offered_until_a_service_flow_takes_its_tuple() {
+    let mut gw = offering();
+    // Pod 3 asks for pod 1 on the segment: the bridge knows both.
+    send(
+        &mut gw,
+        arp(
+            crate::wire::arp::ARP_REQUEST,
+            (pod_mac(3), POD3),
+            (MacAddr::ZERO, POD1),
+            MacAddr::BROADCAST,
+        ),
+        2,
+        0,
+    );
+    let direct = (pod_mac(1), pod_mac(3));
+    let out = send(
+        &mut gw,
+        segment(direct, (POD1, 8080), (POD3, 45000), ACK),
+        0,
+        1,
+    );
+    assert_eq!(out.next, Disposition::Forward(2));
+    let offers = taken(&mut gw);
+    assert_eq!(offers.len(), 1, "untracked pod-to-pod is offered");
+    let o = offers[0];
+    assert_eq!((o.next_hop, o.to), (None, (POD1, 8080, POD3, 45000)));
+    assert!(gw.offer_holds(&o, 2));
+    // Pod 3 opens a connection to the service from the same port: its backend's replies now
+    // have that tuple and must be un-DNATed, so the untracked entry must go.
+    let generation = gw.offer_generation();
+    send(
+        &mut gw,
+        segment((pod_mac(3), GW_MAC), (POD3, 45000), (VIP, 80), SYN),
+        2,
+        3,
+    );
+    assert_ne!(gw.offer_generation(), generation);
+    assert!(!gw.offer_holds(&o, 3));
+    let reply = send(
+        &mut gw,
+        segment(direct, (POD1, 8080), (POD3, 45000), SYN_ACK),
+        0,
+        4,
+    );
+    assert_eq!(addresses(&reply.frame), (VIP, 80, POD3, 45000), "un-DNATed");
+}
