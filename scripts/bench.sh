@@ -627,6 +627,17 @@ tcp_vswitch_fast() {
 	echo "$r"
 }
 
+# The same pods behind the node gateway (--config), with the fast path: pod to pod on the
+# segment, untracked, carried by the XDP programs as the gateway offered it.
+tcp_vswitch_gw_fast() {
+	printf '[node]\nfast_path = "xdp"\n[pods]\nports = ["vgen", "vsink"]\ngateway = "10.244.1.1/24"\n' >"$tmp/node-tcp.toml"
+	start_vswitch --config "$tmp/node-tcp.toml"
+	local r
+	r=$(tcp_one "$@")
+	stop_vswitch
+	echo "$r"
+}
+
 # The Linux bridge as the bridge CNI plugin leaves it: no offload changes anywhere.
 tcp_bridge() {
 	ip -n $SW link add br0 type bridge
@@ -823,7 +834,7 @@ if [ "$scenario" = tcp ]; then
 	for r in $(seq "$runs"); do
 		for streams in 1 4; do
 			for rev in 0 1; do
-				for pair in vswitch:tcp_vswitch vswitch-fastpath:tcp_vswitch_fast linux-bridge:tcp_bridge; do
+				for pair in vswitch:tcp_vswitch vswitch-fastpath:tcp_vswitch_fast vswitch-gw-fastpath:tcp_vswitch_gw_fast linux-bridge:tcp_bridge; do
 					label=${pair%%:*} fn=${pair#*:}
 					read -r g re b pc < <("$fn" "$streams" "$rev")
 					tcp_of[$streams,$rev,$label]+="$g,$re,$b,$pc "
@@ -853,7 +864,7 @@ for i in range(0, len(rest), 2):
     }
 for planes in cases.values():
     b = planes["linux-bridge"]["median_gbps"]
-    for label in ("vswitch", "vswitch-fastpath"):
+    for label in ("vswitch", "vswitch-fastpath", "vswitch-gw-fastpath"):
         planes[f"ratio_{label}/linux-bridge"] = round(planes[label]["median_gbps"] / b, 3) if b else None
 result = {"scenario": "tcp", "tool": "iperf3", "mtu": int(os.environ["MTU"]), "duration_s": float(duration),
           "machine": f"{platform.node()} {os.cpu_count()} cores {platform.machine()} kernel {platform.release()}",
@@ -861,7 +872,7 @@ result = {"scenario": "tcp", "tool": "iperf3", "mtu": int(os.environ["MTU"]), "d
 json.dump(result, open(out, "w"), indent=2)
 print(f"\n{'case':<26} {'dataplane':<17} {'Gbit/s':>8} {'retr':>7} {'busy':>6} {'cores/Gbit/s':>13} {'of bridge':>10}")
 for case, planes in sorted(cases.items()):
-    for label in ("vswitch", "vswitch-fastpath", "linux-bridge"):
+    for label in ("vswitch", "vswitch-fastpath", "vswitch-gw-fastpath", "linux-bridge"):
         p = planes[label]
         busy = med(p["busy_cores"])
         r = planes.get(f"ratio_{label}/linux-bridge")
