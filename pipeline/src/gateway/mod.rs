@@ -418,7 +418,12 @@ impl Gateway {
                 return Step::Out(arp::handle(self, frame, ingress, from_uplink, now_ms, emit))
             }
             EtherType::Ipv4 if to_us => {
-                return forward::handle(self, frame, ingress, from_uplink, false, now_ms, emit)
+                if on_pods {
+                    // As the kernel's bridge does: a pod that only talks through the gateway
+                    // stays known, so replies straight to it are not flooded.
+                    self.bridge.learn_from(frame, ingress, now_ms);
+                }
+                return forward::handle(self, frame, ingress, from_uplink, false, now_ms, emit);
             }
             _ => {}
         }

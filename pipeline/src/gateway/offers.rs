@@ -250,8 +250,8 @@ impl Gateway {
                 self.shared.conntrack.track(&o.tuple, 0, now_ms);
             }
         }
-        if o.next_hop.is_none() {
-            self.bridge.refresh(o.src_mac, o.ingress, now_ms);
-        }
+        // The source stays known on the segment (a routed frame from the uplink has no entry
+        // there: nothing is refreshed).
+        self.bridge.refresh(o.src_mac, o.ingress, now_ms);
     }
 }

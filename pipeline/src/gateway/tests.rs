@@ -1372,3 +1372,32 @@ fn a_routed_packet_too_big_for_its_egress_port_gets_fragmentation_needed_when_it
         "a reply to the first flow"
     );
 }
+
+#[test]
+fn a_pod_that_only_talks_through_the_gateway_is_learned_on_the_segment() {
+    let mut c = config();
+    c.services[0].backends = backends(&[(POD1, 8080)]);
+    let mut gw = gateway(&c);
+    learn_neighbors(&mut gw);
+    gw.bridge_mut().flush_fdb();
+    // Pod 3's only frame: a SYN to the service, to the gateway's MAC.
+    let out = pod3_syn_to_vip(&mut gw, 46000, 0);
+    assert_eq!(out.next, Disposition::Forward(0));
+    assert_eq!(gw.bridge().fdb().lookup(pod_mac(3), 0), Some(2));
+    // The backend's direct reply reaches pod 3 alone, un-DNATed, not flooded.
+    let reply = send(
+        &mut gw,
+        tcp(
+            pod_mac(1),
+            pod_mac(3),
+            (POD1, 8080),
+            (POD3, 46000),
+            false,
+            64,
+        ),
+        0,
+        1,
+    );
+    assert_eq!(reply.next, Disposition::Forward(2));
+    assert_eq!(addresses(&reply.frame), (VIP, 80, POD3, 46000));
+}

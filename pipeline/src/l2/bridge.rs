@@ -162,6 +162,18 @@ impl Bridge {
         self.counters.add(L2Counter::RxFrames, frames.len() as u64);
     }
 
+    /// Learns a frame's source without forwarding it: a pod's frame to the gateway's MAC, which
+    /// the kernel's bridge also learns from before it hands the frame to its own stack.
+    pub fn learn_from(&mut self, bytes: &[u8], ingress: PortId, now_ms: u64) {
+        if bytes.len() < 12 {
+            return;
+        }
+        let src = MacAddr::from_bytes(&bytes[6..12]);
+        if !src.is_multicast() && !src.is_zero() {
+            self.learn(src, ingress, now_ms);
+        }
+    }
+
     /// Decides one frame (counted in `rx_frames` by `process`, not here).
     #[inline]
     pub fn decide(&mut self, bytes: &[u8], ingress: PortId, now_ms: u64) -> Disposition {
