@@ -11,7 +11,7 @@ use crate::fastpath::{FastPath, TupleFlow, TupleKey, FLOW_CAPACITY};
 use crate::flowcache::{count_forwarded, counted_install, new_counts, remove_unbacked, Entry};
 use crate::stats::{WorkerCounter, WorkerStats};
 use pipeline::gateway::{FlowOffer, Gateway};
-use pipeline::PortId;
+use pipeline::{PortId, PortMask};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -34,6 +34,20 @@ impl Entry for Installed {
 
     fn seen(&mut self) -> &mut (u64, u64) {
         &mut self.seen
+    }
+}
+
+/// The worker's view of its ports, as the cache needs it.
+pub struct Ports<'a> {
+    /// Per port: its interface index (0: absent).
+    pub ifindex: &'a [u32],
+    pub present: PortMask,
+    pub stats: &'a WorkerStats,
+}
+
+impl Ports<'_> {
+    fn ifindex(&self, port: PortId) -> Option<u32> {
+        self.ifindex.get(port as usize).copied()
     }
 }
 
@@ -69,27 +83,24 @@ impl TupleCache {
 
     /// Installs what the gateway offered in the last batch, each offer re-checked (a later
     /// frame of the batch may have closed its flow or moved its addresses).
-    pub fn install(
-        &mut self,
-        gateway: &mut Gateway,
-        ifindex: &[u32],
-        present: impl Fn(PortId) -> bool,
-        stats: &WorkerStats,
-        now_ms: u64,
-    ) {
+    pub fn install(&mut self, gateway: &mut Gateway, ports: &Ports<'_>, now_ms: u64) {
         let Some(offers) = gateway.offers_mut().filter(|o| !o.is_empty()) else {
             return;
         };
         let mut offers = std::mem::take(offers);
+        let stats = ports.stats;
         let w = &stats.worker;
         for offer in offers.drain(..) {
-            let (Some(&in_if), Some(&out_if)) = (
-                ifindex.get(offer.ingress as usize),
-                ifindex.get(offer.egress as usize),
-            ) else {
+            let (Some(in_if), Some(out_if)) =
+                (ports.ifindex(offer.ingress), ports.ifindex(offer.egress))
+            else {
                 continue;
             };
-            if in_if == 0 || out_if == 0 || !present(offer.ingress) || !present(offer.egress) {
+            if in_if == 0
+                || out_if == 0
+                || !ports.present.contains(offer.ingress)
+                || !ports.present.contains(offer.egress)
+            {
                 continue;
             }
             let key = key_of(&offer, in_if);
@@ -127,14 +138,7 @@ impl TupleCache {
     }
 
     /// Re-checks the entries if the gateway's generation moved (at most every few ms).
-    pub fn revalidate_if_changed(
-        &mut self,
-        gateway: &mut Gateway,
-        ifindex: &[u32],
-        present: impl Fn(PortId) -> bool,
-        stats: &WorkerStats,
-        now_ms: u64,
-    ) {
+    pub fn revalidate_if_changed(&mut self, gateway: &mut Gateway, ports: &Ports<'_>, now_ms: u64) {
         if self.installed.is_empty() && self.foreign.is_empty() {
             self.generation = gateway.offer_generation();
             self.epoch = gateway.policy_epoch();
@@ -143,31 +147,25 @@ impl TupleCache {
         if gateway.offer_generation() != self.generation
             && now_ms >= self.validated_ms + REVALIDATE_MS
         {
-            self.validate(gateway, ifindex, present, stats, now_ms);
+            self.validate(gateway, ports, now_ms);
         }
     }
 
     /// Takes out every entry the gateway would no longer decide the same way; all of them
     /// after a reload.
-    pub fn validate(
-        &mut self,
-        gateway: &mut Gateway,
-        ifindex: &[u32],
-        present: impl Fn(PortId) -> bool,
-        stats: &WorkerStats,
-        now_ms: u64,
-    ) {
+    pub fn validate(&mut self, gateway: &mut Gateway, ports: &Ports<'_>, now_ms: u64) {
         self.generation = gateway.offer_generation();
         self.validated_ms = now_ms;
         let reloaded = gateway.policy_epoch() != self.epoch;
         self.epoch = gateway.policy_epoch();
+        let stats = ports.stats;
         remove_unbacked::<_, _, TupleFlow>(&mut self.installed, &self.fast, stats, |_, f| {
             let o = &f.offer;
             !reloaded
-                && present(o.ingress)
-                && present(o.egress)
-                && ifindex.get(o.ingress as usize) == Some(&f.ifindex.0)
-                && ifindex.get(o.egress as usize) == Some(&f.ifindex.1)
+                && ports.present.contains(o.ingress)
+                && ports.present.contains(o.egress)
+                && ports.ifindex(o.ingress) == Some(f.ifindex.0)
+                && ports.ifindex(o.egress) == Some(f.ifindex.1)
                 && gateway.offer_holds(o, now_ms)
         });
         self.foreign.clear();

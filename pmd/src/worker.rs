@@ -13,7 +13,7 @@ use crate::flowcache::FlowCache;
 use crate::netdev::cycles;
 use crate::socket::PortSocket;
 use crate::stats::{PortCounter, WorkerCounter, WorkerStats};
-use crate::tuplecache::TupleCache;
+use crate::tuplecache::{Ports, TupleCache};
 use crate::umem::{
     Frame, FrameBuf, FramePool, Umem, KERNEL_HEADROOM, MAX_FRAME_LEN, MAX_PACKET_LEN,
 };
@@ -684,13 +684,12 @@ impl Worker {
         if let (Some(tuples), Some(gateway)) = (self.tuples.as_mut(), self.s.pipeline.gateway_mut())
         {
             let stats = &self.s.stats;
-            tuples.install(
-                gateway,
-                &self.ifindex,
-                |p| present.contains(p),
+            let ports = Ports {
+                ifindex: &self.ifindex,
+                present,
                 stats,
-                now_ms,
-            );
+            };
+            tuples.install(gateway, &ports, now_ms);
         }
         if self.flows.is_some() {
             let c = self.s.pipeline.bridge().counters();
@@ -710,13 +709,12 @@ impl Worker {
         if let (Some(tuples), Some(gateway)) = (self.tuples.as_mut(), self.s.pipeline.gateway_mut())
         {
             let present = self.present;
-            tuples.revalidate_if_changed(
-                gateway,
-                &self.ifindex,
-                |p| present.contains(p),
-                &self.s.stats,
-                now_ms,
-            );
+            let ports = Ports {
+                ifindex: &self.ifindex,
+                present,
+                stats: &self.s.stats,
+            };
+            tuples.revalidate_if_changed(gateway, &ports, now_ms);
         }
     }
 
@@ -734,13 +732,12 @@ impl Worker {
         }
         if let (Some(tuples), Some(gateway)) = (self.tuples.as_mut(), self.s.pipeline.gateway_mut())
         {
-            tuples.validate(
-                gateway,
-                &self.ifindex,
-                |p| present.contains(p),
-                &self.s.stats,
-                now_ms,
-            );
+            let ports = Ports {
+                ifindex: &self.ifindex,
+                present,
+                stats: &self.s.stats,
+            };
+            tuples.validate(gateway, &ports, now_ms);
         }
         let installed = self.flows.as_ref().map_or(0, FlowCache::len)
             + self.tuples.as_ref().map_or(0, TupleCache::len);

@@ -185,6 +185,47 @@ pub(super) fn pod3_syn_to_vip(gw: &mut Gateway, sport: u16, now: u64) -> Out {
     )
 }
 
+/// A gateway whose service has one backend, pod 1 (port 0); neighbours learned.
+pub(super) fn one_local_backend() -> Gateway {
+    let mut c = config();
+    c.services[0].backends = backends(&[(POD1, 8080)]);
+    let mut gw = gateway(&c);
+    learn_neighbors(&mut gw);
+    gw
+}
+
+/// Pod 1's TCP answer to pod 3's connection from `sport`, straight to pod 3's MAC (bridged).
+pub(super) fn pod1_answers_pod3(gw: &mut Gateway, sport: u16, now: u64) -> Out {
+    send(
+        gw,
+        tcp(
+            pod_mac(1),
+            pod_mac(3),
+            (POD1, 8080),
+            (POD3, sport),
+            false,
+            64,
+        ),
+        0,
+        now,
+    )
+}
+
+/// Pod 3 (port 2) asks for pod 1's address on the segment: the bridge learns where pod 3 is.
+pub(super) fn pod3_asks_for_pod1(gw: &mut Gateway, now: u64) {
+    send(
+        gw,
+        arp(
+            ARP_REQUEST,
+            (pod_mac(3), POD3),
+            (MacAddr::ZERO, POD1),
+            MacAddr::BROADCAST,
+        ),
+        2,
+        now,
+    );
+}
+
 /// Teaches the gateway where the pods and the routers are, as their ARP would.
 pub(super) fn learn_neighbors(gw: &mut Gateway) {
     learn_pods(gw);
@@ -767,37 +808,12 @@ fn reload_sends_new_connections_only_to_remaining_backends_and_closes_old_ones()
 
 #[test]
 fn a_local_backend_answering_its_client_directly_is_un_dnated_on_the_bridge() {
-    let mut c = config();
-    c.services[0].backends = backends(&[(POD1, 8080)]);
-    let mut gw = gateway(&c);
-    learn_neighbors(&mut gw);
+    let mut gw = one_local_backend();
     let out = pod3_syn_to_vip(&mut gw, 41000, 0);
     assert_eq!(out.next, Disposition::Forward(0));
     // p1 knows p3 is on its subnet: its reply goes to p3's MAC, bridged, not routed.
-    send(
-        &mut gw,
-        arp(
-            ARP_REQUEST,
-            (pod_mac(3), POD3),
-            (MacAddr::ZERO, POD1),
-            MacAddr::BROADCAST,
-        ),
-        2,
-        0,
-    );
-    let reply = send(
-        &mut gw,
-        tcp(
-            pod_mac(1),
-            pod_mac(3),
-            (POD1, 8080),
-            (POD3, 41000),
-            false,
-            64,
-        ),
-        0,
-        1,
-    );
+    pod3_asks_for_pod1(&mut gw, 0);
+    let reply = pod1_answers_pod3(&mut gw, 41000, 1);
     assert_eq!(reply.next, Disposition::Forward(2));
     assert_eq!(addresses(&reply.frame), (VIP, 80, POD3, 41000));
     assert_eq!(gw.counters().get(GwCounter::NatBridged), 1);
@@ -1375,29 +1391,14 @@ fn a_routed_packet_too_big_for_its_egress_port_gets_fragmentation_needed_when_it
 
 #[test]
 fn a_pod_that_only_talks_through_the_gateway_is_learned_on_the_segment() {
-    let mut c = config();
-    c.services[0].backends = backends(&[(POD1, 8080)]);
-    let mut gw = gateway(&c);
-    learn_neighbors(&mut gw);
+    let mut gw = one_local_backend();
     gw.bridge_mut().flush_fdb();
     // Pod 3's only frame: a SYN to the service, to the gateway's MAC.
     let out = pod3_syn_to_vip(&mut gw, 46000, 0);
     assert_eq!(out.next, Disposition::Forward(0));
     assert_eq!(gw.bridge().fdb().lookup(pod_mac(3), 0), Some(2));
     // The backend's direct reply reaches pod 3 alone, un-DNATed, not flooded.
-    let reply = send(
-        &mut gw,
-        tcp(
-            pod_mac(1),
-            pod_mac(3),
-            (POD1, 8080),
-            (POD3, 46000),
-            false,
-            64,
-        ),
-        0,
-        1,
-    );
+    let reply = pod1_answers_pod3(&mut gw, 46000, 1);
     assert_eq!(reply.next, Disposition::Forward(2));
     assert_eq!(addresses(&reply.frame), (VIP, 80, POD3, 46000));
 }

@@ -39,14 +39,11 @@ const FIN: (bool, bool, bool) = (false, true, true);
 /// A gateway with the fast path on, one local backend (pod 1, port 0) behind the VIP, and
 /// every port's MTU known.
 fn offering() -> Gateway {
-    let mut c = config();
-    c.services[0].backends = backends(&[(POD1, 8080)]);
-    let mut gw = gateway(&c);
+    let mut gw = one_local_backend();
     gw.enable_offers();
     for port in 0..4 {
         gw.set_port_mtu(port, 1500);
     }
-    learn_neighbors(&mut gw);
     gw
 }
 
@@ -163,17 +160,7 @@ fn a_backends_direct_reply_is_offered_as_bridged_and_kept_alive_by_use() {
     let mut gw = offering();
     let sport = 43000;
     // Pod 3 asks for pod 1's address on the segment: the bridge learns where pod 3 is.
-    send(
-        &mut gw,
-        arp(
-            crate::wire::arp::ARP_REQUEST,
-            (pod_mac(3), POD3),
-            (MacAddr::ZERO, POD1),
-            MacAddr::BROADCAST,
-        ),
-        2,
-        0,
-    );
+    pod3_asks_for_pod1(&mut gw, 0);
     // Pod 1 answers pod 3 straight to its MAC (same segment): bridged and un-DNATed.
     send(
         &mut gw,
@@ -285,17 +272,7 @@ fn a_reload_takes_offers_back_but_pods_coming_and_going_do_not() {
 fn untracked_pod_to_pod_is_offered_until_a_service_flow_takes_its_tuple() {
     let mut gw = offering();
     // Pod 3 asks for pod 1 on the segment: the bridge knows both.
-    send(
-        &mut gw,
-        arp(
-            crate::wire::arp::ARP_REQUEST,
-            (pod_mac(3), POD3),
-            (MacAddr::ZERO, POD1),
-            MacAddr::BROADCAST,
-        ),
-        2,
-        0,
-    );
+    pod3_asks_for_pod1(&mut gw, 0);
     let direct = (pod_mac(1), pod_mac(3));
     let out = send(
         &mut gw,
