@@ -233,7 +233,7 @@ pub fn render(live: &Live) -> String {
     o.one(
         "vswitch_fast_path_flows",
         "gauge",
-        "L2 flows installed in the XDP fast path.",
+        "Flows installed in the XDP fast path (L2, or the gateway's 5-tuple entries).",
         sum(WorkerCounter::FastPathFlows),
     );
     o.one(
@@ -241,6 +241,18 @@ pub fn render(live: &Live) -> String {
         "counter",
         "Frames the XDP fast path forwarded (read back once a second).",
         sum(WorkerCounter::FastPathPackets),
+    );
+    o.one(
+        "vswitch_fast_path_installed_total",
+        "counter",
+        "Flows the workers installed in the XDP fast path.",
+        sum(WorkerCounter::FastPathInstalled),
+    );
+    o.one(
+        "vswitch_fast_path_removed_total",
+        "counter",
+        "Fast-path flows taken out because the switch would no longer decide them the same way.",
+        sum(WorkerCounter::FastPathRemoved),
     );
     o.one(
         "vswitch_fast_path_full_total",
