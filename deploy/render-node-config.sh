@@ -10,6 +10,9 @@
 #   OUT_DIR        where node.toml goes (default /etc/vswitch)
 #   CNI_DIR        where 10-vswitch.conflist goes (default /host/etc/cni/net.d)
 #   CTL            the control socket (default /run/vswitch/vswitch.sock)
+#   FAST_PATH      xdp (default) or off: the XDP fast path. Pods come from vswitch-cni, which
+#                  gives them GRO (the NAPI a redirect into a veth needs); turn it off where
+#                  the uplink's driver cannot take XDP redirects
 set -eu
 
 UPLINK=${UPLINK:-eth1}
@@ -17,6 +20,7 @@ CLUSTER_CIDRS=${CLUSTER_CIDRS:-10.244.0.0/16,10.96.0.0/12}
 OUT_DIR=${OUT_DIR:-/etc/vswitch}
 CNI_DIR=${CNI_DIR:-/host/etc/cni/net.d}
 CTL=${CTL:-/run/vswitch/vswitch.sock}
+FAST_PATH=${FAST_PATH:-xdp}
 
 fail() { echo "render-node-config: $*" >&2; exit 1; }
 
@@ -35,6 +39,7 @@ fi
 net=${POD_CIDR%/*}
 len=${POD_CIDR#*/}
 case "$net" in *.*.*.*) ;; *) fail "POD_CIDR $POD_CIDR is not an IPv4 prefix" ;; esac
+case "$FAST_PATH" in xdp | off) ;; *) fail "FAST_PATH $FAST_PATH is not xdp or off" ;; esac
 case "$len" in '' | *[!0-9]*) fail "POD_CIDR $POD_CIDR has no prefix length" ;; esac
 # The gateway is the subnet's first address, as the bridge's is with host-local IPAM.
 last=${net##*.}
@@ -46,6 +51,7 @@ cat >"$OUT_DIR/node.toml.tmp" <<TOML
 # Rendered by render-node-config.sh for ${NODE_NAME:-this node}.
 [node]
 xdp_mode = "auto"
+fast_path = "$FAST_PATH"
 
 [pods]
 gateway = "$gateway/$len"

@@ -973,6 +973,7 @@ mod tests {
         let c = parse_ok(&text);
         assert_eq!(c.gateway.gateway.to_string(), "10.244.3.1/24");
         assert_eq!(c.ports, ["ens5"]);
+        assert_eq!(c.fast_path, Some(true), "pods from vswitch-cni have GRO");
         let up = c.gateway.uplink.unwrap();
         assert_eq!(up.next_hop.to_string(), "198.18.0.254");
         assert_eq!(up.cluster_cidrs.len(), 2);
@@ -995,6 +996,18 @@ mod tests {
             .unwrap();
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("NODE_IP"));
+        let out = std::process::Command::new("sh")
+            .arg(&script)
+            .env("POD_CIDR", "10.244.3.0/24")
+            .env("NODE_IP", "198.18.0.3/24")
+            .env("NEXT_HOP", "198.18.0.254")
+            .env("FAST_PATH", "ebpf")
+            .env("OUT_DIR", dir.path())
+            .env("CNI_DIR", dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("FAST_PATH ebpf"));
     }
 
     #[test]
