@@ -58,6 +58,8 @@ enum Dataplane {
     /// One worker and the XDP fast path (`--fast-path xdp`): established flows, NAT included,
     /// forwarded by the ports' XDP programs (the pods' and the router's ends get GRO: NAPI).
     VswitchFastPath,
+    /// The fast path with two workers: each installs what its gateway offers.
+    VswitchFastPathTwoWorkers,
 }
 
 /// What the scenario saw. Equality compares the verdicts only, never the raw counts (which are
@@ -382,7 +384,7 @@ impl Gateway {
         match dataplane {
             Dataplane::Kernel => gw.kernel_node(),
             Dataplane::Vswitch | Dataplane::VswitchTwoWorkers => gw.start_vswitch(),
-            Dataplane::VswitchFastPath => {
+            Dataplane::VswitchFastPath | Dataplane::VswitchFastPathTwoWorkers => {
                 for (host, dev) in [("p1", "eth0"), ("p2", "eth0"), ("p3", "eth0"), ("rt", "up")] {
                     in_ns(&gw.ns(host), &["ethtool", "-K", dev, "gro", "on"]);
                 }
@@ -479,6 +481,9 @@ impl Gateway {
             .args(match self.dataplane {
                 Dataplane::VswitchTwoWorkers => &["--cores", "0,1"][..],
                 Dataplane::VswitchFastPath => &["--fast-path", "xdp"][..],
+                Dataplane::VswitchFastPathTwoWorkers => {
+                    &["--fast-path", "xdp", "--cores", "0,1"][..]
+                }
                 _ => &[][..],
             })
             .stdin(Stdio::null())
@@ -527,7 +532,10 @@ impl Gateway {
             .collect();
         match self.dataplane {
             Dataplane::Kernel => self.load_rules(&rest),
-            Dataplane::Vswitch | Dataplane::VswitchTwoWorkers | Dataplane::VswitchFastPath => {
+            Dataplane::Vswitch
+            | Dataplane::VswitchTwoWorkers
+            | Dataplane::VswitchFastPath
+            | Dataplane::VswitchFastPathTwoWorkers => {
                 let config = self.write_config(&rest);
                 let vswitch = self.vswitch.as_ref().expect("vswitch running");
                 assert_eq!(config, vswitch.config);
@@ -840,6 +848,17 @@ fn vswitch_gateway_reachability_fast_path() {
     );
 }
 
+#[test]
+fn vswitch_gateway_reachability_fast_path_two_workers() {
+    let Some(_net) = network_test() else { return };
+    let r = reachability(Dataplane::VswitchFastPathTwoWorkers);
+    assert_eq!(
+        r,
+        Reachability::expected(),
+        "vswitch, fast path, two workers"
+    );
+}
+
 /// Bulk TCP through the fast path: to a service (DNAT routed one way, the backend's direct
 /// reply un-DNATed on the segment the other), masqueraded to an external host, and pod to pod
 /// on the segment (untracked). Intact, mostly carried by the XDP programs, counted on the
@@ -847,7 +866,17 @@ fn vswitch_gateway_reachability_fast_path() {
 #[test]
 fn vswitch_fast_path_carries_service_and_masqueraded_bulk_traffic() {
     let Some(_net) = network_test() else { return };
-    let gw = Gateway::new(Dataplane::VswitchFastPath);
+    bulk_by_the_fast_path(Dataplane::VswitchFastPath);
+}
+
+#[test]
+fn vswitch_fast_path_carries_bulk_traffic_with_two_workers() {
+    let Some(_net) = network_test() else { return };
+    bulk_by_the_fast_path(Dataplane::VswitchFastPathTwoWorkers);
+}
+
+fn bulk_by_the_fast_path(dataplane: Dataplane) {
+    let gw = Gateway::new(dataplane);
     let rx_before = port_rx_bytes(&gw, "vp3");
     gw.transfer("p3", "p1", BULK_VIP, 30_000_000);
     gw.transfer("p3", "ex", "198.19.0.10", 30_000_000);
