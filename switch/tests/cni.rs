@@ -426,7 +426,7 @@ fn ten_pods(dataplane: Dataplane) {
         // TCP between two of them: intact, and carried by the fast path.
         let address = pod_address(&results[1], &pods[1]);
         let server_ip = address.split('/').next().unwrap();
-        tcp_transfer(&pods[0].ns, &pods[1].ns, server_ip, 10_000_000);
+        common::tcp_transfer(&pods[0].ns, &pods[1].ns, server_ip, 10_000_000);
         std::thread::sleep(Duration::from_millis(1500));
         let fast: u64 = node.switch().ctl_json(&["show", "stats"])["workers"]
             .as_array()
@@ -455,36 +455,6 @@ fn ten_pods(dataplane: Dataplane) {
         let stopped = switch.stop();
         assert_eq!(stopped.code, Some(0), "{}", stopped.stderr);
     }
-}
-
-/// `bytes` over TCP from namespace `from` to `to_ip:5001` served in `to` (SHA-256 checked).
-fn tcp_transfer(from: &str, to: &str, to_ip: &str, bytes: u64) {
-    let script = Topology::script("tcp_transfer.py");
-    let receiver = Command::new("ip")
-        .args(["netns", "exec", to, "python3", &script, "serve", "5001"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let sent = exec_bounded(
-        from,
-        &[
-            "python3",
-            &script,
-            "send",
-            to_ip,
-            "5001",
-            &bytes.to_string(),
-        ],
-        Duration::from_secs(60),
-    );
-    let received = receiver.wait_with_output().unwrap();
-    let sent = String::from_utf8_lossy(&sent.stdout).trim().to_string();
-    assert!(
-        sent.starts_with(&format!("{bytes} ")),
-        "sender said {sent:?}"
-    );
-    assert_eq!(String::from_utf8_lossy(&received.stdout).trim(), sent);
 }
 
 #[test]

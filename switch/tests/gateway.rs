@@ -657,31 +657,7 @@ impl Gateway {
 
     /// `bytes` over TCP from `from` to `to_ip:5001`, served in `server` (SHA-256 checked).
     fn transfer(&self, from: &str, server: &str, to_ip: &str, bytes: u64) {
-        let script = common::repo_root().join("scripts").join("tcp_transfer.py");
-        let script = script.to_str().unwrap();
-        let receiver = Command::new("ip")
-            .args(["netns", "exec", &self.ns(server), "python3", script])
-            .args(["serve", "5001"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        let sent = exec_bounded(
-            &self.ns(from),
-            &["python3", script, "send", to_ip, "5001", &bytes.to_string()],
-            Duration::from_secs(60),
-        );
-        let received = receiver.wait_with_output().unwrap();
-        let sent = String::from_utf8_lossy(&sent.stdout).trim().to_string();
-        assert!(
-            sent.starts_with(&format!("{bytes} ")),
-            "sender said {sent:?}"
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&received.stdout).trim(),
-            sent,
-            "bytes and SHA-256 at {server}"
-        );
+        common::tcp_transfer(&self.ns(from), &self.ns(server), to_ip, bytes);
     }
 
     fn ping(&self, from: &str, to: &str) -> bool {

@@ -262,33 +262,8 @@ impl Topology {
     /// SHA-256 at the receiver.
     #[allow(dead_code)]
     pub fn transfer(&self, from: usize, to: usize, bytes: u64) {
-        let script = Topology::script("tcp_transfer.py");
-        let server = self.spawn(&self.pods[to].ns, &["python3", &script, "serve", "5001"]);
-        std::thread::sleep(Duration::from_millis(300));
-        let sent = self.exec(
-            &self.pods[from].ns,
-            &[
-                "python3",
-                &script,
-                "send",
-                &self.pods[to].ip,
-                "5001",
-                &bytes.to_string(),
-            ],
-        );
-        assert!(
-            sent.status.success(),
-            "sender: {}",
-            String::from_utf8_lossy(&sent.stderr)
-        );
-        let received = server.wait_with_output().unwrap();
-        let sent = String::from_utf8_lossy(&sent.stdout).trim().to_string();
-        let received = String::from_utf8_lossy(&received.stdout).trim().to_string();
-        assert!(
-            sent.starts_with(&format!("{bytes} ")),
-            "sender said {sent:?}"
-        );
-        assert_eq!(received, sent, "bytes and SHA-256 at the receiver");
+        let to = &self.pods[to];
+        tcp_transfer(&self.pods[from].ns, &to.ns, &to.ip, bytes);
     }
 
     /// UDP datagrams from pod `from` to pod `to`'s port 7777 on a raw socket, with their
@@ -527,6 +502,42 @@ impl Drop for Namespaces {
 /// Runs a command inside a namespace with a deadline: past it the command is killed and the
 /// output so far is returned with a failed status. For commands whose output is small (it is
 /// read once the command has ended).
+/// `bytes` of random data over TCP from namespace `from` to `to_ip:5001`, served in
+/// namespace `to`; checked by SHA-256 at the receiver.
+#[allow(dead_code)]
+pub fn tcp_transfer(from: &str, to: &str, to_ip: &str, bytes: u64) {
+    let script = Topology::script("tcp_transfer.py");
+    let receiver = std::process::Command::new("ip")
+        .args(["netns", "exec", to, "python3", &script, "serve", "5001"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = exec_bounded(
+        from,
+        &[
+            "python3",
+            &script,
+            "send",
+            to_ip,
+            "5001",
+            &bytes.to_string(),
+        ],
+        Duration::from_secs(60),
+    );
+    let received = receiver.wait_with_output().unwrap();
+    let sent = String::from_utf8_lossy(&sent.stdout).trim().to_string();
+    assert!(
+        sent.starts_with(&format!("{bytes} ")),
+        "sender said {sent:?}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&received.stdout).trim(),
+        sent,
+        "bytes and SHA-256 at the receiver in {to}"
+    );
+}
+
 pub fn exec_bounded(ns: &str, args: &[&str], limit: Duration) -> Output {
     let mut child = Command::new("ip")
         .args(["netns", "exec", ns])
