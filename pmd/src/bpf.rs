@@ -193,6 +193,59 @@ pub(crate) fn fd_from(ret: i64) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(ret as RawFd) }
 }
 
+/// A map of `map_type` named `name` (at most 15 bytes are kept).
+pub(crate) fn create_map(
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    name: &str,
+) -> io::Result<OwnedFd> {
+    let mut attr = MapCreateAttr {
+        map_type,
+        key_size,
+        value_size,
+        max_entries,
+        map_name: name16(name),
+        ..Default::default()
+    };
+    // SAFETY: a map-create attribute holds no user pointers.
+    let fd = unsafe { bpf(BPF_MAP_CREATE, &mut attr)? };
+    Ok(fd_from(fd))
+}
+
+/// Sets `key` to `value` in `map`; `K` and `V` must be the map's key and value types.
+pub(crate) fn update<K, V>(map: &OwnedFd, key: &K, value: &V, flags: u64) -> io::Result<()> {
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key as *const K as u64,
+        value: value as *const V as u64,
+        flags,
+        ..Default::default()
+    };
+    // SAFETY: `key` and `value` are live references to the map's key and value types (the
+    // callers pass the types the map was created with), read by the kernel during the call.
+    unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map(|_| ())
+}
+
+/// CPUs the kernel may bring up (`/sys/devices/system/cpu/possible`, e.g. "0-15"): the
+/// number of values in a per-CPU map's element.
+pub(crate) fn possible_cpus() -> io::Result<usize> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
+    let mut highest = 0;
+    for part in text.trim().split(',') {
+        let last = part.rsplit('-').next().unwrap_or(part);
+        let n: usize = last.parse().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("possible CPUs {text:?}"),
+            )
+        })?;
+        highest = highest.max(n);
+    }
+    Ok(highest + 1)
+}
+
 pub(crate) fn name16(name: &str) -> [u8; 16] {
     let mut out = [0u8; 16];
     for (o, b) in out.iter_mut().zip(name.bytes().take(15)) {
@@ -208,32 +261,14 @@ pub struct XskMap {
 
 impl XskMap {
     pub fn create(entries: u32) -> io::Result<XskMap> {
-        let mut attr = MapCreateAttr {
-            map_type: BPF_MAP_TYPE_XSKMAP,
-            key_size: 4,
-            value_size: 4,
-            max_entries: entries,
-            map_name: name16("vswitch_xsks"),
-            ..Default::default()
-        };
-        // SAFETY: a map-create attribute holds no user pointers.
-        let fd = unsafe { bpf(BPF_MAP_CREATE, &mut attr)? };
-        Ok(XskMap { fd: fd_from(fd) })
+        Ok(XskMap {
+            fd: create_map(BPF_MAP_TYPE_XSKMAP, 4, 4, entries, "vswitch_xsks")?,
+        })
     }
 
     /// Directs frames received on `queue` to the socket `xsk_fd`.
     pub fn insert(&self, queue: u32, xsk_fd: RawFd) -> io::Result<()> {
-        let key = queue;
-        let value = xsk_fd as u32;
-        let mut attr = MapElemAttr {
-            map_fd: self.fd.as_raw_fd() as u32,
-            key: &key as *const u32 as u64,
-            value: &value as *const u32 as u64,
-            ..Default::default()
-        };
-        // SAFETY: `key` and `value` point to the locals above, 4 bytes each (the map's key and
-        // value sizes), which live until after the call; the kernel only reads them.
-        unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map(|_| ())
+        update(&self.fd, &queue, &(xsk_fd as u32), 0)
     }
 }
 
@@ -431,16 +466,7 @@ impl LiveFrameSender {
     /// frame it redirects (frames shorter than 58 bytes go unstamped), for loss, reordering and
     /// latency at the receiver.
     pub fn load_stamped(ifindex: u32) -> io::Result<LiveFrameSender> {
-        let mut attr = MapCreateAttr {
-            map_type: BPF_MAP_TYPE_PERCPU_ARRAY,
-            key_size: 4,
-            value_size: 8,
-            max_entries: 1,
-            map_name: name16("vswitch_seq"),
-            ..Default::default()
-        };
-        // SAFETY: a map-create attribute holds no user pointers.
-        let map = fd_from(unsafe { bpf(BPF_MAP_CREATE, &mut attr)? });
+        let map = create_map(BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, "vswitch_seq")?;
         let seq = STAMP_SEQ_OFFSET as i16;
         let time = STAMP_TIME_OFFSET as i16;
         let insns = [
@@ -485,17 +511,14 @@ impl LiveFrameSender {
     /// (an XDP fast path doing NAT) would otherwise come back rewritten. Each sending thread
     /// must stay on one CPU (pinned).
     pub fn load_restoring(ifindex: u32) -> io::Result<LiveFrameSender> {
-        let slots = crate::fastpath::possible_cpus()? as u32;
-        let mut attr = MapCreateAttr {
-            map_type: BPF_MAP_TYPE_ARRAY,
-            key_size: 4,
-            value_size: TEMPLATE_SLOT as u32,
-            max_entries: slots,
-            map_name: name16("vswitch_tmpl"),
-            ..Default::default()
-        };
-        // SAFETY: a map-create attribute holds no user pointers.
-        let map = fd_from(unsafe { bpf(BPF_MAP_CREATE, &mut attr)? });
+        let slots = possible_cpus()? as u32;
+        let map = create_map(
+            BPF_MAP_TYPE_ARRAY,
+            4,
+            TEMPLATE_SLOT as u32,
+            slots,
+            "vswitch_tmpl",
+        )?;
         let len = RESTORED_LEN as i32;
         let mut insns = vec![
             insn(0xbf, 6, 1, 0, 0), // r6 = ctx
@@ -547,16 +570,7 @@ impl LiveFrameSender {
         let n = frame.len().min(RESTORED_LEN);
         slot[..n].copy_from_slice(&frame[..n]);
         slot[RESTORED_LEN] = 1;
-        let key = cpu as u32;
-        let mut attr = MapElemAttr {
-            map_fd: map.as_raw_fd() as u32,
-            key: &key as *const u32 as u64,
-            value: slot.as_ptr() as u64,
-            ..Default::default()
-        };
-        // SAFETY: `key` points to a u32 and `value` to `TEMPLATE_SLOT` bytes, the map's key
-        // and value sizes, both alive during the call, which only reads them.
-        unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map(|_| ())
+        update(map, &(cpu as u32), &slot, 0)
     }
 }
 

@@ -9,11 +9,12 @@
 //! Only workers write the flow maps.
 
 use crate::bpf::{
-    bpf, fd_from, load_xdp_flags, name16, Insn, MapCreateAttr, MapElemAttr, RedirectProgram,
-    XskMap, BPF_F_XDP_HAS_FRAGS, BPF_MAP_CREATE, BPF_MAP_DELETE_ELEM, BPF_MAP_LOOKUP_ELEM,
-    BPF_MAP_UPDATE_ELEM, BPF_PSEUDO_MAP_FD,
+    bpf, create_map, load_xdp_flags, possible_cpus, update, Insn, MapElemAttr, RedirectProgram,
+    XskMap, BPF_F_XDP_HAS_FRAGS, BPF_MAP_DELETE_ELEM, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM,
+    BPF_PSEUDO_MAP_FD,
 };
 use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
+use pipeline::wire::checksum::fold;
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -213,13 +214,6 @@ fn delta(old: &[u8], new: &[u8]) -> u32 {
         .sum()
 }
 
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
-
 impl Counted for TupleFlow {
     fn packets(&self) -> u64 {
         self.packets
@@ -370,39 +364,6 @@ impl FastPath {
     }
 }
 
-fn create_map(
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    name: &str,
-) -> io::Result<OwnedFd> {
-    let mut attr = MapCreateAttr {
-        map_type,
-        key_size,
-        value_size,
-        max_entries,
-        map_name: name16(name),
-        ..Default::default()
-    };
-    // SAFETY: a map-create attribute holds no user pointers.
-    let fd = unsafe { bpf(BPF_MAP_CREATE, &mut attr)? };
-    Ok(fd_from(fd))
-}
-
-fn update<K, V>(map: &OwnedFd, key: &K, value: &V, flags: u64) -> io::Result<()> {
-    let mut attr = MapElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        key: key as *const K as u64,
-        value: value as *const V as u64,
-        flags,
-        ..Default::default()
-    };
-    // SAFETY: `key` and `value` are live references to the map's key and value types (the
-    // callers pass the types the map was created with), read by the kernel during the call.
-    unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map(|_| ())
-}
-
 /// As `update`, for a per-CPU map: one value per possible CPU.
 fn update_slice<K, V>(map: &OwnedFd, key: &K, values: &[V], flags: u64) -> io::Result<()> {
     let mut attr = MapElemAttr {
@@ -415,24 +376,6 @@ fn update_slice<K, V>(map: &OwnedFd, key: &K, values: &[V], flags: u64) -> io::R
     // SAFETY: `key` is a live reference to the map's key type and `values` a live slice of one
     // value per possible CPU, what the kernel reads for a per-CPU map, during the call only.
     unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map(|_| ())
-}
-
-/// CPUs the kernel may bring up (`/sys/devices/system/cpu/possible`, e.g. "0-15"): the
-/// number of values in a per-CPU map's element.
-pub(crate) fn possible_cpus() -> io::Result<usize> {
-    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
-    let mut highest = 0;
-    for part in text.trim().split(',') {
-        let last = part.rsplit('-').next().unwrap_or(part);
-        let n: usize = last.parse().map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("possible CPUs {text:?}"),
-            )
-        })?;
-        highest = highest.max(n);
-    }
-    Ok(highest + 1)
 }
 
 fn delete<K>(map: &OwnedFd, key: &K) -> io::Result<()> {
