@@ -46,8 +46,10 @@ pub struct Ports<'a> {
 }
 
 impl Ports<'_> {
-    fn ifindex(&self, port: PortId) -> Option<u32> {
-        self.ifindex.get(port as usize).copied()
+    /// The interface of a port that is attached now.
+    fn attached(&self, port: PortId) -> Option<u32> {
+        let ifindex = *self.ifindex.get(port as usize)?;
+        (ifindex != 0 && self.present.contains(port)).then_some(ifindex)
     }
 }
 
@@ -92,17 +94,10 @@ impl TupleCache {
         let w = &stats.worker;
         for offer in offers.drain(..) {
             let (Some(in_if), Some(out_if)) =
-                (ports.ifindex(offer.ingress), ports.ifindex(offer.egress))
+                (ports.attached(offer.ingress), ports.attached(offer.egress))
             else {
                 continue;
             };
-            if in_if == 0
-                || out_if == 0
-                || !ports.present.contains(offer.ingress)
-                || !ports.present.contains(offer.egress)
-            {
-                continue;
-            }
             let key = key_of(&offer, in_if);
             if self.installed.contains_key(&key)
                 || self.foreign.contains(&key)
@@ -162,10 +157,8 @@ impl TupleCache {
         remove_unbacked::<_, _, TupleFlow>(&mut self.installed, &self.fast, stats, |_, f| {
             let o = &f.offer;
             !reloaded
-                && ports.present.contains(o.ingress)
-                && ports.present.contains(o.egress)
-                && ports.ifindex(o.ingress) == Some(f.ifindex.0)
-                && ports.ifindex(o.egress) == Some(f.ifindex.1)
+                && ports.attached(o.ingress) == Some(f.ifindex.0)
+                && ports.attached(o.egress) == Some(f.ifindex.1)
                 && gateway.offer_holds(o, now_ms)
         });
         self.foreign.clear();

@@ -3,7 +3,7 @@
 //! resolution.
 
 use super::icmp_limit::IcmpErrorLimiter;
-use super::offers::{note_closing, offloadable, Pending};
+use super::offers::{note_closing, offloadable, parsed_by_fast_path, Pending};
 use super::{
     arp, icmp, Emit, FlowOffer, Gateway, GatewayShared, GwCounter, GwCounters, Policy, Step,
 };
@@ -312,14 +312,8 @@ fn route(ctx: &mut Ctx<'_>, frame: &mut [u8]) -> Step {
         Ok(t) => t,
         Err(d) => return d.into(),
     };
-    // The fast path parses IPv4 without options, TCP and UDP, and knows no overlay.
-    if established
-        && ctx.offers.is_some()
-        && fragment.is_none()
-        && matches!(proto, PROTO_TCP | PROTO_UDP)
-        && ip.header_len() == 20
-        && !ctx.from_overlay
-    {
+    // The fast path knows no overlay.
+    if established && ctx.offers.is_some() && parsed_by_fast_path(&ip) && !ctx.from_overlay {
         ctx.pending = Some(Pending::of(frame, tuple));
     }
     if let Some(key) = fragment {
@@ -402,7 +396,7 @@ pub(super) fn translate_bridged(
     if !matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP) {
         return None;
     }
-    let offerable = fragment.is_none() && proto != PROTO_ICMP && ip.header_len() == 20;
+    let offerable = parsed_by_fast_path(&ip);
     let (sport, dport) = l4::ports(proto, ip.payload())?;
     let flags = if proto == PROTO_TCP {
         l4::tcp_flags(ip.payload())
@@ -504,8 +498,7 @@ fn forward(ctx: &mut Ctx<'_>, frame: &mut [u8], to: Translated, ttl: u8) -> Step
     ctx.count(GwCounter::Routed);
     let disposition = deliver(ctx, frame, next_hop);
     if let (Disposition::Forward(egress), Some(p)) = (disposition, ctx.pending.take()) {
-        let mtu = ctx.port_mtu.get(egress as usize).copied().unwrap_or(0);
-        let offer = p.offer(frame, ctx.ingress, egress, to, Some(next_hop), mtu);
+        let offer = p.offer(frame, ctx.ingress, egress, to, Some(next_hop), ctx.port_mtu);
         if let Some(offers) = ctx.offers.as_mut() {
             offers.push(offer);
         }

@@ -473,13 +473,12 @@ impl Gateway {
         }
         let disposition = self.bridge_frame(frame, ingress, now_ms);
         if let (Some((p, to)), Disposition::Forward(egress)) = (pending, disposition) {
-            let untracked = p.untracked;
-            let tuple = p.tuple;
-            let mtu = self.port_mtu.get(egress as usize).copied().unwrap_or(0);
             if let Some(offers) = self.offers.as_mut() {
-                offers.push(p.offer(frame, ingress, egress, to, None, mtu));
-                if untracked {
-                    self.shared.untracked.register(tuple, &self.shared.closings);
+                offers.push(p.offer(frame, ingress, egress, to, None, &self.port_mtu));
+                if p.untracked {
+                    self.shared
+                        .untracked
+                        .register(p.tuple, &self.shared.closings);
                 }
             }
         }

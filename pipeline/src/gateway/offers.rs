@@ -16,6 +16,7 @@ use crate::batch::PortId;
 use crate::conntrack::{FlowState, TcpState, Tuple};
 use crate::l2::L2Counter;
 use crate::l3::Segment;
+use crate::wire::ipv4::{Ipv4Packet, PROTO_TCP, PROTO_UDP};
 use crate::wire::l4::{TCP_FIN, TCP_RST};
 use crate::wire::MacAddr;
 use std::net::Ipv4Addr;
@@ -67,7 +68,8 @@ impl Pending {
         }
     }
 
-    /// The offer, once the frame (rewritten, with its new MACs) goes out of `egress`.
+    /// The offer, once the frame (rewritten, with its new MACs) goes out of `egress`, whose
+    /// MTU `port_mtu` holds.
     pub fn offer(
         self,
         frame: &[u8],
@@ -75,7 +77,7 @@ impl Pending {
         egress: PortId,
         to: (Ipv4Addr, u16, Ipv4Addr, u16),
         next_hop: Option<Ipv4Addr>,
-        mtu: u32,
+        port_mtu: &[u32],
     ) -> FlowOffer {
         FlowOffer {
             ingress,
@@ -87,7 +89,7 @@ impl Pending {
             new_src_mac: MacAddr::from_bytes(&frame[6..12]),
             to,
             next_hop,
-            mtu,
+            mtu: port_mtu.get(egress as usize).copied().unwrap_or(0),
         }
     }
 }
@@ -140,9 +142,15 @@ impl UntrackedOffers {
 /// Counts a tracked TCP packet that starts or ends a connection's close: the workers re-check
 /// their entries.
 pub(super) fn note_closing(shared: &super::GatewayShared, proto: u8, tcp_flags: u8) {
-    if proto == crate::wire::ipv4::PROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+    if proto == PROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         shared.closings.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Whether the fast path's program parses the packet at all (`understood` in
+/// `pmd/bpf/common.h`): IPv4 without options, not a fragment, TCP or UDP.
+pub(super) fn parsed_by_fast_path(ip: &Ipv4Packet<&[u8]>) -> bool {
+    !ip.is_fragment() && ip.header_len() == 20 && matches!(ip.protocol(), PROTO_TCP | PROTO_UDP)
 }
 
 /// A tuple as (src, sport, dst, dport): untranslated.
