@@ -229,37 +229,42 @@ pub fn render(live: &Live) -> String {
             s.worker(WorkerCounter::Packets),
         );
     }
-    let sum = |c: WorkerCounter| -> u64 { dp.stats.iter().map(|s| s.worker(c)).sum() };
-    o.one(
-        "vswitch_fast_path_flows",
-        "gauge",
-        "Flows installed in the XDP fast path (L2, or the gateway's 5-tuple entries).",
-        sum(WorkerCounter::FastPathFlows),
-    );
-    o.one(
-        "vswitch_fast_path_packets_total",
-        "counter",
-        "Frames the XDP fast path forwarded (read back once a second).",
-        sum(WorkerCounter::FastPathPackets),
-    );
-    o.one(
-        "vswitch_fast_path_installed_total",
-        "counter",
-        "Flows the workers installed in the XDP fast path.",
-        sum(WorkerCounter::FastPathInstalled),
-    );
-    o.one(
-        "vswitch_fast_path_removed_total",
-        "counter",
-        "Fast-path flows taken out because the switch would no longer decide them the same way.",
-        sum(WorkerCounter::FastPathRemoved),
-    );
-    o.one(
-        "vswitch_fast_path_full_total",
-        "counter",
-        "Flows left in userspace because the fast path's flow map was full.",
-        sum(WorkerCounter::FastPathFull),
-    );
+    let fast_path = [
+        (
+            "vswitch_fast_path_flows",
+            "gauge",
+            "Flows installed in the XDP fast path (L2, or the gateway's 5-tuple entries).",
+            WorkerCounter::FastPathFlows,
+        ),
+        (
+            "vswitch_fast_path_packets_total",
+            "counter",
+            "Frames the XDP fast path forwarded (read back once a second).",
+            WorkerCounter::FastPathPackets,
+        ),
+        (
+            "vswitch_fast_path_installed_total",
+            "counter",
+            "Flows the workers installed in the XDP fast path.",
+            WorkerCounter::FastPathInstalled,
+        ),
+        (
+            "vswitch_fast_path_removed_total",
+            "counter",
+            "Fast-path flows taken out because the switch would no longer decide them the same way.",
+            WorkerCounter::FastPathRemoved,
+        ),
+        (
+            "vswitch_fast_path_full_total",
+            "counter",
+            "Flows left in userspace because the fast path's flow map was full.",
+            WorkerCounter::FastPathFull,
+        ),
+    ];
+    for (name, kind, help, counter) in fast_path {
+        let total: u64 = dp.stats.iter().map(|s| s.worker(counter)).sum();
+        o.one(name, kind, help, total);
+    }
     let mem = commands::memory(live);
     let n = |k: &str| mem[k].as_u64().unwrap_or(0);
     o.one(
