@@ -52,20 +52,11 @@ def stream(iface, dst, src, seconds):
 
 def first(iface, src, seconds):
     want = mac(src)
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETHERTYPE)) as s:
-        s.bind((iface, 0))
-        s.settimeout(0.01)
-        print("ready", flush=True)
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            try:
-                frame, addr = s.recvfrom(2048)
-            except socket.timeout:
-                continue
-            if addr[2] != socket.PACKET_OUTGOING and frame[6:12] == want:
-                print(time.monotonic_ns(), flush=True)
-                return
-        print("none", flush=True)
+    for frame in received(iface, seconds, 0.01):
+        if frame[6:12] == want:
+            print(time.monotonic_ns(), flush=True)
+            return
+    print("none", flush=True)
 
 
 def garp(iface, src, ip, count):
@@ -135,22 +126,25 @@ def udp_count(port, seconds):
     print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())), flush=True)
 
 
-def listen(iface, seconds):
+def received(iface, seconds, poll):
+    """The 0x88b5 frames arriving on IFACE for SECONDS (not our own), after printing "ready"."""
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETHERTYPE)) as s:
         s.bind((iface, 0))
-        s.settimeout(0.1)
+        s.settimeout(poll)
         print("ready", flush=True)
-        seen = []
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             try:
                 frame, addr = s.recvfrom(2048)
             except socket.timeout:
                 continue
-            if addr[2] == socket.PACKET_OUTGOING:
-                continue
-            seen.append(":".join(f"{b:02x}" for b in frame[:6]))
-        print(len(seen), ",".join(sorted(set(seen))), flush=True)
+            if addr[2] != socket.PACKET_OUTGOING:
+                yield frame
+
+
+def listen(iface, seconds):
+    seen = [":".join(f"{b:02x}" for b in frame[:6]) for frame in received(iface, seconds, 0.1)]
+    print(len(seen), ",".join(sorted(set(seen))), flush=True)
 
 
 if __name__ == "__main__":

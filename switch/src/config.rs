@@ -954,16 +954,20 @@ mod tests {
     fn the_deploy_script_renders_a_config_this_parser_takes() {
         let dir = tempfile::tempdir().unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/render-node-config.sh");
-        let out = std::process::Command::new("sh")
-            .arg(&script)
-            .env("POD_CIDR", "10.244.3.0/24")
-            .env("NODE_IP", "198.18.0.3/24")
-            .env("NEXT_HOP", "198.18.0.254")
-            .env("UPLINK", "ens5")
-            .env("OUT_DIR", dir.path())
-            .env("CNI_DIR", dir.path())
-            .output()
-            .unwrap();
+        // The script with only `env` set of what it reads (besides the pod CIDR and where to write).
+        let render = |env: &[(&str, &str)]| {
+            let mut cmd = std::process::Command::new("sh");
+            cmd.arg(&script)
+                .env("POD_CIDR", "10.244.3.0/24")
+                .env("OUT_DIR", dir.path())
+                .env("CNI_DIR", dir.path());
+            for name in ["NODE_IP", "NEXT_HOP", "UPLINK", "FAST_PATH"] {
+                cmd.env_remove(name);
+            }
+            cmd.envs(env.iter().copied()).output().unwrap()
+        };
+        let node = [("NODE_IP", "198.18.0.3/24"), ("NEXT_HOP", "198.18.0.254")];
+        let out = render(&[node[0], node[1], ("UPLINK", "ens5")]);
         assert!(
             out.status.success(),
             "{}",
@@ -987,25 +991,10 @@ mod tests {
             "10.244.3.0/24"
         );
         // Without what it needs it says so.
-        let out = std::process::Command::new("sh")
-            .arg(&script)
-            .env("POD_CIDR", "10.244.3.0/24")
-            .env_remove("NODE_IP")
-            .env("OUT_DIR", dir.path())
-            .output()
-            .unwrap();
+        let out = render(&[]);
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("NODE_IP"));
-        let out = std::process::Command::new("sh")
-            .arg(&script)
-            .env("POD_CIDR", "10.244.3.0/24")
-            .env("NODE_IP", "198.18.0.3/24")
-            .env("NEXT_HOP", "198.18.0.254")
-            .env("FAST_PATH", "ebpf")
-            .env("OUT_DIR", dir.path())
-            .env("CNI_DIR", dir.path())
-            .output()
-            .unwrap();
+        let out = render(&[node[0], node[1], ("FAST_PATH", "ebpf")]);
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("FAST_PATH ebpf"));
     }

@@ -29,11 +29,7 @@ fn stop(switch: Switch) -> String {
 fn tcp_with_complete_checksums_goes_by_the_fast_path_and_is_counted() {
     let Some(_net) = network_test() else { return };
     let topo = Topology::new(2);
-    for pod in &topo.pods {
-        common::must(&[
-            "ip", "netns", "exec", &pod.ns, "ethtool", "-K", "eth0", "tx", "off",
-        ]);
-    }
+    topo.pods_finish_checksums();
     let switch = topo.start_switch(FAST);
     assert!(topo.ping(0, 1));
     topo.transfer(0, 1, 50_000_000);
@@ -105,11 +101,7 @@ fn the_pods_see_the_same_with_and_without_the_fast_path() {
 fn flows_go_when_their_port_or_addresses_go() {
     let Some(_net) = network_test() else { return };
     let topo = Topology::new(3);
-    for pod in &topo.pods {
-        common::must(&[
-            "ip", "netns", "exec", &pod.ns, "ethtool", "-K", "eth0", "tx", "off",
-        ]);
-    }
+    topo.pods_finish_checksums();
     let switch = topo.start_switch(FAST);
     assert!(topo.ping(0, 1) && topo.ping(0, 2));
     topo.transfer(0, 1, 2_000_000);
