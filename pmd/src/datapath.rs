@@ -8,7 +8,7 @@ use crate::fastpath::{FastPath, FlowTable};
 use crate::netdev;
 use crate::socket::PortSocket;
 use crate::stats::WorkerStats;
-use crate::umem::{RingSizes, Umem, UmemHandle, FRAME_SIZE, MAX_PACKET_LEN};
+use crate::umem::{RingSizes, Segment, Umem, UmemHandle, MAX_PACKET_LEN};
 use crate::worker::{Command, Handoff, PollMode, Worker, WorkerReport, WorkerSetup};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use pipeline::gateway::ForgottenPort;
@@ -36,10 +36,15 @@ const COMMAND_QUEUE: usize = 64;
 /// How long the control thread waits for a worker to answer (it answers between two passes,
 /// so within a millisecond or two unless it is stuck).
 const WORKER_ANSWER: Duration = Duration::from_secs(2);
-/// Frames per worker by default: 64 MiB, enough for 250 ports' fill rings at their idle size
-/// plus bursts on the busy ones. The kernel keeps about 136 bytes per frame for every socket
-/// registered on the UMEM, so this also bounds what each port costs it (about 2.2 MB).
-pub const DEFAULT_FRAMES_PER_WORKER: u32 = 16_384;
+/// Frames in a segment of a worker's frame memory by default (32 MiB). The kernel keeps about
+/// 136 bytes per frame for every socket registered on a segment, so this also bounds what
+/// each port costs it (about 1.1 MB).
+pub const DEFAULT_SEGMENT_FRAMES: u32 = 8_192;
+/// The most frames a worker maps by default, in all its segments (256 MiB).
+pub const DEFAULT_MAX_FRAMES_PER_WORKER: u32 = 65_536;
+/// Frames a segment sets aside per port: four idle fill rings' worth, room for bursts. A
+/// segment of 8,192 frames takes 64 ports; the next port gets a new segment.
+const FRAMES_PER_PORT: u32 = 128;
 
 #[derive(Debug, Clone)]
 pub struct DatapathConfig {
@@ -54,8 +59,12 @@ pub struct DatapathConfig {
     pub rings: RingSizes,
     /// The node gateway's configuration (`--config`); `None` for a plain learning bridge.
     pub gateway: Option<GatewayConfig>,
-    /// Frames in each worker's UMEM, shared by all its ports.
-    pub frames_per_worker: u32,
+    /// Frames in each segment of a worker's frame memory (UMEM): a worker maps its first at
+    /// start and another when its ports fill the ones it has.
+    pub segment_frames: u32,
+    /// The most frames a worker maps, in all its segments; past it ports share the segments
+    /// there are.
+    pub max_frames_per_worker: u32,
     /// The XDP fast path: established L2 flows forwarded by the ports' XDP programs.
     pub fast_path: bool,
 }
@@ -71,7 +80,8 @@ impl Default for DatapathConfig {
             bridge: BridgeConfig::default(),
             rings: RingSizes::default(),
             gateway: None,
-            frames_per_worker: DEFAULT_FRAMES_PER_WORKER,
+            segment_frames: DEFAULT_SEGMENT_FRAMES,
+            max_frames_per_worker: DEFAULT_MAX_FRAMES_PER_WORKER,
             fast_path: false,
         }
     }
@@ -249,6 +259,8 @@ pub struct LivePort {
     pub owners: Vec<usize>,
     /// When it was attached, for the operator.
     pub since: Instant,
+    /// The frame memory segment its sockets registered, per worker with a queue of it.
+    segments: Vec<(usize, u32)>,
     // Dropping the link detaches the program; the map goes after it.
     link: Option<XdpLink>,
     map: Option<XskMap>,
@@ -260,8 +272,14 @@ pub type SharedJob = Arc<dyn Fn(&mut Pipeline, u64) + Send + Sync>;
 struct WorkerHandle {
     commands: Sender<Command>,
     handoff: Sender<Handoff>,
-    umem: UmemHandle,
+    /// The worker's frame memory segments, the first first, with the ports on each.
+    segments: Vec<SegmentSlot>,
     thread: Option<JoinHandle<WorkerReport>>,
+}
+
+struct SegmentSlot {
+    handle: UmemHandle,
+    ports: u32,
 }
 
 /// What became of a worker, at stop.
@@ -280,8 +298,8 @@ pub struct Datapath {
     pub epoch: Instant,
     /// Worker cores, as configured (`None`: unpinned).
     pub cores: Vec<Option<usize>>,
-    /// Bytes of each worker's UMEM.
-    pub umem_bytes: usize,
+    segment_frames: u32,
+    max_segments: usize,
     /// Where the process's other threads run (empty: anywhere).
     pub housekeeping_cores: Vec<usize>,
     xdp_mode: XdpMode,
@@ -318,7 +336,7 @@ impl Datapath {
         let gateway = config.gateway.as_ref().map(GatewayShared::new);
         let mut stats = Vec::new();
         let mut workers = Vec::new();
-        let frames = config.frames_per_worker.max(1024);
+        let frames = config.segment_frames.max(1024);
         let fast = match config.fast_path {
             true => Some(Arc::new(
                 FastPath::new(match config.gateway {
@@ -372,7 +390,7 @@ impl Datapath {
             workers.push(WorkerHandle {
                 commands: commands_tx,
                 handoff: handoff_tx[w].clone(),
-                umem: handle,
+                segments: vec![SegmentSlot { handle, ports: 0 }],
                 thread: Some(thread),
             });
         }
@@ -381,7 +399,8 @@ impl Datapath {
             gateway,
             epoch,
             cores: config.workers.clone(),
-            umem_bytes: frames as usize * FRAME_SIZE as usize,
+            segment_frames: frames,
+            max_segments: (config.max_frames_per_worker / frames).max(1) as usize,
             housekeeping_cores,
             xdp_mode: config.xdp_mode,
             rings: config.rings,
@@ -466,37 +485,55 @@ impl Datapath {
         // With as many queues as workers, worker w gets queue w (every worker transmits on
         // the port without a copy); with fewer, the least loaded workers get them.
         let owners = queue_owners(info.queues, nworkers, self.least_loaded_worker());
+        // Each worker polling a queue of it puts its sockets on a segment with room (a new one
+        // if none has any and the budget allows).
+        let mut workers: Vec<usize> = owners.clone();
+        workers.sort_unstable();
+        workers.dedup();
+        let mut placed = Vec::new();
+        let mut new_segments: Vec<Option<Segment>> = (0..nworkers).map(|_| None).collect();
+        for &w in &workers {
+            match self.place(w) {
+                Ok((handle, segment)) => {
+                    new_segments[w] = segment;
+                    placed.push((w, handle));
+                }
+                Err(e) => {
+                    self.unplace_all(&placed);
+                    return Err(setup(format!("worker {w}: mapping a frame memory segment"))(e));
+                }
+            }
+        }
         // Sockets and the program first; nothing reaches them until the program is attached.
-        let map = XskMap::create(info.queues)
-            .map_err(setup(format!("creating the XSKMAP of {}", info.name)))?;
-        let mut sockets: Vec<Vec<PortSocket>> = (0..nworkers).map(|_| Vec::new()).collect();
-        for (q, &w) in owners.iter().enumerate() {
-            let q = q as u32;
-            let name = &info.name;
-            let sock = PortSocket::open(&self.workers[w].umem, name, q, self.rings).map_err(
-                setup(format!("opening an AF_XDP socket on {name} queue {q}")),
-            )?;
-            if self.busy_poll {
-                sock.enable_busy_poll(BUSY_POLL_USECS, BUSY_POLL_BUDGET)
-                    .map_err(setup(format!("enabling busy polling on {name} queue {q}")))?;
+        let (map, sockets) = match self.open_sockets(&info, &owners, &placed) {
+            Ok(opened) => opened,
+            Err(e) => {
+                self.unplace_all(&placed);
+                return Err(e);
             }
-            map.insert(q, sock.raw_fd())
-                .map_err(setup(format!("registering {name} queue {q}")))?;
-            sockets[w].push(sock);
-        }
+        };
         let prog = match &self.fast {
-            Some(fast) => {
-                fast.add_port(port as u32, info.ifindex)
-                    .map_err(setup(format!("adding {} to the fast path", info.name)))?;
-                fast.program(&map)
+            Some(fast) => fast
+                .add_port(port as u32, info.ifindex)
+                .map_err(setup(format!("adding {} to the fast path", info.name)))
+                .and_then(|()| {
+                    fast.program(&map)
+                        .map_err(setup(format!("loading the XDP program for {}", info.name)))
+                }),
+            None => RedirectProgram::load(&map)
+                .map_err(setup(format!("loading the XDP program for {}", info.name))),
+        };
+        let prog = match prog {
+            Ok(prog) => prog,
+            Err(e) => {
+                self.unplace_all(&placed);
+                return Err(e);
             }
-            None => RedirectProgram::load(&map),
-        }
-        .map_err(setup(format!("loading the XDP program for {}", info.name)))?;
+        };
         // The workers learn of the port (and run `setup`'s job) before any frame arrives.
         let job = setup_job(port);
         let mut acks = Vec::new();
-        for (w, socks) in sockets.into_iter().enumerate() {
+        for (w, (socks, segment)) in sockets.into_iter().zip(new_segments).enumerate() {
             if let Some(job) = &job {
                 let job = job.clone();
                 self.send(w, Command::Pipeline(Box::new(move |p, now| job(p, now))))?;
@@ -511,6 +548,7 @@ impl Datapath {
                     port,
                     ifindex: info.ifindex,
                     mtu: info.mtu,
+                    segment,
                     sockets: socks,
                     remote,
                     done,
@@ -527,6 +565,7 @@ impl Datapath {
             mode: self.xdp_mode,
             owners,
             since: Instant::now(),
+            segments: placed.iter().map(|(w, h)| (*w, h.id())).collect(),
             link: None,
             map: Some(map),
         });
@@ -543,6 +582,86 @@ impl Datapath {
                 Err(e)
             }
         }
+    }
+
+    /// The segment worker `w` puts a new port's sockets on, and the segment itself when it
+    /// is a new one (to be handed to the worker with the port).
+    fn place(&mut self, w: usize) -> io::Result<(UmemHandle, Option<Segment>)> {
+        let per_segment = (self.segment_frames / FRAMES_PER_PORT).max(1);
+        let slots = &mut self.workers[w].segments;
+        if let Some(slot) = slots.iter_mut().find(|s| s.ports < per_segment) {
+            slot.ports += 1;
+            return Ok((slot.handle.clone(), None));
+        }
+        if slots.len() < self.max_segments {
+            let segment = Segment::new(self.segment_frames)?;
+            let handle = segment.handle();
+            slots.push(SegmentSlot {
+                handle: handle.clone(),
+                ports: 1,
+            });
+            return Ok((handle, Some(segment)));
+        }
+        // The budget is reached: the least used segment takes one more.
+        let slot = slots
+            .iter_mut()
+            .min_by_key(|s| s.ports)
+            .ok_or_else(|| io::Error::other("the worker has no frame memory"))?;
+        slot.ports += 1;
+        Ok((slot.handle.clone(), None))
+    }
+
+    /// A port left segment `id` of worker `w`; returns whether the segment is now unused and
+    /// forgotten here (never the first), for the worker to unmap.
+    fn unplace(&mut self, w: usize, id: u32) -> bool {
+        let slots = &mut self.workers[w].segments;
+        let Some(i) = slots.iter().position(|s| s.handle.id() == id) else {
+            return false;
+        };
+        slots[i].ports = slots[i].ports.saturating_sub(1);
+        if i > 0 && slots[i].ports == 0 {
+            slots.remove(i);
+            return true;
+        }
+        false
+    }
+
+    /// Undoes `place` for a port that did not come (its new segments were never handed over).
+    fn unplace_all(&mut self, placed: &[(usize, UmemHandle)]) {
+        for (w, handle) in placed {
+            self.unplace(*w, handle.id());
+        }
+    }
+
+    /// The port's XSKMAP and its sockets, per worker, each on the segment placed for it.
+    fn open_sockets(
+        &self,
+        info: &PortInfo,
+        owners: &[usize],
+        placed: &[(usize, UmemHandle)],
+    ) -> Result<(XskMap, Vec<Vec<PortSocket>>), DatapathError> {
+        let map = XskMap::create(info.queues)
+            .map_err(setup(format!("creating the XSKMAP of {}", info.name)))?;
+        let mut sockets: Vec<Vec<PortSocket>> =
+            (0..self.workers.len()).map(|_| Vec::new()).collect();
+        for (q, &w) in owners.iter().enumerate() {
+            let q = q as u32;
+            let name = &info.name;
+            let Some((_, segment)) = placed.iter().find(|(pw, _)| *pw == w) else {
+                continue;
+            };
+            let sock = PortSocket::open(segment, name, q, self.rings).map_err(setup(format!(
+                "opening an AF_XDP socket on {name} queue {q}"
+            )))?;
+            if self.busy_poll {
+                sock.enable_busy_poll(BUSY_POLL_USECS, BUSY_POLL_BUDGET)
+                    .map_err(setup(format!("enabling busy polling on {name} queue {q}")))?;
+            }
+            map.insert(q, sock.raw_fd())
+                .map_err(setup(format!("registering {name} queue {q}")))?;
+            sockets[w].push(sock);
+        }
+        Ok((map, sockets))
     }
 
     fn send(&self, w: usize, command: Command) -> Result<(), DatapathError> {
@@ -653,6 +772,13 @@ impl Datapath {
             self.send(w, Command::Reclaim { tags, done })?;
             if reclaimed.recv_timeout(WORKER_ANSWER).is_err() {
                 result = Err(DatapathError::WorkerGone(w));
+            }
+        }
+        // A segment whose last port this was goes (the worker unmaps it once its frames are
+        // all home: they are, unless a copy is still on its way out).
+        for &(w, id) in &live.segments {
+            if self.unplace(w, id) {
+                self.send(w, Command::DropSegment { id })?;
             }
         }
         result?;

@@ -21,7 +21,7 @@ pub mod worker;
 pub use bpf::XdpMode;
 pub use datapath::{
     Datapath, DatapathConfig, DatapathError, LivePort, PortInfo, SharedJob, WorkerEnd,
-    DEFAULT_FRAMES_PER_WORKER, MAX_MTU,
+    DEFAULT_MAX_FRAMES_PER_WORKER, DEFAULT_SEGMENT_FRAMES, MAX_MTU,
 };
 pub use stats::{PortCounter, WorkerCounter, WorkerStats};
 pub use umem::{RingSizes, FRAME_SIZE};

@@ -184,6 +184,11 @@ impl PortSocket {
         self.tag
     }
 
+    /// The UMEM segment this socket registered: the frames it receives into and sends from.
+    pub fn segment(&self) -> u32 {
+        self.umem.id()
+    }
+
     pub fn fill_target(&self) -> u32 {
         self.fill_target
     }
@@ -250,7 +255,7 @@ impl PortSocket {
         self.in_flight_tx
     }
 
-    /// Tops the fill ring up from the pool, leaving `reserve` frames in the pool.
+    /// Tops the fill ring up from its segment's pool, leaving `reserve` frames there.
     pub fn refill(&mut self, umem: &Umem, pool: &mut FramePool, reserve: usize) -> u32 {
         let umem = umem.bound(&self.umem);
         assert!(
@@ -261,7 +266,7 @@ impl PortSocket {
         // As in `transmit`: the first reservation may see a stale view of the ring.
         for _ in 0..2 {
             let want = self.fill_target.saturating_sub(self.lent_to_fill);
-            let can = pool.available().saturating_sub(reserve) as u32;
+            let can = pool.available_in(umem.id()).saturating_sub(reserve) as u32;
             let n = want.min(can);
             if n == 0 {
                 break;
@@ -272,7 +277,7 @@ impl PortSocket {
                 break;
             }
             let frames = (0..room)
-                .map_while(|_| pool.alloc())
+                .map_while(|_| pool.alloc_in(umem.id()))
                 .map(|f| umem.fill_addr(f, self.tag));
             let n = writer.insert(frames);
             writer.commit();

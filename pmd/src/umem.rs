@@ -1,5 +1,11 @@
-//! UMEM: one memory area per worker, cut into equal frames, shared by every socket the worker
+//! UMEM: a worker's frame memory, cut into equal frames, shared by the sockets the worker
 //! polls, so a frame received on one port is transmitted on another by descriptor.
+//!
+//! The memory comes in segments, each its own mapping: a worker starts with one and is given
+//! another as ports come (see `datapath`), so what is pinned follows what is attached. A socket
+//! registers one segment; a frame leaving by a socket of another segment is copied into that
+//! segment first (`Umem::copy_frame`). A segment goes when its ports have gone and every
+//! frame of it is home.
 //!
 //! Each socket registers the area itself (its own `XDP_UMEM_REG` of the same pages), so a
 //! socket can be opened and closed while the others run: no socket owns a registration the
@@ -48,6 +54,12 @@ pub struct Frame {
 impl Frame {
     pub fn index(&self) -> u32 {
         self.index
+    }
+
+    /// The segment (UMEM id) the frame belongs to.
+    #[inline]
+    pub fn umem(&self) -> u32 {
+        self.umem
     }
 
     pub fn len(&self) -> usize {
@@ -201,12 +213,12 @@ pub(crate) struct Memory {
 }
 
 impl Memory {
-    fn new(frames: u32) -> io::Result<(Memory, FramePool)> {
+    fn new(frames: u32) -> io::Result<(Memory, SegmentPool)> {
         let len = frames as usize * FRAME_SIZE as usize;
         let area = Area::map(len)?;
         let id = NEXT_UMEM_ID.fetch_add(1, Ordering::Relaxed);
         let words = (frames as usize).div_ceil(64);
-        let pool = FramePool {
+        let pool = SegmentPool {
             umem: id,
             free: (0..frames).rev().collect(),
             in_pool: vec![u64::MAX; words].into_boxed_slice(),
@@ -268,6 +280,11 @@ impl Memory {
             std::slice::from_raw_parts_mut(self.area.ptr.as_ptr().add(start), FRAME_SIZE as usize)
         };
         FrameBuf { chunk, frame }
+    }
+
+    #[inline]
+    pub(crate) fn id(&self) -> u32 {
+        self.id
     }
 
     #[inline]
@@ -407,12 +424,38 @@ impl UmemHandle {
     pub fn bytes(&self) -> usize {
         self.area.len
     }
+
+    /// The segment's id, as its frames carry it.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
 }
 
-/// A worker's frame memory and its bookkeeping. Not `Sync` (the `Cell` bitmaps): one thread
-/// uses it; sockets reach the memory through their `UmemHandle`.
+/// A worker's frame memory: its segments and their bookkeeping. Not `Sync` (the `Cell`
+/// bitmaps): one thread uses it; sockets reach the memory through their `UmemHandle`.
 pub struct Umem {
+    /// The first is the one the worker started with, and stays.
+    segments: Vec<Memory>,
+}
+
+/// A segment made on another thread (the control thread), to be handed to the worker that
+/// will poll the sockets registered on it (`Umem::add_segment`).
+pub struct Segment {
     mem: Memory,
+    pool: SegmentPool,
+}
+
+impl Segment {
+    /// Maps `frames` frames.
+    pub fn new(frames: u32) -> io::Result<Segment> {
+        let (mem, pool) = Memory::new(frames)?;
+        Ok(Segment { mem, pool })
+    }
+
+    /// What opening a socket on this segment needs.
+    pub fn handle(&self) -> UmemHandle {
+        self.mem.handle()
+    }
 }
 
 /// Ring sizes of each socket; all powers of two.
@@ -438,35 +481,115 @@ impl Default for RingSizes {
 }
 
 impl Umem {
-    /// Maps `frames` frames; the pool returned is the only source of its frames. Sockets
-    /// register the memory with the kernel as they are opened (`PortSocket::open`).
+    /// Maps `frames` frames as the first segment; the pool returned is the only source of its
+    /// frames. Sockets register the memory with the kernel as they are opened
+    /// (`PortSocket::open`).
     pub fn new(frames: u32) -> io::Result<(Umem, FramePool)> {
         let (mem, pool) = Memory::new(frames)?;
-        Ok((Umem { mem }, pool))
+        Ok((
+            Umem {
+                segments: vec![mem],
+            },
+            FramePool {
+                segments: vec![pool],
+                refused_foreign: 0,
+            },
+        ))
     }
 
-    /// What opening a socket on this memory needs; `Send + Sync`, for the control thread.
+    /// What opening a socket on the first segment needs; `Send + Sync`, for the control thread.
     pub fn handle(&self) -> UmemHandle {
-        self.mem.handle()
+        self.segments[0].handle()
     }
 
+    /// Frames in all segments.
     pub fn frames(&self) -> u32 {
-        self.mem.frames
+        self.segments.iter().map(|m| m.frames).sum()
     }
 
-    /// The frame bookkeeping, for a socket bound to this UMEM; panics for any other socket.
+    /// The segments: (id, frames).
+    pub fn segments(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.segments.iter().map(|m| (m.id, m.frames))
+    }
+
+    /// The first segment's id (the one that stays).
+    pub fn first_segment(&self) -> u32 {
+        self.segments[0].id
+    }
+
+    /// Frames of segment `id` (0 if it is not one of ours).
+    pub fn segment_frames(&self, id: u32) -> u32 {
+        self.segments
+            .iter()
+            .find(|m| m.id == id)
+            .map_or(0, |m| m.frames)
+    }
+
+    /// Takes in a segment made for this worker; its frames join `pool`.
+    pub fn add_segment(&mut self, segment: Segment, pool: &mut FramePool) {
+        self.segments.push(segment.mem);
+        pool.segments.push(segment.pool);
+    }
+
+    /// Unmaps segment `id` (never the first) if every frame of it is in `pool`: then no
+    /// socket, ring or handle holds one. Returns whether it went (or was not there).
+    pub fn remove_segment(&mut self, id: u32, pool: &mut FramePool) -> bool {
+        let Some(i) = self.segments.iter().position(|m| m.id == id) else {
+            return true;
+        };
+        if i == 0 || pool.available_in(id) != self.segments[i].frames as usize {
+            return false;
+        }
+        self.segments.remove(i);
+        pool.segments.retain(|p| p.umem != id);
+        true
+    }
+
+    /// The segment a frame belongs to; panics for a frame of another worker's memory (it
+    /// would alias this one's).
+    #[inline]
+    fn memory(&self, id: u32) -> &Memory {
+        // The first segment is where nearly every frame is: one compare.
+        match self.segments.iter().find(|m| m.id == id) {
+            Some(m) => m,
+            None => panic!("frame of UMEM {id} used with another worker's UMEM"),
+        }
+    }
+
+    /// The frame bookkeeping, for a socket bound to one of our segments; panics for any other
+    /// socket.
     #[inline]
     pub(crate) fn bound(&self, binding: &UmemHandle) -> &Memory {
-        self.mem.bound(binding)
+        match self.segments.iter().find(|m| m.id == binding.id) {
+            Some(m) => m.bound(binding),
+            None => panic!(
+                "socket bound to UMEM {} used with another worker's UMEM",
+                binding.id
+            ),
+        }
+    }
+
+    /// A copy of `frame` (same place in its chunk, length and chain flag) in a frame of
+    /// segment `to`; `None` when that segment has no free frame.
+    pub fn copy_frame(&self, frame: &Frame, pool: &mut FramePool, to: u32) -> Option<Frame> {
+        let mut copy = pool.alloc_in(to)?;
+        copy.offset = frame.offset;
+        copy.len = frame.len;
+        copy.more = frame.more;
+        self.data_mut(&mut copy).copy_from_slice(self.data(frame));
+        Some(copy)
     }
 
     /// Returns to `pool` every frame still lent through a socket that is now closed; returns
     /// how many.
     pub fn reclaim(&self, tag: u32, pool: &mut FramePool) -> usize {
-        let frames = self.mem.take_back(tag);
-        let n = frames.len();
-        for frame in frames {
-            pool.put(frame);
+        let mut n = 0;
+        for mem in &self.segments {
+            let frames = mem.take_back(tag);
+            n += frames.len();
+            for frame in frames {
+                pool.put(frame);
+            }
         }
         n
     }
@@ -474,14 +597,14 @@ impl Umem {
     /// The frame's data.
     #[inline]
     pub fn data<'a>(&'a self, frame: &'a Frame) -> &'a [u8] {
-        self.mem.data(frame)
+        self.memory(frame.umem).data(frame)
     }
 
     /// The frame's data, writable. Several frames can be borrowed at once: each handle is unique.
     #[inline]
     #[allow(clippy::mut_from_ref)]
     pub fn data_mut<'a>(&'a self, frame: &'a mut Frame) -> &'a mut [u8] {
-        self.mem.data_mut(frame)
+        self.memory(frame.umem).data_mut(frame)
     }
 
     /// The frame as a packet whose start can move into the room in front of it (VXLAN pushes
@@ -489,7 +612,7 @@ impl Umem {
     #[inline]
     #[allow(clippy::mut_from_ref)]
     pub fn buf_mut<'a>(&'a self, frame: &'a mut Frame) -> FrameBuf<'a> {
-        self.mem.buf_mut(frame)
+        self.memory(frame.umem).buf_mut(frame)
     }
 
     /// Asks the CPU to start loading the frame's first cache line: the kernel wrote it on
@@ -512,8 +635,72 @@ impl Umem {
     }
 }
 
-/// The worker's free frames.
+/// The worker's free frames, by segment.
 pub struct FramePool {
+    segments: Vec<SegmentPool>,
+    /// Frames of no segment of ours put back (a bug if not zero).
+    refused_foreign: u64,
+}
+
+impl FramePool {
+    #[inline]
+    fn segment(&mut self, id: u32) -> Option<&mut SegmentPool> {
+        self.segments.iter_mut().find(|p| p.umem == id)
+    }
+
+    /// A free frame of segment `id`, with room for `KERNEL_HEADROOM` in front of its data, as
+    /// received frames have.
+    #[inline]
+    pub fn alloc_in(&mut self, id: u32) -> Option<Frame> {
+        self.segment(id)?.alloc()
+    }
+
+    /// Returns a frame to its segment's pool; a frame of no segment of ours, or one already
+    /// in the pool, is refused and counted (see `SegmentPool::put`).
+    #[inline]
+    pub fn put(&mut self, frame: Frame) {
+        match self.segment(frame.umem) {
+            Some(pool) => pool.put(frame),
+            None => self.refused_foreign += 1,
+        }
+    }
+
+    /// Whether this pool holds the frames of `mem`.
+    pub(crate) fn belongs_to(&self, mem: &Memory) -> bool {
+        self.segments.iter().any(|p| p.umem == mem.id)
+    }
+
+    /// Free frames in all segments.
+    pub fn available(&self) -> usize {
+        self.segments.iter().map(SegmentPool::available).sum()
+    }
+
+    /// Free frames of segment `id`.
+    pub fn available_in(&self, id: u32) -> usize {
+        self.segments
+            .iter()
+            .find(|p| p.umem == id)
+            .map_or(0, SegmentPool::available)
+    }
+
+    /// Frames in all segments.
+    pub fn total(&self) -> u32 {
+        self.segments.iter().map(SegmentPool::total).sum()
+    }
+
+    /// Frames refused by `put`: (of no segment of ours, already in the pool).
+    pub fn refused(&self) -> (u64, u64) {
+        self.segments
+            .iter()
+            .map(SegmentPool::refused)
+            .fold((self.refused_foreign, 0), |(f, t), (sf, st)| {
+                (f + sf, t + st)
+            })
+    }
+}
+
+/// One segment's free frames.
+pub(crate) struct SegmentPool {
     umem: u32,
     free: Vec<u32>,
     /// One bit per frame: in `free`. Guards against a frame index entering the pool twice.
@@ -523,10 +710,10 @@ pub struct FramePool {
     refused_twice: u64,
 }
 
-impl FramePool {
+impl SegmentPool {
     /// A free frame with room for `KERNEL_HEADROOM` in front of its data, as received frames have.
     #[inline]
-    pub fn alloc(&mut self) -> Option<Frame> {
+    pub(crate) fn alloc(&mut self) -> Option<Frame> {
         let index = self.free.pop()?;
         let (word, bit) = Memory::bit(index);
         self.in_pool[word] &= !bit;
@@ -542,12 +729,12 @@ impl FramePool {
     /// Returns a frame to the pool.
     ///
     /// A frame of another UMEM, or one already in the pool, is refused: the handle is dropped
-    /// (the frame is lost, never duplicated) and counted in [`FramePool::refused`]. Either is a
+    /// (the frame is lost, never duplicated) and counted in [`SegmentPool::refused`]. Either is a
     /// bug, but refusing keeps a production switch forwarding (a panic would take the worker,
     /// and with it every port's queue it polls, down), while the counters, reported at exit and
     /// by the frame accounting, make the bug visible.
     #[inline]
-    pub fn put(&mut self, frame: Frame) {
+    pub(crate) fn put(&mut self, frame: Frame) {
         if frame.umem != self.umem || frame.index >= self.total {
             self.refused_foreign += 1;
             return;
@@ -561,21 +748,16 @@ impl FramePool {
         self.free.push(frame.index);
     }
 
-    /// Whether this pool holds the frames of `mem`.
-    pub(crate) fn belongs_to(&self, mem: &Memory) -> bool {
-        self.umem == mem.id
-    }
-
-    pub fn available(&self) -> usize {
+    pub(crate) fn available(&self) -> usize {
         self.free.len()
     }
 
-    pub fn total(&self) -> u32 {
+    pub(crate) fn total(&self) -> u32 {
         self.total
     }
 
     /// Frames refused by `put`: (of another UMEM, already in the pool).
-    pub fn refused(&self) -> (u64, u64) {
+    pub(crate) fn refused(&self) -> (u64, u64) {
         (self.refused_foreign, self.refused_twice)
     }
 }
@@ -751,5 +933,48 @@ mod tests {
         assert!(area.upgrade().is_some(), "a socket still refers to it");
         drop(binding);
         assert!(area.upgrade().is_none(), "unmapped with the last owner");
+    }
+
+    #[test]
+    fn a_segment_goes_only_when_all_its_frames_are_home_and_never_the_first() {
+        let (mut umem, mut pool) = Umem::new(8).unwrap();
+        let first = umem.first_segment();
+        let segment = Segment::new(16).unwrap();
+        let id = segment.handle().id();
+        umem.add_segment(segment, &mut pool);
+        assert_eq!(
+            (umem.frames(), pool.total(), pool.available()),
+            (24, 24, 24)
+        );
+        let mut out = pool.alloc_in(id).unwrap();
+        out.set_len(4);
+        umem.data_mut(&mut out).copy_from_slice(&[9; 4]);
+        let copy = umem.copy_frame(&out, &mut pool, first).unwrap();
+        assert_eq!((copy.umem(), umem.data(&copy)), (first, &[9u8; 4][..]));
+        assert!(!umem.remove_segment(id, &mut pool), "a frame of it is out");
+        pool.put(out);
+        pool.put(copy);
+        assert!(!umem.remove_segment(first, &mut pool));
+        assert!(umem.remove_segment(id, &mut pool));
+        assert_eq!((umem.frames(), pool.total(), pool.available()), (8, 8, 8));
+        assert!(pool.alloc_in(id).is_none());
+        assert_eq!(pool.refused(), (0, 0));
+    }
+
+    #[test]
+    fn a_closed_socket_gives_back_its_frames_of_every_segment() {
+        let (mut umem, mut pool) = Umem::new(4).unwrap();
+        let first = umem.first_segment();
+        let segment = Segment::new(4).unwrap();
+        let id = segment.handle().id();
+        umem.add_segment(segment, &mut pool);
+        for seg in [first, id] {
+            let frame = pool.alloc_in(seg).unwrap();
+            umem.segments[umem.segments.iter().position(|m| m.id == seg).unwrap()]
+                .fill_addr(frame, 5);
+        }
+        assert_eq!(pool.available(), 6);
+        assert_eq!(umem.reclaim(5, &mut pool), 2);
+        assert_eq!(pool.available(), 8);
     }
 }

@@ -15,7 +15,7 @@ use crate::socket::PortSocket;
 use crate::stats::{PortCounter, WorkerCounter, WorkerStats};
 use crate::tuplecache::{Ports, TupleCache};
 use crate::umem::{
-    Frame, FrameBuf, FramePool, Umem, KERNEL_HEADROOM, MAX_FRAME_LEN, MAX_PACKET_LEN,
+    Frame, FrameBuf, FramePool, Segment, Umem, KERNEL_HEADROOM, MAX_FRAME_LEN, MAX_PACKET_LEN,
 };
 use arrayvec::ArrayVec;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -136,9 +136,15 @@ pub enum Command {
         port: PortId,
         ifindex: u32,
         mtu: u32,
+        /// A new frame memory segment, which `sockets` registered.
+        segment: Option<Segment>,
         sockets: Vec<PortSocket>,
         remote: Option<Sender<Handoff>>,
         done: Sender<()>,
+    },
+    /// The ports of that segment are gone: unmap it once every frame of it is home.
+    DropSegment {
+        id: u32,
     },
     /// Stop using a port (its program is already detached). Its sockets come back on `done`
     /// once their transmitted frames are home (or after a deadline), to be closed.
@@ -197,6 +203,10 @@ pub struct Worker {
     egress: Vec<Egress>,
     present: PortMask,
     staged: Vec<Vec<Frame>>,
+    /// Per port: the segment its frames leave from (its socket's; the first for others).
+    segment: Vec<u32>,
+    /// Segments to unmap once their frames are home.
+    dropping: Vec<u32>,
     /// The fast path's flows this worker installed: the bridge's (by MACs) or the gateway's
     /// (by 5-tuple, with rewrites).
     flows: Option<FlowCache>,
@@ -229,9 +239,12 @@ impl Worker {
             }
             _ => None,
         };
+        let first = setup.umem.first_segment();
         Worker {
             sockets: Vec::new(),
             retiring: Vec::new(),
+            segment: vec![first; MAX_PORTS],
+            dropping: Vec::new(),
             s: setup,
             flows,
             tuples,
@@ -326,10 +339,14 @@ impl Worker {
                     port,
                     ifindex,
                     mtu,
+                    segment,
                     sockets,
                     remote,
                     done,
                 } => {
+                    if let Some(segment) = segment {
+                        self.s.umem.add_segment(segment, &mut self.s.pool);
+                    }
                     if let Some(i) = self.ifindex.get_mut(port as usize) {
                         *i = ifindex;
                     }
@@ -348,6 +365,11 @@ impl Worker {
                         .map(|&t| self.s.umem.reclaim(t, &mut self.s.pool))
                         .sum();
                     let _ = done.try_send(n);
+                    self.drop_segments();
+                }
+                Command::DropSegment { id } => {
+                    self.dropping.push(id);
+                    self.drop_segments();
                 }
                 Command::Pipeline(job) => {
                     let now_ms = self.now_ms();
@@ -379,6 +401,9 @@ impl Worker {
         for c in PortCounter::ALL {
             self.s.stats.ports[p].set(*c as usize, 0);
         }
+        self.segment[p] = sockets
+            .first()
+            .map_or(self.s.umem.first_segment(), PortSocket::segment);
         for mut sock in sockets {
             sock.refill(&self.s.umem, &mut self.s.pool, POOL_RESERVE);
             self.sockets.push((port, sock));
@@ -416,6 +441,14 @@ impl Worker {
             deadline: Instant::now() + RETIRE_DEADLINE,
             done,
         });
+    }
+
+    /// Unmaps the segments asked to go whose frames are all home (else tried again later).
+    fn drop_segments(&mut self) {
+        let in_use: Vec<u32> = self.all_sockets().map(PortSocket::segment).collect();
+        let (umem, pool) = (&mut self.s.umem, &mut self.s.pool);
+        self.dropping
+            .retain(|id| in_use.contains(id) || !umem.remove_segment(*id, pool));
     }
 
     /// Points each local port's egress at its first socket (after sockets came or went).
@@ -661,6 +694,7 @@ impl Worker {
                     umem,
                     &mut self.s.pool,
                     &mut self.staged,
+                    &self.segment,
                     &self.s.stats,
                     mask.and(present).without(ingress),
                     frame,
@@ -772,6 +806,7 @@ impl Worker {
             stage_copy(
                 &self.s.umem,
                 &mut self.s.pool,
+                self.segment[port as usize],
                 &mut self.staged[port as usize],
                 &self.s.stats.ports[port as usize],
                 data,
@@ -803,6 +838,7 @@ impl Worker {
             stage_copy(
                 &self.s.umem,
                 &mut self.s.pool,
+                self.segment[port],
                 &mut self.staged[port],
                 &self.s.stats.ports[port],
                 &handoff.data,
@@ -874,6 +910,15 @@ impl Worker {
                     let over = drop_over(staged, self.max_frame[p], &mut self.s.pool);
                     counters.add(PortCounter::DropOverMtu as usize, over);
                     let sock = &mut self.sockets[*index].1;
+                    let segment = sock.segment();
+                    if staged.iter().any(|f| f.umem() != segment) {
+                        let copied =
+                            rehome(&self.s.umem, &mut self.s.pool, staged, segment, counters);
+                        self.s
+                            .stats
+                            .worker
+                            .add(WorkerCounter::SegmentCopies as usize, copied);
+                    }
                     let bytes: usize = staged.iter().map(|f| f.len()).sum();
                     let packets = packets_in(staged);
                     let cut = sock.transmit(&self.s.umem, staged);
@@ -970,6 +1015,9 @@ impl Worker {
         for (_, sock) in self.sockets.iter_mut() {
             sock.tick();
         }
+        if !self.dropping.is_empty() {
+            self.drop_segments();
+        }
         self.publish();
     }
 
@@ -977,6 +1025,17 @@ impl Worker {
     fn publish_ports(&self) {
         let w = &self.s.stats.worker;
         w.set(WorkerCounter::Sockets as usize, self.sockets.len() as u64);
+        w.set(
+            WorkerCounter::Segments as usize,
+            self.s.umem.segments().count() as u64,
+        );
+        // The kernel keeps per-frame state for each socket's registration of its segment.
+        w.set(
+            WorkerCounter::KernelFrameRefs as usize,
+            self.all_sockets()
+                .map(|s| self.s.umem.segment_frames(s.segment()) as u64)
+                .sum(),
+        );
         w.set(
             WorkerCounter::FramesInFill as usize,
             self.sockets
@@ -1113,6 +1172,55 @@ fn packets_in(frames: &[Frame]) -> u64 {
     frames.iter().filter(|f| !f.more()).count() as u64
 }
 
+/// Copies the frames of other segments into `segment` (a socket sends only its own); a packet
+/// the segment has no room for is dropped and counted. Returns the frames copied.
+fn rehome(
+    umem: &Umem,
+    pool: &mut FramePool,
+    staged: &mut Vec<Frame>,
+    segment: u32,
+    counters: &crate::stats::AtomicCounters<{ PortCounter::COUNT }>,
+) -> u64 {
+    let mut kept = Vec::with_capacity(staged.len());
+    let mut copied = 0;
+    let mut chain: Vec<Frame> = Vec::new();
+    let mut frames = staged.drain(..).peekable();
+    while let Some(frame) = frames.next() {
+        let ends = !frame.more() || frames.peek().is_none();
+        chain.push(frame);
+        if !ends {
+            continue;
+        }
+        let mut short = false;
+        let start = kept.len();
+        for f in chain.drain(..) {
+            if short {
+                pool.put(f);
+            } else if f.umem() == segment {
+                kept.push(f);
+            } else {
+                match umem.copy_frame(&f, pool, segment) {
+                    Some(copy) => {
+                        kept.push(copy);
+                        copied += 1;
+                    }
+                    None => short = true,
+                }
+                pool.put(f);
+            }
+        }
+        if short {
+            counters.add(PortCounter::DropNoFrame as usize, 1);
+            for f in kept.drain(start..) {
+                pool.put(f);
+            }
+        }
+    }
+    drop(frames);
+    *staged = kept;
+    copied
+}
+
 /// Removes (to the pool) the packets longer than `max_frame`; returns how many.
 fn drop_over(staged: &mut Vec<Frame>, max_frame: u32, pool: &mut FramePool) -> u64 {
     let mut len = 0;
@@ -1156,18 +1264,19 @@ fn drop_over(staged: &mut Vec<Frame>, max_frame: u32, pool: &mut FramePool) -> u
 fn stage_copy(
     umem: &Umem,
     pool: &mut FramePool,
+    segment: u32,
     staged: &mut Vec<Frame>,
     counters: &crate::stats::AtomicCounters<{ PortCounter::COUNT }>,
     data: &[u8],
 ) {
     let pieces: Vec<&[u8]> = data.chunks(MAX_FRAME_LEN as usize).collect();
-    if pool.available() < pieces.len() {
+    if pool.available_in(segment) < pieces.len() {
         counters.add(PortCounter::DropNoFrame as usize, 1);
         return;
     }
     let last = pieces.len().saturating_sub(1);
     for (i, piece) in pieces.into_iter().enumerate() {
-        let Some(mut frame) = pool.alloc() else {
+        let Some(mut frame) = pool.alloc_in(segment) else {
             return;
         };
         frame.set_len(piece.len());
@@ -1181,6 +1290,7 @@ fn flood(
     umem: &Umem,
     pool: &mut FramePool,
     staged: &mut [Vec<Frame>],
+    segment: &[u32],
     stats: &WorkerStats,
     to: PortMask,
     frame: Frame,
@@ -1189,12 +1299,8 @@ fn flood(
     let mut last = None;
     for port in targets {
         if let Some(prev) = last.replace(port) {
-            match pool.alloc() {
-                Some(mut copy) => {
-                    copy.set_len(frame.len());
-                    umem.data_mut(&mut copy).copy_from_slice(umem.data(&frame));
-                    staged[prev as usize].push(copy);
-                }
+            match umem.copy_frame(&frame, pool, segment[prev as usize]) {
+                Some(copy) => staged[prev as usize].push(copy),
                 None => stats.ports[prev as usize].add(PortCounter::DropNoFrame as usize, 1),
             }
         }
@@ -1214,7 +1320,15 @@ mod tests {
         let counters = AtomicCounters::<{ PortCounter::COUNT }>::default();
         let mut staged = Vec::new();
         for (i, &len) in lens.iter().enumerate() {
-            stage_copy(umem, pool, &mut staged, &counters, &vec![i as u8; len]);
+            let first = umem.first_segment();
+            stage_copy(
+                umem,
+                pool,
+                first,
+                &mut staged,
+                &counters,
+                &vec![i as u8; len],
+            );
         }
         staged
     }
@@ -1225,7 +1339,8 @@ mod tests {
         let data: Vec<u8> = (0..9014u32).map(|i| (i % 251) as u8).collect();
         let counters = AtomicCounters::<{ PortCounter::COUNT }>::default();
         let mut staged = Vec::new();
-        stage_copy(&umem, &mut pool, &mut staged, &counters, &data);
+        let first = umem.first_segment();
+        stage_copy(&umem, &mut pool, first, &mut staged, &counters, &data);
         assert_eq!(staged.len(), 3);
         assert_eq!(
             staged.iter().map(Frame::more).collect::<Vec<_>>(),
@@ -1259,15 +1374,87 @@ mod tests {
     #[test]
     fn no_frame_is_taken_when_the_pool_cannot_hold_the_whole_chain() {
         let (umem, mut pool) = Umem::new(1024).unwrap();
+        let first = umem.first_segment();
         let mut hoard = Vec::new();
         while pool.available() > 2 {
-            hoard.push(pool.alloc().unwrap());
+            hoard.push(pool.alloc_in(first).unwrap());
         }
         let counters = AtomicCounters::<{ PortCounter::COUNT }>::default();
         let mut staged = Vec::new();
-        stage_copy(&umem, &mut pool, &mut staged, &counters, &[7; 9000]);
+        stage_copy(&umem, &mut pool, first, &mut staged, &counters, &[7; 9000]);
         assert!(staged.is_empty());
         assert_eq!(pool.available(), 2);
         assert_eq!(counters.get(PortCounter::DropNoFrame as usize), 1);
+    }
+
+    #[test]
+    fn frames_of_another_segment_are_copied_in_before_they_leave() {
+        let (mut umem, mut pool) = Umem::new(64).unwrap();
+        let own = umem.first_segment();
+        let other = Segment::new(64).unwrap();
+        let other_id = other.handle().id();
+        umem.add_segment(other, &mut pool);
+        let counters = AtomicCounters::<{ PortCounter::COUNT }>::default();
+        let mut staged = Vec::new();
+        let long: Vec<u8> = (0..9014u32).map(|i| (i % 251) as u8).collect();
+        stage_copy(&umem, &mut pool, other_id, &mut staged, &counters, &[1; 60]);
+        stage_copy(&umem, &mut pool, own, &mut staged, &counters, &[2; 60]);
+        stage_copy(&umem, &mut pool, other_id, &mut staged, &counters, &long);
+        let copied = rehome(&umem, &mut pool, &mut staged, own, &counters);
+        assert_eq!(copied, 4, "one short frame and a chain of three");
+        assert!(staged.iter().all(|f| f.umem() == own));
+        let packets: Vec<Vec<u8>> = chains(&staged)
+            .map(|c| c.iter().flat_map(|f| umem.data(f).to_vec()).collect())
+            .collect();
+        assert_eq!(packets, [vec![1; 60], vec![2; 60], long]);
+        assert_eq!(pool.available_in(other_id), 64, "the originals went home");
+        for f in staged.drain(..) {
+            pool.put(f);
+        }
+        assert_eq!(pool.available(), 128);
+        assert!(umem.remove_segment(other_id, &mut pool));
+        assert_eq!(umem.frames(), 64);
+    }
+
+    #[test]
+    fn a_packet_the_segment_has_no_room_for_goes_whole() {
+        let (mut umem, mut pool) = Umem::new(64).unwrap();
+        let own = umem.first_segment();
+        let other = Segment::new(64).unwrap();
+        let other_id = other.handle().id();
+        umem.add_segment(other, &mut pool);
+        let mut hoard = Vec::new();
+        while pool.available_in(own) > 2 {
+            hoard.push(pool.alloc_in(own).unwrap());
+        }
+        let counters = AtomicCounters::<{ PortCounter::COUNT }>::default();
+        let mut staged = Vec::new();
+        stage_copy(&umem, &mut pool, other_id, &mut staged, &counters, &[3; 60]);
+        stage_copy(
+            &umem,
+            &mut pool,
+            other_id,
+            &mut staged,
+            &counters,
+            &[4; 9000],
+        );
+        rehome(&umem, &mut pool, &mut staged, own, &counters);
+        assert_eq!(
+            staged.len(),
+            1,
+            "the short packet fits, the chain of three does not"
+        );
+        assert_eq!(umem.data(&staged[0]), [3; 60]);
+        assert_eq!(counters.get(PortCounter::DropNoFrame as usize), 1);
+        assert_eq!(pool.available_in(own), 1);
+        assert_eq!(
+            pool.available_in(other_id),
+            64,
+            "nothing of the other segment is lost"
+        );
+        for f in staged.drain(..).chain(hoard) {
+            pool.put(f);
+        }
+        assert_eq!(pool.refused(), (0, 0));
     }
 }

@@ -72,9 +72,15 @@ pub struct Args {
     #[arg(long, value_name = "MODE", value_parser = parse_fast_path)]
     pub fast_path: Option<bool>,
 
-    /// Frame memory per worker, in MiB, shared by all its ports (pinned).
-    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(4..=16_384))]
+    /// The most frame memory a worker pins, in MiB: it maps it in segments as ports come
+    /// (at least one segment).
+    #[arg(long, value_name = "MIB", default_value_t = 256, value_parser = clap::value_parser!(u32).range(4..=16_384))]
     pub frame_memory: u32,
+
+    /// The size of one frame memory segment, in MiB: a worker maps one at start and another
+    /// when its segments hold 2 ports per MiB each (64 ports on 32 MiB).
+    #[arg(long, value_name = "MIB", default_value_t = 32, value_parser = clap::value_parser!(u32).range(4..=1_024))]
+    pub frame_segment: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +88,10 @@ pub struct PortList(pub Vec<String>);
 
 #[derive(Debug, Clone)]
 pub struct CoreList(pub Vec<usize>);
+
+fn mib_to_frames(mib: u32) -> u32 {
+    (mib as u64 * (1 << 20) / pmd::FRAME_SIZE as u64) as u32
+}
 
 fn parse_fast_path(s: &str) -> Result<bool, String> {
     match s {
@@ -173,8 +183,8 @@ impl Args {
             },
             rings: RingSizes::default(),
             gateway: node.map(|n| n.gateway.clone()),
-            frames_per_worker: (self.frame_memory as u64 * (1 << 20) / pmd::FRAME_SIZE as u64)
-                as u32,
+            segment_frames: mib_to_frames(self.frame_segment),
+            max_frames_per_worker: mib_to_frames(self.frame_memory),
             fast_path: self
                 .fast_path
                 .or(node.and_then(|n| n.fast_path))

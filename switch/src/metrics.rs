@@ -274,6 +274,18 @@ pub fn render(live: &Live) -> String {
         n("bytes_pinned"),
     );
     o.one(
+        "vswitch_frame_memory_segments",
+        "gauge",
+        "Frame memory segments mapped (a worker maps one per so many ports).",
+        n("segments"),
+    );
+    o.one(
+        "vswitch_frame_memory_segment_copies_total",
+        "counter",
+        "Frames copied into another segment to leave by a port of that segment.",
+        n("segment_copies"),
+    );
+    o.one(
         "vswitch_frame_memory_kernel_bytes",
         "gauge",
         "Estimate of the kernel's bookkeeping for the sockets registered on the frame memory.",

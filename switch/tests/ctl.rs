@@ -262,6 +262,7 @@ fn every_command_answers_in_both_formats_while_traffic_flows() {
         "vswitch_conntrack_entries",
         "vswitch_worker_busy_ratio{core=\"any\"}",
         "vswitch_frame_memory_bytes",
+        "vswitch_frame_memory_segments",
         "vswitch_conntrack_inserts_total",
         "vswitch_nat_port_exhaustion_total",
     ] {

@@ -123,6 +123,78 @@ fn ports_come_and_go_while_traffic_flows() {
     finish(switch);
 }
 
+#[test]
+fn pods_on_different_frame_segments_reach_each_other() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(3);
+    // 4 MiB segments take 8 ports each: pod 1 and seven idle ports fill the first, pods 2
+    // and 3 go on a second.
+    let batch: String = (0..7)
+        .map(|i| {
+            format!(
+                "link add lp{i} type veth peer name lq{i}\nlink set lp{i} up\nlink set lq{i} up\n"
+            )
+        })
+        .collect();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), batch).unwrap();
+    must(&[
+        "ip",
+        "-n",
+        &topo.sw,
+        "-batch",
+        file.path().to_str().unwrap(),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, gateway_toml()).unwrap();
+    let switch = topo.start_switch_with(
+        &["--config", path.to_str().unwrap(), "--frame-segment", "4"],
+        "",
+    );
+    switch.ctl_json(&["port", "add", "vp1"]);
+    for i in 0..7 {
+        switch.ctl_json(&["port", "add", &format!("lp{i}")]);
+    }
+    switch.ctl_json(&["port", "add", "vp2"]);
+    switch.ctl_json(&["port", "add", "vp3"]);
+    let segments = |switch: &Switch| {
+        switch.ctl_json(&["show", "stats"])["frame_memory"]["segments"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(segments(&switch), 2);
+    ping_all_pairs(&topo, &[0, 1, 2]);
+    // Both ways across the segments, whole, with what the pods send in bulk copied over.
+    common::tcp_transfer(
+        &topo.pods[0].ns,
+        &topo.pods[1].ns,
+        "10.244.1.12",
+        10_000_000,
+    );
+    common::tcp_transfer(
+        &topo.pods[2].ns,
+        &topo.pods[0].ns,
+        "10.244.1.11",
+        10_000_000,
+    );
+    let stats = switch.ctl_json(&["show", "stats"]);
+    let copies = stats["frame_memory"]["segment_copies"].as_u64().unwrap();
+    assert!(
+        copies > 10_000,
+        "the transfers' frames were copied across: {stats}"
+    );
+    // The second segment goes with its last port, the first stays.
+    switch.ctl_json(&["port", "del", "vp2"]);
+    assert_eq!(segments(&switch), 2, "vp3 is still on it");
+    switch.ctl_json(&["port", "del", "vp3"]);
+    assert_eq!(segments(&switch), 1);
+    switch.ctl_json(&["port", "add", "vp2"]);
+    assert_eq!(segments(&switch), 2, "a new one for the next port");
+    assert!(topo.ping(0, 1) && topo.ping(1, 0));
+    finish(switch);
+}
+
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -149,6 +221,10 @@ fn memory_of(stats: &Value) -> (u64, u64, u64, u64) {
         m["sockets"].as_u64().unwrap(),
     )
 }
+
+/// The switch's defaults: 32 MiB segments of 64 ports each.
+const SEGMENT_BYTES: u64 = 32 << 20;
+const PORTS_PER_SEGMENT: usize = 64;
 
 #[test]
 fn two_hundred_fifty_ports_come_and_go_without_leaks() {
@@ -195,6 +271,17 @@ fn two_hundred_fifty_ports_come_and_go_without_leaks() {
             stats["frame_memory"]["kernel_bytes_estimate"].as_u64().unwrap() >> 20
         );
         assert_eq!(sockets, PORTS as u64);
+        let segments = stats["frame_memory"]["segments"].as_u64().unwrap();
+        eprintln!(
+            "round {round}: {segments} segments, {} MiB resident",
+            rss_kib(pid) >> 10
+        );
+        assert_eq!(
+            segments,
+            PORTS.div_ceil(PORTS_PER_SEGMENT) as u64,
+            "{stats}"
+        );
+        assert_eq!(pinned, segments * SEGMENT_BYTES);
         assert!(
             pinned
                 + stats["frame_memory"]["kernel_bytes_estimate"]
@@ -216,12 +303,24 @@ fn two_hundred_fifty_ports_come_and_go_without_leaks() {
         assert_eq!(sockets, 0);
         assert_eq!(free, frames, "every frame home: {stats}");
         assert_eq!(
+            stats["frame_memory"]["segments"].as_u64().unwrap(),
+            1,
+            "the segments of the ports that went are unmapped: {stats}"
+        );
+        assert_eq!(frames * 4096, SEGMENT_BYTES);
+        assert_eq!(
             fd_count(pid),
             fds0,
             "file descriptors back to where they were"
         );
+        let rss = rss_kib(pid);
+        eprintln!("round {round}: {} MiB resident after", rss >> 10);
+        assert!(
+            rss < rss0 + (SEGMENT_BYTES >> 10),
+            "the unmapped segments' memory is given back: {rss0} KiB at start, {rss} KiB now"
+        );
         if round == 0 {
-            rss_after_first = rss_kib(pid);
+            rss_after_first = rss;
         } else {
             let rss = rss_kib(pid);
             assert!(

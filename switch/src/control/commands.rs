@@ -235,34 +235,23 @@ pub fn ports(live: &Live) -> Vec<Value> {
         .collect()
 }
 
-/// Frame memory: the UMEMs (pinned), and an estimate of the kernel's bookkeeping for them.
+/// Frame memory: the UMEM segments (pinned), and an estimate of the kernel's bookkeeping for
+/// the sockets registered on them.
 pub fn memory(live: &Live) -> Value {
     let dp = &live.dp;
-    let sockets: u64 = dp
-        .stats
-        .iter()
-        .map(|s| s.worker(WorkerCounter::Sockets))
-        .sum();
-    let frames_per_worker = dp.umem_bytes / FRAME_SIZE as usize;
-    let pinned = dp.umem_bytes * dp.workers();
-    let kernel: usize = dp
-        .stats
-        .iter()
-        .map(|s| {
-            s.worker(WorkerCounter::Sockets) as usize
-                * frames_per_worker
-                * KERNEL_BYTES_PER_FRAME_PER_SOCKET
-        })
-        .sum();
     let sum = |c| dp.stats.iter().map(|s| s.worker(c)).sum::<u64>();
+    let frames = sum(WorkerCounter::FramesTotal);
     json!({
-        "bytes_pinned": pinned,
-        "frames": frames_per_worker * dp.workers(),
+        "bytes_pinned": frames * FRAME_SIZE as u64,
+        "frames": frames,
+        "segments": sum(WorkerCounter::Segments),
         "frames_free": sum(WorkerCounter::FramesFree),
         "frames_in_fill_rings": sum(WorkerCounter::FramesInFill),
         "frames_in_tx": sum(WorkerCounter::FramesInTx),
-        "sockets": sockets,
-        "kernel_bytes_estimate": kernel,
+        "sockets": sum(WorkerCounter::Sockets),
+        "segment_copies": sum(WorkerCounter::SegmentCopies),
+        "kernel_bytes_estimate": sum(WorkerCounter::KernelFrameRefs)
+            * KERNEL_BYTES_PER_FRAME_PER_SOCKET as u64,
     })
 }
 

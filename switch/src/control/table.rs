@@ -156,8 +156,9 @@ fn stats(r: &Value) -> String {
     let m = &r["frame_memory"];
     let _ = writeln!(
         out,
-        "frame memory: {} pinned ({} frames: {} free, {} in fill rings, {} in tx), {} sockets, kernel bookkeeping about {}",
+        "frame memory: {} pinned in {} segments ({} frames: {} free, {} in fill rings, {} in tx), {} sockets, kernel bookkeeping about {}",
         mib(&m["bytes_pinned"]),
+        m["segments"],
         m["frames"],
         m["frames_free"],
         m["frames_in_fill_rings"],
