@@ -5,6 +5,7 @@
 
 use crate::bpf::{RedirectProgram, XdpLink, XdpMode, XskMap};
 use crate::fastpath::{FastPath, FlowTable};
+use crate::napi_probe;
 use crate::netdev;
 use crate::socket::PortSocket;
 use crate::stats::WorkerStats;
@@ -261,6 +262,8 @@ pub struct LivePort {
     pub since: Instant,
     /// The frame memory segment its sockets registered, per worker with a queue of it.
     segments: Vec<(usize, u32)>,
+    /// The fast path forwards to it (it is on, and the port takes redirected frames).
+    pub fast_egress: bool,
     // Dropping the link detaches the program; the map goes after it.
     link: Option<XdpLink>,
     map: Option<XskMap>,
@@ -426,6 +429,11 @@ impl Datapath {
         self.workers.len()
     }
 
+    /// Whether the XDP fast path is on.
+    pub fn fast_path(&self) -> bool {
+        self.fast.is_some()
+    }
+
     /// The attached ports, by id.
     pub fn ports(&self) -> impl Iterator<Item = (PortId, &LivePort)> {
         self.ports
@@ -512,14 +520,20 @@ impl Datapath {
                 return Err(e);
             }
         };
+        // The fast path sends a port nothing it cannot take (a veth whose pod end has no
+        // NAPI): such a port's frames stay with the workers.
+        let fast_egress = self.fast.is_some()
+            && napi_probe::takes_redirected_frames(&info.name, info.ifindex).unwrap_or(false);
         let prog = match &self.fast {
-            Some(fast) => fast
-                .add_port(port as u32, info.ifindex)
-                .map_err(setup(format!("adding {} to the fast path", info.name)))
-                .and_then(|()| {
-                    fast.program(&map)
-                        .map_err(setup(format!("loading the XDP program for {}", info.name)))
-                }),
+            Some(fast) => match fast_egress {
+                true => fast.add_port(port as u32, info.ifindex),
+                false => Ok(()),
+            }
+            .map_err(setup(format!("adding {} to the fast path", info.name)))
+            .and_then(|()| {
+                fast.program(&map)
+                    .map_err(setup(format!("loading the XDP program for {}", info.name)))
+            }),
             None => RedirectProgram::load(&map)
                 .map_err(setup(format!("loading the XDP program for {}", info.name))),
         };
@@ -566,6 +580,7 @@ impl Datapath {
             owners,
             since: Instant::now(),
             segments: placed.iter().map(|(w, h)| (*w, h.id())).collect(),
+            fast_egress,
             link: None,
             map: Some(map),
         });

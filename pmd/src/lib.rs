@@ -11,6 +11,7 @@ pub mod datapath;
 pub mod fastpath;
 pub mod flowcache;
 pub mod housekeeping;
+pub mod napi_probe;
 pub mod netdev;
 pub mod socket;
 pub mod stats;

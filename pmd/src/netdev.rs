@@ -8,6 +8,7 @@ const SIOCETHTOOL: libc::c_ulong = 0x8946;
 const ETHTOOL_GCHANNELS: u32 = 0x3c;
 const ETHTOOL_GGRO: u32 = 0x2b;
 const ETHTOOL_SGRO: u32 = 0x2c;
+const ETHTOOL_GDRVINFO: u32 = 0x03;
 
 #[repr(C)]
 struct IfreqInt {
@@ -126,6 +127,67 @@ fn ethtool_value(name: &str, cmd: u32, data: u32) -> io::Result<u32> {
     let mut value = EthtoolValue { cmd, data };
     ethtool(name, &mut value)?;
     Ok(value.data)
+}
+
+#[repr(C)]
+struct EthtoolDrvinfo {
+    cmd: u32,
+    driver: [u8; 32],
+    version: [u8; 32],
+    fw_version: [u8; 32],
+    bus_info: [u8; 32],
+    erom_version: [u8; 32],
+    reserved2: [u8; 12],
+    n_priv_flags: u32,
+    n_stats: u32,
+    testinfo_len: u32,
+    eedump_len: u32,
+    regdump_len: u32,
+}
+
+/// The interface's driver ("veth", "mlx5_core", ...).
+pub fn driver(name: &str) -> io::Result<String> {
+    let mut info = EthtoolDrvinfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        version: [0; 32],
+        fw_version: [0; 32],
+        bus_info: [0; 32],
+        erom_version: [0; 32],
+        reserved2: [0; 12],
+        n_priv_flags: 0,
+        n_stats: 0,
+        testinfo_len: 0,
+        eedump_len: 0,
+        regdump_len: 0,
+    };
+    ethtool(name, &mut info)?;
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+/// The interface's MAC address (sysfs of this network namespace).
+pub fn mac(name: &str) -> io::Result<[u8; 6]> {
+    ifname_array(name)?;
+    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/address"))?;
+    let mut mac = [0u8; 6];
+    let mut parts = text.trim().split(':');
+    for byte in mac.iter_mut() {
+        *byte = parts
+            .next()
+            .and_then(|p| u8::from_str_radix(p, 16).ok())
+            .ok_or_else(|| io::Error::other(format!("{name}: unreadable MAC {text:?}")))?;
+    }
+    Ok(mac)
+}
+
+/// Packets the interface has sent, as the kernel counts them.
+pub fn tx_packets(name: &str) -> io::Result<u64> {
+    ifname_array(name)?;
+    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/statistics/tx_packets"))?;
+    text.trim()
+        .parse()
+        .map_err(|_| io::Error::other(format!("{name}: unreadable tx_packets {text:?}")))
 }
 
 /// Turns GRO on or off on `name` (in the current network namespace). On a veth end it also

@@ -89,6 +89,12 @@ fn main() -> ExitCode {
         }
     };
     emit(&start_line(&dp, &config, node.as_ref()));
+    for (_, port) in dp.ports().filter(|(_, p)| dp.fast_path() && !p.fast_egress) {
+        tracing::warn!(
+            port = %port.info.name,
+            "the fast path sends this port nothing: redirected frames do not reach its peer (turn GRO on, or attach an XDP program, at the other end, then port del / port add)"
+        );
+    }
     if !dp.housekeeping_cores.is_empty() {
         tracing::info!(cores = ?dp.housekeeping_cores, "other threads kept off the worker cores");
     }

@@ -116,3 +116,52 @@ fn flows_go_when_their_port_or_addresses_go() {
     assert!(topo.ping(0, 2), "the others still reach each other");
     stop(switch);
 }
+
+/// A pod whose end has no NAPI (GRO off, no XDP program) would lose every frame the fast path
+/// redirects to it: the switch probes each port when it attaches it and leaves such a port's
+/// traffic to the workers, while the others keep the fast path.
+#[test]
+fn a_pod_without_napi_is_served_by_the_workers() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(2);
+    common::must(&[
+        "ip",
+        "netns",
+        "exec",
+        &topo.pods[1].ns,
+        "ethtool",
+        "-K",
+        "eth0",
+        "gro",
+        "off",
+    ]);
+    let switch = topo.start_switch(FAST);
+    let ports = switch.ctl_json(&["show", "ports"]);
+    let fast: Vec<(String, bool)> = ports["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["fast_path"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        fast,
+        [("vp1".to_string(), true), ("vp2".to_string(), false)],
+        "{ports}"
+    );
+    assert!(topo.ping(0, 1) && topo.ping(1, 0));
+    // Both directions whole: pod 2's direction by the workers, pod 1's by the fast path.
+    topo.transfer(0, 1, 20_000_000);
+    topo.transfer(1, 0, 20_000_000);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let fast_packets = worker_counter(&switch, "fast_path_packets");
+    assert!(
+        fast_packets > 5_000,
+        "pod 1's direction still goes by the fast path: {fast_packets}"
+    );
+    stop(switch);
+}

@@ -1,0 +1,44 @@
+//! Whether a port takes the frames an XDP program redirects into it. A veth hands them to its
+//! peer only when the peer has NAPI (GRO on, or an XDP program of its own); without it the
+//! kernel drops them and counts them nowhere. So before the fast path sends a veth anything,
+//! a few probe frames are sent into it the same way (`ndo_xdp_xmit`), and the port joins the
+//! fast path's egress ports only if its transmit count shows they went through.
+
+use crate::bpf::LiveFrameSender;
+use crate::netdev;
+use std::io;
+use std::time::{Duration, Instant};
+
+const PROBES: u32 = 8;
+/// The peer's NAPI runs at once on the sending CPU; this is slack for a loaded machine.
+const PROBE_WAIT: Duration = Duration::from_millis(20);
+/// IEEE 802 local experimental EtherType: no protocol takes it, so the pod drops the probes.
+const PROBE_ETHERTYPE: [u8; 2] = [0x88, 0xb5];
+
+/// `true` if frames redirected into `name` by XDP leave it (always, for drivers other than
+/// veth, whose XDP transmit needs nothing from a peer); the probes reach the pod as frames
+/// addressed to the switch's own end, which the pod's stack discards.
+pub fn takes_redirected_frames(name: &str, ifindex: u32) -> io::Result<bool> {
+    if netdev::driver(name)? != "veth" {
+        return Ok(true);
+    }
+    let mac = netdev::mac(name)?;
+    let mut frame = [0u8; 60];
+    frame[..6].copy_from_slice(&mac);
+    frame[6..12].copy_from_slice(&mac);
+    frame[12..14].copy_from_slice(&PROBE_ETHERTYPE);
+    frame[14..38].copy_from_slice(b"vswitch fast-path probe\0");
+    // A delivered frame is counted as sent by this end (the peer's NAPI counts it for it).
+    let before = netdev::tx_packets(name)?;
+    LiveFrameSender::load(ifindex)?.send(&frame, PROBES, PROBES)?;
+    let deadline = Instant::now() + PROBE_WAIT;
+    loop {
+        if netdev::tx_packets(name)? >= before + PROBES as u64 {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
