@@ -262,8 +262,9 @@ pub struct LivePort {
     pub since: Instant,
     /// The frame memory segment its sockets registered, per worker with a queue of it.
     segments: Vec<(usize, u32)>,
-    /// The fast path forwards to it (it is on, and the port takes redirected frames).
-    pub fast_egress: bool,
+    /// Whether the fast path forwards to it (the port takes redirected frames); `None` while
+    /// that is being probed, or with the fast path off.
+    pub fast_egress: Option<bool>,
     // Dropping the link detaches the program; the map goes after it.
     link: Option<XdpLink>,
     map: Option<XskMap>,
@@ -278,6 +279,13 @@ struct WorkerHandle {
     /// The worker's frame memory segments, the first first, with the ports on each.
     segments: Vec<SegmentSlot>,
     thread: Option<JoinHandle<WorkerReport>>,
+}
+
+/// A probe's answer: whether port `port` (interface `ifindex`) takes redirected frames.
+struct Probed {
+    port: PortId,
+    ifindex: u32,
+    takes: bool,
 }
 
 struct SegmentSlot {
@@ -313,6 +321,7 @@ pub struct Datapath {
     ports: Vec<Option<LivePort>>,
     workers: Vec<WorkerHandle>,
     stop: Arc<AtomicBool>,
+    probes: (Sender<Probed>, Receiver<Probed>),
 }
 
 impl Datapath {
@@ -412,6 +421,7 @@ impl Datapath {
             ports: (0..MAX_PORTS).map(|_| None).collect(),
             workers,
             stop,
+            probes: crossbeam_channel::unbounded(),
         };
         // Initial ports get the ids 0, 1, ... in order (the config file's uplink id relies on it).
         for info in ports {
@@ -520,20 +530,11 @@ impl Datapath {
                 return Err(e);
             }
         };
-        // The fast path sends a port nothing it cannot take (a veth whose pod end has no
-        // NAPI): such a port's frames stay with the workers.
-        let fast_egress = self.fast.is_some()
-            && napi_probe::takes_redirected_frames(&info.name, info.ifindex).unwrap_or(false);
         let prog = match &self.fast {
-            Some(fast) => match fast_egress {
-                true => fast.add_port(port as u32, info.ifindex),
-                false => Ok(()),
-            }
-            .map_err(setup(format!("adding {} to the fast path", info.name)))
-            .and_then(|()| {
-                fast.program(&map)
-                    .map_err(setup(format!("loading the XDP program for {}", info.name)))
-            }),
+            // The port joins the fast path's egress ports once probed (`apply_probes`).
+            Some(fast) => fast
+                .program(&map)
+                .map_err(setup(format!("loading the XDP program for {}", info.name))),
             None => RedirectProgram::load(&map)
                 .map_err(setup(format!("loading the XDP program for {}", info.name))),
         };
@@ -580,7 +581,7 @@ impl Datapath {
             owners,
             since: Instant::now(),
             segments: placed.iter().map(|(w, h)| (*w, h.id())).collect(),
-            fast_egress,
+            fast_egress: None,
             link: None,
             map: Some(map),
         });
@@ -590,6 +591,9 @@ impl Datapath {
                 let live = self.ports[id].as_mut().expect("just set");
                 live.mode = link.mode;
                 live.link = Some(link);
+                if self.fast.is_some() {
+                    self.probe(port);
+                }
                 Ok(port)
             }
             Err(e) => {
@@ -597,6 +601,44 @@ impl Datapath {
                 Err(e)
             }
         }
+    }
+
+    /// Finds out, beside everything else, whether the port takes frames the fast path would
+    /// redirect into it; `apply_probes` acts on the answer.
+    fn probe(&self, port: PortId) {
+        let Some(live) = self.port(port) else { return };
+        let (name, ifindex) = (live.info.name.clone(), live.info.ifindex);
+        let answer = self.probes.0.clone();
+        let _ = std::thread::Builder::new()
+            .name("vswitch-probe".into())
+            .spawn(move || {
+                let takes = napi_probe::takes_redirected_frames(&name, ifindex).unwrap_or(false);
+                let _ = answer.send(Probed {
+                    port,
+                    ifindex,
+                    takes,
+                });
+            });
+    }
+
+    /// Ports probed since the last call join the fast path's egress ports if they take
+    /// redirected frames; returns each (name, whether it joined). A port removed (or replaced)
+    /// meanwhile is left alone.
+    pub fn apply_probes(&mut self) -> Vec<(String, bool)> {
+        let mut out = Vec::new();
+        while let Ok(p) = self.probes.1.try_recv() {
+            let Some(fast) = &self.fast else { continue };
+            let Some(live) = self.ports.get_mut(p.port as usize).and_then(|l| l.as_mut()) else {
+                continue;
+            };
+            if live.info.ifindex != p.ifindex || live.fast_egress.is_some() {
+                continue;
+            }
+            let joined = p.takes && fast.add_port(p.port as u32, p.ifindex).is_ok();
+            live.fast_egress = Some(joined);
+            out.push((live.info.name.clone(), joined));
+        }
+        out
     }
 
     /// The segment worker `w` puts a new port's sockets on, and the segment itself when it

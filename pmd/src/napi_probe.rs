@@ -2,7 +2,9 @@
 //! peer only when the peer has NAPI (GRO on, or an XDP program of its own); without it the
 //! kernel drops them and counts them nowhere. So before the fast path sends a veth anything,
 //! a few probe frames are sent into it the same way (`ndo_xdp_xmit`), and the port joins the
-//! fast path's egress ports only if its transmit count shows they went through.
+//! fast path's egress ports only if its XDP transmit count shows they went through. The probe
+//! runs beside the port's attachment (a program run the kernel's XDP dispatcher does not hold
+//! costs tens of milliseconds), so the fast path takes the port a moment after it is added.
 
 use crate::bpf::LiveFrameSender;
 use crate::netdev;
@@ -28,17 +30,17 @@ pub fn takes_redirected_frames(name: &str, ifindex: u32) -> io::Result<bool> {
     frame[6..12].copy_from_slice(&mac);
     frame[12..14].copy_from_slice(&PROBE_ETHERTYPE);
     frame[14..38].copy_from_slice(b"vswitch fast-path probe\0");
-    // A delivered frame is counted as sent by this end (the peer's NAPI counts it for it).
-    let before = netdev::tx_packets(name)?;
+    // Counted by this end only for frames its peer took: no other traffic moves it.
+    let before = netdev::veth_xdp_xmit(name)?;
     LiveFrameSender::load(ifindex)?.send(&frame, PROBES, PROBES)?;
     let deadline = Instant::now() + PROBE_WAIT;
     loop {
-        if netdev::tx_packets(name)? >= before + PROBES as u64 {
+        if netdev::veth_xdp_xmit(name)? >= before + PROBES as u64 {
             return Ok(true);
         }
         if Instant::now() >= deadline {
             return Ok(false);
         }
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(2));
     }
 }

@@ -9,6 +9,14 @@ const ETHTOOL_GCHANNELS: u32 = 0x3c;
 const ETHTOOL_GGRO: u32 = 0x2b;
 const ETHTOOL_SGRO: u32 = 0x2c;
 const ETHTOOL_GDRVINFO: u32 = 0x03;
+const ETHTOOL_GSTRINGS: u32 = 0x1b;
+const ETHTOOL_GSTATS: u32 = 0x1d;
+const ETH_SS_STATS: u32 = 1;
+const ETH_GSTRING_LEN: usize = 32;
+/// Room for the driver statistics of any interface we read them from: the kernel writes as
+/// many as the driver counts, without a length from us; veth, the one we read, has about ten
+/// per queue and at most 4,096 queues.
+const MAX_STATS: usize = 65_536;
 
 #[repr(C)]
 struct IfreqInt {
@@ -108,14 +116,20 @@ struct EthtoolValue {
 /// One SIOCETHTOOL request on `name`: `command` is the ethtool struct for the command its
 /// first field names (`ethtool_value`, `ethtool_channels`), read and written by the kernel.
 fn ethtool<T>(name: &str, command: &mut T) -> io::Result<()> {
+    ethtool_ptr(name, command as *mut T as *mut libc::c_void)
+}
+
+/// SIOCETHTOOL with `data` pointing to the command and room for its answer.
+fn ethtool_ptr(name: &str, data: *mut libc::c_void) -> io::Result<()> {
     let sock = control_socket()?;
     let mut req = IfreqPtr {
         name: ifname_array(name)?,
-        data: command as *mut T as *mut libc::c_void,
+        data,
         _pad: [0; 16],
     };
-    // SAFETY: SIOCETHTOOL reads the command from, and writes its answer into, the struct
-    // `req.data` points to: `command`, borrowed for the call, of the type its `cmd` names.
+    // SAFETY: SIOCETHTOOL reads the command from, and writes its answer into, the memory
+    // `req.data` points to; every caller passes memory it owns for the call, of the layout
+    // the command's `cmd` names and large enough for the answer (see each caller).
     let ret = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req as *mut IfreqPtr) };
     if ret < 0 {
         return Err(io::Error::last_os_error());
@@ -147,6 +161,12 @@ struct EthtoolDrvinfo {
 
 /// The interface's driver ("veth", "mlx5_core", ...).
 pub fn driver(name: &str) -> io::Result<String> {
+    let info = drvinfo(name)?;
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+fn drvinfo(name: &str) -> io::Result<EthtoolDrvinfo> {
     let mut info = EthtoolDrvinfo {
         cmd: ETHTOOL_GDRVINFO,
         driver: [0; 32],
@@ -162,8 +182,7 @@ pub fn driver(name: &str) -> io::Result<String> {
         regdump_len: 0,
     };
     ethtool(name, &mut info)?;
-    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
-    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+    Ok(info)
 }
 
 /// The interface's MAC address (sysfs of this network namespace).
@@ -181,13 +200,53 @@ pub fn mac(name: &str) -> io::Result<[u8; 6]> {
     Ok(mac)
 }
 
-/// Packets the interface has sent, as the kernel counts them.
-pub fn tx_packets(name: &str) -> io::Result<u64> {
-    ifname_array(name)?;
-    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/statistics/tx_packets"))?;
-    text.trim()
-        .parse()
-        .map_err(|_| io::Error::other(format!("{name}: unreadable tx_packets {text:?}")))
+/// The driver's statistics (`ethtool -S`), by name.
+pub fn driver_stats(name: &str) -> io::Result<Vec<(String, u64)>> {
+    // `struct ethtool_gstrings`: cmd, string_set, len, then the strings.
+    let mut strings = vec![0u32; 3 + MAX_STATS * ETH_GSTRING_LEN / 4];
+    strings[0] = ETHTOOL_GSTRINGS;
+    strings[1] = ETH_SS_STATS;
+    strings[2] = MAX_STATS as u32;
+    // `struct ethtool_stats`: cmd, n_stats, then the values (8-byte aligned after the header).
+    let mut values = vec![0u64; 1 + MAX_STATS];
+    values[0] = ETHTOOL_GSTATS as u64;
+    // The two buffers hold MAX_STATS entries each; the count must fit, checked before the
+    // kernel writes them (it could only grow between the two calls by a queue count change).
+    let mut info = drvinfo(name)?;
+    if info.n_stats as usize > MAX_STATS / 2 {
+        return Err(io::Error::other(format!(
+            "{name}: {} driver statistics, more than we read",
+            info.n_stats
+        )));
+    }
+    // Some kernels fill in the strings only when told how many there are.
+    strings[2] = info.n_stats;
+    ethtool_ptr(name, strings.as_mut_ptr() as *mut libc::c_void)?;
+    ethtool_ptr(name, values.as_mut_ptr() as *mut libc::c_void)?;
+    // The header's count as the kernel wrote it back (gstrings' `len` is not, on every
+    // kernel): the values' count, within what both buffers hold.
+    info.n_stats = ((values[0] >> 32) as u32).min(MAX_STATS as u32);
+    let bytes: Vec<u8> = strings[3..].iter().flat_map(|w| w.to_ne_bytes()).collect();
+    Ok((0..info.n_stats as usize)
+        .map(|i| {
+            let raw = &bytes[i * ETH_GSTRING_LEN..(i + 1) * ETH_GSTRING_LEN];
+            let end = raw.iter().position(|&b| b == 0).unwrap_or(ETH_GSTRING_LEN);
+            (
+                String::from_utf8_lossy(&raw[..end]).into_owned(),
+                values[1 + i],
+            )
+        })
+        .collect())
+}
+
+/// Frames this veth end handed to its peer by XDP transmit (`ndo_xdp_xmit`), all queues:
+/// what an XDP program redirecting into it got through.
+pub fn veth_xdp_xmit(name: &str) -> io::Result<u64> {
+    Ok(driver_stats(name)?
+        .iter()
+        .filter(|(n, _)| n.starts_with("tx_queue_") && n.ends_with("_xdp_xmit"))
+        .map(|(_, v)| v)
+        .sum())
 }
 
 /// Turns GRO on or off on `name` (in the current network namespace). On a veth end it also

@@ -89,12 +89,6 @@ fn main() -> ExitCode {
         }
     };
     emit(&start_line(&dp, &config, node.as_ref()));
-    for (_, port) in dp.ports().filter(|(_, p)| dp.fast_path() && !p.fast_egress) {
-        tracing::warn!(
-            port = %port.info.name,
-            "the fast path sends this port nothing: redirected frames do not reach its peer (turn GRO on, or attach an XDP program, at the other end, then port del / port add)"
-        );
-    }
     if !dp.housekeeping_cores.is_empty() {
         tracing::info!(cores = ?dp.housekeeping_cores, "other threads kept off the worker cores");
     }
@@ -126,6 +120,15 @@ fn main() -> ExitCode {
                 RequestKind::Import(list) => control::commands::import(&mut live, &list),
             };
             let _ = request.reply.try_send(outcome);
+        }
+        for (port, joined) in live.dp.apply_probes() {
+            match joined {
+                true => tracing::debug!(port = %port, "the fast path forwards to this port"),
+                false => tracing::warn!(
+                    port = %port,
+                    "the fast path sends this port nothing: frames redirected into it do not reach its peer (turn GRO on, or attach an XDP program, at the other end, then port del and port add)"
+                ),
+            }
         }
         if !live.dp.workers_alive() {
             tracing::error!("a worker stopped unexpectedly; shutting down");

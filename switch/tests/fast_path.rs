@@ -136,21 +136,32 @@ fn a_pod_without_napi_is_served_by_the_workers() {
         "off",
     ]);
     let switch = topo.start_switch(FAST);
-    let ports = switch.ctl_json(&["show", "ports"]);
-    let fast: Vec<(String, bool)> = ports["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["name"].as_str().unwrap().to_string(),
-                p["fast_path"].as_bool().unwrap(),
-            )
-        })
-        .collect();
+    // Each port is probed beside its attachment: `fast_path` is null until it is known.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let (ports, fast) = loop {
+        let ports = switch.ctl_json(&["show", "ports"]);
+        let fast: Vec<(String, Option<bool>)> = ports["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap().to_string(),
+                    p["fast_path"].as_bool(),
+                )
+            })
+            .collect();
+        if fast.iter().all(|(_, f)| f.is_some()) || std::time::Instant::now() > deadline {
+            break (ports, fast);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert_eq!(
         fast,
-        [("vp1".to_string(), true), ("vp2".to_string(), false)],
+        [
+            ("vp1".to_string(), Some(true)),
+            ("vp2".to_string(), Some(false))
+        ],
         "{ports}"
     );
     assert!(topo.ping(0, 1) && topo.ping(1, 0));

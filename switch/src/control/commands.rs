@@ -180,19 +180,12 @@ fn port_add(
     let start = Instant::now();
     let id = live.add_port(name, binding)?;
     let port = live.dp.port(id).ok_or("port vanished while being added")?;
-    if live.dp.fast_path() && !port.fast_egress {
-        tracing::warn!(
-            port = name,
-            "the fast path sends this port nothing: redirected frames do not reach its peer (turn GRO on, or attach an XDP program, at the other end, then port del / port add)"
-        );
-    }
     Ok(json!({
         "port": {
             "name": name,
             "id": id,
             "queues": port.info.queues,
             "xdp_mode": port.mode.to_string(),
-            "fast_path": port.fast_egress,
             "mac": binding.map(|b| b.mac.to_string()),
             "ip": binding.and_then(|b| b.ip).map(|ip| ip.to_string()),
         },
