@@ -102,7 +102,9 @@ pub struct PortSocket {
     /// publishes how far it has consumed only when its cached batch runs out; a ring kept
     /// full would look full to us until the kernel has run dry), following the port's rate.
     fill_target: u32,
+    /// What the fill target may grow to: half the ring, or less (`set_fill_share`).
     fill_max: u32,
+    fill_ring_half: u32,
     /// Frames received since the last `tick`.
     received: u64,
 }
@@ -175,6 +177,7 @@ impl PortSocket {
             in_flight_tx: 0,
             fill_target: FILL_MIN.min(rings.fill / 2),
             fill_max: rings.fill / 2,
+            fill_ring_half: rings.fill / 2,
             received: 0,
         })
     }
@@ -191,6 +194,14 @@ impl PortSocket {
 
     pub fn fill_target(&self) -> u32 {
         self.fill_target
+    }
+
+    /// The most frames this socket's fill ring may hold: its share of its segment, so the
+    /// ports on a segment cannot lend each other's frames away (frames lent to a port that
+    /// goes quiet come back only as it receives). At least `FILL_MIN`.
+    pub fn set_fill_share(&mut self, share: u32) {
+        self.fill_max = share.clamp(FILL_MIN, self.fill_ring_half);
+        self.fill_target = self.fill_target.min(self.fill_max);
     }
 
     /// Once a second: an idle port gives back its share of the pool (its fill target halves
@@ -255,8 +266,14 @@ impl PortSocket {
         self.in_flight_tx
     }
 
-    /// Tops the fill ring up from its segment's pool, leaving `reserve` frames there.
+    /// Tops the fill ring up from its segment's pool, leaving `reserve` frames there (half of
+    /// it while this port holds less than `FILL_MIN`: it must not starve behind frames that
+    /// quiet ports' fill rings hold).
     pub fn refill(&mut self, umem: &Umem, pool: &mut FramePool, reserve: usize) -> u32 {
+        let reserve = match self.lent_to_fill < FILL_MIN {
+            true => reserve / 2,
+            false => reserve,
+        };
         let umem = umem.bound(&self.umem);
         assert!(
             pool.belongs_to(umem),

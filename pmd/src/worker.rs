@@ -451,8 +451,35 @@ impl Worker {
             .retain(|id| in_use.contains(id) || !umem.remove_segment(*id, pool));
     }
 
+    /// Each socket's share of its segment (after sockets came or went): what the segment has
+    /// beyond the pool's reserve, split evenly.
+    fn share_segments(&mut self) {
+        let umem = &self.s.umem;
+        let counts: Vec<(u32, u32)> = umem
+            .segments()
+            .map(|(id, _)| {
+                let n = self
+                    .sockets
+                    .iter()
+                    .filter(|(_, s)| s.segment() == id)
+                    .count();
+                (id, n as u32)
+            })
+            .collect();
+        for (_, sock) in self.sockets.iter_mut() {
+            let id = sock.segment();
+            let n = counts
+                .iter()
+                .find(|(s, _)| *s == id)
+                .map_or(1, |c| c.1.max(1));
+            let frames = umem.segment_frames(id).saturating_sub(POOL_RESERVE as u32);
+            sock.set_fill_share(frames / n);
+        }
+    }
+
     /// Points each local port's egress at its first socket (after sockets came or went).
     fn reindex(&mut self) {
+        self.share_segments();
         for e in self.egress.iter_mut() {
             if matches!(e, Egress::Local(_)) {
                 *e = Egress::Absent;
