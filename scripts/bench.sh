@@ -237,7 +237,14 @@ start_vswitch() {
 	local ns=${VS_NS:-$SW}
 	VS_LOG=$tmp/vswitch-$ns
 	# Each switch its own control socket: two run at once in the vxlan scenario.
-	ip netns exec "$ns" $bin/vswitch "$@" --cores "${VS_CORES:-0}" --poll busy --ctl "$tmp/ctl-$ns.sock" >"$VS_LOG" 2>&1 &
+	# The AF_XDP planes are the switch without its (default) fast path: asked for where wanted.
+	local plane=(--fast-path off) prev=
+	for a in "$@"; do
+		[ "$a" = --fast-path ] && plane=()
+		[ "$prev" = --config ] && grep -q '^fast_path' "$a" && plane=()
+		prev=$a
+	done
+	ip netns exec "$ns" $bin/vswitch "$@" "${plane[@]}" --cores "${VS_CORES:-0}" --poll busy --ctl "$tmp/ctl-$ns.sock" >"$VS_LOG" 2>&1 &
 	VS=$!
 	SWITCH_PID=$VS
 	for _ in $(seq 100); do ip -n "$ns" -d link show "${VS_PORT:-vsink}" | grep -q prog/xdp && break; sleep 0.1; done

@@ -43,6 +43,8 @@ for i in 1 2 3; do
 	ip -n "${P}p$i" addr add "10.244.1.$((i + 1))/24" dev eth0
 	ip -n "${P}p$i" link set eth0 up
 	ip -n "${P}p$i" route add default via 10.244.1.1
+	# GRO gives the pod's end NAPI: frames the switch's XDP fast path redirects to it need it.
+	in_ns "p$i" ethtool -K eth0 gro on >/dev/null
 	ip -n "${P}sw" link set "vp$i" up
 done
 ip -n "${P}sw" link add vup type veth peer name up netns "${P}rt"
@@ -50,6 +52,7 @@ ip -n "${P}sw" link set vup up
 ip -n "${P}rt" addr add 198.18.0.254/24 dev up
 ip -n "${P}rt" addr add 198.18.0.2/24 dev up
 ip -n "${P}rt" link set dev up up
+in_ns rt ethtool -K up gro on >/dev/null
 in_ns rt sysctl -qw net.ipv4.ip_forward=1
 ip -n "${P}rt" route add 10.244.1.0/24 via 198.18.0.1
 for side in "n2 10.244.2" "ex 198.19.0"; do

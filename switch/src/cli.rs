@@ -66,9 +66,10 @@ pub struct Args {
     pub metrics: Option<std::net::SocketAddr>,
 
     /// The XDP fast path: `xdp` lets the ports' XDP programs forward the flows the switch has
-    /// decided (L2 flows; in gateway mode established conntrack flows, NAT included); pods'
-    /// veth ends need GRO or an XDP program (see README). `off` sends every frame through the
-    /// workers. Default: off, or `[node] fast_path`.
+    /// decided (L2 flows; in gateway mode established conntrack flows, NAT included), to the
+    /// ports that take redirected frames (probed: a veth needs GRO or an XDP program at its
+    /// other end; see README). `off` sends every frame through the workers. Default: xdp, or
+    /// `[node] fast_path`.
     #[arg(long, value_name = "MODE", value_parser = parse_fast_path)]
     pub fast_path: Option<bool>,
 
@@ -188,7 +189,7 @@ impl Args {
             fast_path: self
                 .fast_path
                 .or(node.and_then(|n| n.fast_path))
-                .unwrap_or(false),
+                .unwrap_or(true),
         }
     }
 }

@@ -176,3 +176,28 @@ fn a_pod_without_napi_is_served_by_the_workers() {
     );
     stop(switch);
 }
+
+/// The switch's own default is the fast path, on every port that takes it.
+#[test]
+fn the_fast_path_is_the_default() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(2);
+    topo.pods_finish_checksums();
+    let ports = topo.ports();
+    let switch = topo.start_switch_as_given(&["--ports", &ports], &ports);
+    assert!(topo.ping(0, 1));
+    topo.transfer(0, 1, 20_000_000);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let fast = worker_counter(&switch, "fast_path_packets");
+    assert!(fast > 5_000, "fast_path_packets = {fast}");
+    let ports = switch.ctl_json(&["show", "ports"]);
+    assert!(
+        ports["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["fast_path"] == true),
+        "{ports}"
+    );
+    stop(switch);
+}

@@ -479,12 +479,12 @@ impl Gateway {
             .args(["--ctl", &ctl, "--config"])
             .arg(&config)
             .args(match self.dataplane {
-                Dataplane::VswitchTwoWorkers => &["--cores", "0,1"][..],
+                Dataplane::VswitchTwoWorkers => &["--fast-path", "off", "--cores", "0,1"][..],
                 Dataplane::VswitchFastPath => &["--fast-path", "xdp"][..],
                 Dataplane::VswitchFastPathTwoWorkers => {
                     &["--fast-path", "xdp", "--cores", "0,1"][..]
                 }
-                _ => &[][..],
+                _ => &["--fast-path", "off"][..],
             })
             .stdin(Stdio::null())
             .stdout(stdout)

@@ -95,6 +95,7 @@ impl Node {
         let err = std::fs::File::create(node.dir.path().join("vswitch.err")).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &sw, vswitch_bin(), "--ctl", &node.ctl])
+            .args(["--fast-path", "off"])
             .arg("--config")
             .arg(&config)
             .stdin(Stdio::null())

@@ -211,7 +211,24 @@ impl Topology {
     /// Starts `vswitch ARGS` and waits until every port in `ports` (comma-separated; may be
     /// empty) has its XDP program and the control socket answers. Without `--ctl` in `ARGS`
     /// it gets a socket of its own (`Switch::ctl`).
+    ///
+    /// The XDP fast path (the switch's default) is turned off unless `ARGS` or the config
+    /// file says otherwise: the suites that test it ask for it, the rest test the workers.
     pub fn start_switch_with(&self, args: &[&str], ports: &str) -> Switch {
+        let config_says = args
+            .iter()
+            .position(|a| *a == "--config")
+            .and_then(|i| std::fs::read_to_string(args[i + 1]).ok())
+            .is_some_and(|text| text.contains("fast_path"));
+        let mut args = args.to_vec();
+        if !args.contains(&"--fast-path") && !config_says {
+            args.extend_from_slice(&["--fast-path", "off"]);
+        }
+        self.start_switch_as_given(&args, ports)
+    }
+
+    /// `start_switch_with` with exactly these arguments (the switch's own defaults).
+    pub fn start_switch_as_given(&self, args: &[&str], ports: &str) -> Switch {
         let ctl = match args.iter().position(|a| *a == "--ctl") {
             Some(i) => args[i + 1].to_string(),
             None => ctl_path(),
