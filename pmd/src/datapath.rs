@@ -281,6 +281,16 @@ struct WorkerHandle {
     thread: Option<JoinHandle<WorkerReport>>,
 }
 
+/// The fast path's program for the next port, loaded ahead (the verifier takes a tenth of a
+/// second over it), with the XSKMAP it redirects to.
+struct Spare {
+    map: XskMap,
+    prog: RedirectProgram,
+}
+
+/// Queues the spare's XSKMAP has room for; a port with more loads its own program.
+const SPARE_QUEUES: u32 = 64;
+
 /// A probe's answer: whether port `port` (interface `ifindex`) takes redirected frames.
 struct Probed {
     port: PortId,
@@ -322,6 +332,7 @@ pub struct Datapath {
     workers: Vec<WorkerHandle>,
     stop: Arc<AtomicBool>,
     probes: (Sender<Probed>, Receiver<Probed>),
+    spare: Option<JoinHandle<io::Result<Spare>>>,
 }
 
 impl Datapath {
@@ -422,7 +433,9 @@ impl Datapath {
             workers,
             stop,
             probes: crossbeam_channel::unbounded(),
+            spare: None,
         };
+        dp.prepare_spare();
         // Initial ports get the ids 0, 1, ... in order (the config file's uplink id relies on it).
         for info in ports {
             dp.add_port_info(info, |_| None)?;
@@ -523,23 +536,27 @@ impl Datapath {
             }
         }
         // Sockets and the program first; nothing reaches them until the program is attached.
-        let (map, sockets) = match self.open_sockets(&info, &owners, &placed) {
+        let spare = self.take_spare(info.queues);
+        let opened = match spare {
+            Some(spare) => Ok((spare.map, Some(spare.prog))),
+            None => XskMap::create(info.queues)
+                .map(|map| (map, None))
+                .map_err(setup(format!("creating the XSKMAP of {}", info.name))),
+        }
+        .and_then(|(map, prog)| {
+            let sockets = self.open_sockets(&info, &owners, &placed, &map)?;
+            let prog = match (prog, &self.fast) {
+                (Some(prog), _) => prog,
+                (None, Some(fast)) => fast
+                    .program(&map)
+                    .map_err(setup(format!("loading the XDP program for {}", info.name)))?,
+                (None, None) => RedirectProgram::load(&map)
+                    .map_err(setup(format!("loading the XDP program for {}", info.name)))?,
+            };
+            Ok((map, sockets, prog))
+        });
+        let (map, sockets, prog) = match opened {
             Ok(opened) => opened,
-            Err(e) => {
-                self.unplace_all(&placed);
-                return Err(e);
-            }
-        };
-        let prog = match &self.fast {
-            // The port joins the fast path's egress ports once probed (`apply_probes`).
-            Some(fast) => fast
-                .program(&map)
-                .map_err(setup(format!("loading the XDP program for {}", info.name))),
-            None => RedirectProgram::load(&map)
-                .map_err(setup(format!("loading the XDP program for {}", info.name))),
-        };
-        let prog = match prog {
-            Ok(prog) => prog,
             Err(e) => {
                 self.unplace_all(&placed);
                 return Err(e);
@@ -690,15 +707,14 @@ impl Datapath {
         }
     }
 
-    /// The port's XSKMAP and its sockets, per worker, each on the segment placed for it.
+    /// The port's sockets, per worker, each on the segment placed for it, in its XSKMAP.
     fn open_sockets(
         &self,
         info: &PortInfo,
         owners: &[usize],
         placed: &[(usize, UmemHandle)],
-    ) -> Result<(XskMap, Vec<Vec<PortSocket>>), DatapathError> {
-        let map = XskMap::create(info.queues)
-            .map_err(setup(format!("creating the XSKMAP of {}", info.name)))?;
+        map: &XskMap,
+    ) -> Result<Vec<Vec<PortSocket>>, DatapathError> {
         let mut sockets: Vec<Vec<PortSocket>> =
             (0..self.workers.len()).map(|_| Vec::new()).collect();
         for (q, &w) in owners.iter().enumerate() {
@@ -718,7 +734,33 @@ impl Datapath {
                 .map_err(setup(format!("registering {name} queue {q}")))?;
             sockets[w].push(sock);
         }
-        Ok((map, sockets))
+        Ok(sockets)
+    }
+
+    /// Loads the fast path's program for the next port on a thread of its own.
+    fn prepare_spare(&mut self) {
+        let Some(fast) = self.fast.clone() else {
+            return;
+        };
+        self.spare = std::thread::Builder::new()
+            .name("vswitch-spare".into())
+            .spawn(move || {
+                let map = XskMap::create(SPARE_QUEUES)?;
+                let prog = fast.program(&map)?;
+                Ok(Spare { map, prog })
+            })
+            .ok();
+    }
+
+    /// The program loaded ahead, if it fits a port of `queues` queues (waiting for it if it
+    /// is still being loaded); the next one starts loading.
+    fn take_spare(&mut self, queues: u32) -> Option<Spare> {
+        if queues > SPARE_QUEUES {
+            return None;
+        }
+        let spare = self.spare.take()?.join().ok()?.ok();
+        self.prepare_spare();
+        spare
     }
 
     fn send(&self, w: usize, command: Command) -> Result<(), DatapathError> {
