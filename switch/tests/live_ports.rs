@@ -8,8 +8,33 @@ use common::{must, network_test, Switch, Topology};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-fn gateway_toml() -> String {
-    "[pods]\ngateway = \"10.244.1.1/24\"\n".to_string()
+/// `n` veth pairs lpN/lqN, both ends in the switch's namespace and up: cheap to make, and
+/// enough to attach.
+fn idle_ports(topo: &Topology, n: usize) {
+    let batch: String = (0..n)
+        .map(|i| {
+            format!(
+                "link add lp{i} type veth peer name lq{i}\nlink set lp{i} up\nlink set lq{i} up\n"
+            )
+        })
+        .collect();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), batch).unwrap();
+    must(&[
+        "ip",
+        "-n",
+        &topo.sw,
+        "-batch",
+        file.path().to_str().unwrap(),
+    ]);
+}
+
+/// A gateway config without pods (they come by `port add`), in a directory of its own.
+fn gateway_config() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, "[pods]\ngateway = \"10.244.1.1/24\"\n").unwrap();
+    (dir, path)
 }
 
 fn ping_all_pairs(topo: &Topology, pods: &[usize]) {
@@ -44,9 +69,7 @@ fn finish(switch: Switch) {
 fn ports_come_and_go_while_traffic_flows() {
     let Some(_net) = network_test() else { return };
     let topo = Topology::new(3);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("node.toml");
-    std::fs::write(&path, gateway_toml()).unwrap();
+    let (_dir, path) = gateway_config();
     let switch = topo.start_switch_with(&["--config", path.to_str().unwrap()], "");
     assert!(port_names(&switch).is_empty());
     for pod in &topo.pods {
@@ -129,25 +152,8 @@ fn pods_on_different_frame_segments_reach_each_other() {
     let topo = Topology::new(3);
     // 4 MiB segments take 8 ports each: pod 1 and seven idle ports fill the first, pods 2
     // and 3 go on a second.
-    let batch: String = (0..7)
-        .map(|i| {
-            format!(
-                "link add lp{i} type veth peer name lq{i}\nlink set lp{i} up\nlink set lq{i} up\n"
-            )
-        })
-        .collect();
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), batch).unwrap();
-    must(&[
-        "ip",
-        "-n",
-        &topo.sw,
-        "-batch",
-        file.path().to_str().unwrap(),
-    ]);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("node.toml");
-    std::fs::write(&path, gateway_toml()).unwrap();
+    idle_ports(&topo, 7);
+    let (_dir, path) = gateway_config();
     let switch = topo.start_switch_with(
         &["--config", path.to_str().unwrap(), "--frame-segment", "4"],
         "",
@@ -231,26 +237,8 @@ fn two_hundred_fifty_ports_come_and_go_without_leaks() {
     let Some(_net) = network_test() else { return };
     const PORTS: usize = 250;
     let topo = Topology::new(0);
-    // Both ends of each veth in the switch's namespace: cheap to make, and enough to attach.
-    let batch: String = (0..PORTS)
-        .map(|i| {
-            format!(
-                "link add lp{i} type veth peer name lq{i}\nlink set lp{i} up\nlink set lq{i} up\n"
-            )
-        })
-        .collect();
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), batch).unwrap();
-    must(&[
-        "ip",
-        "-n",
-        &topo.sw,
-        "-batch",
-        file.path().to_str().unwrap(),
-    ]);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("node.toml");
-    std::fs::write(&path, gateway_toml()).unwrap();
+    idle_ports(&topo, PORTS);
+    let (_dir, path) = gateway_config();
     let switch = topo.start_switch_with(&["--config", path.to_str().unwrap()], "");
     let pid = switch.pid();
     let (fds0, rss0) = (fd_count(pid), rss_kib(pid));
@@ -360,9 +348,7 @@ fn a_bound_pod_cannot_spoof_its_neighbours_or_the_gateway() {
     let Some(_net) = network_test() else { return };
     let topo = Topology::new(3);
     topo.add_default_routes();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("node.toml");
-    std::fs::write(&path, gateway_toml()).unwrap();
+    let (_dir, path) = gateway_config();
     let switch = topo.start_switch_with(&["--config", path.to_str().unwrap()], "");
     for pod in &topo.pods {
         switch.ctl_json(&["port", "add", &pod.port, "--mac", &pod.mac, "--ip", &pod.ip]);
