@@ -525,6 +525,18 @@ impl Umem {
             .map_or(0, |m| m.frames)
     }
 
+    /// A memory of two segments, `first` and `second` frames: (memory, pool, first's id,
+    /// second's id). For tests.
+    #[cfg(test)]
+    pub(crate) fn two_segments(first: u32, second: u32) -> (Umem, FramePool, u32, u32) {
+        let (mut umem, mut pool) = Umem::new(first).unwrap();
+        let segment = Segment::new(second).unwrap();
+        let id = segment.handle().id();
+        umem.add_segment(segment, &mut pool);
+        let first = umem.first_segment();
+        (umem, pool, first, id)
+    }
+
     /// Takes in a segment made for this worker; its frames join `pool`.
     pub fn add_segment(&mut self, segment: Segment, pool: &mut FramePool) {
         self.segments.push(segment.mem);
@@ -937,11 +949,7 @@ mod tests {
 
     #[test]
     fn a_segment_goes_only_when_all_its_frames_are_home_and_never_the_first() {
-        let (mut umem, mut pool) = Umem::new(8).unwrap();
-        let first = umem.first_segment();
-        let segment = Segment::new(16).unwrap();
-        let id = segment.handle().id();
-        umem.add_segment(segment, &mut pool);
+        let (mut umem, mut pool, first, id) = Umem::two_segments(8, 16);
         assert_eq!(
             (umem.frames(), pool.total(), pool.available()),
             (24, 24, 24)
@@ -963,11 +971,7 @@ mod tests {
 
     #[test]
     fn a_closed_socket_gives_back_its_frames_of_every_segment() {
-        let (mut umem, mut pool) = Umem::new(4).unwrap();
-        let first = umem.first_segment();
-        let segment = Segment::new(4).unwrap();
-        let id = segment.handle().id();
-        umem.add_segment(segment, &mut pool);
+        let (umem, mut pool, first, id) = Umem::two_segments(4, 4);
         for seg in [first, id] {
             let frame = pool.alloc_in(seg).unwrap();
             umem.segments[umem.segments.iter().position(|m| m.id == seg).unwrap()]

@@ -1416,11 +1416,7 @@ mod tests {
 
     #[test]
     fn frames_of_another_segment_are_copied_in_before_they_leave() {
-        let (mut umem, mut pool) = Umem::new(64).unwrap();
-        let own = umem.first_segment();
-        let other = Segment::new(64).unwrap();
-        let other_id = other.handle().id();
-        umem.add_segment(other, &mut pool);
+        let (mut umem, mut pool, own, other_id) = Umem::two_segments(64, 64);
         let counters = AtomicCounters::<{ PortCounter::COUNT }>::default();
         let mut staged = Vec::new();
         let long: Vec<u8> = (0..9014u32).map(|i| (i % 251) as u8).collect();
@@ -1445,11 +1441,7 @@ mod tests {
 
     #[test]
     fn a_packet_the_segment_has_no_room_for_goes_whole() {
-        let (mut umem, mut pool) = Umem::new(64).unwrap();
-        let own = umem.first_segment();
-        let other = Segment::new(64).unwrap();
-        let other_id = other.handle().id();
-        umem.add_segment(other, &mut pool);
+        let (umem, mut pool, own, other_id) = Umem::two_segments(64, 64);
         let mut hoard = Vec::new();
         while pool.available_in(own) > 2 {
             hoard.push(pool.alloc_in(own).unwrap());
