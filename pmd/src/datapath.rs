@@ -265,6 +265,9 @@ pub struct LivePort {
     /// Whether the fast path forwards to it (the port takes redirected frames); `None` while
     /// that is being probed, or with the fast path off.
     pub fast_egress: Option<bool>,
+    /// Tells this attachment from an earlier one of the same interface (a probe's answer
+    /// belongs to one).
+    attachment: u64,
     // Dropping the link detaches the program; the map goes after it.
     link: Option<XdpLink>,
     map: Option<XskMap>,
@@ -291,10 +294,10 @@ struct Spare {
 /// Queues the spare's XSKMAP has room for; a port with more loads its own program.
 const SPARE_QUEUES: u32 = 64;
 
-/// A probe's answer: whether port `port` (interface `ifindex`) takes redirected frames.
+/// A probe's answer: whether port `port`, as attached by `attachment`, takes redirected frames.
 struct Probed {
     port: PortId,
-    ifindex: u32,
+    attachment: u64,
     takes: bool,
 }
 
@@ -332,6 +335,7 @@ pub struct Datapath {
     workers: Vec<WorkerHandle>,
     stop: Arc<AtomicBool>,
     probes: (Sender<Probed>, Receiver<Probed>),
+    next_attachment: u64,
     spare: Option<JoinHandle<io::Result<Spare>>>,
 }
 
@@ -359,7 +363,11 @@ impl Datapath {
         let gateway = config.gateway.as_ref().map(GatewayShared::new);
         let mut stats = Vec::new();
         let mut workers = Vec::new();
-        let frames = config.segment_frames.max(1024);
+        // The budget bounds the first segment too.
+        let frames = config
+            .segment_frames
+            .min(config.max_frames_per_worker)
+            .max(1024);
         let fast = match config.fast_path {
             true => Some(Arc::new(
                 FastPath::new(match config.gateway {
@@ -433,6 +441,7 @@ impl Datapath {
             workers,
             stop,
             probes: crossbeam_channel::unbounded(),
+            next_attachment: 0,
             spare: None,
         };
         dp.prepare_spare();
@@ -566,32 +575,48 @@ impl Datapath {
         let job = setup_job(port);
         let mut acks = Vec::new();
         for (w, (socks, segment)) in sockets.into_iter().zip(new_segments).enumerate() {
-            if let Some(job) = &job {
-                let job = job.clone();
-                self.send(w, Command::Pipeline(Box::new(move |p, now| job(p, now))))?;
-            }
             let (done, ack) = bounded(1);
             let remote = socks
                 .is_empty()
                 .then(|| self.workers[owners[0]].handoff.clone());
-            self.send(
-                w,
-                Command::AddPort {
-                    port,
-                    ifindex: info.ifindex,
-                    mtu: info.mtu,
-                    segment,
-                    sockets: socks,
-                    remote,
-                    done,
-                },
-            )?;
+            let job = job.clone();
+            let sent = match job {
+                Some(job) => self.send(w, Command::Pipeline(Box::new(move |p, now| job(p, now)))),
+                None => Ok(()),
+            }
+            .and_then(|()| {
+                self.send(
+                    w,
+                    Command::AddPort {
+                        port,
+                        ifindex: info.ifindex,
+                        mtu: info.mtu,
+                        segment,
+                        sockets: socks,
+                        remote,
+                        done,
+                    },
+                )
+            });
+            if let Err(e) = sent {
+                // The workers not told never got their segment: forget it (and the port)
+                // here too, or the next port would open sockets on memory no worker has.
+                let told: Vec<usize> = acks.iter().map(|(w, _)| *w).collect();
+                let untold: Vec<(usize, UmemHandle)> = placed
+                    .iter()
+                    .filter(|(pw, _)| !told.contains(pw))
+                    .cloned()
+                    .collect();
+                self.unplace_all(&untold);
+                return Err(e);
+            }
             acks.push((w, ack));
         }
         for (w, ack) in acks {
             ack.recv_timeout(WORKER_ANSWER)
                 .map_err(|_| DatapathError::WorkerGone(w))?;
         }
+        self.next_attachment += 1;
         self.ports[id] = Some(LivePort {
             info,
             mode: self.xdp_mode,
@@ -599,6 +624,7 @@ impl Datapath {
             since: Instant::now(),
             segments: placed.iter().map(|(w, h)| (*w, h.id())).collect(),
             fast_egress: None,
+            attachment: self.next_attachment,
             link: None,
             map: Some(map),
         });
@@ -624,7 +650,8 @@ impl Datapath {
     /// redirect into it; `apply_probes` acts on the answer.
     fn probe(&self, port: PortId) {
         let Some(live) = self.port(port) else { return };
-        let (name, ifindex) = (live.info.name.clone(), live.info.ifindex);
+        let (name, ifindex, attachment) =
+            (live.info.name.clone(), live.info.ifindex, live.attachment);
         let answer = self.probes.0.clone();
         let _ = std::thread::Builder::new()
             .name("vswitch-probe".into())
@@ -632,15 +659,15 @@ impl Datapath {
                 let takes = napi_probe::takes_redirected_frames(&name, ifindex).unwrap_or(false);
                 let _ = answer.send(Probed {
                     port,
-                    ifindex,
+                    attachment,
                     takes,
                 });
             });
     }
 
     /// Ports probed since the last call join the fast path's egress ports if they take
-    /// redirected frames; returns each (name, whether it joined). A port removed (or replaced)
-    /// meanwhile is left alone.
+    /// redirected frames; returns each (name, whether it joined). An answer about an earlier
+    /// attachment (the port was removed, maybe added again, meanwhile) is dropped.
     pub fn apply_probes(&mut self) -> Vec<(String, bool)> {
         let mut out = Vec::new();
         while let Ok(p) = self.probes.1.try_recv() {
@@ -648,10 +675,10 @@ impl Datapath {
             let Some(live) = self.ports.get_mut(p.port as usize).and_then(|l| l.as_mut()) else {
                 continue;
             };
-            if live.info.ifindex != p.ifindex || live.fast_egress.is_some() {
+            if live.attachment != p.attachment || live.fast_egress.is_some() {
                 continue;
             }
-            let joined = p.takes && fast.add_port(p.port as u32, p.ifindex).is_ok();
+            let joined = p.takes && fast.add_port(p.port as u32, live.info.ifindex).is_ok();
             live.fast_egress = Some(joined);
             out.push((live.info.name.clone(), joined));
         }
@@ -865,19 +892,35 @@ impl Datapath {
         let detach = std::thread::spawn(move || drop(link));
         let retired = self.retire_port(port, &mut live, teardown);
         let _ = detach.join();
-        let (forgotten, to_reclaim, mut result) = retired?;
+        let (forgotten, to_reclaim, mut result) = match retired {
+            Ok(retired) => retired,
+            Err(e) => {
+                for &(w, id) in &live.segments {
+                    self.unplace(w, id);
+                }
+                return Err(e);
+            }
+        };
         for (w, tags) in to_reclaim {
             let (done, reclaimed) = bounded(1);
-            self.send(w, Command::Reclaim { tags, done })?;
-            if reclaimed.recv_timeout(WORKER_ANSWER).is_err() {
-                result = Err(DatapathError::WorkerGone(w));
+            let answered = self
+                .send(w, Command::Reclaim { tags, done })
+                .and_then(|()| {
+                    reclaimed
+                        .recv_timeout(WORKER_ANSWER)
+                        .map_err(|_| DatapathError::WorkerGone(w))
+                });
+            if let Err(e) = answered {
+                result = Err(e);
             }
         }
         // A segment whose last port this was goes (the worker unmaps it once its frames are
         // all home: they are, unless a copy is still on its way out).
         for &(w, id) in &live.segments {
             if self.unplace(w, id) {
-                self.send(w, Command::DropSegment { id })?;
+                if let Err(e) = self.send(w, Command::DropSegment { id }) {
+                    result = Err(e);
+                }
             }
         }
         result?;

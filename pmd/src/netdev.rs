@@ -13,9 +13,10 @@ const ETHTOOL_GSTRINGS: u32 = 0x1b;
 const ETHTOOL_GSTATS: u32 = 0x1d;
 const ETH_SS_STATS: u32 = 1;
 const ETH_GSTRING_LEN: usize = 32;
-/// Room for the driver statistics of any interface we read them from: the kernel writes as
-/// many as the driver counts, without a length from us; veth, the one we read, has about ten
-/// per queue and at most 4,096 queues.
+/// Room for the driver statistics we read: the kernel writes as many as the driver counts
+/// during the call, whatever length we give; a veth has about ten per queue, so this is far
+/// more than one with the few thousand queues it could have. A driver that counts more than
+/// half of it is refused before the kernel writes anything.
 const MAX_STATS: usize = 65_536;
 
 #[repr(C)]
@@ -185,19 +186,45 @@ fn drvinfo(name: &str) -> io::Result<EthtoolDrvinfo> {
     Ok(info)
 }
 
-/// The interface's MAC address (sysfs of this network namespace).
+#[repr(C)]
+struct IfreqHwaddr {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    family: libc::c_ushort,
+    data: [u8; 14],
+    _pad: [u8; 8],
+}
+
+/// The interface's MAC address.
 pub fn mac(name: &str) -> io::Result<[u8; 6]> {
-    ifname_array(name)?;
-    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/address"))?;
-    let mut mac = [0u8; 6];
-    let mut parts = text.trim().split(':');
-    for byte in mac.iter_mut() {
-        *byte = parts
-            .next()
-            .and_then(|p| u8::from_str_radix(p, 16).ok())
-            .ok_or_else(|| io::Error::other(format!("{name}: unreadable MAC {text:?}")))?;
+    let sock = control_socket()?;
+    let mut req = IfreqHwaddr {
+        name: ifname_array(name)?,
+        family: 0,
+        data: [0; 14],
+        _pad: [0; 8],
+    };
+    // SAFETY: SIOCGIFHWADDR reads the name and writes a sockaddr into the ifreq we own.
+    let ret = unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCGIFHWADDR,
+            &mut req as *mut IfreqHwaddr,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
     }
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&req.data[..6]);
     Ok(mac)
+}
+
+/// Two u32 fields laid out as the kernel's struct has them, in one u64.
+fn header(first: u32, second: u32) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes[..4].copy_from_slice(&first.to_ne_bytes());
+    bytes[4..].copy_from_slice(&second.to_ne_bytes());
+    u64::from_ne_bytes(bytes)
 }
 
 /// The driver's statistics (`ethtool -S`), by name.
@@ -207,9 +234,9 @@ pub fn driver_stats(name: &str) -> io::Result<Vec<(String, u64)>> {
     strings[0] = ETHTOOL_GSTRINGS;
     strings[1] = ETH_SS_STATS;
     strings[2] = MAX_STATS as u32;
-    // `struct ethtool_stats`: cmd, n_stats, then the values (8-byte aligned after the header).
+    // `struct ethtool_stats`: cmd, n_stats (two u32 in the first u64), then the values.
     let mut values = vec![0u64; 1 + MAX_STATS];
-    values[0] = ETHTOOL_GSTATS as u64;
+    values[0] = header(ETHTOOL_GSTATS, 0);
     // The two buffers hold MAX_STATS entries each; the count must fit, checked before the
     // kernel writes them (it could only grow between the two calls by a queue count change).
     let mut info = drvinfo(name)?;
@@ -219,13 +246,12 @@ pub fn driver_stats(name: &str) -> io::Result<Vec<(String, u64)>> {
             info.n_stats
         )));
     }
-    // Some kernels fill in the strings only when told how many there are.
     strings[2] = info.n_stats;
     ethtool_ptr(name, strings.as_mut_ptr() as *mut libc::c_void)?;
     ethtool_ptr(name, values.as_mut_ptr() as *mut libc::c_void)?;
-    // The header's count as the kernel wrote it back (gstrings' `len` is not, on every
-    // kernel): the values' count, within what both buffers hold.
-    info.n_stats = ((values[0] >> 32) as u32).min(MAX_STATS as u32);
+    // What the kernel wrote: the fewer of the two counts, within what both buffers hold.
+    let n_values = u32::from_ne_bytes(values[0].to_ne_bytes()[4..8].try_into().unwrap_or([0; 4]));
+    info.n_stats = strings[2].min(n_values).min(MAX_STATS as u32);
     let bytes: Vec<u8> = strings[3..].iter().flat_map(|w| w.to_ne_bytes()).collect();
     Ok((0..info.n_stats as usize)
         .map(|i| {

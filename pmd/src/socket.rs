@@ -200,7 +200,9 @@ impl PortSocket {
     /// ports on a segment cannot lend each other's frames away (frames lent to a port that
     /// goes quiet come back only as it receives). At least `FILL_MIN`.
     pub fn set_fill_share(&mut self, share: u32) {
-        self.fill_max = share.clamp(FILL_MIN, self.fill_ring_half);
+        self.fill_max = share
+            .min(self.fill_ring_half)
+            .max(FILL_MIN.min(self.fill_ring_half));
         self.fill_target = self.fill_target.min(self.fill_max);
     }
 

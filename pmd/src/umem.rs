@@ -561,7 +561,8 @@ impl Umem {
     /// would alias this one's).
     #[inline]
     fn memory(&self, id: u32) -> &Memory {
-        // The first segment is where nearly every frame is: one compare.
+        // A few segments at most (one per 64 ports): a short scan, the first compare for
+        // a worker with one.
         match self.segments.iter().find(|m| m.id == id) {
             Some(m) => m,
             None => panic!("frame of UMEM {id} used with another worker's UMEM"),

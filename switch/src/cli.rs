@@ -189,7 +189,9 @@ impl Args {
             fast_path: self
                 .fast_path
                 .or(node.and_then(|n| n.fast_path))
-                .unwrap_or(true),
+                // A build without clang has no fast path: off by default there, refused
+                // (by the datapath, naming it) only when asked for.
+                .unwrap_or(pmd::fastpath::available()),
         }
     }
 }
