@@ -8,7 +8,7 @@ use crate::fastpath::{FastPath, FlowTable};
 use crate::napi_probe;
 use crate::netdev;
 use crate::socket::PortSocket;
-use crate::stats::WorkerStats;
+use crate::stats::{PortCounter, WorkerStats};
 use crate::umem::{RingSizes, Segment, Umem, UmemHandle, MAX_PACKET_LEN};
 use crate::worker::{Command, Handoff, PollMode, Worker, WorkerReport, WorkerSetup};
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -268,6 +268,9 @@ pub struct LivePort {
     /// Tells this attachment from an earlier one of the same interface (a probe's answer
     /// belongs to one).
     attachment: u64,
+    /// For a veth the fast path forwards to: what the fast path had sent it and what its
+    /// XDP transmit had taken when it joined (see `check_fast_egress`).
+    fast_watch: Option<(u64, u64)>,
     // Dropping the link detaches the program; the map goes after it.
     link: Option<XdpLink>,
     map: Option<XskMap>,
@@ -290,6 +293,12 @@ struct Spare {
     map: XskMap,
     prog: RedirectProgram,
 }
+
+/// Frames the fast path must have sent a veth without its XDP transmit taking them before the
+/// port is taken out of the fast path. Few: a TCP connection whose frames vanish backs off to
+/// one retransmission at a time; and none go missing while the peer has NAPI (what the
+/// harvest says was sent was flushed to the veth before the control thread reads its count).
+const LOST_NAPI_FRAMES: u64 = 8;
 
 /// Queues the spare's XSKMAP has room for; a port with more loads its own program.
 const SPARE_QUEUES: u32 = 64;
@@ -625,6 +634,7 @@ impl Datapath {
             segments: placed.iter().map(|(w, h)| (*w, h.id())).collect(),
             fast_egress: None,
             attachment: self.next_attachment,
+            fast_watch: None,
             link: None,
             map: Some(map),
         });
@@ -678,9 +688,61 @@ impl Datapath {
             if live.attachment != p.attachment || live.fast_egress.is_some() {
                 continue;
             }
+            // Baselines first: nothing is redirected to it before it joins.
+            let sent: u64 = self
+                .stats
+                .iter()
+                .map(|w| w.port(p.port as usize, PortCounter::FastPathTxPackets))
+                .sum();
+            let watch = match netdev::driver(&live.info.name).as_deref() {
+                Ok("veth") => netdev::veth_xdp_taken(&live.info.name)
+                    .ok()
+                    .map(|taken| (sent, taken)),
+                _ => None,
+            };
             let joined = p.takes && fast.add_port(p.port as u32, live.info.ifindex).is_ok();
             live.fast_egress = Some(joined);
+            live.fast_watch = watch.filter(|_| joined);
             out.push((live.info.name.clone(), joined));
+        }
+        out
+    }
+
+    /// Takes out of the fast path's egress ports a veth whose other end lost its NAPI since it
+    /// joined (GRO turned off, its XDP program removed): the fast path has sent it clearly
+    /// more than its XDP transmit took, the rest dropped uncounted. Its frames go by the
+    /// workers from then on. Returns the ports taken out. (What the fast path sent is read
+    /// from the workers' harvest, which lags what the transmit counts: it can only look
+    /// smaller, never larger, so a port that takes everything is never taken out.)
+    pub fn check_fast_egress(&mut self) -> Vec<String> {
+        let Some(fast) = &self.fast else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (id, slot) in self.ports.iter_mut().enumerate() {
+            let Some(live) = slot.as_mut() else { continue };
+            let Some((sent0, taken0)) = live.fast_watch else {
+                continue;
+            };
+            let sent: u64 = self
+                .stats
+                .iter()
+                .map(|w| w.port(id, PortCounter::FastPathTxPackets))
+                .sum::<u64>()
+                .saturating_sub(sent0);
+            if sent < LOST_NAPI_FRAMES {
+                continue;
+            }
+            let Ok(taken) = netdev::veth_xdp_taken(&live.info.name) else {
+                continue;
+            };
+            let missing = sent.saturating_sub(taken.saturating_sub(taken0));
+            if missing >= LOST_NAPI_FRAMES {
+                let _ = fast.del_port(id as u32);
+                live.fast_egress = Some(false);
+                live.fast_watch = None;
+                out.push(live.info.name.clone());
+            }
         }
         out
     }

@@ -212,6 +212,7 @@ pub(crate) fn count_forwarded(
     let tx = &stats.ports[egress as usize];
     tx.add(PortCounter::TxPackets as usize, packets);
     tx.add(PortCounter::TxBytes as usize, bytes);
+    tx.add(PortCounter::FastPathTxPackets as usize, packets);
     stats
         .worker
         .add(WorkerCounter::FastPathPackets as usize, packets);

@@ -30,12 +30,12 @@ pub fn takes_redirected_frames(name: &str, ifindex: u32) -> io::Result<bool> {
     frame[6..12].copy_from_slice(&mac);
     frame[12..14].copy_from_slice(&PROBE_ETHERTYPE);
     frame[14..38].copy_from_slice(b"vswitch fast-path probe\0");
-    // Counted by this end only for frames its peer took: no other traffic moves it.
-    let before = netdev::veth_xdp_xmit(name)?;
+    // Moved only by XDP transmit into this end, and not at all without NAPI at the other.
+    let before = netdev::veth_xdp_taken(name)?;
     LiveFrameSender::load(ifindex)?.send(&frame, PROBES, PROBES)?;
     let deadline = Instant::now() + PROBE_WAIT;
     loop {
-        if netdev::veth_xdp_xmit(name)? >= before + PROBES as u64 {
+        if netdev::veth_xdp_taken(name)? >= before + PROBES as u64 {
             return Ok(true);
         }
         if Instant::now() >= deadline {

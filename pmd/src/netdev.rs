@@ -265,12 +265,16 @@ pub fn driver_stats(name: &str) -> io::Result<Vec<(String, u64)>> {
         .collect())
 }
 
-/// Frames this veth end handed to its peer by XDP transmit (`ndo_xdp_xmit`), all queues:
-/// what an XDP program redirecting into it got through.
-pub fn veth_xdp_xmit(name: &str) -> io::Result<u64> {
+/// Frames this veth end's XDP transmit (`ndo_xdp_xmit`, all queues) handed to its peer, or
+/// found its peer's ring full for: all it was given, except what it drops uncounted because
+/// the peer has no NAPI.
+pub fn veth_xdp_taken(name: &str) -> io::Result<u64> {
     Ok(driver_stats(name)?
         .iter()
-        .filter(|(n, _)| n.starts_with("tx_queue_") && n.ends_with("_xdp_xmit"))
+        .filter(|(n, _)| {
+            n.starts_with("tx_queue_")
+                && (n.ends_with("_xdp_xmit") || n.ends_with("_xdp_xmit_errors"))
+        })
         .map(|(_, v)| v)
         .sum())
 }

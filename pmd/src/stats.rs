@@ -23,6 +23,7 @@ define_counters! {
         KernelRxRingFull => "kernel_rx_ring_full",
         KernelFillRingEmpty => "kernel_fill_ring_empty",
         KernelTxInvalid => "kernel_tx_invalid_descs",
+        FastPathTxPackets => "tx_fast_path_packets",
     }
 }
 
@@ -47,6 +48,7 @@ impl PortCounter {
                 | PortCounter::TxPackets
                 | PortCounter::TxBytes
                 | PortCounter::KernelFillRingEmpty
+                | PortCounter::FastPathTxPackets
         )
     }
 }

@@ -146,6 +146,12 @@ fn main() -> ExitCode {
         if last_check.elapsed() >= VANISHED_CHECK {
             last_check = Instant::now();
             live.check_vanished();
+            for port in live.dp.check_fast_egress() {
+                tracing::warn!(
+                    port = %port,
+                    "the fast path stops sending to this port: frames it redirected there were dropped (its other end lost NAPI: GRO turned off, or its XDP program removed); its frames go by the workers (port del and port add to probe it again)"
+                );
+            }
             if let Some(g) = &live.dp.gateway {
                 g.reap_retired();
             }

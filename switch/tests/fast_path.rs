@@ -201,3 +201,48 @@ fn the_fast_path_is_the_default() {
     );
     stop(switch);
 }
+
+/// A pod that loses its NAPI after its port joined the fast path (GRO turned off) would lose
+/// what the fast path sends it: the switch sees its XDP transmit fall behind, takes the port
+/// out of the fast path, and the workers carry its frames.
+#[test]
+fn a_pod_that_loses_napi_falls_back_to_the_workers() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(2);
+    topo.pods_finish_checksums();
+    let switch = topo.start_switch(FAST);
+    let fast_path_of = |port: &str| {
+        let ports = switch.ctl_json(&["show", "ports"]);
+        ports["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == port)
+            .map(|p| p["fast_path"].as_bool())
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while fast_path_of("vp2") != Some(true) {
+        assert!(std::time::Instant::now() < deadline, "vp2 never joined");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(topo.ping(0, 1));
+    topo.transfer(0, 1, 10_000_000);
+    common::must(&[
+        "ip",
+        "netns",
+        "exec",
+        &topo.pods[1].ns,
+        "ethtool",
+        "-K",
+        "eth0",
+        "gro",
+        "off",
+    ]);
+    // Whole, though the first of it went where nothing arrives.
+    topo.transfer(0, 1, 20_000_000);
+    assert_eq!(fast_path_of("vp2"), Some(false));
+    assert_eq!(fast_path_of("vp1"), Some(true));
+    topo.transfer(1, 0, 10_000_000);
+    stop(switch);
+}

@@ -224,6 +224,7 @@ pub fn ports(live: &Live) -> Vec<Value> {
                 "tx_bytes": c[PortCounter::TxBytes as usize],
                 "drops": drops,
                 "kernel_fill_ring_empty": c[PortCounter::KernelFillRingEmpty as usize],
+                "tx_fast_path_packets": c[PortCounter::FastPathTxPackets as usize],
                 "queues": p.info.queues,
                 "xdp_mode": p.mode.to_string(),
                 "fast_path": p.fast_egress,
