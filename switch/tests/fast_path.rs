@@ -23,6 +23,41 @@ fn stop(switch: Switch) -> String {
     switch.stop_clean().stdout
 }
 
+/// Each port's `fast_path` in `show ports` (`None` while it is being probed), by name.
+fn fast_path_of_ports(switch: &Switch) -> Vec<(String, Option<bool>)> {
+    let ports = switch.ctl_json(&["show", "ports"]);
+    ports["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["fast_path"].as_bool(),
+            )
+        })
+        .collect()
+}
+
+/// The same once every port is probed (each is, beside its attachment).
+fn probed(switch: &Switch) -> Vec<(String, Option<bool>)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let fast = fast_path_of_ports(switch);
+        if fast.iter().all(|(_, f)| f.is_some()) || std::time::Instant::now() > deadline {
+            return fast;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn named(ports: &[(&str, bool)]) -> Vec<(String, Option<bool>)> {
+    ports
+        .iter()
+        .map(|(n, f)| (n.to_string(), Some(*f)))
+        .collect()
+}
+
 /// Pods that finish their own checksums (transmit offload off): their TCP data goes by the
 /// fast path, intact, and the ports count it.
 #[test]
@@ -136,34 +171,7 @@ fn a_pod_without_napi_is_served_by_the_workers() {
         "off",
     ]);
     let switch = topo.start_switch(FAST);
-    // Each port is probed beside its attachment: `fast_path` is null until it is known.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let (ports, fast) = loop {
-        let ports = switch.ctl_json(&["show", "ports"]);
-        let fast: Vec<(String, Option<bool>)> = ports["ports"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                (
-                    p["name"].as_str().unwrap().to_string(),
-                    p["fast_path"].as_bool(),
-                )
-            })
-            .collect();
-        if fast.iter().all(|(_, f)| f.is_some()) || std::time::Instant::now() > deadline {
-            break (ports, fast);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    assert_eq!(
-        fast,
-        [
-            ("vp1".to_string(), Some(true)),
-            ("vp2".to_string(), Some(false))
-        ],
-        "{ports}"
-    );
+    assert_eq!(probed(&switch), named(&[("vp1", true), ("vp2", false)]));
     assert!(topo.ping(0, 1) && topo.ping(1, 0));
     // Both directions whole: pod 2's direction by the workers, pod 1's by the fast path.
     topo.transfer(0, 1, 20_000_000);
@@ -190,15 +198,7 @@ fn the_fast_path_is_the_default() {
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let fast = worker_counter(&switch, "fast_path_packets");
     assert!(fast > 5_000, "fast_path_packets = {fast}");
-    let ports = switch.ctl_json(&["show", "ports"]);
-    assert!(
-        ports["ports"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|p| p["fast_path"] == true),
-        "{ports}"
-    );
+    assert_eq!(probed(&switch), named(&[("vp1", true), ("vp2", true)]));
     stop(switch);
 }
 
@@ -211,21 +211,7 @@ fn a_pod_that_loses_napi_falls_back_to_the_workers() {
     let topo = Topology::new(2);
     topo.pods_finish_checksums();
     let switch = topo.start_switch(FAST);
-    let fast_path_of = |port: &str| {
-        let ports = switch.ctl_json(&["show", "ports"]);
-        ports["ports"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == port)
-            .map(|p| p["fast_path"].as_bool())
-            .unwrap()
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while fast_path_of("vp2") != Some(true) {
-        assert!(std::time::Instant::now() < deadline, "vp2 never joined");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    assert_eq!(probed(&switch), named(&[("vp1", true), ("vp2", true)]));
     assert!(topo.ping(0, 1));
     topo.transfer(0, 1, 10_000_000);
     common::must(&[
@@ -241,8 +227,10 @@ fn a_pod_that_loses_napi_falls_back_to_the_workers() {
     ]);
     // Whole, though the first of it went where nothing arrives.
     topo.transfer(0, 1, 20_000_000);
-    assert_eq!(fast_path_of("vp2"), Some(false));
-    assert_eq!(fast_path_of("vp1"), Some(true));
+    assert_eq!(
+        fast_path_of_ports(&switch),
+        named(&[("vp1", true), ("vp2", false)])
+    );
     topo.transfer(1, 0, 10_000_000);
     stop(switch);
 }
