@@ -7,7 +7,7 @@
 #![deny(unsafe_code)]
 
 use pipeline::gateway::{
-    FlowOffer, GatewayConfig, ServiceConfig, UplinkConfig, VxlanConfig, VxlanPeer,
+    FlowOffer, GatewayConfig, OverlayLeg, ServiceConfig, UplinkConfig, VxlanConfig, VxlanPeer,
 };
 use pipeline::l2::{BridgeConfig, PortBinding};
 use pipeline::wire::vxlan::ENCAP_OVERHEAD;
@@ -186,7 +186,20 @@ fn check_offers(
 ) -> Result<(), String> {
     for o in offers {
         let matches = |f: &HeadroomBuf, d: &Disposition| {
-            let f = f.as_ref();
+            let mut f = f.as_ref();
+            // Into the overlay: the outer headers are the offer's (but for the lengths, the
+            // IPv4 checksum and the UDP source port, filled in per packet), the inner frame
+            // follows.
+            if let Some(OverlayLeg::Encap { outer, src_port }) = o.leg {
+                let fixed = |at: usize| ![16, 17, 24, 25, 34, 35, 38, 39].contains(&at);
+                if f.len() < ENCAP_OVERHEAD
+                    || (0..ENCAP_OVERHEAD).any(|at| fixed(at) && f[at] != outer[at])
+                    || f[34..36] != src_port.to_be_bytes()
+                {
+                    return false;
+                }
+                f = &f[ENCAP_OVERHEAD..];
+            }
             let port = |at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
             let addr = |at: usize| Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3]);
             *d == Disposition::Forward(o.egress)

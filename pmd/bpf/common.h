@@ -16,6 +16,7 @@ static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)BPF_FU
 static long (*bpf_redirect_map)(void *map, __u64 key, __u64 flags) = (void *)BPF_FUNC_redirect_map;
 static __u64 (*bpf_xdp_get_buff_len)(struct xdp_md *ctx) = (void *)BPF_FUNC_xdp_get_buff_len;
 static __u64 (*bpf_ktime_get_coarse_ns)(void) = (void *)BPF_FUNC_ktime_get_coarse_ns;
+static long (*bpf_xdp_adjust_head)(struct xdp_md *ctx, int delta) = (void *)BPF_FUNC_xdp_adjust_head;
 static __s64 (*bpf_csum_diff)(__be32 *from, __u32 from_size, __be32 *to, __u32 to_size,
 			      __u32 seed) = (void *)BPF_FUNC_csum_diff;
 
@@ -98,11 +99,11 @@ static INLINE int understood(const __u8 *data, const __u8 *end)
 	return field == fold(pseudo) ? PARTIAL : UNDERSTOOD;
 }
 
-// Finishes a checksum left to offload: the one's complement of the sum over the segment as
-// it is (its checksum field holds the pseudo-header sum). Sums run in memory order, so the
-// result is stored as is. A segment that already verifies (a complete checksum that happens
-// to equal the pseudo-header sum) is left alone. 0 when the segment is not all in this
-// buffer or longer than we sum here (then the switch does it).
+// The one's complement sum, in memory order and not folded, of the `len` bytes at `p`, into
+// `out`; 0 when they are not all in this buffer or more than we sum here. The verifier walks
+// it once per length (each ends with another packet range proven): callers take fresh packet
+// pointers from the context afterwards (`FRESH`), so those paths end in one state and the
+// rest of the program is verified once, not once per length.
 #define TAIL(size)                                                            \
 	if (rest & (size)) {                                                  \
 		if (q + (size) > end)                                         \
@@ -111,34 +112,27 @@ static INLINE int understood(const __u8 *data, const __u8 *end)
 		q += (size);                                                  \
 	}
 
-static INLINE int finish_partial(__u8 *data, __u8 *end)
+static INLINE int sum_bytes(__u8 *p, __u32 len, __u8 *end, __u64 *out)
 {
-	__u8 *ip = data + 14;
-	__u8 *l4 = ip + 20;
-	__u32 l4_len, off = 0, rest;
+	__u32 off = 0, rest;
 	__u8 *q;
-	__u64 sum = 0, pseudo;
-	__u16 *field;
-	__u16 done;
+	__u64 sum = 0;
 	int i;
 
-	if (l4 + 20 > end)
-		return 0;
-	l4_len = be16(ip + 2) - 20;
-	if (l4_len > CHUNK * MAX_CHUNKS || l4 + l4_len > end)
+	if (len > CHUNK * MAX_CHUNKS || p + len > end)
 		return 0;
 	for (i = 0; i < MAX_CHUNKS; i++) {
-		__u8 *p = l4 + off;
+		__u8 *c = p + off;
 
-		if (l4_len - off < CHUNK)
+		if (len - off < CHUNK)
 			break;
-		if (p + CHUNK > end)
+		if (c + CHUNK > end)
 			return 0;
-		sum = bpf_csum_diff(0, 0, (__be32 *)p, CHUNK, (__u32)sum);
+		sum = bpf_csum_diff(0, 0, (__be32 *)c, CHUNK, (__u32)sum);
 		off += CHUNK;
 	}
-	rest = (l4_len - off) & (CHUNK - 1);
-	q = l4 + (off & (CHUNK * MAX_CHUNKS - 1));
+	rest = (len - off) & (CHUNK - 1);
+	q = p + (off & (CHUNK * MAX_CHUNKS - 1));
 	// The rest in power-of-two pieces: every size the verifier sees is a constant.
 	TAIL(256);
 	TAIL(128);
@@ -159,11 +153,55 @@ static INLINE int finish_partial(__u8 *data, __u8 *end)
 			return 0;
 		sum += q[0];
 	}
-	pseudo = (__u32)bpf_csum_diff(0, 0, (__be32 *)(ip + 12), 8, 0);
-	pseudo += __builtin_bswap16((__u16)ip[9]) + __builtin_bswap16((__u16)l4_len);
-	if (fold((__u32)(sum >> 32) + (__u32)sum + (__u32)fold((__u32)(pseudo >> 32) + (__u32)pseudo)) == 0xffff)
-		return 1;
-	done = ~fold((__u32)(sum >> 32) + (__u32)sum);
+	*out = sum;
+	return 1;
+}
+
+#define FRESH(ctx, data, end)                                          \
+	do {                                                           \
+		data = (void *)(long)(ctx)->data;                      \
+		end = (void *)(long)(ctx)->data_end;                   \
+	} while (0)
+
+static INLINE __u16 fold64(__u64 sum)
+{
+	return fold((__u32)(sum >> 32) + (__u32)sum);
+}
+
+// The sum of the IPv4 pseudo-header of a `len`-byte transport segment, in memory order.
+static INLINE __u64 pseudo_sum(__u8 *ip, __u32 len)
+{
+	__u64 pseudo = (__u32)bpf_csum_diff(0, 0, (__be32 *)(ip + 12), 8, 0);
+
+	return pseudo + __builtin_bswap16((__u16)ip[9]) + __builtin_bswap16((__u16)len);
+}
+
+// The sum of the transport segment of the option-less IPv4 packet at `ip`, into `out`; 0 when
+// it is not all in this buffer or longer than we sum (then the switch finishes it).
+static INLINE int segment_sum(__u8 *ip, __u8 *end, __u64 *out)
+{
+	if (ip + 20 > end)
+		return 0;
+	return sum_bytes(ip + 20, be16(ip + 2) - 20, end, out);
+}
+
+// Finishes a checksum left to offload (the field holds the pseudo-header sum), given the sum
+// of the segment as it is (`segment_sum`): the one's complement of that sum. Sums run in memory
+// order, so the result is stored as is. A segment that already verifies (a complete checksum
+// that happens to equal the pseudo-header sum) is left alone. Returns the sum of the segment
+// as it is left.
+static INLINE __u64 finish_partial(__u8 *ip, __u8 *end, __u64 sum)
+{
+	__u8 *l4 = ip + 20;
+	__u16 *field;
+	__u16 done;
+	__u64 finished;
+
+	if (l4 + 20 > end)
+		return sum;
+	if (fold((__u32)fold64(sum) + fold64(pseudo_sum(ip, be16(ip + 2) - 20))) == 0xffff)
+		return sum;
+	done = ~fold64(sum);
 	if (ip[9] == 17) {
 		if (done == 0)
 			done = 0xffff;
@@ -171,8 +209,9 @@ static INLINE int finish_partial(__u8 *data, __u8 *end)
 	} else {
 		field = (__u16 *)(l4 + 16);
 	}
+	finished = sum + (__u16)~*field + done;
 	*field = done;
-	return 1;
+	return finished;
 }
 
 #endif

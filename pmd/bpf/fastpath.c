@@ -38,6 +38,7 @@ int vswitch_fastpath(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct l2_key key = {};
 	struct l2_flow *flow;
+	__u64 l4_sum;
 	int kind = understood(data, data_end);
 
 	if (!kind)
@@ -48,8 +49,14 @@ int vswitch_fastpath(struct xdp_md *ctx)
 	flow = bpf_map_lookup_elem(&l2_flows, &key);
 	if (!flow)
 		goto slow;
-	if (kind == PARTIAL && !finish_partial(data, data_end))
-		goto slow;
+	if (kind == PARTIAL) {
+		if (!segment_sum(data + 14, data_end, &l4_sum))
+			goto slow;
+		FRESH(ctx, data, data_end);
+		if (data + 54 > data_end)
+			goto slow;
+		finish_partial(data + 14, data_end, l4_sum);
+	}
 	// A missing egress port leaves the frame to the slow path, which knows why.
 	if (bpf_redirect_map(&ports, flow->egress_port, 0) != XDP_REDIRECT)
 		goto slow;

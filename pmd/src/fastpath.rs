@@ -15,9 +15,11 @@ use crate::bpf::{
 };
 use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
 use pipeline::wire::checksum::fold;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
 
 #[cfg(fastpath_object)]
 static L2_OBJECT: Option<&[u8]> = Some(include_bytes!(concat!(env!("OUT_DIR"), "/fastpath.o")));
@@ -31,6 +33,7 @@ static L2_OBJECT: Option<&[u8]> = None;
 #[cfg(not(fastpath_object))]
 static TUPLE_OBJECT: Option<&[u8]> = None;
 
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
 const BPF_MAP_TYPE_DEVMAP: u32 = 14;
 /// Map update flag: create only (an installed flow keeps its counters).
@@ -135,11 +138,26 @@ pub struct TupleKey {
     pub sport: [u8; 2],
     pub dport: [u8; 2],
     pub proto: u8,
-    pub pad: [u8; 3],
+    /// `OUTER` or `INNER`.
+    pub layer: u8,
+    pub pad: [u8; 2],
 }
+
+/// `TupleKey::layer`: the frame as it came on the port.
+pub const OUTER: u8 = 0;
+/// `TupleKey::layer`: the inner frame of VXLAN that came on the port.
+pub const INNER: u8 = 1;
 
 /// `TupleFlow::flags`: the packet is routed (its TTL goes down by one).
 pub const DECREMENT_TTL: u8 = 1;
+/// `TupleFlow::flags`: the frame goes into the overlay (the leg's outer headers in front).
+pub const ENCAP: u8 = 2;
+/// `TupleFlow::flags`: the key is an inner frame; the outer headers must match the leg's.
+pub const DECAP: u8 = 4;
+/// Outer Ethernet, IPv4, UDP and VXLAN headers.
+pub const OUTER_LEN: usize = pipeline::wire::vxlan::ENCAP_OVERHEAD;
+/// Overlay legs the program's array holds (distinct outer headers: peers and next hops).
+pub const LEG_CAPACITY: u32 = 1024;
 
 /// A gateway flow's value: the egress port, the frame's new MACs, addresses and ports (network
 /// byte order), the checksum deltas, and what the program counted (64 bytes).
@@ -159,7 +177,10 @@ pub struct TupleFlow {
     /// RFC 1624 deltas (one's complement sums of ~old + new), stored as the packet holds them.
     pub ip_delta: [u8; 2],
     pub l4_delta: [u8; 2],
-    pub pad2: u32,
+    /// ENCAP, DECAP: the slot of the overlay leg (`FastPath::acquire_leg`).
+    pub leg: u16,
+    /// ENCAP: the outer UDP source port (network byte order).
+    pub udp_sport: [u8; 2],
     pub packets: u64,
     pub bytes: u64,
     /// CLOCK_MONOTONIC nanoseconds (coarse: jiffies resolution) of the last hit (0: none yet).
@@ -204,6 +225,27 @@ impl TupleFlow {
     }
 }
 
+impl TupleFlow {
+    /// The flow goes into the overlay: the leg in `slot` in front, from UDP port `udp_sport`.
+    pub fn into_overlay(self, slot: u16, udp_sport: u16) -> TupleFlow {
+        TupleFlow {
+            flags: self.flags | ENCAP,
+            leg: slot,
+            udp_sport: udp_sport.to_be_bytes(),
+            ..self
+        }
+    }
+
+    /// The flow's key is an inner frame whose outer headers must match the leg in `slot`.
+    pub fn out_of_overlay(self, slot: u16) -> TupleFlow {
+        TupleFlow {
+            flags: self.flags | DECAP,
+            leg: slot,
+            ..self
+        }
+    }
+}
+
 /// Sum of ~old + new over the 16-bit big-endian words of a field.
 fn delta(old: &[u8], new: &[u8]) -> u32 {
     old.chunks(2)
@@ -233,11 +275,40 @@ impl Counted for TupleFlow {
     }
 }
 
+/// An overlay leg as the program's array holds it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct OverlayLeg {
+    outer: [u8; OUTER_LEN],
+    pad: [u8; 2],
+}
+
+/// The overlay legs in the program's array: each distinct outer header once, shared by the
+/// flows (of every worker) that use it, its slot freed when the last of them goes. Freed slots
+/// are reused last, so a program still running on a flow just removed reads its leg unchanged.
+struct LegSlots {
+    by_outer: HashMap<[u8; OUTER_LEN], (u16, u32)>,
+    outer_of: Vec<Option<[u8; OUTER_LEN]>>,
+    free: VecDeque<u16>,
+}
+
+impl LegSlots {
+    fn new() -> LegSlots {
+        LegSlots {
+            by_outer: HashMap::new(),
+            outer_of: vec![None; LEG_CAPACITY as usize],
+            free: (0..LEG_CAPACITY as u16).collect(),
+        }
+    }
+}
+
 /// The maps every port's program shares.
 pub struct FastPath {
     table: FlowTable,
     ports: OwnedFd,
     flows: OwnedFd,
+    /// The gateway's overlay legs (`None` for the bridge's table).
+    legs: Option<(OwnedFd, Mutex<LegSlots>)>,
     /// The flow map is per CPU: a value is one flow value per possible CPU.
     cpus: usize,
 }
@@ -262,6 +333,78 @@ impl FastPath {
                 FLOW_CAPACITY,
                 "vswitch_flows",
             )?,
+            legs: match table {
+                FlowTable::L2 => None,
+                FlowTable::Tuple => Some((
+                    create_map(
+                        BPF_MAP_TYPE_ARRAY,
+                        4,
+                        size_of::<OverlayLeg>() as u32,
+                        LEG_CAPACITY,
+                        "vswitch_legs",
+                    )?,
+                    Mutex::new(LegSlots::new()),
+                )),
+            },
+        })
+    }
+
+    /// The slot of the overlay leg with these outer headers, written into the program's array
+    /// if it is new; `None` when every slot is taken (the flow stays with the workers). Each
+    /// acquired slot is released once (`release_leg`).
+    pub fn acquire_leg(&self, outer: &[u8; OUTER_LEN]) -> io::Result<Option<u16>> {
+        let Some((map, slots)) = &self.legs else {
+            return Ok(None);
+        };
+        let mut slots = slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((slot, users)) = slots.by_outer.get_mut(outer) {
+            *users += 1;
+            return Ok(Some(*slot));
+        }
+        let Some(slot) = slots.free.pop_front() else {
+            return Ok(None);
+        };
+        let leg = OverlayLeg {
+            outer: *outer,
+            pad: [0; 2],
+        };
+        if let Err(e) = update(map, &(slot as u32), &leg, 0) {
+            slots.free.push_front(slot);
+            return Err(e);
+        }
+        slots.by_outer.insert(*outer, (slot, 1));
+        slots.outer_of[slot as usize] = Some(*outer);
+        Ok(Some(slot))
+    }
+
+    /// A flow that used the leg in `slot` is gone.
+    pub fn release_leg(&self, slot: u16) {
+        let Some((_, slots)) = &self.legs else {
+            return;
+        };
+        let mut slots = slots.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(outer) = slots.outer_of.get(slot as usize).copied().flatten() else {
+            return;
+        };
+        let Some((_, users)) = slots.by_outer.get_mut(&outer) else {
+            return;
+        };
+        *users -= 1;
+        if *users == 0 {
+            slots.by_outer.remove(&outer);
+            slots.outer_of[slot as usize] = None;
+            slots.free.push_back(slot);
+        }
+    }
+
+    /// Overlay legs in use.
+    pub fn legs_in_use(&self) -> usize {
+        self.legs.as_ref().map_or(0, |(_, slots)| {
+            slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .by_outer
+                .len()
         })
     }
 
@@ -277,6 +420,7 @@ impl FastPath {
         let insns = link(object, |name| match name {
             "xsks" => Some(xsks.fd.as_raw_fd()),
             "ports" => Some(self.ports.as_raw_fd()),
+            "overlay_legs" => self.legs.as_ref().map(|(map, _)| map.as_raw_fd()),
             n if n == flows => Some(self.flows.as_raw_fd()),
             _ => None,
         })?;
@@ -453,6 +597,7 @@ mod tests {
                 "xsks" => Some(101),
                 "ports" => Some(102),
                 n if n == table.map_name() => Some(103),
+                "overlay_legs" if table == FlowTable::Tuple => Some(104),
                 _ => None,
             })
             .unwrap();
@@ -463,7 +608,11 @@ mod tests {
                 .collect();
             fds.sort();
             fds.dedup();
-            assert_eq!(fds, [101, 102, 103], "{table:?}");
+            let expected: &[i32] = match table {
+                FlowTable::L2 => &[101, 102, 103],
+                FlowTable::Tuple => &[101, 102, 103, 104],
+            };
+            assert_eq!(fds, expected, "{table:?}");
             assert!(link(object, |_| None).is_err(), "an unknown map is refused");
         }
     }
@@ -499,3 +648,7 @@ mod tests {
 #[cfg(test)]
 #[path = "fastpath_tuple_tests.rs"]
 mod tuple_tests;
+
+#[cfg(test)]
+#[path = "fastpath_overlay_tests.rs"]
+mod overlay_tests;

@@ -5,31 +5,31 @@
 use super::*;
 use pipeline::wire::checksum::{checksum, fold as fold16, pseudo_header, sum};
 
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
+pub(super) const XDP_PASS: u32 = 2;
+pub(super) const XDP_REDIRECT: u32 = 4;
 /// The ingress interface of a test run: loopback.
-const LOOPBACK: u32 = 1;
-const EGRESS: u32 = 3;
+pub(super) const LOOPBACK: u32 = 1;
+pub(super) const EGRESS: u32 = 3;
 
-const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
-const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+pub(super) const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+pub(super) const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
 const CLIENT: [u8; 4] = [10, 244, 0, 11];
 const VIP: [u8; 4] = [10, 96, 0, 10];
 const BACKEND: [u8; 4] = [10, 244, 1, 22];
 
-struct Spec {
-    proto: u8,
-    ttl: u8,
-    tcp_flags: u8,
-    payload: usize,
+pub(super) struct Spec {
+    pub(super) proto: u8,
+    pub(super) ttl: u8,
+    pub(super) tcp_flags: u8,
+    pub(super) payload: usize,
     /// UDP without a checksum.
-    no_checksum: bool,
+    pub(super) no_checksum: bool,
     /// The transport checksum left to offload (the field holds the pseudo-header sum).
-    partial: bool,
+    pub(super) partial: bool,
 }
 
-const TCP_ACK: Spec = Spec {
+pub(super) const TCP_ACK: Spec = Spec {
     proto: 6,
     ttl: 64,
     tcp_flags: 0x10,
@@ -38,7 +38,11 @@ const TCP_ACK: Spec = Spec {
     partial: false,
 };
 
-fn frame(s: &Spec, macs: ([u8; 6], [u8; 6]), tuple: ([u8; 4], u16, [u8; 4], u16)) -> Vec<u8> {
+pub(super) fn frame(
+    s: &Spec,
+    macs: ([u8; 6], [u8; 6]),
+    tuple: ([u8; 4], u16, [u8; 4], u16),
+) -> Vec<u8> {
     let (src, sport, dst, dport) = tuple;
     let l4_len = if s.proto == 6 { 20 } else { 8 } + s.payload;
     let mut f = Vec::new();
@@ -120,7 +124,7 @@ fn fill_checksums(f: &mut [u8], s: &Spec) {
     f[at..at + 2].copy_from_slice(&c.to_be_bytes());
 }
 
-fn key_of(f: &[u8]) -> TupleKey {
+pub(super) fn key_of(f: &[u8]) -> TupleKey {
     TupleKey {
         ifindex: LOOPBACK,
         dst: f[0..6].try_into().unwrap(),
@@ -130,17 +134,18 @@ fn key_of(f: &[u8]) -> TupleKey {
         sport: f[34..36].try_into().unwrap(),
         dport: f[36..38].try_into().unwrap(),
         proto: f[23],
-        pad: [0; 3],
+        layer: OUTER,
+        pad: [0; 2],
     }
 }
 
-struct Rig {
-    fast: FastPath,
-    prog: RedirectProgram,
+pub(super) struct Rig {
+    pub(super) fast: FastPath,
+    pub(super) prog: RedirectProgram,
     _xsks: XskMap,
 }
 
-fn rig() -> Option<Rig> {
+pub(super) fn rig() -> Option<Rig> {
     if !available() || nix::unistd::geteuid().as_raw() != 0 {
         assert!(
             std::env::var("CI").is_err(),

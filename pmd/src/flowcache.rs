@@ -138,7 +138,7 @@ impl FlowCache {
             else {
                 continue;
             };
-            count_forwarded(stats, f.ingress, f.egress, packets, bytes);
+            count_forwarded(stats, (f.ingress, f.egress), packets, bytes, 0);
             bridge.refresh(MacAddr(key.src), f.ingress, now_ms);
         }
     }
@@ -198,20 +198,22 @@ pub(crate) fn new_counts<K, V: Counted>(
     Some(new)
 }
 
-/// Traffic the fast path carried, counted as the ports' and the worker's own.
+/// Traffic the fast path carried, counted as the ports' and the worker's own: `bytes` as they
+/// came, each packet `growth` bytes longer (VXLAN in) or shorter (out) as it left.
 pub(crate) fn count_forwarded(
     stats: &WorkerStats,
-    ingress: PortId,
-    egress: PortId,
+    (ingress, egress): (PortId, PortId),
     packets: u64,
     bytes: u64,
+    growth: i64,
 ) {
     let rx = &stats.ports[ingress as usize];
     rx.add(PortCounter::RxPackets as usize, packets);
     rx.add(PortCounter::RxBytes as usize, bytes);
     let tx = &stats.ports[egress as usize];
     tx.add(PortCounter::TxPackets as usize, packets);
-    tx.add(PortCounter::TxBytes as usize, bytes);
+    let sent = bytes as i64 + growth * packets as i64;
+    tx.add(PortCounter::TxBytes as usize, sent.max(0) as u64);
     tx.add(PortCounter::FastPathTxPackets as usize, packets);
     stats
         .worker
@@ -224,6 +226,14 @@ pub(crate) trait Entry {
     fn ports(&self) -> (PortId, PortId);
     /// What the program had counted (packets, bytes) when last read.
     fn seen(&mut self) -> &mut (u64, u64);
+    /// How much longer each packet leaves than it came.
+    fn growth(&self) -> i64 {
+        0
+    }
+    /// The overlay leg slot it holds, released when it goes.
+    fn leg(&self) -> Option<u16> {
+        None
+    }
 }
 
 impl Entry for Installed {
@@ -249,10 +259,12 @@ pub(crate) fn remove_unbacked<K: std::hash::Hash + Eq, I: Entry, V: Counted>(
         let kept = keep(key, f);
         if !kept {
             if let Some((packets, bytes)) = new_counts::<K, V>(fast, key, f.seen()) {
-                let (ingress, egress) = f.ports();
-                count_forwarded(stats, ingress, egress, packets, bytes);
+                count_forwarded(stats, f.ports(), packets, bytes, f.growth());
             }
             let _ = fast.remove(key);
+            if let Some(slot) = f.leg() {
+                fast.release_leg(slot);
+            }
             removed += 1;
         }
         kept

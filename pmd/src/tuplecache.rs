@@ -7,10 +7,10 @@
 //! whenever something it depends on may have changed (its generation moved), after commands,
 //! and each second; a reload takes them all.
 
-use crate::fastpath::{FastPath, TupleFlow, TupleKey, FLOW_CAPACITY};
+use crate::fastpath::{FastPath, TupleFlow, TupleKey, FLOW_CAPACITY, INNER, OUTER, OUTER_LEN};
 use crate::flowcache::{count_forwarded, counted_install, new_counts, remove_unbacked, Entry};
 use crate::stats::{WorkerCounter, WorkerStats};
-use pipeline::gateway::{FlowOffer, Gateway};
+use pipeline::gateway::{FlowOffer, Gateway, OverlayLeg};
 use pipeline::{PortId, PortMask};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -25,6 +25,8 @@ struct Installed {
     ifindex: (u32, u32),
     /// What the program had counted (packets, bytes) when last read.
     seen: (u64, u64),
+    /// The overlay leg's slot, for a flow into or out of the overlay.
+    leg: Option<u16>,
 }
 
 impl Entry for Installed {
@@ -34,6 +36,18 @@ impl Entry for Installed {
 
     fn seen(&mut self) -> &mut (u64, u64) {
         &mut self.seen
+    }
+
+    fn growth(&self) -> i64 {
+        match self.offer.leg {
+            Some(OverlayLeg::Encap { .. }) => OUTER_LEN as i64,
+            Some(OverlayLeg::Decap { .. }) => -(OUTER_LEN as i64),
+            None => 0,
+        }
+    }
+
+    fn leg(&self) -> Option<u16> {
+        self.leg
     }
 }
 
@@ -109,7 +123,24 @@ impl TupleCache {
                 w.add(WorkerCounter::FastPathFull as usize, 1);
                 continue;
             }
-            match counted_install(self.fast.install_tuple(&key, value_of(&offer, &key)), stats) {
+            let (value, leg) = match self.value_of(&offer, &key) {
+                Ok(Some(v)) => v,
+                Ok(None) => {
+                    w.add(WorkerCounter::FastPathFull as usize, 1);
+                    continue;
+                }
+                Err(_) => {
+                    w.add(WorkerCounter::FastPathErrors as usize, 1);
+                    continue;
+                }
+            };
+            let installed = counted_install(self.fast.install_tuple(&key, value), stats);
+            if installed != Some(true) {
+                if let Some(slot) = leg {
+                    self.fast.release_leg(slot);
+                }
+            }
+            match installed {
                 Some(true) => {
                     self.installed.insert(
                         key,
@@ -117,6 +148,7 @@ impl TupleCache {
                             offer,
                             ifindex: (in_if, out_if),
                             seen: (0, 0),
+                            leg,
                         },
                     );
                 }
@@ -172,15 +204,18 @@ impl TupleCache {
             else {
                 continue;
             };
-            count_forwarded(stats, f.offer.ingress, f.offer.egress, packets, bytes);
+            count_forwarded(stats, f.ports(), packets, bytes, f.growth());
             gateway.offer_used(&f.offer, now_ms);
         }
     }
 
     /// Takes out every entry (stop).
     pub fn clear(&mut self) {
-        for key in self.installed.keys() {
+        for (key, f) in &self.installed {
             let _ = self.fast.remove(key);
+            if let Some(slot) = f.leg {
+                self.fast.release_leg(slot);
+            }
         }
         self.installed.clear();
         self.foreign.clear();
@@ -198,28 +233,47 @@ fn key_of(o: &FlowOffer, ingress_ifindex: u32) -> TupleKey {
         sport: t.sport.to_be_bytes(),
         dport: t.dport.to_be_bytes(),
         proto: t.proto,
-        pad: [0; 3],
+        layer: match o.leg {
+            Some(OverlayLeg::Decap { .. }) => INNER,
+            _ => OUTER,
+        },
+        pad: [0; 2],
     }
 }
 
-fn value_of(o: &FlowOffer, key: &TupleKey) -> TupleFlow {
-    let (src, sport, dst, dport) = o.to;
-    // An unknown MTU is not checked by the gateway either.
-    let max_len = match o.mtu {
-        0 => u16::MAX,
-        mtu => mtu.min(u16::MAX as u32) as u16,
-    };
-    TupleFlow::rewrite(
-        key,
-        o.egress as u32,
-        max_len,
-        (o.new_dst_mac.0, o.new_src_mac.0),
-        (
-            src.octets(),
-            sport.to_be_bytes(),
-            dst.octets(),
-            dport.to_be_bytes(),
-        ),
-        o.next_hop.is_some(),
-    )
+impl TupleCache {
+    /// The program's value for an offer, and the overlay leg slot it holds (acquired here);
+    /// `None` when the overlay legs are all taken.
+    fn value_of(
+        &self,
+        o: &FlowOffer,
+        key: &TupleKey,
+    ) -> std::io::Result<Option<(TupleFlow, Option<u16>)>> {
+        let (src, sport, dst, dport) = o.to;
+        let flow = TupleFlow::rewrite(
+            key,
+            o.egress as u32,
+            o.max_len,
+            (o.new_dst_mac.0, o.new_src_mac.0),
+            (
+                src.octets(),
+                sport.to_be_bytes(),
+                dst.octets(),
+                dport.to_be_bytes(),
+            ),
+            o.next_hop.is_some(),
+        );
+        let outer = match &o.leg {
+            None => return Ok(Some((flow, None))),
+            Some(OverlayLeg::Encap { outer, .. } | OverlayLeg::Decap { outer, .. }) => outer,
+        };
+        let Some(slot) = self.fast.acquire_leg(outer)? else {
+            return Ok(None);
+        };
+        let flow = match o.leg {
+            Some(OverlayLeg::Encap { src_port, .. }) => flow.into_overlay(slot, src_port),
+            _ => flow.out_of_overlay(slot),
+        };
+        Ok(Some((flow, Some(slot))))
+    }
 }

@@ -3,7 +3,9 @@
 //! resolution.
 
 use super::icmp_limit::IcmpErrorLimiter;
-use super::offers::{note_closing, offloadable, parsed_by_fast_path, Pending};
+use super::offers::{
+    decap_leg, max_len_out, note_closing, offloadable, parsed_by_fast_path, Pending,
+};
 use super::{
     arp, icmp, Emit, FlowOffer, Gateway, GatewayShared, GwCounter, GwCounters, Policy, Step,
 };
@@ -40,6 +42,8 @@ struct Ctx<'a> {
     from_uplink: bool,
     /// The inner frame of VXLAN from a peer (second pass).
     from_overlay: bool,
+    /// Then, the peer's VTEP.
+    from_peer: Option<Ipv4Addr>,
     now_ms: u64,
     /// Where offers go (`None`: no fast path), and this frame's, until it is known where
     /// the frame goes.
@@ -125,19 +129,13 @@ pub(super) fn handle(
     frame: &mut [u8],
     ingress: PortId,
     from_uplink: bool,
-    from_overlay: bool,
+    from_peer: Option<Ipv4Addr>,
     now_ms: u64,
     emit: &mut Vec<Emit>,
 ) -> Step {
-    with_ctx(
-        gw,
-        ingress,
-        from_uplink,
-        from_overlay,
-        now_ms,
-        emit,
-        |ctx| route(ctx, frame),
-    )
+    with_ctx(gw, ingress, from_uplink, from_peer, now_ms, emit, |ctx| {
+        route(ctx, frame)
+    })
 }
 
 /// Sends an encapsulated frame (the outer headers in front) to the next hop of `vtep`.
@@ -149,7 +147,7 @@ pub(super) fn deliver_encapsulated(
     emit: &mut Vec<Emit>,
 ) -> Disposition {
     let uplink = gw.policy.uplink_port.unwrap_or(0);
-    with_ctx(gw, uplink, true, false, now_ms, emit, |ctx| {
+    with_ctx(gw, uplink, true, None, now_ms, emit, |ctx| {
         deliver_outer(ctx, frame, vtep)
     })
 }
@@ -158,7 +156,7 @@ fn with_ctx<R>(
     gw: &mut Gateway,
     ingress: PortId,
     from_uplink: bool,
-    from_overlay: bool,
+    from_peer: Option<Ipv4Addr>,
     now_ms: u64,
     emit: &mut Vec<Emit>,
     f: impl FnOnce(&mut Ctx<'_>) -> R,
@@ -185,7 +183,8 @@ fn with_ctx<R>(
         emit,
         ingress,
         from_uplink,
-        from_overlay,
+        from_overlay: from_peer.is_some(),
+        from_peer,
         now_ms,
         offers: offers.as_mut(),
         pending: None,
@@ -261,7 +260,10 @@ fn route(ctx: &mut Ctx<'_>, frame: &mut [u8]) -> Step {
         let ip = Ipv4Packet::new_quoted(&frame[ETHERNET_HEADER_LEN..]).expect("checked above");
         let overlay = ctx.policy.overlay.as_ref().expect("checked");
         return match decap::check(overlay, &ip) {
-            Ok(outer_len) => Step::Decap { outer_len },
+            Ok(outer_len) => Step::Decap {
+                outer_len,
+                peer: ip.src(),
+            },
             Err(e) => ctx.drop_step(decap_drop_reason(e)),
         };
     }
@@ -312,9 +314,11 @@ fn route(ctx: &mut Ctx<'_>, frame: &mut [u8]) -> Step {
         Ok(t) => t,
         Err(d) => return d.into(),
     };
-    // The fast path knows no overlay.
-    if established && ctx.offers.is_some() && parsed_by_fast_path(&ip) && !ctx.from_overlay {
-        ctx.pending = Some(Pending::of(frame, tuple));
+    if established && ctx.offers.is_some() && parsed_by_fast_path(&ip) {
+        ctx.pending = Some(Pending {
+            from_peer: ctx.from_peer,
+            ..Pending::of(frame, tuple)
+        });
     }
     if let Some(key) = fragment {
         let to = FragmentTranslation {
@@ -498,9 +502,10 @@ fn forward(ctx: &mut Ctx<'_>, frame: &mut [u8], to: Translated, ttl: u8) -> Step
     ctx.count(GwCounter::Routed);
     let disposition = deliver(ctx, frame, next_hop);
     if let (Disposition::Forward(egress), Some(p)) = (disposition, ctx.pending.take()) {
-        let offer = p.offer(frame, ctx.ingress, egress, to, Some(next_hop), ctx.port_mtu);
-        if let Some(offers) = ctx.offers.as_mut() {
-            offers.push(offer);
+        let max_len = max_len_out(ctx.port_mtu, egress);
+        if let (Some(leg), Some(offers)) = (decap_leg(ctx.policy, p.from_peer), ctx.offers.as_mut())
+        {
+            offers.push(p.offer(frame, ctx.ingress, egress, to, Some(next_hop), max_len, leg));
         }
     }
     disposition.into()
@@ -536,6 +541,7 @@ fn to_overlay(ctx: &mut Ctx<'_>, frame: &mut [u8], to: Translated, vtep: Ipv4Add
     Step::Encap {
         vtep,
         src_port: vxlan::source_port(nat::flow_hash(&inner)),
+        pending: ctx.pending.take().map(|p| (p, to)),
     }
 }
 

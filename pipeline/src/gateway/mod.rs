@@ -18,7 +18,7 @@ mod icmp_limit;
 mod offers;
 
 pub use config::{GatewayConfig, Policy, ServiceConfig, UplinkConfig, VxlanConfig, VxlanPeer};
-pub use offers::{offloadable, FlowOffer};
+pub use offers::{decap_pattern, encap_template, offloadable, FlowOffer, OverlayLeg};
 
 use crate::batch::{Disposition, PortId, PortMask};
 use crate::conntrack::{Conntrack, FragmentTable};
@@ -112,14 +112,18 @@ const FRAGMENT_TABLE_CAPACITY: usize = 8192;
 /// What a frame's pass decided, before the frame is moved.
 pub(super) enum Step {
     Out(Disposition),
-    /// To a peer's VTEP: push the outer headers (UDP from `src_port`), then to its next hop.
+    /// To a peer's VTEP: push the outer headers (UDP from `src_port`), then to its next hop;
+    /// with what the fast path may be offered once it is known where the frame goes.
     Encap {
         vtep: Ipv4Addr,
         src_port: u16,
+        pending: Option<(offers::Pending, (Ipv4Addr, u16, Ipv4Addr, u16))>,
     },
-    /// VXLAN for us: strip `outer_len` bytes and route the inner frame in a second pass.
+    /// VXLAN for us from the VTEP `peer`: strip `outer_len` bytes and route the inner frame in
+    /// a second pass.
     Decap {
         outer_len: usize,
+        peer: Ipv4Addr,
     },
 }
 
@@ -251,6 +255,8 @@ pub struct Gateway {
     smallest_mtu: u32,
     /// Decisions the fast path may repeat (`None`: there is no fast path).
     offers: Option<Vec<FlowOffer>>,
+    /// Per frame of the batch being decided: the VTEP of the peer it was decapsulated from.
+    decap_peers: Vec<Ipv4Addr>,
 }
 
 impl Gateway {
@@ -268,6 +274,7 @@ impl Gateway {
             port_mtu: vec![0; crate::MAX_PORTS],
             smallest_mtu: u32::MAX,
             offers: None,
+            decap_peers: Vec::new(),
         }
     }
 
@@ -329,18 +336,25 @@ impl Gateway {
     ) {
         self.refresh_policy();
         self.counters.add(GwCounter::RxFrames, frames.len() as u64);
-        for (frame, slot) in frames.iter_mut().zip(next.iter_mut()) {
+        let mut peers = std::mem::take(&mut self.decap_peers);
+        peers.clear();
+        peers.resize(frames.len(), Ipv4Addr::UNSPECIFIED);
+        for ((frame, slot), peer) in frames.iter_mut().zip(next.iter_mut()).zip(&mut peers) {
             let step = self.handle(frame.as_mut(), ingress, now_ms, emit);
-            *slot = self.apply(frame, step, now_ms, emit, false);
+            if let Step::Decap { peer: from, .. } = step {
+                *peer = from;
+            }
+            *slot = self.apply(frame, step, ingress, now_ms, emit, false);
         }
-        for (frame, slot) in frames.iter_mut().zip(next.iter_mut()) {
+        for ((frame, slot), peer) in frames.iter_mut().zip(next.iter_mut()).zip(&peers) {
             if *slot != Disposition::Recirculate {
                 continue;
             }
             self.counters.add(GwCounter::Recirculated, 1);
-            let step = self.handle_inner(frame.as_mut(), ingress, now_ms, emit);
-            *slot = self.apply(frame, step, now_ms, emit, true);
+            let step = self.handle_inner(frame.as_mut(), ingress, *peer, now_ms, emit);
+            *slot = self.apply(frame, step, ingress, now_ms, emit, true);
         }
+        self.decap_peers = peers;
     }
 
     /// Carries out what the frame's pass decided that needs the frame to move.
@@ -348,13 +362,14 @@ impl Gateway {
         &mut self,
         frame: &mut P,
         step: Step,
+        ingress: PortId,
         now_ms: u64,
         emit: &mut Vec<Emit>,
         second_pass: bool,
     ) -> Disposition {
         match step {
             Step::Out(d) => d,
-            Step::Decap { outer_len } => {
+            Step::Decap { outer_len, .. } => {
                 if second_pass {
                     self.counters.add(GwCounter::DropRecirculationLimit, 1);
                     return Disposition::Drop;
@@ -366,7 +381,11 @@ impl Gateway {
                 self.counters.add(GwCounter::VxlanDecapsulated, 1);
                 Disposition::Recirculate
             }
-            Step::Encap { vtep, src_port } => {
+            Step::Encap {
+                vtep,
+                src_port,
+                pending,
+            } => {
                 let Some(overlay) = self.policy.overlay.as_ref() else {
                     self.counters.add(GwCounter::DropNoRoute, 1);
                     return Disposition::Drop;
@@ -382,7 +401,11 @@ impl Gateway {
                     return Disposition::Drop;
                 }
                 self.counters.add(GwCounter::VxlanEncapsulated, 1);
-                forward::deliver_encapsulated(self, frame.as_mut(), vtep, now_ms, emit)
+                let d = forward::deliver_encapsulated(self, frame.as_mut(), vtep, now_ms, emit);
+                if let (Disposition::Forward(egress), Some((p, to))) = (d, pending) {
+                    self.offer_encapsulated(frame.as_ref(), p, ingress, egress, to, vtep, src_port);
+                }
+                d
             }
         }
     }
@@ -423,7 +446,7 @@ impl Gateway {
                     // stays known, so replies straight to it are not flooded.
                     self.bridge.learn_from(frame, ingress, now_ms);
                 }
-                return forward::handle(self, frame, ingress, from_uplink, false, now_ms, emit);
+                return forward::handle(self, frame, ingress, from_uplink, None, now_ms, emit);
             }
             _ => {}
         }
@@ -436,6 +459,7 @@ impl Gateway {
         &mut self,
         frame: &mut [u8],
         ingress: PortId,
+        peer: Ipv4Addr,
         now_ms: u64,
         emit: &mut Vec<Emit>,
     ) -> Step {
@@ -449,7 +473,7 @@ impl Gateway {
         if crate::offload::complete(frame) {
             self.counters.add(GwCounter::ChecksumsCompleted, 1);
         }
-        forward::handle(self, frame, ingress, true, true, now_ms, emit)
+        forward::handle(self, frame, ingress, true, Some(peer), now_ms, emit)
     }
 
     /// Frames neither ARP nor routed: bridged on the pod segment, dropped from the uplink.
@@ -474,7 +498,8 @@ impl Gateway {
         let disposition = self.bridge_frame(frame, ingress, now_ms);
         if let (Some((p, to)), Disposition::Forward(egress)) = (pending, disposition) {
             if let Some(offers) = self.offers.as_mut() {
-                offers.push(p.offer(frame, ingress, egress, to, None, &self.port_mtu));
+                let max_len = offers::max_len_out(&self.port_mtu, egress);
+                offers.push(p.offer(frame, ingress, egress, to, None, max_len, None));
                 if p.untracked {
                     self.shared
                         .untracked
@@ -541,6 +566,8 @@ mod tests;
 mod tests_drops;
 #[cfg(test)]
 mod tests_offers;
+#[cfg(test)]
+mod tests_offers_vxlan;
 #[cfg(test)]
 mod tests_services;
 #[cfg(test)]

@@ -6,18 +6,20 @@
 //! Only flows whose state the fast path cannot change qualify: TCP established (SYN, FIN and
 //! RST always come to the switch), UDP from its second packet on (its one state change, the
 //! first reply, always comes through the switch: a reply direction is offered only from a
-//! reply the switch forwarded). Routed frames (to our MAC, not through the overlay) and frames
-//! bridged on the pod segment (a backend's direct reply, un-DNATed; and plain pod-to-pod
-//! traffic conntrack does not track, see `UntrackedOffers`) are offered; fragments, IP
-//! options, ICMP and anything encapsulated are not.
+//! reply the switch forwarded). Routed frames (to our MAC; also into the overlay and out of it,
+//! with the outer VXLAN headers as an `OverlayLeg`) and frames bridged on the pod segment (a
+//! backend's direct reply, un-DNATed; and plain pod-to-pod traffic conntrack does not track,
+//! see `UntrackedOffers`) are offered; fragments, IP options and ICMP are not.
 
 use super::Gateway;
 use crate::batch::PortId;
 use crate::conntrack::{FlowState, TcpState, Tuple};
 use crate::l2::L2Counter;
 use crate::l3::Segment;
+use crate::overlay::{encap, Overlay};
 use crate::wire::ipv4::{Ipv4Packet, PROTO_TCP, PROTO_UDP};
 use crate::wire::l4::{TCP_FIN, TCP_RST};
+use crate::wire::vxlan::{OuterRepr, ENCAP_OVERHEAD};
 use crate::wire::MacAddr;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,20 +37,75 @@ pub struct FlowOffer {
     pub new_dst_mac: MacAddr,
     pub new_src_mac: MacAddr,
     pub to: (Ipv4Addr, u16, Ipv4Addr, u16),
-    /// Routed to this next hop (TTL decremented); `None`: bridged on the pod segment.
+    /// Routed to this next hop (TTL decremented; into the overlay: the peer's VTEP); `None`:
+    /// bridged on the pod segment.
     pub next_hop: Option<Ipv4Addr>,
-    /// The egress port's MTU as the gateway checks it (0: unknown, not checked).
-    pub mtu: u32,
+    /// The longest IPv4 packet (inner, for the overlay) the decision holds for: longer ones
+    /// get fragmentation-needed or are dropped.
+    pub max_len: u16,
+    /// Into or out of the overlay.
+    pub leg: Option<OverlayLeg>,
+}
+
+/// The VXLAN headers of an offer that crosses the overlay (`ENCAP_OVERHEAD` bytes: outer
+/// Ethernet, IPv4, UDP, VXLAN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverlayLeg {
+    /// To a peer: the outer headers as the switch writes them in front of an empty inner frame
+    /// (the lengths, the IPv4 checksum and the UDP source port to be filled in per packet, as
+    /// `encap::push_outer` does), and the flow's UDP source port.
+    Encap {
+        outer: [u8; ENCAP_OVERHEAD],
+        src_port: u16,
+    },
+    /// From the peer whose VTEP is `peer`: the outer headers its VXLAN to us has (`decap_pattern`).
+    Decap {
+        peer: Ipv4Addr,
+        outer: [u8; ENCAP_OVERHEAD],
+    },
+}
+
+/// The outer headers the switch writes to the peer whose VTEP is `vtep` for an empty inner
+/// frame, outer MACs `macs` (next hop's, ours).
+pub fn encap_template(
+    overlay: &Overlay,
+    vtep: Ipv4Addr,
+    macs: (MacAddr, MacAddr),
+) -> Option<[u8; ENCAP_OVERHEAD]> {
+    let mut outer = overlay.peer(vtep)?.outer;
+    outer[..6].copy_from_slice(&macs.0 .0);
+    outer[6..12].copy_from_slice(&macs.1 .0);
+    Some(outer)
+}
+
+/// What the fast path compares of VXLAN from `peer` before it takes the inner frame: our MAC
+/// (bytes 0..6), IPv4 (12..14), the peer's and our address (26..34), our UDP port (36..38) and
+/// our VNI (46..49); the rest is as we would send it and not compared.
+pub fn decap_pattern(overlay: &Overlay, our_mac: MacAddr, peer: Ipv4Addr) -> [u8; ENCAP_OVERHEAD] {
+    let mut outer = [0u8; ENCAP_OVERHEAD];
+    OuterRepr {
+        src_mac: our_mac,
+        src_ip: peer,
+        dst_ip: overlay.local,
+        src_port: 0,
+        dst_port: overlay.udp_port,
+        vni: overlay.vni,
+    }
+    .emit(&mut outer, 0);
+    outer[..6].copy_from_slice(&our_mac.0);
+    outer
 }
 
 /// A frame being decided whose flow qualifies, until it is known where it goes.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Pending {
+pub(crate) struct Pending {
     pub dst_mac: MacAddr,
     pub src_mac: MacAddr,
     pub tuple: Tuple,
     /// Bridged pod-to-pod traffic conntrack does not track.
     pub untracked: bool,
+    /// The inner frame of VXLAN from this peer's VTEP.
+    pub from_peer: Option<Ipv4Addr>,
 }
 
 impl Pending {
@@ -58,6 +115,7 @@ impl Pending {
             src_mac: MacAddr::from_bytes(&frame[6..12]),
             tuple,
             untracked: false,
+            from_peer: None,
         }
     }
 
@@ -68,16 +126,18 @@ impl Pending {
         }
     }
 
-    /// The offer, once the frame (rewritten, with its new MACs) goes out of `egress`, whose
-    /// MTU `port_mtu` holds.
+    /// The offer, once the frame (rewritten; `inner`: its inner frame with its new MACs) goes
+    /// out of `egress`.
+    #[allow(clippy::too_many_arguments)]
     pub fn offer(
         self,
-        frame: &[u8],
+        inner: &[u8],
         ingress: PortId,
         egress: PortId,
         to: (Ipv4Addr, u16, Ipv4Addr, u16),
         next_hop: Option<Ipv4Addr>,
-        port_mtu: &[u32],
+        max_len: u16,
+        leg: Option<OverlayLeg>,
     ) -> FlowOffer {
         FlowOffer {
             ingress,
@@ -85,11 +145,12 @@ impl Pending {
             dst_mac: self.dst_mac,
             src_mac: self.src_mac,
             tuple: self.tuple,
-            new_dst_mac: MacAddr::from_bytes(&frame[..6]),
-            new_src_mac: MacAddr::from_bytes(&frame[6..12]),
+            new_dst_mac: MacAddr::from_bytes(&inner[..6]),
+            new_src_mac: MacAddr::from_bytes(&inner[6..12]),
             to,
             next_hop,
-            mtu: port_mtu.get(egress as usize).copied().unwrap_or(0),
+            max_len,
+            leg,
         }
     }
 }
@@ -153,6 +214,31 @@ pub(super) fn parsed_by_fast_path(ip: &Ipv4Packet<&[u8]>) -> bool {
     !ip.is_fragment() && ip.header_len() == 20 && matches!(ip.protocol(), PROTO_TCP | PROTO_UDP)
 }
 
+/// The longest IPv4 packet the gateway sends out of `egress` (its MTU in `port_mtu`; 0:
+/// unknown, not checked).
+pub(super) fn max_len_out(port_mtu: &[u32], egress: PortId) -> u16 {
+    match port_mtu.get(egress as usize) {
+        Some(&mtu) if mtu != 0 => mtu.min(u16::MAX as u32) as u16,
+        _ => u16::MAX,
+    }
+}
+
+/// The overlay leg of an offer for the inner frame of VXLAN from `peer` (`None`: not from the
+/// overlay).
+pub(super) fn decap_leg(
+    policy: &super::Policy,
+    peer: Option<Ipv4Addr>,
+) -> Option<Option<OverlayLeg>> {
+    let Some(peer) = peer else {
+        return Some(None);
+    };
+    let overlay = policy.overlay.as_ref()?;
+    Some(Some(OverlayLeg::Decap {
+        peer,
+        outer: decap_pattern(overlay, policy.mac, peer),
+    }))
+}
+
 /// A tuple as (src, sport, dst, dport): untranslated.
 fn identity(t: &Tuple) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
     (t.src, t.sport, t.dst, t.dport)
@@ -199,17 +285,62 @@ impl Gateway {
         self.shared.reloads.load(Ordering::Acquire)
     }
 
+    /// Offers a flow into the overlay, once its frame (`frame`: outer headers in front of the
+    /// routed inner frame) goes out of `egress` to the peer's VTEP `vtep`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn offer_encapsulated(
+        &mut self,
+        frame: &[u8],
+        p: Pending,
+        ingress: PortId,
+        egress: PortId,
+        to: (Ipv4Addr, u16, Ipv4Addr, u16),
+        vtep: Ipv4Addr,
+        src_port: u16,
+    ) {
+        let (Some(overlay), Some(inner)) = (
+            self.policy.overlay.as_ref(),
+            frame.get(ENCAP_OVERHEAD..ENCAP_OVERHEAD + 12),
+        ) else {
+            return;
+        };
+        let macs = (
+            MacAddr::from_bytes(&frame[..6]),
+            MacAddr::from_bytes(&frame[6..12]),
+        );
+        let Some(outer) = encap_template(overlay, vtep, macs) else {
+            return;
+        };
+        let max_len = self.max_len_to(egress, true);
+        let leg = OverlayLeg::Encap { outer, src_port };
+        let offer = p.offer(inner, ingress, egress, to, Some(vtep), max_len, Some(leg));
+        if let Some(offers) = self.offers.as_mut() {
+            offers.push(offer);
+        }
+    }
+
+    /// The longest IPv4 packet the gateway sends out of `egress` as it is (the port's MTU; 0:
+    /// unknown, not checked), or into the overlay (what the uplink leaves of its MTU).
+    pub(super) fn max_len_to(&self, egress: PortId, into_overlay: bool) -> u16 {
+        if into_overlay {
+            return encap::inner_mtu(self.policy.uplink_mtu);
+        }
+        max_len_out(&self.port_mtu, egress)
+    }
+
     /// Whether the switch would still decide the offered frame the same way: the flow is
     /// tracked, qualifies and translates as offered, and its next hop (or, bridged, both
-    /// addresses) and egress are where they were.
+    /// addresses), its overlay headers and egress are where they were.
     pub fn offer_holds(&mut self, o: &FlowOffer, now_ms: u64) -> bool {
-        if self.port_mtu.get(o.egress as usize) != Some(&o.mtu) {
+        let into_overlay = matches!(o.leg, Some(OverlayLeg::Encap { .. }));
+        if self.max_len_to(o.egress, into_overlay) != o.max_len {
             return false;
         }
         match self.shared.conntrack.find(&o.tuple) {
             // Untracked pod-to-pod traffic: forwarded as it is, while nothing took it over.
             None => {
                 if o.next_hop.is_some()
+                    || o.leg.is_some()
                     || o.to != identity(&o.tuple)
                     || !self.shared.untracked.contains(&o.tuple)
                 {
@@ -225,22 +356,74 @@ impl Gateway {
                 }
             }
         }
-        match o.next_hop {
-            Some(next_hop) => {
+        match (o.next_hop, o.leg) {
+            (Some(vtep), Some(OverlayLeg::Encap { outer, .. })) => {
+                self.encap_holds(o, vtep, &outer, now_ms)
+            }
+            (Some(next_hop), leg) => {
+                if let Some(OverlayLeg::Decap { peer, outer }) = leg {
+                    if !self.decap_holds(o, peer, &outer) {
+                        return false;
+                    }
+                }
                 let route = self.policy.routes.lookup(o.to.2);
-                let neighbor = self
-                    .neighbor_cache
-                    .get(&self.shared.neighbors, next_hop, now_ms);
                 matches!(route, Some((seg, hop)) if seg != Segment::Overlay && hop == next_hop)
-                    && neighbor.is_some_and(|n| n.mac == o.new_dst_mac && n.port == o.egress)
+                    && self.neighbor_is(next_hop, o.new_dst_mac, o.egress, now_ms)
                     && o.new_src_mac == self.policy.mac
             }
-            None => {
+            (None, Some(_)) => false,
+            (None, None) => {
                 let fdb = self.bridge.fdb();
                 fdb.lookup(o.src_mac, now_ms) == Some(o.ingress)
                     && fdb.lookup(o.dst_mac, now_ms) == Some(o.egress)
             }
         }
+    }
+
+    fn neighbor_is(&mut self, ip: Ipv4Addr, mac: MacAddr, port: PortId, now_ms: u64) -> bool {
+        self.neighbor_cache
+            .get(&self.shared.neighbors, ip, now_ms)
+            .is_some_and(|n| n.mac == mac && n.port == port)
+    }
+
+    /// Into the overlay: still routed to this peer's VTEP, with its VTEP MAC inside, and the
+    /// outer headers the switch would write now (the VTEP's next hop on the uplink).
+    fn encap_holds(
+        &mut self,
+        o: &FlowOffer,
+        vtep: Ipv4Addr,
+        outer: &[u8; ENCAP_OVERHEAD],
+        now_ms: u64,
+    ) -> bool {
+        let policy = self.policy.clone();
+        let Some(overlay) = policy.overlay.as_ref() else {
+            return false;
+        };
+        let Some(peer) = overlay.peer(vtep) else {
+            return false;
+        };
+        let Some((Segment::Uplink, hop)) = policy.routes.lookup(vtep) else {
+            return false;
+        };
+        let hop_mac = MacAddr::from_bytes(&outer[..6]);
+        policy.routes.lookup(o.to.2) == Some((Segment::Overlay, vtep))
+            && o.new_dst_mac == peer.mac
+            && o.new_src_mac == overlay.mac
+            && encap_template(overlay, vtep, (hop_mac, policy.mac)).as_ref() == Some(outer)
+            && self.neighbor_is(hop, hop_mac, o.egress, now_ms)
+    }
+
+    /// Out of the overlay: VXLAN from a peer we still have, to our VTEP as it is configured now,
+    /// came on the uplink, its inner frame to our VTEP MAC and one of our pods.
+    fn decap_holds(&self, o: &FlowOffer, peer: Ipv4Addr, outer: &[u8; ENCAP_OVERHEAD]) -> bool {
+        let Some(overlay) = self.policy.overlay.as_ref() else {
+            return false;
+        };
+        overlay.peer(peer).is_some()
+            && *outer == decap_pattern(overlay, self.policy.mac, peer)
+            && self.policy.uplink_port == Some(o.ingress)
+            && o.dst_mac == overlay.mac
+            && self.policy.pod_cidr.contains(o.tuple.dst)
     }
 
     /// The fast path forwarded packets of the offer: its flow (and, bridged, its source

@@ -98,7 +98,8 @@ fn an_established_service_flow_is_offered_both_ways_and_a_new_one_is_not() {
             new_src_mac: GW_MAC,
             to: (POD3, 41000, POD1, 8080),
             next_hop: Some(POD1),
-            mtu: 1500,
+            max_len: 1500,
+            leg: None,
         }]
     );
     assert_eq!(reply.len(), 1);

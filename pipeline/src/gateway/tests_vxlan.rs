@@ -10,16 +10,16 @@ use crate::wire::MacAddr;
 use etherparse::{Icmpv4Type, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use std::net::Ipv4Addr;
 
-const VNI: u32 = 42;
-const OUR_VTEP_MAC: MacAddr = MacAddr([0x0e, 0, 0, 0, 0, 1]);
+pub(super) const VNI: u32 = 42;
+pub(super) const OUR_VTEP_MAC: MacAddr = MacAddr([0x0e, 0, 0, 0, 0, 1]);
 /// Node 3: its pods 10.244.3.0/24 behind its VTEP (node 2 stays a host-gw route: both kinds
 /// mixed on one node).
-const NODE3: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
-const NODE3_MAC: MacAddr = MacAddr([0x02, 0xbb, 0, 0, 0, 3]);
-const NODE3_VTEP_MAC: MacAddr = MacAddr([0x0e, 0, 0, 0, 0, 3]);
-const NODE3_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 3, 7);
+pub(super) const NODE3: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+pub(super) const NODE3_MAC: MacAddr = MacAddr([0x02, 0xbb, 0, 0, 0, 3]);
+pub(super) const NODE3_VTEP_MAC: MacAddr = MacAddr([0x0e, 0, 0, 0, 0, 3]);
+pub(super) const NODE3_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 3, 7);
 
-fn overlay_config() -> GatewayConfig {
+pub(super) fn overlay_config() -> GatewayConfig {
     let mut c = config();
     c.vxlan = Some(VxlanConfig {
         vni: VNI,
@@ -36,7 +36,7 @@ fn overlay_config() -> GatewayConfig {
 }
 
 /// A gateway that knows its pods, the router, node 2 and node 3.
-fn overlay_gateway(config: &GatewayConfig) -> Gateway {
+pub(super) fn overlay_gateway(config: &GatewayConfig) -> Gateway {
     let mut gw = gateway(config);
     learn_neighbors(&mut gw);
     let out = send(
@@ -69,7 +69,7 @@ fn inner_from_node3(dst: (Ipv4Addr, u16), ttl: u8) -> Vec<u8> {
 
 /// `inner` wrapped as node 3's VTEP sends it, with `vni` and VXLAN flags `flags`; the outer
 /// UDP checksum computed (etherparse) or zero.
-fn from_node3(inner: &[u8], vni: u32, flags: u8, udp_checksum: bool) -> Vec<u8> {
+pub(super) fn from_node3(inner: &[u8], vni: u32, flags: u8, udp_checksum: bool) -> Vec<u8> {
     let mut payload = vec![flags, 0, 0, 0, 0, 0, 0, 0];
     payload[4..7].copy_from_slice(&vni.to_be_bytes()[1..]);
     payload.extend_from_slice(inner);
