@@ -271,6 +271,10 @@ pub struct LivePort {
     /// For a veth the fast path forwards to: what the fast path had sent it and what its
     /// XDP transmit had taken when it joined (see `check_fast_egress`).
     fast_watch: Option<(u64, u64)>,
+    /// Off the fast path: when it is probed again (`reprobe_due`), and the wait after that.
+    reprobe: Option<(Instant, Duration)>,
+    /// A probe of it is out.
+    probing: bool,
     // Dropping the link detaches the program; the map goes after it.
     link: Option<XdpLink>,
     map: Option<XskMap>,
@@ -299,6 +303,12 @@ struct Spare {
 /// one retransmission at a time; and none go missing while the peer has NAPI (what the
 /// harvest says was sent was flushed to the veth before the control thread reads its count).
 const LOST_NAPI_FRAMES: u64 = 8;
+
+/// A port off the fast path is probed again after this, then after twice as long each time
+/// it fails, up to `REPROBE_MAX`: a pod that turns GRO on (or a peer node whose switch starts
+/// after ours) joins by itself, and one that never does costs 8 frames now and then.
+const REPROBE_FIRST: Duration = Duration::from_secs(1);
+const REPROBE_MAX: Duration = Duration::from_secs(30);
 
 /// Queues the spare's XSKMAP has room for; a port with more loads its own program.
 const SPARE_QUEUES: u32 = 64;
@@ -635,6 +645,8 @@ impl Datapath {
             fast_egress: None,
             attachment: self.next_attachment,
             fast_watch: None,
+            reprobe: None,
+            probing: false,
             link: None,
             map: Some(map),
         });
@@ -658,8 +670,11 @@ impl Datapath {
 
     /// Finds out, beside everything else, whether the port takes frames the fast path would
     /// redirect into it; `apply_probes` acts on the answer.
-    fn probe(&self, port: PortId) {
-        let Some(live) = self.port(port) else { return };
+    fn probe(&mut self, port: PortId) {
+        let Some(live) = self.ports.get_mut(port as usize).and_then(|l| l.as_mut()) else {
+            return;
+        };
+        live.probing = true;
         let (name, ifindex, attachment) =
             (live.info.name.clone(), live.info.ifindex, live.attachment);
         let answer = self.probes.0.clone();
@@ -675,9 +690,31 @@ impl Datapath {
             });
     }
 
+    /// Probes again the ports off the fast path whose time has come (see `REPROBE_FIRST`).
+    pub fn reprobe_due(&mut self) {
+        if self.fast.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<PortId> = self
+            .ports
+            .iter()
+            .enumerate()
+            .filter_map(|(id, slot)| {
+                let live = slot.as_ref()?;
+                let (at, _) = live.reprobe?;
+                (!live.probing && now >= at).then_some(id as PortId)
+            })
+            .collect();
+        for port in due {
+            self.probe(port);
+        }
+    }
+
     /// Ports probed since the last call join the fast path's egress ports if they take
-    /// redirected frames; returns each (name, whether it joined). An answer about an earlier
-    /// attachment (the port was removed, maybe added again, meanwhile) is dropped.
+    /// redirected frames; returns each (name, whether it joined) whose state changed (a port
+    /// that fails again is probed later, quietly). An answer about an earlier attachment (the
+    /// port was removed, maybe added again, meanwhile) is dropped.
     pub fn apply_probes(&mut self) -> Vec<(String, bool)> {
         let mut out = Vec::new();
         while let Ok(p) = self.probes.1.try_recv() {
@@ -685,9 +722,10 @@ impl Datapath {
             let Some(live) = self.ports.get_mut(p.port as usize).and_then(|l| l.as_mut()) else {
                 continue;
             };
-            if live.attachment != p.attachment || live.fast_egress.is_some() {
+            if live.attachment != p.attachment || live.fast_egress == Some(true) {
                 continue;
             }
+            live.probing = false;
             // Baselines first: nothing is redirected to it before it joins.
             let sent: u64 = self
                 .stats
@@ -701,9 +739,19 @@ impl Datapath {
                 _ => None,
             };
             let joined = p.takes && fast.add_port(p.port as u32, live.info.ifindex).is_ok();
+            let changed = live.fast_egress != Some(joined);
             live.fast_egress = Some(joined);
             live.fast_watch = watch.filter(|_| joined);
-            out.push((live.info.name.clone(), joined));
+            live.reprobe = match (joined, live.reprobe) {
+                (true, _) => None,
+                (false, None) => Some((Instant::now() + REPROBE_FIRST, REPROBE_FIRST * 2)),
+                (false, Some((_, wait))) => {
+                    Some((Instant::now() + wait, (wait * 2).min(REPROBE_MAX)))
+                }
+            };
+            if changed {
+                out.push((live.info.name.clone(), joined));
+            }
         }
         out
     }
@@ -741,6 +789,7 @@ impl Datapath {
                 let _ = fast.del_port(id as u32);
                 live.fast_egress = Some(false);
                 live.fast_watch = None;
+                live.reprobe = Some((Instant::now() + REPROBE_FIRST, REPROBE_FIRST * 2));
                 out.push(live.info.name.clone());
             }
         }

@@ -126,7 +126,7 @@ fn main() -> ExitCode {
                 true => tracing::debug!(port = %port, "the fast path forwards to this port"),
                 false => tracing::warn!(
                     port = %port,
-                    "the fast path sends this port nothing: frames redirected into it do not reach its peer (turn GRO on, or attach an XDP program, at the other end, then port del and port add)"
+                    "the fast path sends this port nothing: frames redirected into it do not reach its peer (turn GRO on, or attach an XDP program, at the other end: the port is probed again after 1 s, then up to every 30 s)"
                 ),
             }
         }
@@ -146,10 +146,11 @@ fn main() -> ExitCode {
         if last_check.elapsed() >= VANISHED_CHECK {
             last_check = Instant::now();
             live.check_vanished();
+            live.dp.reprobe_due();
             for port in live.dp.check_fast_egress() {
                 tracing::warn!(
                     port = %port,
-                    "the fast path stops sending to this port: frames it redirected there were dropped (its other end lost NAPI: GRO turned off, or its XDP program removed); its frames go by the workers (port del and port add to probe it again)"
+                    "the fast path stops sending to this port: frames it redirected there were dropped (its other end lost NAPI: GRO turned off, or its XDP program removed); its frames go by the workers until a probe finds NAPI again (after 1 s, then up to every 30 s)"
                 );
             }
             if let Some(g) = &live.dp.gateway {

@@ -51,12 +51,33 @@ fn probed(switch: &Switch) -> Vec<(String, Option<bool>)> {
     }
 }
 
-/// Takes NAPI from pod `pod`'s end of its veth (the tests' pods have GRO on).
-fn gro_off(topo: &Topology, pod: usize) {
+/// Takes NAPI from pod `pod`'s end of its veth (the tests' pods have GRO on), or gives it back.
+fn set_gro(topo: &Topology, pod: usize, on: bool) {
     let ns = &topo.pods[pod].ns;
+    let gro = if on { "on" } else { "off" };
     common::must(&[
-        "ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "gro", "off",
+        "ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "gro", gro,
     ]);
+}
+
+fn gro_off(topo: &Topology, pod: usize) {
+    set_gro(topo, pod, false);
+}
+
+/// The ports' fast-path states once they are `want`, or as they are after `secs` seconds.
+fn fast_path_within(
+    switch: &Switch,
+    want: &[(String, Option<bool>)],
+    secs: u64,
+) -> Vec<(String, Option<bool>)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let fast = fast_path_of_ports(switch);
+        if fast == want || std::time::Instant::now() > deadline {
+            return fast;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 fn named(ports: &[(&str, bool)]) -> Vec<(String, Option<bool>)> {
@@ -202,7 +223,8 @@ fn the_fast_path_is_the_default() {
 
 /// A pod that loses its NAPI after its port joined the fast path (GRO turned off) would lose
 /// what the fast path sends it: the switch sees its XDP transmit fall behind, takes the port
-/// out of the fast path, and the workers carry its frames.
+/// out of the fast path, and the workers carry its frames. Once it has NAPI again, a later
+/// probe finds it and the port joins again.
 #[test]
 fn a_pod_that_loses_napi_falls_back_to_the_workers() {
     let Some(_net) = network_test() else { return };
@@ -220,5 +242,13 @@ fn a_pod_that_loses_napi_falls_back_to_the_workers() {
         named(&[("vp1", true), ("vp2", false)])
     );
     topo.transfer(1, 0, 10_000_000);
+    set_gro(&topo, 1, true);
+    let both = named(&[("vp1", true), ("vp2", true)]);
+    assert_eq!(fast_path_within(&switch, &both, 20), both, "probed again");
+    let before = worker_counter(&switch, "fast_path_packets");
+    topo.transfer(0, 1, 10_000_000);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let more = worker_counter(&switch, "fast_path_packets") - before;
+    assert!(more > 3_000, "to pod 2 by the fast path again: {more}");
     stop(switch);
 }
