@@ -244,7 +244,7 @@ start_vswitch() {
 		[ "$prev" = --config ] && grep -q '^fast_path' "$a" && plane=()
 		prev=$a
 	done
-	ip netns exec "$ns" $bin/vswitch "$@" "${plane[@]}" --cores "${VS_CORES:-0}" --poll busy --ctl "$tmp/ctl-$ns.sock" >"$VS_LOG" 2>&1 &
+	ip netns exec "$ns" $bin/vswitch "$@" "${plane[@]}" --cores "${VS_CORES:-0}" --poll "${VS_POLL:-busy}" --ctl "$tmp/ctl-$ns.sock" >"$VS_LOG" 2>&1 &
 	VS=$!
 	SWITCH_PID=$VS
 	for _ in $(seq 100); do ip -n "$ns" -d link show "${VS_PORT:-vsink}" | grep -q prog/xdp && break; sleep 0.1; done
@@ -272,6 +272,8 @@ if n:
 	SWITCH_PID=0
 	CPP=$(sed -nE 's/.*processing_cycles_per_packet=([0-9]+).*/\1/p' "$VS_LOG" | head -1)
 	grep -o 'conntrack: [0-9]* flows' "$VS_LOG" | sed 's/^/   vswitch at exit: /' >&2 || true
+	# BENCH_SHOW_PORTS=1: where frames went and were dropped, per port.
+	[ -z "${BENCH_SHOW_PORTS:-}" ] || sed -n '/^port /,/^bridge/p' "$VS_LOG" | sed 's/^/   /' >&2
 }
 
 bridge_up() {
@@ -511,19 +513,23 @@ vxlan_toml() {
 }
 
 # vswitch on both nodes: node 1's worker on core 0, node 2's on core 1 (with the generator).
-# Prints both workers' processing cycles per packet, summed.
+# Prints both workers' processing cycles per packet, summed. VXLAN_FAST=1: with the XDP fast
+# path (node 2 first: its uplink's program gives node 1's uplink NAPI to redirect into), the
+# workers polling adaptively (the traffic is not theirs once the flow is installed).
 vxlan_vswitch() {
 	vxlan_toml 1 2 vgen >"$tmp/node1.toml"
 	vxlan_toml 2 1 vsink >"$tmp/node2.toml"
-	VS_NS=$N2 VS_CORES=${VS2_CORES:-1} start_vswitch --config "$tmp/node2.toml"
+	local fast=() poll=busy
+	[ -n "${VXLAN_FAST:-}" ] && fast=(--fast-path xdp) poll=adaptive
+	VS_POLL=$poll VS_NS=$N2 VS_CORES=${VS2_CORES:-1} start_vswitch --config "$tmp/node2.toml" "${fast[@]}"
 	local vs2=$VS log2=$VS_LOG r cpp
-	VS_PORT=vup start_vswitch --config "$tmp/node1.toml"
+	VS_POLL=$poll VS_PORT=vup start_vswitch --config "$tmp/node1.toml" "${fast[@]}"
 	SWITCH_PID=$VS,$vs2
 	announce_sink
 	r=$(measure $GW_MAC 10.244.2.2 9)
 	stop_vswitch
 	cpp=${CPP:-0}
-	VS=$vs2 VS_LOG=$log2 stop_vswitch
+	VS_NS=$N2 VS=$vs2 VS_LOG=$log2 stop_vswitch
 	echo "$r $((cpp + ${CPP:-0}))"
 }
 
@@ -531,6 +537,8 @@ vxlan_vswitch() {
 # and the bridge CNI plugin set it up: bridge cni0 with the gateway address (and vswitch's
 # gateway MAC, so the generator's frames fit both), IP forwarding, flannel.1 over vup, and for
 # the peer a static FDB entry, a permanent neighbour and an onlink route.
+vxlan_vswitch_fast() { VXLAN_FAST=1 vxlan_vswitch; }
+
 flannel_up() {
 	local ns=$1 i=$2 p=$3 port=$4
 	ip -n "$ns" addr add "198.18.0.$i/24" dev vup
@@ -766,7 +774,10 @@ fi
 # Last: it rewires the topology.
 if [ "$scenario" = vxlan ] || [ "$scenario" = all ]; then
 	vxlan_topology
-	run_scenario vxlan vswitch:vxlan_vswitch kernel-vxlan:vxlan_kernel
+	# The fast path rewrites the generator's pages in place (see the dnat scenario).
+	gen_extra=(${VXLAN_GEN_EXTRA---restore-headers})
+	run_scenario vxlan vswitch:vxlan_vswitch kernel-vxlan:vxlan_kernel vswitch-fastpath:vxlan_vswitch_fast
+	gen_extra=()
 fi
 # Multi-core scaling: W workers, W generators on cores W..2W-1, each feeding its own queue.
 scale_run() {
