@@ -753,6 +753,8 @@ l2_planes=(vswitch:l2_vswitch linux-bridge:l2_kernel vswitch-fastpath:l2_vswitch
 [ -n "$with_ovs" ] && l2_planes+=(ovs-afxdp:l2_ovs)
 [ -n "$with_testpmd" ] && l2_planes+=(testpmd-af_xdp:l2_testpmd)
 [ -n "$with_busypoll" ] && l2_planes+=(vswitch-busy-poll:l2_vswitch_busypoll)
+# L2_PLANES="label:function ...": only these (quick comparisons while changing one of them).
+[ -z "${L2_PLANES:-}" ] || read -ra l2_planes <<<"$L2_PLANES"
 [ "$scenario" = l2 ] || [ "$scenario" = all ] && run_scenario l2 "${l2_planes[@]}"
 if [ "$scenario" = dnat ] || [ "$scenario" = all ]; then
 	# The fast path rewrites frames in place and the generator's pages come back as they
