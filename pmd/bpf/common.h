@@ -165,7 +165,10 @@ static INLINE int sum_bytes(__u8 *p, __u32 len, __u8 *end, __u64 *out)
 
 static INLINE __u16 fold64(__u64 sum)
 {
-	return fold((__u32)(sum >> 32) + (__u32)sum);
+	// Twice: the first addition may carry into bit 32.
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	return fold((__u32)sum);
 }
 
 // The sum of the IPv4 pseudo-header of a `len`-byte transport segment, in memory order.

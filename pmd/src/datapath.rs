@@ -271,13 +271,26 @@ pub struct LivePort {
     /// For a veth the fast path forwards to: what the fast path had sent it and what its
     /// XDP transmit had taken when it joined (see `check_fast_egress`).
     fast_watch: Option<(u64, u64)>,
-    /// Off the fast path: when it is probed again (`reprobe_due`), and the wait after that.
-    reprobe: Option<(Instant, Duration)>,
+    /// Off the fast path: when it is probed again (`reprobe_due`).
+    reprobe: Option<Instant>,
+    /// The wait before the next probe after this one fails, or after it is taken out again.
+    probe_wait: Duration,
+    /// When it last joined the fast path.
+    joined_at: Option<Instant>,
     /// A probe of it is out.
     probing: bool,
     // Dropping the link detaches the program; the map goes after it.
     link: Option<XdpLink>,
     map: Option<XskMap>,
+}
+
+impl LivePort {
+    /// The next probe after the current wait, which doubles for the one after (up to
+    /// `REPROBE_MAX`).
+    fn schedule_probe(&mut self) {
+        self.reprobe = Some(Instant::now() + self.probe_wait);
+        self.probe_wait = (self.probe_wait * 2).min(REPROBE_MAX);
+    }
 }
 
 /// Code run on every worker's pipeline, between passes (a port's binding, a flood domain).
@@ -646,6 +659,8 @@ impl Datapath {
             attachment: self.next_attachment,
             fast_watch: None,
             reprobe: None,
+            probe_wait: REPROBE_FIRST,
+            joined_at: None,
             probing: false,
             link: None,
             map: Some(map),
@@ -678,7 +693,7 @@ impl Datapath {
         let (name, ifindex, attachment) =
             (live.info.name.clone(), live.info.ifindex, live.attachment);
         let answer = self.probes.0.clone();
-        let _ = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("vswitch-probe".into())
             .spawn(move || {
                 let takes = napi_probe::takes_redirected_frames(&name, ifindex).unwrap_or(false);
@@ -688,6 +703,19 @@ impl Datapath {
                     takes,
                 });
             });
+        if spawned.is_err() {
+            // No thread: a failed probe, tried again later.
+            let _ = self.probes.0.send(Probed {
+                port,
+                attachment,
+                takes: false,
+            });
+        }
+    }
+
+    /// Overlay legs (distinct outer VXLAN headers) the fast path's flows use now.
+    pub fn fast_path_overlay_legs(&self) -> usize {
+        self.fast.as_ref().map_or(0, |f| f.legs_in_use())
     }
 
     /// Probes again the ports off the fast path whose time has come (see `REPROBE_FIRST`).
@@ -702,7 +730,7 @@ impl Datapath {
             .enumerate()
             .filter_map(|(id, slot)| {
                 let live = slot.as_ref()?;
-                let (at, _) = live.reprobe?;
+                let at = live.reprobe?;
                 (!live.probing && now >= at).then_some(id as PortId)
             })
             .collect();
@@ -742,13 +770,12 @@ impl Datapath {
             let changed = live.fast_egress != Some(joined);
             live.fast_egress = Some(joined);
             live.fast_watch = watch.filter(|_| joined);
-            live.reprobe = match (joined, live.reprobe) {
-                (true, _) => None,
-                (false, None) => Some((Instant::now() + REPROBE_FIRST, REPROBE_FIRST * 2)),
-                (false, Some((_, wait))) => {
-                    Some((Instant::now() + wait, (wait * 2).min(REPROBE_MAX)))
-                }
-            };
+            if joined {
+                live.reprobe = None;
+                live.joined_at = Some(Instant::now());
+            } else {
+                live.schedule_probe();
+            }
             if changed {
                 out.push((live.info.name.clone(), joined));
             }
@@ -789,7 +816,11 @@ impl Datapath {
                 let _ = fast.del_port(id as u32);
                 live.fast_egress = Some(false);
                 live.fast_watch = None;
-                live.reprobe = Some((Instant::now() + REPROBE_FIRST, REPROBE_FIRST * 2));
+                // Taken out soon after joining: it is flapping, so the waits keep growing.
+                if live.joined_at.is_none_or(|t| t.elapsed() >= REPROBE_MAX) {
+                    live.probe_wait = REPROBE_FIRST;
+                }
+                live.schedule_probe();
                 out.push(live.info.name.clone());
             }
         }

@@ -292,6 +292,12 @@ fn vxlan_the_switch_would_refuse_is_left_to_it() {
     };
     let mut truncated = good.clone();
     truncated.truncate(good.len() - 1);
+    // One byte more than the outer IPv4 packet says it holds.
+    let mut trailing = good.clone();
+    trailing.push(0);
+    // A UDP length that disagrees with the IPv4 length.
+    let udp_len = u16::from_be_bytes([good[38], good[39]]);
+    let udp_too_short = changed(38, &(udp_len - 1).to_be_bytes());
     let cases = [
         ("not to our MAC", changed(0, &[0x02, 0, 0, 0, 0, 0xcc])),
         (
@@ -308,6 +314,8 @@ fn vxlan_the_switch_would_refuse_is_left_to_it() {
         ("a wrong UDP checksum", changed(40, &[0x12, 0x34])),
         ("a bad outer header checksum", changed(24, &[0, 0])),
         ("cut short", truncated),
+        ("a byte past the outer IPv4 packet", trailing),
+        ("a UDP length shorter than the IPv4 payload", udp_too_short),
         (
             "inner frame not to our VTEP MAC",
             changed(50, &[0x02, 0, 0, 0, 9, 9]),

@@ -261,9 +261,11 @@ pub(crate) fn remove_unbacked<K: std::hash::Hash + Eq, I: Entry, V: Counted>(
             if let Some((packets, bytes)) = new_counts::<K, V>(fast, key, f.seen()) {
                 count_forwarded(stats, f.ports(), packets, bytes, f.growth());
             }
-            let _ = fast.remove(key);
-            if let Some(slot) = f.leg() {
-                fast.release_leg(slot);
+            // A leg stays taken while an entry that names it may still be in the map.
+            if fast.remove(key).is_ok() {
+                if let Some(slot) = f.leg() {
+                    fast.release_leg(slot);
+                }
             }
             removed += 1;
         }

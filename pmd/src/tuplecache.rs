@@ -212,9 +212,10 @@ impl TupleCache {
     /// Takes out every entry (stop).
     pub fn clear(&mut self) {
         for (key, f) in &self.installed {
-            let _ = self.fast.remove(key);
-            if let Some(slot) = f.leg {
-                self.fast.release_leg(slot);
+            if self.fast.remove(key).is_ok() {
+                if let Some(slot) = f.leg {
+                    self.fast.release_leg(slot);
+                }
             }
         }
         self.installed.clear();

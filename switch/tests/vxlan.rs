@@ -559,6 +559,30 @@ mac = "{mac}"
         outputs
     }
 
+    /// Node `n`'s overlay legs in use (`show stats`), once 0 or after `wait`.
+    fn overlay_legs_within(&self, n: usize, wait: Duration) -> u64 {
+        let deadline = Instant::now() + wait;
+        loop {
+            let out = Command::new(vswitch_bin())
+                .args([
+                    "ctl",
+                    "--socket",
+                    &self.nodes[n].ctl,
+                    "show",
+                    "stats",
+                    "--json",
+                ])
+                .output()
+                .expect("running vswitch ctl");
+            let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let legs = stats["fast_path_overlay_legs"].as_u64().unwrap_or(u64::MAX);
+            if legs == 0 || Instant::now() > deadline {
+                return legs;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Waits until every port of every vswitch node is on the fast path (a node's uplink
     /// joins once the other node's switch runs: its XDP program gives the veth NAPI).
     fn wait_for_fast_path(&mut self) {
@@ -970,6 +994,13 @@ fn two_vswitch_nodes_on_the_fast_path_ping_and_transfer() {
     c.ping_all(true);
     c.must_transfer("n1p1", "n2p1", BIG, 5001);
     c.must_transfer("n2p2", "n1p2", BIG, 5002);
+    // Once the connections closed, their flows leave the fast path with their overlay legs.
+    for n in 0..2 {
+        let legs = c.overlay_legs_within(n, Duration::from_secs(10));
+        c.check(legs == 0, || {
+            format!("node {n}: {legs} overlay legs still in use")
+        });
+    }
     let outputs = c.finish();
     for (i, out) in &outputs {
         // 50 MB is about 34,000 full segments each way; most must have taken XDP.

@@ -298,6 +298,11 @@ impl Gateway {
         vtep: Ipv4Addr,
         src_port: u16,
     ) {
+        // Out of the overlay and back into it: not a decision the fast path could repeat (it
+        // looks up what comes from a peer by the inner frame).
+        if p.from_peer.is_some() {
+            return;
+        }
         let (Some(overlay), Some(inner)) = (
             self.policy.overlay.as_ref(),
             frame.get(ENCAP_OVERHEAD..ENCAP_OVERHEAD + 12),

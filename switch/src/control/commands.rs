@@ -329,6 +329,7 @@ fn stats(live: &Live) -> Value {
         "gateway": gateway,
         "conntrack": conntrack_counters(live),
         "frame_memory": memory(live),
+        "fast_path_overlay_legs": live.dp.fast_path_overlay_legs(),
         "ports_lost": live.ports_lost,
     })
 }
