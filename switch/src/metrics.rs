@@ -265,6 +265,12 @@ pub fn render(live: &Live) -> String {
         let total: u64 = dp.stats.iter().map(|s| s.worker(counter)).sum();
         o.one(name, kind, help, total);
     }
+    o.one(
+        "vswitch_fast_path_overlay_legs",
+        "gauge",
+        "Distinct outer VXLAN headers the fast path's flows into and out of the overlay use.",
+        dp.fast_path_overlay_legs(),
+    );
     let mem = commands::memory(live);
     let n = |k: &str| mem[k].as_u64().unwrap_or(0);
     o.one(
