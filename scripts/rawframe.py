@@ -15,14 +15,16 @@
   rawframe.py first IFACE SRC_MAC SECONDS         print "ready", then the CLOCK_MONOTONIC time
                                                    (ns) the first 0x88b5 frame from SRC_MAC
                                                    arrived ("none" if none within SECONDS)
-  rawframe.py udp-count PORT SECONDS               count datagrams received on PORT by payload
-                                                   ("ready" first, then "<mode>=<n> ...")
+  rawframe.py udp-count PORT SECONDS [ttl]         count datagrams received on PORT by payload
+                                                   ("ready" first, then "<mode>=<n> ...", and with
+                                                   ttl " ttls=<the TTLs they came with>")
 """
 import socket
 import sys
 import time
 
 ETHERTYPE = 0x88B5  # IEEE local experimental: nothing else on the wire uses it
+IP_RECVTTL = getattr(socket, "IP_RECVTTL", 12)  # Linux's value; older Pythons lack the name
 
 
 def mac(text):
@@ -109,21 +111,26 @@ def udp(iface, dst, src, src_ip, dst_ip, port, mode, count):
             time.sleep(0.001)
 
 
-def udp_count(port, seconds):
-    counts = {}
+def udp_count(port, seconds, with_ttl=False):
+    counts, ttls = {}, set()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("0.0.0.0", port))
+        s.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
         s.settimeout(0.1)
         print("ready", flush=True)
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             try:
-                data = s.recv(2048)
+                data, ancillary, _, _ = s.recvmsg(2048, socket.CMSG_SPACE(4))
             except socket.timeout:
                 continue
             mode = data.split(b".")[0].decode("ascii", "replace")
             counts[mode] = counts.get(mode, 0) + 1
-    print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())), flush=True)
+            ttls.update(int.from_bytes(d[:4], sys.byteorder) for _, t, d in ancillary if t == socket.IP_TTL)
+    out = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+    if with_ttl:
+        out += " ttls=" + ",".join(str(t) for t in sorted(ttls))
+    print(out, flush=True)
 
 
 def received(iface, seconds, poll):
@@ -160,7 +167,7 @@ if __name__ == "__main__":
         stream(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]))
     elif len(sys.argv) == 5 and sys.argv[1] == "first":
         first(sys.argv[2], sys.argv[3], float(sys.argv[4]))
-    elif len(sys.argv) == 4 and sys.argv[1] == "udp-count":
-        udp_count(int(sys.argv[2]), float(sys.argv[3]))
+    elif len(sys.argv) in (4, 5) and sys.argv[1] == "udp-count":
+        udp_count(int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:] == ["ttl"])
     else:
         sys.exit(__doc__)

@@ -1021,6 +1021,92 @@ fn two_vswitch_nodes_on_the_fast_path_ping_and_transfer() {
     }
 }
 
+/// What node 2's pod accepts of UDP datagrams from node 1's pod across the overlay (complete,
+/// partial and wrong checksums) and the TTLs they arrive with, two nodes of `kind`.
+fn udp_across_the_overlay(kind: Kind) -> String {
+    let mut c = Cluster::new(&[kind, kind], 1, "");
+    if kind == Kind::VswitchFastPath {
+        c.wait_for_fast_path();
+    }
+    c.ping_all(true);
+    let (from, to) = (c.pod("n1p1"), c.pod("n2p1"));
+    let (from_ns, from_ip, to_ns, to_ip) = (
+        from.ns.clone(),
+        from.ip.clone(),
+        to.ns.clone(),
+        to.ip.clone(),
+    );
+    let neigh = in_ns(&from_ns, &["ip", "neigh", "show", &gateway_addr(1)]);
+    let gateway_mac = neigh
+        .split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no gateway MAC in {neigh:?}"))
+        .to_string();
+    let rawframe = script("rawframe.py");
+    let mut counter = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &to_ns,
+            "python3",
+            &rawframe,
+            "udp-count",
+            "7777",
+            "3",
+            "ttl",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawning the counter");
+    let mut out = std::io::BufReader::new(counter.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    for (mode, n) in [("good", 50), ("partial", 50), ("wrong", 50), ("good", 50)] {
+        in_ns(
+            &from_ns,
+            &[
+                "python3",
+                &rawframe,
+                "udp",
+                "eth0",
+                &gateway_mac,
+                &pod_mac(1, 1),
+                &from_ip,
+                &to_ip,
+                "7777",
+                mode,
+                &n.to_string(),
+            ],
+        );
+    }
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    counter.wait().unwrap();
+    let outputs = c.finish();
+    if kind == Kind::VswitchFastPath {
+        let encapsulated = port_counter(&outputs[&1], "vup", "tx_fast_path_packets");
+        let decapsulated = port_counter(&outputs[&2], "vp1", "tx_fast_path_packets");
+        assert!(
+            encapsulated >= 100 && decapsulated >= 100,
+            "the datagrams after the first went by XDP: {encapsulated} in, {decapsulated} out"
+        );
+    }
+    line.trim().to_string()
+}
+
+/// The pods see the same across the overlay with the fast path and without: the datagrams
+/// whose checksums are complete or left to offload, none of the wrong ones, each routed twice.
+#[test]
+fn pods_see_the_same_across_the_overlay_with_and_without_the_fast_path() {
+    let Some(_net) = network_test() else { return };
+    let slow = udp_across_the_overlay(Kind::Vswitch);
+    let fast = udp_across_the_overlay(Kind::VswitchFastPath);
+    assert_eq!(slow, "good=100 partial=50 ttls=62");
+    assert_eq!(fast, slow);
+}
+
 /// A port's non-traffic counter as vswitch prints it at exit (`drops on PORT: name=N ...`).
 fn port_counter(stdout: &str, port: &str, name: &str) -> u64 {
     let prefix = format!("drops on {port}: ");
