@@ -1122,6 +1122,16 @@ fn port_counter(stdout: &str, port: &str, name: &str) -> u64 {
 #[test]
 fn service_backends_spread_over_two_nodes() {
     let Some(_net) = network_test() else { return };
+    services_over_two_nodes(Kind::Vswitch);
+}
+
+#[test]
+fn service_backends_spread_over_two_fast_path_nodes() {
+    let Some(_net) = network_test() else { return };
+    services_over_two_nodes(Kind::VswitchFastPath);
+}
+
+fn services_over_two_nodes(kind: Kind) {
     // Pods 1 and 2 of each node are backends; pod 3 of each node is a client.
     let backends = [(1, 1), (1, 2), (2, 1), (2, 2)]
         .map(|(i, j)| format!("\"{}:{BACKEND_PORT}\"", pod_ip(i, j)))
@@ -1129,7 +1139,10 @@ fn service_backends_spread_over_two_nodes() {
     let service = format!(
         "\n[[service]]\nname = \"web\"\ncluster_ip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nbackends = [{backends}]\n"
     );
-    let mut c = Cluster::new(&[Kind::Vswitch, Kind::Vswitch], 3, &service);
+    let mut c = Cluster::new(&[kind, kind], 3, &service);
+    if kind == Kind::VswitchFastPath {
+        c.wait_for_fast_path();
+    }
     c.serve_http();
     let url = format!("http://{VIP}:80/");
     for client in ["n1p3", "n2p3"] {
@@ -1154,6 +1167,13 @@ fn service_backends_spread_over_two_nodes() {
 fn pmtu_discovery_over_the_overlay() {
     let Some(_net) = network_test() else { return };
     pmtu([Kind::Vswitch, Kind::Vswitch]);
+}
+
+/// Packets too long for the overlay are not the fast path's: the switch answers them.
+#[test]
+fn pmtu_discovery_over_the_overlay_on_the_fast_path() {
+    let Some(_net) = network_test() else { return };
+    pmtu([Kind::VswitchFastPath, Kind::VswitchFastPath]);
 }
 
 #[test]
@@ -1265,7 +1285,18 @@ fn read_hex_fixture(path: &Path) -> Vec<u8> {
 #[test]
 fn jumbo_underlay_carries_8950_byte_pods() {
     let Some(_net) = network_test() else { return };
-    let mut c = Cluster::build(&[Kind::Vswitch, Kind::Vswitch], 1, "", |c| {
+    jumbo_underlay(Kind::Vswitch);
+}
+
+/// Frames of several buffers into and out of the overlay by XDP.
+#[test]
+fn jumbo_underlay_carries_8950_byte_pods_on_the_fast_path() {
+    let Some(_net) = network_test() else { return };
+    jumbo_underlay(Kind::VswitchFastPath);
+}
+
+fn jumbo_underlay(kind: Kind) {
+    let mut c = Cluster::build(&[kind, kind], 1, "", |c| {
         for n in &c.nodes {
             ip(&n.ns, &["link", "set", "vup", "mtu", "9000"]);
         }
@@ -1274,6 +1305,9 @@ fn jumbo_underlay_carries_8950_byte_pods() {
             ip(&c.node(p.node).ns, &["link", "set", &p.port, "mtu", "8950"]);
         }
     });
+    if kind == Kind::VswitchFastPath {
+        c.wait_for_fast_path();
+    }
     let (from, to) = (c.pod("n1p1").clone(), c.pod("n2p1").clone());
     // 8922 bytes of ICMP payload: an 8950-byte packet, DF set.
     let out = in_ns(
