@@ -22,7 +22,9 @@
 #         address, IP forwarding and an nftables DNAT rule as kube-proxy writes them. With
 #         --services N, N services exist and the measured one is the last (kube-proxy's
 #         iptables mode matches rules in order). Also vswitch with --fast-path xdp (the flow's
-#         packets after its first rewritten and redirected by the ports' XDP programs).
+#         packets after its first rewritten and redirected by the ports' XDP programs), and the
+#         bridge with the same DNAT as kube-proxy's iptables mode writes it (iptables-legacy
+#         where installed).
 #   search  RFC 2544 / CSIT-style: binary search of the offered rate for NDR (no loss) and PDR
 #         (0.5 % loss), then latency p50/p99/p99.9 at 10/50/90 % of PDR, L2, vswitch and the
 #         Linux bridge, and vswitch with --fast-path xdp (scripts/rfc2544.py; receiver:
@@ -467,6 +469,38 @@ dnat_kernel() {
 	echo "$r 0"
 }
 
+# The same DNAT as kube-proxy's iptables mode writes it (KUBE-SERVICES from nat PREROUTING,
+# a rule per service matched in order), by iptables-legacy where it is installed (x_tables,
+# the classic path), else by the system's iptables; loaded with iptables-restore.
+dnat_kernel_ipt() {
+	local ipt=iptables
+	command -v iptables-legacy >/dev/null && ipt=iptables-legacy
+	bridge_up
+	ip -n $SW addr add 10.244.1.1/24 dev br0
+	ip netns exec $SW sysctl -qw net.ipv4.ip_forward=1
+	{
+		echo "*nat"
+		echo ":KUBE-SERVICES - [0:0]"
+		echo "-A PREROUTING -j KUBE-SERVICES"
+		for i in $(seq 1 $((services - 1))); do
+			echo "-A KUBE-SERVICES -d $(other_vip "$i")/32 -p $svc_proto --dport 80 -j DNAT --to-destination 10.244.1.3:8080"
+		done
+		echo "-A KUBE-SERVICES -d 10.96.0.10/32 -p $svc_proto --dport 80 -j DNAT --to-destination 10.244.1.2:8080"
+		echo "COMMIT"
+	} >"$tmp/rules.ipt"
+	ip netns exec $SW "$ipt-restore" <"$tmp/rules.ipt"
+	echo "   kernel-ipt-dnat: $($ipt --version)" >&2
+	announce_sink
+	local r
+	r=$(measure $GW_MAC "$(service_vip)" 80)
+	ip netns exec $SW "$ipt" -t nat -F
+	ip netns exec $SW "$ipt" -t nat -X
+	ip netns exec $SW sysctl -qw net.ipv4.ip_forward=0
+	ip -n $SW addr flush dev br0
+	bridge_down
+	echo "$r 0"
+}
+
 # The VXLAN overlay as flannel's vxlan backend sets it up: VNI 1, UDP port 4789; node i's VTEP
 # (flannel.1) MAC 0e:00:00:00:00:0i, its uplink 198.18.0.i, its pod subnet 10.244.i.0/24.
 VNI=1 VXLAN_PORT=4789 POD_MTU=1450
@@ -760,7 +794,7 @@ if [ "$scenario" = dnat ] || [ "$scenario" = all ]; then
 	# The fast path rewrites frames in place and the generator's pages come back as they
 	# left: every plane gets the same header-restoring generator.
 	gen_extra=(--restore-headers)
-	run_scenario dnat vswitch:dnat_vswitch kernel-nft-dnat:dnat_kernel vswitch-fastpath:dnat_vswitch_fast
+	run_scenario dnat vswitch:dnat_vswitch kernel-nft-dnat:dnat_kernel vswitch-fastpath:dnat_vswitch_fast kernel-ipt-dnat:dnat_kernel_ipt
 	gen_extra=()
 fi
 [ "$scenario" = ctscale ] && run_scenario ctscale vswitch:ctscale_vswitch vswitch-empty-ct:ctscale_kernel
