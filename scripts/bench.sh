@@ -804,7 +804,7 @@ if [ "$scenario" = connrate ]; then
 	svc_proto=tcp duration=2 flows=$((conn_rate * 2))
 	gen_extra=(--transport tcp-syn --burst 1 --rate "$conn_rate")
 	for services in 1 10000; do
-		run_scenario connrate vswitch:dnat_vswitch kernel-nft-dnat:dnat_kernel vswitch-fastpath:dnat_vswitch_fast
+		run_scenario connrate vswitch:dnat_vswitch kernel-nft-dnat:dnat_kernel vswitch-fastpath:dnat_vswitch_fast kernel-ipt-dnat:dnat_kernel_ipt
 	done
 fi
 # Last: it rewires the topology.
