@@ -47,7 +47,9 @@
 #         with [vxlan] on both nodes (node 1's worker on core 0, node 2's on core 1 with the
 #         generator) vs. the kernel as flannel sets a node up (bridge cni0, flannel.1 with static
 #         fdb/neigh/route entries). Pods' MTU 1450; transmit checksum offload off on the veth
-#         ends that transmit into vswitch ports. Runs last: it rewires the topology.
+#         ends that transmit into vswitch ports. Also vswitch with --fast-path xdp on both
+#         nodes (encapsulation and decapsulation in XDP; workers polling adaptively). Every
+#         plane's generator restores its headers. Runs last: it rewires the topology.
 #         VS2_CORES=LIST moves node 2's worker.
 #   tcp   pod to pod TCP on one node (issue 12): iperf3 from pod A (gen0 10.244.1.4, client) to
 #         pod B (sink0 10.244.1.2, `iperf3 -s -1`), 1 and 4 streams, both directions (-R),
@@ -69,7 +71,8 @@
 #                    [--rate PPS] [--mtu BYTES]
 #
 # --peers busypoll adds vswitch --busy-poll to l2: preferred busy polling, the worker running
-# its ports' receive NAPI itself.
+# its ports' receive NAPI itself. L2_PLANES="label:function ..." runs only those l2 planes;
+# BENCH_SHOW_PORTS=1 prints each switch's port table (traffic and drops by reason) at its stop.
 #
 # Prints delivered packets per second (median and range), the ratio to the kernel path, the
 # worker's processing cycles per packet, and writes JSON to bench/results/.
