@@ -237,6 +237,7 @@ impl Cluster {
                 Kind::Vswitch | Kind::VswitchFastPath => c.start_vswitch(n, extra),
             }
         }
+        c.wait_for_fast_path();
         c
     }
 
@@ -583,8 +584,9 @@ mac = "{mac}"
         }
     }
 
-    /// Waits until every port of every vswitch node is on the fast path (a node's uplink
-    /// joins once the other node's switch runs: its XDP program gives the veth NAPI).
+    /// Waits until every port of every fast-path node is on the fast path (a node's uplink
+    /// joins once the other node's switch runs: its XDP program gives the veth NAPI; a kernel
+    /// node's end needs GRO).
     fn wait_for_fast_path(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         for n in 0..self.nodes.len() {
@@ -990,7 +992,6 @@ fn two_vswitch_nodes_ping_and_transfer() {
 fn two_vswitch_nodes_on_the_fast_path_ping_and_transfer() {
     let Some(_net) = network_test() else { return };
     let mut c = Cluster::new(&[Kind::VswitchFastPath, Kind::VswitchFastPath], 2, "");
-    c.wait_for_fast_path();
     c.ping_all(true);
     c.must_transfer("n1p1", "n2p1", BIG, 5001);
     c.must_transfer("n2p2", "n1p2", BIG, 5002);
@@ -1025,9 +1026,6 @@ fn two_vswitch_nodes_on_the_fast_path_ping_and_transfer() {
 /// partial and wrong checksums) and the TTLs they arrive with, two nodes of `kind`.
 fn udp_across_the_overlay(kind: Kind) -> String {
     let mut c = Cluster::new(&[kind, kind], 1, "");
-    if kind == Kind::VswitchFastPath {
-        c.wait_for_fast_path();
-    }
     c.ping_all(true);
     let (from, to) = (c.pod("n1p1"), c.pod("n2p1"));
     let (from_ns, from_ip, to_ns, to_ip) = (
@@ -1140,9 +1138,6 @@ fn services_over_two_nodes(kind: Kind) {
         "\n[[service]]\nname = \"web\"\ncluster_ip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nbackends = [{backends}]\n"
     );
     let mut c = Cluster::new(&[kind, kind], 3, &service);
-    if kind == Kind::VswitchFastPath {
-        c.wait_for_fast_path();
-    }
     c.serve_http();
     let url = format!("http://{VIP}:80/");
     for client in ["n1p3", "n2p3"] {
@@ -1188,9 +1183,9 @@ fn interop_vswitch_and_kernel_flannel() {
 #[test]
 fn interop_vswitch_fast_path_and_kernel_flannel() {
     let Some(_net) = network_test() else { return };
-    let mut c = Cluster::new(&[Kind::VswitchFastPath, Kind::Kernel], 2, "");
-    in_ns(&c.node(2).ns, &["ethtool", "-K", "vup", "gro", "on"]);
-    c.wait_for_fast_path();
+    let mut c = Cluster::build(&[Kind::VswitchFastPath, Kind::Kernel], 2, "", |c| {
+        in_ns(&c.node(2).ns, &["ethtool", "-K", "vup", "gro", "on"]);
+    });
     c.ping_all(true);
     c.must_transfer("n1p1", "n2p1", MEDIUM, 5001);
     c.must_transfer("n2p2", "n1p2", MEDIUM, 5002);
@@ -1305,9 +1300,6 @@ fn jumbo_underlay(kind: Kind) {
             ip(&c.node(p.node).ns, &["link", "set", &p.port, "mtu", "8950"]);
         }
     });
-    if kind == Kind::VswitchFastPath {
-        c.wait_for_fast_path();
-    }
     let (from, to) = (c.pod("n1p1").clone(), c.pod("n2p1").clone());
     // 8922 bytes of ICMP payload: an 8950-byte packet, DF set.
     let out = in_ns(

@@ -8,7 +8,7 @@ use crate::wire::MacAddr;
 use etherparse::PacketBuilder;
 
 /// A TCP segment with the given SYN/ACK/FIN flags.
-fn segment(
+pub(super) fn segment(
     macs: (MacAddr, MacAddr),
     src: (Ipv4Addr, u16),
     dst: (Ipv4Addr, u16),
@@ -31,10 +31,10 @@ fn segment(
     b
 }
 
-const SYN: (bool, bool, bool) = (true, false, false);
-const SYN_ACK: (bool, bool, bool) = (true, true, false);
-const ACK: (bool, bool, bool) = (false, true, false);
-const FIN: (bool, bool, bool) = (false, true, true);
+pub(super) const SYN: (bool, bool, bool) = (true, false, false);
+pub(super) const SYN_ACK: (bool, bool, bool) = (true, true, false);
+pub(super) const ACK: (bool, bool, bool) = (false, true, false);
+pub(super) const FIN: (bool, bool, bool) = (false, true, true);
 
 /// A gateway with the fast path on, one local backend (pod 1, port 0) behind the VIP, and
 /// every port's MTU known.

@@ -3,36 +3,14 @@
 //! depends on changes (the VTEP's neighbour, the peers, the VNI).
 
 use super::tests::*;
+use super::tests_offers::{segment, ACK, SYN, SYN_ACK};
 use super::tests_vxlan::*;
 use super::*;
 use crate::conntrack::{Tuple, NODE_ZONE};
 use crate::wire::ipv4::PROTO_TCP;
 use crate::wire::vxlan::ENCAP_OVERHEAD;
 use crate::wire::MacAddr;
-use etherparse::PacketBuilder;
 use std::net::Ipv4Addr;
-
-/// A TCP segment; `syn`, `ack` as named.
-fn segment(
-    macs: (MacAddr, MacAddr),
-    src: (Ipv4Addr, u16),
-    dst: (Ipv4Addr, u16),
-    syn: bool,
-    ack: bool,
-) -> Vec<u8> {
-    let mut b = Vec::new();
-    let mut builder = PacketBuilder::ethernet2(macs.0 .0, macs.1 .0)
-        .ipv4(src.0.octets(), dst.0.octets(), 64)
-        .tcp(src.1, dst.1, 1, 64000);
-    if syn {
-        builder = builder.syn();
-    }
-    if ack {
-        builder = builder.ack(1);
-    }
-    builder.write(&mut b, b"data").unwrap();
-    b
-}
 
 fn offering(config: &GatewayConfig) -> Gateway {
     let mut gw = overlay_gateway(config);
@@ -50,40 +28,31 @@ fn taken(gw: &mut Gateway) -> Vec<FlowOffer> {
 /// Pod 1 (port 0) connects to node 3's pod; the offers of the handshake's last packet from
 /// each side (pod 1's ACK, then node 3's first data segment), and the frames as they left.
 fn connect(gw: &mut Gateway) -> (FlowOffer, Vec<u8>, FlowOffer, Vec<u8>) {
-    let to_peer = |syn, ack| {
-        segment(
-            (pod_mac(1), GW_MAC),
-            (POD1, 40000),
-            (NODE3_POD, 80),
-            syn,
-            ack,
-        )
-    };
-    let from_peer = |syn, ack| {
+    let to_peer = |flags| segment((pod_mac(1), GW_MAC), (POD1, 40000), (NODE3_POD, 80), flags);
+    let from_peer = |flags| {
         let inner = segment(
             (NODE3_VTEP_MAC, OUR_VTEP_MAC),
             (NODE3_POD, 80),
             (POD1, 40000),
-            syn,
-            ack,
+            flags,
         );
         from_node3(&inner, VNI, 0x08, false)
     };
     assert_eq!(
-        send(gw, to_peer(true, false), 0, 1).next,
+        send(gw, to_peer(SYN), 0, 1).next,
         Disposition::Forward(UPLINK)
     );
     assert_eq!(
-        send(gw, from_peer(true, true), UPLINK, 2).next,
+        send(gw, from_peer(SYN_ACK), UPLINK, 2).next,
         Disposition::Forward(0)
     );
     assert!(taken(gw).is_empty(), "not established yet");
-    let out = send(gw, to_peer(false, true), 0, 3);
+    let out = send(gw, to_peer(ACK), 0, 3);
     assert_eq!(out.next, Disposition::Forward(UPLINK));
     let [into] = taken(gw)[..] else {
         panic!("one offer into the overlay")
     };
-    let back = send(gw, from_peer(false, true), UPLINK, 4);
+    let back = send(gw, from_peer(ACK), UPLINK, 4);
     assert_eq!(back.next, Disposition::Forward(0));
     let [out_of] = taken(gw)[..] else {
         panic!("one offer out of the overlay")
@@ -190,7 +159,7 @@ fn overlay_offers_stop_holding_when_the_peer_or_the_vni_changes() {
     gw.shared().reload(&other_vni);
     send(
         &mut gw,
-        segment((pod_mac(2), GW_MAC), (POD2, 1), (POD1, 2), true, false),
+        segment((pod_mac(2), GW_MAC), (POD2, 1), (POD1, 2), SYN),
         1,
         6,
     );
@@ -206,7 +175,7 @@ fn overlay_offers_stop_holding_when_the_peer_or_the_vni_changes() {
     gw.shared().reload(&no_peer);
     send(
         &mut gw,
-        segment((pod_mac(2), GW_MAC), (POD2, 1), (POD1, 2), true, false),
+        segment((pod_mac(2), GW_MAC), (POD2, 1), (POD1, 2), SYN),
         1,
         8,
     );
