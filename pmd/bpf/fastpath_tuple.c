@@ -236,8 +236,9 @@ static INLINE int encapsulate(struct xdp_md *ctx, struct tuple_flow *flow, __u64
 // inner frame is of an installed flow: its outer headers are checked as the switch checks them
 // (to our MAC, from the peer, to our address and port, the I flag and our VNI, lengths that
 // agree, a UDP checksum that verifies if there is one, summed after the inner checksum was
-// finished as the switch does: a kernel peer's local checksum offload computed it so),
-// stripped, and the inner frame goes on as routed.
+// finished as the switch does: a kernel peer's local checksum offload computed it so; one
+// left to offload is finished by the switch, so it passes), stripped, and the inner frame
+// goes on as routed.
 static INLINE int decapsulate(struct xdp_md *ctx, struct tuple_key *key)
 {
 	__u8 *data = (void *)(long)ctx->data;
@@ -280,7 +281,10 @@ static INLINE int decapsulate(struct xdp_md *ctx, struct tuple_key *key)
 		return to_socket(ctx);
 	// The inner checksum is finished first (the switch does the same), and its sum is what
 	// the outer checksum covers of the inner segment: one pass over it either way.
-	checked = *(__u16 *)(udp + 6) != 0;
+	// None, or left to offload (the pseudo-header sum only: the switch finishes it, so it
+	// verifies) need no summing.
+	checked = *(__u16 *)(udp + 6) != 0 &&
+		  *(__u16 *)(udp + 6) != fold64(pseudo_sum(ip, be16(udp + 4)));
 	if ((kind == PARTIAL || checked) && !segment_sum(in + 14, end, &l4_sum))
 		return to_socket(ctx);
 	FRESH(ctx, data, end);

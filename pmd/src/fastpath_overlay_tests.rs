@@ -186,6 +186,17 @@ fn with_udp_checksum(inner: &[u8], finished: &[u8]) -> Vec<u8> {
     f
 }
 
+/// `from_peer(inner)` whose outer UDP checksum holds only the pseudo-header sum, as a kernel
+/// peer over a veth leaves it to offload.
+fn outer_left_to_offload(inner: &[u8]) -> Vec<u8> {
+    use pipeline::wire::checksum::{fold, pseudo_header};
+    let mut f = from_peer(inner);
+    let udp_len = (f.len() - 34) as u16;
+    let pseudo = fold(pseudo_header(PEER.octets(), LOCAL.octets(), 17, udp_len));
+    f[40..42].copy_from_slice(&pseudo.to_be_bytes());
+    f
+}
+
 /// Installs the inner flow of VXLAN from the peer (`inner`: the inner frame); its key.
 fn install_decap(rig: &super::tuple_tests::Rig, inner: &[u8]) -> TupleKey {
     let slot = rig
@@ -256,14 +267,18 @@ fn vxlan_from_a_peer_leaves_as_its_inner_frame_routed() {
                 "an outer UDP checksum",
                 with_udp_checksum(&inner, &finished),
             ),
+            (
+                "an outer UDP checksum left to offload",
+                outer_left_to_offload(&inner),
+            ),
         ] {
             let (verdict, after) = rig.prog.test_run(&before).unwrap();
             assert_eq!(verdict, XDP_REDIRECT, "spec {i}, {what}");
             assert_eq!(after, expected, "spec {i}, {what}");
         }
         let counted: TupleFlow = rig.fast.read(&key).unwrap().unwrap();
-        assert_eq!(counted.packets, 2);
-        assert_eq!(counted.bytes, 2 * (OUTER_LEN + inner.len()) as u64);
+        assert_eq!(counted.packets, 3);
+        assert_eq!(counted.bytes, 3 * (OUTER_LEN + inner.len()) as u64);
         rig.fast.remove(&key).unwrap();
     }
 }
