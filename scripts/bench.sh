@@ -49,7 +49,8 @@
 #         fdb/neigh/route entries). Pods' MTU 1450; transmit checksum offload off on the veth
 #         ends that transmit into vswitch ports. Also vswitch with --fast-path xdp on both
 #         nodes (encapsulation and decapsulation in XDP; workers polling adaptively). Every
-#         plane's generator restores its headers. Runs last: it rewires the topology.
+#         plane's generator restores its headers; --rate PPS offers that rate to every plane.
+#         Runs last: it rewires the topology.
 #         VS2_CORES=LIST moves node 2's worker.
 #   tcp   pod to pod TCP on one node (issue 12): iperf3 from pod A (gen0 10.244.1.4, client) to
 #         pod B (sink0 10.244.1.2, `iperf3 -s -1`), 1 and 4 streams, both directions (-R),
@@ -82,7 +83,7 @@ cd "$(dirname "$0")/.."
 scenario=all runs=3 duration=5 size=64 flows=1 sink=xdp-drop services=1 fill=1000000 peers=ovs,testpmd
 workers_list="1 2 4"
 conn_rate=100000
-live_rate=1000000
+live_rate=1000000 rate_given=
 mtu=1500
 # Service protocol and extra generator options (the connrate scenario changes them).
 svc_proto=udp
@@ -100,7 +101,7 @@ while [ $# -gt 0 ]; do
 	--peers) peers=$2; shift 2 ;;
 	--workers) workers_list=$2; shift 2 ;;
 	--conn-rate) conn_rate=$2; shift 2 ;;
-	--rate) live_rate=$2; shift 2 ;;
+	--rate) live_rate=$2 rate_given=1; shift 2 ;;
 	--mtu) mtu=$2; shift 2 ;;
 	*) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
@@ -815,6 +816,9 @@ if [ "$scenario" = vxlan ] || [ "$scenario" = all ]; then
 	vxlan_topology
 	# The fast path rewrites the generator's pages in place (see the dnat scenario).
 	gen_extra=(${VXLAN_GEN_EXTRA---restore-headers})
+	# --rate: every plane offered that rate (else as fast as the generator goes, which on 2
+	# cores starves node 2's worker, sharing the generator's core).
+	[ -z "$rate_given" ] || gen_extra+=(--rate "$live_rate")
 	run_scenario vxlan vswitch:vxlan_vswitch kernel-vxlan:vxlan_kernel vswitch-fastpath:vxlan_vswitch_fast
 	gen_extra=()
 fi
