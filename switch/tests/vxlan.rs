@@ -49,8 +49,19 @@ enum Kind {
     Vswitch,
     /// The same with `[node] fast_path = "xdp"` (its pods get GRO: NAPI for redirects).
     VswitchFastPath,
+    /// The same with two workers (`cores = [0, 1]`): flows installed by either, legs shared.
+    VswitchFastPathTwoWorkers,
     /// A bridge `cni0`, IP forwarding and `flannel.1`, as flannel's vxlan backend does it.
     Kernel,
+}
+
+impl Kind {
+    fn fast(self) -> bool {
+        matches!(
+            self,
+            Kind::VswitchFastPath | Kind::VswitchFastPathTwoWorkers
+        )
+    }
 }
 
 fn node_addr(i: usize) -> String {
@@ -234,7 +245,9 @@ impl Cluster {
         for n in 0..c.nodes.len() {
             match c.nodes[n].kind {
                 Kind::Kernel => c.kernel_node(n),
-                Kind::Vswitch | Kind::VswitchFastPath => c.start_vswitch(n, extra),
+                Kind::Vswitch | Kind::VswitchFastPath | Kind::VswitchFastPathTwoWorkers => {
+                    c.start_vswitch(n, extra)
+                }
             }
         }
         c.wait_for_fast_path();
@@ -305,7 +318,7 @@ impl Cluster {
             &["route", "add", "default", "via", &gateway_addr(pod.node)],
         );
         // Pods keep the kernel's default offloads (the switch finishes their checksums).
-        if node.kind == Kind::VswitchFastPath {
+        if node.kind.fast() {
             in_ns(&pod.ns, &["ethtool", "-K", "eth0", "gro", "on"]);
         }
         if node.kind == Kind::Kernel {
@@ -427,14 +440,16 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(", ");
         let next_hop = node_addr(if i == 1 { 2 } else { 1 });
-        let fast_path = match node.kind {
-            Kind::VswitchFastPath => "xdp",
-            _ => "off",
+        let fast_path = if node.kind.fast() { "xdp" } else { "off" };
+        let cores = match node.kind {
+            Kind::VswitchFastPathTwoWorkers => "cores = [0, 1]",
+            _ => "",
         };
         let mut toml = format!(
             r#"[node]
 xdp_mode = "auto"
 fast_path = "{fast_path}"
+{cores}
 
 [pods]
 ports = [{ports}]
@@ -590,7 +605,7 @@ mac = "{mac}"
     fn wait_for_fast_path(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         for n in 0..self.nodes.len() {
-            if self.nodes[n].kind != Kind::VswitchFastPath {
+            if !self.nodes[n].kind.fast() {
                 continue;
             }
             loop {
@@ -991,7 +1006,17 @@ fn two_vswitch_nodes_ping_and_transfer() {
 #[test]
 fn two_vswitch_nodes_on_the_fast_path_ping_and_transfer() {
     let Some(_net) = network_test() else { return };
-    let mut c = Cluster::new(&[Kind::VswitchFastPath, Kind::VswitchFastPath], 2, "");
+    bulk_by_the_overlay_fast_path(Kind::VswitchFastPath);
+}
+
+#[test]
+fn two_vswitch_nodes_on_the_fast_path_with_two_workers_each() {
+    let Some(_net) = network_test() else { return };
+    bulk_by_the_overlay_fast_path(Kind::VswitchFastPathTwoWorkers);
+}
+
+fn bulk_by_the_overlay_fast_path(kind: Kind) {
+    let mut c = Cluster::new(&[kind, kind], 2, "");
     c.ping_all(true);
     c.must_transfer("n1p1", "n2p1", BIG, 5001);
     c.must_transfer("n2p2", "n1p2", BIG, 5002);
@@ -1014,6 +1039,9 @@ fn two_vswitch_nodes_on_the_fast_path_ping_and_transfer() {
             encapsulated > 20_000 && decapsulated > 20_000,
             "node {i}: into the overlay by XDP {encapsulated}, out of it {decapsulated}; stdout:\n{out}"
         );
+        if kind == Kind::VswitchFastPathTwoWorkers {
+            assert!(out.contains("with 2 workers"), "node {i}: {out}");
+        }
         let by_workers = gateway_counter(out, "vxlan_encapsulated");
         assert!(
             by_workers < encapsulated,
@@ -1083,7 +1111,7 @@ fn udp_across_the_overlay(kind: Kind) -> String {
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
     counter.wait().unwrap();
     let outputs = c.finish();
-    if kind == Kind::VswitchFastPath {
+    if kind.fast() {
         let encapsulated = port_counter(&outputs[&1], "vup", "tx_fast_path_packets");
         let decapsulated = port_counter(&outputs[&2], "vp1", "tx_fast_path_packets");
         assert!(
