@@ -70,14 +70,19 @@ pub fn port_table_for(ports: &[PortInfo], snap: &Snapshot) -> String {
         );
     }
     for (p, info) in ports.iter().enumerate() {
-        // Every non-traffic counter that moved, drops and kernel ring events alike.
-        let reasons: Vec<String> = PortCounter::ALL
-            .iter()
-            .filter(|c| !c.is_traffic() && snap.port(p, **c) > 0)
-            .map(|&c| format!("{}={}", c.name(), snap.port(p, c)))
-            .collect();
-        if !reasons.is_empty() {
-            let _ = writeln!(out, "drops on {}: {}", info.name, reasons.join(" "));
+        // Every non-traffic counter that moved: drops by reason, then the others (kernel ring
+        // events, what the fast path sent).
+        let moved = |drop: bool| -> Vec<String> {
+            PortCounter::ALL
+                .iter()
+                .filter(|c| !c.is_traffic() && c.is_drop() == drop && snap.port(p, **c) > 0)
+                .map(|&c| format!("{}={}", c.name(), snap.port(p, c)))
+                .collect()
+        };
+        for (label, names) in [("drops on", moved(true)), ("also on", moved(false))] {
+            if !names.is_empty() {
+                let _ = writeln!(out, "{label} {}: {}", info.name, names.join(" "));
+            }
         }
     }
     let bridge: Vec<String> = L2Counter::ALL
@@ -218,10 +223,29 @@ mod tests {
         }];
         let table = port_table_for(&ports, &snap);
         assert!(
-            table.contains("tx_drop_emit_too_large=4 tx_drop_handoff_too_large=5"),
+            table.contains("drops on vp1: tx_drop_emit_too_large=4 tx_drop_handoff_too_large=5"),
             "{table}"
         );
         assert_eq!(snap.drops(0), 9);
+    }
+
+    #[test]
+    fn what_the_fast_path_sent_is_not_a_drop() {
+        let stats = Arc::new(WorkerStats::new());
+        stats.ports[0].set(PortCounter::FastPathTxPackets as usize, 7);
+        let snap = Snapshot::take(&[stats], &[0]);
+        let ports = [PortInfo {
+            name: "vp1".into(),
+            ifindex: 1,
+            queues: 1,
+            mtu: 1500,
+        }];
+        let table = port_table_for(&ports, &snap);
+        assert!(
+            table.contains("also on vp1: tx_fast_path_packets=7"),
+            "{table}"
+        );
+        assert!(!table.contains("drops on"), "{table}");
     }
 
     #[test]

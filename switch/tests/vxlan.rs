@@ -1133,12 +1133,13 @@ fn pods_see_the_same_across_the_overlay_with_and_without_the_fast_path() {
     assert_eq!(fast, slow);
 }
 
-/// A port's non-traffic counter as vswitch prints it at exit (`drops on PORT: name=N ...`).
+/// A port's non-traffic counter as vswitch prints it at exit (`drops on PORT: name=N ...`,
+/// `also on PORT: ...`).
 fn port_counter(stdout: &str, port: &str, name: &str) -> u64 {
-    let prefix = format!("drops on {port}: ");
+    let prefixes = [format!("drops on {port}: "), format!("also on {port}: ")];
     stdout
         .lines()
-        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|l| prefixes.iter().find_map(|p| l.strip_prefix(p.as_str())))
         .flat_map(|l| l.split_whitespace())
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| *k == name)
