@@ -177,14 +177,41 @@ fn frame(b: &mut Bytes<'_>, templates: &[(PortId, Vec<u8>)]) -> Vec<u8> {
 /// The checks a worker relies on, for one batch received on `ingress`.
 /// Every offer the fast path would install describes a frame of the batch as it left: forwarded
 /// to the offer's egress, with the offer's MACs, addresses and ports (else the fast path would
-/// send something the switch did not).
+/// send something the switch did not); and its key a frame as it came (`raw`): MACs, protocol,
+/// addresses and ports, and for one out of the overlay the outer headers the program compares.
 fn check_offers(
     ingress: PortId,
+    raw: &[Vec<u8>],
     frames: &[HeadroomBuf],
     next: &[Disposition],
     offers: &[FlowOffer],
 ) -> Result<(), String> {
     for o in offers {
+        let came = |f: &Vec<u8>| {
+            let mut f = f.as_slice();
+            if let Some(OverlayLeg::Decap { outer, .. }) = o.leg {
+                let compared = [0..6, 12..14, 26..34, 36..38, 46..49];
+                if f.len() < ENCAP_OVERHEAD
+                    || compared.iter().any(|r| f[r.clone()] != outer[r.clone()])
+                {
+                    return false;
+                }
+                f = &f[ENCAP_OVERHEAD..];
+            }
+            let t = &o.tuple;
+            let port = |at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
+            let addr = |at: usize| Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3]);
+            f.len() >= 38
+                && f[0..6] == o.dst_mac.0
+                && f[6..12] == o.src_mac.0
+                && f[23] == t.proto
+                && (addr(26), port(34), addr(30), port(36)) == (t.src, t.sport, t.dst, t.dport)
+        };
+        if !raw.iter().any(came) {
+            return Err(format!(
+                "an offer whose key no frame of the batch had as it came: {o:?}"
+            ));
+        }
         let matches = |f: &HeadroomBuf, d: &Disposition| {
             let mut f = f.as_ref();
             // Into the overlay: the outer headers are the offer's (but for the lengths, the
@@ -261,6 +288,18 @@ fn check(
 /// order of magnitude it reached.
 pub type Signature = Vec<(usize, u32)>;
 
+/// Beyond the gateway's counters in a signature: offers made, by kind (routed or bridged, into
+/// the overlay, out of it), so cases that reach the fast path's decisions are kept too.
+pub const OFFER_KINDS: [&str; 3] = ["offers", "offers_into_overlay", "offers_out_of_overlay"];
+
+/// The name of a signature entry.
+pub fn signature_name(i: usize) -> &'static str {
+    pipeline::GwCounter::ALL.get(i).map_or_else(
+        || OFFER_KINDS[i - pipeline::GwCounter::ALL.len()],
+        |c| c.name(),
+    )
+}
+
 /// Runs one case. `Err` names a broken invariant; a panic is a crash.
 pub fn run_case(data: &[u8]) -> Result<Signature, String> {
     let templates = templates::all();
@@ -291,6 +330,7 @@ pub fn run_case(data: &[u8]) -> Result<Signature, String> {
     emit.clear();
     let mut b = Bytes { data };
     let mut batches = 0;
+    let mut offered = [0u64; 3];
     while !b.is_empty() && batches < 64 {
         match b.byte() % 8 {
             0..=4 => {
@@ -311,7 +351,14 @@ pub fn run_case(data: &[u8]) -> Result<Signature, String> {
                 check(ingress, &before, &frames, &next, &emit)?;
                 emit.clear();
                 let offers = std::mem::take(gw.offers_mut().expect("enabled"));
-                check_offers(ingress, &frames, &next, &offers)?;
+                check_offers(ingress, &raw, &frames, &next, &offers)?;
+                for o in &offers {
+                    offered[match o.leg {
+                        None => 0,
+                        Some(OverlayLeg::Encap { .. }) => 1,
+                        Some(OverlayLeg::Decap { .. }) => 2,
+                    }] += 1;
+                }
                 // What a worker does with them later: re-check and refresh.
                 for o in &offers {
                     if gw.offer_holds(o, now) {
@@ -333,12 +380,12 @@ pub fn run_case(data: &[u8]) -> Result<Signature, String> {
             }
         }
     }
-    Ok(gw
-        .counters()
-        .iter()
+    let counts = gw.counters().iter().map(|(_, v)| v);
+    Ok(counts
+        .chain(offered)
         .enumerate()
-        .filter(|(_, (_, v))| *v > 0)
-        .map(|(i, (_, v))| (i, 64 - v.leading_zeros()))
+        .filter(|(_, v)| *v > 0)
+        .map(|(i, v)| (i, 64 - v.leading_zeros()))
         .collect())
 }
 
@@ -367,7 +414,8 @@ pub fn seed_batches(batches: &[(PortId, &[usize])]) -> Vec<u8> {
     case
 }
 
-/// Seeds of two steps: a datagram's fragments in order, and an ICMP error after its flow.
+/// Seeds of two steps: a datagram's fragments in order, an ICMP error after its flow, and two
+/// datagrams of a flow (masqueraded; into and out of the overlay): the second is offered.
 pub fn compound_seeds() -> Vec<Vec<u8>> {
     let all = templates::all();
     let ipv4 = |f: &[u8]| f.len() > 38 && f[12..14] == [0x08, 0x00];
@@ -382,8 +430,15 @@ pub fn compound_seeds() -> Vec<Vec<u8>> {
     let flow =
         find(&|f| f[23] == 17 && f[30..34] == EXT.octets() && f[34..36] == 5353u16.to_be_bytes());
     let error = find(&|f| f[23] == 1 && f[34] == 3);
+    // UDP across the overlay both ways: offered from each flow's second datagram.
+    let into = find(&|f| f[23] == 17 && f[30..34] == PEER_POD.octets());
+    let out_of = find(&|f| {
+        f.len() > 50 + 38 && f[50 + 23] == 17 && f[50 + 26..50 + 30] == PEER_POD.octets()
+    });
     vec![
         seed_batches(&[(0, &[first, later])]),
         seed_batches(&[(0, &[flow]), (UPLINK, &[error])]),
+        seed_batches(&[(0, &[into, into]), (UPLINK, &[out_of, out_of])]),
+        seed_batches(&[(0, &[flow, flow])]),
     ]
 }

@@ -181,5 +181,14 @@ pub fn all() -> Vec<(PortId, Vec<u8>)> {
     options[16..18].copy_from_slice(&total.to_be_bytes());
     refill_ipv4_checksum(&mut options);
     t.push((0, options));
+    // UDP to a peer's pod (into the overlay), and from it (out of the overlay).
+    t.push((0, udp(pod(0).0, (POD_IPS[0], 6000), (PEER_POD, 5000), 16)));
+    let mut inner = Vec::new();
+    PacketBuilder::ethernet2(PEER_VTEP_MAC.0, VTEP_MAC.0)
+        .ipv4(PEER_POD.octets(), POD_IPS[0].octets(), 64)
+        .udp(5000, 6000)
+        .write(&mut inner, &[0x5a; 16])
+        .unwrap();
+    t.push((UPLINK, vxlan(&inner)));
     t
 }

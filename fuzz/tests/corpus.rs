@@ -22,7 +22,7 @@ fn the_corpus_replays_cleanly_and_reaches_every_stage() {
     );
     let names: HashSet<&str> = reached
         .iter()
-        .map(|&i| pipeline::GwCounter::ALL[i].name())
+        .map(|&i| vswitch_fuzz::signature_name(i))
         .collect();
     for stage in [
         "nat_service",
@@ -34,6 +34,9 @@ fn the_corpus_replays_cleanly_and_reaches_every_stage() {
         "icmp_related_translated",
         "drop_spoofed",
         "bridged",
+        "offers",
+        "offers_into_overlay",
+        "offers_out_of_overlay",
     ] {
         assert!(
             names.contains(stage),
