@@ -18,6 +18,7 @@ pub mod stats;
 pub mod tuplecache;
 pub mod umem;
 pub mod worker;
+pub mod xdp_features;
 
 pub use bpf::XdpMode;
 pub use datapath::{

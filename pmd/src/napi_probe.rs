@@ -8,6 +8,7 @@
 
 use crate::bpf::LiveFrameSender;
 use crate::netdev;
+use crate::xdp_features;
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -17,12 +18,17 @@ const PROBE_WAIT: Duration = Duration::from_millis(20);
 /// IEEE 802 local experimental EtherType: no protocol takes it, so the pod drops the probes.
 const PROBE_ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 
-/// `true` if frames redirected into `name` by XDP leave it (always, for drivers other than
-/// veth, whose XDP transmit needs nothing from a peer); the probes reach the pod as frames
+/// `true` if frames redirected into `name` by XDP leave it. A driver other than veth needs
+/// nothing from a peer but must implement `ndo_xdp_xmit` (a bridge, say, does not: what XDP
+/// redirects there is dropped): the kernel's XDP features say so (kernels from 6.3; on older
+/// ones the driver is trusted). Into a veth, probes are sent; they reach the pod as frames
 /// addressed to the switch's own end, which the pod's stack discards.
 pub fn takes_redirected_frames(name: &str, ifindex: u32) -> io::Result<bool> {
     if netdev::driver(name)? != "veth" {
-        return Ok(true);
+        return Ok(match xdp_features::of(ifindex) {
+            Ok(Some(features)) => features & xdp_features::NDO_XMIT != 0,
+            Ok(None) | Err(_) => true,
+        });
     }
     let mac = netdev::mac(name)?;
     let mut frame = [0u8; 60];

@@ -126,7 +126,7 @@ fn main() -> ExitCode {
                 true => tracing::debug!(port = %port, "the fast path forwards to this port"),
                 false => tracing::warn!(
                     port = %port,
-                    "the fast path sends this port nothing: frames redirected into it do not reach its peer (turn GRO on, or attach an XDP program, at the other end: the port is probed again after 1 s, then up to every 30 s)"
+                    "the fast path sends this port nothing: frames redirected into it would not leave it (a veth whose other end has no NAPI: turn GRO on or attach an XDP program there; or a driver without ndo_xdp_xmit); it is probed again after 1 s, then up to every 30 s"
                 ),
             }
         }

@@ -216,6 +216,36 @@ fn a_pod_without_napi_is_served_by_the_workers() {
     stop(switch);
 }
 
+/// A port whose driver has no `ndo_xdp_xmit` (a Linux bridge device, in generic XDP mode,
+/// with pod 2's veth behind it) would drop whatever the fast path redirected into it: the
+/// kernel's XDP features keep it with the workers, and pod 2 gets everything.
+#[test]
+fn a_port_whose_driver_cannot_take_redirects_is_served_by_the_workers() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(2);
+    topo.pods_finish_checksums();
+    for args in [
+        &["ip", "link", "add", "b0", "type", "bridge"][..],
+        &["ip", "link", "set", "vp2", "master", "b0"],
+        // Frames for pod 1 cross the bridge up to its own device, where the switch reads them.
+        &["ip", "link", "set", "b0", "promisc", "on", "up"],
+    ] {
+        let out = topo.exec(&topo.sw, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let switch = topo.start_switch_on("vp1,b0", FAST);
+    assert_eq!(probed(&switch), named(&[("vp1", true), ("b0", false)]));
+    assert!(topo.ping(0, 1) && topo.ping(1, 0));
+    topo.transfer(0, 1, 10_000_000);
+    topo.transfer(1, 0, 10_000_000);
+    assert_eq!(fast_path_sent_to(&switch, "b0"), 0);
+    stop(switch);
+}
+
 /// The switch's own default is the fast path, on every port that takes it.
 #[test]
 fn the_fast_path_is_the_default() {
