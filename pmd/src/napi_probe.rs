@@ -21,14 +21,20 @@ const PROBE_ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 /// `true` if frames redirected into `name` by XDP leave it. A driver other than veth needs
 /// nothing from a peer but must implement `ndo_xdp_xmit` (a bridge, say, does not: what XDP
 /// redirects there is dropped): the kernel's XDP features say so (kernels from 6.3; on older
-/// ones the driver is trusted). Into a veth, probes are sent; they reach the pod as frames
-/// addressed to the switch's own end, which the pod's stack discards.
+/// ones the driver is trusted). A veth reports `ndo_xdp_xmit` only while its other end has
+/// NAPI: without it, no frame is sent (a port off the fast path is asked again and again);
+/// with it, or on older kernels, probes are sent, which reach the pod as frames addressed to
+/// the switch's own end that its stack discards, and the veth's counters must show them.
 pub fn takes_redirected_frames(name: &str, ifindex: u32) -> io::Result<bool> {
+    let ndo_xmit = match xdp_features::of(ifindex) {
+        Ok(Some(features)) => Some(features & xdp_features::NDO_XMIT != 0),
+        Ok(None) | Err(_) => None,
+    };
     if netdev::driver(name)? != "veth" {
-        return Ok(match xdp_features::of(ifindex) {
-            Ok(Some(features)) => features & xdp_features::NDO_XMIT != 0,
-            Ok(None) | Err(_) => true,
-        });
+        return Ok(ndo_xmit.unwrap_or(true));
+    }
+    if ndo_xmit == Some(false) {
+        return Ok(false);
     }
     let mac = netdev::mac(name)?;
     let mut frame = [0u8; 60];
