@@ -23,8 +23,8 @@
 #         --services N, N services exist and the measured one is the last (kube-proxy's
 #         iptables mode matches rules in order). Also vswitch with --fast-path xdp (the flow's
 #         packets after its first rewritten and redirected by the ports' XDP programs), and the
-#         bridge with the same DNAT as kube-proxy's iptables mode writes it (iptables-legacy
-#         where installed).
+#         bridge with the same DNAT as kube-proxy's iptables mode writes it (iptables-nft,
+#         installed from Debian when missing).
 #   search  RFC 2544 / CSIT-style: binary search of the offered rate for NDR (no loss) and PDR
 #         (0.5 % loss), then latency p50/p99/p99.9 at 10/50/90 % of PDR, L2, vswitch and the
 #         Linux bridge, and vswitch with --fast-path xdp (scripts/rfc2544.py; receiver:
@@ -124,6 +124,7 @@ if [ "$scenario" = l2 ] || [ "$scenario" = all ]; then
 	[ -z "$with_testpmd" ] || install_peer dpdk-testpmd dpdk-dev librte-net-af-xdp23
 fi
 [ "$scenario" != tcp ] || install_peer iperf3 iperf3
+case $scenario in dnat | connrate | all) install_peer iptables-nft iptables ;; esac
 echo "== building release binaries"
 cargo build --release -q -p switch -p bench
 bin=target/release
@@ -474,11 +475,12 @@ dnat_kernel() {
 }
 
 # The same DNAT as kube-proxy's iptables mode writes it (KUBE-SERVICES from nat PREROUTING,
-# a rule per service matched in order), by iptables-legacy where it is installed (x_tables,
-# the classic path), else by the system's iptables; loaded with iptables-restore.
+# a rule per service matched in order), loaded with iptables-nft-restore: the backend
+# kube-proxy's iptables mode uses on current distributions, and one whose tables `nft flush
+# ruleset` removes (iptables-legacy's nat table, once made, stays registered in the namespace
+# with conntrack until the namespace goes, which would slow every later kernel plane).
 dnat_kernel_ipt() {
-	local ipt=iptables
-	command -v iptables-legacy >/dev/null && ipt=iptables-legacy
+	local ipt=iptables-nft
 	bridge_up
 	ip -n $SW addr add 10.244.1.1/24 dev br0
 	ip netns exec $SW sysctl -qw net.ipv4.ip_forward=1

@@ -692,11 +692,13 @@ impl Datapath {
         live.probing = true;
         let (name, ifindex, attachment) =
             (live.info.name.clone(), live.info.ifindex, live.attachment);
+        let all_generic = self.xdp_mode == XdpMode::Generic;
         let answer = self.probes.0.clone();
         let spawned = std::thread::Builder::new()
             .name("vswitch-probe".into())
             .spawn(move || {
-                let takes = napi_probe::takes_redirected_frames(&name, ifindex).unwrap_or(false);
+                let takes = napi_probe::takes_redirected_frames(&name, ifindex, all_generic)
+                    .unwrap_or(false);
                 let _ = answer.send(Probed {
                     port,
                     attachment,
@@ -760,10 +762,13 @@ impl Datapath {
                 .iter()
                 .map(|w| w.port(p.port as usize, PortCounter::FastPathTxPackets))
                 .sum();
+            // Generic redirects do not go through the veth's XDP transmit: nothing to watch.
             let watch = match netdev::driver(&live.info.name).as_deref() {
-                Ok("veth") => netdev::veth_xdp_taken(&live.info.name)
-                    .ok()
-                    .map(|taken| (sent, taken)),
+                Ok("veth") if self.xdp_mode != XdpMode::Generic => {
+                    netdev::veth_xdp_taken(&live.info.name)
+                        .ok()
+                        .map(|taken| (sent, taken))
+                }
                 _ => None,
             };
             let joined = p.takes && fast.add_port(p.port as u32, live.info.ifindex).is_ok();

@@ -18,22 +18,38 @@ const PROBE_WAIT: Duration = Duration::from_millis(20);
 /// IEEE 802 local experimental EtherType: no protocol takes it, so the pod drops the probes.
 const PROBE_ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 
-/// `true` if frames redirected into `name` by XDP leave it. A driver other than veth needs
-/// nothing from a peer but must implement `ndo_xdp_xmit` (a bridge, say, does not: what XDP
-/// redirects there is dropped): the kernel's XDP features say so (kernels from 6.3; on older
-/// ones the driver is trusted). A veth reports `ndo_xdp_xmit` only while its other end has
-/// NAPI: without it, no frame is sent (a port off the fast path is asked again and again);
-/// with it, or on older kernels, probes are sent, which reach the pod as frames addressed to
-/// the switch's own end that its stack discards, and the veth's counters must show them.
-pub fn takes_redirected_frames(name: &str, ifindex: u32) -> io::Result<bool> {
-    let ndo_xmit = match xdp_features::of(ifindex) {
-        Ok(Some(features)) => Some(features & xdp_features::NDO_XMIT != 0),
-        Ok(None) | Err(_) => None,
-    };
-    if netdev::driver(name)? != "veth" {
-        return Ok(ndo_xmit.unwrap_or(true));
+/// The largest MTU whose frames always fit one XDP buffer (a page, less the headroom and the
+/// kernel's shared info): a port no larger is never sent a frame of several buffers.
+const SINGLE_BUFFER_MTU: u32 = 3_400;
+
+/// `true` if frames redirected into `name` by XDP leave it. With every port in generic mode
+/// (`all_generic`) they do: a generic redirect transmits through the device's ordinary path.
+/// Otherwise a driver other than veth needs nothing from a peer but must implement
+/// `ndo_xdp_xmit` (a bridge, say, does not: what XDP redirects there is dropped), and for
+/// frames of several buffers (a port with an MTU above `SINGLE_BUFFER_MTU`) its multi-buffer
+/// variant: the kernel's XDP features say so (kernels from 6.3; on older ones, with no such
+/// family, the driver is trusted; a failed query fails the probe, which is retried). A veth
+/// reports `ndo_xdp_xmit` only while its other end has NAPI: without it, no frame is sent (a
+/// port off the fast path is asked again and again); with it, or on older kernels, probes
+/// are sent, which reach the pod as frames addressed to the switch's own end that its stack
+/// discards, and the veth's counters must show them.
+pub fn takes_redirected_frames(name: &str, ifindex: u32, all_generic: bool) -> io::Result<bool> {
+    if all_generic {
+        return Ok(true);
     }
-    if ndo_xmit == Some(false) {
+    let features = xdp_features::of(ifindex);
+    if netdev::driver(name)? != "veth" {
+        let Some(features) = features? else {
+            return Ok(true);
+        };
+        let needed = if netdev::mtu(name)? > SINGLE_BUFFER_MTU {
+            xdp_features::NDO_XMIT | xdp_features::NDO_XMIT_SG
+        } else {
+            xdp_features::NDO_XMIT
+        };
+        return Ok(features & needed == needed);
+    }
+    if matches!(features, Ok(Some(f)) if f & xdp_features::NDO_XMIT == 0) {
         return Ok(false);
     }
     let mac = netdev::mac(name)?;

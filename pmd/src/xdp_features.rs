@@ -13,6 +13,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 /// `NETDEV_XDP_ACT_NDO_XMIT`: the device implements `ndo_xdp_xmit`.
 pub const NDO_XMIT: u64 = 4;
+/// `NETDEV_XDP_ACT_NDO_XMIT_SG`: ... for frames of several buffers too.
+pub const NDO_XMIT_SG: u64 = 64;
 
 const GENL_ID_CTRL: u16 = 0x10;
 const CTRL_CMD_GETFAMILY: u8 = 3;

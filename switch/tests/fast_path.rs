@@ -216,6 +216,29 @@ fn a_pod_without_napi_is_served_by_the_workers() {
     stop(switch);
 }
 
+/// With every port in generic XDP mode the fast path's redirects go out through the ports'
+/// ordinary transmit, which needs no NAPI at the other end: a pod without GRO takes it too.
+#[test]
+fn in_generic_mode_a_pod_without_napi_takes_the_fast_path() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(2);
+    topo.pods_finish_checksums();
+    gro_off(&topo, 1);
+    let switch = topo.start_switch(&["--fast-path", "xdp", "--xdp-mode", "generic"]);
+    assert_eq!(probed(&switch), named(&[("vp1", true), ("vp2", true)]));
+    assert!(topo.ping(0, 1));
+    topo.transfer(0, 1, 10_000_000);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let sent = fast_path_sent_to(&switch, "vp2");
+    assert!(sent > 3_000, "to pod 2 by the fast path: {sent}");
+    assert_eq!(
+        fast_path_of_ports(&switch),
+        named(&[("vp1", true), ("vp2", true)]),
+        "still on it: generic redirects are not counted by the veth's XDP transmit"
+    );
+    stop(switch);
+}
+
 /// A port whose driver has no `ndo_xdp_xmit` (a Linux bridge device, in generic XDP mode,
 /// with pod 2's veth behind it) would drop whatever the fast path redirected into it: the
 /// kernel's XDP features keep it with the workers, and pod 2 gets everything.
