@@ -209,11 +209,12 @@ mod tests {
         assert!(line.contains("handoffs_bad_port=3"), "{line}");
     }
 
-    #[test]
-    fn new_drop_reasons_are_shown_per_port() {
+    /// Port vp1's table after its counters were set to `counts`.
+    fn vp1_table(counts: &[(PortCounter, u64)]) -> (String, Snapshot) {
         let stats = Arc::new(WorkerStats::new());
-        stats.ports[0].set(PortCounter::DropEmitTooLarge as usize, 4);
-        stats.ports[0].set(PortCounter::DropHandoffTooLarge as usize, 5);
+        for &(c, n) in counts {
+            stats.ports[0].set(c as usize, n);
+        }
         let snap = Snapshot::take(&[stats], &[0]);
         let ports = [PortInfo {
             name: "vp1".into(),
@@ -221,7 +222,15 @@ mod tests {
             queues: 1,
             mtu: 1500,
         }];
-        let table = port_table_for(&ports, &snap);
+        (port_table_for(&ports, &snap), snap)
+    }
+
+    #[test]
+    fn new_drop_reasons_are_shown_per_port() {
+        let (table, snap) = vp1_table(&[
+            (PortCounter::DropEmitTooLarge, 4),
+            (PortCounter::DropHandoffTooLarge, 5),
+        ]);
         assert!(
             table.contains("drops on vp1: tx_drop_emit_too_large=4 tx_drop_handoff_too_large=5"),
             "{table}"
@@ -231,16 +240,7 @@ mod tests {
 
     #[test]
     fn what_the_fast_path_sent_is_not_a_drop() {
-        let stats = Arc::new(WorkerStats::new());
-        stats.ports[0].set(PortCounter::FastPathTxPackets as usize, 7);
-        let snap = Snapshot::take(&[stats], &[0]);
-        let ports = [PortInfo {
-            name: "vp1".into(),
-            ifindex: 1,
-            queues: 1,
-            mtu: 1500,
-        }];
-        let table = port_table_for(&ports, &snap);
+        let (table, _) = vp1_table(&[(PortCounter::FastPathTxPackets, 7)]);
         assert!(
             table.contains("also on vp1: tx_fast_path_packets=7"),
             "{table}"
