@@ -449,10 +449,25 @@ dnat_vswitch_fast() { DNAT_FAST=1 dnat_vswitch; }
 ctscale_vswitch() { dnat_vswitch "$fill"; }
 ctscale_kernel() { dnat_vswitch 0; }
 
-dnat_kernel() {
+# kernel_dnat RULES: the Linux bridge as the pods' gateway (its address, IP forwarding) with
+# the DNAT rules the function RULES loads, measured; undone after (bridge_down flushes every
+# nftables table, iptables-nft's too).
+kernel_dnat() {
 	bridge_up
 	ip -n $SW addr add 10.244.1.1/24 dev br0
 	ip netns exec $SW sysctl -qw net.ipv4.ip_forward=1
+	"$1"
+	announce_sink
+	local r
+	r=$(measure $GW_MAC "$(service_vip)" 80)
+	ip netns exec $SW sysctl -qw net.ipv4.ip_forward=0
+	ip -n $SW addr flush dev br0
+	bridge_down
+	echo "$r 0"
+}
+
+# The DNAT as kube-proxy's nftables mode writes it.
+nft_dnat_rules() {
 	{
 		echo "table ip kube-proxy {"
 		echo "  chain prerouting { type nat hook prerouting priority dstnat; policy accept; jump services; }"
@@ -465,13 +480,6 @@ dnat_kernel() {
 		echo "}"
 	} >"$tmp/rules.nft"
 	ip netns exec $SW nft -f "$tmp/rules.nft"
-	announce_sink
-	local r
-	r=$(measure $GW_MAC "$(service_vip)" 80)
-	ip netns exec $SW sysctl -qw net.ipv4.ip_forward=0
-	ip -n $SW addr flush dev br0
-	bridge_down
-	echo "$r 0"
 }
 
 # The same DNAT as kube-proxy's iptables mode writes it (KUBE-SERVICES from nat PREROUTING,
@@ -479,11 +487,7 @@ dnat_kernel() {
 # kube-proxy's iptables mode uses on current distributions, and one whose tables `nft flush
 # ruleset` removes (iptables-legacy's nat table, once made, stays registered in the namespace
 # with conntrack until the namespace goes, which would slow every later kernel plane).
-dnat_kernel_ipt() {
-	local ipt=iptables-nft
-	bridge_up
-	ip -n $SW addr add 10.244.1.1/24 dev br0
-	ip netns exec $SW sysctl -qw net.ipv4.ip_forward=1
+ipt_dnat_rules() {
 	{
 		echo "*nat"
 		echo ":KUBE-SERVICES - [0:0]"
@@ -494,18 +498,12 @@ dnat_kernel_ipt() {
 		echo "-A KUBE-SERVICES -d 10.96.0.10/32 -p $svc_proto --dport 80 -j DNAT --to-destination 10.244.1.2:8080"
 		echo "COMMIT"
 	} >"$tmp/rules.ipt"
-	ip netns exec $SW "$ipt-restore" <"$tmp/rules.ipt"
-	echo "   kernel-ipt-dnat: $($ipt --version)" >&2
-	announce_sink
-	local r
-	r=$(measure $GW_MAC "$(service_vip)" 80)
-	ip netns exec $SW "$ipt" -t nat -F
-	ip netns exec $SW "$ipt" -t nat -X
-	ip netns exec $SW sysctl -qw net.ipv4.ip_forward=0
-	ip -n $SW addr flush dev br0
-	bridge_down
-	echo "$r 0"
+	ip netns exec $SW iptables-nft-restore <"$tmp/rules.ipt"
+	echo "   kernel-ipt-dnat: $(iptables-nft --version)" >&2
 }
+
+dnat_kernel() { kernel_dnat nft_dnat_rules; }
+dnat_kernel_ipt() { kernel_dnat ipt_dnat_rules; }
 
 # The VXLAN overlay as flannel's vxlan backend sets it up: VNI 1, UDP port 4789; node i's VTEP
 # (flannel.1) MAC 0e:00:00:00:00:0i, its uplink 198.18.0.i, its pod subnet 10.244.i.0/24.
