@@ -575,23 +575,29 @@ mac = "{mac}"
         outputs
     }
 
+    /// `vswitch ctl show WHAT --json` of node `n` (null while it does not answer).
+    fn show(&self, n: usize, what: &str) -> serde_json::Value {
+        let out = Command::new(vswitch_bin())
+            .args([
+                "ctl",
+                "--socket",
+                &self.nodes[n].ctl,
+                "show",
+                what,
+                "--json",
+            ])
+            .output()
+            .expect("running vswitch ctl");
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
     /// Node `n`'s overlay legs in use (`show stats`), once 0 or after `wait`.
     fn overlay_legs_within(&self, n: usize, wait: Duration) -> u64 {
         let deadline = Instant::now() + wait;
         loop {
-            let out = Command::new(vswitch_bin())
-                .args([
-                    "ctl",
-                    "--socket",
-                    &self.nodes[n].ctl,
-                    "show",
-                    "stats",
-                    "--json",
-                ])
-                .output()
-                .expect("running vswitch ctl");
-            let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            let legs = stats["fast_path_overlay_legs"].as_u64().unwrap_or(u64::MAX);
+            let legs = self.show(n, "stats")["fast_path_overlay_legs"]
+                .as_u64()
+                .unwrap_or(u64::MAX);
             if legs == 0 || Instant::now() > deadline {
                 return legs;
             }
@@ -609,19 +615,7 @@ mac = "{mac}"
                 continue;
             }
             loop {
-                let out = Command::new(vswitch_bin())
-                    .args([
-                        "ctl",
-                        "--socket",
-                        &self.nodes[n].ctl,
-                        "show",
-                        "ports",
-                        "--json",
-                    ])
-                    .output()
-                    .expect("running vswitch ctl");
-                let ports: serde_json::Value =
-                    serde_json::from_slice(&out.stdout).unwrap_or_default();
+                let ports = self.show(n, "ports");
                 let states: Vec<_> = ports["ports"]
                     .as_array()
                     .map(|a| a.iter().map(|p| p["fast_path"].as_bool()).collect())
