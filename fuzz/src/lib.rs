@@ -8,6 +8,7 @@
 
 use pipeline::gateway::{
     FlowOffer, GatewayConfig, OverlayLeg, ServiceConfig, UplinkConfig, VxlanConfig, VxlanPeer,
+    DECAP_COMPARED, ENCAP_FILLED,
 };
 use pipeline::l2::{BridgeConfig, PortBinding};
 use pipeline::wire::vxlan::ENCAP_OVERHEAD;
@@ -190,9 +191,10 @@ fn check_offers(
         let came = |f: &Vec<u8>| {
             let mut f = f.as_slice();
             if let Some(OverlayLeg::Decap { outer, .. }) = o.leg {
-                let compared = [0..6, 12..14, 26..34, 36..38, 46..49];
                 if f.len() < ENCAP_OVERHEAD
-                    || compared.iter().any(|r| f[r.clone()] != outer[r.clone()])
+                    || DECAP_COMPARED
+                        .iter()
+                        .any(|r| f[r.clone()] != outer[r.clone()])
                 {
                     return false;
                 }
@@ -218,7 +220,7 @@ fn check_offers(
             // IPv4 checksum and the UDP source port, filled in per packet), the inner frame
             // follows.
             if let Some(OverlayLeg::Encap { outer, src_port }) = o.leg {
-                let fixed = |at: usize| ![16, 17, 24, 25, 34, 35, 38, 39].contains(&at);
+                let fixed = |at: usize| !ENCAP_FILLED.contains(&at);
                 if f.len() < ENCAP_OVERHEAD
                     || (0..ENCAP_OVERHEAD).any(|at| fixed(at) && f[at] != outer[at])
                     || f[34..36] != src_port.to_be_bytes()

@@ -18,7 +18,9 @@ mod icmp_limit;
 mod offers;
 
 pub use config::{GatewayConfig, Policy, ServiceConfig, UplinkConfig, VxlanConfig, VxlanPeer};
-pub use offers::{decap_pattern, encap_template, offloadable, FlowOffer, OverlayLeg};
+pub use offers::{
+    decap_pattern, encap_template, offloadable, FlowOffer, OverlayLeg, DECAP_COMPARED, ENCAP_FILLED,
+};
 
 use crate::batch::{Disposition, PortId, PortMask};
 use crate::conntrack::{Conntrack, FragmentTable};

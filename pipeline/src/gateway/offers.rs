@@ -78,9 +78,16 @@ pub fn encap_template(
     Some(outer)
 }
 
-/// What the fast path compares of VXLAN from `peer` before it takes the inner frame: our MAC
-/// (bytes 0..6), IPv4 (12..14), the peer's and our address (26..34), our UDP port (36..38) and
-/// our VNI (46..49); the rest is as we would send it and not compared.
+/// Bytes of an `OverlayLeg::Encap` template filled in per packet: the outer IPv4 total length
+/// and checksum, the UDP source port and length.
+pub const ENCAP_FILLED: [usize; 8] = [16, 17, 24, 25, 34, 35, 38, 39];
+
+/// Bytes of an `OverlayLeg::Decap` pattern the fast path compares: our MAC, IPv4, the peer's
+/// and our address, our UDP port, our VNI.
+pub const DECAP_COMPARED: [std::ops::Range<usize>; 5] = [0..6, 12..14, 26..34, 36..38, 46..49];
+
+/// What the fast path compares of VXLAN from `peer` before it takes the inner frame
+/// (`DECAP_COMPARED`); the rest is as we would send it and not compared.
 pub fn decap_pattern(overlay: &Overlay, our_mac: MacAddr, peer: Ipv4Addr) -> [u8; ENCAP_OVERHEAD] {
     let mut outer = [0u8; ENCAP_OVERHEAD];
     OuterRepr {
