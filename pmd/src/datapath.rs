@@ -319,7 +319,8 @@ const LOST_NAPI_FRAMES: u64 = 8;
 
 /// A port off the fast path is probed again after this, then after twice as long each time
 /// it fails, up to `REPROBE_MAX`: a pod that turns GRO on (or a peer node whose switch starts
-/// after ours) joins by itself, and one that never does costs 8 frames now and then.
+/// after ours) joins by itself, and one that never does costs a netlink query now and then
+/// (8 probe frames where the kernel cannot say: `napi_probe`).
 const REPROBE_FIRST: Duration = Duration::from_secs(1);
 const REPROBE_MAX: Duration = Duration::from_secs(30);
 
