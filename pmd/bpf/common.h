@@ -67,35 +67,39 @@ static INLINE __u32 be16(const __u8 *p)
 // carrying UDP, or TCP without SYN, FIN or RST (connection changes stay visible to the
 // switch). PARTIAL: its TCP/UDP checksum was left to offload (the field holds the
 // pseudo-header sum), to be finished here as the switch does. Anything else, ARP included,
-// goes to the switch (0).
+// goes to the switch (0). Fields are read as words and summed in memory order (the one's
+// complement sum does not depend on byte order): this runs for every frame.
 static INLINE int understood(const __u8 *data, const __u8 *end)
 {
 	const __u8 *ip = data + 14;
 	const __u8 *l4 = ip + 20;
-	__u32 field, pseudo, l4_len;
+	__u32 total, pseudo;
+	__u16 field;
 
 	if (l4 + 20 > end)
 		return 0;
-	if (data[12] != 0x08 || data[13] != 0x00 || ip[0] != 0x45)
+	if (*(__u16 *)(data + 12) != __builtin_bswap16(0x0800) || ip[0] != 0x45)
 		return 0;
-	if ((be16(ip + 6) & 0x3fff) != 0)
+	if (*(__u16 *)(ip + 6) & __builtin_bswap16(0x3fff))
 		return 0;
+	total = be16(ip + 2);
 	// A total length shorter than the headers: the switch drops it as malformed.
-	if (be16(ip + 2) < 20 + (ip[9] == 6 ? 20 : 8))
+	if (total < 20 + (ip[9] == 6 ? 20 : 8))
 		return 0;
-	l4_len = be16(ip + 2) - 20;
 	if (ip[9] == 6) {
 		if (l4[13] & 0x07)
 			return 0;
-		field = be16(l4 + 16);
+		field = *(__u16 *)(l4 + 16);
 	} else if (ip[9] == 17) {
-		field = be16(l4 + 6);
+		field = *(__u16 *)(l4 + 6);
 		if (field == 0)
 			return UNDERSTOOD;
 	} else {
 		return 0;
 	}
-	pseudo = be16(ip + 12) + be16(ip + 14) + be16(ip + 16) + be16(ip + 18) + ip[9] + l4_len;
+	pseudo = (__u32)*(__u16 *)(ip + 12) + *(__u16 *)(ip + 14) + *(__u16 *)(ip + 16) +
+		 *(__u16 *)(ip + 18) + __builtin_bswap16((__u16)ip[9]) +
+		 __builtin_bswap16((__u16)(total - 20));
 	return field == fold(pseudo) ? PARTIAL : UNDERSTOOD;
 }
 

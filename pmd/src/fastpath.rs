@@ -2,7 +2,8 @@
 //! program that reads them, built from `bpf/fastpath.c` (bridge) or `bpf/fastpath_tuple.c`
 //! (gateway) by `build.rs` and loaded by our own ELF reader (no libbpf, no BTF).
 //!
-//! The bridge's program looks up (ingress ifindex, destination MAC, source MAC) in `l2_flows`;
+//! The bridge's program looks up (ingress ifindex, destination MAC, source MAC) in its front
+//! array, then in `l2_flows` (`fastpath_front`);
 //! the gateway's looks up the same plus protocol, addresses and ports in `tuple_flows` and
 //! rewrites the frame as the entry says. A hit is counted, stamped and redirected through the
 //! `ports` devmap; a miss goes to the port's XSKMAP exactly as the plain redirect program does.
@@ -13,6 +14,7 @@ use crate::bpf::{
     XskMap, BPF_F_XDP_HAS_FRAGS, BPF_MAP_DELETE_ELEM, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM,
     BPF_PSEUDO_MAP_FD,
 };
+use crate::fastpath_front::{L2Slot, Place, Places, FRONT_SLOTS};
 use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
 use pipeline::wire::checksum::fold;
 use std::collections::{HashMap, VecDeque};
@@ -35,6 +37,7 @@ static TUPLE_OBJECT: Option<&[u8]> = None;
 
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const BPF_MAP_TYPE_DEVMAP: u32 = 14;
 /// Map update flag: create only (an installed flow keeps its counters).
 const BPF_NOEXIST: u64 = 1;
@@ -86,9 +89,16 @@ pub trait Counted: Copy + Default {
     fn merge(copies: &[Self]) -> Self;
 }
 
+/// A flow map's key: where its flow is read and removed.
+pub trait FlowKey: Sized {
+    type Flow: Counted;
+    fn read_from(&self, fast: &FastPath) -> io::Result<Option<Self::Flow>>;
+    fn remove_from(&self, fast: &FastPath) -> io::Result<()>;
+}
+
 /// The key of an L2 flow, as the program builds it (16 bytes, no padding).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct L2Key {
     pub ifindex: u32,
     pub dst: [u8; 6],
@@ -105,6 +115,18 @@ pub struct L2Flow {
     pub packets: u64,
     pub bytes: u64,
     pub reserved2: u64,
+}
+
+impl FlowKey for L2Key {
+    type Flow = L2Flow;
+
+    fn read_from(&self, fast: &FastPath) -> io::Result<Option<L2Flow>> {
+        fast.read_l2(self)
+    }
+
+    fn remove_from(&self, fast: &FastPath) -> io::Result<()> {
+        fast.remove_l2(self)
+    }
 }
 
 impl Counted for L2Flow {
@@ -256,6 +278,18 @@ fn delta(old: &[u8], new: &[u8]) -> u32 {
         .sum()
 }
 
+impl FlowKey for TupleKey {
+    type Flow = TupleFlow;
+
+    fn read_from(&self, fast: &FastPath) -> io::Result<Option<TupleFlow>> {
+        fast.read_hashed(self)
+    }
+
+    fn remove_from(&self, fast: &FastPath) -> io::Result<()> {
+        fast.remove_hashed(self)
+    }
+}
+
 impl Counted for TupleFlow {
     fn packets(&self) -> u64 {
         self.packets
@@ -309,6 +343,8 @@ pub struct FastPath {
     flows: OwnedFd,
     /// The gateway's overlay legs (`None` for the bridge's table).
     legs: Option<(OwnedFd, Mutex<LegSlots>)>,
+    /// The bridge's front array and where each of its flows lives (`None` for the gateway's).
+    front: Option<(OwnedFd, Mutex<Places>)>,
     /// The flow map is per CPU: a value is one flow value per possible CPU.
     cpus: usize,
 }
@@ -345,6 +381,19 @@ impl FastPath {
                     )?,
                     Mutex::new(LegSlots::new()),
                 )),
+            },
+            front: match table {
+                FlowTable::L2 => Some((
+                    create_map(
+                        BPF_MAP_TYPE_PERCPU_ARRAY,
+                        4,
+                        size_of::<L2Slot>() as u32,
+                        FRONT_SLOTS,
+                        "vswitch_front",
+                    )?,
+                    Mutex::new(Places::default()),
+                )),
+                FlowTable::Tuple => None,
             },
         })
     }
@@ -421,6 +470,7 @@ impl FastPath {
             "xsks" => Some(xsks.fd.as_raw_fd()),
             "ports" => Some(self.ports.as_raw_fd()),
             "overlay_legs" => self.legs.as_ref().map(|(map, _)| map.as_raw_fd()),
+            "l2_front" => self.front.as_ref().map(|(map, _)| map.as_raw_fd()),
             n if n == flows => Some(self.flows.as_raw_fd()),
             _ => None,
         })?;
@@ -437,16 +487,34 @@ impl FastPath {
         delete(&self.ports, &port)
     }
 
-    /// Installs a flow (a bridge flow's value is its egress port); `false` when the key was
-    /// there already (left as it is).
+    /// Installs a bridge flow: in its front slot if that is free, else in the hash map;
+    /// `false` when the key was there already (left as it is).
     pub fn install(&self, key: &L2Key, egress_port: u32) -> io::Result<bool> {
-        self.install_value(
-            key,
-            L2Flow {
-                egress_port,
-                ..Default::default()
-            },
-        )
+        let Some((front, places)) = &self.front else {
+            return Err(io::Error::from(io::ErrorKind::Unsupported));
+        };
+        let mut places = places.lock().unwrap_or_else(|e| e.into_inner());
+        if places.of(key).is_some() {
+            return Ok(false);
+        }
+        let place = places.for_new(key);
+        match place {
+            Place::Front(slot) => {
+                let per_cpu = vec![L2Slot::new(key, egress_port); self.cpus];
+                update_slice(front, &slot, &per_cpu, 0)?;
+            }
+            Place::Hashed => {
+                let flow = L2Flow {
+                    egress_port,
+                    ..Default::default()
+                };
+                if !self.install_value(key, flow)? {
+                    return Ok(false);
+                }
+            }
+        }
+        places.taken(key, place);
+        Ok(true)
     }
 
     /// Installs a gateway flow; `false` when the key was there already.
@@ -474,7 +542,49 @@ impl FastPath {
         );
     }
 
-    pub fn remove<K>(&self, key: &K) -> io::Result<()> {
+    /// Takes the flow out (nothing when it is not installed).
+    pub fn remove<K: FlowKey>(&self, key: &K) -> io::Result<()> {
+        key.remove_from(self)
+    }
+
+    /// The flow's value now, its counters summed over the CPUs (`None`: not installed).
+    pub fn read<K: FlowKey>(&self, key: &K) -> io::Result<Option<K::Flow>> {
+        key.read_from(self)
+    }
+
+    fn remove_l2(&self, key: &L2Key) -> io::Result<()> {
+        let Some((front, places)) = &self.front else {
+            return Ok(());
+        };
+        let mut places = places.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(place) = places.of(key) else {
+            return Ok(());
+        };
+        match place {
+            Place::Front(slot) => {
+                update_slice(front, &slot, &vec![L2Slot::default(); self.cpus], 0)?
+            }
+            Place::Hashed => self.remove_hashed(key)?,
+        }
+        places.freed(key, place);
+        Ok(())
+    }
+
+    fn read_l2(&self, key: &L2Key) -> io::Result<Option<L2Flow>> {
+        let Some((front, places)) = &self.front else {
+            return Ok(None);
+        };
+        let places = places.lock().unwrap_or_else(|e| e.into_inner());
+        match places.of(key) {
+            None => Ok(None),
+            Some(Place::Hashed) => self.read_hashed(key),
+            Some(Place::Front(slot)) => Ok(lookup_per_cpu::<_, L2Slot>(front, &slot, self.cpus)?
+                .filter(|copies| copies[0].key == *key)
+                .map(|copies| L2Slot::merge(&copies))),
+        }
+    }
+
+    fn remove_hashed<K>(&self, key: &K) -> io::Result<()> {
         assert_eq!(
             size_of::<K>(),
             self.table.sizes().0 as usize,
@@ -486,25 +596,34 @@ impl FastPath {
         }
     }
 
-    /// The flow's value now, its counters summed over the CPUs (`None`: not installed).
-    pub fn read<K, V: Counted>(&self, key: &K) -> io::Result<Option<V>> {
+    fn read_hashed<K, V: Counted>(&self, key: &K) -> io::Result<Option<V>> {
         self.check_types::<K, V>();
-        let mut per_cpu = vec![V::default(); self.cpus];
-        let mut attr = MapElemAttr {
-            map_fd: self.flows.as_raw_fd() as u32,
-            key: key as *const K as u64,
-            value: per_cpu.as_mut_ptr() as u64,
-            ..Default::default()
-        };
-        // SAFETY: `key` points to a K and `per_cpu` to `cpus` Vs, the map's key and per-CPU
-        // value types (`check_types`; both values are multiples of 8 bytes, so the kernel's
-        // per-CPU stride is their size), alive until after the call; the kernel reads the key
-        // and writes the values.
-        match unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) } {
-            Ok(_) => Ok(Some(V::merge(&per_cpu))),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(lookup_per_cpu::<K, V>(&self.flows, key, self.cpus)?.map(|copies| V::merge(&copies)))
+    }
+}
+
+/// A per-CPU map's element: one value per possible CPU (`None`: no such key).
+fn lookup_per_cpu<K, V: Copy + Default>(
+    map: &OwnedFd,
+    key: &K,
+    cpus: usize,
+) -> io::Result<Option<Vec<V>>> {
+    assert_eq!(size_of::<V>() % 8, 0, "the kernel's per-CPU stride");
+    let mut per_cpu = vec![V::default(); cpus];
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key as *const K as u64,
+        value: per_cpu.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: `key` points to a K and `per_cpu` to `cpus` Vs, the map's key and per-CPU value
+    // types (callers pass the types the map was created with; V is a multiple of 8 bytes, so
+    // the kernel's per-CPU stride is its size), alive until after the call; the kernel reads
+    // the key and writes the values.
+    match unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) } {
+        Ok(_) => Ok(Some(per_cpu)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -598,6 +717,7 @@ mod tests {
                 "ports" => Some(102),
                 n if n == table.map_name() => Some(103),
                 "overlay_legs" if table == FlowTable::Tuple => Some(104),
+                "l2_front" if table == FlowTable::L2 => Some(105),
                 _ => None,
             })
             .unwrap();
@@ -609,7 +729,7 @@ mod tests {
             fds.sort();
             fds.dedup();
             let expected: &[i32] = match table {
-                FlowTable::L2 => &[101, 102, 103],
+                FlowTable::L2 => &[101, 102, 103, 105],
                 FlowTable::Tuple => &[101, 102, 103, 104],
             };
             assert_eq!(fds, expected, "{table:?}");
@@ -634,14 +754,79 @@ mod tests {
             dst: [2, 0, 0, 0, 0, 2],
             src: [2, 0, 0, 0, 0, 1],
         };
-        assert_eq!(fast.read::<_, L2Flow>(&key).unwrap(), None);
+        assert_eq!(fast.read(&key).unwrap(), None);
         assert!(fast.install(&key, 9).unwrap());
         assert!(!fast.install(&key, 10).unwrap());
-        let flow: L2Flow = fast.read(&key).unwrap().unwrap();
+        let flow = fast.read(&key).unwrap().unwrap();
         assert_eq!(flow.egress_port, 9, "a second install keeps the first");
         fast.remove(&key).unwrap();
         fast.remove(&key).unwrap();
-        assert_eq!(fast.read::<_, L2Flow>(&key).unwrap(), None);
+        assert_eq!(fast.read(&key).unwrap(), None);
+    }
+    #[test]
+    fn bridge_flows_are_found_in_the_front_and_in_the_hash_and_a_torn_slot_is_a_miss() {
+        use super::tuple_tests::{frame, EGRESS, LOOPBACK, TCP_ACK, XDP_PASS, XDP_REDIRECT};
+        use crate::fastpath_front::{front_check, front_slot};
+        if !available() || nix::unistd::geteuid().as_raw() != 0 {
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI runs this as root, with clang"
+            );
+            return;
+        }
+        let fast = FastPath::new(FlowTable::L2).unwrap();
+        let xsks = XskMap::create(1).unwrap();
+        let prog = fast.program(&xsks).unwrap();
+        fast.add_port(EGRESS, LOOPBACK).unwrap();
+        let tuple = ([10, 0, 0, 1], 40000, [10, 0, 0, 2], 80);
+        let key_of = |f: &[u8]| L2Key {
+            ifindex: LOOPBACK,
+            dst: f[..6].try_into().unwrap(),
+            src: f[6..12].try_into().unwrap(),
+        };
+        let a_frame = frame(&TCP_ACK, ([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]), tuple);
+        let a = key_of(&a_frame);
+        // A flow from another source whose front slot is a's.
+        let b_frame = (0..=u16::MAX)
+            .map(|i| {
+                let [hi, lo] = i.to_be_bytes();
+                frame(&TCP_ACK, ([2, 0, 0, 0, 0, 2], [2, 0, 0, 9, hi, lo]), tuple)
+            })
+            .find(|f| front_slot(&key_of(f)) == front_slot(&a))
+            .expect("a source whose slot is a's");
+        let b = key_of(&b_frame);
+        assert_eq!(
+            prog.test_run(&a_frame).unwrap().0,
+            XDP_PASS,
+            "not installed"
+        );
+        assert!(fast.install(&a, EGRESS).unwrap());
+        assert!(fast.install(&b, EGRESS).unwrap());
+        assert!(!fast.install(&b, EGRESS).unwrap(), "installed once");
+        for (f, key) in [(&a_frame, &a), (&b_frame, &b)] {
+            assert_eq!(prog.test_run(f).unwrap().0, XDP_REDIRECT);
+            let flow = fast.read(key).unwrap().unwrap();
+            assert_eq!((flow.egress_port, flow.packets), (EGRESS, 1));
+            assert_eq!(flow.bytes, f.len() as u64);
+        }
+        let (front, _) = fast.front.as_ref().unwrap();
+        let slot = front_slot(&a);
+        let torn = L2Slot {
+            check: front_check(&a, EGRESS) ^ 2,
+            ..L2Slot::new(&a, EGRESS)
+        };
+        update_slice(front, &slot, &vec![torn; fast.cpus], 0).unwrap();
+        assert_eq!(prog.test_run(&a_frame).unwrap().0, XDP_PASS, "a torn slot");
+        fast.remove(&a).unwrap();
+        assert_eq!(fast.read(&a).unwrap(), None);
+        assert_eq!(prog.test_run(&a_frame).unwrap().0, XDP_PASS);
+        assert_eq!(prog.test_run(&b_frame).unwrap().0, XDP_REDIRECT, "b stays");
+        assert_eq!(fast.read(&b).unwrap().unwrap().packets, 2);
+        assert!(fast.install(&a, EGRESS).unwrap(), "a's slot is free again");
+        assert_eq!(prog.test_run(&a_frame).unwrap().0, XDP_REDIRECT);
+        assert_eq!(fast.read(&a).unwrap().unwrap().packets, 1, "counting anew");
+        fast.remove(&b).unwrap();
+        assert_eq!(prog.test_run(&b_frame).unwrap().0, XDP_PASS);
     }
 }
 

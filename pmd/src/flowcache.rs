@@ -6,7 +6,7 @@
 //! learned where the frame came from and goes to, and removed as soon as either entry moves,
 //! ages or is flushed, or a port goes.
 
-use crate::fastpath::{Counted, FastPath, L2Flow, L2Key, FLOW_CAPACITY};
+use crate::fastpath::{Counted, FastPath, FlowKey, L2Key, FLOW_CAPACITY};
 use crate::stats::{PortCounter, WorkerCounter, WorkerStats};
 use pipeline::l2::Bridge;
 use pipeline::wire::MacAddr;
@@ -120,7 +120,7 @@ impl FlowCache {
         stats: &WorkerStats,
         now_ms: u64,
     ) {
-        remove_unbacked::<_, _, L2Flow>(&mut self.installed, &self.fast, stats, |key, f| {
+        remove_unbacked(&mut self.installed, &self.fast, stats, |key, f| {
             present(f.ingress)
                 && present(f.egress)
                 && bridge.fdb().lookup(MacAddr(key.src), now_ms) == Some(f.ingress)
@@ -134,8 +134,7 @@ impl FlowCache {
     /// and a source address that is sending keeps its FDB entry alive.
     pub fn harvest(&mut self, bridge: &mut Bridge, stats: &WorkerStats, now_ms: u64) {
         for (key, f) in self.installed.iter_mut() {
-            let Some((packets, bytes)) = new_counts::<_, L2Flow>(&self.fast, key, &mut f.seen)
-            else {
+            let Some((packets, bytes)) = new_counts(&self.fast, key, &mut f.seen) else {
                 continue;
             };
             count_forwarded(stats, (f.ingress, f.egress), packets, bytes, 0);
@@ -181,12 +180,12 @@ pub(crate) fn counted_install(result: std::io::Result<bool>, stats: &WorkerStats
 
 /// What the program counted for `key` since `seen` (packets, bytes), which moves on; `None`
 /// when nothing new.
-pub(crate) fn new_counts<K, V: Counted>(
+pub(crate) fn new_counts<K: FlowKey>(
     fast: &FastPath,
     key: &K,
     seen: &mut (u64, u64),
 ) -> Option<(u64, u64)> {
-    let now: V = fast.read(key).ok()??;
+    let now = fast.read(key).ok()??;
     let new = (
         now.packets().saturating_sub(seen.0),
         now.bytes().saturating_sub(seen.1),
@@ -248,7 +247,7 @@ impl Entry for Installed {
 
 /// Takes out of the map (and counts) every installed entry `keep` rejects; what the program
 /// counted for it since the last read still goes to its ports.
-pub(crate) fn remove_unbacked<K: std::hash::Hash + Eq, I: Entry, V: Counted>(
+pub(crate) fn remove_unbacked<K: std::hash::Hash + Eq + FlowKey, I: Entry>(
     installed: &mut HashMap<K, I>,
     fast: &FastPath,
     stats: &WorkerStats,
@@ -258,7 +257,7 @@ pub(crate) fn remove_unbacked<K: std::hash::Hash + Eq, I: Entry, V: Counted>(
     installed.retain(|key, f| {
         let kept = keep(key, f);
         if !kept {
-            if let Some((packets, bytes)) = new_counts::<K, V>(fast, key, f.seen()) {
+            if let Some((packets, bytes)) = new_counts(fast, key, f.seen()) {
                 count_forwarded(stats, f.ports(), packets, bytes, f.growth());
             }
             // A leg stays taken while an entry that names it may still be in the map.

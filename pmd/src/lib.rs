@@ -9,6 +9,7 @@
 pub mod bpf;
 pub mod datapath;
 pub mod fastpath;
+pub mod fastpath_front;
 pub mod flowcache;
 pub mod housekeeping;
 pub mod napi_probe;

@@ -186,7 +186,7 @@ impl TupleCache {
         let reloaded = gateway.policy_epoch() != self.epoch;
         self.epoch = gateway.policy_epoch();
         let stats = ports.stats;
-        remove_unbacked::<_, _, TupleFlow>(&mut self.installed, &self.fast, stats, |_, f| {
+        remove_unbacked(&mut self.installed, &self.fast, stats, |_, f| {
             let o = &f.offer;
             !reloaded
                 && ports.attached(o.ingress) == Some(f.ifindex.0)
@@ -200,8 +200,7 @@ impl TupleCache {
     /// and the flows (and bridged sources) it forwarded stay alive in the gateway's tables.
     pub fn harvest(&mut self, gateway: &mut Gateway, stats: &WorkerStats, now_ms: u64) {
         for (key, f) in self.installed.iter_mut() {
-            let Some((packets, bytes)) = new_counts::<_, TupleFlow>(&self.fast, key, &mut f.seen)
-            else {
+            let Some((packets, bytes)) = new_counts(&self.fast, key, &mut f.seen) else {
                 continue;
             };
             count_forwarded(stats, f.ports(), packets, bytes, f.growth());
