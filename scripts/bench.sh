@@ -273,6 +273,9 @@ w = json.load(sys.stdin)["workers"]
 n = sum(x.get("fast_path_installed", 0) for x in w)
 if n:
     print("   vswitch fast path: %d packets, %d flows installed, %d removed" % (sum(x["fast_path_packets"] for x in w), n, sum(x["fast_path_removed"] for x in w)), file=sys.stderr)
+# Stalls: how long the rings went unserved (what tail latency and loss at moderate load cost).
+for i, x in enumerate(w):
+    print("   vswitch worker %d: longest gap %d us, gaps over 1 ms %d (%d working), longest pass %d us, housekeeping %d us, preempted %d times, steal on its core %d ms" % (i, x.get("longest_gap_us", 0), x.get("gaps_over_1ms", 0), x.get("gaps_over_1ms_working", 0), x.get("longest_pass_us", 0), x.get("longest_housekeeping_us", 0), x.get("preemptions", 0), x.get("core_steal_ms", 0)), file=sys.stderr)
 ' || true
 	kill -TERM $VS
 	wait $VS
@@ -793,7 +796,12 @@ l2_planes=(vswitch:l2_vswitch linux-bridge:l2_kernel vswitch-fastpath:l2_vswitch
 [ -n "$with_busypoll" ] && l2_planes+=(vswitch-busy-poll:l2_vswitch_busypoll)
 # L2_PLANES="label:function ...": only these (quick comparisons while changing one of them).
 [ -z "${L2_PLANES:-}" ] || read -ra l2_planes <<<"$L2_PLANES"
-[ "$scenario" = l2 ] || [ "$scenario" = all ] && run_scenario l2 "${l2_planes[@]}"
+if [ "$scenario" = l2 ] || [ "$scenario" = all ]; then
+	# --rate: every plane offered that rate (stalls show at moderate load too).
+	[ -z "$rate_given" ] || gen_extra=(--rate "$live_rate")
+	run_scenario l2 "${l2_planes[@]}"
+	gen_extra=()
+fi
 if [ "$scenario" = dnat ] || [ "$scenario" = all ]; then
 	# The fast path rewrites frames in place and the generator's pages come back as they
 	# left: every plane gets the same header-restoring generator.

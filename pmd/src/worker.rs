@@ -69,6 +69,27 @@ fn micros(d: std::time::Duration) -> u64 {
     d.as_micros().min(u64::MAX as u128) as u64
 }
 
+/// How often the kernel took the calling thread off its core for another (preemptions), from
+/// /proc; `None` where it cannot be read.
+fn involuntary_switches() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// Milliseconds the hypervisor ran something else while `core` wanted to run (steal time, from
+/// /proc/stat in USER_HZ = 100 ticks); `None` where it cannot be read.
+fn steal_ms(core: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| {
+        l.strip_prefix("cpu").and_then(|r| r.split(' ').next()) == Some(&core.to_string())
+    })?;
+    let ticks: u64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    Some(ticks * 10)
+}
+
 pub fn now_ms(epoch: Instant) -> u64 {
     epoch.elapsed().as_millis() as u64
 }
@@ -198,6 +219,8 @@ pub struct Worker {
     /// The sockets this worker polls, with the port each belongs to.
     sockets: Vec<(PortId, PortSocket)>,
     retiring: Vec<Retiring>,
+    /// Its core's steal time when the worker started (ms), to publish what came since.
+    steal_at_start: Option<u64>,
     s: WorkerSetup,
     /// Indexed by port.
     egress: Vec<Egress>,
@@ -243,6 +266,7 @@ impl Worker {
         Worker {
             sockets: Vec::new(),
             retiring: Vec::new(),
+            steal_at_start: None,
             segment: vec![first; MAX_PORTS],
             dropping: Vec::new(),
             s: setup,
@@ -271,19 +295,29 @@ impl Worker {
         if let Some(core) = self.s.core {
             core_affinity::set_for_current(core_affinity::CoreId { id: core });
         }
+        self.steal_at_start = self.s.core.and_then(steal_ms);
         let mut empty_passes = 0u32;
         let mut last_housekeeping = Instant::now();
         let mut passes = 0u64;
         let mut last_poll = Instant::now();
+        // Microseconds of the last round spent in the worker's own work (pass, housekeeping,
+        // commands): a gap mostly not spent there is time the thread did not run. Passes are
+        // timed by the cycle counter (a second clock read per pass was a fifth of an idle
+        // busy-polling loop), converted at the rate measured since the start.
+        let mut working_us = 0u64;
+        let calibration = (Instant::now(), cycles());
+        let mut cycles_per_us = 0u64;
         while !self.s.stop.load(Ordering::Relaxed) {
             // The one point where the worker's view of ports and tables changes.
             if !self.s.commands.is_empty() {
                 let t = Instant::now();
                 self.apply_commands();
-                self.s.stats.worker.max(
-                    WorkerCounter::LongestCommandsUs as usize,
-                    micros(t.elapsed()),
-                );
+                let spent = micros(t.elapsed());
+                working_us += spent;
+                self.s
+                    .stats
+                    .worker
+                    .max(WorkerCounter::LongestCommandsUs as usize, spent);
             }
             if !self.retiring.is_empty() {
                 self.service_retiring();
@@ -296,6 +330,9 @@ impl Worker {
             w.max(WorkerCounter::LongestGapUs as usize, gap);
             if gap > 1000 {
                 w.add(WorkerCounter::GapsOver1ms as usize, 1);
+                if working_us * 2 >= gap {
+                    w.add(WorkerCounter::GapsOver1msWorking as usize, 1);
+                }
             }
             let start = cycles();
             // The same clock reading: one per pass.
@@ -304,7 +341,9 @@ impl Worker {
             self.revalidate_tuples(now_ms);
             passes += 1;
             let spent = cycles().wrapping_sub(start);
+            working_us = spent.checked_div(cycles_per_us).unwrap_or(0);
             let w = &self.s.stats.worker;
+            w.max(WorkerCounter::LongestPassUs as usize, working_us);
             if packets > 0 {
                 w.add(WorkerCounter::BusyCycles as usize, spent);
                 w.add(WorkerCounter::Packets as usize, packets as u64);
@@ -317,7 +356,15 @@ impl Worker {
                 w.add(WorkerCounter::Passes as usize, 64);
                 if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
                     last_housekeeping = Instant::now();
+                    let since = micros(calibration.0.elapsed());
+                    cycles_per_us = cycles().wrapping_sub(calibration.1) / since.max(1);
                     self.housekeeping(now_ms);
+                    let spent = micros(last_housekeeping.elapsed());
+                    working_us += spent;
+                    self.s
+                        .stats
+                        .worker
+                        .max(WorkerCounter::LongestHousekeepingUs as usize, spent);
                 }
             }
             if self.s.poll == PollMode::Adaptive
@@ -1045,6 +1092,18 @@ impl Worker {
         if !self.dropping.is_empty() {
             self.drop_segments();
         }
+        if let Some(n) = involuntary_switches() {
+            self.s
+                .stats
+                .worker
+                .set(WorkerCounter::Preemptions as usize, n);
+        }
+        if let (Some(now), Some(start)) = (self.s.core.and_then(steal_ms), self.steal_at_start) {
+            self.s.stats.worker.set(
+                WorkerCounter::CoreStealMs as usize,
+                now.saturating_sub(start),
+            );
+        }
         self.publish();
     }
 
@@ -1342,6 +1401,14 @@ fn flood(
 mod tests {
     use super::*;
     use crate::stats::AtomicCounters;
+
+    #[test]
+    fn preemptions_and_steal_are_read_from_proc() {
+        let before = involuntary_switches().expect("this thread's switches");
+        assert!(involuntary_switches().unwrap() >= before);
+        assert!(steal_ms(0).is_some(), "core 0 is in /proc/stat");
+        assert_eq!(steal_ms(100_000), None, "no such core");
+    }
 
     fn staged_packets(umem: &Umem, pool: &mut FramePool, lens: &[usize]) -> Vec<Frame> {
         let counters = AtomicCounters::<{ PortCounter::COUNT }>::default();
