@@ -737,18 +737,27 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_verifier_accepts_the_program_and_flows_install_and_read_back() {
+    /// The bridge's maps and a port's program over them; `None` where they cannot be made
+    /// (not root, or built without clang: never in CI).
+    fn l2_rig() -> Option<(FastPath, XskMap, RedirectProgram)> {
         if !available() || nix::unistd::geteuid().as_raw() != 0 {
             assert!(
                 std::env::var("CI").is_err(),
                 "CI runs this as root, with clang"
             );
-            return;
+            return None;
         }
         let fast = FastPath::new(FlowTable::L2).unwrap();
         let xsks = XskMap::create(1).unwrap();
-        fast.program(&xsks).unwrap();
+        let prog = fast.program(&xsks).unwrap();
+        Some((fast, xsks, prog))
+    }
+
+    #[test]
+    fn the_verifier_accepts_the_program_and_flows_install_and_read_back() {
+        let Some((fast, _xsks, _prog)) = l2_rig() else {
+            return;
+        };
         let key = L2Key {
             ifindex: 7,
             dst: [2, 0, 0, 0, 0, 2],
@@ -763,20 +772,14 @@ mod tests {
         fast.remove(&key).unwrap();
         assert_eq!(fast.read(&key).unwrap(), None);
     }
+
     #[test]
     fn bridge_flows_are_found_in_the_front_and_in_the_hash_and_a_torn_slot_is_a_miss() {
         use super::tuple_tests::{frame, EGRESS, LOOPBACK, TCP_ACK, XDP_PASS, XDP_REDIRECT};
         use crate::fastpath_front::{front_check, front_slot};
-        if !available() || nix::unistd::geteuid().as_raw() != 0 {
-            assert!(
-                std::env::var("CI").is_err(),
-                "CI runs this as root, with clang"
-            );
+        let Some((fast, _xsks, prog)) = l2_rig() else {
             return;
-        }
-        let fast = FastPath::new(FlowTable::L2).unwrap();
-        let xsks = XskMap::create(1).unwrap();
-        let prog = fast.program(&xsks).unwrap();
+        };
         fast.add_port(EGRESS, LOOPBACK).unwrap();
         let tuple = ([10, 0, 0, 1], 40000, [10, 0, 0, 2], 80);
         let key_of = |f: &[u8]| L2Key {

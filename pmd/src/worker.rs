@@ -312,12 +312,7 @@ impl Worker {
             if !self.s.commands.is_empty() {
                 let t = Instant::now();
                 self.apply_commands();
-                let spent = micros(t.elapsed());
-                working_us += spent;
-                self.s
-                    .stats
-                    .worker
-                    .max(WorkerCounter::LongestCommandsUs as usize, spent);
+                working_us += self.longest(WorkerCounter::LongestCommandsUs, t);
             }
             if !self.retiring.is_empty() {
                 self.service_retiring();
@@ -359,12 +354,8 @@ impl Worker {
                     let since = micros(calibration.0.elapsed());
                     cycles_per_us = cycles().wrapping_sub(calibration.1) / since.max(1);
                     self.housekeeping(now_ms);
-                    let spent = micros(last_housekeeping.elapsed());
-                    working_us += spent;
-                    self.s
-                        .stats
-                        .worker
-                        .max(WorkerCounter::LongestHousekeepingUs as usize, spent);
+                    working_us +=
+                        self.longest(WorkerCounter::LongestHousekeepingUs, last_housekeeping);
                 }
             }
             if self.s.poll == PollMode::Adaptive
@@ -377,6 +368,13 @@ impl Worker {
             }
         }
         self.drain()
+    }
+
+    /// Microseconds since `started`, kept in `counter` if the longest yet.
+    fn longest(&self, counter: WorkerCounter, started: Instant) -> u64 {
+        let spent = micros(started.elapsed());
+        self.s.stats.worker.max(counter as usize, spent);
+        spent
     }
 
     fn apply_commands(&mut self) {
