@@ -16,7 +16,8 @@
 #         3.1's userspace datapath with afxdp ports (datapath_type=netdev, PMD on core 0) and
 #         DPDK testpmd io forwarding over two net_af_xdp vdevs (--no-huge, forwarding lcore 0):
 #         the AF_XDP ceiling. The peers are installed from Debian packages when missing
-#         (--peers none leaves them out).
+#         (--peers none leaves them out). --rate PPS offers that rate to every plane (recorded
+#         as offered_rate_pps; such results stay out of the chart).
 #   dnat  frames to the gateway's MAC and a service VIP (10.96.0.10:80/udp) that is DNATed to
 #         the sink pod (10.244.1.2:8080): vswitch --config vs. a Linux bridge with the gateway
 #         address, IP forwarding and an nftables DNAT rule as kube-proxy writes them. With
@@ -764,6 +765,8 @@ first = med(planes[0][1])
 result = {
     "scenario": name, "sink": os.environ["SINK"], "frame_size": int(size), "flows": int(flows),
     "services": int(services), "duration_s": float(duration),
+    # --rate: what every plane was offered (None: as fast as the generator goes).
+    "offered_rate_pps": int(os.environ["OFFERED_RATE"]) if os.environ.get("OFFERED_RATE") else None,
     "machine": f"{platform.node()} {os.cpu_count()} cores {platform.machine()} kernel {platform.release()}",
     "generator_ceiling_pps": int(ceiling),
     "dataplanes": {label: {
@@ -799,7 +802,7 @@ l2_planes=(vswitch:l2_vswitch linux-bridge:l2_kernel vswitch-fastpath:l2_vswitch
 if [ "$scenario" = l2 ] || [ "$scenario" = all ]; then
 	# --rate: every plane offered that rate (stalls show at moderate load too).
 	[ -z "$rate_given" ] || gen_extra=(--rate "$live_rate")
-	run_scenario l2 "${l2_planes[@]}"
+	OFFERED_RATE=${rate_given:+$live_rate} run_scenario l2 "${l2_planes[@]}"
 	gen_extra=()
 fi
 if [ "$scenario" = dnat ] || [ "$scenario" = all ]; then

@@ -22,6 +22,8 @@ for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
         planes = {k: v for k, v in data.items() if isinstance(v, dict) and "median_pps" in v}
     if not planes:
         continue
+    if data.get("offered_rate_pps"):  # a capped rate measures stalls, not throughput
+        continue
     traffic = "".join([f", {data['frame_size']} B" if data.get("frame_size", 64) != 64 else "",
                        f", {data['flows']} flows" if data.get("flows", 1) != 1 else ""])
     key = f"{data['scenario']} ({data.get('sink', '?')} sink, {data.get('services', 1)} service(s){traffic}): {', '.join(planes)}"

@@ -8,6 +8,11 @@
 
 #include <linux/bpf.h>
 
+// Fields are read as words and compared in memory order with little-endian constants.
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "vswitch's fast path assumes a little-endian BPF target"
+#endif
+
 #define SEC(name) __attribute__((section(name), used))
 // Our loader links one section: every function is inlined into the program.
 #define INLINE inline __attribute__((always_inline))

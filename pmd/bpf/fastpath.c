@@ -62,7 +62,7 @@ struct map_def SEC("maps") l2_flows = {
 };
 
 // pmd's fastpath_front.rs computes both of these the same way, from the key's bytes read as
-// two native 64-bit words: the ingress ifindex, then the frame's first 12 bytes (destination,
+// two native (little-endian: common.h refuses others) 64-bit words: the ingress ifindex, then the frame's first 12 bytes (destination,
 // source).
 static INLINE __u32 front_slot(__u64 d0, __u64 d1)
 {
@@ -131,7 +131,9 @@ int vswitch_fastpath(struct xdp_md *ctx)
 	// A missing egress port leaves the frame to the slow path, which knows why.
 	if (bpf_redirect_map(&ports, egress, 0) != XDP_REDIRECT)
 		goto slow;
-	// This CPU's copy: no other writer. The workers read the sums once a second.
+	// This CPU's copy: no other writer but a worker rewriting the slot (install/remove), whose
+	// fresh zeros an increment in flight can overwrite: a packet or a flow's count at most.
+	// The workers read the sums once a second.
 	*packets += 1;
 	*bytes += bpf_xdp_get_buff_len(ctx);
 	return XDP_REDIRECT;

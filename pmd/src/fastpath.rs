@@ -14,7 +14,7 @@ use crate::bpf::{
     XskMap, BPF_F_XDP_HAS_FRAGS, BPF_MAP_DELETE_ELEM, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM,
     BPF_PSEUDO_MAP_FD,
 };
-use crate::fastpath_front::{L2Slot, Place, Places, FRONT_SLOTS};
+use crate::fastpath_front::{front_slot, L2Slot, Place, Places, FRONT_SLOTS};
 use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
 use pipeline::wire::checksum::fold;
 use std::collections::{HashMap, VecDeque};
@@ -570,17 +570,16 @@ impl FastPath {
         Ok(())
     }
 
+    /// Without the placement lock: only the installing worker reads or removes its key, and
+    /// the front slot holds that key exactly when the flow lives there.
     fn read_l2(&self, key: &L2Key) -> io::Result<Option<L2Flow>> {
-        let Some((front, places)) = &self.front else {
+        let Some((front, _)) = &self.front else {
             return Ok(None);
         };
-        let places = places.lock().unwrap_or_else(|e| e.into_inner());
-        match places.of(key) {
-            None => Ok(None),
-            Some(Place::Hashed) => self.read_hashed(key),
-            Some(Place::Front(slot)) => Ok(lookup_per_cpu::<_, L2Slot>(front, &slot, self.cpus)?
-                .filter(|copies| copies[0].key == *key)
-                .map(|copies| L2Slot::merge(&copies))),
+        let slot = front_slot(key);
+        match lookup_per_cpu::<_, L2Slot>(front, &slot, self.cpus)? {
+            Some(copies) if copies[0].key == *key => Ok(Some(L2Slot::merge(&copies))),
+            _ => self.read_hashed(key),
         }
     }
 

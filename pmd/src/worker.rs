@@ -365,6 +365,7 @@ impl Worker {
                 self.wait_for_traffic();
                 // A wait with nothing to serve is no stall.
                 last_poll = Instant::now();
+                working_us = 0;
             }
         }
         self.drain()
