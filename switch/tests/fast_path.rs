@@ -245,6 +245,12 @@ fn in_generic_mode_a_pod_without_napi_takes_the_fast_path() {
 #[test]
 fn a_port_whose_driver_cannot_take_redirects_is_served_by_the_workers() {
     let Some(_net) = network_test() else { return };
+    // Kernels before 6.3 cannot say what a driver takes: there the switch trusts it.
+    if matches!(pmd::xdp_features::of(1), Ok(None)) {
+        assert!(std::env::var("CI").is_err(), "CI kernels have the family");
+        eprintln!("skipped: this kernel has no netdev netlink family");
+        return;
+    }
     let topo = Topology::new(2);
     topo.pods_finish_checksums();
     for args in [
