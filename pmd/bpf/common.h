@@ -87,7 +87,7 @@ static INLINE int understood(const __u8 *data, const __u8 *end)
 		return 0;
 	if (*(__u16 *)(ip + 6) & __builtin_bswap16(0x3fff))
 		return 0;
-	total = be16(ip + 2);
+	total = __builtin_bswap16(*(__u16 *)(ip + 2));
 	// A total length shorter than the headers: the switch drops it as malformed.
 	if (total < 20 + (ip[9] == 6 ? 20 : 8))
 		return 0;
@@ -102,9 +102,10 @@ static INLINE int understood(const __u8 *data, const __u8 *end)
 	} else {
 		return 0;
 	}
+	// The segment's length is the total less 20: in one's complement, the total as it is in
+	// memory plus ~20 in memory order (0xebff).
 	pseudo = (__u32)*(__u16 *)(ip + 12) + *(__u16 *)(ip + 14) + *(__u16 *)(ip + 16) +
-		 *(__u16 *)(ip + 18) + __builtin_bswap16((__u16)ip[9]) +
-		 __builtin_bswap16((__u16)(total - 20));
+		 *(__u16 *)(ip + 18) + ((__u32)ip[9] << 8) + *(__u16 *)(ip + 2) + 0xebff;
 	return field == fold(pseudo) ? PARTIAL : UNDERSTOOD;
 }
 

@@ -15,7 +15,7 @@ struct l2_key {
 	__u8 src[6];
 };
 
-// The key as the words the slot hash and the check read (the same bytes).
+// The key as the words the slot hash and the tag read (the same bytes).
 union l2_words {
 	struct l2_key key;
 	__u32 w[4];
@@ -30,14 +30,13 @@ struct l2_flow {
 	__u64 reserved2;
 };
 
-// A flow in the front array: the flow, its key, and a check over both. The workers write a
-// slot while this program may read it (on another CPU's behalf too), so a read can mix an
-// old and a new entry word by word; the check makes such a mix a miss.
+// A flow in the front array: the key, and in one 8-byte word (written and read whole) the
+// egress port with a tag of the key. The workers write a slot while this program may read
+// it; a read that mixes two entries has key words of one and a route of another, which the
+// tag turns into a miss.
 struct l2_slot {
 	union l2_words key;
-	__u32 egress_port;
-	__u32 reserved;
-	__u64 check;
+	__u64 route;
 	__u64 packets;
 	__u64 bytes;
 };
@@ -61,19 +60,20 @@ struct map_def SEC("maps") l2_flows = {
 	.max_entries = 65536,
 };
 
-// pmd's fastpath_front.rs computes both of these the same way, from the key's bytes read as
+// pmd's fastpath_front.rs computes these the same way, from the key's bytes read as
 // two native (little-endian: common.h refuses others) 64-bit words: the ingress ifindex, then the frame's first 12 bytes (destination,
 // source).
 static INLINE __u32 front_slot(__u64 d0, __u64 d1)
 {
-	// One multiply: this is on the way to the slot's address; the check below is not.
+	// One multiply: this is on the way to the slot's address; the tag below is not.
 	return ((d0 ^ d1) * 0x9e3779b97f4a7c15ULL) >> (64 - FRONT_BITS);
 }
 
-static INLINE __u64 front_check(__u64 d0, __u64 d1, __u32 egress_port)
+// Never 0: an empty slot never matches. Independent of the slot hash, so keys that share a
+// slot do not share a tag.
+static INLINE __u32 front_tag(__u64 d0, __u64 d1)
 {
-	return ((d0 * 0x9e3779b97f4a7c15ULL) ^ (d1 * 0xc2b2ae3d27d4eb4fULL) ^
-		((__u64)egress_port * 0x165667b19e3779f9ULL)) | 1;
+	return (__u32)((d0 * 0xc2b2ae3d27d4eb4fULL + d1 * 0x165667b19e3779f9ULL) >> 32) | 1;
 }
 
 SEC("xdp")
@@ -86,7 +86,7 @@ int vswitch_fastpath(struct xdp_md *ctx)
 	struct l2_flow *flow;
 	__u64 *packets, *bytes;
 	__u32 index, egress, w0, w1, w2, w3;
-	__u64 d0, d1;
+	__u64 d0, d1, route;
 	__u64 l4_sum;
 	int kind = understood(data, data_end);
 
@@ -105,9 +105,10 @@ int vswitch_fastpath(struct xdp_md *ctx)
 	if (!slot)
 		goto slow;
 	// Each word read once: what is compared is what is used.
-	egress = *(volatile __u32 *)&slot->egress_port;
+	route = *(volatile __u64 *)&slot->route;
+	egress = (__u32)route;
 	if (*(volatile __u64 *)&slot->key.d[0] == d0 && *(volatile __u64 *)&slot->key.d[1] == d1 &&
-	    *(volatile __u64 *)&slot->check == front_check(d0, d1, egress)) {
+	    (__u32)(route >> 32) == front_tag(d0, d1)) {
 		packets = &slot->packets;
 		bytes = &slot->bytes;
 	} else {

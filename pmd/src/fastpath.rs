@@ -775,7 +775,7 @@ mod tests {
     #[test]
     fn bridge_flows_are_found_in_the_front_and_in_the_hash_and_a_torn_slot_is_a_miss() {
         use super::tuple_tests::{frame, EGRESS, LOOPBACK, TCP_ACK, XDP_PASS, XDP_REDIRECT};
-        use crate::fastpath_front::{front_check, front_slot};
+        use crate::fastpath_front::front_tag;
         let Some((fast, _xsks, prog)) = l2_rig() else {
             return;
         };
@@ -813,8 +813,9 @@ mod tests {
         }
         let (front, _) = fast.front.as_ref().unwrap();
         let slot = front_slot(&a);
+        // The route of another key's entry with a's key words.
         let torn = L2Slot {
-            check: front_check(&a, EGRESS) ^ 2,
+            route: EGRESS as u64 | ((front_tag(&a) ^ 2) as u64) << 32,
             ..L2Slot::new(&a, EGRESS)
         };
         update_slice(front, &slot, &vec![torn; fast.cpus], 0).unwrap();

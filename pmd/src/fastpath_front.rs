@@ -13,16 +13,15 @@ use std::collections::HashSet;
 pub const FRONT_BITS: u32 = 12;
 pub const FRONT_SLOTS: u32 = 1 << FRONT_BITS;
 
-/// A front slot as the program reads it (48 bytes): the key, the flow, a check over both (the
-/// workers write slots while the program reads them; a read that mixes two entries fails the
-/// check and becomes a miss), and what the program counted on that CPU.
+/// A front slot as the program reads it (40 bytes): the key; the route, one 8-byte word the
+/// kernel writes and the program reads whole, with the egress port and a tag of the key (the
+/// workers write slots while the program reads them: a read with the key of one entry and the
+/// route of another fails the tag and becomes a miss); what the program counted on that CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct L2Slot {
     pub key: L2Key,
-    pub egress_port: u32,
-    pub reserved: u32,
-    pub check: u64,
+    pub route: u64,
     pub packets: u64,
     pub bytes: u64,
 }
@@ -31,16 +30,19 @@ impl L2Slot {
     pub fn new(key: &L2Key, egress_port: u32) -> L2Slot {
         L2Slot {
             key: *key,
-            egress_port,
-            check: front_check(key, egress_port),
+            route: egress_port as u64 | (front_tag(key) as u64) << 32,
             ..Default::default()
         }
+    }
+
+    pub fn egress_port(&self) -> u32 {
+        self.route as u32
     }
 
     /// The per-CPU copies of one slot as the flow they hold, counters summed.
     pub fn merge(copies: &[L2Slot]) -> L2Flow {
         L2Flow {
-            egress_port: copies[0].egress_port,
+            egress_port: copies[0].egress_port(),
             packets: copies.iter().map(|s| s.packets).sum(),
             bytes: copies.iter().map(|s| s.bytes).sum(),
             ..Default::default()
@@ -68,12 +70,12 @@ pub fn front_slot(key: &L2Key) -> u32 {
     ((d0 ^ d1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FRONT_BITS)) as u32
 }
 
-/// The check the program compares: never 0, so an empty slot never matches.
-pub fn front_check(key: &L2Key, egress_port: u32) -> u64 {
+/// The tag the program compares: never 0, so an empty slot never matches; not derived from
+/// the slot hash, so keys sharing a slot do not share a tag.
+pub fn front_tag(key: &L2Key) -> u32 {
     let (d0, d1) = key_words(key);
-    (d0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        ^ d1.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
-        ^ (egress_port as u64).wrapping_mul(0x1656_67b1_9e37_79f9))
+    ((d0.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)).wrapping_add(d1.wrapping_mul(0x1656_67b1_9e37_79f9))
+        >> 32) as u32
         | 1
 }
 
@@ -154,19 +156,28 @@ mod tests {
 
     #[test]
     fn the_slot_layout_is_the_programs() {
-        assert_eq!(std::mem::size_of::<L2Slot>(), 48);
-        assert_eq!(std::mem::offset_of!(L2Slot, check), 24);
+        assert_eq!(std::mem::size_of::<L2Slot>(), 40);
+        assert_eq!(std::mem::offset_of!(L2Slot, route), 16);
+        assert_eq!(L2Slot::new(&key(1), 7).egress_port(), 7);
     }
 
     #[test]
-    fn slots_spread_and_checks_depend_on_key_and_egress() {
+    fn slots_spread_and_tags_tell_keys_of_one_slot_apart() {
         let used: HashSet<u32> = (0..1000).map(|i| front_slot(&key(i))).collect();
         assert!(used.len() > 800, "1,000 keys in {} slots", used.len());
         assert!((0..1000).all(|i| front_slot(&key(i)) < FRONT_SLOTS));
-        let k = key(1);
-        assert_ne!(front_check(&k, 1), front_check(&k, 2));
-        assert_ne!(front_check(&k, 1), front_check(&key(2), 1));
-        assert_eq!(front_check(&L2Key::default(), 0) & 1, 1, "never 0");
+        let mut by_slot: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+        for i in 0..20_000 {
+            by_slot
+                .entry(front_slot(&key(i)))
+                .or_default()
+                .push(front_tag(&key(i)));
+        }
+        for tags in by_slot.values() {
+            let distinct: HashSet<_> = tags.iter().collect();
+            assert_eq!(distinct.len(), tags.len(), "keys of one slot share a tag");
+        }
+        assert_eq!(front_tag(&L2Key::default()) & 1, 1, "never 0");
     }
 
     #[test]
