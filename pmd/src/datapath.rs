@@ -271,14 +271,12 @@ pub struct LivePort {
     /// For a veth the fast path forwards to: what the fast path had sent it and what its
     /// XDP transmit had taken when it joined (see `check_fast_egress`).
     fast_watch: Option<(u64, u64)>,
-    /// Off the fast path: when it is probed again (`reprobe_due`).
+    /// Off the fast path with no probe out: when it is probed again (`reprobe_due`).
     reprobe: Option<Instant>,
     /// The wait before the next probe after this one fails, or after it is taken out again.
     probe_wait: Duration,
     /// When it last joined the fast path.
     joined_at: Option<Instant>,
-    /// A probe of it is out.
-    probing: bool,
     // Dropping the link detaches the program; the map goes after it.
     link: Option<XdpLink>,
     map: Option<XskMap>,
@@ -662,7 +660,6 @@ impl Datapath {
             reprobe: None,
             probe_wait: REPROBE_FIRST,
             joined_at: None,
-            probing: false,
             link: None,
             map: Some(map),
         });
@@ -690,7 +687,8 @@ impl Datapath {
         let Some(live) = self.ports.get_mut(port as usize).and_then(|l| l.as_mut()) else {
             return;
         };
-        live.probing = true;
+        // Not due again while this one is out: its answer schedules the next.
+        live.reprobe = None;
         let (name, ifindex, attachment) =
             (live.info.name.clone(), live.info.ifindex, live.attachment);
         let all_generic = self.xdp_mode == XdpMode::Generic;
@@ -732,9 +730,8 @@ impl Datapath {
             .iter()
             .enumerate()
             .filter_map(|(id, slot)| {
-                let live = slot.as_ref()?;
-                let at = live.reprobe?;
-                (!live.probing && now >= at).then_some(id as PortId)
+                let at = slot.as_ref()?.reprobe?;
+                (now >= at).then_some(id as PortId)
             })
             .collect();
         for port in due {
@@ -756,7 +753,6 @@ impl Datapath {
             if live.attachment != p.attachment || live.fast_egress == Some(true) {
                 continue;
             }
-            live.probing = false;
             // Baselines first: nothing is redirected to it before it joins.
             let sent: u64 = self
                 .stats
@@ -777,7 +773,6 @@ impl Datapath {
             live.fast_egress = Some(joined);
             live.fast_watch = watch.filter(|_| joined);
             if joined {
-                live.reprobe = None;
                 live.joined_at = Some(Instant::now());
             } else {
                 live.schedule_probe();
