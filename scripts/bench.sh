@@ -50,8 +50,8 @@
 #         fdb/neigh/route entries). Pods' MTU 1450; transmit checksum offload off on the veth
 #         ends that transmit into vswitch ports. Also vswitch with --fast-path xdp on both
 #         nodes (encapsulation and decapsulation in XDP; workers polling adaptively). Every
-#         plane's generator restores its headers; --rate PPS offers that rate to every plane.
-#         Runs last: it rewires the topology.
+#         plane's generator restores its headers; --rate PPS offers that rate to every plane
+#         (recorded as offered_rate_pps, out of the chart). Runs last: it rewires the topology.
 #         VS2_CORES=LIST moves node 2's worker.
 #   tcp   pod to pod TCP on one node (issue 12): iperf3 from pod A (gen0 10.244.1.4, client) to
 #         pod B (sink0 10.244.1.2, `iperf3 -s -1`), 1 and 4 streams, both directions (-R),
@@ -830,7 +830,7 @@ if [ "$scenario" = vxlan ] || [ "$scenario" = all ]; then
 	# --rate: every plane offered that rate (else as fast as the generator goes, which on 2
 	# cores starves node 2's worker, sharing the generator's core).
 	[ -z "$rate_given" ] || gen_extra+=(--rate "$live_rate")
-	run_scenario vxlan vswitch:vxlan_vswitch kernel-vxlan:vxlan_kernel vswitch-fastpath:vxlan_vswitch_fast
+	OFFERED_RATE=${rate_given:+$live_rate} run_scenario vxlan vswitch:vxlan_vswitch kernel-vxlan:vxlan_kernel vswitch-fastpath:vxlan_vswitch_fast
 	gen_extra=()
 fi
 # Multi-core scaling: W workers, W generators on cores W..2W-1, each feeding its own queue.

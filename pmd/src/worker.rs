@@ -83,10 +83,12 @@ fn involuntary_switches() -> Option<u64> {
 /// /proc/stat in USER_HZ = 100 ticks); `None` where it cannot be read.
 fn steal_ms(core: usize) -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().find(|l| {
-        l.strip_prefix("cpu").and_then(|r| r.split(' ').next()) == Some(&core.to_string())
-    })?;
-    let ticks: u64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    let name = format!("cpu{core}");
+    let mut fields = stat
+        .lines()
+        .map(str::split_whitespace)
+        .find_map(|mut f| (f.next() == Some(name.as_str())).then_some(f))?;
+    let ticks: u64 = fields.nth(7)?.parse().ok()?;
     Some(ticks * 10)
 }
 
