@@ -101,18 +101,23 @@ static INLINE __u16 adjusted(__u16 check, __u16 delta)
 	return ~fold((__u32)(__u16)~check + delta);
 }
 
-static INLINE void key_of(struct tuple_key *key, const __u8 *eth)
+// The key of the frame at `eth` as it came (`layer` 0) or as the inner frame of VXLAN (INNER).
+// Every field is stored as the words the map's hash reads them in: stored in smaller pieces,
+// each such read would stall on store forwarding (see fastpath.c).
+static INLINE void key_of(struct tuple_key *key, const __u8 *eth, __u8 layer)
 {
 	const __u8 *ip = eth + 14;
 	const __u8 *l4 = ip + 20;
 
-	__builtin_memcpy(key->dst, eth, 6);
-	__builtin_memcpy(key->src, eth + 6, 6);
+	// Key bytes 4..16 are the frame's first 12 (destination, source).
+	*(__u32 *)key->dst = *(__u32 *)eth;
+	*(__u32 *)(key->dst + 4) = *(__u32 *)(eth + 4);
+	*(__u32 *)(key->src + 2) = *(__u32 *)(eth + 8);
 	key->saddr = *(__u32 *)(ip + 12);
 	key->daddr = *(__u32 *)(ip + 16);
-	key->sport = *(__u16 *)l4;
-	key->dport = *(__u16 *)(l4 + 2);
-	key->proto = ip[9];
+	// Source and destination port; then protocol, layer and padding (little-endian).
+	*(__u32 *)&key->sport = *(__u32 *)l4;
+	*(__u32 *)&key->proto = ip[9] | ((__u32)layer << 8);
 }
 
 // Whether the frame at `eth` (`room` bytes of the buffer from there on) is one the switch
@@ -258,8 +263,7 @@ static INLINE int decapsulate(struct xdp_md *ctx, struct tuple_key *key)
 	kind = understood(in, end);
 	if (!kind)
 		return to_socket(ctx);
-	key->layer = INNER;
-	key_of(key, in);
+	key_of(key, in, INNER);
 	flow = bpf_map_lookup_elem(&tuple_flows, key);
 	if (!flow || !(flow->flags & DECAP))
 		return to_socket(ctx);
@@ -321,7 +325,7 @@ int vswitch_fastpath_tuple(struct xdp_md *ctx)
 	if (!kind || data + 54 > data_end)
 		return to_socket(ctx);
 	key.ifindex = ctx->ingress_ifindex;
-	key_of(&key, data);
+	key_of(&key, data, 0);
 	flow = bpf_map_lookup_elem(&tuple_flows, &key);
 	if (!flow)
 		return decapsulate(ctx, &key);
