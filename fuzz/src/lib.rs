@@ -201,13 +201,14 @@ fn check_offers(
                 f = &f[ENCAP_OVERHEAD..];
             }
             let t = &o.tuple;
-            let port = |at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
-            let addr = |at: usize| Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3]);
-            f.len() >= 38
-                && f[0..6] == o.dst_mac.0
-                && f[6..12] == o.src_mac.0
-                && f[23] == t.proto
-                && (addr(26), port(34), addr(30), port(36)) == (t.src, t.sport, t.dst, t.dport)
+            headers(f).is_some_and(|h| {
+                h == (
+                    o.dst_mac.0,
+                    o.src_mac.0,
+                    t.proto,
+                    (t.src, t.sport, t.dst, t.dport),
+                )
+            })
         };
         if !raw.iter().any(came) {
             return Err(format!(
@@ -229,19 +230,33 @@ fn check_offers(
                 }
                 f = &f[ENCAP_OVERHEAD..];
             }
-            let port = |at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
-            let addr = |at: usize| Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3]);
             *d == Disposition::Forward(o.egress)
-                && f.len() >= 38
-                && f[0..6] == o.new_dst_mac.0
-                && f[6..12] == o.new_src_mac.0
-                && (addr(26), port(34), addr(30), port(36)) == o.to
+                && headers(f).is_some_and(|(dst, src, _, tuple)| {
+                    (dst, src, tuple) == (o.new_dst_mac.0, o.new_src_mac.0, o.to)
+                })
         };
         if o.ingress != ingress || !frames.iter().zip(next).any(|(f, d)| matches(f, d)) {
             return Err(format!("an offer no frame of the batch matches: {o:?}"));
         }
     }
     Ok(())
+}
+
+/// (source, port, destination, port) of a frame.
+type Endpoints = (Ipv4Addr, u16, Ipv4Addr, u16);
+
+/// An IPv4 frame's destination and source MAC, protocol, and endpoints, as the fast path keys
+/// and rewrites them; `None` if it is too short to hold them.
+fn headers(f: &[u8]) -> Option<([u8; 6], [u8; 6], u8, Endpoints)> {
+    let f = f.get(..38)?;
+    let port = |at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
+    let addr = |at: usize| Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3]);
+    Some((
+        f[0..6].try_into().ok()?,
+        f[6..12].try_into().ok()?,
+        f[23],
+        (addr(26), port(34), addr(30), port(36)),
+    ))
 }
 
 fn check(
