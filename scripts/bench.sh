@@ -75,6 +75,8 @@
 # --peers busypoll adds vswitch --busy-poll to l2: preferred busy polling, the worker running
 # its ports' receive NAPI itself. L2_PLANES="label:function ..." runs only those l2 planes;
 # BENCH_SHOW_PORTS=1 prints each switch's port table (traffic and drops by reason) at its stop.
+# BENCH_BIN=DIR uses the vswitch binaries in DIR and neither installs nor builds anything (a
+# machine without cargo or network: scripts/device-bench.sh); the tools must be on PATH.
 #
 # Prints delivered packets per second (median and range), the ratio to the kernel path, the
 # worker's processing cycles per packet, and writes JSON to bench/results/.
@@ -109,7 +111,7 @@ while [ $# -gt 0 ]; do
 done
 case $scenario in l2 | dnat | connrate | search | scale | ctscale | vxlan | tcp | live | all) ;; *) echo "bench.sh: --scenario must be l2, dnat, connrate, search, scale, ctscale, vxlan, tcp, live or all" >&2; exit 2 ;; esac
 case $sink in xdp-drop | stack) ;; *) echo "bench.sh: --sink must be xdp-drop or stack" >&2; exit 2 ;; esac
-scripts/install-deps.sh
+[ -n "${BENCH_BIN:-}" ] || scripts/install-deps.sh
 with_ovs="" with_testpmd=""
 case ",$peers," in *,ovs,*) with_ovs=1 ;; esac
 case ",$peers," in *,testpmd,*) with_testpmd=1 ;; esac
@@ -117,6 +119,7 @@ with_busypoll=""
 case ",$peers," in *,busypoll,*) with_busypoll=1 ;; esac
 install_peer() {
 	command -v "$1" >/dev/null 2>&1 && return
+	[ -z "${BENCH_BIN:-}" ] || { echo "bench.sh: $1 is missing (BENCH_BIN: nothing is installed)" >&2; exit 1; }
 	echo "== installing $2"
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${@:2}" >/dev/null
 }
@@ -126,9 +129,16 @@ if [ "$scenario" = l2 ] || [ "$scenario" = all ]; then
 fi
 [ "$scenario" != tcp ] || install_peer iperf3 iperf3
 case $scenario in dnat | connrate | all) install_peer iptables-nft iptables ;; esac
-echo "== building release binaries"
-cargo build --release -q -p switch -p bench
-bin=target/release
+if [ -n "${BENCH_BIN:-}" ]; then
+	bin=$BENCH_BIN
+	for tool in ip ethtool ping sysctl python3 $bin/vswitch $bin/vswitch-pktgen; do
+		command -v "$tool" >/dev/null || { echo "bench.sh: $tool is missing (BENCH_BIN=$bin)" >&2; exit 1; }
+	done
+else
+	echo "== building release binaries"
+	cargo build --release -q -p switch -p bench
+	bin=target/release
+fi
 
 P="vsb$$"
 GEN=${P}gen SW=${P}sw SINK=${P}sink N2=${P}n2
