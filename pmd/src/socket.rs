@@ -206,6 +206,13 @@ impl PortSocket {
         self.fill_target = self.fill_target.min(self.fill_max);
     }
 
+    /// Keeps the fill ring as full as it may be from now on, whatever the rate: for a reader
+    /// that must not lose the bursts a target still following the rate drops (a measuring
+    /// receiver; its first bursts found 32 frames lent).
+    pub fn lend_fully(&mut self) {
+        self.fill_target = self.fill_max;
+    }
+
     /// Once a second: an idle port gives back its share of the pool (its fill target halves
     /// while it received less than that in the second).
     pub fn tick(&mut self) {

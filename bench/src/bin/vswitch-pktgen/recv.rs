@@ -85,6 +85,7 @@ pub fn run(
     let _link = XdpLink::attach(&prog, ifindex, XdpMode::Native)
         .map_err(|e| format!("attaching to {dev}: {e}"))?;
     for s in sockets.iter_mut() {
+        s.lend_fully();
         s.refill(&umem, &mut pool, 0);
     }
     // The orchestrator starts the sender only after this line.
@@ -148,8 +149,19 @@ pub fn run(
     }
     let secs = start.elapsed().as_secs_f64();
     let us = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+    // Frames the kernel could not hand to the receiver itself: losses of the measurement, not
+    // of the switch.
+    let mut own = pmd::socket::SocketKernelStats::default();
+    for s in &sockets {
+        let k = s
+            .kernel_stats()
+            .map_err(|e| format!("{dev}: socket statistics: {e}"))?;
+        own.rx_dropped += k.rx_dropped;
+        own.rx_ring_full += k.rx_ring_full;
+        own.rx_fill_ring_empty += k.rx_fill_ring_empty;
+    }
     println!(
-        "result: received={} lost={} reordered={} unstamped={} seconds={secs:.3} latency_us_p50={:.1} p99={:.1} p999={:.1} max={:.1}",
+        "result: received={} lost={} reordered={} unstamped={} seconds={secs:.3} latency_us_p50={:.1} p99={:.1} p999={:.1} max={:.1} receiver_dropped={} receiver_ring_full={} receiver_fill_empty={}",
         t.received,
         t.lost(),
         t.reordered,
@@ -157,7 +169,10 @@ pub fn run(
         us(0.5),
         us(0.99),
         us(0.999),
-        latency.max() as f64 / 1000.0
+        latency.max() as f64 / 1000.0,
+        own.rx_dropped,
+        own.rx_ring_full,
+        own.rx_fill_ring_empty
     );
     Ok(())
 }

@@ -1,0 +1,116 @@
+//! The measuring receiver (`vswitch-pktgen recv`) must not be a place frames are lost: NDR
+//! counts every lost frame against the switch. Runs in a network namespace of its own (root).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+const PKTGEN: &str = env!("CARGO_BIN_EXE_vswitch-pktgen");
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n")
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A namespace deleted on drop, also when the test fails.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+fn field(line: &str, name: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} in {line:?}"))
+}
+
+#[test]
+fn the_receiver_loses_no_frame_of_a_burst_its_ring_holds() {
+    if !is_root() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "the receiver test needs root, and CI must run it"
+        );
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"SKIPPED the receiver test: network namespaces need root\n",
+        );
+        return;
+    }
+    let ns = Netns(format!("vsrecv{}", std::process::id()));
+    ip(&["netns", "add", &ns.0]);
+    ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+    ip(&[
+        "-n", &ns.0, "link", "add", "txa", "type", "veth", "peer", "name", "rxb",
+    ]);
+    ip(&[
+        "-n",
+        &ns.0,
+        "link",
+        "set",
+        "rxb",
+        "address",
+        "02:00:00:00:00:0b",
+    ]);
+    ip(&["-n", &ns.0, "link", "set", "txa", "up"]);
+    ip(&["-n", &ns.0, "link", "set", "rxb", "up"]);
+
+    let mut recv = Command::new("ip")
+        .args(["netns", "exec", &ns.0, PKTGEN, "recv", "--dev", "rxb"])
+        .args(["--port", "9", "--duration", "2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting the receiver");
+    let mut lines = BufReader::new(recv.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    // 1,000 frames as fast as the sender goes: bursts as a switch's transmit batches arrive
+    // after it paused, bigger than the 32 frames a rate-following fill ring lends at first,
+    // well within what the receiver's ring holds.
+    let send = Command::new("ip")
+        .args([
+            "netns", "exec", &ns.0, PKTGEN, "send", "--dev", "txa", "--stamp",
+        ])
+        .args([
+            "--src-mac",
+            "02:00:00:00:00:0a",
+            "--dst-mac",
+            "02:00:00:00:00:0b",
+        ])
+        .args(["--dst-port", "9", "--count", "1000", "--duration", "1"])
+        .output()
+        .expect("running the sender");
+    assert!(send.status.success(), "{send:?}");
+    let sent_line = String::from_utf8_lossy(&send.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let result = lines
+        .map(Result::unwrap)
+        .find(|l| l.starts_with("result:"))
+        .expect("the receiver's result");
+    assert!(recv.wait().unwrap().success());
+    let sent = field(&sent_line, "sent");
+    assert_eq!(sent, 1000, "{sent_line}");
+    assert_eq!(field(&result, "receiver_dropped"), 0, "{result}");
+    assert_eq!(field(&result, "receiver_fill_empty"), 0, "{result}");
+    assert_eq!(field(&result, "lost"), 0, "{result}");
+    let stamped = field(&result, "received") - field(&result, "unstamped");
+    assert_eq!(stamped, sent, "{result} after {sent_line}");
+}
