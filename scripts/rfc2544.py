@@ -10,9 +10,11 @@ scheduler slice, milliseconds.
 
   rfc2544.py --gen-ns NS --sink-ns NS --src-mac M --dst-mac M --dst-ip IP [--dst-port P]
              [--gen-dev gen0] [--sink-dev sink0] [--trial SECS] [--precision FRACTION]
-             [--core C] [--recv-core C] [--bin DIR] [--label NAME]
+             [--core C] [--recv-core C] [--bin DIR] [--label NAME] [--switch-ns NS]
 
-Prints one line per trial and, last, one JSON object.
+Prints one line per trial (with the drop and error counters that grew during it: the
+receiver's own socket, the veths' ethtool counters; --switch-ns adds the switch's veth ends)
+and, last, one JSON object.
 """
 import argparse
 import json
@@ -25,8 +27,33 @@ import time
 PDR_LOSS = 0.005
 
 
+def loss_counters(a):
+    """The veths' drop and error counters (ethtool -S), by "device counter"."""
+    devices = [(a.gen_ns, a.gen_dev), (a.sink_ns, a.sink_dev)]
+    if a.switch_ns:
+        devices += [(a.switch_ns, "vgen"), (a.switch_ns, "vsink")]
+    counters = {}
+    for ns, dev in devices:
+        out = subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-S", dev],
+                             capture_output=True, text=True).stdout
+        for line in out.splitlines()[1:]:
+            name, _, value = line.partition(":")
+            name, value = name.strip(), value.strip()
+            if value.isdigit() and any(w in name for w in ("drop", "err", "full")):
+                counters[f"{dev} {name}"] = int(value)
+        # The interface's own drops: a veth whose peer's ring is full drops what it transmits
+        # there (tx dropped), which ethtool -S does not show.
+        out = subprocess.run(["ip", "-n", ns, "-j", "-s", "link", "show", "dev", dev],
+                             capture_output=True, text=True).stdout
+        for link in json.loads(out or "[]"):
+            for way in ("rx", "tx"):
+                counters[f"{dev} {way}_dropped"] = link.get("stats64", {}).get(way, {}).get("dropped", 0)
+    return counters
+
+
 def trial(a, rate):
     """One trial at `rate` pps (0: as fast as possible): (sent, received, lost, latency dict)."""
+    before = loss_counters(a)
     recv = subprocess.Popen(
         ["ip", "netns", "exec", a.sink_ns, f"{a.bin}/vswitch-pktgen", "recv", "--dev", a.sink_dev,
          "--port", str(a.dst_port), "--duration", str(a.trial + 1.5), "--core", str(a.recv_core)],
@@ -50,9 +77,14 @@ def trial(a, rate):
     received = int(field("received")) - int(field("unstamped"))
     latency = {q: field(q) for q in ("p50", "p99", "p999", "max")}
     loss = max(0, sent - received)
+    after = loss_counters(a)
+    grew = [f"{k} +{v - before.get(k, 0)}" for k, v in after.items() if v != before.get(k, 0)]
+    grew += [f"receiver {k} +{int(field('receiver_' + k))}" for k in ("dropped", "ring_full", "fill_empty")
+             if field("receiver_" + k)]
     print(f"  trial {rate:>12,.0f} pps offered ({sent / seconds:,.0f} sent/s): received {received:,} "
           f"of {sent:,}, loss {100 * loss / max(sent, 1):.3f} %, reordered {int(field('reordered'))}, "
-          f"p50 {latency['p50']} us p99 {latency['p99']} us", flush=True)
+          f"p50 {latency['p50']} us p99 {latency['p99']} us"
+          + (f"; grew: {', '.join(grew)}" if loss and grew else ""), flush=True)
     return sent, received, loss, seconds, latency
 
 
@@ -88,6 +120,7 @@ def main():
     p.add_argument("--recv-core", type=int, default=None)
     p.add_argument("--bin", default="target/release")
     p.add_argument("--label", default="switch")
+    p.add_argument("--switch-ns", default=None)
     a = p.parse_args()
     if a.recv_core is None:
         a.recv_core = a.core + 1 if a.core + 1 < os.cpu_count() else a.core
