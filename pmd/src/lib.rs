@@ -7,6 +7,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod bpf;
+pub mod core_share;
 pub mod datapath;
 pub mod fastpath;
 pub mod fastpath_front;

@@ -85,6 +85,8 @@ define_counters! {
         LongestHousekeepingUs => "longest_housekeeping_us",
         Preemptions => "preemptions",
         CoreStealMs => "core_steal_ms",
+        WaitedForCoreUs => "waited_for_core_us",
+        CoreSoftirqThreadUs => "core_softirq_thread_us",
         FastPathFlows => "fast_path_flows",
         FastPathInstalled => "fast_path_installed",
         FastPathRemoved => "fast_path_removed",

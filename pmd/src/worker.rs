@@ -8,6 +8,7 @@
 //! and go, and tables are read or changed, between passes, never under a lock on the packet
 //! path.
 
+use crate::core_share::CoreWatch;
 use crate::fastpath::{FastPath, FlowTable};
 use crate::flowcache::FlowCache;
 use crate::netdev::cycles;
@@ -67,29 +68,6 @@ const REANNOUNCE_PER_PASS: usize = 256;
 /// Milliseconds since the workers' shared epoch.
 fn micros(d: std::time::Duration) -> u64 {
     d.as_micros().min(u64::MAX as u128) as u64
-}
-
-/// How often the kernel took the calling thread off its core for another (preemptions), from
-/// /proc; `None` where it cannot be read.
-fn involuntary_switches() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))
-        .and_then(|n| n.trim().parse().ok())
-}
-
-/// Milliseconds the hypervisor ran something else while `core` wanted to run (steal time, from
-/// /proc/stat in USER_HZ = 100 ticks); `None` where it cannot be read.
-fn steal_ms(core: usize) -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let name = format!("cpu{core}");
-    let mut fields = stat
-        .lines()
-        .map(str::split_whitespace)
-        .find_map(|mut f| (f.next() == Some(name.as_str())).then_some(f))?;
-    let ticks: u64 = fields.nth(7)?.parse().ok()?;
-    Some(ticks * 10)
 }
 
 pub fn now_ms(epoch: Instant) -> u64 {
@@ -221,8 +199,8 @@ pub struct Worker {
     /// The sockets this worker polls, with the port each belongs to.
     sockets: Vec<(PortId, PortSocket)>,
     retiring: Vec<Retiring>,
-    /// Its core's steal time when the worker started (ms), to publish what came since.
-    steal_at_start: Option<u64>,
+    /// Who else ran on its core since it started (read at housekeeping).
+    core_watch: Option<CoreWatch>,
     s: WorkerSetup,
     /// Indexed by port.
     egress: Vec<Egress>,
@@ -268,7 +246,7 @@ impl Worker {
         Worker {
             sockets: Vec::new(),
             retiring: Vec::new(),
-            steal_at_start: None,
+            core_watch: None,
             segment: vec![first; MAX_PORTS],
             dropping: Vec::new(),
             s: setup,
@@ -297,7 +275,7 @@ impl Worker {
         if let Some(core) = self.s.core {
             core_affinity::set_for_current(core_affinity::CoreId { id: core });
         }
-        self.steal_at_start = self.s.core.and_then(steal_ms);
+        self.core_watch = Some(CoreWatch::start(self.s.core));
         let mut empty_passes = 0u32;
         let mut last_housekeeping = Instant::now();
         let mut passes = 0u64;
@@ -1093,16 +1071,23 @@ impl Worker {
         if !self.dropping.is_empty() {
             self.drop_segments();
         }
-        if let Some(n) = involuntary_switches() {
-            self.s
-                .stats
-                .worker
-                .set(WorkerCounter::Preemptions as usize, n);
-        }
-        if let (Some(now), Some(start)) = (self.s.core.and_then(steal_ms), self.steal_at_start) {
-            self.s.stats.worker.set(
-                WorkerCounter::CoreStealMs as usize,
-                now.saturating_sub(start),
+        if let Some(watch) = &self.core_watch {
+            let share = watch.since_start();
+            let w = &self.s.stats.worker;
+            let set = |counter: WorkerCounter, value: Option<u64>| {
+                if let Some(v) = value {
+                    w.set(counter as usize, v);
+                }
+            };
+            set(WorkerCounter::Preemptions, share.preemptions);
+            set(WorkerCounter::CoreStealMs, share.steal_ms);
+            set(
+                WorkerCounter::WaitedForCoreUs,
+                share.waited_ns.map(|ns| ns / 1000),
+            );
+            set(
+                WorkerCounter::CoreSoftirqThreadUs,
+                share.softirq_thread_ns.map(|ns| ns / 1000),
             );
         }
         self.publish();
@@ -1402,14 +1387,6 @@ fn flood(
 mod tests {
     use super::*;
     use crate::stats::AtomicCounters;
-
-    #[test]
-    fn preemptions_and_steal_are_read_from_proc() {
-        let before = involuntary_switches().expect("this thread's switches");
-        assert!(involuntary_switches().unwrap() >= before);
-        assert!(steal_ms(0).is_some(), "core 0 is in /proc/stat");
-        assert_eq!(steal_ms(100_000), None, "no such core");
-    }
 
     fn staged_packets(umem: &Umem, pool: &mut FramePool, lens: &[usize]) -> Vec<Frame> {
         let counters = AtomicCounters::<{ PortCounter::COUNT }>::default();

@@ -299,6 +299,8 @@ fn stats(live: &Live) -> Value {
                 "longest_housekeeping_us": s.worker(WorkerCounter::LongestHousekeepingUs),
                 "preemptions": s.worker(WorkerCounter::Preemptions),
                 "core_steal_ms": s.worker(WorkerCounter::CoreStealMs),
+                "waited_for_core_us": s.worker(WorkerCounter::WaitedForCoreUs),
+                "core_softirq_thread_us": s.worker(WorkerCounter::CoreSoftirqThreadUs),
                 "fast_path_flows": s.worker(WorkerCounter::FastPathFlows),
                 "fast_path_packets": s.worker(WorkerCounter::FastPathPackets),
                 "fast_path_installed": s.worker(WorkerCounter::FastPathInstalled),
