@@ -74,7 +74,9 @@
 #
 # --peers busypoll adds vswitch --busy-poll to l2: preferred busy polling, the worker running
 # its ports' receive NAPI itself. L2_PLANES="label:function ..." runs only those l2 planes;
-# BENCH_SHOW_PORTS=1 prints each switch's port table (traffic and drops by reason) at its stop.
+# BENCH_SHOW_PORTS=1 prints each switch's port table (traffic and drops by reason) at its stop;
+# VS_ARGS="--busy-poll" adds options to every vswitch started, SINK_NAPI=threaded moves the
+# sink's receive NAPI to a kernel thread (both recorded in search results).
 # BENCH_BIN=DIR uses the vswitch binaries in DIR and neither installs nor builds anything (a
 # machine without cargo or network: scripts/device-bench.sh); the tools must be on PATH.
 #
@@ -168,6 +170,9 @@ ip -n $GEN link set gen0 up
 ip -n $SINK link set sink0 up
 # NAPI on the sink's end, which frames redirected by XDP into vsink need (GRO gives it).
 ip netns exec $SINK ethtool -K sink0 gro on >/dev/null
+# SINK_NAPI=threaded: the sink's receive NAPI in a kernel thread of its own, on any core, instead
+# of in softirq on the core that transmits to it (over AF_XDP, the switch worker's).
+[ "${SINK_NAPI:-}" != threaded ] || ip netns exec $SINK sh -c 'echo 1 > /sys/class/net/sink0/threaded'
 ip -n $GEN route add default via 10.244.1.1
 ip -n $SINK route add default via 10.244.1.1
 ip -n $SW link set vgen up
@@ -262,7 +267,8 @@ start_vswitch() {
 		[ "$prev" = --config ] && grep -q '^fast_path' "$a" && plane=()
 		prev=$a
 	done
-	ip netns exec "$ns" $bin/vswitch "$@" "${plane[@]}" --cores "${VS_CORES:-0}" --poll "${VS_POLL:-busy}" --ctl "$tmp/ctl-$ns.sock" >"$VS_LOG" 2>&1 &
+	# shellcheck disable=SC2086 # VS_ARGS: extra switch options for an experiment, split on spaces
+	ip netns exec "$ns" $bin/vswitch "$@" "${plane[@]}" ${VS_ARGS:-} --cores "${VS_CORES:-0}" --poll "${VS_POLL:-busy}" --ctl "$tmp/ctl-$ns.sock" >"$VS_LOG" 2>&1 &
 	VS=$!
 	SWITCH_PID=$VS
 	for _ in $(seq 100); do ip -n "$ns" -d link show "${VS_PORT:-vsink}" | grep -q prog/xdp && break; sleep 0.1; done
@@ -286,7 +292,7 @@ if n:
     print("   vswitch fast path: %d packets, %d flows installed, %d removed" % (sum(x["fast_path_packets"] for x in w), n, sum(x["fast_path_removed"] for x in w)), file=sys.stderr)
 # Stalls: how long the rings went unserved (what tail latency and loss at moderate load cost).
 for i, x in enumerate(w):
-    print("   vswitch worker %d: longest gap %d us, gaps over 1 ms %d (%d working), longest pass %d us, housekeeping %d us, preempted %d times, steal on its core %d ms" % (i, x.get("longest_gap_us", 0), x.get("gaps_over_1ms", 0), x.get("gaps_over_1ms_working", 0), x.get("longest_pass_us", 0), x.get("longest_housekeeping_us", 0), x.get("preemptions", 0), x.get("core_steal_ms", 0)), file=sys.stderr)
+    print("   vswitch worker %d: longest gap %d us, gaps over 1 ms %d (%d working), longest pass %d us, housekeeping %d us, preempted %d times, waited %d us for its core, ksoftirqd on its core ran %d us, steal on its core %d ms" % (i, x.get("longest_gap_us", 0), x.get("gaps_over_1ms", 0), x.get("gaps_over_1ms_working", 0), x.get("longest_pass_us", 0), x.get("longest_housekeeping_us", 0), x.get("preemptions", 0), x.get("waited_for_core_us", 0), x.get("core_softirq_thread_us", 0), x.get("core_steal_ms", 0)), file=sys.stderr)
 ' || true
 	kill -TERM $VS
 	wait $VS
@@ -967,30 +973,34 @@ fi
 
 [ "$scenario" = search ] || [ "$scenario" = scale ] || [ "$scenario" = tcp ] || [ "$scenario" = live ] || python3 scripts/chart.py
 
-# RFC 2544 search, L2: vswitch, then the Linux bridge.
+# RFC 2544 search, L2: vswitch, vswitch with the fast path, then the Linux bridge
+# (SEARCH_PLANES="vswitch linux-bridge" runs only those).
 search_one() {
-	python3 scripts/rfc2544.py --gen-ns $GEN --sink-ns $SINK --src-mac $GEN_MAC --dst-mac $SINK_MAC \
+	python3 scripts/rfc2544.py --gen-ns $GEN --sink-ns $SINK --switch-ns $SW --src-mac $GEN_MAC --dst-mac $SINK_MAC \
 		--dst-ip 10.244.1.2 --dst-port 9 --label "$1" --bin $bin | tee "$tmp/search-$1"
 }
 if [ "$scenario" = search ]; then
-	start_vswitch --ports vgen,vsink
-	announce_sink
-	search_one vswitch
-	stop_vswitch
-	start_vswitch --ports vgen,vsink --fast-path xdp
-	announce_sink
-	search_one vswitch-fastpath
-	stop_vswitch
-	bridge_up
-	announce_sink
-	search_one linux-bridge
-	bridge_down
+	searched=()
+	for plane in ${SEARCH_PLANES:-vswitch vswitch-fastpath linux-bridge}; do
+		case $plane in
+		vswitch) start_vswitch --ports vgen,vsink ;;
+		vswitch-fastpath) start_vswitch --ports vgen,vsink --fast-path xdp ;;
+		linux-bridge) bridge_up ;;
+		*) echo "bench.sh: SEARCH_PLANES: no plane $plane" >&2; exit 2 ;;
+		esac
+		announce_sink
+		search_one "$plane"
+		searched+=("$tmp/search-$plane")
+		if [ "$plane" = linux-bridge ]; then bridge_down; else stop_vswitch; fi
+	done
 	out=bench/results/search-$stamp.json
-	python3 - "$out" "$tmp/search-vswitch" "$tmp/search-vswitch-fastpath" "$tmp/search-linux-bridge" <<'PY'
+	python3 - "$out" "${searched[@]}" <<'PY'
 import json, os, platform, sys
 runs = [json.loads(open(f).read().strip().splitlines()[-1]) for f in sys.argv[2:]]
 machine = f"{platform.node()} {os.cpu_count()} cores {platform.machine()} kernel {platform.release()}"
-json.dump({"scenario": "search-l2", "machine": machine, "results": runs}, open(sys.argv[1], "w"), indent=2)
+json.dump({"scenario": "search-l2", "machine": machine, "switch_args": os.environ.get("VS_ARGS", ""),
+           "sink_napi": os.environ.get("SINK_NAPI", "softirq"),
+           "results": runs}, open(sys.argv[1], "w"), indent=2)
 print(f"\n{'dataplane':<14} {'NDR pps':>12} {'PDR pps':>12}   latency p50/p99/p99.9 us at 10 %, 50 %, 90 % of PDR")
 for r in runs:
     lat = "  ".join(f"{k}: {v['p50']}/{v['p99']}/{v['p999']}" for k, v in r["latency_us_at_pdr_share"].items())

@@ -58,7 +58,7 @@ run)
 		env "${settings[@]}" scripts/bench.sh "${words[@]}" 2>&1 | tee -a "$log" || status=1
 		if [ -n "${OUT:-}" ]; then
 			for f in $(ls bench/results/); do
-				grep -qx "$f" <<<"$before" || cp "bench/results/$f" "$OUT/"
+				[ -f "bench/results/$f" ] && ! grep -qx "$f" <<<"$before" && cp "bench/results/$f" "$OUT/"
 			done
 		fi
 	done
