@@ -277,6 +277,8 @@ pub struct LivePort {
     probe_wait: Duration,
     /// When it last joined the fast path.
     joined_at: Option<Instant>,
+    /// Its MTU when the probe that let it join began (see `check_fast_egress_mtu`).
+    joined_mtu: Option<u32>,
     // Dropping the link detaches the program; the map goes after it.
     link: Option<XdpLink>,
     map: Option<XskMap>,
@@ -330,6 +332,8 @@ struct Probed {
     port: PortId,
     attachment: u64,
     takes: bool,
+    /// The port's MTU when the probe began.
+    mtu: Option<u32>,
 }
 
 struct SegmentSlot {
@@ -660,6 +664,7 @@ impl Datapath {
             reprobe: None,
             probe_wait: REPROBE_FIRST,
             joined_at: None,
+            joined_mtu: None,
             link: None,
             map: Some(map),
         });
@@ -696,12 +701,15 @@ impl Datapath {
         let spawned = std::thread::Builder::new()
             .name("vswitch-probe".into())
             .spawn(move || {
+                // Read first: a change during the probe is a change since it.
+                let mtu = netdev::mtu(&name).ok();
                 let takes = napi_probe::takes_redirected_frames(&name, ifindex, all_generic)
                     .unwrap_or(false);
                 let _ = answer.send(Probed {
                     port,
                     attachment,
                     takes,
+                    mtu,
                 });
             });
         if spawned.is_err() {
@@ -710,6 +718,7 @@ impl Datapath {
                 port,
                 attachment,
                 takes: false,
+                mtu: None,
             });
         }
     }
@@ -774,6 +783,7 @@ impl Datapath {
             live.fast_watch = watch.filter(|_| joined);
             if joined {
                 live.joined_at = Some(Instant::now());
+                live.joined_mtu = p.mtu;
             } else {
                 live.schedule_probe();
             }
@@ -822,6 +832,41 @@ impl Datapath {
                     live.probe_wait = REPROBE_FIRST;
                 }
                 live.schedule_probe();
+                out.push(live.info.name.clone());
+            }
+        }
+        out
+    }
+
+    /// Takes out of the fast path's egress ports each port whose MTU changed since the probe
+    /// that let it join, and probes it again at once: whether a driver takes redirected frames
+    /// depends on the MTU (frames of several buffers need `NDO_XMIT_SG`, which a driver may
+    /// lack). Its frames go by the workers until the answer. Returns the ports taken out.
+    pub fn check_fast_egress_mtu(&mut self) -> Vec<String> {
+        let Some(fast) = &self.fast else {
+            return Vec::new();
+        };
+        let mut changed = Vec::new();
+        for (id, slot) in self.ports.iter_mut().enumerate() {
+            let Some(live) = slot.as_mut() else { continue };
+            if live.fast_egress != Some(true) {
+                continue;
+            }
+            let Ok(mtu) = netdev::mtu(&live.info.name) else {
+                continue;
+            };
+            if live.joined_mtu == Some(mtu) {
+                continue;
+            }
+            let _ = fast.del_port(id as u32);
+            live.fast_egress = None;
+            live.fast_watch = None;
+            changed.push(id as PortId);
+        }
+        let mut out = Vec::new();
+        for port in changed {
+            self.probe(port);
+            if let Some(live) = self.ports[port as usize].as_ref() {
                 out.push(live.info.name.clone());
             }
         }

@@ -147,6 +147,12 @@ fn main() -> ExitCode {
             last_check = Instant::now();
             live.check_vanished();
             live.dp.reprobe_due();
+            for port in live.dp.check_fast_egress_mtu() {
+                tracing::info!(
+                    port = %port,
+                    "this port's MTU changed since it joined the fast path: probed again before the fast path sends to it (a driver may take redirected frames of one buffer only)"
+                );
+            }
             for port in live.dp.check_fast_egress() {
                 tracing::warn!(
                     port = %port,

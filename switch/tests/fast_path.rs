@@ -323,3 +323,28 @@ fn a_pod_that_loses_napi_falls_back_to_the_workers() {
     assert!(more > 3_000, "to pod 2 by the fast path again: {more}");
     stop(switch);
 }
+
+/// A port whose MTU changes after it joined is taken out and probed again before the fast path
+/// sends to it (a driver may take redirected frames of one buffer only), and rejoins.
+#[test]
+fn a_port_whose_mtu_changes_is_probed_again() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(2);
+    topo.pods_finish_checksums();
+    let switch = topo.start_switch(FAST);
+    assert_eq!(probed(&switch), named(&[("vp1", true), ("vp2", true)]));
+    common::must(&["ip", "-n", &topo.sw, "link", "set", "vp2", "mtu", "2000"]);
+    // The switch checks twice a second; the probe of a veth takes milliseconds.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let both = named(&[("vp1", true), ("vp2", true)]);
+    assert_eq!(fast_path_within(&switch, &both, 10), both, "rejoined");
+    let before = fast_path_sent_to(&switch, "vp2");
+    topo.transfer(0, 1, 10_000_000);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let more = fast_path_sent_to(&switch, "vp2") - before;
+    assert!(more > 3_000, "to pod 2 by the fast path again: {more}");
+    let log = switch.stop_clean().stderr;
+    let reprobed: Vec<&str> = log.lines().filter(|l| l.contains("MTU changed")).collect();
+    assert_eq!(reprobed.len(), 1, "{log}");
+    assert!(reprobed[0].contains("vp2"), "{log}");
+}
