@@ -277,8 +277,6 @@ pub struct LivePort {
     probe_wait: Duration,
     /// When it last joined the fast path.
     joined_at: Option<Instant>,
-    /// Its MTU when the probe that let it join began (see `check_fast_egress_mtu`).
-    joined_mtu: Option<u32>,
     // Dropping the link detaches the program; the map goes after it.
     link: Option<XdpLink>,
     map: Option<XskMap>,
@@ -664,7 +662,6 @@ impl Datapath {
             reprobe: None,
             probe_wait: REPROBE_FIRST,
             joined_at: None,
-            joined_mtu: None,
             link: None,
             map: Some(map),
         });
@@ -754,12 +751,18 @@ impl Datapath {
     /// port was removed, maybe added again, meanwhile) is dropped.
     pub fn apply_probes(&mut self) -> Vec<(String, bool)> {
         let mut out = Vec::new();
+        let mut retry = Vec::new();
         while let Ok(p) = self.probes.1.try_recv() {
             let Some(fast) = &self.fast else { continue };
             let Some(live) = self.ports.get_mut(p.port as usize).and_then(|l| l.as_mut()) else {
                 continue;
             };
             if live.attachment != p.attachment || live.fast_egress == Some(true) {
+                continue;
+            }
+            // The MTU changed during the probe (`check_mtus` has seen it): ask again.
+            if p.mtu != Some(live.info.mtu) {
+                retry.push(p.port);
                 continue;
             }
             // Baselines first: nothing is redirected to it before it joins.
@@ -783,13 +786,15 @@ impl Datapath {
             live.fast_watch = watch.filter(|_| joined);
             if joined {
                 live.joined_at = Some(Instant::now());
-                live.joined_mtu = p.mtu;
             } else {
                 live.schedule_probe();
             }
             if changed {
                 out.push((live.info.name.clone(), joined));
             }
+        }
+        for port in retry {
+            self.probe(port);
         }
         out
     }
@@ -838,37 +843,45 @@ impl Datapath {
         out
     }
 
-    /// Takes out of the fast path's egress ports each port whose MTU changed since the probe
-    /// that let it join, and probes it again at once: whether a driver takes redirected frames
-    /// depends on the MTU (frames of several buffers need `NDO_XMIT_SG`, which a driver may
-    /// lack). Its frames go by the workers until the answer. Returns the ports taken out.
-    pub fn check_fast_egress_mtu(&mut self) -> Vec<String> {
-        let Some(fast) = &self.fast else {
-            return Vec::new();
-        };
+    /// Follows changes of the ports' MTUs: the workers transmit and the pipeline answers by
+    /// the new one, and a port on the fast path leaves it and is probed again at once, since
+    /// whether a driver takes redirected frames depends on the MTU (frames of several buffers
+    /// need `NDO_XMIT_SG`); its frames go by the workers until the answer. Returns each
+    /// changed port with its old and new MTU. Above `MAX_MTU` the workers forward frames of
+    /// at most `MAX_MTU` (the caller says so).
+    pub fn check_mtus(&mut self) -> Vec<(String, u32, u32)> {
         let mut changed = Vec::new();
         for (id, slot) in self.ports.iter_mut().enumerate() {
             let Some(live) = slot.as_mut() else { continue };
-            if live.fast_egress != Some(true) {
-                continue;
-            }
             let Ok(mtu) = netdev::mtu(&live.info.name) else {
                 continue;
             };
-            if live.joined_mtu == Some(mtu) {
+            if mtu == live.info.mtu {
                 continue;
             }
-            let _ = fast.del_port(id as u32);
-            live.fast_egress = None;
-            live.fast_watch = None;
-            changed.push(id as PortId);
+            changed.push((id as PortId, live.info.name.clone(), live.info.mtu, mtu));
+            live.info.mtu = mtu;
+            if live.fast_egress == Some(true) {
+                if let Some(fast) = &self.fast {
+                    let _ = fast.del_port(id as u32);
+                }
+                live.fast_egress = None;
+                live.fast_watch = None;
+            }
         }
         let mut out = Vec::new();
-        for port in changed {
-            self.probe(port);
-            if let Some(live) = self.ports[port as usize].as_ref() {
-                out.push(live.info.name.clone());
+        for (port, name, old, new) in changed {
+            let mtu = new.min(MAX_MTU);
+            for w in 0..self.workers.len() {
+                let _ = self.send(w, Command::SetPortMtu { port, mtu });
             }
+            let reprobe = self.ports[port as usize]
+                .as_ref()
+                .is_some_and(|l| l.fast_egress.is_none() && self.fast.is_some());
+            if reprobe {
+                self.probe(port);
+            }
+            out.push((name, old, new));
         }
         out
     }

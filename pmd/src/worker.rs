@@ -143,6 +143,11 @@ pub enum Command {
         remote: Option<Sender<Handoff>>,
         done: Sender<()>,
     },
+    /// A port's MTU changed: what it may transmit, and what the pipeline tells senders.
+    SetPortMtu {
+        port: PortId,
+        mtu: u32,
+    },
     /// The ports of that segment are gone: unmap it once every frame of it is home.
     DropSegment {
         id: u32,
@@ -358,6 +363,14 @@ impl Worker {
         spent
     }
 
+    fn set_port_mtu(&mut self, port: PortId, mtu: u32) {
+        if let Some(m) = self.max_frame.get_mut(port as usize) {
+            // The kernel's rule (is_skb_forwardable): Ethernet header and a VLAN tag.
+            *m = mtu + 18;
+        }
+        self.s.pipeline.set_port_mtu(port, mtu);
+    }
+
     fn apply_commands(&mut self) {
         while let Ok(command) = self.s.commands.try_recv() {
             match command {
@@ -376,14 +389,11 @@ impl Worker {
                     if let Some(i) = self.ifindex.get_mut(port as usize) {
                         *i = ifindex;
                     }
-                    if let Some(m) = self.max_frame.get_mut(port as usize) {
-                        // The kernel's rule (is_skb_forwardable): Ethernet header and a VLAN tag.
-                        *m = mtu + 18;
-                    }
-                    self.s.pipeline.set_port_mtu(port, mtu);
+                    self.set_port_mtu(port, mtu);
                     self.add_port(port, sockets, remote);
                     let _ = done.try_send(());
                 }
+                Command::SetPortMtu { port, mtu } => self.set_port_mtu(port, mtu),
                 Command::DelPort { port, done } => self.del_port(port, done),
                 Command::Reclaim { tags, done } => {
                     let n = tags

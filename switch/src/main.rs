@@ -147,11 +147,23 @@ fn main() -> ExitCode {
             last_check = Instant::now();
             live.check_vanished();
             live.dp.reprobe_due();
-            for port in live.dp.check_fast_egress_mtu() {
-                tracing::info!(
-                    port = %port,
-                    "this port's MTU changed since it joined the fast path: probed again before the fast path sends to it (a driver may take redirected frames of one buffer only)"
-                );
+            for (port, old, new) in live.dp.check_mtus() {
+                if new > pmd::MAX_MTU {
+                    tracing::warn!(
+                        port = %port,
+                        old,
+                        new,
+                        "this port's MTU changed above the largest the switch supports ({}): it forwards frames of at most that",
+                        pmd::MAX_MTU
+                    );
+                } else {
+                    tracing::info!(
+                        port = %port,
+                        old,
+                        new,
+                        "this port's MTU changed: the switch forwards by the new one (on the fast path after a new probe: a driver may take redirected frames of one buffer only)"
+                    );
+                }
             }
             for port in live.dp.check_fast_egress() {
                 tracing::warn!(
