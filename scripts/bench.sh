@@ -172,7 +172,11 @@ ip -n $SINK link set sink0 up
 ip netns exec $SINK ethtool -K sink0 gro on >/dev/null
 # SINK_NAPI=threaded: the sink's receive NAPI in a kernel thread of its own, on any core, instead
 # of in softirq on the core that transmits to it (over AF_XDP, the switch worker's).
-[ "${SINK_NAPI:-}" != threaded ] || ip netns exec $SINK sh -c 'echo 1 > /sys/class/net/sink0/threaded'
+case ${SINK_NAPI:-softirq} in
+softirq) ;;
+threaded) ip netns exec $SINK sh -c 'echo 1 > /sys/class/net/sink0/threaded' ;;
+*) echo "bench.sh: SINK_NAPI must be softirq or threaded" >&2; exit 2 ;;
+esac
 ip -n $GEN route add default via 10.244.1.1
 ip -n $SINK route add default via 10.244.1.1
 ip -n $SW link set vgen up

@@ -73,14 +73,18 @@ def trial(a, rate):
     sent = int(re.search(r"sent=(\d+)", send.stdout).group(1))
     seconds = float(re.search(r"seconds=([0-9.]+)", send.stdout).group(1))
     result = out.strip().splitlines()[-1]
-    field = lambda k: float(re.search(rf"{k}=([0-9.]+)", result).group(1))
+    def field(k, default=None):
+        m = re.search(rf"{k}=([0-9.]+)", result)
+        if m is None and default is None:
+            sys.exit(f"rfc2544: no {k} in the receiver's result {result!r}")
+        return float(m.group(1)) if m else default
     received = int(field("received")) - int(field("unstamped"))
     latency = {q: field(q) for q in ("p50", "p99", "p999", "max")}
     loss = max(0, sent - received)
     after = loss_counters(a)
     grew = [f"{k} +{v - before.get(k, 0)}" for k, v in after.items() if v != before.get(k, 0)]
-    grew += [f"receiver {k} +{int(field('receiver_' + k))}" for k in ("dropped", "ring_full", "fill_empty")
-             if field("receiver_" + k)]
+    grew += [f"receiver {k} +{int(field('receiver_' + k, 0))}" for k in ("dropped", "ring_full", "fill_empty")
+             if field("receiver_" + k, 0)]
     print(f"  trial {rate:>12,.0f} pps offered ({sent / seconds:,.0f} sent/s): received {received:,} "
           f"of {sent:,}, loss {100 * loss / max(sent, 1):.3f} %, reordered {int(field('reordered'))}, "
           f"p50 {latency['p50']} us p99 {latency['p99']} us"

@@ -321,6 +321,10 @@ const LOST_NAPI_FRAMES: u64 = 8;
 /// (8 probe frames where the kernel cannot say: `napi_probe`).
 const REPROBE_FIRST: Duration = Duration::from_secs(1);
 const REPROBE_MAX: Duration = Duration::from_secs(30);
+/// How long a port that left the fast path for an MTU change waits for its probe: past the
+/// workers' next harvest (once a second), so that what the fast path sent it before it left
+/// is counted before `check_fast_egress` takes its baseline again.
+const MTU_REPROBE: Duration = Duration::from_millis(1500);
 
 /// Queues the spare's XSKMAP has room for; a port with more loads its own program.
 const SPARE_QUEUES: u32 = 64;
@@ -751,7 +755,6 @@ impl Datapath {
     /// port was removed, maybe added again, meanwhile) is dropped.
     pub fn apply_probes(&mut self) -> Vec<(String, bool)> {
         let mut out = Vec::new();
-        let mut retry = Vec::new();
         while let Ok(p) = self.probes.1.try_recv() {
             let Some(fast) = &self.fast else { continue };
             let Some(live) = self.ports.get_mut(p.port as usize).and_then(|l| l.as_mut()) else {
@@ -760,9 +763,10 @@ impl Datapath {
             if live.attachment != p.attachment || live.fast_egress == Some(true) {
                 continue;
             }
-            // The MTU changed during the probe (`check_mtus` has seen it): ask again.
-            if p.mtu != Some(live.info.mtu) {
-                retry.push(p.port);
+            // Given for an MTU the port no longer has (`check_mtus` saw the change): asked again
+            // at the next round. An answer without an MTU is a failed probe.
+            if p.mtu.is_some_and(|m| m != live.info.mtu) {
+                live.reprobe = Some(Instant::now());
                 continue;
             }
             // Baselines first: nothing is redirected to it before it joins.
@@ -780,7 +784,9 @@ impl Datapath {
                 }
                 _ => None,
             };
-            let joined = p.takes && fast.add_port(p.port as u32, live.info.ifindex).is_ok();
+            let joined = p.takes
+                && p.mtu.is_some()
+                && fast.add_port(p.port as u32, live.info.ifindex).is_ok();
             let changed = live.fast_egress != Some(joined);
             live.fast_egress = Some(joined);
             live.fast_watch = watch.filter(|_| joined);
@@ -792,9 +798,6 @@ impl Datapath {
             if changed {
                 out.push((live.info.name.clone(), joined));
             }
-        }
-        for port in retry {
-            self.probe(port);
         }
         out
     }
@@ -844,11 +847,12 @@ impl Datapath {
     }
 
     /// Follows changes of the ports' MTUs: the workers transmit and the pipeline answers by
-    /// the new one, and a port on the fast path leaves it and is probed again at once, since
-    /// whether a driver takes redirected frames depends on the MTU (frames of several buffers
-    /// need `NDO_XMIT_SG`); its frames go by the workers until the answer. Returns each
-    /// changed port with its old and new MTU. Above `MAX_MTU` the workers forward frames of
-    /// at most `MAX_MTU` (the caller says so).
+    /// the new one, and whether a port takes the fast path's redirects is probed again, since
+    /// a driver's answer depends on the MTU (frames of several buffers need `NDO_XMIT_SG`).
+    /// A port on the fast path leaves it and is probed after `MTU_REPROBE` (its frames go by
+    /// the workers meanwhile); one off it is probed at the next round. Returns each changed
+    /// port with its old and new MTU. Above `MAX_MTU` the workers forward frames of at most
+    /// `MAX_MTU` (the caller says so).
     pub fn check_mtus(&mut self) -> Vec<(String, u32, u32)> {
         let mut changed = Vec::new();
         for (id, slot) in self.ports.iter_mut().enumerate() {
@@ -861,25 +865,23 @@ impl Datapath {
             }
             changed.push((id as PortId, live.info.name.clone(), live.info.mtu, mtu));
             live.info.mtu = mtu;
+            let Some(fast) = &self.fast else { continue };
+            live.probe_wait = REPROBE_FIRST;
             if live.fast_egress == Some(true) {
-                if let Some(fast) = &self.fast {
-                    let _ = fast.del_port(id as u32);
-                }
-                live.fast_egress = None;
+                let _ = fast.del_port(id as u32);
+                live.fast_egress = Some(false);
                 live.fast_watch = None;
+                live.reprobe = Some(Instant::now() + MTU_REPROBE);
+            } else if live.reprobe.is_some() {
+                live.reprobe = Some(Instant::now());
             }
+            // Else a probe is out: its answer, given for the old MTU, asks again.
         }
         let mut out = Vec::new();
         for (port, name, old, new) in changed {
             let mtu = new.min(MAX_MTU);
             for w in 0..self.workers.len() {
                 let _ = self.send(w, Command::SetPortMtu { port, mtu });
-            }
-            let reprobe = self.ports[port as usize]
-                .as_ref()
-                .is_some_and(|l| l.fast_egress.is_none() && self.fast.is_some());
-            if reprobe {
-                self.probe(port);
             }
             out.push((name, old, new));
         }

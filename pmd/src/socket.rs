@@ -206,9 +206,9 @@ impl PortSocket {
         self.fill_target = self.fill_target.min(self.fill_max);
     }
 
-    /// Keeps the fill ring as full as it may be from now on, whatever the rate: for a reader
-    /// that must not lose the bursts a target still following the rate drops (a measuring
-    /// receiver; its first bursts found 32 frames lent).
+    /// Lends from now on as much as this socket ever lends (its share, at most half the fill
+    /// ring), whatever the rate: for a reader that must not lose the bursts a target still
+    /// following the rate drops (a measuring receiver; its first bursts found 32 frames lent).
     pub fn lend_fully(&mut self) {
         self.fill_target = self.fill_max;
     }

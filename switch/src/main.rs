@@ -161,7 +161,7 @@ fn main() -> ExitCode {
                         port = %port,
                         old,
                         new,
-                        "this port's MTU changed: the switch forwards by the new one (on the fast path after a new probe: a driver may take redirected frames of one buffer only)"
+                        "this port's MTU changed: the switch forwards by the new one, and probes again whether the port takes the fast path's redirects (a driver may take frames of one buffer only); on the fast path, it leaves it until then"
                     );
                 }
             }
