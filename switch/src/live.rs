@@ -207,6 +207,28 @@ impl Live {
         }
     }
 
+    /// Port `port`'s MTU is now `mtu`: if it is the uplink, what encapsulated packets must fit
+    /// follows (the gateway's policy is rebuilt from the running config, as a reload does).
+    /// Returns what to log.
+    pub fn follow_uplink_mtu(&mut self, port: &str, mtu: u32) -> Option<String> {
+        let (Some(node), Some(shared)) = (self.node.as_mut(), &self.dp.gateway) else {
+            return None;
+        };
+        let up = node.gateway.uplink.as_mut()?;
+        let mtu = mtu.min(pmd::MAX_MTU);
+        if node.ports.get(up.port as usize).map(String::as_str) != Some(port) || up.mtu == mtu {
+            return None;
+        }
+        let old = std::mem::replace(&mut up.mtu, mtu);
+        let mut live = node.gateway.clone();
+        live.pod_ports = self.pods.clone();
+        shared.reload(&live);
+        Some(format!(
+            "uplink {port}: MTU {old} -> {mtu}: packets into the overlay must fit {}",
+            pipeline::overlay::encap::inner_mtu(mtu)
+        ))
+    }
+
     /// SIGHUP or `ctl reload`: re-read the config file; apply it if it is valid and changes
     /// only what a reload may change, else say why and keep running as before.
     pub fn reload(&mut self) -> Result<String, String> {

@@ -148,6 +148,9 @@ fn main() -> ExitCode {
             live.check_vanished();
             live.dp.reprobe_due();
             for (port, old, new) in live.dp.check_mtus() {
+                if let Some(text) = live.follow_uplink_mtu(&port, new) {
+                    tracing::info!("{text}");
+                }
                 if new > pmd::MAX_MTU {
                     tracing::warn!(
                         port = %port,

@@ -980,6 +980,43 @@ fn pmtu(kinds: [Kind; 2]) {
     finish_overlay(c);
 }
 
+/// The underlay's MTU lowered while the switches run: what fits the overlay follows it, and a
+/// pod's DF packet that no longer fits is answered with the new inner MTU.
+#[test]
+fn the_overlay_follows_an_uplink_mtu_change() {
+    let Some(_net) = network_test() else { return };
+    let mut c = Cluster::new(&[Kind::Vswitch, Kind::Vswitch], 2, "");
+    c.ping_all(true);
+    let (a, b2) = (c.pod("n1p1").ns.clone(), c.pod("n2p2").ip.clone());
+    let df_ping = |size: &str| {
+        let args = [
+            "ping", "-M", "do", "-s", size, "-c", "3", "-i", "0.2", "-W", "1", "-w", "3", &b2,
+        ];
+        exec_bounded(&a, &args, Duration::from_secs(6))
+    };
+    // 1,428 bytes of IP: fits 1450 (the pods' MTU, the underlay's 1500 less 50).
+    let before = df_ping("1400");
+    c.check(before.status.success(), || {
+        format!("1428-byte DF ping before: {}", text(&before))
+    });
+    for node in [1, 2] {
+        ip(&c.node(node).ns, &["link", "set", "vup", "mtu", "1400"]);
+    }
+    // The switches check their ports' MTUs twice a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = df_ping("1400");
+    let out = text(&after);
+    let told = out.contains("Frag needed") || out.contains("message too long");
+    c.check(!after.status.success() && told && out.contains("1350"), || {
+        format!("1428-byte DF ping after the underlay went to 1400: no fragmentation needed with MTU 1350:\n{out}")
+    });
+    let fits = df_ping("1322");
+    c.check(fits.status.success(), || {
+        format!("1350-byte DF ping after: {}", text(&fits))
+    });
+    finish_overlay(c);
+}
+
 #[test]
 fn kernel_flannel_two_nodes() {
     let Some(_net) = network_test() else { return };
