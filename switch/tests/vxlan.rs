@@ -1282,6 +1282,26 @@ fn three_nodes_two_vswitch_one_kernel() {
     finish_overlay(c);
 }
 
+/// Three nodes on an underlay bridge, two with the fast path (the bridge's ports get GRO: NAPI
+/// for what XDP redirects into the uplinks): each fast-path node has a leg to each peer, and
+/// TCP between every pair of nodes goes by them.
+#[test]
+fn three_nodes_two_fast_path_one_kernel() {
+    let Some(_net) = network_test() else { return };
+    let kinds = [Kind::VswitchFastPath, Kind::VswitchFastPath, Kind::Kernel];
+    let mut c = Cluster::build(&kinds, 2, "", |c| {
+        let ul = format!("{}ul", c.prefix);
+        for i in 1..=3 {
+            in_ns(&ul, &["ethtool", "-K", &format!("u{i}"), "gro", "on"]);
+        }
+    });
+    c.ping_all(false);
+    c.must_transfer("n1p1", "n2p1", MEDIUM, 5001);
+    c.must_transfer("n1p2", "n3p1", MEDIUM, 5002);
+    c.must_transfer("n3p2", "n2p2", MEDIUM, 5003);
+    finish_overlay(c);
+}
+
 /// The committed capture of the kernel's VXLAN encapsulation (see its header) matches this
 /// harness's addressing: outer 198.18.0.1 → 198.18.0.2 between the fixed uplink MACs, UDP to
 /// 4789, VNI 1, inner frame between the VTEP MACs carrying an echo request n1p1 → n2p1.
