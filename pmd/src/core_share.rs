@@ -17,6 +17,9 @@ pub struct CoreShare {
     pub steal_ms: Option<u64>,
     /// Nanoseconds the core's softirq thread ran.
     pub softirq_thread_ns: Option<u64>,
+    /// Nanoseconds the core's softirq thread was runnable but waited for the core: the work
+    /// handed to it (a pod's receive, on veth) waited that long, though the worker ran.
+    pub softirq_thread_waited_ns: Option<u64>,
 }
 
 /// Reads the counters of the calling thread on `core` and tells what grew since it started.
@@ -40,14 +43,16 @@ impl CoreWatch {
 
     fn read(&self) -> CoreShare {
         let (_, waited_ns) = thread_schedstat("/proc/thread-self/schedstat").unzip();
+        let (softirq_thread_ns, softirq_thread_waited_ns) = self
+            .softirq_thread
+            .and_then(|pid| thread_schedstat(&format!("/proc/{pid}/schedstat")))
+            .unzip();
         CoreShare {
             preemptions: involuntary_switches(),
             waited_ns,
             steal_ms: self.core.and_then(steal_ms),
-            softirq_thread_ns: self
-                .softirq_thread
-                .and_then(|pid| thread_schedstat(&format!("/proc/{pid}/schedstat")))
-                .map(|(ran, _)| ran),
+            softirq_thread_ns,
+            softirq_thread_waited_ns,
         }
     }
 
@@ -60,6 +65,10 @@ impl CoreWatch {
             waited_ns: grew(now.waited_ns, self.start.waited_ns),
             steal_ms: grew(now.steal_ms, self.start.steal_ms),
             softirq_thread_ns: grew(now.softirq_thread_ns, self.start.softirq_thread_ns),
+            softirq_thread_waited_ns: grew(
+                now.softirq_thread_waited_ns,
+                self.start.softirq_thread_waited_ns,
+            ),
         }
     }
 }
@@ -123,6 +132,7 @@ mod tests {
         if host {
             assert!(watch.softirq_thread.is_some(), "ksoftirqd/0 exists");
             assert!(grew.softirq_thread_ns.is_some(), "schedstat of ksoftirqd/0");
+            assert!(grew.softirq_thread_waited_ns.is_some());
         }
     }
 

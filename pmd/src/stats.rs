@@ -87,6 +87,7 @@ define_counters! {
         CoreStealMs => "core_steal_ms",
         WaitedForCoreUs => "waited_for_core_us",
         CoreSoftirqThreadUs => "core_softirq_thread_us",
+        CoreSoftirqThreadWaitedUs => "core_softirq_thread_waited_us",
         FastPathFlows => "fast_path_flows",
         FastPathInstalled => "fast_path_installed",
         FastPathRemoved => "fast_path_removed",

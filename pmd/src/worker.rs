@@ -1099,6 +1099,10 @@ impl Worker {
                 WorkerCounter::CoreSoftirqThreadUs,
                 share.softirq_thread_ns.map(|ns| ns / 1000),
             );
+            set(
+                WorkerCounter::CoreSoftirqThreadWaitedUs,
+                share.softirq_thread_waited_ns.map(|ns| ns / 1000),
+            );
         }
         self.publish();
     }

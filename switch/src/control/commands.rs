@@ -301,6 +301,7 @@ fn stats(live: &Live) -> Value {
                 "core_steal_ms": s.worker(WorkerCounter::CoreStealMs),
                 "waited_for_core_us": s.worker(WorkerCounter::WaitedForCoreUs),
                 "core_softirq_thread_us": s.worker(WorkerCounter::CoreSoftirqThreadUs),
+                "core_softirq_thread_waited_us": s.worker(WorkerCounter::CoreSoftirqThreadWaitedUs),
                 "fast_path_flows": s.worker(WorkerCounter::FastPathFlows),
                 "fast_path_packets": s.worker(WorkerCounter::FastPathPackets),
                 "fast_path_installed": s.worker(WorkerCounter::FastPathInstalled),
