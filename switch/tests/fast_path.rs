@@ -39,16 +39,24 @@ fn fast_path_of_ports(switch: &Switch) -> Vec<(String, Option<bool>)> {
         .collect()
 }
 
-/// What the fast path has sent out of port `name` (`tx_fast_path_packets`).
-fn fast_path_sent_to(switch: &Switch, name: &str) -> u64 {
+/// A counter of port `name` in `show ports`, at `path` (e.g. `["drops", "tx_drop_over_mtu"]`).
+fn port_count(switch: &Switch, name: &str, path: &[&str]) -> u64 {
     let ports = switch.ctl_json(&["show", "ports"]);
-    ports["ports"]
+    let port = ports["ports"]
         .as_array()
         .unwrap()
         .iter()
         .find(|p| p["name"] == name)
-        .and_then(|p| p["tx_fast_path_packets"].as_u64())
-        .unwrap_or_else(|| panic!("no tx_fast_path_packets for {name}: {ports}"))
+        .unwrap_or_else(|| panic!("no port {name}: {ports}"));
+    path.iter()
+        .fold(port, |v, k| &v[*k])
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {path:?} for {name}: {ports}"))
+}
+
+/// What the fast path has sent out of port `name` (`tx_fast_path_packets`).
+fn fast_path_sent_to(switch: &Switch, name: &str) -> u64 {
+    port_count(switch, name, &["tx_fast_path_packets"])
 }
 
 /// The same once every port is probed (each is, beside its attachment).
@@ -357,14 +365,7 @@ fn big_pings(topo: &Topology, from: usize, to: usize, size: &str) -> bool {
 
 /// The switch's `tx_drop_over_mtu` on port `name`.
 fn over_mtu_drops(switch: &Switch, name: &str) -> u64 {
-    let ports = switch.ctl_json(&["show", "ports"]);
-    ports["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .and_then(|p| p["drops"]["tx_drop_over_mtu"].as_u64())
-        .unwrap_or(0)
+    port_count(switch, name, &["drops", "tx_drop_over_mtu"])
 }
 
 /// Ports' MTUs raised while the switch runs, just after fast-path traffic: the workers forward
