@@ -980,8 +980,10 @@ fi
 # RFC 2544 search, L2: vswitch, vswitch with the fast path, then the Linux bridge
 # (SEARCH_PLANES="vswitch linux-bridge" runs only those).
 search_one() {
+	local ctl=()
+	[ "$1" = linux-bridge ] || ctl=(--switch-ctl "$tmp/ctl-$SW.sock")
 	python3 scripts/rfc2544.py --gen-ns $GEN --sink-ns $SINK --switch-ns $SW --src-mac $GEN_MAC --dst-mac $SINK_MAC \
-		--dst-ip 10.244.1.2 --dst-port 9 --label "$1" --bin $bin | tee "$tmp/search-$1"
+		--dst-ip 10.244.1.2 --dst-port 9 --label "$1" --bin $bin "${ctl[@]}" | tee "$tmp/search-$1"
 }
 if [ "$scenario" = search ]; then
 	searched=()

@@ -11,10 +11,12 @@ scheduler slice, milliseconds.
   rfc2544.py --gen-ns NS --sink-ns NS --src-mac M --dst-mac M --dst-ip IP [--dst-port P]
              [--gen-dev gen0] [--sink-dev sink0] [--trial SECS] [--precision FRACTION]
              [--core C] [--recv-core C] [--bin DIR] [--label NAME] [--switch-ns NS]
+             [--switch-ctl SOCKET]
 
 Prints one line per trial (with the drop and error counters that grew during it: the
-receiver's own socket, the veths' ethtool counters; --switch-ns adds the switch's veth ends)
-and, last, one JSON object.
+receiver's own socket, the veths' ethtool counters; --switch-ns adds the switch's veth ends;
+--switch-ctl, a vswitch's control socket, adds what took its workers' cores: their wait, and
+what their cores' softirq threads ran and waited) and, last, one JSON object.
 """
 import argparse
 import json
@@ -51,9 +53,24 @@ def loss_counters(a):
     return counters
 
 
+CORE_SHARE = ("waited_for_core_us", "core_softirq_thread_us", "core_softirq_thread_waited_us",
+              "preemptions")
+
+
+def core_share(a):
+    """The switch's workers' core-share counters, summed over workers ({} without --switch-ctl)."""
+    if not a.switch_ctl:
+        return {}
+    out = subprocess.run([f"{a.bin}/vswitch", "ctl", "--socket", a.switch_ctl, "show", "stats", "--json"],
+                         capture_output=True, text=True).stdout
+    workers = json.loads(out or "{}").get("workers", [])
+    return {k: sum(w.get(k, 0) for w in workers) for k in CORE_SHARE}
+
+
 def trial(a, rate):
     """One trial at `rate` pps (0: as fast as possible): (sent, received, lost, latency dict)."""
     before = loss_counters(a)
+    share_before = core_share(a)
     recv = subprocess.Popen(
         ["ip", "netns", "exec", a.sink_ns, f"{a.bin}/vswitch-pktgen", "recv", "--dev", a.sink_dev,
          "--port", str(a.dst_port), "--duration", str(a.trial + 1.5), "--core", str(a.recv_core)],
@@ -82,12 +99,16 @@ def trial(a, rate):
     latency = {q: field(q) for q in ("p50", "p99", "p999", "max")}
     loss = max(0, sent - received)
     after = loss_counters(a)
+    share = {k: v - share_before.get(k, 0) for k, v in core_share(a).items()}
     grew = [f"{k} +{v - before.get(k, 0)}" for k, v in after.items() if v != before.get(k, 0)]
     grew += [f"receiver {k} +{int(field('receiver_' + k, 0))}" for k in ("dropped", "ring_full", "fill_empty")
              if field("receiver_" + k, 0)]
     print(f"  trial {rate:>12,.0f} pps offered ({sent / seconds:,.0f} sent/s): received {received:,} "
           f"of {sent:,}, loss {100 * loss / max(sent, 1):.3f} %, reordered {int(field('reordered'))}, "
           f"p50 {latency['p50']} us p99 {latency['p99']} us"
+          + (f"; workers waited {share['waited_for_core_us']} us for their cores, ksoftirqd ran "
+             f"{share['core_softirq_thread_us']} us and waited {share['core_softirq_thread_waited_us']} us, "
+             f"{share['preemptions']} preemptions" if share else "")
           + (f"; grew: {', '.join(grew)}" if loss and grew else ""), flush=True)
     return sent, received, loss, seconds, latency
 
@@ -125,6 +146,7 @@ def main():
     p.add_argument("--bin", default="target/release")
     p.add_argument("--label", default="switch")
     p.add_argument("--switch-ns", default=None)
+    p.add_argument("--switch-ctl", default=None)
     a = p.parse_args()
     if a.recv_core is None:
         a.recv_core = a.core + 1 if a.core + 1 < os.cpu_count() else a.core

@@ -1081,29 +1081,6 @@ impl Worker {
         if !self.dropping.is_empty() {
             self.drop_segments();
         }
-        if let Some(watch) = &self.core_watch {
-            let share = watch.since_start();
-            let w = &self.s.stats.worker;
-            let set = |counter: WorkerCounter, value: Option<u64>| {
-                if let Some(v) = value {
-                    w.set(counter as usize, v);
-                }
-            };
-            set(WorkerCounter::Preemptions, share.preemptions);
-            set(WorkerCounter::CoreStealMs, share.steal_ms);
-            set(
-                WorkerCounter::WaitedForCoreUs,
-                share.waited_ns.map(|ns| ns / 1000),
-            );
-            set(
-                WorkerCounter::CoreSoftirqThreadUs,
-                share.softirq_thread_ns.map(|ns| ns / 1000),
-            );
-            set(
-                WorkerCounter::CoreSoftirqThreadWaitedUs,
-                share.softirq_thread_waited_ns.map(|ns| ns / 1000),
-            );
-        }
         self.publish();
     }
 
@@ -1135,7 +1112,37 @@ impl Worker {
         );
     }
 
+    /// Who else ran on its core, from /proc: read when it publishes (each second, and after
+    /// control commands, so `show stats` is current).
+    fn publish_core_share(&self) {
+        let Some(watch) = &self.core_watch else {
+            return;
+        };
+        let share = watch.since_start();
+        let w = &self.s.stats.worker;
+        let set = |counter: WorkerCounter, value: Option<u64>| {
+            if let Some(v) = value {
+                w.set(counter as usize, v);
+            }
+        };
+        set(WorkerCounter::Preemptions, share.preemptions);
+        set(WorkerCounter::CoreStealMs, share.steal_ms);
+        set(
+            WorkerCounter::WaitedForCoreUs,
+            share.waited_ns.map(|ns| ns / 1000),
+        );
+        set(
+            WorkerCounter::CoreSoftirqThreadUs,
+            share.softirq_thread_ns.map(|ns| ns / 1000),
+        );
+        set(
+            WorkerCounter::CoreSoftirqThreadWaitedUs,
+            share.softirq_thread_waited_ns.map(|ns| ns / 1000),
+        );
+    }
+
     fn publish(&self) {
+        self.publish_core_share();
         let stats = &self.s.stats;
         let bridge = self.s.pipeline.bridge();
         for (counter, value) in bridge.counters().iter() {
