@@ -204,7 +204,7 @@ pub struct Worker {
     /// The sockets this worker polls, with the port each belongs to.
     sockets: Vec<(PortId, PortSocket)>,
     retiring: Vec<Retiring>,
-    /// Who else ran on its core since it started (read at housekeeping).
+    /// Who else ran on its core since it started (read whenever it publishes).
     core_watch: Option<CoreWatch>,
     s: WorkerSetup,
     /// Indexed by port.

@@ -151,8 +151,7 @@ pub fn run(
     let secs = start.elapsed().as_secs_f64();
     let us = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     // Frames the kernel could not hand to the receiver itself: losses of the measurement, not
-    // of the switch.
-    // Unreadable statistics read as 0: the result line comes anyway.
+    // of the switch. Unreadable statistics read as 0: the result line comes anyway.
     let mut own = pmd::socket::SocketKernelStats::default();
     for s in &sockets {
         let k = s.kernel_stats().unwrap_or_default();
