@@ -69,8 +69,7 @@ fn raise_tx_budget(fd: i32, budget: u32) -> bool {
 const SOL_XDP: libc::c_int = 283;
 /// Bind flag: multi-buffer packets (chains of descriptors).
 const XDP_USE_SG: u16 = 1 << 4;
-/// Frames lent to an idle port's fill ring; it doubles while the port receives faster than
-/// that, up to half the ring, and halves again when it calms down.
+/// The fewest frames a socket keeps lent to its fill ring, however small its share.
 pub const FILL_MIN: u32 = 32;
 static NEXT_TAG: AtomicU32 = AtomicU32::new(1);
 const SO_PREFER_BUSY_POLL: libc::c_int = 69;
@@ -98,15 +97,13 @@ pub struct PortSocket {
     lent_to_fill: u32,
     /// Frames queued for transmit and not yet completed.
     in_flight_tx: u32,
-    /// Frames to keep lent to the fill ring: from `FILL_MIN` up to half the ring (the kernel
-    /// publishes how far it has consumed only when its cached batch runs out; a ring kept
-    /// full would look full to us until the kernel has run dry), following the port's rate.
+    /// Frames kept lent to the fill ring, idle or not: an idle port's first burst arrives
+    /// faster than any refill, and what finds the fill ring empty is dropped in the kernel.
+    /// Its share of its segment, at most half the ring (the kernel publishes how far it has
+    /// consumed only when its cached batch runs out; a ring kept full would look full to us
+    /// until the kernel has run dry).
     fill_target: u32,
-    /// What the fill target may grow to: half the ring, or less (`set_fill_share`).
-    fill_max: u32,
     fill_ring_half: u32,
-    /// Frames received since the last `tick`.
-    received: u64,
 }
 
 // SAFETY: the only part that is not `Send` is the registration's `xdpilone::Umem`, for its
@@ -175,10 +172,9 @@ impl PortSocket {
             tag: NEXT_TAG.fetch_add(1, Ordering::Relaxed),
             lent_to_fill: 0,
             in_flight_tx: 0,
+            // Until it is given its share.
             fill_target: FILL_MIN.min(rings.fill / 2),
-            fill_max: rings.fill / 2,
             fill_ring_half: rings.fill / 2,
-            received: 0,
         })
     }
 
@@ -192,34 +188,13 @@ impl PortSocket {
         self.umem.id()
     }
 
-    pub fn fill_target(&self) -> u32 {
-        self.fill_target
-    }
-
     /// The most frames this socket's fill ring may hold: its share of its segment, so the
     /// ports on a segment cannot lend each other's frames away (frames lent to a port that
     /// goes quiet come back only as it receives). At least `FILL_MIN`.
     pub fn set_fill_share(&mut self, share: u32) {
-        self.fill_max = share
+        self.fill_target = share
             .min(self.fill_ring_half)
             .max(FILL_MIN.min(self.fill_ring_half));
-        self.fill_target = self.fill_target.min(self.fill_max);
-    }
-
-    /// Lends from now on as much as this socket ever lends (its share, at most half the fill
-    /// ring), whatever the rate: for a reader that must not lose the bursts a target still
-    /// following the rate drops (a measuring receiver; its first bursts found 32 frames lent).
-    pub fn lend_fully(&mut self) {
-        self.fill_target = self.fill_max;
-    }
-
-    /// Once a second: an idle port gives back its share of the pool (its fill target halves
-    /// while it received less than that in the second).
-    pub fn tick(&mut self) {
-        if self.received < self.fill_target as u64 {
-            self.fill_target = (self.fill_target / 2).max(FILL_MIN.min(self.fill_max));
-        }
-        self.received = 0;
     }
 
     /// Asks the kernel to let this socket's reader run the receive queue's NAPI itself
@@ -354,13 +329,6 @@ impl PortSocket {
             reader.release();
         }
         self.lent_to_fill -= n.min(self.lent_to_fill);
-        self.received += n as u64;
-        // The kernel ate most of what it was lent since the last refill, or filled a whole
-        // burst (more is waiting): lend more, fast — an empty fill ring drops in the kernel.
-        let starved = self.lent_to_fill < self.fill_target / 4 || n >= max;
-        if n > 0 && starved && self.fill_target < self.fill_max {
-            self.fill_target = (self.fill_target * 4).min(self.fill_max);
-        }
         n
     }
 

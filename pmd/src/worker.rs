@@ -440,15 +440,18 @@ impl Worker {
         self.segment[p] = sockets
             .first()
             .map_or(self.s.umem.first_segment(), PortSocket::segment);
-        for mut sock in sockets {
-            sock.refill(&self.s.umem, &mut self.s.pool, POOL_RESERVE);
-            self.sockets.push((port, sock));
-        }
+        let first_new = self.sockets.len();
+        self.sockets
+            .extend(sockets.into_iter().map(|sock| (port, sock)));
         self.egress[p] = match remote {
             Some(owner) => Egress::Remote(owner),
             None => Egress::Absent,
         };
+        // Shares first: a socket lends what its share allows.
         self.reindex();
+        for (_, sock) in &mut self.sockets[first_new..] {
+            sock.refill(&self.s.umem, &mut self.s.pool, POOL_RESERVE);
+        }
         if !matches!(self.egress[p], Egress::Absent) {
             self.present = self.present.with(port);
         }
@@ -1075,9 +1078,6 @@ impl Worker {
             .housekeeping(now_ms, self.s.leader, &mut self.emitted);
         self.validate_flows();
         self.stage_emitted();
-        for (_, sock) in self.sockets.iter_mut() {
-            sock.tick();
-        }
         if !self.dropping.is_empty() {
             self.drop_segments();
         }

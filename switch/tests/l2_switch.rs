@@ -424,3 +424,102 @@ fn flood_then_learn_fast_path() {
     let Some(_net) = network_test() else { return };
     flood_then_learn(FAST_PATH, 1);
 }
+
+/// `key=value` from a `vswitch-pktgen` result line.
+fn result_field(line: &str, name: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+}
+
+/// A pod that was quiet sends 1,000 frames at once (as fast as an XDP sender goes, in batches
+/// of 64): the switch's port must have frames lent for all of them, not the few a quiet port
+/// kept lent (it dropped most of them so), and the other pod's measuring receiver gets all.
+fn a_burst_into_a_quiet_port(extra: &[&str], workers: usize) {
+    let pktgen = std::path::Path::new(vswitch_bin()).with_file_name("vswitch-pktgen");
+    assert!(
+        pktgen.exists(),
+        "{} is built with the workspace (cargo test --workspace)",
+        pktgen.display()
+    );
+    let pktgen = pktgen.to_str().unwrap();
+    let topo = Topology::new(2);
+    let switch = topo.start_switch(extra);
+    // Both pods' MACs learned: the burst is forwarded, not flooded.
+    assert!(topo.ping(1, 0), "ping from pod 2 to pod 1");
+    let (a, b) = (&topo.pods[0], &topo.pods[1]);
+    let mut recv = topo.spawn(
+        &b.ns,
+        &[
+            pktgen,
+            "recv",
+            "--dev",
+            "eth0",
+            "--port",
+            "9",
+            "--duration",
+            "3",
+        ],
+    );
+    let mut lines = BufReader::new(recv.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    // Quiet for longer than a second: whatever a port does when idle, it has done.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let send = topo.exec(
+        &a.ns,
+        &[
+            pktgen,
+            "send",
+            "--dev",
+            "eth0",
+            "--stamp",
+            "--src-mac",
+            &a.mac,
+            "--dst-mac",
+            &b.mac,
+            "--dst-ip",
+            &b.ip,
+            "--dst-port",
+            "9",
+            "--count",
+            "1000",
+            "--duration",
+            "1",
+        ],
+    );
+    assert!(send.status.success(), "{send:?}");
+    let sent_line = String::from_utf8_lossy(&send.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(result_field(&sent_line, "sent"), 1000, "{sent_line}");
+    let result = lines
+        .map(Result::unwrap)
+        .find(|l| l.starts_with("result:"))
+        .expect("the receiver's result");
+    assert!(recv.wait().unwrap().success());
+    let stopped = finish(&topo, switch, workers);
+    let dropped = stopped.port_counter(&a.port, "drops");
+    assert_eq!(
+        result_field(&result, "received") - result_field(&result, "unstamped"),
+        1000,
+        "{result}; the switch dropped {dropped} on {}:\n{}",
+        a.port,
+        stopped.stdout
+    );
+    assert_eq!(dropped, 0, "{}", stopped.stdout);
+}
+
+#[test]
+fn a_burst_into_a_quiet_port_arrives_whole() {
+    let Some(_net) = network_test() else { return };
+    a_burst_into_a_quiet_port(ONE_WORKER, 1);
+}
+
+#[test]
+fn a_burst_into_a_quiet_port_arrives_whole_fast_path() {
+    let Some(_net) = network_test() else { return };
+    a_burst_into_a_quiet_port(FAST_PATH, 1);
+}

@@ -82,8 +82,9 @@ pub fn run(
         map.insert(s.queue, s.raw_fd()).map_err(|e| e.to_string())?;
     }
     // Lent before the program sends anything here: a frame now would find no room.
+    // Its share is all it may lend (half the ring): the receiver must not drop a burst.
     for s in sockets.iter_mut() {
-        s.lend_fully();
+        s.set_fill_share(u32::MAX);
         s.refill(&umem, &mut pool, 0);
     }
     let prog = RedirectProgram::load(&map).map_err(|e| e.to_string())?;
