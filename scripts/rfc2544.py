@@ -15,8 +15,9 @@ scheduler slice, milliseconds.
 
 Prints one line per trial (with the drop and error counters that grew during it: the
 receiver's own socket, the veths' ethtool counters; --switch-ns adds the switch's veth ends;
---switch-ctl, a vswitch's control socket, adds what took its workers' cores: their wait, and
-what their cores' softirq threads ran and waited) and, last, one JSON object.
+--switch-ctl, a vswitch's control socket, adds its ports' drops by reason and what took its
+workers' cores: their wait, and what their cores' softirq threads ran and waited) and, last,
+one JSON object.
 """
 import argparse
 import json
@@ -57,20 +58,30 @@ CORE_SHARE = ("waited_for_core_us", "core_softirq_thread_us", "core_softirq_thre
               "preemptions")
 
 
-def core_share(a):
-    """The switch's workers' core-share counters, summed over workers ({} without --switch-ctl)."""
+def switch_stats(a):
+    """From the switch's control socket ({}, {} without --switch-ctl): its workers' core-share
+    counters summed over workers, and each port's drop counters by "switch PORT counter" (the
+    kernel's own for its sockets among them: an empty fill ring, a full receive ring)."""
     if not a.switch_ctl:
-        return {}
+        return {}, {}
     out = subprocess.run([f"{a.bin}/vswitch", "ctl", "--socket", a.switch_ctl, "show", "stats", "--json"],
                          capture_output=True, text=True).stdout
-    workers = json.loads(out or "{}").get("workers", [])
-    return {k: sum(w.get(k, 0) for w in workers) for k in CORE_SHARE}
+    stats = json.loads(out or "{}")
+    workers = stats.get("workers", [])
+    share = {k: sum(w.get(k, 0) for w in workers) for k in CORE_SHARE}
+    drops = {}
+    for port in stats.get("ports", []):
+        counters = dict(port.get("drops", {}))
+        counters["kernel_fill_ring_empty"] = port.get("kernel_fill_ring_empty", 0)
+        for k, v in counters.items():
+            drops[f"switch {port.get('name')} {k}"] = v
+    return share, drops
 
 
 def trial(a, rate):
     """One trial at `rate` pps (0: as fast as possible): (sent, received, lost, latency dict)."""
-    before = loss_counters(a)
-    share_before = core_share(a)
+    share_before, before = switch_stats(a)
+    before.update(loss_counters(a))
     recv = subprocess.Popen(
         ["ip", "netns", "exec", a.sink_ns, f"{a.bin}/vswitch-pktgen", "recv", "--dev", a.sink_dev,
          "--port", str(a.dst_port), "--duration", str(a.trial + 1.5), "--core", str(a.recv_core)],
@@ -98,8 +109,9 @@ def trial(a, rate):
     received = int(field("received")) - int(field("unstamped"))
     latency = {q: field(q) for q in ("p50", "p99", "p999", "max")}
     loss = max(0, sent - received)
-    after = loss_counters(a)
-    share = {k: v - share_before.get(k, 0) for k, v in core_share(a).items()}
+    share_after, after = switch_stats(a)
+    after.update(loss_counters(a))
+    share = {k: v - share_before.get(k, 0) for k, v in share_after.items()}
     grew = [f"{k} +{v - before.get(k, 0)}" for k, v in after.items() if v != before.get(k, 0)]
     grew += [f"receiver {k} +{int(field('receiver_' + k, 0))}" for k in ("dropped", "ring_full", "fill_empty")
              if field("receiver_" + k, 0)]
