@@ -293,8 +293,8 @@ mod tests {
         static REFUSALS: Cell<u32> = const { Cell::new(0) };
     }
 
-    /// A key whose deletes the kernel refuses while `REFUSALS` lasts (as it may, rarely, for
-    /// reasons of its own); the map it is asked of is a real one.
+    /// A key whose deletes fail while `REFUSALS` lasts, as the kernel's may (rarely, for
+    /// reasons of its own); it never reaches the fast path's real maps.
     #[derive(PartialEq, Eq, Hash)]
     struct Refused;
 
