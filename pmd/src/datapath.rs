@@ -43,9 +43,9 @@ const WORKER_ANSWER: Duration = Duration::from_secs(2);
 pub const DEFAULT_SEGMENT_FRAMES: u32 = 8_192;
 /// The most frames a worker maps by default, in all its segments (256 MiB).
 pub const DEFAULT_MAX_FRAMES_PER_WORKER: u32 = 65_536;
-/// Frames a segment sets aside per port: four idle fill rings' worth, room for bursts. A
+/// Frames a segment sets aside per port: what a quiet port keeps lent to its fill ring. A
 /// segment of 8,192 frames takes 64 ports; the next port gets a new segment.
-const FRAMES_PER_PORT: u32 = 128;
+pub(crate) const FRAMES_PER_PORT: u32 = 128;
 
 #[derive(Debug, Clone)]
 pub struct DatapathConfig {

@@ -69,7 +69,7 @@ fn raise_tx_budget(fd: i32, budget: u32) -> bool {
 const SOL_XDP: libc::c_int = 283;
 /// Bind flag: multi-buffer packets (chains of descriptors).
 const XDP_USE_SG: u16 = 1 << 4;
-/// The fewest frames a socket keeps lent to its fill ring, however small its share.
+/// The fewest frames a socket keeps lent to its fill ring, however small its segment's share.
 pub const FILL_MIN: u32 = 32;
 static NEXT_TAG: AtomicU32 = AtomicU32::new(1);
 const SO_PREFER_BUSY_POLL: libc::c_int = 69;
@@ -97,13 +97,21 @@ pub struct PortSocket {
     lent_to_fill: u32,
     /// Frames queued for transmit and not yet completed.
     in_flight_tx: u32,
-    /// Frames kept lent to the fill ring, idle or not: an idle port's first burst arrives
-    /// faster than any refill, and what finds the fill ring empty is dropped in the kernel.
+    /// Frames to keep lent to the fill ring: from `fill_floor`, kept even while the port is
+    /// quiet (its first burst arrives faster than any refill, and what finds the fill ring
+    /// empty the kernel drops), up to `fill_share` while the port is busy.
+    fill_target: u32,
+    /// What a quiet port keeps lent: what its segment can give every port it may take, so
+    /// quiet ports never hold the frames a new port needs (frames lent come back only as the
+    /// port receives).
+    fill_floor: u32,
     /// Its share of its segment, at most half the ring (the kernel publishes how far it has
     /// consumed only when its cached batch runs out; a ring kept full would look full to us
     /// until the kernel has run dry).
-    fill_target: u32,
+    fill_share: u32,
     fill_ring_half: u32,
+    /// Frames received since the last `tick`.
+    received: u64,
 }
 
 // SAFETY: the only part that is not `Send` is the registration's `xdpilone::Umem`, for its
@@ -174,7 +182,10 @@ impl PortSocket {
             in_flight_tx: 0,
             // Until it is given its share.
             fill_target: FILL_MIN.min(rings.fill / 2),
+            fill_floor: FILL_MIN.min(rings.fill / 2),
+            fill_share: FILL_MIN.min(rings.fill / 2),
             fill_ring_half: rings.fill / 2,
+            received: 0,
         })
     }
 
@@ -188,13 +199,27 @@ impl PortSocket {
         self.umem.id()
     }
 
-    /// The most frames this socket's fill ring may hold: its share of its segment, so the
-    /// ports on a segment cannot lend each other's frames away (frames lent to a port that
-    /// goes quiet come back only as it receives). At least `FILL_MIN`.
-    pub fn set_fill_share(&mut self, share: u32) {
-        self.fill_target = share
-            .min(self.fill_ring_half)
-            .max(FILL_MIN.min(self.fill_ring_half));
+    /// The most frames this socket's fill ring may hold (`share`: its share of its segment,
+    /// so the ports on a segment cannot lend each other's frames away) and the fewest it keeps
+    /// lent while quiet (`floor`, at most `share`). Both at least `FILL_MIN`, at most half the
+    /// ring.
+    pub fn set_fill_share(&mut self, share: u32, floor: u32) {
+        let bounded = |n: u32| {
+            n.min(self.fill_ring_half)
+                .max(FILL_MIN.min(self.fill_ring_half))
+        };
+        self.fill_share = bounded(share);
+        self.fill_floor = bounded(floor).min(self.fill_share);
+        self.fill_target = self.fill_target.clamp(self.fill_floor, self.fill_share);
+    }
+
+    /// Once a second: a quiet port gives back what it lent beyond its floor (its fill target
+    /// halves while it received less than that in the second).
+    pub fn tick(&mut self) {
+        if self.received < self.fill_target as u64 {
+            self.fill_target = (self.fill_target / 2).max(self.fill_floor);
+        }
+        self.received = 0;
     }
 
     /// Asks the kernel to let this socket's reader run the receive queue's NAPI itself
@@ -329,6 +354,13 @@ impl PortSocket {
             reader.release();
         }
         self.lent_to_fill -= n.min(self.lent_to_fill);
+        self.received += n as u64;
+        // The kernel ate most of what it was lent since the last refill, or filled a whole
+        // burst (more is waiting): lend more, fast — an empty fill ring drops in the kernel.
+        let starved = self.lent_to_fill < self.fill_target / 4 || n >= max;
+        if n > 0 && starved && self.fill_target < self.fill_share {
+            self.fill_target = (self.fill_target * 4).min(self.fill_share);
+        }
         n
     }
 

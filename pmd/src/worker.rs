@@ -9,6 +9,7 @@
 //! path.
 
 use crate::core_share::CoreWatch;
+use crate::datapath::FRAMES_PER_PORT;
 use crate::fastpath::{FastPath, FlowTable};
 use crate::flowcache::FlowCache;
 use crate::netdev::cycles;
@@ -511,8 +512,11 @@ impl Worker {
                 .iter()
                 .find(|(s, _)| *s == id)
                 .map_or(1, |c| c.1.max(1));
-            let frames = umem.segment_frames(id).saturating_sub(POOL_RESERVE as u32);
-            sock.set_fill_share(frames / n);
+            let segment_frames = umem.segment_frames(id);
+            let frames = segment_frames.saturating_sub(POOL_RESERVE as u32);
+            // What every port the segment may take can keep lent while quiet.
+            let ports_it_takes = (segment_frames / FRAMES_PER_PORT).max(1);
+            sock.set_fill_share(frames / n, frames / n.max(ports_it_takes));
         }
     }
 
@@ -577,6 +581,14 @@ impl Worker {
         }
         received += self.accept_handoffs();
         self.exchange_learning(now_ms);
+        // Lent again before the transmit kicks, the slow part of a pass in copy mode (each
+        // frame becomes an skb, and the receiving veth's work runs inside the call): a burst
+        // still arriving meanwhile finds frames.
+        if received > 0 {
+            for (_, sock) in self.sockets.iter_mut() {
+                sock.refill(&self.s.umem, &mut self.s.pool, POOL_RESERVE);
+            }
+        }
         self.flush();
         let mut kicks = 0;
         for (_, sock) in self.sockets.iter_mut() {
@@ -1078,6 +1090,9 @@ impl Worker {
             .housekeeping(now_ms, self.s.leader, &mut self.emitted);
         self.validate_flows();
         self.stage_emitted();
+        for (_, sock) in self.sockets.iter_mut() {
+            sock.tick();
+        }
         if !self.dropping.is_empty() {
             self.drop_segments();
         }

@@ -84,7 +84,7 @@ pub fn run(
     // Lent before the program sends anything here: a frame now would find no room.
     // Its share is all it may lend (half the ring): the receiver must not drop a burst.
     for s in sockets.iter_mut() {
-        s.set_fill_share(u32::MAX);
+        s.set_fill_share(u32::MAX, u32::MAX);
         s.refill(&umem, &mut pool, 0);
     }
     let prog = RedirectProgram::load(&map).map_err(|e| e.to_string())?;
