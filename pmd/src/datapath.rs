@@ -43,9 +43,10 @@ const WORKER_ANSWER: Duration = Duration::from_secs(2);
 pub const DEFAULT_SEGMENT_FRAMES: u32 = 8_192;
 /// The most frames a worker maps by default, in all its segments (256 MiB).
 pub const DEFAULT_MAX_FRAMES_PER_WORKER: u32 = 65_536;
-/// Frames a segment sets aside per port: what a quiet port keeps lent to its fill ring. A
-/// segment of 8,192 frames takes 64 ports; the next port gets a new segment.
-pub(crate) const FRAMES_PER_PORT: u32 = 128;
+/// Frames a segment sets aside per socket (a port's queue polled by a worker): about what a
+/// quiet socket keeps lent to its fill ring (124 of them, the pool's reserve set apart). A
+/// segment of 8,192 frames takes 64 sockets; the next port gets a new segment.
+pub(crate) const FRAMES_PER_SOCKET: u32 = 128;
 
 #[derive(Debug, Clone)]
 pub struct DatapathConfig {
@@ -340,7 +341,13 @@ struct Probed {
 
 struct SegmentSlot {
     handle: UmemHandle,
-    ports: u32,
+    /// The sockets placed on it (a port's queues on this worker, one each).
+    sockets: u32,
+}
+
+/// The sockets worker `w` opens for a port whose queues `owners` poll.
+fn sockets_on(owners: &[usize], w: usize) -> u32 {
+    owners.iter().filter(|&&o| o == w).count() as u32
 }
 
 /// What became of a worker, at stop.
@@ -458,7 +465,7 @@ impl Datapath {
             workers.push(WorkerHandle {
                 commands: commands_tx,
                 handoff: handoff_tx[w].clone(),
-                segments: vec![SegmentSlot { handle, ports: 0 }],
+                segments: vec![SegmentSlot { handle, sockets: 0 }],
                 thread: Some(thread),
             });
         }
@@ -570,13 +577,13 @@ impl Datapath {
         let mut placed = Vec::new();
         let mut new_segments: Vec<Option<Segment>> = (0..nworkers).map(|_| None).collect();
         for &w in &workers {
-            match self.place(w) {
+            match self.place(w, sockets_on(&owners, w)) {
                 Ok((handle, segment)) => {
                     new_segments[w] = segment;
                     placed.push((w, handle));
                 }
                 Err(e) => {
-                    self.unplace_all(&placed);
+                    self.unplace_all(&placed, &owners);
                     return Err(setup(format!("worker {w}: mapping a frame memory segment"))(e));
                 }
             }
@@ -604,7 +611,7 @@ impl Datapath {
         let (map, sockets, prog) = match opened {
             Ok(opened) => opened,
             Err(e) => {
-                self.unplace_all(&placed);
+                self.unplace_all(&placed, &owners);
                 return Err(e);
             }
         };
@@ -644,7 +651,7 @@ impl Datapath {
                     .filter(|(pw, _)| !told.contains(pw))
                     .cloned()
                     .collect();
-                self.unplace_all(&untold);
+                self.unplace_all(&untold, &owners);
                 return Err(e);
             }
             acks.push((w, ack));
@@ -888,13 +895,17 @@ impl Datapath {
         out
     }
 
-    /// The segment worker `w` puts a new port's sockets on, and the segment itself when it
-    /// is a new one (to be handed to the worker with the port).
-    fn place(&mut self, w: usize) -> io::Result<(UmemHandle, Option<Segment>)> {
-        let per_segment = (self.segment_frames / FRAMES_PER_PORT).max(1);
+    /// The segment worker `w` puts a new port's `sockets` on, and the segment itself when it
+    /// is a new one (to be handed to the worker with the port). Segments count sockets, not
+    /// ports: each socket keeps frames lent to its fill ring even while quiet.
+    fn place(&mut self, w: usize, sockets: u32) -> io::Result<(UmemHandle, Option<Segment>)> {
+        let per_segment = (self.segment_frames / FRAMES_PER_SOCKET).max(1);
         let slots = &mut self.workers[w].segments;
-        if let Some(slot) = slots.iter_mut().find(|s| s.ports < per_segment) {
-            slot.ports += 1;
+        if let Some(slot) = slots
+            .iter_mut()
+            .find(|s| s.sockets + sockets <= per_segment)
+        {
+            slot.sockets += sockets;
             return Ok((slot.handle.clone(), None));
         }
         if slots.len() < self.max_segments {
@@ -902,28 +913,28 @@ impl Datapath {
             let handle = segment.handle();
             slots.push(SegmentSlot {
                 handle: handle.clone(),
-                ports: 1,
+                sockets,
             });
             return Ok((handle, Some(segment)));
         }
-        // The budget is reached: the least used segment takes one more.
+        // The budget is reached: the least used segment takes them.
         let slot = slots
             .iter_mut()
-            .min_by_key(|s| s.ports)
+            .min_by_key(|s| s.sockets)
             .ok_or_else(|| io::Error::other("the worker has no frame memory"))?;
-        slot.ports += 1;
+        slot.sockets += sockets;
         Ok((slot.handle.clone(), None))
     }
 
-    /// A port left segment `id` of worker `w`; returns whether the segment is now unused and
-    /// forgotten here (never the first), for the worker to unmap.
-    fn unplace(&mut self, w: usize, id: u32) -> bool {
+    /// A port's `sockets` left segment `id` of worker `w`; returns whether the segment is now
+    /// unused and forgotten here (never the first), for the worker to unmap.
+    fn unplace(&mut self, w: usize, id: u32, sockets: u32) -> bool {
         let slots = &mut self.workers[w].segments;
         let Some(i) = slots.iter().position(|s| s.handle.id() == id) else {
             return false;
         };
-        slots[i].ports = slots[i].ports.saturating_sub(1);
-        if i > 0 && slots[i].ports == 0 {
+        slots[i].sockets = slots[i].sockets.saturating_sub(sockets);
+        if i > 0 && slots[i].sockets == 0 {
             slots.remove(i);
             return true;
         }
@@ -931,9 +942,9 @@ impl Datapath {
     }
 
     /// Undoes `place` for a port that did not come (its new segments were never handed over).
-    fn unplace_all(&mut self, placed: &[(usize, UmemHandle)]) {
+    fn unplace_all(&mut self, placed: &[(usize, UmemHandle)], owners: &[usize]) {
         for (w, handle) in placed {
-            self.unplace(*w, handle.id());
+            self.unplace(*w, handle.id(), sockets_on(owners, *w));
         }
     }
 
@@ -1099,7 +1110,7 @@ impl Datapath {
             Ok(retired) => retired,
             Err(e) => {
                 for &(w, id) in &live.segments {
-                    self.unplace(w, id);
+                    self.unplace(w, id, sockets_on(&live.owners, w));
                 }
                 return Err(e);
             }
@@ -1120,7 +1131,7 @@ impl Datapath {
         // A segment whose last port this was goes (the worker unmaps it once its frames are
         // all home: they are, unless a copy is still on its way out).
         for &(w, id) in &live.segments {
-            if self.unplace(w, id) {
+            if self.unplace(w, id, sockets_on(&live.owners, w)) {
                 if let Err(e) = self.send(w, Command::DropSegment { id }) {
                     result = Err(e);
                 }

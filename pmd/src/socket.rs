@@ -101,9 +101,9 @@ pub struct PortSocket {
     /// quiet (its first burst arrives faster than any refill, and what finds the fill ring
     /// empty the kernel drops), up to `fill_share` while the port is busy.
     fill_target: u32,
-    /// What a quiet port keeps lent: what its segment can give every port it may take, so
-    /// quiet ports never hold the frames a new port needs (frames lent come back only as the
-    /// port receives).
+    /// What a quiet socket keeps lent: what its segment can give every socket it may take,
+    /// so quiet sockets never hold the frames a new one needs (frames lent come back only as
+    /// the socket receives).
     fill_floor: u32,
     /// Its share of its segment, at most half the ring (the kernel publishes how far it has
     /// consumed only when its cached batch runs out; a ring kept full would look full to us

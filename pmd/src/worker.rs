@@ -9,7 +9,7 @@
 //! path.
 
 use crate::core_share::CoreWatch;
-use crate::datapath::FRAMES_PER_PORT;
+use crate::datapath::FRAMES_PER_SOCKET;
 use crate::fastpath::{FastPath, FlowTable};
 use crate::flowcache::FlowCache;
 use crate::netdev::cycles;
@@ -514,9 +514,9 @@ impl Worker {
                 .map_or(1, |c| c.1.max(1));
             let segment_frames = umem.segment_frames(id);
             let frames = segment_frames.saturating_sub(POOL_RESERVE as u32);
-            // What every port the segment may take can keep lent while quiet.
-            let ports_it_takes = (segment_frames / FRAMES_PER_PORT).max(1);
-            sock.set_fill_share(frames / n, frames / n.max(ports_it_takes));
+            // What every socket the segment may take can keep lent while quiet.
+            let sockets_it_takes = (segment_frames / FRAMES_PER_SOCKET).max(1);
+            sock.set_fill_share(frames / n, frames / n.max(sockets_it_takes));
         }
     }
 

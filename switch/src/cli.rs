@@ -79,7 +79,8 @@ pub struct Args {
     pub frame_memory: u32,
 
     /// The size of one frame memory segment, in MiB: a worker maps one at start and another
-    /// when its segments hold 2 ports per MiB each (64 ports on 32 MiB).
+    /// when its segments hold 2 sockets per MiB each (a port has one per queue a worker polls;
+    /// 64 on 32 MiB).
     #[arg(long, value_name = "MIB", default_value_t = 32, value_parser = clap::value_parser!(u32).range(4..=1_024))]
     pub frame_segment: u32,
 }
