@@ -311,6 +311,35 @@ impl RedirectProgram {
     }
 }
 
+impl RedirectProgram {
+    /// `load`'s program that first writes the time of arrival (`bpf_ktime_get_ns`, u64
+    /// little-endian) over the first 8 bytes (the destination MAC and part of the source's)
+    /// of every frame long enough to carry a stamp (`STAMP_TIME_OFFSET + 8` bytes): for a
+    /// measuring receiver, latency up to the interface, whenever its thread gets to read.
+    pub fn load_arrival_stamped(map: &XskMap) -> io::Result<RedirectProgram> {
+        let map_fd = map.fd.as_raw_fd();
+        let insns = [
+            insn(0xbf, 6, 1, 0, 0),         // r6 = ctx
+            insn(0x61, 7, 6, 0, 0),         // r7 = ctx->data
+            insn(0x61, 3, 6, 4, 0),         // r3 = ctx->data_end
+            insn(0xbf, 4, 7, 0, 0),         // r4 = data
+            insn(0x07, 4, 0, 0, STAMP_END), // r4 += 58
+            insn(0x2d, 4, 3, 2, 0),         // if r4 > data_end: just redirect
+            insn(0x85, 0, 0, 0, BPF_FUNC_KTIME_GET_NS),
+            insn(0x7b, 7, 0, ARRIVAL_OFFSET as i16, 0), // frame[0..8] = now
+            insn(0x61, 2, 6, 16, 0),                    // r2 = ctx->rx_queue_index
+            insn(0x18, 1, BPF_PSEUDO_MAP_FD, 0, map_fd),
+            insn(0, 0, 0, 0, 0),           // r1 = map
+            insn(0xb7, 3, 0, 0, XDP_PASS), // r3 = action when the map has no entry
+            insn(0x85, 0, 0, 0, BPF_FUNC_REDIRECT_MAP),
+            insn(0x95, 0, 0, 0, 0),
+        ];
+        Ok(RedirectProgram {
+            fd: load_xdp_flags(&insns, "vswitch_rxstamp", BPF_F_XDP_HAS_FRAGS)?,
+        })
+    }
+}
+
 fn load_xdp(insns: &[Insn], name: &str) -> io::Result<OwnedFd> {
     load_xdp_flags(insns, name, 0)
 }
@@ -459,6 +488,8 @@ impl DropProgram {
 /// the time in CLOCK_MONOTONIC nanoseconds): the start of an IPv4/UDP payload.
 pub const STAMP_SEQ_OFFSET: usize = 42;
 pub const STAMP_TIME_OFFSET: usize = 50;
+/// Where `RedirectProgram::load_arrival_stamped` writes the time of arrival.
+pub const ARRIVAL_OFFSET: usize = 0;
 const STAMP_END: i32 = 58;
 
 impl LiveFrameSender {
@@ -646,6 +677,35 @@ mod tests {
         // A frame too short to hold the headers is left alone.
         let short = &rewritten[..RESTORED_LEN - 1];
         assert_eq!(test_run(&sender.fd, short).unwrap().1, short);
+    }
+
+    #[test]
+    fn the_receivers_program_writes_the_arrival_time_over_the_first_8_bytes() {
+        if nix::unistd::geteuid().as_raw() != 0 {
+            assert!(std::env::var("CI").is_err(), "CI runs this as root");
+            return;
+        }
+        let map = XskMap::create(1).unwrap();
+        let prog = RedirectProgram::load_arrival_stamped(&map).unwrap();
+        let frame: Vec<u8> = (0..64u8).collect();
+        let before = crate::netdev::monotonic_ns();
+        let (verdict, out) = prog.test_run(&frame).unwrap();
+        let after = crate::netdev::monotonic_ns();
+        // No socket on the queue: the kernel stack gets it, stamped.
+        assert_eq!(verdict, XDP_PASS as u32);
+        let arrived =
+            u64::from_le_bytes(out[ARRIVAL_OFFSET..ARRIVAL_OFFSET + 8].try_into().unwrap());
+        assert!(
+            (before..=after).contains(&arrived),
+            "{before} <= {arrived} <= {after}"
+        );
+        assert_eq!(out[8..], frame[8..]);
+        // Too short to carry a stamp: left alone.
+        let short = &frame[..STAMP_END as usize - 1];
+        assert_eq!(
+            prog.test_run(short).unwrap(),
+            (XDP_PASS as u32, short.to_vec())
+        );
     }
 
     #[test]
