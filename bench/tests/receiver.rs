@@ -114,3 +114,59 @@ fn the_receiver_loses_no_frame_of_a_burst_its_ring_holds() {
     let stamped = field(&result, "received") - field(&result, "unstamped");
     assert_eq!(stamped, sent, "{result} after {sent_line}");
 }
+
+/// With `--rate`, the generator paces frame by frame and, when it catches up after losing its
+/// core, sends at most `--max-burst` frames at once: a latency trial must not measure bursts.
+#[test]
+fn the_paced_sender_never_sends_more_than_its_burst_at_once() {
+    if !is_root() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "the sender test needs root, and CI must run it"
+        );
+        return;
+    }
+    let ns = Netns(format!("vspace{}", std::process::id()));
+    ip(&["netns", "add", &ns.0]);
+    ip(&[
+        "-n", &ns.0, "link", "add", "txa", "type", "veth", "peer", "name", "rxb",
+    ]);
+    ip(&["-n", &ns.0, "link", "set", "txa", "up"]);
+    ip(&["-n", &ns.0, "link", "set", "rxb", "up"]);
+    // The peer needs NAPI to take redirected frames: GRO.
+    let gro = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "ethtool", "-K", "rxb", "gro", "on"])
+        .output()
+        .expect("running ethtool");
+    assert!(gro.status.success(), "{gro:?}");
+    let send = Command::new("ip")
+        .args([
+            "netns", "exec", &ns.0, PKTGEN, "send", "--dev", "txa", "--stamp",
+        ])
+        .args([
+            "--src-mac",
+            "02:00:00:00:00:0a",
+            "--dst-mac",
+            "02:00:00:00:00:0b",
+        ])
+        .args(["--rate", "100000", "--max-burst", "8", "--duration", "1"])
+        .output()
+        .expect("running the sender");
+    assert!(send.status.success(), "{send:?}");
+    let line = String::from_utf8_lossy(&send.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let (sent, forgone, calls) = (
+        field(&line, "sent"),
+        field(&line, "forgone"),
+        field(&line, "calls"),
+    );
+    assert!(field(&line, "largest_call") <= 8, "{line}");
+    // Every frame the rate allowed was sent or said forgone; most were sent.
+    assert!((99_000..=101_000).contains(&(sent + forgone)), "{line}");
+    assert!(sent >= 50_000, "{line}");
+    assert!(calls >= sent / 8, "{line}");
+}

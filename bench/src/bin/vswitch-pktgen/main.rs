@@ -61,6 +61,12 @@ enum Command {
         /// Packets per second (0: as fast as possible).
         #[arg(long, default_value_t = 0)]
         rate: u64,
+        /// With --rate: the most frames sent ahead of schedule after the sender lost its core
+        /// (catching up); what the rate allowed beyond that is forgone (reported). A small
+        /// value keeps the stream smooth for latency (a burst's last frame waits for the
+        /// others in the switch), at the cost of sending less than the rate on a busy core.
+        #[arg(long, default_value_t = RATE_BUCKET, value_parser = clap::value_parser!(u64).range(1..))]
+        max_burst: u64,
         /// Seconds to send.
         #[arg(long, default_value_t = 5.0)]
         duration: f64,
@@ -125,9 +131,14 @@ enum Command {
 /// Packets per kernel call: large enough to amortise the syscall.
 const CALL_PACKETS: u64 = 1 << 16;
 const XDP_BATCH: u32 = 64;
-/// With `--rate`: at most this many frames ahead of schedule after a stall (the rest is
-/// forgone and reported), so the offered load stays smooth.
+/// With `--rate`, by default: at most this many frames ahead of schedule after a stall (the
+/// rest is forgone and reported), so the offered load stays smooth (`--max-burst`).
 const RATE_BUCKET: u64 = 256;
+/// With `--rate`, a next frame due sooner than this is waited for on the core (yielding it to
+/// anything else runnable there), not slept for: a sleep returns tens of microseconds late and
+/// the frames due meanwhile would leave as one burst, whose last frame then waits for all the
+/// others in the switch (what a latency measurement must not add). Longer waits sleep.
+const PACE_SPIN: Duration = Duration::from_millis(1);
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -148,6 +159,7 @@ fn main() -> ExitCode {
             flows,
             burst,
             rate,
+            max_burst,
             duration,
             count,
             core,
@@ -186,6 +198,7 @@ fn main() -> ExitCode {
                     .unwrap_or(if flows > 1 { 8 } else { CALL_PACKETS })
                     .max(1),
                 rate,
+                max_burst,
                 duration: Duration::from_secs_f64(duration),
                 limit: count,
                 stamp,
@@ -233,6 +246,8 @@ struct SendPlan {
     burst: u64,
     /// Packets per second; 0 for as fast as possible.
     rate: u64,
+    /// With a rate: the most frames sent ahead of schedule at once.
+    max_burst: u64,
     duration: Duration,
     /// Packets in all; 0 for no limit.
     limit: u64,
@@ -273,9 +288,15 @@ fn send(dev: &str, spec: &FrameSpec, plan: &SendPlan, stop: &AtomicBool) -> Resu
         }
     };
     let frames: Vec<Vec<u8>> = (0..plan.flows).map(|f| test_frame(spec, f)).collect();
-    let (sent, secs, forgone) = send_loop(&sender, &frames, plan, dev, stop, true)?;
+    let Sent {
+        sent,
+        secs,
+        forgone,
+        calls,
+        largest_call,
+    } = send_loop(&sender, &frames, plan, dev, stop, true)?;
     println!(
-        "result: sent={sent} seconds={secs:.3} pps={:.0} forgone={forgone}{}",
+        "result: sent={sent} seconds={secs:.3} pps={:.0} forgone={forgone} calls={calls} largest_call={largest_call}{}",
         sent as f64 / secs,
         if disturbed { " disturbed=yes" } else { "" }
     );
@@ -299,7 +320,7 @@ fn send_on_cores(
         limit: plan.limit.div_ceil(n),
         ..*plan
     };
-    let results: Vec<Result<(u64, f64, u64), String>> = std::thread::scope(|scope| {
+    let results: Vec<Result<Sent, String>> = std::thread::scope(|scope| {
         let threads: Vec<_> = cores
             .iter()
             .map(|&core| {
@@ -318,23 +339,41 @@ fn send_on_cores(
             })
             .collect()
     });
-    let (mut sent, mut secs, mut forgone) = (0, 0f64, 0);
+    let (mut sent, mut secs, mut forgone, mut calls, mut largest_call) = (0, 0f64, 0, 0, 0);
     for (core, r) in cores.iter().zip(results) {
-        let (s, t, f) = r?;
-        println!("core {core}: sent={s} pps={:.0}", s as f64 / t);
-        sent += s;
-        secs = secs.max(t);
-        forgone += f;
+        let r = r?;
+        println!(
+            "core {core}: sent={} pps={:.0}",
+            r.sent,
+            r.sent as f64 / r.secs
+        );
+        sent += r.sent;
+        secs = secs.max(r.secs);
+        forgone += r.forgone;
+        calls += r.calls;
+        largest_call = largest_call.max(r.largest_call);
     }
     println!(
-        "result: sent={sent} seconds={secs:.3} pps={:.0} forgone={forgone} cores={}",
+        "result: sent={sent} seconds={secs:.3} pps={:.0} forgone={forgone} calls={calls} largest_call={largest_call} cores={}",
         sent as f64 / secs,
         cores.len()
     );
     Ok(())
 }
 
-/// Sends until the plan's duration or count is reached; returns (sent, seconds, forgone).
+/// What a sending loop did.
+struct Sent {
+    sent: u64,
+    secs: f64,
+    /// Frames the rate allowed but that were never sent (see `--max-burst`).
+    forgone: u64,
+    /// Kernel calls, and the most frames one sent at once: with `--rate`, how smooth the
+    /// offered load was (a call's frames arrive together).
+    calls: u64,
+    largest_call: u64,
+}
+
+/// Sends until the plan's duration or count is reached.
 fn send_loop(
     sender: &LiveFrameSender,
     frames: &[Vec<u8>],
@@ -342,7 +381,7 @@ fn send_loop(
     dev: &str,
     stop: &AtomicBool,
     report_each_second: bool,
-) -> Result<(u64, f64, u64), String> {
+) -> Result<Sent, String> {
     let SendPlan {
         burst,
         rate,
@@ -358,6 +397,7 @@ fn send_loop(
     // Frames the rate allowed but that were never sent: time the sender lost (descheduled)
     // is not caught up in one burst, which would measure the burst, not the rate.
     let mut forgone = 0u64;
+    let (mut calls, mut largest_call) = (0u64, 0u64);
     while !stop.load(Ordering::Relaxed)
         && start.elapsed() < duration
         && (limit == 0 || sent < limit)
@@ -369,12 +409,16 @@ fn send_loop(
         if rate > 0 {
             // Send only what the rate allows by now.
             let mut allowed = (start.elapsed().as_secs_f64() * rate as f64) as u64 - forgone;
-            if allowed > sent + RATE_BUCKET {
-                forgone += allowed - sent - RATE_BUCKET;
-                allowed = sent + RATE_BUCKET;
+            if allowed > sent + plan.max_burst {
+                forgone += allowed - sent - plan.max_burst;
+                allowed = sent + plan.max_burst;
             }
             if allowed <= sent {
-                std::thread::sleep(Duration::from_micros(20));
+                let due = Duration::from_secs_f64((sent + forgone + 1) as f64 / rate as f64);
+                match due.checked_sub(start.elapsed()) {
+                    Some(wait) if wait > PACE_SPIN => std::thread::sleep(wait - PACE_SPIN / 2),
+                    _ => std::thread::yield_now(),
+                }
                 continue;
             }
             n = n.min(allowed - sent);
@@ -391,6 +435,8 @@ fn send_loop(
             .send(&frames[flow], per_flow as u32, XDP_BATCH)
             .map_err(|e| format!("sending into {dev}: {e}"))?;
         sent += per_flow;
+        calls += 1;
+        largest_call = largest_call.max(per_flow);
         flow = (flow + 1) % frames.len();
         if report_each_second && last.0.elapsed() >= Duration::from_secs(1) {
             let secs = last.0.elapsed().as_secs_f64();
@@ -398,7 +444,13 @@ fn send_loop(
             last = (Instant::now(), sent);
         }
     }
-    Ok((sent, start.elapsed().as_secs_f64(), forgone))
+    Ok(Sent {
+        sent,
+        secs: start.elapsed().as_secs_f64(),
+        forgone,
+        calls,
+        largest_call,
+    })
 }
 
 #[derive(Clone, Debug)]
