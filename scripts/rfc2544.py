@@ -3,15 +3,18 @@
 
 Binary search of the offered rate for NDR (no loss) and PDR (loss at most 0.5 %), then latency
 at 10 %, 50 % and 90 % of PDR, with vswitch-pktgen: `send --stamp` in the generator namespace,
-`recv` (AF_XDP, sequence numbers and send times) in the sink namespace, pinned to --core and
---recv-core (default: the next core when the machine has one, else --core); keep both off the
-switch's worker core: a receiver scheduled there preempts a busy-polling worker for a whole
-scheduler slice, milliseconds.
+`recv` (AF_XDP, sequence numbers, send times and the time of arrival its XDP program writes) in
+the sink namespace, pinned to --core and --recv-core (default: the next core when the machine
+has one, else --core); keep both off the switch's worker core: a receiver scheduled there
+preempts a busy-polling worker for a whole scheduler slice, milliseconds. Latency is from the
+send stamp to the arrival at the sink interface. In the latency trials the generator sends at
+most --latency-max-burst frames at once (default 16) when it catches up after losing its core:
+a 256-frame catch-up burst made its last frames wait for the other 255 in the switch.
 
   rfc2544.py --gen-ns NS --sink-ns NS --src-mac M --dst-mac M --dst-ip IP [--dst-port P]
              [--gen-dev gen0] [--sink-dev sink0] [--trial SECS] [--precision FRACTION]
              [--core C] [--recv-core C] [--bin DIR] [--label NAME] [--switch-ns NS]
-             [--switch-ctl SOCKET]
+             [--switch-ctl SOCKET] [--latency-max-burst N]
 
 Prints one line per trial (with the drop and error counters that grew during it: the
 receiver's own socket, the veths' ethtool counters; --switch-ns adds the switch's veth ends;
@@ -55,7 +58,8 @@ def loss_counters(a):
 
 
 CORE_SHARE = ("waited_for_core_us", "core_softirq_thread_us", "core_softirq_thread_waited_us",
-              "preemptions")
+              "preemptions", "passes", "passes_over_20us", "passes_over_100us", "kicks_over_20us",
+              "kicks_over_100us", "full_batches")
 
 
 def switch_stats(a):
@@ -78,8 +82,9 @@ def switch_stats(a):
     return share, drops
 
 
-def trial(a, rate):
-    """One trial at `rate` pps (0: as fast as possible): (sent, received, lost, latency dict)."""
+def trial(a, rate, max_burst=None):
+    """One trial at `rate` pps (0: as fast as possible; `max_burst`: the most frames the
+    generator sends at once, catching up): (sent, received, lost, seconds, latency dict)."""
     share_before, before = switch_stats(a)
     before.update(loss_counters(a))
     recv = subprocess.Popen(
@@ -95,11 +100,14 @@ def trial(a, rate):
         ["ip", "netns", "exec", a.gen_ns, f"{a.bin}/vswitch-pktgen", "send", "--dev", a.gen_dev,
          "--stamp", "--core", str(a.core), "--src-mac", a.src_mac, "--dst-mac", a.dst_mac,
          "--src-ip", a.src_ip, "--dst-ip", a.dst_ip, "--dst-port", str(a.dst_port),
-         "--rate", str(int(rate)), "--duration", str(a.trial)],
+         "--rate", str(int(rate)), "--duration", str(a.trial)]
+        + (["--max-burst", str(max_burst)] if max_burst else []),
         capture_output=True, text=True, timeout=a.trial + 30)
     out, _ = recv.communicate(timeout=a.trial + 30)
     sent = int(re.search(r"sent=(\d+)", send.stdout).group(1))
     seconds = float(re.search(r"seconds=([0-9.]+)", send.stdout).group(1))
+    gen_calls = int(re.search(r"calls=(\d+)", send.stdout).group(1))
+    gen_largest = int(re.search(r"largest_call=(\d+)", send.stdout).group(1))
     result = out.strip().splitlines()[-1]
     def field(k, default=None):
         m = re.search(rf"{k}=([0-9.]+)", result)
@@ -117,10 +125,14 @@ def trial(a, rate):
              if field("receiver_" + k, 0)]
     print(f"  trial {rate:>12,.0f} pps offered ({sent / seconds:,.0f} sent/s): received {received:,} "
           f"of {sent:,}, loss {100 * loss / max(sent, 1):.3f} %, reordered {int(field('reordered'))}, "
-          f"p50 {latency['p50']} us p99 {latency['p99']} us"
+          f"p50 {latency['p50']} us p99 {latency['p99']} us; generator {gen_calls:,} calls, at most "
+          f"{gen_largest} frames at once"
           + (f"; workers waited {share['waited_for_core_us']} us for their cores, ksoftirqd ran "
              f"{share['core_softirq_thread_us']} us and waited {share['core_softirq_thread_waited_us']} us, "
-             f"{share['preemptions']} preemptions" if share else "")
+             f"{share['preemptions']} preemptions; passes over 20/100 us {share['passes_over_20us']}/"
+             f"{share['passes_over_100us']} of {share['passes']}, kicks over 20/100 us "
+             f"{share['kicks_over_20us']}/{share['kicks_over_100us']}, full batches "
+             f"{share['full_batches']}" if share else "")
           + (f"; grew: {', '.join(grew)}" if loss and grew else ""), flush=True)
     return sent, received, loss, seconds, latency
 
@@ -159,6 +171,7 @@ def main():
     p.add_argument("--label", default="switch")
     p.add_argument("--switch-ns", default=None)
     p.add_argument("--switch-ctl", default=None)
+    p.add_argument("--latency-max-burst", type=int, default=16)
     a = p.parse_args()
     if a.recv_core is None:
         a.recv_core = a.core + 1 if a.core + 1 < os.cpu_count() else a.core
@@ -175,11 +188,14 @@ def main():
         if pdr * share < 1:
             continue
         print(f"== {a.label}: latency at {int(share * 100)} % of PDR", flush=True)
-        _, _, _, _, latency = trial(a, pdr * share)
-        lat[f"{int(share * 100)}%"] = latency
+        sent, _, _, seconds, latency = trial(a, pdr * share, a.latency_max_burst)
+        # What was sent: a generator that lost its core sends less than the rate, not a burst.
+        lat[f"{int(share * 100)}%"] = dict(latency, sent_pps=round(sent / seconds))
     result = {"label": a.label, "max_delivered_pps": round(top), "ndr_pps": round(ndr),
               "pdr_pps": round(pdr), "pdr_loss": PDR_LOSS, "trial_s": a.trial,
-              "precision": a.precision, "latency_us_at_pdr_share": lat}
+              "precision": a.precision, "latency_us_at_pdr_share": lat,
+              "latency": "send stamp to arrival at the sink interface (its XDP hook); the latency "
+                         f"trials' generator sends at most {a.latency_max_burst} frames at once"}
     print(json.dumps(result))
 
 

@@ -66,6 +66,21 @@ const RETIRE_DEADLINE: Duration = Duration::from_millis(500);
 /// learning channel (4,096 slots) every pass, so this cannot fill it on its own.
 const REANNOUNCE_PER_PASS: usize = 256;
 
+/// Counts a stretch of `us` microseconds of the worker's own work in `over_20us` and
+/// `over_100us`: how often frames waited that long behind it.
+fn count_long(
+    w: &crate::stats::AtomicCounters<{ WorkerCounter::COUNT }>,
+    us: u64,
+    (over_20us, over_100us): (WorkerCounter, WorkerCounter),
+) {
+    if us > 20 {
+        w.add(over_20us as usize, 1);
+    }
+    if us > 100 {
+        w.add(over_100us as usize, 1);
+    }
+}
+
 /// Milliseconds since the workers' shared epoch.
 fn micros(d: std::time::Duration) -> u64 {
     d.as_micros().min(u64::MAX as u128) as u64
@@ -232,6 +247,8 @@ pub struct Worker {
     emitted: Vec<Emit>,
     captures: Vec<Capture>,
     pollfds: Vec<libc::pollfd>,
+    /// The cycle counter's rate, measured since the start (0 until the first housekeeping).
+    cycles_per_us: u64,
 }
 
 impl Worker {
@@ -269,6 +286,7 @@ impl Worker {
             emitted: Vec::new(),
             captures: Vec::new(),
             pollfds: Vec::new(),
+            cycles_per_us: 0,
         }
     }
 
@@ -325,6 +343,14 @@ impl Worker {
             working_us = spent.checked_div(cycles_per_us).unwrap_or(0);
             let w = &self.s.stats.worker;
             w.max(WorkerCounter::LongestPassUs as usize, working_us);
+            count_long(
+                w,
+                working_us,
+                (
+                    WorkerCounter::PassesOver20us,
+                    WorkerCounter::PassesOver100us,
+                ),
+            );
             if packets > 0 {
                 w.add(WorkerCounter::BusyCycles as usize, spent);
                 w.add(WorkerCounter::Packets as usize, packets as u64);
@@ -339,6 +365,7 @@ impl Worker {
                     last_housekeeping = Instant::now();
                     let since = micros(calibration.0.elapsed());
                     cycles_per_us = cycles().wrapping_sub(calibration.1) / since.max(1);
+                    self.cycles_per_us = cycles_per_us;
                     self.housekeeping(now_ms);
                     working_us +=
                         self.longest(WorkerCounter::LongestHousekeepingUs, last_housekeeping);
@@ -591,8 +618,20 @@ impl Worker {
         }
         self.flush();
         let mut kicks = 0;
+        let kicking = cycles();
         for (_, sock) in self.sockets.iter_mut() {
             kicks += sock.kick_tx() as u64;
+        }
+        if kicks > 0 {
+            let spent = cycles().wrapping_sub(kicking);
+            let us = spent.checked_div(self.cycles_per_us).unwrap_or(0);
+            count_long(
+                &self.s.stats.worker,
+                us,
+                (WorkerCounter::KicksOver20us, WorkerCounter::KicksOver100us),
+            );
+        }
+        for (_, sock) in self.sockets.iter_mut() {
             sock.reap_completions(&self.s.umem, &mut self.s.pool);
             sock.refill(&self.s.umem, &mut self.s.pool, POOL_RESERVE);
         }
@@ -716,6 +755,13 @@ impl Worker {
         let received = self.rx_batch.len();
         if received == 0 {
             return 0;
+        }
+        if received >= MAX_BATCH {
+            // More was waiting: the ring holds a backlog.
+            self.s
+                .stats
+                .worker
+                .add(WorkerCounter::FullBatches as usize, 1);
         }
         if self.rx_batch.iter().any(Frame::more) {
             self.unchain(ingress);
