@@ -29,7 +29,9 @@
 #   search  RFC 2544 / CSIT-style: binary search of the offered rate for NDR (no loss) and PDR
 #         (0.5 % loss), then latency p50/p99/p99.9 at 10/50/90 % of PDR, L2, vswitch and the
 #         Linux bridge, and vswitch with --fast-path xdp (scripts/rfc2544.py; receiver:
-#         vswitch-pktgen recv on an AF_XDP socket, on its own core where there is one).
+#         vswitch-pktgen recv on an AF_XDP socket, on its own core where there is one; latency
+#         from the send stamp to the arrival at the sink interface, latency trials offered at
+#         most 16 frames at once).
 #   connrate  connection setup: the dnat scenario with TCP services and every frame a SYN of a
 #         new connection (--conn-rate per second, offered for 2 s), with 1 and with 10,000
 #         services: kube-proxy-style rules are matched for each new connection, in order.
