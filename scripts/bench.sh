@@ -298,7 +298,7 @@ if n:
     print("   vswitch fast path: %d packets, %d flows installed, %d removed" % (sum(x["fast_path_packets"] for x in w), n, sum(x["fast_path_removed"] for x in w)), file=sys.stderr)
 # Stalls: how long the rings went unserved (what tail latency and loss at moderate load cost).
 for i, x in enumerate(w):
-    print("   vswitch worker %d: longest gap %d us, gaps over 1 ms %d (%d working), longest pass %d us, housekeeping %d us, preempted %d times, waited %d us for its core, ksoftirqd on its core ran %d us and waited %d us for it, steal on its core %d ms" % (i, x.get("longest_gap_us", 0), x.get("gaps_over_1ms", 0), x.get("gaps_over_1ms_working", 0), x.get("longest_pass_us", 0), x.get("longest_housekeeping_us", 0), x.get("preemptions", 0), x.get("waited_for_core_us", 0), x.get("core_softirq_thread_us", 0), x.get("core_softirq_thread_waited_us", 0), x.get("core_steal_ms", 0)), file=sys.stderr)
+    print("   vswitch worker %d: longest gap %d us, gaps over 1 ms %d (%d working), longest pass %d us, housekeeping %d us, preempted %d times, waited %d us for its core, ksoftirqd on its core ran %d us and waited %d us for it, steal on its core %d ms, passes over 20/100 us %d/%d, kicks over 20/100 us %d/%d, full batches %d" % (i, x.get("longest_gap_us", 0), x.get("gaps_over_1ms", 0), x.get("gaps_over_1ms_working", 0), x.get("longest_pass_us", 0), x.get("longest_housekeeping_us", 0), x.get("preemptions", 0), x.get("waited_for_core_us", 0), x.get("core_softirq_thread_us", 0), x.get("core_softirq_thread_waited_us", 0), x.get("core_steal_ms", 0), x.get("passes_over_20us", 0), x.get("passes_over_100us", 0), x.get("kicks_over_20us", 0), x.get("kicks_over_100us", 0), x.get("full_batches", 0)), file=sys.stderr)
 ' || true
 	kill -TERM $VS
 	wait $VS
