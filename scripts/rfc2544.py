@@ -104,18 +104,22 @@ def trial(a, rate, max_burst=None):
         + (["--max-burst", str(max_burst)] if max_burst else []),
         capture_output=True, text=True, timeout=a.trial + 30)
     out, _ = recv.communicate(timeout=a.trial + 30)
+    if "result:" not in send.stdout:
+        recv.kill()
+        sys.exit(f"rfc2544: the sender said no result (exit {send.returncode}): {send.stderr.strip()!r}")
     sent = int(re.search(r"sent=(\d+)", send.stdout).group(1))
     seconds = float(re.search(r"seconds=([0-9.]+)", send.stdout).group(1))
     gen_calls = int(re.search(r"calls=(\d+)", send.stdout).group(1))
     gen_largest = int(re.search(r"largest_call=(\d+)", send.stdout).group(1))
     result = out.strip().splitlines()[-1]
     def field(k, default=None):
-        m = re.search(rf"{k}=([0-9.]+)", result)
+        m = re.search(rf"(?:^|\s){k}=([0-9.]+)", result)
         if m is None and default is None:
             sys.exit(f"rfc2544: no {k} in the receiver's result {result!r}")
         return float(m.group(1)) if m else default
     received = int(field("received")) - int(field("unstamped"))
-    latency = {q: field(q) for q in ("p50", "p99", "p999", "max")}
+    latency = {q: field(key) for q, key in (("p50", "latency_us_p50"), ("p99", "p99"),
+                                            ("p999", "p999"), ("max", "max"))}
     loss = max(0, sent - received)
     share_after, after = switch_stats(a)
     after.update(loss_counters(a))
@@ -173,6 +177,8 @@ def main():
     p.add_argument("--switch-ctl", default=None)
     p.add_argument("--latency-max-burst", type=int, default=16)
     a = p.parse_args()
+    if a.latency_max_burst < 1:
+        p.error("--latency-max-burst must be at least 1")
     if a.recv_core is None:
         a.recv_core = a.core + 1 if a.core + 1 < os.cpu_count() else a.core
 
@@ -191,6 +197,9 @@ def main():
         sent, _, _, seconds, latency = trial(a, pdr * share, a.latency_max_burst)
         # What was sent: a generator that lost its core sends less than the rate, not a burst.
         lat[f"{int(share * 100)}%"] = dict(latency, sent_pps=round(sent / seconds))
+        if sent / seconds < 0.98 * pdr * share:
+            print(f"   note: the generator sent {sent / seconds:,.0f} pps of {pdr * share:,.0f} "
+                  "(it lost its core; the rest was forgone, not sent in a burst)", flush=True)
     result = {"label": a.label, "max_delivered_pps": round(top), "ndr_pps": round(ndr),
               "pdr_pps": round(pdr), "pdr_loss": PDR_LOSS, "trial_s": a.trial,
               "precision": a.precision, "latency_us_at_pdr_share": lat,

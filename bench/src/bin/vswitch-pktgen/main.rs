@@ -416,7 +416,10 @@ fn send_loop(
             if allowed <= sent {
                 let due = Duration::from_secs_f64((sent + forgone + 1) as f64 / rate as f64);
                 match due.checked_sub(start.elapsed()) {
-                    Some(wait) if wait > PACE_SPIN => std::thread::sleep(wait - PACE_SPIN / 2),
+                    // In pieces, so the stop flag and the duration are seen at low rates too.
+                    Some(wait) if wait > PACE_SPIN => {
+                        std::thread::sleep((wait - PACE_SPIN / 2).min(Duration::from_millis(10)))
+                    }
                     _ => std::thread::yield_now(),
                 }
                 continue;
@@ -444,9 +447,16 @@ fn send_loop(
             last = (Instant::now(), sent);
         }
     }
+    let secs = start.elapsed().as_secs_f64();
+    if rate > 0 && limit == 0 {
+        // What the rate allowed to the end and was not sent is forgone too: sent + forgone
+        // is what the rate offered.
+        let allowed = (secs * rate as f64) as u64;
+        forgone = forgone.max(allowed.saturating_sub(sent));
+    }
     Ok(Sent {
         sent,
-        secs: start.elapsed().as_secs_f64(),
+        secs,
         forgone,
         calls,
         largest_call,
