@@ -46,21 +46,9 @@ fn float_field(line: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in {line:?}"))
 }
 
-#[test]
-fn the_receiver_loses_no_frame_of_a_burst_its_ring_holds() {
-    if !is_root() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "the receiver test needs root, and CI must run it"
-        );
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            b"SKIPPED the receiver test: network namespaces need root\n",
-        );
-        return;
-    }
-    let ns = Netns(format!("vsrecv{}", std::process::id()));
+/// A namespace of its own with a veth pair txa (the sender's) and rxb (02:00:00:00:00:0b).
+fn veth_pair(tag: &str) -> Netns {
+    let ns = Netns(format!("{tag}{}", std::process::id()));
     ip(&["netns", "add", &ns.0]);
     ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
     ip(&[
@@ -77,7 +65,47 @@ fn the_receiver_loses_no_frame_of_a_burst_its_ring_holds() {
     ]);
     ip(&["-n", &ns.0, "link", "set", "txa", "up"]);
     ip(&["-n", &ns.0, "link", "set", "rxb", "up"]);
+    ns
+}
 
+/// `vswitch-pktgen send --stamp` from txa to rxb's MAC with `extra` options; its result line.
+fn send_stamped(ns: &Netns, extra: &[&str]) -> String {
+    let send = Command::new("ip")
+        .args([
+            "netns", "exec", &ns.0, PKTGEN, "send", "--dev", "txa", "--stamp",
+        ])
+        .args([
+            "--src-mac",
+            "02:00:00:00:00:0a",
+            "--dst-mac",
+            "02:00:00:00:00:0b",
+        ])
+        .args(extra)
+        .output()
+        .expect("running the sender");
+    assert!(send.status.success(), "{send:?}");
+    String::from_utf8_lossy(&send.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn the_receiver_loses_no_frame_of_a_burst_its_ring_holds() {
+    if !is_root() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "the receiver test needs root, and CI must run it"
+        );
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"SKIPPED the receiver test: network namespaces need root\n",
+        );
+        return;
+    }
+    let ns = veth_pair("vsrecv");
     let mut recv = Command::new("ip")
         .args(["netns", "exec", &ns.0, PKTGEN, "recv", "--dev", "rxb"])
         .args(["--port", "9", "--duration", "2"])
@@ -89,25 +117,10 @@ fn the_receiver_loses_no_frame_of_a_burst_its_ring_holds() {
     // 1,000 frames as fast as the sender goes: bursts as a switch's transmit batches arrive
     // after it paused, bigger than the 32 frames a rate-following fill ring lends at first,
     // well within what the receiver's ring holds.
-    let send = Command::new("ip")
-        .args([
-            "netns", "exec", &ns.0, PKTGEN, "send", "--dev", "txa", "--stamp",
-        ])
-        .args([
-            "--src-mac",
-            "02:00:00:00:00:0a",
-            "--dst-mac",
-            "02:00:00:00:00:0b",
-        ])
-        .args(["--dst-port", "9", "--count", "1000", "--duration", "1"])
-        .output()
-        .expect("running the sender");
-    assert!(send.status.success(), "{send:?}");
-    let sent_line = String::from_utf8_lossy(&send.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .to_string();
+    let sent_line = send_stamped(
+        &ns,
+        &["--dst-port", "9", "--count", "1000", "--duration", "1"],
+    );
     let result = lines
         .map(Result::unwrap)
         .find(|l| l.starts_with("result:"))
@@ -143,38 +156,17 @@ fn the_paced_sender_never_sends_more_than_its_burst_at_once() {
         );
         return;
     }
-    let ns = Netns(format!("vspace{}", std::process::id()));
-    ip(&["netns", "add", &ns.0]);
-    ip(&[
-        "-n", &ns.0, "link", "add", "txa", "type", "veth", "peer", "name", "rxb",
-    ]);
-    ip(&["-n", &ns.0, "link", "set", "txa", "up"]);
-    ip(&["-n", &ns.0, "link", "set", "rxb", "up"]);
+    let ns = veth_pair("vspace");
     // The peer needs NAPI to take redirected frames: GRO.
     let gro = Command::new("ip")
         .args(["netns", "exec", &ns.0, "ethtool", "-K", "rxb", "gro", "on"])
         .output()
         .expect("running ethtool");
     assert!(gro.status.success(), "{gro:?}");
-    let send = Command::new("ip")
-        .args([
-            "netns", "exec", &ns.0, PKTGEN, "send", "--dev", "txa", "--stamp",
-        ])
-        .args([
-            "--src-mac",
-            "02:00:00:00:00:0a",
-            "--dst-mac",
-            "02:00:00:00:00:0b",
-        ])
-        .args(["--rate", "100000", "--max-burst", "8", "--duration", "1"])
-        .output()
-        .expect("running the sender");
-    assert!(send.status.success(), "{send:?}");
-    let line = String::from_utf8_lossy(&send.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .to_string();
+    let line = send_stamped(
+        &ns,
+        &["--rate", "100000", "--max-burst", "8", "--duration", "1"],
+    );
     let (sent, forgone, calls) = (
         field(&line, "sent"),
         field(&line, "forgone"),
