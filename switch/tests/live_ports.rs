@@ -201,6 +201,67 @@ fn pods_on_different_frame_segments_reach_each_other() {
     finish(switch);
 }
 
+/// A segment is sized in sockets (one per queue a worker polls), each of which keeps frames
+/// lent while quiet: 4-queue ports fill a segment four times sooner than 1-queue ones, and the
+/// frames its quiet sockets keep lent never exceed what it has.
+#[test]
+fn segments_count_sockets_so_multi_queue_ports_fill_them_sooner() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(1);
+    for i in 0..3 {
+        must(&[
+            "ip",
+            "-n",
+            &topo.sw,
+            "link",
+            "add",
+            &format!("mq{i}"),
+            "numtxqueues",
+            "4",
+            "numrxqueues",
+            "4",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("mr{i}"),
+            "numtxqueues",
+            "4",
+            "numrxqueues",
+            "4",
+        ]);
+        must(&["ip", "-n", &topo.sw, "link", "set", &format!("mq{i}"), "up"]);
+        must(&["ip", "-n", &topo.sw, "link", "set", &format!("mr{i}"), "up"]);
+    }
+    let (_dir, path) = gateway_config();
+    // 4 MiB segments: 1,024 frames, 8 sockets each.
+    let switch = topo.start_switch_with(
+        &["--config", path.to_str().unwrap(), "--frame-segment", "4"],
+        "",
+    );
+    let memory = |switch: &Switch| switch.ctl_json(&["show", "stats"])["frame_memory"].clone();
+    switch.ctl_json(&["port", "add", "mq0"]);
+    switch.ctl_json(&["port", "add", "mq1"]);
+    assert_eq!(memory(&switch)["segments"], 1, "8 sockets fill the first");
+    switch.ctl_json(&["port", "add", "mq2"]);
+    assert_eq!(memory(&switch)["segments"], 2, "the next 4 need a second");
+    // Each quiet socket keeps (1,024 - 256 reserved) / 8 = 96 frames lent: 12 x 96.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = memory(&switch);
+        if m["frames_in_fill_rings"] == 12 * 96 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for i in 0..3 {
+        switch.ctl_json(&["port", "del", &format!("mq{i}")]);
+    }
+    assert_eq!(memory(&switch)["segments"], 1);
+    finish(switch);
+}
+
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
