@@ -9,7 +9,7 @@
 //! path.
 
 use crate::core_share::CoreWatch;
-use crate::datapath::FRAMES_PER_SOCKET;
+use crate::datapath::sockets_per_segment;
 use crate::fastpath::{FastPath, FlowTable};
 use crate::flowcache::FlowCache;
 use crate::netdev::cycles;
@@ -310,7 +310,6 @@ impl Worker {
         // busy-polling loop), converted at the rate measured since the start.
         let mut working_us = 0u64;
         let calibration = (Instant::now(), cycles());
-        let mut cycles_per_us = 0u64;
         while !self.s.stop.load(Ordering::Relaxed) {
             // The one point where the worker's view of ports and tables changes.
             if !self.s.commands.is_empty() {
@@ -340,7 +339,7 @@ impl Worker {
             self.revalidate_tuples(now_ms);
             passes += 1;
             let spent = cycles().wrapping_sub(start);
-            working_us = spent.checked_div(cycles_per_us).unwrap_or(0);
+            working_us = self.cycles_to_us(spent);
             let w = &self.s.stats.worker;
             w.max(WorkerCounter::LongestPassUs as usize, working_us);
             count_long(
@@ -364,8 +363,7 @@ impl Worker {
                 if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
                     last_housekeeping = Instant::now();
                     let since = micros(calibration.0.elapsed());
-                    cycles_per_us = cycles().wrapping_sub(calibration.1) / since.max(1);
-                    self.cycles_per_us = cycles_per_us;
+                    self.cycles_per_us = cycles().wrapping_sub(calibration.1) / since.max(1);
                     self.housekeeping(now_ms);
                     working_us +=
                         self.longest(WorkerCounter::LongestHousekeepingUs, last_housekeeping);
@@ -382,6 +380,11 @@ impl Worker {
             }
         }
         self.drain()
+    }
+
+    /// Cycles of the cycle counter in microseconds (0 until its rate is measured).
+    fn cycles_to_us(&self, spent: u64) -> u64 {
+        spent.checked_div(self.cycles_per_us).unwrap_or(0)
     }
 
     /// Microseconds since `started`, kept in `counter` if the longest yet.
@@ -542,8 +545,8 @@ impl Worker {
             let segment_frames = umem.segment_frames(id);
             let frames = segment_frames.saturating_sub(POOL_RESERVE as u32);
             // What every socket the segment may take can keep lent while quiet.
-            let sockets_it_takes = (segment_frames / FRAMES_PER_SOCKET).max(1);
-            sock.set_fill_share(frames / n, frames / n.max(sockets_it_takes));
+            let floor = frames / n.max(sockets_per_segment(segment_frames));
+            sock.set_fill_share(frames / n, floor);
         }
     }
 
@@ -623,11 +626,9 @@ impl Worker {
             kicks += sock.kick_tx() as u64;
         }
         if kicks > 0 {
-            let spent = cycles().wrapping_sub(kicking);
-            let us = spent.checked_div(self.cycles_per_us).unwrap_or(0);
             count_long(
                 &self.s.stats.worker,
-                us,
+                self.cycles_to_us(cycles().wrapping_sub(kicking)),
                 (WorkerCounter::KicksOver20us, WorkerCounter::KicksOver100us),
             );
         }
