@@ -46,7 +46,13 @@ pub const DEFAULT_MAX_FRAMES_PER_WORKER: u32 = 65_536;
 /// Frames a segment sets aside per socket (a port's queue polled by a worker): about what a
 /// quiet socket keeps lent to its fill ring (124 of them, the pool's reserve set apart). A
 /// segment of 8,192 frames takes 64 sockets; the next port gets a new segment.
-pub(crate) const FRAMES_PER_SOCKET: u32 = 128;
+const FRAMES_PER_SOCKET: u32 = 128;
+
+/// The sockets a segment of `segment_frames` takes before the next port gets a new one; the
+/// workers size what quiet sockets keep lent by it.
+pub(crate) fn sockets_per_segment(segment_frames: u32) -> u32 {
+    (segment_frames / FRAMES_PER_SOCKET).max(1)
+}
 
 #[derive(Debug, Clone)]
 pub struct DatapathConfig {
@@ -899,7 +905,7 @@ impl Datapath {
     /// is a new one (to be handed to the worker with the port). Segments count sockets, not
     /// ports: each socket keeps frames lent to its fill ring even while quiet.
     fn place(&mut self, w: usize, sockets: u32) -> io::Result<(UmemHandle, Option<Segment>)> {
-        let per_segment = (self.segment_frames / FRAMES_PER_SOCKET).max(1);
+        let per_segment = sockets_per_segment(self.segment_frames);
         let slots = &mut self.workers[w].segments;
         if let Some(slot) = slots
             .iter_mut()
