@@ -291,34 +291,22 @@ impl RedirectProgram {
     }
 
     pub fn load(map: &XskMap) -> io::Result<RedirectProgram> {
-        let map_fd = map.fd.as_raw_fd();
-        let insns = [
-            // r2 = ctx->rx_queue_index
-            insn(0x61, 2, 1, 16, 0),
-            // r1 = map (64-bit immediate, two slots)
-            insn(0x18, 1, BPF_PSEUDO_MAP_FD, 0, map_fd),
-            insn(0, 0, 0, 0, 0),
-            // r3 = action when the map has no entry
-            insn(0xb7, 3, 0, 0, XDP_PASS),
-            // r0 = bpf_redirect_map(r1, r2, r3)
-            insn(0x85, 0, 0, 0, BPF_FUNC_REDIRECT_MAP),
-            insn(0x95, 0, 0, 0, 0),
-        ];
         // Frags-aware (it reads no packet bytes), so veth and drivers allow MTUs above a page.
         Ok(RedirectProgram {
-            fd: load_xdp_flags(&insns, "vswitch_redir", BPF_F_XDP_HAS_FRAGS)?,
+            fd: load_xdp_flags(
+                &redirect_by_queue(1, map),
+                "vswitch_redir",
+                BPF_F_XDP_HAS_FRAGS,
+            )?,
         })
     }
-}
 
-impl RedirectProgram {
     /// `load`'s program that first writes the time of arrival (`bpf_ktime_get_ns`, u64
     /// little-endian) over the first 8 bytes (the destination MAC and part of the source's)
     /// of every frame long enough to carry a stamp (`STAMP_TIME_OFFSET + 8` bytes): for a
     /// measuring receiver, latency up to the interface, whenever its thread gets to read.
     pub fn load_arrival_stamped(map: &XskMap) -> io::Result<RedirectProgram> {
-        let map_fd = map.fd.as_raw_fd();
-        let insns = [
+        let mut insns = vec![
             insn(0xbf, 6, 1, 0, 0),         // r6 = ctx
             insn(0x61, 7, 6, 0, 0),         // r7 = ctx->data
             insn(0x61, 3, 6, 4, 0),         // r3 = ctx->data_end
@@ -327,17 +315,29 @@ impl RedirectProgram {
             insn(0x2d, 4, 3, 2, 0),         // if r4 > data_end: just redirect
             insn(0x85, 0, 0, 0, BPF_FUNC_KTIME_GET_NS),
             insn(0x7b, 7, 0, ARRIVAL_OFFSET as i16, 0), // frame[0..8] = now
-            insn(0x61, 2, 6, 16, 0),                    // r2 = ctx->rx_queue_index
-            insn(0x18, 1, BPF_PSEUDO_MAP_FD, 0, map_fd),
-            insn(0, 0, 0, 0, 0),           // r1 = map
-            insn(0xb7, 3, 0, 0, XDP_PASS), // r3 = action when the map has no entry
-            insn(0x85, 0, 0, 0, BPF_FUNC_REDIRECT_MAP),
-            insn(0x95, 0, 0, 0, 0),
         ];
+        insns.extend(redirect_by_queue(6, map));
         Ok(RedirectProgram {
             fd: load_xdp_flags(&insns, "vswitch_rxstamp", BPF_F_XDP_HAS_FRAGS)?,
         })
     }
+}
+
+/// The end of a program that hands each frame to the socket of its receive queue in `map`,
+/// or to the kernel stack when the queue has none; `ctx` is the register holding the context.
+fn redirect_by_queue(ctx: u8, map: &XskMap) -> [Insn; 6] {
+    [
+        // r2 = ctx->rx_queue_index
+        insn(0x61, 2, ctx, 16, 0),
+        // r1 = map (64-bit immediate, two slots)
+        insn(0x18, 1, BPF_PSEUDO_MAP_FD, 0, map.fd.as_raw_fd()),
+        insn(0, 0, 0, 0, 0),
+        // r3 = action when the map has no entry
+        insn(0xb7, 3, 0, 0, XDP_PASS),
+        // r0 = bpf_redirect_map(r1, r2, r3)
+        insn(0x85, 0, 0, 0, BPF_FUNC_REDIRECT_MAP),
+        insn(0x95, 0, 0, 0, 0),
+    ]
 }
 
 fn load_xdp(insns: &[Insn], name: &str) -> io::Result<OwnedFd> {
