@@ -57,7 +57,7 @@ def loss_counters(a):
     return counters
 
 
-CORE_SHARE = ("waited_for_core_us", "core_softirq_thread_us", "core_softirq_thread_waited_us",
+WORKER_COUNTERS = ("waited_for_core_us", "core_softirq_thread_us", "core_softirq_thread_waited_us",
               "preemptions", "passes", "passes_over_20us", "passes_over_100us", "kicks_over_20us",
               "kicks_over_100us", "full_batches")
 
@@ -72,7 +72,7 @@ def switch_stats(a):
                          capture_output=True, text=True).stdout
     stats = json.loads(out or "{}")
     workers = stats.get("workers", [])
-    share = {k: sum(w.get(k, 0) for w in workers) for k in CORE_SHARE}
+    share = {k: sum(w.get(k, 0) for w in workers) for k in WORKER_COUNTERS}
     drops = {}
     for port in stats.get("ports", []):
         counters = dict(port.get("drops", {}))
@@ -80,6 +80,15 @@ def switch_stats(a):
         for k, v in counters.items():
             drops[f"switch {port.get('name')} {k}"] = v
     return share, drops
+
+
+def value(line, key, default=None):
+    """`key=NUMBER` from a vswitch-pktgen result line (exits when it is missing and there is
+    no default)."""
+    m = re.search(rf"(?:^|\s){key}=([0-9.]+)", line)
+    if m is None and default is None:
+        sys.exit(f"rfc2544: no {key} in {line!r}")
+    return float(m.group(1)) if m else default
 
 
 def trial(a, rate, max_burst=None):
@@ -107,16 +116,11 @@ def trial(a, rate, max_burst=None):
     if "result:" not in send.stdout:
         recv.kill()
         sys.exit(f"rfc2544: the sender said no result (exit {send.returncode}): {send.stderr.strip()!r}")
-    sent = int(re.search(r"sent=(\d+)", send.stdout).group(1))
-    seconds = float(re.search(r"seconds=([0-9.]+)", send.stdout).group(1))
-    gen_calls = int(re.search(r"calls=(\d+)", send.stdout).group(1))
-    gen_largest = int(re.search(r"largest_call=(\d+)", send.stdout).group(1))
+    sent_line = send.stdout.strip().splitlines()[-1]
+    sent, seconds = int(value(sent_line, "sent")), value(sent_line, "seconds")
+    gen_calls, gen_largest = int(value(sent_line, "calls")), int(value(sent_line, "largest_call"))
     result = out.strip().splitlines()[-1]
-    def field(k, default=None):
-        m = re.search(rf"(?:^|\s){k}=([0-9.]+)", result)
-        if m is None and default is None:
-            sys.exit(f"rfc2544: no {k} in the receiver's result {result!r}")
-        return float(m.group(1)) if m else default
+    field = lambda k, default=None: value(result, k, default)
     received = int(field("received")) - int(field("unstamped"))
     latency = {q: field(key) for q, key in (("p50", "latency_us_p50"), ("p99", "p99"),
                                             ("p999", "p999"), ("max", "max"))}
