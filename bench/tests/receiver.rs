@@ -6,11 +6,21 @@ use std::process::{Command, Stdio};
 
 const PKTGEN: &str = env!("CARGO_BIN_EXE_vswitch-pktgen");
 
-fn is_root() -> bool {
-    Command::new("id")
+/// Whether `test` can run here (network namespaces need root); CI must run it.
+fn can_run(test: &str) -> bool {
+    let root = Command::new("id")
         .arg("-u")
         .output()
-        .is_ok_and(|o| o.stdout == b"0\n")
+        .is_ok_and(|o| o.stdout == b"0\n");
+    if !root {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "the {test} test needs root, and CI must run it"
+        );
+        eprintln!("SKIPPED the {test} test: network namespaces need root");
+    }
+    root
 }
 
 fn ip(args: &[&str]) {
@@ -93,16 +103,7 @@ fn send_stamped(ns: &Netns, extra: &[&str]) -> String {
 
 #[test]
 fn the_receiver_loses_no_frame_of_a_burst_its_ring_holds() {
-    if !is_root() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "the receiver test needs root, and CI must run it"
-        );
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            b"SKIPPED the receiver test: network namespaces need root\n",
-        );
+    if !can_run("receiver") {
         return;
     }
     let ns = veth_pair("vsrecv");
@@ -148,12 +149,7 @@ fn the_receiver_loses_no_frame_of_a_burst_its_ring_holds() {
 /// core, sends at most `--max-burst` frames at once: a latency trial must not measure bursts.
 #[test]
 fn the_paced_sender_never_sends_more_than_its_burst_at_once() {
-    if !is_root() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "the sender test needs root, and CI must run it"
-        );
+    if !can_run("sender") {
         return;
     }
     let ns = veth_pair("vspace");
