@@ -62,6 +62,7 @@ define_counters! {
         IdleCycles => "idle_cycles",
         Sleeps => "sleeps",
         TxKicks => "tx_kicks",
+        FloodTransmits => "flood_transmits",
         HandoffsOut => "handoffs_out",
         HandoffsIn => "handoffs_in",
         LearnEventsLost => "learn_events_lost",

@@ -619,6 +619,16 @@ impl Worker {
                 sock.refill(&self.s.umem, &mut self.s.pool, POOL_RESERVE);
             }
         }
+        self.transmit_staged();
+        for (_, sock) in self.sockets.iter_mut() {
+            sock.refill(&self.s.umem, &mut self.s.pool, POOL_RESERVE);
+        }
+        received
+    }
+
+    /// Sends what is queued for every port and takes back the frames the kernel is done with
+    /// (in copy mode, all it was given).
+    fn transmit_staged(&mut self) {
         self.flush();
         let mut kicks = 0;
         let kicking = cycles();
@@ -634,13 +644,29 @@ impl Worker {
         }
         for (_, sock) in self.sockets.iter_mut() {
             sock.reap_completions(&self.s.umem, &mut self.s.pool);
-            sock.refill(&self.s.umem, &mut self.s.pool, POOL_RESERVE);
         }
         self.s
             .stats
             .worker
             .add(WorkerCounter::TxKicks as usize, kicks);
-        received
+    }
+
+    /// Before flooding a frame to `to`: when a target's segment may not have a frame left for
+    /// every copy, what is queued goes out first to bring frames back. Quiet ports keep most
+    /// of a full segment lent, so a burst of floods would otherwise outgrow the pool's reserve.
+    fn make_room_to_flood(&mut self, to: PortMask) {
+        let copies = to.ports(MAX_PORTS).count().saturating_sub(1);
+        let pool = &self.s.pool;
+        let short = to
+            .ports(MAX_PORTS)
+            .any(|p| pool.available_in(self.segment[p as usize]) < copies);
+        if copies > 0 && short {
+            self.transmit_staged();
+            self.s
+                .stats
+                .worker
+                .add(WorkerCounter::FloodTransmits as usize, 1);
+        }
     }
 
     fn capture(&mut self, port: PortId, frames: &[Frame]) {
@@ -799,12 +825,13 @@ impl Worker {
             );
         }
         let present = self.present;
-        for (frame, disposition) in self.rx_batch.drain(..).zip(next) {
+        let mut batch = std::mem::take(&mut self.rx_batch);
+        for (frame, disposition) in batch.drain(..).zip(next) {
             match disposition {
                 Disposition::Forward(port) if present.contains(port) => {
                     if let Some(flows) = self.flows.as_mut() {
                         flows.consider(
-                            umem.data(&frame),
+                            self.s.umem.data(&frame),
                             ingress,
                             port,
                             &self.ifindex,
@@ -815,15 +842,19 @@ impl Worker {
                     }
                     self.staged[port as usize].push(frame)
                 }
-                Disposition::Flood(mask) => flood(
-                    umem,
-                    &mut self.s.pool,
-                    &mut self.staged,
-                    &self.segment,
-                    &self.s.stats,
-                    mask.and(present).without(ingress),
-                    frame,
-                ),
+                Disposition::Flood(mask) => {
+                    let to = mask.and(present).without(ingress);
+                    self.make_room_to_flood(to);
+                    flood(
+                        &self.s.umem,
+                        &mut self.s.pool,
+                        &mut self.staged,
+                        &self.segment,
+                        &self.s.stats,
+                        to,
+                        frame,
+                    )
+                }
                 Disposition::Consumed => self.s.pool.put(frame),
                 Disposition::Forward(port) if (port as usize) < MAX_PORTS => {
                     // To a port that is gone (or not attached yet).
@@ -839,6 +870,7 @@ impl Worker {
                 }
             }
         }
+        self.rx_batch = batch;
         self.stage_emitted();
         if let (Some(tuples), Some(gateway)) = (self.tuples.as_mut(), self.s.pipeline.gateway_mut())
         {

@@ -437,26 +437,26 @@ fn result_field(line: &str, name: &str) -> u64 {
 /// frames; a burst within that, with room for a stray frame of the pod's own.
 const QUIET_PORT_BURST: u32 = 100;
 
-/// A pod that was quiet sends a burst at once (as fast as an XDP sender goes): the switch's
-/// port must have frames lent for all of it, not the 32 a quiet port kept lent (it dropped
-/// the rest so), and the other pod's measuring receiver gets every frame.
-fn a_burst_into_a_quiet_port(extra: &[&str], workers: usize) {
+fn pktgen_bin() -> String {
     let pktgen = std::path::Path::new(vswitch_bin()).with_file_name("vswitch-pktgen");
     assert!(
         pktgen.exists(),
         "{} is built with the workspace (cargo test --workspace)",
         pktgen.display()
     );
-    let pktgen = pktgen.to_str().unwrap();
-    let topo = Topology::new(2);
-    let switch = topo.start_switch(extra);
-    // Both pods' MACs learned: the burst is forwarded, not flooded.
-    assert!(topo.ping(1, 0), "ping from pod 2 to pod 1");
-    let (a, b) = (&topo.pods[0], &topo.pods[1]);
+    pktgen.to_str().unwrap().to_string()
+}
+
+/// A measuring receiver (`vswitch-pktgen recv`, UDP port 9) in pod `i`, ready.
+fn start_receiver(
+    topo: &Topology,
+    i: usize,
+) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+    let pktgen = pktgen_bin();
     let mut recv = topo.spawn(
-        &b.ns,
+        &topo.pods[i].ns,
         &[
-            pktgen,
+            &pktgen,
             "recv",
             "--dev",
             "eth0",
@@ -468,12 +468,34 @@ fn a_burst_into_a_quiet_port(extra: &[&str], workers: usize) {
     );
     let mut lines = BufReader::new(recv.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "ready");
-    // Quiet: the ping's few frames never grew the port's fill target above its floor.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    (recv, lines)
+}
+
+/// The receiver's result line once it stops, after it exited cleanly.
+fn receiver_result(
+    (mut recv, lines): (Child, std::io::Lines<BufReader<std::process::ChildStdout>>),
+) -> String {
+    let result = lines
+        .map(Result::unwrap)
+        .find(|l| l.starts_with("result:"))
+        .expect("the receiver's result");
+    assert!(recv.wait().unwrap().success());
+    result
+}
+
+/// Stamped frames the receiver counted.
+fn stamped(result: &str) -> u64 {
+    result_field(result, "received") - result_field(result, "unstamped")
+}
+
+/// Pod `from` sends `count` stamped UDP frames to port 9 at once (as fast as an XDP sender
+/// goes); returns how many it sent.
+fn send_burst(topo: &Topology, from: usize, dst_mac: &str, dst_ip: &str, count: u32) -> u64 {
+    let a = &topo.pods[from];
     let send = topo.exec(
         &a.ns,
         &[
-            pktgen,
+            &pktgen_bin(),
             "send",
             "--dev",
             "eth0",
@@ -481,13 +503,13 @@ fn a_burst_into_a_quiet_port(extra: &[&str], workers: usize) {
             "--src-mac",
             &a.mac,
             "--dst-mac",
-            &b.mac,
+            dst_mac,
             "--dst-ip",
-            &b.ip,
+            dst_ip,
             "--dst-port",
             "9",
             "--count",
-            &QUIET_PORT_BURST.to_string(),
+            &count.to_string(),
             "--duration",
             "1",
         ],
@@ -499,16 +521,28 @@ fn a_burst_into_a_quiet_port(extra: &[&str], workers: usize) {
         .unwrap_or("")
         .to_string();
     let sent = result_field(&sent_line, "sent");
-    assert_eq!(sent, QUIET_PORT_BURST as u64, "{sent_line}");
-    let result = lines
-        .map(Result::unwrap)
-        .find(|l| l.starts_with("result:"))
-        .expect("the receiver's result");
-    assert!(recv.wait().unwrap().success());
+    assert_eq!(sent, count as u64, "{sent_line}");
+    sent
+}
+
+/// A pod that was quiet sends a burst at once (as fast as an XDP sender goes): the switch's
+/// port must have frames lent for all of it, not the 32 a quiet port kept lent (it dropped
+/// the rest so), and the other pod's measuring receiver gets every frame.
+fn a_burst_into_a_quiet_port(extra: &[&str], workers: usize) {
+    let topo = Topology::new(2);
+    let switch = topo.start_switch(extra);
+    // Both pods' MACs learned: the burst is forwarded, not flooded.
+    assert!(topo.ping(1, 0), "ping from pod 2 to pod 1");
+    let (a, b) = (&topo.pods[0], &topo.pods[1]);
+    let receiver = start_receiver(&topo, 1);
+    // Quiet: the ping's few frames never grew the port's fill target above its floor.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let sent = send_burst(&topo, 0, &b.mac, &b.ip, QUIET_PORT_BURST);
+    let result = receiver_result(receiver);
     let stopped = finish(&topo, switch, workers);
     let dropped = stopped.port_counter(&a.port, "drops");
     assert_eq!(
-        result_field(&result, "received") - result_field(&result, "unstamped"),
+        stamped(&result),
         sent,
         "{result}; the switch dropped {dropped} on {}:\n{}",
         a.port,
@@ -529,4 +563,41 @@ fn a_burst_into_a_quiet_port_arrives_whole() {
 fn a_burst_into_a_quiet_port_arrives_whole_fast_path() {
     let Some(_net) = network_test() else { return };
     a_burst_into_a_quiet_port(FAST_PATH, 1);
+}
+
+/// With `--frame-segment 4` a segment holds 1,024 frames for 8 sockets: quiet ports keep
+/// (1,024 - 256) / 8 = 96 lent, and the pool keeps its 256-frame reserve for copies.
+const FULL_SEGMENT_PODS: usize = 8;
+const FULL_SEGMENT_BURST: u32 = 80;
+
+/// A broadcast burst into a segment whose ports hold all but the pool's reserve: each frame
+/// needs a copy for 6 of the 7 other pods (480 for the burst, more than the pool has left),
+/// so the worker must send what it queued to get frames back, not drop the copies.
+#[test]
+fn a_broadcast_burst_reaches_every_pod_of_a_full_segment() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(FULL_SEGMENT_PODS);
+    let switch = topo.start_switch(&["--frame-segment", "4"]);
+    let receivers: Vec<_> = (1..FULL_SEGMENT_PODS)
+        .map(|i| start_receiver(&topo, i))
+        .collect();
+    let b = &topo.pods[1];
+    let sent = send_burst(&topo, 0, "ff:ff:ff:ff:ff:ff", &b.ip, FULL_SEGMENT_BURST);
+    let results: Vec<String> = receivers.into_iter().map(receiver_result).collect();
+    let stats = switch.ctl_json(&["show", "stats", "--json"]);
+    let flood_transmits = stats["workers"][0]["flood_transmits"].as_u64();
+    let stopped = finish(&topo, switch, 1);
+    for (pod, result) in topo.pods[1..].iter().zip(&results) {
+        let dropped = stopped.port_counter(&pod.port, "drops");
+        assert_eq!(
+            stamped(result),
+            sent,
+            "{}: {result}; the switch dropped {dropped} on {}:\n{}",
+            pod.ns,
+            pod.port,
+            stopped.stdout
+        );
+    }
+    // The copies needed more frames than the pool kept: the worker sent early to get them.
+    assert!(flood_transmits > Some(0), "{stats}");
 }

@@ -302,6 +302,7 @@ fn stats(live: &Live) -> Value {
                 "kicks_over_20us": s.worker(WorkerCounter::KicksOver20us),
                 "kicks_over_100us": s.worker(WorkerCounter::KicksOver100us),
                 "full_batches": s.worker(WorkerCounter::FullBatches),
+                "flood_transmits": s.worker(WorkerCounter::FloodTransmits),
                 "longest_housekeeping_us": s.worker(WorkerCounter::LongestHousekeepingUs),
                 "preemptions": s.worker(WorkerCounter::Preemptions),
                 "core_steal_ms": s.worker(WorkerCounter::CoreStealMs),
