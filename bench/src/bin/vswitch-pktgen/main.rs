@@ -12,7 +12,7 @@ mod recv;
 use bench::{link_counter, test_frame, FrameSpec, Transport};
 use clap::{Parser, Subcommand};
 use pipeline::MacAddr;
-use pmd::bpf::{DropProgram, LiveFrameSender, XdpMode};
+use pmd::bpf::{DropProgram, LiveFrameSender, XdpMode, MAX_PROGRAM_FLOWS};
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,8 +54,11 @@ enum Command {
         /// Flows: distinct UDP source ports, then source addresses (60000 ports each).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4_000_000))]
         flows: u32,
-        /// Frames of one flow per send call before moving to the next flow (default 8 with
-        /// several flows; 1 visits every flow once in turn, to fill a connection table).
+        /// Frames of one flow per send call before moving to the next flow (1 visits every
+        /// flow once in turn, to fill a connection table). Without it, up to 60,000 flows
+        /// (not with --stamp or --restore-headers) are made by the sender's program, which
+        /// gives each frame it sends the next flow's source port: full speed with many
+        /// flows; otherwise 8 frames of a flow per call.
         #[arg(long)]
         burst: Option<u64>,
         /// Packets per second (0: as fast as possible).
@@ -192,10 +195,20 @@ fn main() -> ExitCode {
             if let Some(core) = core {
                 core_affinity::set_for_current(core_affinity::CoreId { id: core });
             }
+            let flows_in_program = flows > 1
+                && flows <= MAX_PROGRAM_FLOWS
+                && burst.is_none()
+                && !stamp
+                && !restore_headers;
             let plan = SendPlan {
                 flows,
+                flows_in_program,
                 burst: burst
-                    .unwrap_or(if flows > 1 { 8 } else { CALL_PACKETS })
+                    .unwrap_or(if flows > 1 && !flows_in_program {
+                        8
+                    } else {
+                        CALL_PACKETS
+                    })
                     .max(1),
                 rate,
                 max_burst,
@@ -242,6 +255,9 @@ fn main() -> ExitCode {
 #[derive(Clone, Copy)]
 struct SendPlan {
     flows: u32,
+    /// The sender's program varies the flows (`LiveFrameSender::load_flows`): one frame is
+    /// prepared, and a call's frames go to every flow in turn.
+    flows_in_program: bool,
     /// Frames of one flow per kernel call.
     burst: u64,
     /// Packets per second; 0 for as fast as possible.
@@ -255,9 +271,21 @@ struct SendPlan {
     restore_headers: bool,
 }
 
-fn load_sender(dev: &str, plan: &SendPlan) -> Result<LiveFrameSender, String> {
+impl SendPlan {
+    /// The frames the sending loop sends, a flow's each in turn.
+    fn frames(&self, spec: &FrameSpec) -> Vec<Vec<u8>> {
+        match self.flows_in_program {
+            true => vec![test_frame(spec, 0)],
+            false => (0..self.flows).map(|f| test_frame(spec, f)).collect(),
+        }
+    }
+}
+
+fn load_sender(dev: &str, spec: &FrameSpec, plan: &SendPlan) -> Result<LiveFrameSender, String> {
     let ifindex = pmd::netdev::ifindex(dev).map_err(|e| e.to_string())?;
-    let loaded = if plan.stamp {
+    let loaded = if plan.flows_in_program {
+        LiveFrameSender::load_flows(ifindex, plan.flows, &test_frame(spec, 0))
+    } else if plan.stamp {
         LiveFrameSender::load_stamped(ifindex)
     } else if plan.restore_headers {
         LiveFrameSender::load_restoring(ifindex)
@@ -278,7 +306,7 @@ fn hold(sender: &mut LiveFrameSender) -> Result<(), String> {
 }
 
 fn send(dev: &str, spec: &FrameSpec, plan: &SendPlan, stop: &AtomicBool) -> Result<(), String> {
-    let mut sender = load_sender(dev, plan)?;
+    let mut sender = load_sender(dev, spec, plan)?;
     // Said in the result, for whoever reads the numbers.
     let disturbed = match hold(&mut sender) {
         Ok(()) => false,
@@ -287,7 +315,7 @@ fn send(dev: &str, spec: &FrameSpec, plan: &SendPlan, stop: &AtomicBool) -> Resu
             true
         }
     };
-    let frames: Vec<Vec<u8>> = (0..plan.flows).map(|f| test_frame(spec, f)).collect();
+    let frames = plan.frames(spec);
     let Sent {
         sent,
         secs,
@@ -311,9 +339,9 @@ fn send_on_cores(
     cores: &[usize],
     stop: &AtomicBool,
 ) -> Result<(), String> {
-    let mut sender = load_sender(dev, plan)?;
+    let mut sender = load_sender(dev, spec, plan)?;
     hold(&mut sender).map_err(|e| format!("{e}: refusing to send from several cores"))?;
-    let frames: Vec<Vec<u8>> = (0..plan.flows).map(|f| test_frame(spec, f)).collect();
+    let frames = plan.frames(spec);
     let n = cores.len() as u64;
     let share = SendPlan {
         rate: plan.rate / n,
