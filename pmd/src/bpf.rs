@@ -542,47 +542,12 @@ impl LiveFrameSender {
     /// (an XDP fast path doing NAT) would otherwise come back rewritten. Each sending thread
     /// must stay on one CPU (pinned).
     pub fn load_restoring(ifindex: u32) -> io::Result<LiveFrameSender> {
-        let slots = possible_cpus()? as u32;
-        let map = create_map(
-            BPF_MAP_TYPE_ARRAY,
-            4,
-            TEMPLATE_SLOT as u32,
-            slots,
-            "vswitch_tmpl",
-        )?;
-        let len = RESTORED_LEN as i32;
-        let mut insns = vec![
-            insn(0xbf, 6, 1, 0, 0), // r6 = ctx
-            insn(0x85, 0, 0, 0, BPF_FUNC_GET_SMP_PROCESSOR_ID),
-            insn(0x63, 10, 0, -4, 0), // *(u32 *)(fp - 4) = cpu (the key)
-            insn(0x18, 1, BPF_PSEUDO_MAP_FD, 0, map.as_raw_fd()),
-            insn(0, 0, 0, 0, 0),     // r1 = &templates
-            insn(0xbf, 2, 10, 0, 0), // r2 = fp
-            insn(0x07, 2, 0, 0, -4), // r2 = &key
-            insn(0x85, 0, 0, 0, BPF_FUNC_MAP_LOOKUP_ELEM),
-            insn(0x15, 0, 0, 21, 0),         // if !r0: just redirect
-            insn(0x79, 1, 0, len as i16, 0), // r1 = the slot's "set" word
-            insn(0x15, 1, 0, 19, 0),         // if never set: just redirect
-            insn(0x61, 2, 6, 0, 0),          // r2 = ctx->data
-            insn(0x61, 3, 6, 4, 0),          // r3 = ctx->data_end
-            insn(0xbf, 4, 2, 0, 0),          // r4 = data
-            insn(0x07, 4, 0, 0, len),        // r4 += RESTORED_LEN
-            insn(0x2d, 4, 3, 14, 0),         // if r4 > data_end: just redirect
-        ];
-        for word in 0..(RESTORED_LEN / 8) as i16 {
-            insns.push(insn(0x79, 5, 0, word * 8, 0)); // r5 = template[word]
-            insns.push(insn(0x7b, 2, 5, word * 8, 0)); // frame[word] = r5
-        }
-        insns.extend([
-            insn(0xb7, 1, 0, 0, ifindex as i32), // redirect to ifindex
-            insn(0xb7, 2, 0, 0, 0),
-            insn(0x85, 0, 0, 0, BPF_FUNC_REDIRECT),
-            insn(0x95, 0, 0, 0, 0),
-        ]);
+        let mut program = SenderProgram::default();
+        let templates = program.restore_headers()?;
         Ok(LiveFrameSender {
-            fd: load_xdp(&insns, "vswitch_pktrst")?,
+            fd: load_xdp(&program.redirect_to(ifindex), "vswitch_pktrst")?,
             _pin: None,
-            templates: Some(map),
+            templates: Some(templates),
         })
     }
 
@@ -617,8 +582,15 @@ impl LiveFrameSender {
     /// `port`) and corrects the TCP/UDP checksum by the change (RFC 1624), so one send call
     /// carries every flow in turn. Sending each flow's frame in calls of its own costs a
     /// system call per few frames and bounded the generator at about 0.8 Mpps with 1,000
-    /// flows. The frame must be IPv4 without options, carrying TCP or UDP.
-    pub fn load_flows(ifindex: u32, flows: u32, frame: &[u8]) -> io::Result<LiveFrameSender> {
+    /// flows. The frame must be IPv4 without options, carrying TCP or UDP. With `restore`,
+    /// the program first writes the headers back as `load_restoring`'s does (the frame given
+    /// here is then the template to set).
+    pub fn load_flows(
+        ifindex: u32,
+        flows: u32,
+        frame: &[u8],
+        restore: bool,
+    ) -> io::Result<LiveFrameSender> {
         let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
         if !(1..=MAX_PROGRAM_FLOWS).contains(&flows) {
             return Err(bad("the program varies 1 to 60,000 flows"));
@@ -632,31 +604,139 @@ impl LiveFrameSender {
             _ => return Err(bad("neither TCP nor UDP")),
         };
         let be16 = |at: usize| u16::from_be_bytes([frame[at], frame[at + 1]]) as i32;
-        let port = be16(SOURCE_PORT_OFFSET);
-        let checksum = be16(checksum_at);
-        let map = create_map(BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, "vswitch_flow")?;
-        let end = checksum_at as i32 + 2;
-        // Jumps to the redirect at the end, patched once its place is known.
-        let mut to_redirect = Vec::new();
-        let mut insns = vec![
-            insn(0x61, 2, 1, 0, 0),   // r2 = ctx->data
-            insn(0x61, 3, 1, 4, 0),   // r3 = ctx->data_end
+        let mut program = SenderProgram::default();
+        let templates = match restore {
+            true => Some(program.restore_headers()?),
+            false => None,
+        };
+        let counter = program.vary_source_port(
+            flows,
+            be16(SOURCE_PORT_OFFSET),
+            checksum_at,
+            be16(checksum_at),
+        )?;
+        let fd = load_xdp(&program.redirect_to(ifindex), "vswitch_pktflow")?;
+        // The program holds its own reference to the map.
+        drop(counter);
+        Ok(LiveFrameSender {
+            fd,
+            _pin: None,
+            templates,
+        })
+    }
+}
+
+/// A sender's XDP program, built in steps that each may end it early with the redirect (a
+/// frame too short for the step, a missing map value): the redirect is its last instructions,
+/// and the jumps to it are patched once its place is known. r6 holds the context throughout.
+struct SenderProgram {
+    insns: Vec<Insn>,
+    to_redirect: Vec<usize>,
+}
+
+impl Default for SenderProgram {
+    fn default() -> Self {
+        SenderProgram {
+            insns: vec![insn(0xbf, 6, 1, 0, 0)], // r6 = ctx
+            to_redirect: Vec::new(),
+        }
+    }
+}
+
+impl SenderProgram {
+    /// A conditional jump (offset to be patched) to the redirect.
+    fn or_redirect(&mut self, jump: Insn) {
+        self.to_redirect.push(self.insns.len());
+        self.insns.push(jump);
+    }
+
+    /// r7 = data; to the redirect unless the frame has `len` bytes.
+    fn frame_of(&mut self, len: i32) {
+        self.insns.extend([
+            insn(0x61, 2, 6, 0, 0),   // r2 = ctx->data
+            insn(0x61, 3, 6, 4, 0),   // r3 = ctx->data_end
             insn(0xbf, 7, 2, 0, 0),   // r7 = data
-            insn(0x07, 2, 0, 0, end), // r2 += the end of the checksum field
-        ];
-        to_redirect.push(insns.len());
-        insns.extend([
-            insn(0x2d, 2, 3, 0, 0),   // if r2 > data_end: just redirect
-            insn(0x62, 10, 0, -4, 0), // *(u32 *)(fp - 4) = 0 (the map key)
+            insn(0x07, 2, 0, 0, len), // r2 += len
+        ]);
+        self.or_redirect(insn(0x2d, 2, 3, 0, 0)); // if r2 > data_end
+    }
+
+    /// r0 = the value of `map` at the u32 key at fp - 4; to the redirect if none.
+    fn lookup(&mut self, map: &OwnedFd) {
+        self.insns.extend([
             insn(0x18, 1, BPF_PSEUDO_MAP_FD, 0, map.as_raw_fd()),
-            insn(0, 0, 0, 0, 0),     // r1 = &counter map
+            insn(0, 0, 0, 0, 0),     // r1 = &map
             insn(0xbf, 2, 10, 0, 0), // r2 = fp
             insn(0x07, 2, 0, 0, -4), // r2 = &key
             insn(0x85, 0, 0, 0, BPF_FUNC_MAP_LOOKUP_ELEM),
         ]);
-        to_redirect.push(insns.len());
-        insns.extend([
-            insn(0x15, 0, 0, 0, 0),            // if !r0: just redirect
+        self.or_redirect(insn(0x15, 0, 0, 0, 0)); // if !r0
+    }
+
+    /// Writes the frame's first `RESTORED_LEN` bytes from this CPU's template, once one is
+    /// set; returns the templates' map.
+    fn restore_headers(&mut self) -> io::Result<OwnedFd> {
+        let slots = possible_cpus()? as u32;
+        let map = create_map(
+            BPF_MAP_TYPE_ARRAY,
+            4,
+            TEMPLATE_SLOT as u32,
+            slots,
+            "vswitch_tmpl",
+        )?;
+        let len = RESTORED_LEN as i16;
+        // A frame this step cannot restore skips it, not the steps after it.
+        let mut skips = Vec::new();
+        self.insns.extend([
+            insn(0x85, 0, 0, 0, BPF_FUNC_GET_SMP_PROCESSOR_ID),
+            insn(0x63, 10, 0, -4, 0), // *(u32 *)(fp - 4) = cpu (the key)
+            insn(0x18, 1, BPF_PSEUDO_MAP_FD, 0, map.as_raw_fd()),
+            insn(0, 0, 0, 0, 0),     // r1 = &templates
+            insn(0xbf, 2, 10, 0, 0), // r2 = fp
+            insn(0x07, 2, 0, 0, -4), // r2 = &key
+            insn(0x85, 0, 0, 0, BPF_FUNC_MAP_LOOKUP_ELEM),
+        ]);
+        skips.push(self.insns.len());
+        self.insns.extend([
+            insn(0x15, 0, 0, 0, 0),   // if !r0: skip
+            insn(0x79, 1, 0, len, 0), // r1 = the slot's "set" word
+        ]);
+        skips.push(self.insns.len());
+        self.insns.extend([
+            insn(0x15, 1, 0, 0, 0),          // if never set: skip
+            insn(0x61, 2, 6, 0, 0),          // r2 = ctx->data
+            insn(0x61, 3, 6, 4, 0),          // r3 = ctx->data_end
+            insn(0xbf, 4, 2, 0, 0),          // r4 = data
+            insn(0x07, 4, 0, 0, len as i32), // r4 += RESTORED_LEN
+        ]);
+        skips.push(self.insns.len());
+        self.insns.push(insn(0x2d, 4, 3, 0, 0)); // if r4 > data_end: skip
+        for word in 0..len / 8 {
+            self.insns.push(insn(0x79, 5, 0, word * 8, 0)); // r5 = template[word]
+            self.insns.push(insn(0x7b, 2, 5, word * 8, 0)); // frame[word] = r5
+        }
+        let after = self.insns.len();
+        for at in skips {
+            self.insns[at].off = (after - at - 1) as i16;
+        }
+        Ok(map)
+    }
+
+    /// Gives the i-th frame on this CPU the source port `port + i % flows` and, where the
+    /// frame has one (`checksum` not 0), corrects the TCP/UDP checksum at `checksum_at` by the
+    /// change; returns the counter's map.
+    fn vary_source_port(
+        &mut self,
+        flows: u32,
+        port: i32,
+        checksum_at: usize,
+        checksum: i32,
+    ) -> io::Result<OwnedFd> {
+        let map = create_map(BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, "vswitch_flow")?;
+        self.frame_of(checksum_at as i32 + 2);
+        self.insns.push(insn(0x62, 10, 0, -4, 0)); // *(u32 *)(fp - 4) = 0 (the key)
+        self.lookup(&map);
+        self.insns.extend([
             insn(0x79, 1, 0, 0, 0),            // r1 = *counter
             insn(0xbf, 2, 1, 0, 0),            // r2 = r1
             insn(0x07, 2, 0, 0, 1),            // r2 += 1
@@ -668,53 +748,51 @@ impl LiveFrameSender {
         if checksum != 0 {
             // new = ~(~old + ~port + new port), folded: the frame's own terms are constants.
             let constant = (!checksum & 0xffff) + (!port & 0xffff);
-            insns.extend([
+            self.insns.extend([
                 insn(0xbf, 2, 1, 0, 0),        // r2 = new port
                 insn(0x07, 2, 0, 0, constant), // r2 += ~old + ~port
             ]);
             for _ in 0..2 {
-                insns.extend([
+                self.insns.extend([
                     insn(0xbf, 3, 2, 0, 0),      // r3 = r2
                     insn(0x77, 3, 0, 0, 16),     // r3 >>= 16
                     insn(0x57, 2, 0, 0, 0xffff), // r2 &= 0xffff
                     insn(0x0f, 2, 3, 0, 0),      // r2 += r3
                 ]);
             }
-            insns.push(insn(0xa7, 2, 0, 0, 0xffff)); // r2 ^= 0xffff
+            self.insns.push(insn(0xa7, 2, 0, 0, 0xffff)); // r2 ^= 0xffff
             if checksum_at == 40 {
                 // UDP sends a computed 0 as 0xffff (0 says "no checksum").
-                insns.extend([
+                self.insns.extend([
                     insn(0x55, 2, 0, 1, 0),      // if r2 != 0: skip the next
                     insn(0xb7, 2, 0, 0, 0xffff), // r2 = 0xffff
                 ]);
             }
-            insns.extend([
+            self.insns.extend([
                 insn(0xdc, 2, 0, 0, 16),                 // r2 = htons(r2)
                 insn(0x6b, 7, 2, checksum_at as i16, 0), // checksum = r2
             ]);
         }
-        insns.extend([
+        self.insns.extend([
             insn(0xdc, 1, 0, 0, 16),                        // r1 = htons(r1)
             insn(0x6b, 7, 1, SOURCE_PORT_OFFSET as i16, 0), // source port = r1
         ]);
-        let redirect = insns.len();
-        for at in to_redirect {
-            insns[at].off = (redirect - at - 1) as i16;
+        Ok(map)
+    }
+
+    /// The program's instructions, ending with the redirect to `ifindex`.
+    fn redirect_to(mut self, ifindex: u32) -> Vec<Insn> {
+        let redirect = self.insns.len();
+        for at in std::mem::take(&mut self.to_redirect) {
+            self.insns[at].off = (redirect - at - 1) as i16;
         }
-        insns.extend([
+        self.insns.extend([
             insn(0xb7, 1, 0, 0, ifindex as i32), // redirect to ifindex
             insn(0xb7, 2, 0, 0, 0),
             insn(0x85, 0, 0, 0, BPF_FUNC_REDIRECT),
             insn(0x95, 0, 0, 0, 0),
         ]);
-        let fd = load_xdp(&insns, "vswitch_pktflow")?;
-        // The program holds its own reference to the map.
-        drop(map);
-        Ok(LiveFrameSender {
-            fd,
-            _pin: None,
-            templates: None,
-        })
+        self.insns
     }
 }
 
@@ -842,11 +920,27 @@ mod tests {
             .ack(1)
             .write(&mut tcp, &payload)
             .unwrap();
-        for (frame, checksum_at) in [(udp, 40), (tcp, 50)] {
-            let sender = LiveFrameSender::load_flows(1, 3, &frame).unwrap();
+        for ((frame, checksum_at), restore) in [(udp, 40), (tcp, 50)]
+            .into_iter()
+            .flat_map(|f| [(f.clone(), false), (f, true)])
+        {
+            let sender = LiveFrameSender::load_flows(1, 3, &frame, restore).unwrap();
+            // With `restore`, what is sent is a frame a forwarder rewrote: the program writes
+            // the headers back first, then makes the flow.
+            let sent: Vec<u8> = match restore {
+                true => {
+                    sender.set_template(&frame).unwrap();
+                    let mut rewritten = frame.clone();
+                    rewritten[..RESTORED_LEN]
+                        .iter_mut()
+                        .for_each(|b| *b ^= 0x5a);
+                    rewritten
+                }
+                false => frame.clone(),
+            };
             let mut ports = Vec::new();
             for _ in 0..7 {
-                let (verdict, out) = test_run(&sender.fd, &frame).unwrap();
+                let (verdict, out) = test_run(&sender.fd, &sent).unwrap();
                 assert_eq!(verdict, XDP_REDIRECT);
                 assert_eq!(transport_sum(&out), 0xffff, "checksum of {out:02x?}");
                 // Only the source port and the checksum change.
@@ -859,7 +953,7 @@ mod tests {
         }
         let mut not_ip = vec![0u8; 64];
         not_ip[12] = 0x86;
-        assert!(LiveFrameSender::load_flows(1, 3, &not_ip).is_err());
+        assert!(LiveFrameSender::load_flows(1, 3, &not_ip, false).is_err());
     }
 
     #[test]

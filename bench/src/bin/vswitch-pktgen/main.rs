@@ -56,7 +56,7 @@ enum Command {
         flows: u32,
         /// Frames of one flow per send call before moving to the next flow (1 visits every
         /// flow once in turn, to fill a connection table). Without it, up to 60,000 flows
-        /// (not with --stamp or --restore-headers) are made by the sender's program, which
+        /// (not with --stamp) are made by the sender's program, which
         /// gives each frame it sends the next flow's source port: full speed with many
         /// flows; otherwise 8 frames of a flow per call.
         #[arg(long)]
@@ -195,11 +195,8 @@ fn main() -> ExitCode {
             if let Some(core) = core {
                 core_affinity::set_for_current(core_affinity::CoreId { id: core });
             }
-            let flows_in_program = flows > 1
-                && flows <= MAX_PROGRAM_FLOWS
-                && burst.is_none()
-                && !stamp
-                && !restore_headers;
+            let flows_in_program =
+                flows > 1 && flows <= MAX_PROGRAM_FLOWS && burst.is_none() && !stamp;
             let plan = SendPlan {
                 flows,
                 flows_in_program,
@@ -284,7 +281,12 @@ impl SendPlan {
 fn load_sender(dev: &str, spec: &FrameSpec, plan: &SendPlan) -> Result<LiveFrameSender, String> {
     let ifindex = pmd::netdev::ifindex(dev).map_err(|e| e.to_string())?;
     let loaded = if plan.flows_in_program {
-        LiveFrameSender::load_flows(ifindex, plan.flows, &test_frame(spec, 0))
+        LiveFrameSender::load_flows(
+            ifindex,
+            plan.flows,
+            &test_frame(spec, 0),
+            plan.restore_headers,
+        )
     } else if plan.stamp {
         LiveFrameSender::load_stamped(ifindex)
     } else if plan.restore_headers {
