@@ -193,9 +193,11 @@ fn the_sender_makes_each_flow_in_its_program_with_a_right_checksum() {
     const FLOWS: u64 = 100;
     const EACH: u64 = 4;
     let mut dump = Command::new("ip")
+        // Bounded: a lost frame fails the count below instead of leaving tcpdump waiting.
         .args([
-            "netns", "exec", &ns.0, "tcpdump", "-i", "rxb", "-nn", "-vv", "-l",
+            "netns", "exec", &ns.0, "timeout", "10", "tcpdump", "-i", "rxb",
         ])
+        .args(["-nn", "-vv", "-l"])
         .args(["-c", &(FLOWS * EACH).to_string(), "udp"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

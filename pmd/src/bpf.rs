@@ -598,6 +598,10 @@ impl LiveFrameSender {
         if frame.len() < 54 || frame[12..14] != [0x08, 0x00] || frame[14] != 0x45 {
             return Err(bad("not an IPv4 frame without options"));
         }
+        // More fragments, or an offset: no transport header to rewrite (or not the whole).
+        if u16::from_be_bytes([frame[20], frame[21]]) & 0x3fff != 0 {
+            return Err(bad("an IPv4 fragment"));
+        }
         let checksum_at: usize = match frame[23] {
             6 => 50,
             17 => 40,
@@ -722,9 +726,9 @@ impl SenderProgram {
         Ok(map)
     }
 
-    /// Gives the i-th frame on this CPU the source port `port + i % flows` and, where the
-    /// frame has one (`checksum` not 0), corrects the TCP/UDP checksum at `checksum_at` by the
-    /// change; returns the counter's map.
+    /// Gives the i-th frame on this CPU the source port `port + i % flows` and corrects the
+    /// TCP/UDP checksum (`checksum`, at `checksum_at`) by the change, unless it is a UDP frame
+    /// sent without one (0); returns the counter's map.
     fn vary_source_port(
         &mut self,
         flows: u32,
@@ -745,7 +749,8 @@ impl SenderProgram {
             insn(0x07, 1, 0, 0, port),         // r1 += port
             insn(0x57, 1, 0, 0, 0xffff),       // r1 &= 0xffff (ports wrap, as the generator's do)
         ]);
-        if checksum != 0 {
+        let udp = checksum_at == 40;
+        if !(udp && checksum == 0) {
             // new = ~(~old + ~port + new port), folded: the frame's own terms are constants.
             let constant = (!checksum & 0xffff) + (!port & 0xffff);
             self.insns.extend([
@@ -761,7 +766,7 @@ impl SenderProgram {
                 ]);
             }
             self.insns.push(insn(0xa7, 2, 0, 0, 0xffff)); // r2 ^= 0xffff
-            if checksum_at == 40 {
+            if udp {
                 // UDP sends a computed 0 as 0xffff (0 says "no checksum").
                 self.insns.extend([
                     insn(0x55, 2, 0, 1, 0),      // if r2 != 0: skip the next
@@ -892,6 +897,27 @@ mod tests {
         sum as u16
     }
 
+    /// `frame` with its last two bytes chosen so that with source port `port` its right
+    /// checksum is 0, then its checksum set right for its own port.
+    fn checksum_zero_at(mut frame: Vec<u8>, checksum_at: usize, port: u16) -> Vec<u8> {
+        let own = [frame[34], frame[35]];
+        let n = frame.len();
+        frame[34..36].copy_from_slice(&port.to_be_bytes());
+        frame[checksum_at..checksum_at + 2].fill(0);
+        let rest = (0..=0xffffu16).find(|w| {
+            frame[n - 2..].copy_from_slice(&w.to_be_bytes());
+            transport_sum(&frame) == 0xffff
+        });
+        assert!(rest.is_some(), "some last word makes the sum");
+        frame[34..36].copy_from_slice(&own);
+        let mut checksum = !transport_sum(&frame);
+        if checksum == 0 && checksum_at == 40 {
+            checksum = 0xffff;
+        }
+        frame[checksum_at..checksum_at + 2].copy_from_slice(&checksum.to_be_bytes());
+        frame
+    }
+
     #[test]
     fn the_flow_sender_walks_the_source_ports_with_right_checksums() {
         if nix::unistd::geteuid().as_raw() != 0 {
@@ -920,9 +946,16 @@ mod tests {
             .ack(1)
             .write(&mut tcp, &payload)
             .unwrap();
-        for ((frame, checksum_at), restore) in [(udp, 40), (tcp, 50)]
-            .into_iter()
-            .flat_map(|f| [(f.clone(), false), (f, true)])
+        // The edges: a UDP frame whose next flow's checksum computes to 0 (sent as 0xffff),
+        // a TCP frame whose own checksum is 0 (still corrected).
+        let udp_zero_next = checksum_zero_at(udp.clone(), 40, 65535);
+        let tcp_zero = checksum_zero_at(tcp.clone(), 50, 65534);
+        let ip_frame = tcp.clone();
+        assert_eq!(tcp_zero[50..52], [0, 0]);
+        for ((frame, checksum_at), restore) in
+            [(udp, 40), (tcp, 50), (udp_zero_next, 40), (tcp_zero, 50)]
+                .into_iter()
+                .flat_map(|f| [(f.clone(), false), (f, true)])
         {
             let sender = LiveFrameSender::load_flows(1, 3, &frame, restore).unwrap();
             // With `restore`, what is sent is a frame a forwarder rewrote: the program writes
@@ -943,6 +976,13 @@ mod tests {
                 let (verdict, out) = test_run(&sender.fd, &sent).unwrap();
                 assert_eq!(verdict, XDP_REDIRECT);
                 assert_eq!(transport_sum(&out), 0xffff, "checksum of {out:02x?}");
+                if checksum_at == 40 {
+                    assert_ne!(
+                        out[40..42],
+                        [0, 0],
+                        "a UDP checksum of 0 says there is none"
+                    );
+                }
                 // Only the source port and the checksum change.
                 assert_eq!(out[..34], frame[..34]);
                 assert_eq!(out[36..checksum_at], frame[36..checksum_at]);
@@ -954,6 +994,9 @@ mod tests {
         let mut not_ip = vec![0u8; 64];
         not_ip[12] = 0x86;
         assert!(LiveFrameSender::load_flows(1, 3, &not_ip, false).is_err());
+        let mut fragment = ip_frame;
+        fragment[20] |= 0x20; // more fragments
+        assert!(LiveFrameSender::load_flows(1, 3, &fragment, false).is_err());
     }
 
     #[test]

@@ -651,22 +651,55 @@ impl Worker {
             .add(WorkerCounter::TxKicks as usize, kicks);
     }
 
-    /// Before flooding a frame to `to`: when a target's segment may not have a frame left for
-    /// every copy, what is queued goes out first to bring frames back. Quiet ports keep most
+    /// Before flooding a frame to `to`: when a target's segment has no frame left for each of
+    /// its copies, what is queued goes out first to bring frames back. Quiet ports keep most
     /// of a full segment lent, so a burst of floods would otherwise outgrow the pool's reserve.
-    fn make_room_to_flood(&mut self, to: PortMask) {
-        let copies = to.ports(MAX_PORTS).count().saturating_sub(1);
-        let pool = &self.s.pool;
-        let short = to
-            .ports(MAX_PORTS)
-            .any(|p| pool.available_in(self.segment[p as usize]) < copies);
-        if copies > 0 && short {
-            self.transmit_staged();
-            self.s
-                .stats
-                .worker
-                .add(WorkerCounter::FloodTransmits as usize, 1);
+    /// Returns false when the segments are still short after sending: frames are lent to fill
+    /// rings or still with the kernel (zero copy), and sending again for every later flood
+    /// of the burst would cost a system call per port each time without bringing any back.
+    fn make_room_to_flood(&mut self, to: PortMask) -> bool {
+        if !self.short_of_copies(to) {
+            return true;
         }
+        self.transmit_staged();
+        self.s
+            .stats
+            .worker
+            .add(WorkerCounter::FloodTransmits as usize, 1);
+        !self.short_of_copies(to)
+    }
+
+    /// Whether a segment lacks a frame for one of the copies a flood to `to` makes (all its
+    /// targets but the last, which takes the frame itself).
+    fn short_of_copies(&self, to: PortMask) -> bool {
+        let mut last = None;
+        // Copies per segment, for the few segments a worker has; with more, every target's
+        // segment must have a frame for every copy.
+        let mut need: ArrayVec<(u32, usize), 8> = ArrayVec::new();
+        let mut copies = 0;
+        for port in to.ports(MAX_PORTS) {
+            let Some(prev) = last.replace(port) else {
+                continue;
+            };
+            copies += 1;
+            let segment = self.segment[prev as usize];
+            match need.iter_mut().find(|(s, _)| *s == segment) {
+                Some((_, n)) => *n += 1,
+                None => {
+                    if need.try_push((segment, 1)).is_err() {
+                        need.clear();
+                        break;
+                    }
+                }
+            }
+        }
+        let pool = &self.s.pool;
+        if need.is_empty() && copies > 0 {
+            return to
+                .ports(MAX_PORTS)
+                .any(|p| pool.available_in(self.segment[p as usize]) < copies);
+        }
+        need.iter().any(|&(s, n)| pool.available_in(s) < n)
     }
 
     fn capture(&mut self, port: PortId, frames: &[Frame]) {
@@ -826,6 +859,7 @@ impl Worker {
         }
         let present = self.present;
         let mut batch = std::mem::take(&mut self.rx_batch);
+        let mut room_to_flood = true;
         for (frame, disposition) in batch.drain(..).zip(next) {
             match disposition {
                 Disposition::Forward(port) if present.contains(port) => {
@@ -844,7 +878,9 @@ impl Worker {
                 }
                 Disposition::Flood(mask) => {
                     let to = mask.and(present).without(ingress);
-                    self.make_room_to_flood(to);
+                    if room_to_flood {
+                        room_to_flood = self.make_room_to_flood(to);
+                    }
                     flood(
                         &self.s.umem,
                         &mut self.s.pool,
