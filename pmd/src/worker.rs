@@ -227,6 +227,9 @@ pub struct Worker {
     egress: Vec<Egress>,
     present: PortMask,
     staged: Vec<Vec<Frame>>,
+    /// Per port: how many of its staged frames, at the head, are the rest of a chain whose
+    /// start the transmit ring took last time (captured then, with the whole chain).
+    staged_tail: Vec<usize>,
     /// Per port: the segment its frames leave from (its socket's; the first for others).
     segment: Vec<u32>,
     /// Segments to unmap once their frames are home.
@@ -280,6 +283,7 @@ impl Worker {
             egress: (0..MAX_PORTS).map(|_| Egress::Absent).collect(),
             present: PortMask::NONE,
             staged: (0..MAX_PORTS).map(|_| Vec::new()).collect(),
+            staged_tail: vec![0; MAX_PORTS],
             rx_batch: Vec::with_capacity(MAX_BATCH),
             chained: Vec::new(),
             max_frame: vec![MAX_PACKET_LEN; MAX_PORTS],
@@ -499,6 +503,7 @@ impl Worker {
         for frame in self.staged[p].drain(..) {
             self.s.pool.put(frame);
         }
+        self.staged_tail[p] = 0;
         self.captures.retain(|c| c.port != port);
         let (gone, keep): (Vec<_>, Vec<_>) = self
             .sockets
@@ -1089,10 +1094,11 @@ impl Worker {
             if self.staged[p].is_empty() {
                 continue;
             }
+            let captured_before = std::mem::take(&mut self.staged_tail[p]);
             if !self.captures.is_empty() {
                 let staged = std::mem::take(&mut self.staged[p]);
                 if matches!(self.egress[p], Egress::Local(_)) {
-                    self.capture(port, &staged);
+                    self.capture(port, &staged[captured_before.min(staged.len())..]);
                 }
                 self.staged[p] = staged;
             }
@@ -1137,6 +1143,7 @@ impl Worker {
                     for frame in staged.drain(..) {
                         self.s.pool.put(frame);
                     }
+                    self.staged_tail[p] = tail.len();
                     staged.extend(tail);
                 }
                 Egress::Remote(owner) => {
