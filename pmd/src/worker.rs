@@ -22,9 +22,7 @@ use crate::umem::{
 use arrayvec::ArrayVec;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use pipeline::packet::HeadroomBuf;
-use pipeline::{
-    Disposition, Emit, L2Counter, LearnEvent, Pipeline, PortId, PortMask, MAX_BATCH, MAX_PORTS,
-};
+use pipeline::{Disposition, Emit, LearnEvent, Pipeline, PortId, PortMask, MAX_BATCH, MAX_PORTS};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -923,15 +921,20 @@ impl Worker {
             };
             tuples.install(gateway, &ports, now_ms);
         }
+        self.follow_fdb_changes();
+        received
+    }
+
+    /// Re-checks the bridge's fast-path entries when an address moved or went in this
+    /// worker's table (by its own frames or another worker's announcement).
+    fn follow_fdb_changes(&mut self) {
         if self.flows.is_some() {
-            let c = self.s.pipeline.bridge().counters();
-            let changes = c.get(L2Counter::Moved) + c.get(L2Counter::Aged);
+            let changes = self.s.pipeline.bridge().fdb_changes();
             if changes != self.fdb_changes {
                 self.fdb_changes = changes;
                 self.validate_flows();
             }
         }
-        received
     }
 
     /// Re-checks the gateway's fast-path entries when something they depend on changed (a
@@ -1081,6 +1084,9 @@ impl Worker {
                     .apply_learn_event(event, now_ms);
             }
         }
+        // A move another worker saw: this worker's entries to the old port go now, not at
+        // its next housekeeping (while the fast path carries everything it receives nothing).
+        self.follow_fdb_changes();
         self.s
             .stats
             .worker

@@ -227,8 +227,9 @@ impl GatewayShared {
         let policy = Arc::new(Policy::new(config));
         let backends: std::collections::HashSet<_> = policy.services.all_backends().collect();
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy.clone();
-        self.epoch.fetch_add(1, Ordering::Release);
+        // The reload first: a worker that sees the new epoch must see it as a reload.
         self.reloads.fetch_add(1, Ordering::Release);
+        self.epoch.fetch_add(1, Ordering::Release);
         let flows_closed = self.conntrack.remove_where(|f| {
             let dnat = f.orig.dst != f.reply.src || f.orig.dport != f.reply.sport;
             dnat && !backends.contains(&std::net::SocketAddrV4::new(f.reply.src, f.reply.sport))

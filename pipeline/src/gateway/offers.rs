@@ -14,7 +14,6 @@
 use super::Gateway;
 use crate::batch::PortId;
 use crate::conntrack::{FlowState, TcpState, Tuple};
-use crate::l2::L2Counter;
 use crate::l3::Segment;
 use crate::overlay::{encap, Overlay};
 use crate::wire::ipv4::{Ipv4Packet, PROTO_TCP, PROTO_UDP};
@@ -273,18 +272,17 @@ impl Gateway {
 
     /// Moves whenever something an offer depends on may have changed: a reload or pod change,
     /// a neighbour that moved or went, a tracked flow that went (expired, removed, evicted) or
-    /// began to close (FIN, RST), an address of this worker's bridge that moved or aged.
+    /// began to close (FIN, RST), an address of this worker's bridge that moved or went (also
+    /// by another worker's announcement).
     pub fn offer_generation(&self) -> u64 {
         let c = &self.shared.conntrack.counters;
-        let fdb = self.bridge.counters();
         self.shared.epoch.load(Ordering::Acquire)
             + self.shared.neighbors.generation()
             + self.shared.closings.load(Ordering::Relaxed)
             + c.expired.load(Ordering::Relaxed)
             + c.removed.load(Ordering::Relaxed)
             + c.evicted.load(Ordering::Relaxed)
-            + fdb.get(L2Counter::Moved)
-            + fdb.get(L2Counter::Aged)
+            + self.bridge.fdb_changes()
     }
 
     /// Moves on every reload (not when pods come and go): a reload takes every offer back.

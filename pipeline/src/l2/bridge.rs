@@ -72,6 +72,9 @@ pub struct Bridge {
     reannounce: Vec<MacAddr>,
     flood_domain: PortMask,
     security: PortSecurity,
+    /// Entries that moved or went (learned here or from a peer, aged, forgotten, flushed):
+    /// what a decision taken from the table, such as a fast-path entry, must be checked on.
+    entries_changed: u64,
 }
 
 impl Bridge {
@@ -89,6 +92,7 @@ impl Bridge {
             events: Vec::new(),
             reannounce: Vec::new(),
             flood_domain: config.flood_domain,
+            entries_changed: 0,
             security: {
                 let mut s = PortSecurity::default();
                 for (port, binding) in &config.bindings {
@@ -117,7 +121,15 @@ impl Bridge {
     /// entries removed.
     pub fn forget_port(&mut self, port: PortId) -> usize {
         self.security.set(port, None);
-        self.fdb.remove_port(port)
+        let removed = self.fdb.remove_port(port);
+        self.entries_changed += removed as u64;
+        removed
+    }
+
+    /// Moves whenever an entry moved or went, also by another worker's announcement: each
+    /// worker keeps its own copy of the table, and its fast-path entries follow that copy.
+    pub fn fdb_changes(&self) -> u64 {
+        self.entries_changed
     }
 
     pub fn fdb(&self) -> &Fdb {
@@ -126,16 +138,21 @@ impl Bridge {
 
     /// `mac` was seen on `port` where the switch did not see it (the XDP fast path): its entry
     /// stays alive. Only an entry already pointing there is refreshed, never moved.
+    /// Announced to the other workers as a frame's source is: their copies of the entry must
+    /// not age out while the fast path carries its traffic.
     pub fn refresh(&mut self, mac: MacAddr, port: PortId, now_ms: u64) {
         if self.fdb.lookup(mac, now_ms) == Some(port) {
             self.fdb.learn(mac, port, now_ms);
+            self.announce_if_due(mac, port, now_ms);
         }
     }
 
     /// Forgets every learned address (the operator's `fdb flush`); returns how many.
     pub fn flush_fdb(&mut self) -> usize {
         self.reannounce.clear();
-        self.fdb.clear()
+        let removed = self.fdb.clear();
+        self.entries_changed += removed as u64;
+        removed
     }
 
     /// The ports floods go to (ports come and go while the switch runs).
@@ -237,7 +254,10 @@ impl Bridge {
         match self.fdb.learn(src, ingress, now_ms) {
             LearnOutcome::Refreshed => {}
             LearnOutcome::New => self.counters.add(L2Counter::Learned, 1),
-            LearnOutcome::Moved { .. } => self.counters.add(L2Counter::Moved, 1),
+            LearnOutcome::Moved { .. } => {
+                self.counters.add(L2Counter::Moved, 1);
+                self.entries_changed += 1;
+            }
             LearnOutcome::TableFull => {
                 self.counters.add(L2Counter::LearnTableFull, 1);
                 return;
@@ -246,16 +266,23 @@ impl Bridge {
                 self.counters.add(L2Counter::LearnPortLimit, 1);
                 return;
             }
+            LearnOutcome::ForgottenAtPortLimit { .. } => {
+                self.counters.add(L2Counter::LearnPortLimit, 1);
+                self.entries_changed += 1;
+                return;
+            }
         }
+        self.announce_if_due(src, ingress, now_ms);
+    }
+
+    #[inline]
+    fn announce_if_due(&mut self, mac: MacAddr, port: PortId, now_ms: u64) {
         if self.announce_learning
             && self
                 .fdb
-                .announce_due(src, now_ms, self.announce_interval_ms)
+                .announce_due(mac, now_ms, self.announce_interval_ms)
         {
-            self.events.push(LearnEvent {
-                mac: src,
-                port: ingress,
-            });
+            self.events.push(LearnEvent { mac, port });
         }
     }
 
@@ -263,6 +290,7 @@ impl Bridge {
     pub fn housekeeping(&mut self, now_ms: u64) {
         let aged = self.fdb.age(now_ms);
         self.counters.add(L2Counter::Aged, aged as u64);
+        self.entries_changed += aged as u64;
     }
 
     /// Learn events since the last call, for the other workers.
@@ -271,11 +299,18 @@ impl Bridge {
     }
 
     /// Applies an event announced by another worker.
+    /// A move counts as a change here too (not in `moved`, which the worker that saw the
+    /// frame counts).
     pub fn apply_learn_event(&mut self, event: LearnEvent, now_ms: u64) {
         match self.fdb.apply(event, now_ms) {
             LearnOutcome::TableFull => self.counters.add(L2Counter::LearnTableFull, 1),
             LearnOutcome::PortLimit => self.counters.add(L2Counter::LearnPortLimit, 1),
-            _ => {}
+            LearnOutcome::ForgottenAtPortLimit { .. } => {
+                self.counters.add(L2Counter::LearnPortLimit, 1);
+                self.entries_changed += 1;
+            }
+            LearnOutcome::Moved { .. } => self.entries_changed += 1,
+            LearnOutcome::Refreshed | LearnOutcome::New => {}
         }
     }
 
@@ -496,6 +531,73 @@ mod tests {
             run(&mut b, &[frame(mac(9), mac(1))], 0, 2),
             [Disposition::Forward(1)]
         );
+    }
+
+    /// The fast path keeps a source alive by `refresh` (the worker never sees its frames):
+    /// the other workers' copies must hear of it as they would of a frame, or they age it
+    /// out and flood to it.
+    #[test]
+    fn a_refreshed_source_is_announced_when_its_announcement_is_due() {
+        let config = BridgeConfig {
+            announce_learning: true,
+            fdb_age_ms: 4_000,
+            ..Default::default()
+        };
+        let mut w0 = Bridge::new(&config);
+        let mut w1 = Bridge::new(&config);
+        run(&mut w0, &[frame(MacAddr::BROADCAST, mac(1))], 0, 0);
+        for e in w0.take_learn_events().collect::<Vec<_>>() {
+            w1.apply_learn_event(e, 0);
+        }
+        // Within the announcement interval (a quarter of the age): nothing to say.
+        w0.refresh(mac(1), 0, 500);
+        assert_eq!(w0.take_learn_events().count(), 0);
+        // Past it, on every refresh the fast path's counters cause, as a frame would.
+        for now in [1_001, 2_001, 3_001, 4_001, 5_001] {
+            w0.refresh(mac(1), 0, now);
+            let events: Vec<_> = w0.take_learn_events().collect();
+            assert_eq!(events.len(), 1, "at {now}");
+            for e in events {
+                w1.apply_learn_event(e, now);
+            }
+        }
+        // Long past the first learning, w1 still forwards to it.
+        assert_eq!(
+            run(&mut w1, &[frame(mac(1), mac(2))], 1, 5_500),
+            [Disposition::Forward(0)]
+        );
+        // A refresh from another port is no move, and says nothing.
+        w0.refresh(mac(1), 3, 9_000);
+        assert_eq!(w0.take_learn_events().count(), 0);
+    }
+
+    /// A worker's fast-path entries follow its own copy of the table, which also changes by
+    /// other workers' announcements: those changes must move `fdb_changes` too.
+    #[test]
+    fn entries_moved_or_forgotten_by_a_peer_s_announcement_count_as_changes() {
+        let config = BridgeConfig {
+            announce_learning: true,
+            fdb_port_limit: 1,
+            ..Default::default()
+        };
+        let mut b = Bridge::new(&config);
+        let at = |mac, port| LearnEvent { mac, port };
+        b.apply_learn_event(at(mac(1), 0), 0);
+        b.apply_learn_event(at(mac(2), 2), 0);
+        assert_eq!(b.fdb_changes(), 0, "new entries change no decision taken");
+        b.apply_learn_event(at(mac(1), 0), 1);
+        assert_eq!(b.fdb_changes(), 0, "a refresh neither");
+        b.apply_learn_event(at(mac(1), 1), 2);
+        assert_eq!(b.fdb_changes(), 1, "moved");
+        // Port 2 holds its one address: mac(1) moving there is forgotten, a change too.
+        b.apply_learn_event(at(mac(1), 2), 3);
+        assert_eq!(b.fdb_changes(), 2, "forgotten at the port limit");
+        assert_eq!(run(&mut b, &[frame(mac(1), mac(3))], 0, 4), [flood_from(0)]);
+        // And by this worker's own frames, aging and flushing.
+        run(&mut b, &[frame(MacAddr::BROADCAST, mac(2))], 1, 5);
+        assert_eq!(b.fdb_changes(), 3, "mac(2) moved from 2 to 1");
+        b.housekeeping(10_000_000);
+        assert_eq!(b.fdb_changes(), 5, "mac(2) and mac(3) aged");
     }
 
     #[test]

@@ -27,9 +27,13 @@ pub enum LearnOutcome {
     },
     /// Not learned: the table is at capacity.
     TableFull,
-    /// Not learned: the port has as many addresses as it may. A known address moving to such
-    /// a port is forgotten (frames to it flood) rather than left pointing at its old port.
+    /// Not learned: the port has as many addresses as it may.
     PortLimit,
+    /// A known address moving to a port that has as many addresses as it may: forgotten
+    /// (frames to it flood) rather than left pointing at its old port.
+    ForgottenAtPortLimit {
+        from: PortId,
+    },
 }
 
 /// A learned or refreshed entry, announced to the other workers' tables.
@@ -143,7 +147,7 @@ impl Fdb {
                 if port_full {
                     slot.remove();
                     Self::uncount(&mut self.per_port, from);
-                    return LearnOutcome::PortLimit;
+                    return LearnOutcome::ForgottenAtPortLimit { from };
                 }
                 entry.last_seen_ms = now_ms;
                 entry.port = port;
@@ -325,7 +329,10 @@ mod tests {
         assert_eq!((fdb.port_len(0), fdb.port_len(1)), (1, 2));
         assert_eq!(fdb.learn(mac(4), 0, 20), LearnOutcome::New);
         // Moving onto a full port forgets the address instead of leaving it on the old one.
-        assert_eq!(fdb.learn(mac(4), 1, 30), LearnOutcome::PortLimit);
+        assert_eq!(
+            fdb.learn(mac(4), 1, 30),
+            LearnOutcome::ForgottenAtPortLimit { from: 0 }
+        );
         assert_eq!(fdb.lookup(mac(4), 30), None);
         assert_eq!((fdb.port_len(0), fdb.port_len(1)), (1, 2));
         // Aging gives the places back.
