@@ -24,8 +24,10 @@ struct Installed {
 pub struct FlowCache {
     fast: Arc<FastPath>,
     installed: HashMap<L2Key, Installed>,
-    /// Keys another worker installed first (it reads their counters).
-    foreign: HashSet<L2Key>,
+    /// Keys not tried again until the next validation: another worker installed them first
+    /// (it reads their counters), or the map refused them (full, or an error), where trying
+    /// again for every packet would cost a failing system call each.
+    passed_over: HashSet<L2Key>,
 }
 
 impl FlowCache {
@@ -33,7 +35,7 @@ impl FlowCache {
         FlowCache {
             fast,
             installed: HashMap::new(),
-            foreign: HashSet::new(),
+            passed_over: HashSet::new(),
         }
     }
 
@@ -79,7 +81,7 @@ impl FlowCache {
         if in_if == 0
             || out_if == 0
             || self.installed.contains_key(&key)
-            || self.foreign.contains(&key)
+            || self.passed_over.contains(&key)
             || dst.0[0] & 1 != 0
             || src.0[0] & 1 != 0
             || bridge.security().get(ingress).is_some()
@@ -104,10 +106,9 @@ impl FlowCache {
                     },
                 );
             }
-            Some(false) => {
-                self.foreign.insert(key);
+            Some(false) | None => {
+                self.passed_over.insert(key);
             }
-            None => {}
         }
     }
 
@@ -127,7 +128,7 @@ impl FlowCache {
                 && bridge.fdb().lookup(MacAddr(key.dst), now_ms) == Some(f.egress)
         });
         // Another worker's flows are its business; forget them so they can be looked at again.
-        self.foreign.clear();
+        self.passed_over.clear();
     }
 
     /// Reads what the program counted since the last read: the ports' counters include it,
@@ -148,7 +149,7 @@ impl FlowCache {
             let _ = self.fast.remove(key);
         }
         self.installed.clear();
-        self.foreign.clear();
+        self.passed_over.clear();
     }
 }
 

@@ -70,8 +70,10 @@ impl Ports<'_> {
 pub struct TupleCache {
     fast: Arc<FastPath>,
     installed: HashMap<TupleKey, Installed>,
-    /// Keys another worker installed first (it reads their counters).
-    foreign: HashSet<TupleKey>,
+    /// Keys not tried again until the next validation: another worker installed them first
+    /// (it reads their counters), or the map refused them (full, or an error), where trying
+    /// again for every packet would cost a failing system call each.
+    passed_over: HashSet<TupleKey>,
     generation: u64,
     epoch: u64,
     validated_ms: u64,
@@ -82,7 +84,7 @@ impl TupleCache {
         TupleCache {
             fast,
             installed: HashMap::new(),
-            foreign: HashSet::new(),
+            passed_over: HashSet::new(),
             generation: gateway.offer_generation(),
             epoch: gateway.policy_epoch(),
             validated_ms: 0,
@@ -114,7 +116,7 @@ impl TupleCache {
             };
             let key = key_of(&offer, in_if);
             if self.installed.contains_key(&key)
-                || self.foreign.contains(&key)
+                || self.passed_over.contains(&key)
                 || !gateway.offer_holds(&offer, now_ms)
             {
                 continue;
@@ -127,10 +129,12 @@ impl TupleCache {
                 Ok(Some(v)) => v,
                 Ok(None) => {
                     w.add(WorkerCounter::FastPathFull as usize, 1);
+                    self.passed_over.insert(key);
                     continue;
                 }
                 Err(_) => {
                     w.add(WorkerCounter::FastPathErrors as usize, 1);
+                    self.passed_over.insert(key);
                     continue;
                 }
             };
@@ -152,10 +156,9 @@ impl TupleCache {
                         },
                     );
                 }
-                Some(false) => {
-                    self.foreign.insert(key);
+                Some(false) | None => {
+                    self.passed_over.insert(key);
                 }
-                None => {}
             }
         }
         // Its room is kept for the next batch's offers.
@@ -166,7 +169,7 @@ impl TupleCache {
 
     /// Re-checks the entries if the gateway's generation moved (at most every few ms).
     pub fn revalidate_if_changed(&mut self, gateway: &mut Gateway, ports: &Ports<'_>, now_ms: u64) {
-        if self.installed.is_empty() && self.foreign.is_empty() {
+        if self.installed.is_empty() && self.passed_over.is_empty() {
             self.generation = gateway.offer_generation();
             self.epoch = gateway.policy_epoch();
             return;
@@ -193,7 +196,7 @@ impl TupleCache {
                 && ports.attached(o.egress) == Some(f.ifindex.1)
                 && gateway.offer_holds(o, now_ms)
         });
-        self.foreign.clear();
+        self.passed_over.clear();
     }
 
     /// Reads what the program counted since the last read: the ports' counters include it,
@@ -218,7 +221,7 @@ impl TupleCache {
             }
         }
         self.installed.clear();
-        self.foreign.clear();
+        self.passed_over.clear();
     }
 }
 
