@@ -88,12 +88,17 @@ impl Live {
             .map(|n| n.gateway.pod_ports.clone())
             .unwrap_or_default();
         let load = Load::new(dp.workers());
+        // The file's bindings, as `port add --mac --ip` records its own (for `show ports`).
+        let bindings = node
+            .as_ref()
+            .map(|n| n.bindings.iter().copied().collect())
+            .unwrap_or_default();
         Live {
             dp,
             args,
             node,
             pods,
-            bindings: HashMap::new(),
+            bindings,
             ports_lost: 0,
             imported: false,
             load,

@@ -178,7 +178,8 @@ pub fn frame_lines(reports: &[WorkerReport]) -> String {
 pub fn rate_lines(ports: &[PortInfo], before: &Snapshot, after: &Snapshot, secs: f64) -> String {
     let mut out = String::new();
     for (p, info) in ports.iter().enumerate() {
-        let rate = |c| (after.port(p, c) - before.port(p, c)) as f64 / secs;
+        // A port removed and added again meanwhile starts from zero: no rate for that interval.
+        let rate = |c| after.port(p, c).saturating_sub(before.port(p, c)) as f64 / secs;
         let _ = writeln!(
             out,
             "{}: rx {:.0} pps {:.1} Mbit/s, tx {:.0} pps {:.1} Mbit/s, drops {}",
@@ -223,6 +224,21 @@ mod tests {
             mtu: 1500,
         }];
         (port_table_for(&ports, &snap), snap)
+    }
+
+    /// `port del X; port add X` within one interval: X's counters start from zero again.
+    #[test]
+    fn a_port_counted_from_zero_again_has_no_rate_not_a_wrapped_one() {
+        let (_, before) = vp1_table(&[(PortCounter::RxPackets, 1_000)]);
+        let (_, after) = vp1_table(&[(PortCounter::RxPackets, 10)]);
+        let ports = [PortInfo {
+            name: "vp1".into(),
+            ifindex: 1,
+            queues: 1,
+            mtu: 1500,
+        }];
+        let line = rate_lines(&ports, &before, &after, 1.0);
+        assert!(line.starts_with("vp1: rx 0 pps"), "{line}");
     }
 
     #[test]
