@@ -427,40 +427,64 @@ pub fn status(conf: &NetConf) -> Result<()> {
 }
 
 /// GC (1.1.0): host-side veths (and their switch ports) of attachments not in
-/// `cni.dev/valid-attachments` go; then the IPAM plugin collects its own.
+/// `cni.dev/valid-attachments` go; then the IPAM plugin collects its own. A list that is
+/// missing or malformed is refused: read as empty, it would take down every pod of the node.
+/// A port the switch refuses to detach is reported once the rest is collected.
 pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
-    let valid: BTreeSet<String> = conf
-        .raw
-        .get("cni.dev/valid-attachments")
-        .and_then(Value::as_array)
-        .map(|list| {
-            list.iter()
-                .filter_map(|a| {
-                    let id = a.get("containerID")?.as_str()?;
-                    let ifname = a.get("ifname")?.as_str()?;
-                    Some(host_ifname(id, ifname))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let valid = valid_attachments(&conf.raw)?;
     let node = Netlink::here()?;
+    let mut refused = None;
     for name in node.link_names()? {
         if is_host_ifname(&name) && !valid.contains(&name) {
             match switch::port_del(&conf.ctl, &name) {
-                Ok(_) | Err(SwitchError::Unreachable(_)) => {}
-                Err(e) => return Err(e.into_cni(&format!("detaching {name}"))),
+                Ok(_) | Err(SwitchError::Unreachable(_)) => {
+                    node.del_link(&name)?;
+                }
+                Err(e) => {
+                    refused.get_or_insert(e.into_cni(&format!("detaching {name}")));
+                }
             }
-            node.del_link(&name)?;
         }
     }
     let ipam_plugin = ipam::find(&conf.ipam_type, &env.path)?;
-    match ipam::run(&ipam_plugin, "GC", env, conf) {
+    let ipam = match ipam::run(&ipam_plugin, "GC", env, conf) {
         // An IPAM plugin older than 1.1.0 has no GC.
         Err(e) if e.code == code::INCOMPATIBLE_VERSION || e.msg.contains("unknown CNI_COMMAND") => {
             Ok(())
         }
         other => other.map(|_| ()),
+    };
+    match refused {
+        Some(e) => Err(e),
+        None => ipam,
     }
+}
+
+/// The host-side names of `cni.dev/valid-attachments`.
+fn valid_attachments(raw: &Value) -> Result<BTreeSet<String>> {
+    let invalid = |why: &str| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "invalid GC request: cni.dev/valid-attachments",
+        )
+        .with_details(why.to_string())
+    };
+    let list = raw
+        .get("cni.dev/valid-attachments")
+        .ok_or_else(|| invalid("missing"))?
+        .as_array()
+        .ok_or_else(|| invalid("not a list"))?;
+    list.iter()
+        .map(|a| {
+            let field = |k: &str| a.get(k).and_then(Value::as_str);
+            match (field("containerID"), field("ifname")) {
+                (Some(id), Some(ifname)) => Ok(host_ifname(id, ifname)),
+                _ => Err(invalid(&format!(
+                    "an attachment without a containerID and an ifname: {a}"
+                ))),
+            }
+        })
+        .collect()
 }
 
 /// VERSION, written in the config's version when it names one we speak.
@@ -491,6 +515,34 @@ mod tests {
             .map(|i| host_ifname(&format!("container{i}"), "eth0"))
             .collect();
         assert_eq!(names.len(), 10_000);
+    }
+
+    /// A GC request without its list (or with a broken one) must not read as "nothing is
+    /// valid": that would take down every pod of the node.
+    #[test]
+    fn gc_refuses_a_missing_or_malformed_attachment_list() {
+        let with = |list: Option<Value>| {
+            let mut raw = serde_json::json!({ "cniVersion": "1.1.0", "name": "pods" });
+            if let Some(l) = list {
+                raw["cni.dev/valid-attachments"] = l;
+            }
+            valid_attachments(&raw)
+        };
+        for bad in [
+            None,
+            Some(serde_json::json!({})),
+            Some(serde_json::json!([{ "containerID": "a" }])),
+            Some(serde_json::json!([{ "containerID": "a", "ifname": 3 }])),
+        ] {
+            let e = with(bad.clone()).expect_err(&format!("{bad:?}"));
+            assert_eq!(e.code, code::INVALID_CONFIG, "{bad:?}");
+        }
+        assert!(with(Some(serde_json::json!([]))).unwrap().is_empty());
+        let valid = with(Some(serde_json::json!([
+            { "containerID": "a", "ifname": "eth0" }
+        ])))
+        .unwrap();
+        assert!(valid.contains(&host_ifname("a", "eth0")));
     }
 
     fn ipam(v: Value) -> CniResult {
