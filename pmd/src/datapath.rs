@@ -382,6 +382,8 @@ pub struct Datapath {
     /// The fast path's maps (`None`: off).
     fast: Option<Arc<FastPath>>,
     ports: Vec<Option<LivePort>>,
+    /// Ids no new port gets (`reserve_id`).
+    reserved: Vec<PortId>,
     workers: Vec<WorkerHandle>,
     stop: Arc<AtomicBool>,
     probes: (Sender<Probed>, Receiver<Probed>),
@@ -488,6 +490,7 @@ impl Datapath {
             busy_poll: config.busy_poll,
             fast,
             ports: (0..MAX_PORTS).map(|_| None).collect(),
+            reserved: Vec::new(),
             workers,
             stop,
             probes: crossbeam_channel::unbounded(),
@@ -564,7 +567,10 @@ impl Datapath {
         info: PortInfo,
         setup_job: impl FnOnce(PortId) -> Option<SharedJob>,
     ) -> Result<PortId, DatapathError> {
-        let Some(id) = self.ports.iter().position(|p| p.is_none()) else {
+        let free = |(i, p): &(usize, &Option<LivePort>)| {
+            p.is_none() && !self.reserved.contains(&(*i as PortId))
+        };
+        let Some(id) = self.ports.iter().enumerate().find(free).map(|(i, _)| i) else {
             return Err(DatapathError::TooManyPorts {
                 ports: MAX_PORTS + 1,
                 limit: MAX_PORTS,
@@ -1201,6 +1207,14 @@ impl Datapath {
 
     /// Ports whose interface is gone (or was replaced by another of the same name) since it
     /// was attached.
+    /// Keeps `id` from new ports: a port whose id the pipeline's configuration names (the
+    /// gateway's uplink) that went away; another port under its id would be taken for it.
+    pub fn reserve_id(&mut self, id: PortId) {
+        if !self.reserved.contains(&id) {
+            self.reserved.push(id);
+        }
+    }
+
     pub fn vanished_ports(&self) -> Vec<PortId> {
         self.ports()
             .filter(|(_, p)| netdev::ifindex(&p.info.name).ok() != Some(p.info.ifindex))

@@ -78,6 +78,9 @@ pub struct Live {
     pub ports_lost: u64,
     /// Services came from `import` (Kubernetes): a reload of the file keeps them.
     pub imported: bool,
+    /// Gateway mode: the uplink's interface, attached at start only (its id is in the
+    /// gateway's configuration).
+    uplink_name: Option<String>,
     pub load: Load,
 }
 
@@ -88,6 +91,11 @@ impl Live {
             .map(|n| n.gateway.pod_ports.clone())
             .unwrap_or_default();
         let load = Load::new(dp.workers());
+        let uplink_name = node
+            .as_ref()
+            .and_then(|n| n.gateway.uplink.as_ref())
+            .and_then(|u| dp.port(u.port))
+            .map(|p| p.info.name.clone());
         // The file's bindings, as `port add --mac --ip` records its own (for `show ports`).
         let bindings = node
             .as_ref()
@@ -101,6 +109,7 @@ impl Live {
             bindings,
             ports_lost: 0,
             imported: false,
+            uplink_name,
             load,
         }
     }
@@ -123,6 +132,12 @@ impl Live {
 
     /// Attaches `name` (a pod, in gateway mode), optionally bound to a MAC and IPv4 address.
     pub fn add_port(&mut self, name: &str, binding: Option<PortBinding>) -> Result<PortId, String> {
+        if self.uplink_name.as_deref() == Some(name) && self.dp.port_id(name).is_none() {
+            // Added now it would be a pod port, on the pod segment, under another id.
+            return Err(format!(
+                "{name} is the node's uplink, attached only at start: restart the switch to attach it again"
+            ));
+        }
         let segment = self.segment();
         let pods = self.pods.clone();
         // The new port's segment and binding are in place before its first frame.
@@ -201,6 +216,19 @@ impl Live {
                 .map(|p| p.info.name.clone())
                 .unwrap_or_default();
             self.ports_lost += 1;
+            if Some(id) == self.uplink() {
+                // The gateway's configuration names its id: no other port may take it.
+                self.dp.reserve_id(id);
+                match self.remove(id) {
+                    Ok(_) => tracing::error!(
+                        port = name.as_str(),
+                        id,
+                        "the uplink's interface disappeared: port removed; restart the switch once it exists again"
+                    ),
+                    Err(e) => tracing::error!(port = name.as_str(), id, "the uplink's interface disappeared; removing the port: {e}"),
+                }
+                continue;
+            }
             match self.remove(id) {
                 Ok(_) => tracing::warn!(
                     port = name.as_str(),

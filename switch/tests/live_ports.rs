@@ -527,3 +527,43 @@ fn a_bound_pod_cannot_spoof_its_neighbours_or_the_gateway() {
     );
     finish(switch);
 }
+
+/// The gateway's configuration names the uplink by its port id: when its interface
+/// disappears, no pod may take that id (the gateway would send the node's traffic to it), and
+/// `port add` of the uplink is refused (it would join the pod segment), with the reason.
+#[test]
+fn a_vanished_uplink_keeps_its_id_and_is_not_added_back_as_a_pod() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(2);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.toml");
+    std::fs::write(
+        &path,
+        "[pods]\ngateway = \"10.244.1.1/24\"\n\n[uplink]\nport = \"vp1\"\naddress = \"198.18.0.1/24\"\nnext_hop = \"198.18.0.254\"\n",
+    )
+    .unwrap();
+    let switch = topo.start_switch_with(&["--config", path.to_str().unwrap()], "vp1");
+    let id_of = |name: &str| {
+        switch.ctl_json(&["show", "ports"])["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["id"].as_u64().unwrap())
+    };
+    let uplink = id_of("vp1").expect("the uplink is attached");
+    topo.unplug(0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while id_of("vp1").is_some() {
+        assert!(Instant::now() < deadline, "vp1 still listed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    switch.ctl_json(&["port", "add", "vp2"]);
+    assert_ne!(id_of("vp2"), Some(uplink), "a pod under the uplink's id");
+    topo.replug(0);
+    let refused = switch.ctl(&["port", "add", "vp1"]);
+    assert!(!refused.status.success(), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("uplink"), "{said}");
+    finish(switch);
+}
