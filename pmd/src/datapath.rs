@@ -630,6 +630,7 @@ impl Datapath {
         // The workers learn of the port (and run `setup`'s job) before any frame arrives.
         let job = setup_job(port);
         let mut acks = Vec::new();
+        let mut failed = None;
         for (w, (socks, segment)) in sockets.into_iter().zip(new_segments).enumerate() {
             let (done, ack) = bounded(1);
             let remote = socks
@@ -655,22 +656,27 @@ impl Datapath {
                 )
             });
             if let Err(e) = sent {
-                // The workers not told never got their segment: forget it (and the port)
-                // here too, or the next port would open sockets on memory no worker has.
-                let told: Vec<usize> = acks.iter().map(|(w, _)| *w).collect();
-                let untold: Vec<(usize, UmemHandle)> = placed
-                    .iter()
-                    .filter(|(pw, _)| !told.contains(pw))
-                    .cloned()
-                    .collect();
-                self.unplace_all(&untold, &owners);
-                return Err(e);
+                failed = Some(e);
+                break;
             }
             acks.push((w, ack));
         }
-        for (w, ack) in acks {
-            ack.recv_timeout(WORKER_ANSWER)
-                .map_err(|_| DatapathError::WorkerGone(w))?;
+        if failed.is_none() {
+            failed = acks
+                .iter()
+                .find(|(_, ack)| ack.recv_timeout(WORKER_ANSWER).is_err())
+                .map(|(w, _)| DatapathError::WorkerGone(*w));
+        }
+        let told: Vec<usize> = acks.iter().map(|(w, _)| *w).collect();
+        if failed.is_some() {
+            // The workers not told never got their segment: forget it here too, or the next
+            // port would open sockets on memory no worker has.
+            let untold: Vec<(usize, UmemHandle)> = placed
+                .iter()
+                .filter(|(pw, _)| !told.contains(pw))
+                .cloned()
+                .collect();
+            self.unplace_all(&untold, &owners);
         }
         self.next_attachment += 1;
         self.ports[id] = Some(LivePort {
@@ -678,7 +684,11 @@ impl Datapath {
             mode: self.xdp_mode,
             owners,
             since: Instant::now(),
-            segments: placed.iter().map(|(w, h)| (*w, h.id())).collect(),
+            segments: placed
+                .iter()
+                .filter(|(w, _)| told.contains(w))
+                .map(|(w, h)| (*w, h.id()))
+                .collect(),
             fast_egress: None,
             attachment: self.next_attachment,
             fast_watch: None,
@@ -688,6 +698,12 @@ impl Datapath {
             link: None,
             map: Some(map),
         });
+        if let Some(e) = failed {
+            // The workers told have the port's sockets (or will, in order): take it out again
+            // as a port that came, or its sockets keep the queues and its id goes to the next.
+            let _ = self.del_port(port, |_| None);
+            return Err(e);
+        }
         let live = self.ports[id].as_ref().expect("just set");
         match attach(&prog, &live.info, self.xdp_mode) {
             Ok(link) => {
@@ -1116,17 +1132,8 @@ impl Datapath {
         // posted to its rings when the program goes, not when the socket closes.
         let link = live.link.take();
         let detach = std::thread::spawn(move || drop(link));
-        let retired = self.retire_port(port, &mut live, teardown);
+        let (forgotten, to_reclaim, mut result) = self.retire_port(port, &mut live, teardown);
         let _ = detach.join();
-        let (forgotten, to_reclaim, mut result) = match retired {
-            Ok(retired) => retired,
-            Err(e) => {
-                for &(w, id) in &live.segments {
-                    self.unplace(w, id, sockets_on(&live.owners, w));
-                }
-                return Err(e);
-            }
-        };
         for (w, tags) in to_reclaim {
             let (done, reclaimed) = bounded(1);
             let answered = self
@@ -1162,32 +1169,41 @@ impl Datapath {
     /// `del_port` while the program's detach runs: the workers stop using the port and forget
     /// it, and its sockets are closed. Returns what each worker forgot, per worker the tags of
     /// the closed sockets whose frames are to come home, and whether every worker answered.
+    /// A worker that does not take a step does not stop the others from taking it (each
+    /// would keep the port's sockets, or its addresses and flows, otherwise).
     #[allow(clippy::type_complexity)]
     fn retire_port(
         &mut self,
         port: PortId,
         live: &mut LivePort,
         teardown: impl FnOnce(PortId) -> Option<SharedJob>,
-    ) -> Result<
-        (
-            Vec<ForgottenPort>,
-            Vec<(usize, Vec<u32>)>,
-            Result<(), DatapathError>,
-        ),
-        DatapathError,
-    > {
+    ) -> (
+        Vec<ForgottenPort>,
+        Vec<(usize, Vec<u32>)>,
+        Result<(), DatapathError>,
+    ) {
+        let mut answered = Ok(());
         let mut waits = Vec::new();
         for w in 0..self.workers.len() {
             let (done, back) = bounded(1);
-            self.send(w, Command::DelPort { port, done })?;
-            waits.push((w, back));
+            match self.send(w, Command::DelPort { port, done }) {
+                Ok(()) => waits.push((w, back)),
+                Err(e) => answered = Err(e),
+            }
         }
-        let forgotten = self.on_workers(move |p, _| p.forget_port(port))?;
+        let forgotten = match self.on_workers(move |p, _| p.forget_port(port)) {
+            Ok(forgotten) => forgotten,
+            Err(e) => {
+                answered = Err(e);
+                Vec::new()
+            }
+        };
         if let Some(job) = teardown(port) {
-            self.on_workers(move |p, now| job(p, now))?;
+            if let Err(e) = self.on_workers(move |p, now| job(p, now)) {
+                answered = Err(e);
+            }
         }
         let mut to_reclaim = Vec::new();
-        let mut answered = Ok(());
         for (w, back) in waits {
             let Ok(sockets) = back.recv_timeout(WORKER_ANSWER + Duration::from_secs(1)) else {
                 answered = Err(DatapathError::WorkerGone(w));
@@ -1202,11 +1218,9 @@ impl Datapath {
                 to_reclaim.push((w, tags));
             }
         }
-        Ok((forgotten, to_reclaim, answered))
+        (forgotten, to_reclaim, answered)
     }
 
-    /// Ports whose interface is gone (or was replaced by another of the same name) since it
-    /// was attached.
     /// Keeps `id` from new ports: a port whose id the pipeline's configuration names (the
     /// gateway's uplink) that went away; another port under its id would be taken for it.
     pub fn reserve_id(&mut self, id: PortId) {
@@ -1215,6 +1229,8 @@ impl Datapath {
         }
     }
 
+    /// Ports whose interface is gone (or was replaced by another of the same name) since it
+    /// was attached.
     pub fn vanished_ports(&self) -> Vec<PortId> {
         self.ports()
             .filter(|(_, p)| netdev::ifindex(&p.info.name).ok() != Some(p.info.ifindex))
