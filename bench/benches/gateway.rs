@@ -87,6 +87,7 @@ fn config(services: usize) -> GatewayConfig {
         backends: vec![SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 2), 8080)],
         affinity_timeout_s: None,
         external_local: None,
+        node_port_backends: None,
     }];
     for i in 1..services {
         svcs.push(ServiceConfig {
@@ -98,6 +99,7 @@ fn config(services: usize) -> GatewayConfig {
             backends: vec![SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 3), 8080)],
             affinity_timeout_s: None,
             external_local: None,
+            node_port_backends: None,
         });
     }
     GatewayConfig {

@@ -64,6 +64,7 @@ fn config(with_peer: bool) -> GatewayConfig {
                 .collect(),
             affinity_timeout_s: None,
             external_local: None,
+            node_port_backends: None,
         }
     };
     GatewayConfig {

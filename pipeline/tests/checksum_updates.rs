@@ -50,6 +50,7 @@ fn config() -> GatewayConfig {
             .collect(),
         affinity_timeout_s: None,
         external_local: None,
+        node_port_backends: None,
     };
     GatewayConfig {
         mac: GW_MAC,

@@ -82,6 +82,7 @@ mod gateway {
                     backends: vec![SocketAddrV4::new(PODS[0], 8080)],
                     affinity_timeout_s: None,
                     external_local: None,
+                    node_port_backends: None,
                 },
                 ServiceConfig {
                     name: "dns".into(),
@@ -95,6 +96,7 @@ mod gateway {
                     ],
                     affinity_timeout_s: None,
                     external_local: None,
+                    node_port_backends: None,
                 },
             ],
             vxlan: None,

@@ -590,6 +590,7 @@ pub fn parse(
             backends,
             affinity_timeout_s: s.session_affinity_timeout,
             external_local,
+            node_port_backends: None,
         });
     }
 

@@ -55,6 +55,11 @@ pub struct ServiceConfig {
     /// `externalTrafficPolicy: Local`: what the NodePort reaches (this node's endpoints), with
     /// the client's address kept; `None`: the NodePort reaches `backends`, SNATed to the node.
     pub external_local: Option<Vec<SocketAddrV4>>,
+    /// What the NodePort reaches when `backends` is not it: `internalTrafficPolicy: Local`
+    /// (`backends` is this node's endpoints) with `externalTrafficPolicy: Cluster` (the
+    /// NodePort reaches every endpoint, SNATed to the node). `None`: `backends` (or
+    /// `external_local`).
+    pub node_port_backends: Option<Vec<SocketAddrV4>>,
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +152,7 @@ impl Policy {
                 maglev: Maglev::new(&s.backends),
                 affinity_ms: s.affinity_timeout_s.map(|t| t as u64 * 1000),
                 external_local: s.external_local.as_deref().map(Maglev::new),
+                node_port_backends: s.node_port_backends.as_deref().map(Maglev::new),
             })
             .collect();
         Policy {

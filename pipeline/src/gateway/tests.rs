@@ -61,6 +61,7 @@ pub(super) fn config() -> GatewayConfig {
             backends: backends(&[(POD1, 8080), (POD2, 8080), (REMOTE_POD, 8080)]),
             affinity_timeout_s: None,
             external_local: None,
+            node_port_backends: None,
         }],
         vxlan: None,
         conntrack_capacity: 262_144,
@@ -996,6 +997,7 @@ fn later_fragments_follow_the_first_through_a_service() {
         backends: backends(&[(POD2, 5353)]),
         affinity_timeout_s: None,
         external_local: None,
+        node_port_backends: None,
     });
     let mut gw = gateway(&c);
     learn_neighbors(&mut gw);

@@ -99,6 +99,31 @@ fn ext_syn(gw: &mut Gateway, sport: u16) -> Out {
     )
 }
 
+/// ITP Local (the cluster IP reaches this node's backends) with ETP Cluster: the NodePort
+/// balances over its own set, every backend, SNATed to the node as usual.
+#[test]
+fn a_node_port_with_its_own_backends_reaches_them_snated() {
+    let mut c = config();
+    c.services[0].backends = backends(&[(POD1, 8080)]);
+    c.services[0].node_port_backends = Some(backends(&[(POD1, 8080), (REMOTE_POD, 8080)]));
+    let mut gw = gateway(&c);
+    learn_neighbors(&mut gw);
+    let mut seen = HashSet::new();
+    for sport in 0..100u16 {
+        let out = ext_syn(&mut gw, 4000 + sport);
+        let (src, _, dst, dport) = addresses(&out.frame);
+        assert_eq!(dport, 8080);
+        assert_ne!(src, EXT, "SNATed, not the client's address");
+        seen.insert(dst);
+    }
+    assert_eq!(seen, HashSet::from([POD1, REMOTE_POD]));
+    // The cluster IP reaches this node's backend only.
+    let spread: HashSet<_> = (0..50u16)
+        .map(|sport| backend_of(&pod3_syn_to_vip(&mut gw, 20000 + sport, 0)))
+        .collect();
+    assert_eq!(spread, HashSet::from([POD1]));
+}
+
 #[test]
 fn etp_local_node_port_reaches_local_backends_only_and_keeps_the_client() {
     let mut gw = gateway(&etp_local());

@@ -19,15 +19,20 @@ pub struct Service {
     /// `externalTrafficPolicy: Local`: the NodePort balances over these (this node's)
     /// backends only, and keeps the client's address.
     pub external_local: Option<Maglev>,
+    /// The NodePort's backends when the cluster IP's are this node's only (ITP Local with ETP
+    /// Cluster), SNATed as usual.
+    pub node_port_backends: Option<Maglev>,
 }
 
 impl Service {
-    /// The backends a front balances over: the NodePort's own set (ETP Local), else the
+    /// The backends a front balances over, and whether the client's address is kept: the
+    /// NodePort's own set (ETP Local: kept; ITP Local with ETP Cluster: not), else the
     /// service's.
     #[inline]
     pub fn backends_for(&self, node_port: bool) -> (&Maglev, bool) {
-        match &self.external_local {
-            Some(local) if node_port => (local, true),
+        match (&self.external_local, &self.node_port_backends) {
+            (Some(local), _) if node_port => (local, true),
+            (None, Some(all)) if node_port => (all, false),
             _ => (&self.maglev, false),
         }
     }
@@ -84,10 +89,12 @@ impl ServiceTable {
     pub fn all_backends(&self) -> impl Iterator<Item = SocketAddrV4> + '_ {
         self.by_vip.values().flat_map(|s| {
             let local = s.external_local.as_ref().map(|m| m.backends());
+            let node_port = s.node_port_backends.as_ref().map(|m| m.backends());
             s.maglev
                 .backends()
                 .iter()
                 .chain(local.unwrap_or_default())
+                .chain(node_port.unwrap_or_default())
                 .copied()
         })
     }
@@ -107,6 +114,7 @@ mod tests {
             maglev: Maglev::new(&[SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 2), 8080)]),
             affinity_ms: None,
             external_local: None,
+            node_port_backends: None,
         }
     }
 

@@ -497,6 +497,7 @@ fn services(live: &Live) -> Value {
                 "backends": s.backends.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
                 "affinity_s": s.affinity_timeout_s,
                 "node_port_local": s.external_local.as_ref().map(|l| l.iter().map(|b| b.to_string()).collect::<Vec<_>>()),
+                "node_port_backends": s.node_port_backends.as_ref().map(|l| l.iter().map(|b| b.to_string()).collect::<Vec<_>>()),
             })
         })
         .collect();

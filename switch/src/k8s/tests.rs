@@ -225,6 +225,30 @@ fn traffic_policies_pick_this_nodes_endpoints() {
         import(&one(itp, endpoints, PORTS)).services[0].backends,
         addrs(&["10.244.1.2:8080", "198.18.0.1:8080"])
     );
+    assert_eq!(
+        import(&one(itp, endpoints, PORTS)).services[0].node_port_backends,
+        None,
+        "no NodePort"
+    );
+    // ITP Local with a NodePort and ETP Cluster: ITP is the cluster IP's only, the NodePort
+    // reaches every endpoint (SNATed).
+    let itp_np = r#"{"type": "NodePort", "clusterIP": "10.96.1.1", "internalTrafficPolicy": "Local",
+        "ports": [{"name": "a", "port": 80, "nodePort": 30000}]}"#;
+    let s = &import(&one(itp_np, endpoints, PORTS)).services[0];
+    assert_eq!(s.backends, addrs(&["10.244.1.2:8080", "198.18.0.1:8080"]));
+    assert_eq!(s.external_local, None);
+    assert_eq!(
+        s.node_port_backends.as_deref(),
+        Some(&addrs(&["10.244.1.2:8080", "10.244.2.5:8080", "198.18.0.1:8080"])[..])
+    );
+    // With ETP Local too, the NodePort is this node's (and keeps the client).
+    let both = itp_np.replace(
+        "\"internalTrafficPolicy\"",
+        "\"externalTrafficPolicy\": \"Local\", \"internalTrafficPolicy\"",
+    );
+    let s = &import(&one(&both, endpoints, PORTS)).services[0];
+    assert_eq!(s.node_port_backends, None);
+    assert!(s.external_local.is_some());
 }
 
 #[test]

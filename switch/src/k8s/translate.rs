@@ -338,6 +338,9 @@ pub fn translate(list: &List, node: &Node) -> Result<Translated, String> {
             };
             let external_local =
                 (etp_local && node_port.is_some()).then(|| usable(&candidates, local));
+            // ITP applies to the cluster IP only: with ETP Cluster the NodePort reaches all.
+            let node_port_backends = (itp_local && !etp_local && node_port.is_some())
+                .then(|| usable(&candidates, |_| true));
             if let Some(other) = vips.insert((vip, number, proto), name.clone()) {
                 return Err(format!(
                     "{pat}: {vip}:{number} is already service {other:?}"
@@ -357,6 +360,7 @@ pub fn translate(list: &List, node: &Node) -> Result<Translated, String> {
                 backends,
                 affinity_timeout_s: affinity,
                 external_local,
+                node_port_backends,
             });
         }
     }
