@@ -323,7 +323,8 @@ impl Live {
         let mut config = node.gateway.clone();
         config.services = t.services;
         config.pod_ports = self.pods.clone();
-        let r = shared.reload(&config);
+        // An endpoint still listed (terminating, not ready) keeps its connections.
+        let r = shared.reload_keeping(&config, |b| t.listed.contains(b));
         node.gateway.services = config.services;
         self.imported = true;
         Ok(serde_json::json!({

@@ -224,6 +224,17 @@ impl GatewayShared {
     /// backend is gone. Ports, addresses and the MAC are fixed for the switch's life (checked
     /// by the caller).
     pub fn reload(&self, config: &GatewayConfig) -> ReloadReport {
+        self.reload_keeping(config, |_| false)
+    }
+
+    /// `reload`, keeping also the connections to the backends `still_there` names: endpoints
+    /// new connections no longer get but that still serve theirs (a Kubernetes endpoint
+    /// terminating or not ready, still listed: a pod's graceful termination).
+    pub fn reload_keeping(
+        &self,
+        config: &GatewayConfig,
+        still_there: impl Fn(&std::net::SocketAddrV4) -> bool,
+    ) -> ReloadReport {
         let policy = Arc::new(Policy::new(config));
         let backends: std::collections::HashSet<_> = policy.services.all_backends().collect();
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy.clone();
@@ -232,7 +243,8 @@ impl GatewayShared {
         self.epoch.fetch_add(1, Ordering::Release);
         let flows_closed = self.conntrack.remove_where(|f| {
             let dnat = f.orig.dst != f.reply.src || f.orig.dport != f.reply.sport;
-            dnat && !backends.contains(&std::net::SocketAddrV4::new(f.reply.src, f.reply.sport))
+            let backend = std::net::SocketAddrV4::new(f.reply.src, f.reply.sport);
+            dnat && !backends.contains(&backend) && !still_there(&backend)
         });
         ReloadReport {
             services: policy.services.len(),

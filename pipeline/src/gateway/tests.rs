@@ -807,6 +807,31 @@ fn reload_sends_new_connections_only_to_remaining_backends_and_closes_old_ones()
     let _ = PROTO_UDP;
 }
 
+/// A backend new connections no longer get but that still serves its own (a terminating
+/// Kubernetes endpoint) keeps them; it loses them once it is not there at all.
+#[test]
+fn a_reload_keeps_the_connections_of_a_backend_still_there() {
+    let c = config();
+    let mut gw = gateway(&c);
+    learn_neighbors(&mut gw);
+    for sport in 0..60u16 {
+        pod3_syn_to_vip(&mut gw, 30000 + sport, 0);
+    }
+    let before = gw.shared.conntrack.len();
+    let mut fewer = c.clone();
+    fewer.services[0].backends = backends(&[(POD1, 8080), (REMOTE_POD, 8080)]);
+    let draining = std::net::SocketAddrV4::new(POD2, 8080);
+    let report = gw.shared.reload_keeping(&fewer, |b| *b == draining);
+    assert_eq!(report.flows_closed, 0);
+    assert_eq!(gw.shared.conntrack.len(), before);
+    for sport in 0..60u16 {
+        let (_, _, dst, _) = addresses(&pod3_syn_to_vip(&mut gw, 40000 + sport, 1).frame);
+        assert_ne!(dst, POD2, "no new connection to it");
+    }
+    let report = gw.shared.reload(&fewer);
+    assert!(report.flows_closed > 0, "gone: its connections close");
+}
+
 #[test]
 fn a_local_backend_answering_its_client_directly_is_un_dnated_on_the_bridge() {
     let mut gw = one_local_backend();

@@ -241,6 +241,14 @@ fn traffic_policies_pick_this_nodes_endpoints() {
         s.node_port_backends.as_deref(),
         Some(&addrs(&["10.244.1.2:8080", "10.244.2.5:8080", "198.18.0.1:8080"])[..])
     );
+    // Every endpoint is listed, whatever its conditions: a terminating one keeps its
+    // connections at the import though it gets no new ones.
+    let t = import(&one(SPEC, endpoints, PORTS));
+    assert!(!t.services[0]
+        .backends
+        .contains(&addrs(&["10.244.1.3:8080"])[0]));
+    assert!(t.listed.contains(&addrs(&["10.244.1.3:8080"])[0]));
+    assert_eq!(t.listed.len(), 4);
     // With ETP Local too, the NodePort is this node's (and keeps the client).
     let both = itp_np.replace(
         "\"internalTrafficPolicy\"",

@@ -52,6 +52,9 @@ pub struct Translated {
     /// Services or ports not proxied, and why.
     pub skipped: Vec<String>,
     pub endpoints: usize,
+    /// Every endpoint of a proxied port, whatever its conditions: one that is not a backend
+    /// (terminating, not ready) still serves the connections it has.
+    pub listed: std::collections::HashSet<SocketAddrV4>,
 }
 
 fn proto_number(p: Option<&str>) -> Result<Option<u8>, String> {
@@ -330,6 +333,7 @@ pub fn translate(list: &List, node: &Node) -> Result<Translated, String> {
             }
             let candidates: Vec<Candidate> = found.into_values().collect();
             out.endpoints += candidates.len();
+            out.listed.extend(candidates.iter().map(|c| c.addr));
             let local = |c: &Candidate| node.is_local(*c.addr.ip());
             let backends = if itp_local {
                 usable(&candidates, local)
