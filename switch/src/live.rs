@@ -308,7 +308,11 @@ impl Live {
     /// `vswitch ctl import`: the services of a Kubernetes List replace the running ones (the
     /// file's, or the last import's); connections to backends that remain keep them, the
     /// others are closed, as a reload does.
-    pub fn import(&mut self, list: &crate::k8s::List) -> Result<serde_json::Value, String> {
+    pub fn import(
+        &mut self,
+        list: &crate::k8s::List,
+        invalid: crate::k8s::Invalid,
+    ) -> Result<serde_json::Value, String> {
         let start = std::time::Instant::now();
         let (Some(node), Some(shared)) = (self.node.as_mut(), &self.dp.gateway) else {
             return Err("import needs the node gateway: the switch runs without --config".into());
@@ -317,7 +321,7 @@ impl Live {
             pod_cidr: node.gateway.gateway,
             uplink: node.gateway.uplink.as_ref().map(|u| u.address),
         };
-        let t = crate::k8s::translate(list, &facts)
+        let t = crate::k8s::translate(list, &facts, invalid)
             .map_err(|e| format!("import refused, services kept: {e}"))?;
         let translated = start.elapsed();
         let mut config = node.gateway.clone();

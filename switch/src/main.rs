@@ -117,7 +117,9 @@ fn main() -> ExitCode {
             let outcome = match request.kind {
                 RequestKind::Ctl(args) => control::commands::execute(&mut live, &args),
                 RequestKind::Metrics => Outcome::Text(metrics::render(&live)),
-                RequestKind::Import(list) => control::commands::import(&mut live, &list),
+                RequestKind::Import(list, invalid) => {
+                    control::commands::import(&mut live, &list, invalid)
+                }
             };
             let _ = request.reply.try_send(outcome);
         }

@@ -65,15 +65,21 @@ pub fn main(args: &[String]) -> ExitCode {
     // `import FILE|-`: the file (or stdin) goes as the request's body, as it is.
     let mut body = None;
     if words.first().map(String::as_str) == Some("import") {
-        let source = match words.as_slice() {
-            [_, source] => source.clone(),
-            _ => return fail("usage: vswitch ctl import FILE|-  (kubectl get services,endpointslices -A -o json)"),
+        let (source, skip) = match words.as_slice() {
+            [_, source] => (source.clone(), false),
+            [_, source, flag] | [_, flag, source] if flag == "--skip-invalid" => {
+                (source.clone(), true)
+            }
+            _ => return fail("usage: vswitch ctl import FILE|- [--skip-invalid]  (kubectl get services,endpointslices -A -o json)"),
         };
         match read_body(&source) {
             Ok(b) => body = Some(b),
             Err(e) => return fail(e),
         }
         words.truncate(1);
+        if skip {
+            words.push("--skip-invalid".into());
+        }
         wait = Duration::from_secs(120);
     }
     let answer = match ask(&socket, &words, body.as_deref(), wait) {

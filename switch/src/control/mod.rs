@@ -29,7 +29,8 @@ pub const MAX_BODY: usize = 128 << 20;
 pub enum RequestKind {
     Ctl(Vec<String>),
     /// `import`, its JSON already parsed.
-    Import(Box<crate::k8s::List>),
+    /// The list, and what to do with an item that cannot be read.
+    Import(Box<crate::k8s::List>, crate::k8s::Invalid),
     Metrics,
 }
 

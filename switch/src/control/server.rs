@@ -245,12 +245,18 @@ fn request(
     let line = read_line_from(reader, stream, MAX_REQUEST, Instant::now() + READ_TIMEOUT)?;
     let (args, body_len) = parse(&line)?;
     let takes_body = args.first().map(String::as_str) == Some("import");
+    // `import --skip-invalid` (the agent's): items that cannot be read are left out.
+    let invalid = match args.get(1).map(String::as_str) {
+        Some("--skip-invalid") if takes_body => crate::k8s::Invalid::Skip,
+        _ => crate::k8s::Invalid::Refuse,
+    };
+    let plain = args.len() == 1 || (args.len() == 2 && invalid == crate::k8s::Invalid::Skip);
     match body_len {
         None if takes_body => {
             Err("import needs the JSON to import: vswitch ctl import FILE|-".into())
         }
         None => Ok(RequestKind::Ctl(args)),
-        Some(_) if !takes_body || args.len() != 1 => {
+        Some(_) if !takes_body || !plain => {
             Err(format!("{:?} takes no request body", args.join(" ")))
         }
         Some(len) if len > MAX_BODY => Err(format!(
@@ -268,7 +274,7 @@ fn request(
                 parse_ms = (start.elapsed() - read).as_millis() as u64,
                 "import received"
             );
-            Ok(RequestKind::Import(Box::new(list)))
+            Ok(RequestKind::Import(Box::new(list), invalid))
         }
     }
 }
@@ -378,13 +384,30 @@ mod tests {
         let mut bytes =
             format!("{{\"args\": [\"import\"], \"body_len\": {}}}\n", body.len()).into_bytes();
         bytes.extend_from_slice(body);
-        assert!(matches!(request_of(&bytes), Ok(RequestKind::Import(l)) if l.items.is_empty()));
+        assert!(matches!(
+            request_of(&bytes),
+            Ok(RequestKind::Import(l, crate::k8s::Invalid::Refuse)) if l.items.is_empty()
+        ));
+        let mut skipping = format!(
+            "{{\"args\": [\"import\", \"--skip-invalid\"], \"body_len\": {}}}\n",
+            body.len()
+        )
+        .into_bytes();
+        skipping.extend_from_slice(body);
+        assert!(matches!(
+            request_of(&skipping),
+            Ok(RequestKind::Import(_, crate::k8s::Invalid::Skip))
+        ));
         assert!(matches!(
             request_of(b"{\"args\": [\"show\", \"ports\"]}\n"),
             Ok(RequestKind::Ctl(a)) if a == ["show", "ports"]
         ));
-        let cases: [(&[u8], &str); 6] = [
+        let cases: [(&[u8], &str); 7] = [
             (b"{\"args\": [\"import\"]}\n", "import needs the JSON"),
+            (
+                b"{\"args\": [\"import\", \"--lenient\"], \"body_len\": 3}\nabc",
+                "takes no request body",
+            ),
             (
                 b"{\"args\": [\"show\", \"ports\"], \"body_len\": 3}\nabc",
                 "takes no request body",

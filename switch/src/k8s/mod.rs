@@ -9,4 +9,4 @@ pub mod translate;
 mod tests;
 
 pub use model::{parse, List};
-pub use translate::{translate, Node};
+pub use translate::{translate, Invalid, Node};

@@ -17,13 +17,13 @@ fn node() -> Node {
 }
 
 fn import(text: &str) -> Translated {
-    translate(&parse(text.as_bytes()).unwrap(), &node()).unwrap()
+    translate(&parse(text.as_bytes()).unwrap(), &node(), Invalid::Refuse).unwrap()
 }
 
 fn error(text: &str) -> String {
     match parse(text.as_bytes()) {
         Err(e) => e,
-        Ok(list) => translate(&list, &node()).unwrap_err(),
+        Ok(list) => translate(&list, &node(), Invalid::Refuse).unwrap_err(),
     }
 }
 
@@ -308,4 +308,41 @@ fn bad_input_is_an_error_that_names_it() {
 fn an_empty_list_means_no_services() {
     let t = import(r#"{"apiVersion": "v1", "kind": "List", "items": []}"#);
     assert!(t.services.is_empty());
+}
+
+/// The agent imports with `Invalid::Skip`: one object of the cluster that cannot be read is
+/// left out (named in `skipped`), a Service whole; the rest is imported.
+#[test]
+fn with_skip_invalid_a_bad_item_is_left_out_and_the_rest_imported() {
+    let text = r#"{"items": [
+        {"kind": "Service", "metadata": {"name": "good", "namespace": "n"},
+         "spec": {"clusterIP": "10.96.1.1", "ports": [{"port": 80}]}},
+        {"kind": "Service", "metadata": {"name": "bad", "namespace": "n"},
+         "spec": {"clusterIP": "10.96.1.2", "ports": [{"name": "a", "port": 81, "nodePort": 30000},
+                                                      {"name": "b", "port": 70000}]}},
+        {"kind": "Service", "metadata": {"name": "later", "namespace": "n"},
+         "spec": {"clusterIP": "10.96.1.3", "ports": [{"port": 82, "nodePort": 30000}]}},
+        {"kind": "EndpointSlice", "metadata": {"name": "good-1", "namespace": "n",
+         "labels": {"kubernetes.io/service-name": "good"}}, "addressType": "IPv4",
+         "endpoints": [{"addresses": ["010.244.1.2"]}], "ports": [{"port": 8080}]},
+        {"kind": "Pod", "metadata": {"name": "p", "namespace": "n"}}]}"#;
+    let list = parse(text.as_bytes()).unwrap();
+    let refused = translate(&list, &node(), Invalid::Refuse).unwrap_err();
+    assert!(refused.contains("\"010.244.1.2\""), "{refused}");
+    let t = translate(&list, &node(), Invalid::Skip).unwrap();
+    let names: Vec<&str> = t.services.iter().map(|s| s.name.as_str()).collect();
+    // The bad Service goes whole (its good port too), and frees the NodePort it took.
+    assert_eq!(names, ["n/good:80", "n/later:82"]);
+    assert_eq!(t.services[1].node_port, Some(30000));
+    assert!(
+        t.services[0].backends.is_empty(),
+        "its only slice was left out"
+    );
+    assert_eq!(t.skipped.len(), 3, "{:?}", t.skipped);
+    for (said, what) in t.skipped.iter().zip(["010.244.1.2", "Pod", "port 70000"]) {
+        assert!(
+            said.contains(what) && said.ends_with("(left out)"),
+            "{said}"
+        );
+    }
 }

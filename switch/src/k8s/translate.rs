@@ -206,8 +206,27 @@ fn local_policy(value: Option<&str>, at: &str, field: &str) -> Result<bool, Stri
     }
 }
 
+/// How `translate` takes an item it cannot read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalid {
+    /// The whole list is refused, naming the item (`vswitch ctl import`: the operator's file).
+    Refuse,
+    /// The item is left out and listed in `skipped` with the reason; the rest is imported
+    /// (the agent: one bad object of the cluster must not stop every update).
+    Skip,
+}
+
 /// Translates a list; `node` says which endpoints are this node's.
-pub fn translate(list: &List, node: &Node) -> Result<Translated, String> {
+pub fn translate(list: &List, node: &Node, invalid: Invalid) -> Result<Translated, String> {
+    let mut out = Translated::default();
+    // An item's error: the list's, or a line of `skipped`.
+    let bad = |out: &mut Translated, e: String| match invalid {
+        Invalid::Refuse => Err(e),
+        Invalid::Skip => {
+            out.skipped.push(format!("{e} (left out)"));
+            Ok(())
+        }
+    };
     if let Some(kind) = list.kind.as_deref() {
         if !matches!(kind, "List" | "ServiceList" | "EndpointSliceList") {
             return Err(format!(
@@ -231,26 +250,67 @@ pub fn translate(list: &List, node: &Node) -> Result<Translated, String> {
                 else {
                     continue;
                 };
-                if let Some(s) = slice(item, &at)? {
-                    slices
+                match slice(item, &at) {
+                    Ok(Some(s)) => slices
                         .entry((item.metadata.namespace.as_str(), owner.as_str()))
                         .or_default()
-                        .push(s);
+                        .push(s),
+                    Ok(None) => {}
+                    Err(e) => bad(&mut out, e)?,
                 }
             }
-            Some(other) => {
-                return Err(format!(
-                    "items[{i}]: kind {other:?} is neither Service nor EndpointSlice"
-                ))
-            }
-            None => return Err(format!("items[{i}]: kind is missing")),
+            Some(other) => bad(
+                &mut out,
+                format!("items[{i}]: kind {other:?} is neither Service nor EndpointSlice"),
+            )?,
+            None => bad(&mut out, format!("items[{i}]: kind is missing"))?,
         }
     }
-    let mut out = Translated::default();
     // Service fronts taken so far: (ip, port, proto) and (node port, proto).
-    let mut vips: HashMap<(Ipv4Addr, u16, u8), String> = HashMap::new();
-    let mut node_ports: HashMap<(u16, u8), String> = HashMap::new();
+    let mut fronts = Fronts::default();
     for (i, item) in services {
+        let own_slices = slices
+            .get(&(
+                item.metadata.namespace.as_str(),
+                item.metadata.name.as_str(),
+            ))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let (services, skipped) = (out.services.len(), out.skipped.len());
+        if let Err(e) = service(item, i, own_slices, node, &mut fronts, &mut out) {
+            // None of its ports, then: a Service goes whole or not at all.
+            out.services.truncate(services);
+            out.skipped.truncate(skipped);
+            let ns_name = format!("{}/{}:", item.metadata.namespace, item.metadata.name);
+            fronts.vips.retain(|_, v| !v.starts_with(&ns_name));
+            fronts.node_ports.retain(|_, v| !v.starts_with(&ns_name));
+            bad(&mut out, e)?;
+        }
+    }
+    out.services
+        .sort_by(|a, b| a.name.cmp(&b.name).then(a.proto.cmp(&b.proto)));
+    Ok(out)
+}
+
+/// The service fronts taken, by service name: (cluster IP, port, protocol) and (NodePort,
+/// protocol).
+#[derive(Default)]
+struct Fronts {
+    vips: HashMap<(Ipv4Addr, u16, u8), String>,
+    node_ports: HashMap<(u16, u8), String>,
+}
+
+/// One Service's ports into `out`.
+fn service(
+    item: &Item,
+    i: usize,
+    own_slices: &[Slice],
+    node: &Node,
+    fronts: &mut Fronts,
+    out: &mut Translated,
+) -> Result<(), String> {
+    let (vips, node_ports) = (&mut fronts.vips, &mut fronts.node_ports);
+    {
         let at = describe(item, i);
         let ns_name = format!("{}/{}", item.metadata.namespace, item.metadata.name);
         if item.metadata.name.is_empty() {
@@ -261,12 +321,12 @@ pub fn translate(list: &List, node: &Node) -> Result<Translated, String> {
         };
         if spec.type_.as_deref() == Some("ExternalName") {
             out.skipped.push(format!("{ns_name}: ExternalName"));
-            continue;
+            return Ok(());
         }
         let Some(vip) = cluster_ip(spec, &at)? else {
             out.skipped
                 .push(format!("{ns_name}: headless or IPv6-only"));
-            continue;
+            return Ok(());
         };
         let affinity = affinity(spec, &at)?;
         let etp_local = local_policy(
@@ -279,13 +339,6 @@ pub fn translate(list: &List, node: &Node) -> Result<Translated, String> {
             &at,
             "internalTrafficPolicy",
         )?;
-        let own_slices = slices
-            .get(&(
-                item.metadata.namespace.as_str(),
-                item.metadata.name.as_str(),
-            ))
-            .map(Vec::as_slice)
-            .unwrap_or_default();
         for (j, port) in spec.ports.iter().flatten().enumerate() {
             let pat = format!("{at}: spec.ports[{j}]");
             let Some(proto) =
@@ -368,7 +421,5 @@ pub fn translate(list: &List, node: &Node) -> Result<Translated, String> {
             });
         }
     }
-    out.services
-        .sort_by(|a, b| a.name.cmp(&b.name).then(a.proto.cmp(&b.proto)));
-    Ok(out)
+    Ok(())
 }
