@@ -66,7 +66,7 @@ impl Words {
     }
 }
 
-pub const USAGE: &str = "commands: show ports | show stats | show fdb | show neigh | show routes | show services | show conntrack [--limit N] | port add IF [--mac MAC [--ip ADDR]] | port del IF | fdb flush | conntrack flush | reload | import FILE|- | capture PORT --count N --out FILE [--timeout SECS]";
+pub const USAGE: &str = "commands: show ports | show stats | show fdb | show neigh | show routes | show services | show conntrack [--limit N] | port add IF [--mac MAC [--ip ADDR]] | port del IF | fdb flush | conntrack flush | reload | import FILE|- [--skip-invalid] | capture PORT --count N --out FILE [--timeout SECS]";
 
 /// `import`: the services of a Kubernetes List replace the running ones.
 pub fn import(live: &mut Live, list: &crate::k8s::List, invalid: crate::k8s::Invalid) -> Outcome {
