@@ -5,6 +5,7 @@
 
 use crate::cli::Args;
 use crate::config::{self, NodeConfig};
+use crate::port_records::PortRecords;
 use pipeline::gateway::{ForgottenPort, GatewayConfig};
 use pipeline::l2::PortBinding;
 use pipeline::{Pipeline, PortId, PortMask};
@@ -81,6 +82,8 @@ pub struct Live {
     /// Gateway mode: the uplink's interface, attached at start only (its id is in the
     /// gateway's configuration).
     uplink_name: Option<String>,
+    /// Ports `port add` attached, attached again when the switch starts.
+    records: PortRecords,
     pub load: Load,
 }
 
@@ -101,6 +104,7 @@ impl Live {
             .as_ref()
             .map(|n| n.bindings.iter().copied().collect())
             .unwrap_or_default();
+        let records = PortRecords::beside(&args.ctl);
         Live {
             dp,
             args,
@@ -110,6 +114,7 @@ impl Live {
             ports_lost: 0,
             imported: false,
             uplink_name,
+            records,
             load,
         }
     }
@@ -160,6 +165,9 @@ impl Live {
                 if let Some(b) = binding {
                     self.bindings.insert(id, b);
                 }
+                if let Err(e) = self.records.record(name, binding) {
+                    tracing::warn!(port = name, dir = %self.records.dir().display(), "not recorded: a restarted switch will not attach it again: {e}");
+                }
                 tracing::info!(port = name, id, ?binding, "port added");
                 Ok(id)
             }
@@ -198,6 +206,11 @@ impl Live {
     }
 
     fn remove(&mut self, id: PortId) -> Result<ForgottenPort, String> {
+        if let Some(port) = self.dp.port(id) {
+            if let Err(e) = self.records.forget(&port.info.name) {
+                tracing::warn!(port = port.info.name.as_str(), "its record stays: {e}");
+            }
+        }
         let segment = self.segment();
         self.pods.retain(|&p| p != id);
         self.bindings.remove(&id);
@@ -205,6 +218,43 @@ impl Live {
         self.dp
             .del_port(id, |_| segment.set(&pods))
             .map_err(|e| e.to_string())
+    }
+
+    /// Attaches again the ports `port add` attached before the switch restarted (pods: the
+    /// runtime does not call the CNI plugin again for them), where their interface still
+    /// exists; a record whose interface is gone goes (the pod was deleted meanwhile).
+    pub fn restore_ports(&mut self) {
+        for (name, binding) in self.records.list() {
+            if self.dp.port_id(&name).is_some() {
+                continue;
+            }
+            let binding = match binding {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(port = name.as_str(), "record not readable, left alone: {e}");
+                    continue;
+                }
+            };
+            if pmd::netdev::ifindex(&name).is_err() {
+                tracing::info!(
+                    port = name.as_str(),
+                    "recorded port's interface is gone: record removed"
+                );
+                let _ = self.records.forget(&name);
+                continue;
+            }
+            match self.add_port(&name, binding) {
+                Ok(id) => tracing::info!(
+                    port = name.as_str(),
+                    id,
+                    "attached again (recorded before a restart)"
+                ),
+                Err(e) => tracing::warn!(
+                    port = name.as_str(),
+                    "recorded port not attached again: {e}"
+                ),
+            }
+        }
     }
 
     /// Takes down the ports whose interface disappeared (each alone; logged and counted).

@@ -12,6 +12,7 @@ mod k8s;
 mod live;
 mod logging;
 mod metrics;
+mod port_records;
 mod report;
 
 use clap::Parser;
@@ -108,6 +109,7 @@ fn main() -> ExitCode {
     tracing::info!(socket = %args.ctl.display(), metrics = ?args.metrics, "control socket ready");
     let interval = Duration::from_secs(args.stats_interval);
     let mut live = Live::new(dp, args, node);
+    live.restore_ports();
 
     let mut last = rates_snapshot(&live.dp);
     let mut last_check = Instant::now();

@@ -567,3 +567,53 @@ fn a_vanished_uplink_keeps_its_id_and_is_not_added_back_as_a_pod() {
     assert!(said.contains("uplink"), "{said}");
     finish(switch);
 }
+
+/// The runtime does not call the CNI plugin again for running pods: a restarted switch must
+/// attach again, with their bindings, the ports `port add` attached (recorded beside its
+/// control socket), but not one `port del` removed or whose interface went meanwhile.
+#[test]
+fn a_restarted_switch_attaches_its_pods_again() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(3);
+    let (dir, path) = gateway_config();
+    let ctl = dir.path().join("vswitch.sock");
+    let args = [
+        "--config",
+        path.to_str().unwrap(),
+        "--ctl",
+        ctl.to_str().unwrap(),
+    ];
+    let switch = topo.start_switch_with(&args, "");
+    for pod in &topo.pods {
+        switch.ctl_json(&["port", "add", &pod.port, "--mac", &pod.mac, "--ip", &pod.ip]);
+    }
+    ping_all_pairs(&topo, &[0, 1, 2]);
+    finish(switch);
+
+    let switch = topo.start_switch_with(&args, "vp1,vp2,vp3");
+    let ports = switch.ctl_json(&["show", "ports"]);
+    let vp1 = ports["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "vp1")
+        .unwrap_or_else(|| panic!("vp1 not attached again: {ports}"));
+    assert_eq!(vp1["mac"], topo.pods[0].mac.as_str(), "{ports}");
+    assert_eq!(vp1["ip"], topo.pods[0].ip.as_str(), "{ports}");
+    ping_all_pairs(&topo, &[0, 1, 2]);
+    switch.ctl_json(&["port", "del", "vp2"]);
+    finish(switch);
+
+    // Pod 3 goes while the switch is down.
+    topo.unplug(2);
+    let switch = topo.start_switch_with(&args, "vp1");
+    assert_eq!(port_names(&switch), ["vp1"]);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("vswitch-ports"))
+            .unwrap()
+            .count(),
+        1,
+        "vp3's record went with its interface"
+    );
+    finish(switch);
+}

@@ -239,9 +239,15 @@ impl Topology {
             full.extend_from_slice(&["--ctl", &ctl]);
         }
         let child = self.spawn(&self.sw, &full);
+        let records = (!args.contains(&"--ctl")).then(|| {
+            let path = Path::new(&ctl);
+            let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+            path.with_file_name(format!("{stem}-ports"))
+        });
         let switch = Switch {
             child: Some(child),
             ctl,
+            records,
         };
         // Attached once every port shows an XDP program and the control socket is there.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -365,6 +371,9 @@ pub struct Switch {
     child: Option<Child>,
     /// Its control socket.
     pub ctl: String,
+    /// Where it records the ports `port add` attached (beside a socket the test did not
+    /// name; removed on drop: nothing restarts on it).
+    records: Option<std::path::PathBuf>,
 }
 
 /// What `vswitch` printed when it stopped.
@@ -475,6 +484,9 @@ impl Drop for Switch {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(dir) = &self.records {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

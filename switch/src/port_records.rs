@@ -1,0 +1,142 @@
+//! Ports attached by `port add` (pods, by the CNI plugin), recorded beside the control socket
+//! (`/run/vswitch/vswitch.sock`: `/run/vswitch/vswitch-ports/<interface>`, the binding as
+//! JSON) so a restarted switch attaches them again: nothing else would (the runtime does not
+//! call ADD again for running pods). `port del` and an interface that disappeared remove the
+//! record. Named after the socket, so switches whose sockets share a directory keep apart.
+
+use pipeline::l2::PortBinding;
+use pipeline::MacAddr;
+use serde_json::{json, Value};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+pub struct PortRecords {
+    dir: PathBuf,
+}
+
+impl PortRecords {
+    /// The records of the switch whose control socket is `socket`.
+    pub fn beside(socket: &Path) -> PortRecords {
+        let stem = socket
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "vswitch".into());
+        let dir = socket
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join(format!("{stem}-ports"));
+        PortRecords { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, name: &str) -> Option<PathBuf> {
+        // An interface name is one path component (the kernel refuses '/' in it).
+        (!name.is_empty() && !name.contains('/') && name != "." && name != "..")
+            .then(|| self.dir.join(name))
+    }
+
+    /// Records `name` with its binding.
+    pub fn record(&self, name: &str, binding: Option<PortBinding>) -> std::io::Result<()> {
+        let Some(path) = self.path(name) else {
+            return Err(std::io::Error::other(format!(
+                "{name:?} is not a port name"
+            )));
+        };
+        std::fs::create_dir_all(&self.dir)?;
+        let value = match binding {
+            Some(b) => json!({ "mac": b.mac.to_string(), "ip": b.ip.map(|ip| ip.to_string()) }),
+            None => json!({}),
+        };
+        // Written whole, then renamed: a switch killed meanwhile leaves the old record or none.
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, value.to_string())?;
+        std::fs::rename(&tmp, &path)
+    }
+
+    /// Removes `name`'s record, if any (and the directory with the last).
+    pub fn forget(&self, name: &str) -> std::io::Result<()> {
+        match self.path(name).map(std::fs::remove_file) {
+            Some(Err(e)) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => {
+                // Fails while records remain: then it stays.
+                let _ = std::fs::remove_dir(&self.dir);
+                Ok(())
+            }
+        }
+    }
+
+    /// Every record: the port's name and binding, or why the record cannot be read.
+    pub fn list(&self) -> Vec<(String, Result<Option<PortBinding>, String>)> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<_> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| !name.starts_with('.'))
+            .map(|name| {
+                let read = std::fs::read_to_string(self.dir.join(&name))
+                    .map_err(|e| e.to_string())
+                    .and_then(|text| binding_of(&text));
+                (name, read)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+fn binding_of(text: &str) -> Result<Option<PortBinding>, String> {
+    let value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let Some(mac) = value.get("mac").and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    let mac: MacAddr = mac.parse().map_err(|_| format!("mac {mac:?}"))?;
+    let ip = match value.get("ip").and_then(Value::as_str) {
+        Some(ip) => Some(ip.parse::<Ipv4Addr>().map_err(|_| format!("ip {ip:?}"))?),
+        None => None,
+    };
+    Ok(Some(PortBinding { mac, ip }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = PortRecords::beside(&dir.path().join("vswitch.sock"));
+        assert!(records.list().is_empty(), "no directory yet");
+        let bound = PortBinding {
+            mac: "02:00:00:00:01:02".parse().unwrap(),
+            ip: Some(Ipv4Addr::new(10, 244, 1, 2)),
+        };
+        records.record("vsw1", Some(bound)).unwrap();
+        records.record("vsw2", None).unwrap();
+        let mac_only = PortBinding { ip: None, ..bound };
+        records.record("vsw3", Some(mac_only)).unwrap();
+        assert_eq!(
+            records.list(),
+            [
+                ("vsw1".to_string(), Ok(Some(bound))),
+                ("vsw2".to_string(), Ok(None)),
+                ("vsw3".to_string(), Ok(Some(mac_only))),
+            ]
+        );
+        records.forget("vsw2").unwrap();
+        records.forget("vsw2").unwrap();
+        assert_eq!(records.list().len(), 2);
+        assert_eq!(records.dir(), dir.path().join("vswitch-ports"));
+        std::fs::write(records.dir().join("vsw4"), "not json").unwrap();
+        assert!(records.list()[2].1.is_err());
+        assert!(records.record("../x", None).is_err());
+        for name in ["vsw1", "vsw3", "vsw4"] {
+            records.forget(name).unwrap();
+        }
+        assert!(!records.dir().exists(), "gone with the last record");
+    }
+}
