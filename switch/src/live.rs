@@ -137,6 +137,22 @@ impl Live {
 
     /// Attaches `name` (a pod, in gateway mode), optionally bound to a MAC and IPv4 address.
     pub fn add_port(&mut self, name: &str, binding: Option<PortBinding>) -> Result<PortId, String> {
+        // An interface of this name replaced the attached one before the vanished-port check
+        // saw it (a pod recreated at once): the old port goes first.
+        if let Some(old) = self.dp.port_id(name) {
+            let stale = self.dp.port(old).map(|p| p.info.ifindex);
+            if stale.is_some_and(|i| pmd::netdev::ifindex(name).is_ok_and(|now| now != i))
+                && Some(old) != self.uplink()
+            {
+                self.ports_lost += 1;
+                self.remove(old)?;
+                tracing::warn!(
+                    port = name,
+                    id = old,
+                    "its interface was replaced: the old port removed"
+                );
+            }
+        }
         if self.uplink_name.as_deref() == Some(name) && self.dp.port_id(name).is_none() {
             // Added now it would be a pod port, on the pod segment, under another id.
             return Err(format!(

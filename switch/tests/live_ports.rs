@@ -617,3 +617,22 @@ fn a_restarted_switch_attaches_its_pods_again() {
     );
     finish(switch);
 }
+
+/// A pod recreated at once under the same interface name: `port add` takes the new
+/// interface, whether or not the switch noticed the old one go.
+#[test]
+fn a_port_added_again_for_a_replaced_interface_takes_the_new_one() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(2);
+    let (_dir, path) = gateway_config();
+    let switch = topo.start_switch_with(&["--config", path.to_str().unwrap()], "");
+    for pod in &topo.pods {
+        switch.ctl_json(&["port", "add", &pod.port]);
+    }
+    assert!(topo.ping(0, 1));
+    topo.unplug(1);
+    topo.replug(1);
+    switch.ctl_json(&["port", "add", &topo.pods[1].port]);
+    assert!(topo.ping(0, 1), "through the new interface");
+    finish(switch);
+}
