@@ -392,6 +392,7 @@ impl Live {
         let translated = start.elapsed();
         let mut config = node.gateway.clone();
         config.services = t.services;
+        keep_running(&mut config.services, &node.gateway.services, &t.left_out);
         config.pod_ports = self.pods.clone();
         // An endpoint still listed (terminating, not ready) keeps its connections.
         let r = shared.reload_keeping(&config, |b| t.listed.contains(b));
@@ -429,5 +430,70 @@ impl Segment {
         Some(Arc::new(move |p: &mut Pipeline, _| {
             p.set_flood_domain(flood)
         }))
+    }
+}
+
+/// The running ports of the Services an import left out (`namespace/name`, their ports named
+/// `namespace/name:port`) stay, where no imported Service took their fronts meanwhile.
+fn keep_running(
+    services: &mut Vec<pipeline::gateway::ServiceConfig>,
+    running: &[pipeline::gateway::ServiceConfig],
+    left_out: &[String],
+) {
+    let taken = |s: &pipeline::gateway::ServiceConfig,
+                 others: &[pipeline::gateway::ServiceConfig]| {
+        others.iter().any(|o| {
+            (o.cluster_ip, o.port, o.proto) == (s.cluster_ip, s.port, s.proto)
+                || (s.node_port.is_some() && (o.node_port, o.proto) == (s.node_port, s.proto))
+        })
+    };
+    let kept: Vec<_> = running
+        .iter()
+        .filter(|s| {
+            left_out.iter().any(|n| {
+                s.name
+                    .strip_prefix(n.as_str())
+                    .is_some_and(|r| r.starts_with(':'))
+            })
+        })
+        .filter(|s| !taken(s, services))
+        .cloned()
+        .collect();
+    services.extend(kept);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pipeline::gateway::ServiceConfig;
+    use std::net::Ipv4Addr;
+
+    fn svc(name: &str, vip: [u8; 4], node_port: Option<u16>) -> ServiceConfig {
+        ServiceConfig {
+            name: name.into(),
+            cluster_ip: Ipv4Addr::from(vip),
+            port: 80,
+            proto: 6,
+            node_port,
+            backends: Vec::new(),
+            affinity_timeout_s: None,
+            external_local: None,
+            node_port_backends: None,
+        }
+    }
+
+    #[test]
+    fn a_left_out_service_keeps_its_running_ports_unless_their_fronts_are_taken() {
+        let running = [
+            svc("n/a:80", [10, 96, 0, 1], None),
+            svc("n/a:81", [10, 96, 0, 2], Some(30000)),
+            svc("n/ab:80", [10, 96, 0, 3], None),
+            svc("n/b:80", [10, 96, 0, 4], None),
+        ];
+        let mut imported = vec![svc("n/c:80", [10, 96, 0, 9], Some(30000))];
+        keep_running(&mut imported, &running, &["n/a".to_string()]);
+        let names: Vec<&str> = imported.iter().map(|s| s.name.as_str()).collect();
+        // n/a:81's NodePort went to n/c; n/ab is another Service.
+        assert_eq!(names, ["n/c:80", "n/a:80"]);
     }
 }

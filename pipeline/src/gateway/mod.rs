@@ -244,7 +244,17 @@ impl GatewayShared {
         let flows_closed = self.conntrack.remove_where(|f| {
             let dnat = f.orig.dst != f.reply.src || f.orig.dport != f.reply.sport;
             let backend = std::net::SocketAddrV4::new(f.reply.src, f.reply.sport);
-            dnat && !backends.contains(&backend) && !still_there(&backend)
+            // A finished connection is not kept: a new SYN on its tuple would reuse it (and
+            // its backend) instead of being balanced anew.
+            let finished = matches!(
+                f.state,
+                crate::conntrack::FlowState::Tcp(
+                    crate::conntrack::TcpState::TimeWait
+                        | crate::conntrack::TcpState::LastAck
+                        | crate::conntrack::TcpState::Close
+                )
+            );
+            dnat && !backends.contains(&backend) && (finished || !still_there(&backend))
         });
         ReloadReport {
             services: policy.services.len(),

@@ -331,13 +331,12 @@ fn with_skip_invalid_a_bad_item_is_left_out_and_the_rest_imported() {
     assert!(refused.contains("\"010.244.1.2\""), "{refused}");
     let t = translate(&list, &node(), Invalid::Skip).unwrap();
     let names: Vec<&str> = t.services.iter().map(|s| s.name.as_str()).collect();
-    // The bad Service goes whole (its good port too), and frees the NodePort it took.
-    assert_eq!(names, ["n/good:80", "n/later:82"]);
-    assert_eq!(t.services[1].node_port, Some(30000));
-    assert!(
-        t.services[0].backends.is_empty(),
-        "its only slice was left out"
-    );
+    // The bad Service goes whole (its good port too), and frees the NodePort it took; the
+    // Service whose slice could not be read goes too (short of those endpoints, it would
+    // close their connections): the switch keeps their running versions.
+    assert_eq!(names, ["n/later:82"]);
+    assert_eq!(t.services[0].node_port, Some(30000));
+    assert_eq!(t.left_out, ["n/good", "n/bad"]);
     assert_eq!(t.skipped.len(), 3, "{:?}", t.skipped);
     for (said, what) in t.skipped.iter().zip(["010.244.1.2", "Pod", "port 70000"]) {
         assert!(
@@ -345,4 +344,22 @@ fn with_skip_invalid_a_bad_item_is_left_out_and_the_rest_imported() {
             "{said}"
         );
     }
+}
+
+/// A Service that collides with another is left out without taking the other's front away.
+#[test]
+fn a_left_out_service_leaves_the_fronts_of_others_alone() {
+    let text = r#"{"items": [
+        {"kind": "Service", "metadata": {"name": "a", "namespace": "n"},
+         "spec": {"clusterIP": "10.96.1.1", "ports": [{"port": 80, "nodePort": 30000}]}},
+        {"kind": "Service", "metadata": {"name": "b", "namespace": "n"},
+         "spec": {"clusterIP": "10.96.1.1", "ports": [{"port": 80}]}},
+        {"kind": "Service", "metadata": {"name": "c", "namespace": "n"},
+         "spec": {"clusterIP": "10.96.1.1", "ports": [{"port": 80}]}},
+        {"kind": "Service", "metadata": {"name": "d", "namespace": "n"},
+         "spec": {"clusterIP": "10.96.1.4", "ports": [{"port": 80, "nodePort": 30000}]}}]}"#;
+    let t = translate(&parse(text.as_bytes()).unwrap(), &node(), Invalid::Skip).unwrap();
+    let names: Vec<&str> = t.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["n/a:80"], "{:?}", t.skipped);
+    assert_eq!(t.left_out, ["n/b", "n/c", "n/d"]);
 }

@@ -55,6 +55,8 @@ pub struct Translated {
     /// Every endpoint of a proxied port, whatever its conditions: one that is not a backend
     /// (terminating, not ready) still serves the connections it has.
     pub listed: std::collections::HashSet<SocketAddrV4>,
+    /// Services left out (`Invalid::Skip`) as `namespace/name`: the running ones stay.
+    pub left_out: Vec<String>,
 }
 
 fn proto_number(p: Option<&str>) -> Result<Option<u8>, String> {
@@ -236,6 +238,8 @@ pub fn translate(list: &List, node: &Node, invalid: Invalid) -> Result<Translate
     }
     // Slices by (namespace, service name).
     let mut slices: HashMap<(&str, &str), Vec<Slice>> = HashMap::new();
+    // Services with a slice that could not be read (Skip).
+    let mut unread_slices: std::collections::HashSet<(&str, &str)> = Default::default();
     let mut services: Vec<(usize, &Item)> = Vec::new();
     for (i, item) in list.items.iter().enumerate() {
         match item.kind.as_deref() {
@@ -256,7 +260,12 @@ pub fn translate(list: &List, node: &Node, invalid: Invalid) -> Result<Translate
                         .or_default()
                         .push(s),
                     Ok(None) => {}
-                    Err(e) => bad(&mut out, e)?,
+                    Err(e) => {
+                        bad(&mut out, e)?;
+                        // Its Service, short of these endpoints, would close their
+                        // connections: it is left out too (the running one stays).
+                        unread_slices.insert((item.metadata.namespace.as_str(), owner.as_str()));
+                    }
                 }
             }
             Some(other) => bad(
@@ -269,22 +278,31 @@ pub fn translate(list: &List, node: &Node, invalid: Invalid) -> Result<Translate
     // Service fronts taken so far: (ip, port, proto) and (node port, proto).
     let mut fronts = Fronts::default();
     for (i, item) in services {
-        let own_slices = slices
-            .get(&(
-                item.metadata.namespace.as_str(),
-                item.metadata.name.as_str(),
-            ))
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let (services, skipped) = (out.services.len(), out.skipped.len());
+        let key = (
+            item.metadata.namespace.as_str(),
+            item.metadata.name.as_str(),
+        );
+        let ns_name = format!("{}/{}", key.0, key.1);
+        if unread_slices.contains(&key) {
+            out.left_out.push(ns_name);
+            continue;
+        }
+        let own_slices = slices.get(&key).map(Vec::as_slice).unwrap_or_default();
+        let (services, skipped, endpoints) = (out.services.len(), out.skipped.len(), out.endpoints);
+        fronts.taken_now.clear();
         if let Err(e) = service(item, i, own_slices, node, &mut fronts, &mut out) {
             // None of its ports, then: a Service goes whole or not at all.
             out.services.truncate(services);
             out.skipped.truncate(skipped);
-            let ns_name = format!("{}/{}:", item.metadata.namespace, item.metadata.name);
-            fronts.vips.retain(|_, v| !v.starts_with(&ns_name));
-            fronts.node_ports.retain(|_, v| !v.starts_with(&ns_name));
+            out.endpoints = endpoints;
+            for front in std::mem::take(&mut fronts.taken_now) {
+                match front {
+                    Front::Vip(k) => fronts.vips.remove(&k),
+                    Front::NodePort(k) => fronts.node_ports.remove(&k),
+                };
+            }
             bad(&mut out, e)?;
+            out.left_out.push(ns_name);
         }
     }
     out.services
@@ -298,6 +316,13 @@ pub fn translate(list: &List, node: &Node, invalid: Invalid) -> Result<Translate
 struct Fronts {
     vips: HashMap<(Ipv4Addr, u16, u8), String>,
     node_ports: HashMap<(u16, u8), String>,
+    /// What the Service being read took so far (given back if it is left out).
+    taken_now: Vec<Front>,
+}
+
+enum Front {
+    Vip((Ipv4Addr, u16, u8)),
+    NodePort((u16, u8)),
 }
 
 /// One Service's ports into `out`.
@@ -309,7 +334,11 @@ fn service(
     fronts: &mut Fronts,
     out: &mut Translated,
 ) -> Result<(), String> {
-    let (vips, node_ports) = (&mut fronts.vips, &mut fronts.node_ports);
+    let (vips, node_ports, taken_now) = (
+        &mut fronts.vips,
+        &mut fronts.node_ports,
+        &mut fronts.taken_now,
+    );
     {
         let at = describe(item, i);
         let ns_name = format!("{}/{}", item.metadata.namespace, item.metadata.name);
@@ -398,14 +427,31 @@ fn service(
             // ITP applies to the cluster IP only: with ETP Cluster the NodePort reaches all.
             let node_port_backends = (itp_local && !etp_local && node_port.is_some())
                 .then(|| usable(&candidates, |_| true));
-            if let Some(other) = vips.insert((vip, number, proto), name.clone()) {
-                return Err(format!(
-                    "{pat}: {vip}:{number} is already service {other:?}"
-                ));
+            // Taken only when free: a front another Service holds stays its.
+            match vips.entry((vip, number, proto)) {
+                std::collections::hash_map::Entry::Occupied(other) => {
+                    return Err(format!(
+                        "{pat}: {vip}:{number} is already service {:?}",
+                        other.get()
+                    ));
+                }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(name.clone());
+                    taken_now.push(Front::Vip((vip, number, proto)));
+                }
             }
             if let Some(np) = node_port {
-                if let Some(other) = node_ports.insert((np, proto), name.clone()) {
-                    return Err(format!("{pat}: nodePort {np} is already service {other:?}"));
+                match node_ports.entry((np, proto)) {
+                    std::collections::hash_map::Entry::Occupied(other) => {
+                        return Err(format!(
+                            "{pat}: nodePort {np} is already service {:?}",
+                            other.get()
+                        ));
+                    }
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(name.clone());
+                        taken_now.push(Front::NodePort((np, proto)));
+                    }
                 }
             }
             out.services.push(ServiceConfig {
