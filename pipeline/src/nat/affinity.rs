@@ -20,13 +20,14 @@ const SHARDS: usize = 64;
 pub const DEFAULT_AFFINITY_CAPACITY: usize = 262_144;
 
 /// Which service front a client stuck to: its cluster IP, port and protocol, and whether it
-/// came through a NodePort with its own (local) backend set.
+/// came through a NodePort with a backend set of its own (ETP Local; ITP Local with ETP
+/// Cluster): the cluster IP's choice may not be among them, nor theirs among its.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AffinityKey {
     pub vip: Ipv4Addr,
     pub port: u16,
     pub proto: u8,
-    pub local: bool,
+    pub own_set: bool,
     pub client: Ipv4Addr,
 }
 
@@ -154,7 +155,7 @@ mod tests {
             vip: Ipv4Addr::new(10, 96, 0, 10),
             port: 80,
             proto: 6,
-            local: false,
+            own_set: false,
             client: Ipv4Addr::from(0xc612_0000 + client),
         }
     }
@@ -184,7 +185,7 @@ mod tests {
             Some(b(3))
         );
         let local = AffinityKey {
-            local: true,
+            own_set: true,
             ..key(1)
         };
         assert_eq!(

@@ -65,7 +65,8 @@ fn pick_backend(
                 vip: svc.cluster_ip,
                 port: svc.port,
                 proto: svc.proto,
-                local,
+                own_set: node_port
+                    && (svc.external_local.is_some() || svc.node_port_backends.is_some()),
                 client: t.src,
             };
             affinity.pick(key, now_ms, timeout_ms, |b| maglev.contains(b), balance)
