@@ -28,6 +28,8 @@ pub struct FlowCache {
     /// (it reads their counters), or the map refused them (full, or an error), where trying
     /// again for every packet would cost a failing system call each.
     passed_over: HashSet<L2Key>,
+    /// The map refused a key for want of room: none is tried until the next validation.
+    full: bool,
 }
 
 impl FlowCache {
@@ -36,6 +38,7 @@ impl FlowCache {
             fast,
             installed: HashMap::new(),
             passed_over: HashSet::new(),
+            full: false,
         }
     }
 
@@ -95,8 +98,12 @@ impl FlowCache {
             w.add(WorkerCounter::FastPathFull as usize, 1);
             return;
         }
+        if self.full {
+            w.add(WorkerCounter::FastPathFull as usize, 1);
+            return;
+        }
         match counted_install(self.fast.install(&key, egress as u32), stats) {
-            Some(true) => {
+            Installing::Done => {
                 self.installed.insert(
                     key,
                     Installed {
@@ -106,9 +113,10 @@ impl FlowCache {
                     },
                 );
             }
-            Some(false) | None => {
+            Installing::Foreign | Installing::Failed => {
                 self.passed_over.insert(key);
             }
+            Installing::Full => self.full = true,
         }
     }
 
@@ -129,6 +137,7 @@ impl FlowCache {
         });
         // Another worker's flows are its business; forget them so they can be looked at again.
         self.passed_over.clear();
+        self.full = false;
     }
 
     /// Reads what the program counted since the last read: the ports' counters include it,
@@ -150,19 +159,20 @@ impl FlowCache {
         }
         self.installed.clear();
         self.passed_over.clear();
+        self.full = false;
     }
 }
 
 /// Counts an install's outcome: `Some(true)` installed, `Some(false)` another worker's already,
 /// `None` refused (the map full, or an error).
-pub(crate) fn counted_install(result: std::io::Result<bool>, stats: &WorkerStats) -> Option<bool> {
+pub(crate) fn counted_install(result: std::io::Result<bool>, stats: &WorkerStats) -> Installing {
     let w = &stats.worker;
     match result {
         Ok(true) => {
             w.add(WorkerCounter::FastPathInstalled as usize, 1);
-            Some(true)
+            Installing::Done
         }
-        Ok(false) => Some(false),
+        Ok(false) => Installing::Foreign,
         Err(e)
             if matches!(
                 e.raw_os_error(),
@@ -170,13 +180,24 @@ pub(crate) fn counted_install(result: std::io::Result<bool>, stats: &WorkerStats
             ) =>
         {
             w.add(WorkerCounter::FastPathFull as usize, 1);
-            None
+            Installing::Full
         }
         Err(_) => {
             w.add(WorkerCounter::FastPathErrors as usize, 1);
-            None
+            Installing::Failed
         }
     }
+}
+
+/// What an install came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Installing {
+    Done,
+    /// Another worker installed the key first.
+    Foreign,
+    /// The map has no room: no key is tried again until the next validation.
+    Full,
+    Failed,
 }
 
 /// What the program counted for `key` since `seen` (packets, bytes), which moves on; `None`

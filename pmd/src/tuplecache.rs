@@ -8,7 +8,9 @@
 //! and each second; a reload takes them all.
 
 use crate::fastpath::{FastPath, TupleFlow, TupleKey, FLOW_CAPACITY, INNER, OUTER, OUTER_LEN};
-use crate::flowcache::{count_forwarded, counted_install, new_counts, remove_unbacked, Entry};
+use crate::flowcache::{
+    count_forwarded, counted_install, new_counts, remove_unbacked, Entry, Installing,
+};
 use crate::stats::{WorkerCounter, WorkerStats};
 use pipeline::gateway::{FlowOffer, Gateway, OverlayLeg};
 use pipeline::{PortId, PortMask};
@@ -74,6 +76,8 @@ pub struct TupleCache {
     /// (it reads their counters), or the map refused them (full, or an error), where trying
     /// again for every packet would cost a failing system call each.
     passed_over: HashSet<TupleKey>,
+    /// The map refused a key for want of room: none is tried until the next validation.
+    full: bool,
     generation: u64,
     epoch: u64,
     validated_ms: u64,
@@ -85,6 +89,7 @@ impl TupleCache {
             fast,
             installed: HashMap::new(),
             passed_over: HashSet::new(),
+            full: false,
             generation: gateway.offer_generation(),
             epoch: gateway.policy_epoch(),
             validated_ms: 0,
@@ -121,7 +126,7 @@ impl TupleCache {
             {
                 continue;
             }
-            if self.installed.len() >= FLOW_CAPACITY as usize {
+            if self.installed.len() >= FLOW_CAPACITY as usize || self.full {
                 w.add(WorkerCounter::FastPathFull as usize, 1);
                 continue;
             }
@@ -139,13 +144,13 @@ impl TupleCache {
                 }
             };
             let installed = counted_install(self.fast.install_tuple(&key, value), stats);
-            if installed != Some(true) {
+            if installed != Installing::Done {
                 if let Some(slot) = leg {
                     self.fast.release_leg(slot);
                 }
             }
             match installed {
-                Some(true) => {
+                Installing::Done => {
                     self.installed.insert(
                         key,
                         Installed {
@@ -156,9 +161,10 @@ impl TupleCache {
                         },
                     );
                 }
-                Some(false) | None => {
+                Installing::Foreign | Installing::Failed => {
                     self.passed_over.insert(key);
                 }
+                Installing::Full => self.full = true,
             }
         }
         // Its room is kept for the next batch's offers.
@@ -169,7 +175,7 @@ impl TupleCache {
 
     /// Re-checks the entries if the gateway's generation moved (at most every few ms).
     pub fn revalidate_if_changed(&mut self, gateway: &mut Gateway, ports: &Ports<'_>, now_ms: u64) {
-        if self.installed.is_empty() && self.passed_over.is_empty() {
+        if self.installed.is_empty() && self.passed_over.is_empty() && !self.full {
             self.generation = gateway.offer_generation();
             self.epoch = gateway.policy_epoch();
             return;
@@ -197,6 +203,7 @@ impl TupleCache {
                 && gateway.offer_holds(o, now_ms)
         });
         self.passed_over.clear();
+        self.full = false;
     }
 
     /// Reads what the program counted since the last read: the ports' counters include it,
@@ -222,6 +229,7 @@ impl TupleCache {
         }
         self.installed.clear();
         self.passed_over.clear();
+        self.full = false;
     }
 }
 

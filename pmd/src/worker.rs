@@ -58,6 +58,8 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 /// Frames kept back from the fill rings for flood copies and handoffs.
 const POOL_RESERVE: usize = 4 * MAX_BATCH;
 const MAX_HANDOFFS_PER_PASS: usize = 4 * MAX_BATCH;
+/// How often a change of the FDB may re-check the bridge's fast-path flows.
+const FDB_REVALIDATE_MS: u64 = 5;
 /// How long a removed port's socket may take to get its transmitted frames back.
 const RETIRE_DEADLINE: Duration = Duration::from_millis(500);
 /// FDB entries re-announced per pass during a resynchronisation: a peer drains its whole
@@ -240,6 +242,8 @@ pub struct Worker {
     ifindex: Vec<u32>,
     /// The bridge's moved + aged count when the flows were last checked against it.
     fdb_changes: u64,
+    /// When the bridge's flows were last validated.
+    fdb_validated_ms: u64,
     rx_batch: Vec<Frame>,
     /// Multi-buffer packets of the current burst, each copied out of its chain.
     chained: Vec<Vec<u8>>,
@@ -278,6 +282,7 @@ impl Worker {
             tuples,
             ifindex: vec![0; MAX_PORTS],
             fdb_changes: 0,
+            fdb_validated_ms: 0,
             egress: (0..MAX_PORTS).map(|_| Egress::Absent).collect(),
             present: PortMask::NONE,
             staged: (0..MAX_PORTS).map(|_| Vec::new()).collect(),
@@ -927,11 +932,14 @@ impl Worker {
 
     /// Re-checks the bridge's fast-path entries when an address moved or went in this
     /// worker's table (by its own frames or another worker's announcement).
+    /// At most every `FDB_REVALIDATE_MS` (each worker validates every flow it installed: a
+    /// MAC flapping between ports, announced to all workers, must not make each of them do
+    /// that on every pass).
     fn follow_fdb_changes(&mut self) {
         if self.flows.is_some() {
             let changes = self.s.pipeline.bridge().fdb_changes();
-            if changes != self.fdb_changes {
-                self.fdb_changes = changes;
+            let now_ms = self.now_ms();
+            if changes != self.fdb_changes && now_ms >= self.fdb_validated_ms + FDB_REVALIDATE_MS {
                 self.validate_flows();
             }
         }
@@ -956,6 +964,8 @@ impl Worker {
     /// Takes out the installed flows the bridge (or gateway) no longer backs.
     fn validate_flows(&mut self) {
         let now_ms = self.now_ms();
+        self.fdb_changes = self.s.pipeline.bridge().fdb_changes();
+        self.fdb_validated_ms = now_ms;
         let present = self.present;
         if let Some(flows) = self.flows.as_mut() {
             flows.validate(
