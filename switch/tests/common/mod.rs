@@ -239,11 +239,12 @@ impl Topology {
             full.extend_from_slice(&["--ctl", &ctl]);
         }
         let child = self.spawn(&self.sw, &full);
-        let records = (!args.contains(&"--ctl")).then(|| {
+        let records = {
             let path = Path::new(&ctl);
             let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
-            path.with_file_name(format!("{stem}-ports"))
-        });
+            stem.starts_with("vswitch-test-")
+                .then(|| path.with_file_name(format!("{stem}-ports")))
+        };
         let switch = Switch {
             child: Some(child),
             ctl,
@@ -371,8 +372,8 @@ pub struct Switch {
     child: Option<Child>,
     /// Its control socket.
     pub ctl: String,
-    /// Where it records the ports `port add` attached (beside a socket the test did not
-    /// name; removed on drop: nothing restarts on it).
+    /// Where it records the ports `port add` attached, beside a socket `ctl_path` named
+    /// (removed on drop: a later run with the same name must not find them).
     records: Option<std::path::PathBuf>,
 }
 
