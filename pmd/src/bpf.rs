@@ -845,17 +845,26 @@ impl XdpLink {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_restoring_sender_writes_the_template_back_into_every_frame() {
+    /// As root (false, skipped, elsewhere; CI runs as root): this thread stays on the CPU it
+    /// runs on, for programs that keep per-CPU state.
+    fn pinned_as_root() -> bool {
         if nix::unistd::geteuid().as_raw() != 0 {
             assert!(std::env::var("CI").is_err(), "CI runs this as root");
-            return;
+            return false;
         }
-        // The template slot is this thread's CPU: stay on it.
         let cpu = nix::sched::sched_getcpu().unwrap();
         let mut set = nix::sched::CpuSet::new();
         set.set(cpu).unwrap();
         nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+        true
+    }
+
+    #[test]
+    fn the_restoring_sender_writes_the_template_back_into_every_frame() {
+        // The template slot is this thread's CPU: stay on it.
+        if !pinned_as_root() {
+            return;
+        }
         let sender = LiveFrameSender::load_restoring(1).unwrap();
         let original: Vec<u8> = (0..100u8).collect();
         let rewritten: Vec<u8> = (0..100u8).map(|b| b ^ 0x5a).collect();
@@ -920,15 +929,10 @@ mod tests {
 
     #[test]
     fn the_flow_sender_walks_the_source_ports_with_right_checksums() {
-        if nix::unistd::geteuid().as_raw() != 0 {
-            assert!(std::env::var("CI").is_err(), "CI runs this as root");
+        // The counter is per CPU: stay on one.
+        if !pinned_as_root() {
             return;
         }
-        // The counter is per CPU: stay on one.
-        let cpu = nix::sched::sched_getcpu().unwrap();
-        let mut set = nix::sched::CpuSet::new();
-        set.set(cpu).unwrap();
-        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
         const XDP_REDIRECT: u32 = 4;
         let payload = [0xa5u8; 18];
         let ip = || {

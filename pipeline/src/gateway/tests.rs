@@ -785,17 +785,23 @@ fn nat_ports_run_out_and_are_counted() {
     assert_eq!(gw.counters().get(GwCounter::DropNatPortsExhausted), 10);
 }
 
-#[test]
-fn reload_sends_new_connections_only_to_remaining_backends_and_closes_old_ones() {
+/// A gateway with 60 connections from pod 3 to the service, and its config without POD2.
+fn connections_then_pod2_removed() -> (Gateway, GatewayConfig) {
     let c = config();
     let mut gw = gateway(&c);
     learn_neighbors(&mut gw);
     for sport in 0..60u16 {
         pod3_syn_to_vip(&mut gw, 30000 + sport, 0);
     }
-    let before = gw.shared.conntrack.len();
-    let mut fewer = c.clone();
+    let mut fewer = c;
     fewer.services[0].backends = backends(&[(POD1, 8080), (REMOTE_POD, 8080)]);
+    (gw, fewer)
+}
+
+#[test]
+fn reload_sends_new_connections_only_to_remaining_backends_and_closes_old_ones() {
+    let (mut gw, fewer) = connections_then_pod2_removed();
+    let before = gw.shared.conntrack.len();
     let report = gw.shared.reload(&fewer);
     assert!(report.flows_closed > 0);
     assert_eq!(gw.shared.conntrack.len(), before - report.flows_closed);
@@ -811,15 +817,8 @@ fn reload_sends_new_connections_only_to_remaining_backends_and_closes_old_ones()
 /// Kubernetes endpoint) keeps them; it loses them once it is not there at all.
 #[test]
 fn a_reload_keeps_the_connections_of_a_backend_still_there() {
-    let c = config();
-    let mut gw = gateway(&c);
-    learn_neighbors(&mut gw);
-    for sport in 0..60u16 {
-        pod3_syn_to_vip(&mut gw, 30000 + sport, 0);
-    }
+    let (mut gw, fewer) = connections_then_pod2_removed();
     let before = gw.shared.conntrack.len();
-    let mut fewer = c.clone();
-    fewer.services[0].backends = backends(&[(POD1, 8080), (REMOTE_POD, 8080)]);
     let draining = std::net::SocketAddrV4::new(POD2, 8080);
     let report = gw.shared.reload_keeping(&fewer, |b| *b == draining);
     assert_eq!(report.flows_closed, 0);
