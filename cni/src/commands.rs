@@ -148,8 +148,10 @@ fn add_steps(
     }
 
     let pod_mac = format_mac(&mac);
-    switch::port_add(&conf.ctl, &host, &pod_mac, &ip.addr.to_string())?;
+    // Undone even when the answer does not come: the switch may have attached it anyway (a
+    // `port del` of a port it does not have is harmless).
     made.port = Some(host.clone());
+    switch::port_add(&conf.ctl, &host, &pod_mac, &ip.addr.to_string())?;
 
     let host_mac = node.link(&host)?.map(|l| l.mac).unwrap_or_default();
     let mtu = (conf.cni_version != "1.0.0").then_some(conf.mtu);

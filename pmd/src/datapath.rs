@@ -1047,24 +1047,34 @@ impl Datapath {
     ) -> Result<Vec<R>, DatapathError> {
         let job = Arc::new(job);
         let mut answers = Vec::new();
+        // Every worker is asked, also past one that cannot be: the others must not miss it.
+        let mut unsent = None;
         for w in 0..self.workers.len() {
             let (tx, rx) = bounded(1);
             let job = job.clone();
-            self.send(
+            match self.send(
                 w,
                 Command::Pipeline(Box::new(move |p, now| {
                     let _ = tx.try_send(job(p, now));
                 })),
-            )?;
-            answers.push((w, rx));
+            ) {
+                Ok(()) => answers.push((w, rx)),
+                Err(e) => {
+                    unsent.get_or_insert(e);
+                }
+            }
         }
-        answers
+        let answered: Result<Vec<R>, DatapathError> = answers
             .into_iter()
             .map(|(w, rx)| {
                 rx.recv_timeout(WORKER_ANSWER)
                     .map_err(|_| DatapathError::WorkerGone(w))
             })
-            .collect()
+            .collect();
+        match unsent {
+            Some(e) => Err(e),
+            None => answered,
+        }
     }
 
     /// Has every worker publish its counters now (they do once a second by themselves).

@@ -192,3 +192,37 @@ fn etp_local_and_affinity_together_stick_to_a_local_backend() {
     assert_eq!(addresses(&ext_syn(&mut gw, 4200).frame).2, first);
     let _ = PROTO_TCP;
 }
+
+/// A client of both the cluster IP and a NodePort with its own backends (ITP Local, ETP
+/// Cluster) sticks to one backend per front: one front's choice, outside the other's set,
+/// would make each undo the other's.
+#[test]
+fn affinity_keeps_a_node_port_with_its_own_backends_apart_from_the_cluster_ip() {
+    let mut c = with_affinity(10);
+    c.services[0].backends = backends(&[(POD1, 8080)]);
+    c.services[0].node_port_backends = Some(backends(&[(POD1, 8080), (REMOTE_POD, 8080)]));
+    let mut gw = gateway(&c);
+    learn_neighbors(&mut gw);
+    let to_node_port = |gw: &mut Gateway, sport: u16| {
+        send(
+            gw,
+            tcp(
+                pod_mac(3),
+                GW_MAC,
+                (POD3, sport),
+                (NODE_IP, 30080),
+                true,
+                64,
+            ),
+            2,
+            0,
+        )
+    };
+    let through_node_port = backend_of(&to_node_port(&mut gw, 21000));
+    assert_eq!(backend_of(&pod3_syn_to_vip(&mut gw, 21001, 0)), POD1);
+    assert_eq!(gw.shared.affinity.len(), 2, "one entry per front");
+    for sport in 21002..21050u16 {
+        assert_eq!(backend_of(&to_node_port(&mut gw, sport)), through_node_port);
+        assert_eq!(backend_of(&pod3_syn_to_vip(&mut gw, sport + 100, 0)), POD1);
+    }
+}
