@@ -288,21 +288,22 @@ pub fn translate(list: &List, node: &Node, invalid: Invalid) -> Result<Translate
             continue;
         }
         let own_slices = slices.get(&key).map(Vec::as_slice).unwrap_or_default();
-        let (services, skipped, endpoints) = (out.services.len(), out.skipped.len(), out.endpoints);
-        fronts.taken_now.clear();
-        if let Err(e) = service(item, i, own_slices, node, &mut fronts, &mut out) {
-            // None of its ports, then: a Service goes whole or not at all.
-            out.services.truncate(services);
-            out.skipped.truncate(skipped);
-            out.endpoints = endpoints;
-            for front in std::mem::take(&mut fronts.taken_now) {
-                match front {
-                    Front::Vip(k) => fronts.vips.remove(&k),
-                    Front::NodePort(k) => fronts.node_ports.remove(&k),
-                };
+        // Read on its own and taken in whole: a Service goes whole or not at all.
+        let mut read = Translated::default();
+        let result = service(item, i, own_slices, node, &fronts, &mut read);
+        // Its endpoints keep their connections either way (a left-out Service keeps running).
+        out.listed.extend(read.listed);
+        match result {
+            Ok(()) => {
+                fronts.take(&read.services);
+                out.services.extend(read.services);
+                out.skipped.extend(read.skipped);
+                out.endpoints += read.endpoints;
             }
-            bad(&mut out, e)?;
-            out.left_out.push(ns_name);
+            Err(e) => {
+                bad(&mut out, e)?;
+                out.left_out.push(ns_name);
+            }
         }
     }
     out.services
@@ -316,156 +317,158 @@ pub fn translate(list: &List, node: &Node, invalid: Invalid) -> Result<Translate
 struct Fronts {
     vips: HashMap<(Ipv4Addr, u16, u8), String>,
     node_ports: HashMap<(u16, u8), String>,
-    /// What the Service being read took so far (given back if it is left out).
-    taken_now: Vec<Front>,
 }
 
-enum Front {
-    Vip((Ipv4Addr, u16, u8)),
-    NodePort((u16, u8)),
+impl Fronts {
+    /// Refuses `s` if another Service, or a port of its own read before (`own`), has one of
+    /// its fronts.
+    fn check(&self, s: &ServiceConfig, own: &[ServiceConfig], pat: &str) -> Result<(), String> {
+        let vip = (s.cluster_ip, s.port, s.proto);
+        let holder = self.vips.get(&vip).cloned().or_else(|| {
+            own.iter()
+                .find(|o| (o.cluster_ip, o.port, o.proto) == vip)
+                .map(|o| o.name.clone())
+        });
+        if let Some(other) = holder {
+            return Err(format!(
+                "{pat}: {}:{} is already service {other:?}",
+                s.cluster_ip, s.port
+            ));
+        }
+        let Some(np) = s.node_port else {
+            return Ok(());
+        };
+        let holder = self.node_ports.get(&(np, s.proto)).cloned().or_else(|| {
+            own.iter()
+                .find(|o| (o.node_port, o.proto) == (Some(np), s.proto))
+                .map(|o| o.name.clone())
+        });
+        match holder {
+            Some(other) => Err(format!("{pat}: nodePort {np} is already service {other:?}")),
+            None => Ok(()),
+        }
+    }
+
+    /// The fronts of a Service read whole.
+    fn take(&mut self, services: &[ServiceConfig]) {
+        for s in services {
+            self.vips
+                .insert((s.cluster_ip, s.port, s.proto), s.name.clone());
+            if let Some(np) = s.node_port {
+                self.node_ports.insert((np, s.proto), s.name.clone());
+            }
+        }
+    }
 }
 
-/// One Service's ports into `out`.
+/// One Service's ports into `out`, its fronts checked against those `fronts` has.
 fn service(
     item: &Item,
     i: usize,
     own_slices: &[Slice],
     node: &Node,
-    fronts: &mut Fronts,
+    fronts: &Fronts,
     out: &mut Translated,
 ) -> Result<(), String> {
-    let (vips, node_ports, taken_now) = (
-        &mut fronts.vips,
-        &mut fronts.node_ports,
-        &mut fronts.taken_now,
-    );
-    {
-        let at = describe(item, i);
-        let ns_name = format!("{}/{}", item.metadata.namespace, item.metadata.name);
-        if item.metadata.name.is_empty() {
-            return Err(format!("{at}: metadata.name is missing"));
-        }
-        let Some(spec) = &item.spec else {
-            return Err(format!("{at}: spec is missing"));
-        };
-        if spec.type_.as_deref() == Some("ExternalName") {
-            out.skipped.push(format!("{ns_name}: ExternalName"));
-            return Ok(());
-        }
-        let Some(vip) = cluster_ip(spec, &at)? else {
+    let at = describe(item, i);
+    let ns_name = format!("{}/{}", item.metadata.namespace, item.metadata.name);
+    if item.metadata.name.is_empty() {
+        return Err(format!("{at}: metadata.name is missing"));
+    }
+    let Some(spec) = &item.spec else {
+        return Err(format!("{at}: spec is missing"));
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        out.skipped.push(format!("{ns_name}: ExternalName"));
+        return Ok(());
+    }
+    let Some(vip) = cluster_ip(spec, &at)? else {
+        out.skipped
+            .push(format!("{ns_name}: headless or IPv6-only"));
+        return Ok(());
+    };
+    let affinity = affinity(spec, &at)?;
+    let etp_local = local_policy(
+        spec.external_traffic_policy.as_deref(),
+        &at,
+        "externalTrafficPolicy",
+    )?;
+    let itp_local = local_policy(
+        spec.internal_traffic_policy.as_deref(),
+        &at,
+        "internalTrafficPolicy",
+    )?;
+    for (j, port) in spec.ports.iter().flatten().enumerate() {
+        let pat = format!("{at}: spec.ports[{j}]");
+        let Some(proto) =
+            proto_number(port.protocol.as_deref()).map_err(|e| format!("{pat}: {e}"))?
+        else {
             out.skipped
-                .push(format!("{ns_name}: headless or IPv6-only"));
-            return Ok(());
+                .push(format!("{ns_name}: port {} SCTP", port.port));
+            continue;
         };
-        let affinity = affinity(spec, &at)?;
-        let etp_local = local_policy(
-            spec.external_traffic_policy.as_deref(),
-            &at,
-            "externalTrafficPolicy",
-        )?;
-        let itp_local = local_policy(
-            spec.internal_traffic_policy.as_deref(),
-            &at,
-            "internalTrafficPolicy",
-        )?;
-        for (j, port) in spec.ports.iter().flatten().enumerate() {
-            let pat = format!("{at}: spec.ports[{j}]");
-            let Some(proto) =
-                proto_number(port.protocol.as_deref()).map_err(|e| format!("{pat}: {e}"))?
+        let number = port_number(port.port, "port").map_err(|e| format!("{pat}: {e}"))?;
+        let node_port = match port.node_port {
+            None | Some(0) => None,
+            Some(np) => Some(port_number(np, "nodePort").map_err(|e| format!("{pat}: {e}"))?),
+        };
+        let port_name = port.name.as_deref().unwrap_or("");
+        let name = if port_name.is_empty() {
+            format!("{ns_name}:{number}")
+        } else {
+            format!("{ns_name}:{port_name}")
+        };
+        // Every endpoint of every slice at the matching port, once (a slice being
+        // replaced may repeat another's; any ready copy makes it ready).
+        let mut found: BTreeMap<SocketAddrV4, Candidate> = BTreeMap::new();
+        for s in own_slices {
+            let Some(&(_, _, target)) = s
+                .ports
+                .iter()
+                .find(|(n, p, _)| *n == port_name && *p == proto)
             else {
-                out.skipped
-                    .push(format!("{ns_name}: port {} SCTP", port.port));
                 continue;
             };
-            let number = port_number(port.port, "port").map_err(|e| format!("{pat}: {e}"))?;
-            let node_port = match port.node_port {
-                None | Some(0) => None,
-                Some(np) => Some(port_number(np, "nodePort").map_err(|e| format!("{pat}: {e}"))?),
-            };
-            let port_name = port.name.as_deref().unwrap_or("");
-            let name = if port_name.is_empty() {
-                format!("{ns_name}:{number}")
-            } else {
-                format!("{ns_name}:{port_name}")
-            };
-            // Every endpoint of every slice at the matching port, once (a slice being
-            // replaced may repeat another's; any ready copy makes it ready).
-            let mut found: BTreeMap<SocketAddrV4, Candidate> = BTreeMap::new();
-            for s in own_slices {
-                let Some(&(_, _, target)) = s
-                    .ports
-                    .iter()
-                    .find(|(n, p, _)| *n == port_name && *p == proto)
-                else {
-                    continue;
-                };
-                for (ip, e) in &s.endpoints {
-                    let c = e.conditions.as_ref();
-                    let addr = SocketAddrV4::new(*ip, target);
-                    let ready = c.is_none_or(|c| c.ready());
-                    let st = c.is_some_and(|c| c.serving() && c.terminating());
-                    let entry = found.entry(addr).or_insert(Candidate {
-                        addr,
-                        ready: false,
-                        serving_terminating: false,
-                    });
-                    entry.ready |= ready;
-                    entry.serving_terminating |= st;
-                }
+            for (ip, e) in &s.endpoints {
+                let c = e.conditions.as_ref();
+                let addr = SocketAddrV4::new(*ip, target);
+                let ready = c.is_none_or(|c| c.ready());
+                let st = c.is_some_and(|c| c.serving() && c.terminating());
+                let entry = found.entry(addr).or_insert(Candidate {
+                    addr,
+                    ready: false,
+                    serving_terminating: false,
+                });
+                entry.ready |= ready;
+                entry.serving_terminating |= st;
             }
-            let candidates: Vec<Candidate> = found.into_values().collect();
-            out.endpoints += candidates.len();
-            out.listed.extend(candidates.iter().map(|c| c.addr));
-            let local = |c: &Candidate| node.is_local(*c.addr.ip());
-            let backends = if itp_local {
-                usable(&candidates, local)
-            } else {
-                usable(&candidates, |_| true)
-            };
-            let external_local =
-                (etp_local && node_port.is_some()).then(|| usable(&candidates, local));
-            // ITP applies to the cluster IP only: with ETP Cluster the NodePort reaches all.
-            let node_port_backends = (itp_local && !etp_local && node_port.is_some())
-                .then(|| usable(&candidates, |_| true));
-            // Taken only when free: a front another Service holds stays its.
-            match vips.entry((vip, number, proto)) {
-                std::collections::hash_map::Entry::Occupied(other) => {
-                    return Err(format!(
-                        "{pat}: {vip}:{number} is already service {:?}",
-                        other.get()
-                    ));
-                }
-                std::collections::hash_map::Entry::Vacant(slot) => {
-                    slot.insert(name.clone());
-                    taken_now.push(Front::Vip((vip, number, proto)));
-                }
-            }
-            if let Some(np) = node_port {
-                match node_ports.entry((np, proto)) {
-                    std::collections::hash_map::Entry::Occupied(other) => {
-                        return Err(format!(
-                            "{pat}: nodePort {np} is already service {:?}",
-                            other.get()
-                        ));
-                    }
-                    std::collections::hash_map::Entry::Vacant(slot) => {
-                        slot.insert(name.clone());
-                        taken_now.push(Front::NodePort((np, proto)));
-                    }
-                }
-            }
-            out.services.push(ServiceConfig {
-                name,
-                cluster_ip: vip,
-                port: number,
-                proto,
-                node_port,
-                backends,
-                affinity_timeout_s: affinity,
-                external_local,
-                node_port_backends,
-            });
         }
+        let candidates: Vec<Candidate> = found.into_values().collect();
+        out.endpoints += candidates.len();
+        out.listed.extend(candidates.iter().map(|c| c.addr));
+        let local = |c: &Candidate| node.is_local(*c.addr.ip());
+        let backends = if itp_local {
+            usable(&candidates, local)
+        } else {
+            usable(&candidates, |_| true)
+        };
+        let external_local = (etp_local && node_port.is_some()).then(|| usable(&candidates, local));
+        // ITP applies to the cluster IP only: with ETP Cluster the NodePort reaches all.
+        let node_port_backends =
+            (itp_local && !etp_local && node_port.is_some()).then(|| usable(&candidates, |_| true));
+        let config = ServiceConfig {
+            name,
+            cluster_ip: vip,
+            port: number,
+            proto,
+            node_port,
+            backends,
+            affinity_timeout_s: affinity,
+            external_local,
+            node_port_backends,
+        };
+        fronts.check(&config, &out.services, &pat)?;
+        out.services.push(config);
     }
     Ok(())
 }
