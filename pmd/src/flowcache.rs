@@ -25,8 +25,8 @@ pub struct FlowCache {
     fast: Arc<FastPath>,
     installed: HashMap<L2Key, Installed>,
     /// Keys not tried again until the next validation: another worker installed them first
-    /// (it reads their counters), or the map refused them (full, or an error), where trying
-    /// again for every packet would cost a failing system call each.
+    /// (it reads their counters), or the map refused them with an error, where trying again
+    /// for every packet would cost a failing system call each.
     passed_over: HashSet<L2Key>,
     /// The map refused a key for want of room: none is tried until the next validation.
     full: bool,
@@ -94,11 +94,7 @@ impl FlowCache {
             return;
         }
         let w = &stats.worker;
-        if self.installed.len() >= FLOW_CAPACITY as usize {
-            w.add(WorkerCounter::FastPathFull as usize, 1);
-            return;
-        }
-        if self.full {
+        if self.installed.len() >= FLOW_CAPACITY as usize || self.full {
             w.add(WorkerCounter::FastPathFull as usize, 1);
             return;
         }
@@ -135,7 +131,7 @@ impl FlowCache {
                 && bridge.fdb().lookup(MacAddr(key.src), now_ms) == Some(f.ingress)
                 && bridge.fdb().lookup(MacAddr(key.dst), now_ms) == Some(f.egress)
         });
-        // Another worker's flows are its business; forget them so they can be looked at again.
+        // Keys passed over (another worker's, refused) can be looked at again.
         self.passed_over.clear();
         self.full = false;
     }
@@ -163,8 +159,7 @@ impl FlowCache {
     }
 }
 
-/// Counts an install's outcome: `Some(true)` installed, `Some(false)` another worker's already,
-/// `None` refused (the map full, or an error).
+/// Counts an install's outcome.
 pub(crate) fn counted_install(result: std::io::Result<bool>, stats: &WorkerStats) -> Installing {
     let w = &stats.worker;
     match result {

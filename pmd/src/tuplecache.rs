@@ -73,8 +73,8 @@ pub struct TupleCache {
     fast: Arc<FastPath>,
     installed: HashMap<TupleKey, Installed>,
     /// Keys not tried again until the next validation: another worker installed them first
-    /// (it reads their counters), or the map refused them (full, or an error), where trying
-    /// again for every packet would cost a failing system call each.
+    /// (it reads their counters), or they were refused (an error, no overlay leg free), where
+    /// trying again for every packet would cost a failing system call each.
     passed_over: HashSet<TupleKey>,
     /// The map refused a key for want of room: none is tried until the next validation.
     full: bool,

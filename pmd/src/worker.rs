@@ -240,7 +240,7 @@ pub struct Worker {
     tuples: Option<TupleCache>,
     /// Per port: its interface index (0: absent).
     ifindex: Vec<u32>,
-    /// The bridge's moved + aged count when the flows were last checked against it.
+    /// The bridge's `fdb_changes` when the flows were last checked against it.
     fdb_changes: u64,
     /// When the bridge's flows were last validated.
     fdb_validated_ms: u64,
@@ -937,9 +937,10 @@ impl Worker {
     /// that on every pass).
     fn follow_fdb_changes(&mut self) {
         if self.flows.is_some() {
-            let changes = self.s.pipeline.bridge().fdb_changes();
-            let now_ms = self.now_ms();
-            if changes != self.fdb_changes && now_ms >= self.fdb_validated_ms + FDB_REVALIDATE_MS {
+            // The clock is read only when the table changed: this runs every pass.
+            if self.s.pipeline.bridge().fdb_changes() != self.fdb_changes
+                && self.now_ms() >= self.fdb_validated_ms + FDB_REVALIDATE_MS
+            {
                 self.validate_flows();
             }
         }
