@@ -282,25 +282,23 @@ impl Live {
                 .map(|p| p.info.name.clone())
                 .unwrap_or_default();
             self.ports_lost += 1;
-            if Some(id) == self.uplink() {
+            let uplink = Some(id) == self.uplink();
+            if uplink {
                 // The gateway's configuration names its id: no other port may take it.
                 self.dp.reserve_id(id);
-                match self.remove(id) {
-                    Ok(_) => tracing::error!(
-                        port = name.as_str(),
-                        id,
-                        "the uplink's interface disappeared: port removed; restart the switch once it exists again"
-                    ),
-                    Err(e) => tracing::error!(port = name.as_str(), id, "the uplink's interface disappeared; removing the port: {e}"),
-                }
-                continue;
             }
             match self.remove(id) {
+                Ok(_) if uplink => tracing::error!(
+                    port = name.as_str(),
+                    id,
+                    "the uplink's interface disappeared: port removed; restart the switch once it exists again"
+                ),
                 Ok(_) => tracing::warn!(
                     port = name.as_str(),
                     id,
                     "interface disappeared: port removed; `vswitch ctl port add {name}` brings it back once it exists again"
                 ),
+                Err(e) if uplink => tracing::error!(port = name.as_str(), id, "the uplink's interface disappeared; removing the port: {e}"),
                 Err(e) => tracing::error!(port = name.as_str(), id, "interface disappeared; removing the port: {e}"),
             }
         }
