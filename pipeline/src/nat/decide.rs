@@ -65,8 +65,8 @@ fn pick_backend(
                 vip: svc.cluster_ip,
                 port: svc.port,
                 proto: svc.proto,
-                own_set: node_port
-                    && (svc.external_local.is_some() || svc.node_port_backends.is_some()),
+                // The front balances over a set of its own (not the service's).
+                own_set: !std::ptr::eq(maglev, &svc.maglev),
                 client: t.src,
             };
             affinity.pick(key, now_ms, timeout_ms, |b| maglev.contains(b), balance)
