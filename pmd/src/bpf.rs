@@ -416,16 +416,11 @@ pub struct LiveFrameSender {
 
 impl LiveFrameSender {
     pub fn load(ifindex: u32) -> io::Result<LiveFrameSender> {
-        let insns = [
-            // r1 = ifindex, r2 = flags
-            insn(0xb7, 1, 0, 0, ifindex as i32),
-            insn(0xb7, 2, 0, 0, 0),
-            // r0 = bpf_redirect(r1, r2)
-            insn(0x85, 0, 0, 0, BPF_FUNC_REDIRECT),
-            insn(0x95, 0, 0, 0, 0),
-        ];
         Ok(LiveFrameSender {
-            fd: load_xdp(&insns, "vswitch_pktgen")?,
+            fd: load_xdp(
+                &SenderProgram::default().redirect_to(ifindex),
+                "vswitch_pktgen",
+            )?,
             _pin: None,
             templates: None,
         })
@@ -498,34 +493,18 @@ impl LiveFrameSender {
     /// latency at the receiver.
     pub fn load_stamped(ifindex: u32) -> io::Result<LiveFrameSender> {
         let map = create_map(BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, "vswitch_seq")?;
-        let seq = STAMP_SEQ_OFFSET as i16;
-        let time = STAMP_TIME_OFFSET as i16;
-        let insns = [
-            insn(0xbf, 6, 1, 0, 0),         // r6 = ctx
-            insn(0x61, 2, 6, 0, 0),         // r2 = ctx->data
-            insn(0x61, 3, 6, 4, 0),         // r3 = ctx->data_end
-            insn(0xbf, 7, 2, 0, 0),         // r7 = data
-            insn(0xbf, 4, 2, 0, 0),         // r4 = data
-            insn(0x07, 4, 0, 0, STAMP_END), // r4 += 58
-            insn(0x2d, 4, 3, 13, 0),        // if r4 > data_end: just redirect
-            insn(0x62, 10, 0, -4, 0),       // *(u32 *)(fp - 4) = 0 (the map key)
-            insn(0x18, 1, BPF_PSEUDO_MAP_FD, 0, map.as_raw_fd()),
-            insn(0, 0, 0, 0, 0),     // r1 = &seq map
-            insn(0xbf, 2, 10, 0, 0), // r2 = fp
-            insn(0x07, 2, 0, 0, -4), // r2 = &key
-            insn(0x85, 0, 0, 0, BPF_FUNC_MAP_LOOKUP_ELEM),
-            insn(0x15, 0, 0, 6, 0),   // if !r0: just redirect
-            insn(0x79, 1, 0, 0, 0),   // r1 = *seq
-            insn(0x07, 1, 0, 0, 1),   // r1 += 1
-            insn(0x7b, 0, 1, 0, 0),   // *seq = r1 (per-CPU: no atomics needed)
-            insn(0x7b, 7, 1, seq, 0), // frame[42..50] = r1
+        let mut program = SenderProgram::default();
+        program.frame_of(STAMP_END);
+        program.lookup_first(&map);
+        program.insns.extend([
+            insn(0x79, 1, 0, 0, 0),                       // r1 = *seq
+            insn(0x07, 1, 0, 0, 1),                       // r1 += 1
+            insn(0x7b, 0, 1, 0, 0),                       // *seq = r1 (per-CPU: no atomics needed)
+            insn(0x7b, 7, 1, STAMP_SEQ_OFFSET as i16, 0), // frame[42..50] = r1
             insn(0x85, 0, 0, 0, BPF_FUNC_KTIME_GET_NS),
-            insn(0x7b, 7, 0, time, 0),           // frame[50..58] = now
-            insn(0xb7, 1, 0, 0, ifindex as i32), // redirect to ifindex
-            insn(0xb7, 2, 0, 0, 0),
-            insn(0x85, 0, 0, 0, BPF_FUNC_REDIRECT),
-            insn(0x95, 0, 0, 0, 0),
-        ];
+            insn(0x7b, 7, 0, STAMP_TIME_OFFSET as i16, 0), // frame[50..58] = now
+        ]);
+        let insns = program.redirect_to(ifindex);
         let fd = load_xdp(&insns, "vswitch_pktstmp")?;
         // The program holds its own reference to the map.
         drop(map);
@@ -665,9 +644,10 @@ impl SenderProgram {
         self.or_redirect(insn(0x2d, 2, 3, 0, 0)); // if r2 > data_end
     }
 
-    /// r0 = the value of `map` at the u32 key at fp - 4; to the redirect if none.
-    fn lookup(&mut self, map: &OwnedFd) {
+    /// r0 = the value of `map` at key 0 (a one-entry array); to the redirect if none.
+    fn lookup_first(&mut self, map: &OwnedFd) {
         self.insns.extend([
+            insn(0x62, 10, 0, -4, 0), // *(u32 *)(fp - 4) = 0 (the key)
             insn(0x18, 1, BPF_PSEUDO_MAP_FD, 0, map.as_raw_fd()),
             insn(0, 0, 0, 0, 0),     // r1 = &map
             insn(0xbf, 2, 10, 0, 0), // r2 = fp
@@ -738,8 +718,7 @@ impl SenderProgram {
     ) -> io::Result<OwnedFd> {
         let map = create_map(BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, "vswitch_flow")?;
         self.frame_of(checksum_at as i32 + 2);
-        self.insns.push(insn(0x62, 10, 0, -4, 0)); // *(u32 *)(fp - 4) = 0 (the key)
-        self.lookup(&map);
+        self.lookup_first(&map);
         self.insns.extend([
             insn(0x79, 1, 0, 0, 0),            // r1 = *counter
             insn(0xbf, 2, 1, 0, 0),            // r2 = r1
