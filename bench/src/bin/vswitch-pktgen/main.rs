@@ -278,15 +278,12 @@ impl SendPlan {
     }
 }
 
-fn load_sender(dev: &str, spec: &FrameSpec, plan: &SendPlan) -> Result<LiveFrameSender, String> {
+/// The sender for `plan`; `first` is the first frame it sends (the one the program makes the
+/// flows of, when it does).
+fn load_sender(dev: &str, first: &[u8], plan: &SendPlan) -> Result<LiveFrameSender, String> {
     let ifindex = pmd::netdev::ifindex(dev).map_err(|e| e.to_string())?;
     let loaded = if plan.flows_in_program {
-        LiveFrameSender::load_flows(
-            ifindex,
-            plan.flows,
-            &test_frame(spec, 0),
-            plan.restore_headers,
-        )
+        LiveFrameSender::load_flows(ifindex, plan.flows, first, plan.restore_headers)
     } else if plan.stamp {
         LiveFrameSender::load_stamped(ifindex)
     } else if plan.restore_headers {
@@ -308,7 +305,8 @@ fn hold(sender: &mut LiveFrameSender) -> Result<(), String> {
 }
 
 fn send(dev: &str, spec: &FrameSpec, plan: &SendPlan, stop: &AtomicBool) -> Result<(), String> {
-    let mut sender = load_sender(dev, spec, plan)?;
+    let frames = plan.frames(spec);
+    let mut sender = load_sender(dev, &frames[0], plan)?;
     // Said in the result, for whoever reads the numbers.
     let disturbed = match hold(&mut sender) {
         Ok(()) => false,
@@ -317,7 +315,6 @@ fn send(dev: &str, spec: &FrameSpec, plan: &SendPlan, stop: &AtomicBool) -> Resu
             true
         }
     };
-    let frames = plan.frames(spec);
     let Sent {
         sent,
         secs,
@@ -341,9 +338,9 @@ fn send_on_cores(
     cores: &[usize],
     stop: &AtomicBool,
 ) -> Result<(), String> {
-    let mut sender = load_sender(dev, spec, plan)?;
-    hold(&mut sender).map_err(|e| format!("{e}: refusing to send from several cores"))?;
     let frames = plan.frames(spec);
+    let mut sender = load_sender(dev, &frames[0], plan)?;
+    hold(&mut sender).map_err(|e| format!("{e}: refusing to send from several cores"))?;
     let n = cores.len() as u64;
     let share = SendPlan {
         rate: plan.rate / n,
