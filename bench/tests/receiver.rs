@@ -78,12 +78,11 @@ fn veth_pair(tag: &str) -> Netns {
     ns
 }
 
-/// `vswitch-pktgen send --stamp` from txa to rxb's MAC with `extra` options; its result line.
-fn send_stamped(ns: &Netns, extra: &[&str]) -> String {
+/// `vswitch-pktgen send` from txa to rxb's MAC with `extra` options, which must succeed; its
+/// result line.
+fn send(ns: &Netns, extra: &[&str]) -> String {
     let send = Command::new("ip")
-        .args([
-            "netns", "exec", &ns.0, PKTGEN, "send", "--dev", "txa", "--stamp",
-        ])
+        .args(["netns", "exec", &ns.0, PKTGEN, "send", "--dev", "txa"])
         .args([
             "--src-mac",
             "02:00:00:00:00:0a",
@@ -99,6 +98,20 @@ fn send_stamped(ns: &Netns, extra: &[&str]) -> String {
         .last()
         .unwrap_or("")
         .to_string()
+}
+
+/// `send` with `--stamp`.
+fn send_stamped(ns: &Netns, extra: &[&str]) -> String {
+    send(ns, &[&["--stamp"], extra].concat())
+}
+
+/// GRO on rxb: frames redirected into txa need NAPI there to be received.
+fn gro_on_rxb(ns: &Netns) {
+    let gro = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "ethtool", "-K", "rxb", "gro", "on"])
+        .output()
+        .expect("running ethtool");
+    assert!(gro.status.success(), "{gro:?}");
 }
 
 #[test]
@@ -153,12 +166,7 @@ fn the_paced_sender_never_sends_more_than_its_burst_at_once() {
         return;
     }
     let ns = veth_pair("vspace");
-    // The peer needs NAPI to take redirected frames: GRO.
-    let gro = Command::new("ip")
-        .args(["netns", "exec", &ns.0, "ethtool", "-K", "rxb", "gro", "on"])
-        .output()
-        .expect("running ethtool");
-    assert!(gro.status.success(), "{gro:?}");
+    gro_on_rxb(&ns);
     let line = send_stamped(
         &ns,
         &["--rate", "100000", "--max-burst", "8", "--duration", "1"],
@@ -184,12 +192,7 @@ fn the_sender_makes_each_flow_in_its_program_with_a_right_checksum() {
         return;
     }
     let ns = veth_pair("vsflows");
-    // Frames redirected into txa need NAPI on rxb to be received there.
-    let gro = Command::new("ip")
-        .args(["netns", "exec", &ns.0, "ethtool", "-K", "rxb", "gro", "on"])
-        .output()
-        .expect("running ethtool");
-    assert!(gro.status.success(), "{gro:?}");
+    gro_on_rxb(&ns);
     const FLOWS: u64 = 100;
     const EACH: u64 = 4;
     let mut dump = Command::new("ip")
@@ -208,20 +211,21 @@ fn the_sender_makes_each_flow_in_its_program_with_a_right_checksum() {
         .read_line(&mut said)
         .unwrap();
     assert!(said.contains("listening on"), "{said}");
-    let send = Command::new("ip")
-        .args(["netns", "exec", &ns.0, PKTGEN, "send", "--dev", "txa"])
-        .args([
-            "--src-mac",
-            "02:00:00:00:00:0a",
-            "--dst-mac",
-            "02:00:00:00:00:0b",
-        ])
-        // The program counts frames per CPU: one CPU sends them all in turn.
-        .args(["--flows", &FLOWS.to_string(), "--core", "0"])
-        .args(["--count", &(FLOWS * EACH).to_string(), "--duration", "2"])
-        .output()
-        .expect("running the sender");
-    assert!(send.status.success(), "{send:?}");
+    // The program counts frames per CPU: one CPU sends them all in turn.
+    let (flows, count) = (FLOWS.to_string(), (FLOWS * EACH).to_string());
+    send(
+        &ns,
+        &[
+            "--flows",
+            &flows,
+            "--core",
+            "0",
+            "--count",
+            &count,
+            "--duration",
+            "2",
+        ],
+    );
     let out = dump.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let mut per_port = std::collections::BTreeMap::<u16, u64>::new();
