@@ -56,6 +56,25 @@ fn port_names(switch: &Switch) -> Vec<String> {
         .collect()
 }
 
+/// Port `name` as `show ports` lists it, if attached.
+fn port_entry(switch: &Switch, name: &str) -> Option<serde_json::Value> {
+    switch.ctl_json(&["show", "ports"])["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .cloned()
+}
+
+/// Waits (5 s at most) until the switch no longer lists `name`: its interface went.
+fn wait_until_unlisted(switch: &Switch, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while port_entry(switch, name).is_some() {
+        assert!(Instant::now() < deadline, "{name} still listed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn finish(switch: Switch) {
     let stopped = switch.stop_clean();
     assert!(
@@ -129,11 +148,7 @@ fn ports_come_and_go_while_traffic_flows() {
 
     // The veth of pod 2 disappears under the switch: only its port goes.
     topo.unplug(1);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while port_names(&switch).contains(&"vp2".to_string()) {
-        assert!(Instant::now() < deadline, "vp2 still listed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_unlisted(&switch, "vp2");
     assert!(
         topo.ping(0, 2) && topo.ping(2, 0),
         "the others keep forwarding"
@@ -552,21 +567,10 @@ fn a_vanished_uplink_keeps_its_id_and_is_not_added_back_as_a_pod() {
     )
     .unwrap();
     let switch = topo.start_switch_with(&["--config", path.to_str().unwrap()], "vp1");
-    let id_of = |name: &str| {
-        switch.ctl_json(&["show", "ports"])["ports"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .map(|p| p["id"].as_u64().unwrap())
-    };
+    let id_of = |name: &str| port_entry(&switch, name).map(|p| p["id"].as_u64().unwrap());
     let uplink = id_of("vp1").expect("the uplink is attached");
     topo.unplug(0);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while id_of("vp1").is_some() {
-        assert!(Instant::now() < deadline, "vp1 still listed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_unlisted(&switch, "vp1");
     switch.ctl_json(&["port", "add", "vp2"]);
     assert_ne!(id_of("vp2"), Some(uplink), "a pod under the uplink's id");
     topo.replug(0);
@@ -600,15 +604,9 @@ fn a_restarted_switch_attaches_its_pods_again() {
     finish(switch);
 
     let switch = topo.start_switch_with(&args, "vp1,vp2,vp3");
-    let ports = switch.ctl_json(&["show", "ports"]);
-    let vp1 = ports["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "vp1")
-        .unwrap_or_else(|| panic!("vp1 not attached again: {ports}"));
-    assert_eq!(vp1["mac"], topo.pods[0].mac.as_str(), "{ports}");
-    assert_eq!(vp1["ip"], topo.pods[0].ip.as_str(), "{ports}");
+    let vp1 = port_entry(&switch, "vp1").expect("vp1 attached again");
+    assert_eq!(vp1["mac"], topo.pods[0].mac.as_str(), "{vp1}");
+    assert_eq!(vp1["ip"], topo.pods[0].ip.as_str(), "{vp1}");
     ping_all_pairs(&topo, &[0, 1, 2]);
     switch.ctl_json(&["port", "del", "vp2"]);
     finish(switch);
