@@ -447,11 +447,11 @@ fn pktgen_bin() -> String {
     pktgen.to_str().unwrap().to_string()
 }
 
+/// A running `vswitch-pktgen recv` and the lines it prints.
+type Receiver = (Child, std::io::Lines<BufReader<std::process::ChildStdout>>);
+
 /// A measuring receiver (`vswitch-pktgen recv`, UDP port 9) in pod `i`, ready.
-fn start_receiver(
-    topo: &Topology,
-    i: usize,
-) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+fn start_receiver(topo: &Topology, i: usize) -> Receiver {
     let pktgen = pktgen_bin();
     let mut recv = topo.spawn(
         &topo.pods[i].ns,
@@ -472,9 +472,7 @@ fn start_receiver(
 }
 
 /// The receiver's result line once it stops, after it exited cleanly.
-fn receiver_result(
-    (mut recv, lines): (Child, std::io::Lines<BufReader<std::process::ChildStdout>>),
-) -> String {
+fn receiver_result((mut recv, lines): Receiver) -> String {
     let result = lines
         .map(Result::unwrap)
         .find(|l| l.starts_with("result:"))
