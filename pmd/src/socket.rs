@@ -168,6 +168,8 @@ impl PortSocket {
         // the default (~200 KiB) stalls the tx ring long before it is full.
         set_send_buffer(user.as_raw_fd(), SEND_BUFFER_BYTES);
         raise_tx_budget(user.as_raw_fd(), TX_BUDGET);
+        // Until it is given its share.
+        let least = FILL_MIN.min(rings.fill / 2);
         Ok(PortSocket {
             ifname: ifname.to_string(),
             queue,
@@ -180,10 +182,9 @@ impl PortSocket {
             tag: NEXT_TAG.fetch_add(1, Ordering::Relaxed),
             lent_to_fill: 0,
             in_flight_tx: 0,
-            // Until it is given its share.
-            fill_target: FILL_MIN.min(rings.fill / 2),
-            fill_floor: FILL_MIN.min(rings.fill / 2),
-            fill_share: FILL_MIN.min(rings.fill / 2),
+            fill_target: least,
+            fill_floor: least,
+            fill_share: least,
             fill_ring_half: rings.fill / 2,
             received: 0,
         })
