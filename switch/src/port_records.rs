@@ -5,9 +5,7 @@
 //! record. Named after the socket, so switches whose sockets share a directory keep apart.
 
 use pipeline::l2::PortBinding;
-use pipeline::MacAddr;
 use serde_json::{json, Value};
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 pub struct PortRecords {
@@ -91,20 +89,14 @@ impl PortRecords {
 
 fn binding_of(text: &str) -> Result<Option<PortBinding>, String> {
     let value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    let Some(mac) = value.get("mac").and_then(Value::as_str) else {
-        return Ok(None);
-    };
-    let mac: MacAddr = mac.parse().map_err(|_| format!("mac {mac:?}"))?;
-    let ip = match value.get("ip").and_then(Value::as_str) {
-        Some(ip) => Some(ip.parse::<Ipv4Addr>().map_err(|_| format!("ip {ip:?}"))?),
-        None => None,
-    };
-    Ok(Some(PortBinding { mac, ip }))
+    let field = |k: &str| value.get(k).and_then(Value::as_str);
+    crate::control::commands::port_binding(field("mac"), field("ip"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn records_round_trip_and_go() {

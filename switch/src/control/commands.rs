@@ -152,13 +152,10 @@ fn ms(start: Instant) -> f64 {
     (start.elapsed().as_secs_f64() * 1e5).round() / 100.0
 }
 
-fn port_add(
-    live: &mut Live,
-    name: &str,
-    mac: Option<&str>,
-    ip: Option<&str>,
-) -> Result<Value, String> {
-    let binding = match (mac, ip) {
+/// A port's binding from `port add`'s `--mac` and `--ip` (and from the records of ports
+/// added so, which keep them as given).
+pub fn port_binding(mac: Option<&str>, ip: Option<&str>) -> Result<Option<PortBinding>, String> {
+    Ok(match (mac, ip) {
         (None, None) => None,
         (None, Some(_)) => return Err("--ip needs --mac (a port is bound to both)".into()),
         (Some(mac), ip) => {
@@ -176,7 +173,16 @@ fn port_add(
             };
             Some(PortBinding { mac, ip })
         }
-    };
+    })
+}
+
+fn port_add(
+    live: &mut Live,
+    name: &str,
+    mac: Option<&str>,
+    ip: Option<&str>,
+) -> Result<Value, String> {
+    let binding = port_binding(mac, ip)?;
     let start = Instant::now();
     let id = live.add_port(name, binding)?;
     let port = live.dp.port(id).ok_or("port vanished while being added")?;
