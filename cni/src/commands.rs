@@ -3,7 +3,7 @@
 use crate::config::{Env, NetConf, SUPPORTED_VERSIONS};
 use crate::error::{code, CniError, Result};
 use crate::ipam;
-use crate::netlink::{format_mac, open_netns, random_mac, Netlink};
+use crate::netlink::{format_mac, open_netns, random_mac, Link, Netlink};
 use crate::result::{CniResult, Interface, IpConfig, Ipv4Net, Route};
 use crate::switch::{self, SwitchError};
 use serde_json::{json, Value};
@@ -19,13 +19,41 @@ use std::path::Path;
 pub const HOST_PREFIX: &str = "vsw";
 
 pub fn host_ifname(container_id: &str, ifname: &str) -> String {
-    // FNV-1a: stable across releases and platforms, unlike std's hasher.
+    let h = fnv1a(container_id.bytes().chain([0]).chain(ifname.bytes()));
+    format!("{HOST_PREFIX}{:012x}", h >> 16)
+}
+
+/// FNV-1a: stable across releases and platforms, unlike std's hasher.
+fn fnv1a(bytes: impl Iterator<Item = u8>) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in container_id.bytes().chain([0]).chain(ifname.bytes()) {
+    for b in bytes {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("{HOST_PREFIX}{:012x}", h >> 16)
+    h
+}
+
+/// The alias a host-side veth gets: the network it belongs to, so that GC of one network of
+/// this plugin (Multus) leaves another's attachments alone. Names too long for an alias
+/// (255 bytes) are hashed.
+pub fn owner_alias(network: &str) -> String {
+    const MAX_NAME: usize = 200;
+    if network.len() <= MAX_NAME {
+        format!("{ALIAS_PREFIX}{network}")
+    } else {
+        format!("{ALIAS_PREFIX}#{:016x}", fnv1a(network.bytes()))
+    }
+}
+
+const ALIAS_PREFIX: &str = "vswitch-cni network ";
+
+/// Whether GC of `network` may collect a host-side veth with this alias: its own, and one
+/// without an owner (made by a plugin from before aliases; or an alias someone else set).
+fn collected_by(network: &str, alias: Option<&str>) -> bool {
+    match alias {
+        Some(a) if a.starts_with(ALIAS_PREFIX) => a == owner_alias(network),
+        _ => true,
+    }
 }
 
 /// Whether `name` is one of ours (for GC).
@@ -117,7 +145,7 @@ fn add_steps(
         .add_veth(&host, &env.ifname, conf.mtu, mac, netns)
         .and_then(|_| {
             made.veth = Some(host.clone());
-            node.set_up(&host)
+            node.set_up_with_alias(&host, &owner_alias(&conf.name))
         });
     let ipam_result = pending
         .wait(env, conf)?
@@ -375,6 +403,13 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<()> {
             if l.mtu != conf.mtu {
                 diffs.push(format!("{host}: MTU {} (want {})", l.mtu, conf.mtu));
             }
+            if !collected_by(&conf.name, l.alias.as_deref()) {
+                diffs.push(format!(
+                    "{host} belongs to another network: alias {:?} (want {:?})",
+                    l.alias.unwrap_or_default(),
+                    owner_alias(&conf.name)
+                ));
+            }
         }
     }
 
@@ -428,7 +463,7 @@ pub fn status(conf: &NetConf) -> Result<()> {
         })
 }
 
-/// GC (1.1.0): host-side veths (and their switch ports) of attachments not in
+/// GC (1.1.0): this network's host-side veths (and their switch ports) of attachments not in
 /// `cni.dev/valid-attachments` go; then the IPAM plugin collects its own. A list that is
 /// missing or malformed is refused: read as empty, it would take down every pod of the node.
 /// A port the switch refuses to detach is reported once the rest is collected.
@@ -436,8 +471,11 @@ pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
     let valid = valid_attachments(&conf.raw)?;
     let node = Netlink::here()?;
     let mut refused = None;
-    for name in node.link_names()? {
-        if is_host_ifname(&name) && !valid.contains(&name) {
+    for Link { name, alias, .. } in node.links()? {
+        if is_host_ifname(&name)
+            && collected_by(&conf.name, alias.as_deref())
+            && !valid.contains(&name)
+        {
             match switch::port_del(&conf.ctl, &name) {
                 Ok(_) | Err(SwitchError::Unreachable(_)) => {
                     node.del_link(&name)?;
@@ -517,6 +555,25 @@ mod tests {
             .map(|i| host_ifname(&format!("container{i}"), "eth0"))
             .collect();
         assert_eq!(names.len(), 10_000);
+    }
+
+    #[test]
+    fn gc_collects_its_own_network_s_veths_and_unowned_ones_only() {
+        let ours = owner_alias("pods");
+        assert_eq!(ours, "vswitch-cni network pods");
+        assert!(collected_by("pods", Some(&ours)));
+        assert!(!collected_by("pods", Some(&owner_alias("storage"))));
+        assert!(!collected_by("pods", Some(&owner_alias("pods-2"))));
+        // Made before veths had an owner, or an alias set by someone else.
+        assert!(collected_by("pods", None));
+        assert!(collected_by("pods", Some("uplink to rack 4")));
+        // Long names fit an alias (255 bytes) and stay apart.
+        let long_a = "a".repeat(300);
+        let long_b = format!("{}b", "a".repeat(299));
+        assert!(owner_alias(&long_a).len() < 255);
+        assert_ne!(owner_alias(&long_a), owner_alias(&long_b));
+        assert!(collected_by(&long_a, Some(&owner_alias(&long_a))));
+        assert!(!collected_by(&long_a, Some(&owner_alias(&long_b))));
     }
 
     /// A GC request without its list (or with a broken one) must not read as "nothing is

@@ -18,6 +18,8 @@ pub const MIN_MTU: u32 = 68;
 #[derive(Debug, Clone)]
 pub struct NetConf {
     pub cni_version: String,
+    /// The network's name, unique on a node: it tells this network's veths from another's.
+    pub name: String,
     pub ctl: PathBuf,
     pub mtu: u32,
     pub ipam_type: String,
@@ -96,6 +98,7 @@ impl NetConf {
         };
         Ok(NetConf {
             cni_version,
+            name,
             ctl,
             mtu,
             ipam_type,

@@ -34,6 +34,9 @@ pub struct Netlink {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Link {
     pub index: u32,
+    pub name: String,
+    /// `IFLA_IFALIAS`: the network a host-side veth belongs to.
+    pub alias: Option<String>,
     pub mac: String,
     pub mtu: u32,
     pub up: bool,
@@ -146,6 +149,18 @@ impl Netlink {
             .map_err(|e| nl_err(&format!("setting {name} up"), e))
     }
 
+    /// Sets `name` up with `alias` as its alias (`ip link` shows it). Set on a link that exists:
+    /// the kernel does not take an alias when it creates one.
+    pub fn set_up_with_alias(&self, name: &str, alias: &str) -> Result<()> {
+        let msg = LinkUnspec::new_with_name(name)
+            .up()
+            .append_extra_attribute(LinkAttribute::IfAlias(alias.to_string()))
+            .build();
+        self.rt
+            .block_on(self.handle.link().set(msg).execute())
+            .map_err(|e| nl_err(&format!("setting {name} up with alias {alias:?}"), e))
+    }
+
     /// Deletes a link by name; `Ok(false)` when there is none.
     pub fn del_link(&self, name: &str) -> Result<bool> {
         let msg = LinkUnspec::new_with_name(name).build();
@@ -178,8 +193,8 @@ impl Netlink {
         }
     }
 
-    /// Every link's name (for GC).
-    pub fn link_names(&self) -> Result<Vec<String>> {
+    /// Every link (for GC).
+    pub fn links(&self) -> Result<Vec<Link>> {
         self.rt
             .block_on(async {
                 self.handle
@@ -189,17 +204,7 @@ impl Netlink {
                     .try_collect::<Vec<_>>()
                     .await
             })
-            .map(|links| {
-                links
-                    .iter()
-                    .filter_map(|m| {
-                        m.attributes.iter().find_map(|a| match a {
-                            LinkAttribute::IfName(n) => Some(n.clone()),
-                            _ => None,
-                        })
-                    })
-                    .collect()
-            })
+            .map(|links| links.iter().map(link_of).collect())
             .map_err(|e| nl_err("listing links", e))
     }
 
@@ -279,6 +284,8 @@ impl Netlink {
 fn link_of(m: &LinkMessage) -> Link {
     let mut link = Link {
         index: m.header.index,
+        name: String::new(),
+        alias: None,
         mac: String::new(),
         mtu: 0,
         up: m.header.flags.contains(LinkFlags::Up),
@@ -286,6 +293,8 @@ fn link_of(m: &LinkMessage) -> Link {
     };
     for a in &m.attributes {
         match a {
+            LinkAttribute::IfName(name) => link.name = name.clone(),
+            LinkAttribute::IfAlias(alias) => link.alias = Some(alias.clone()),
             LinkAttribute::Address(mac) => link.mac = format_mac(mac),
             LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
             LinkAttribute::LinkInfo(infos) => {

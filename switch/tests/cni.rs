@@ -647,19 +647,69 @@ fn cni_version_1_1_0_status_and_gc() {
         ran.stdout
     );
 
+    // A second network of this plugin on the node (Multus), its pod on the same switch.
+    let mut other_conf = conf.clone();
+    other_conf["name"] = json!(format!("{NET}-other"));
+    other_conf["ipam"]["ranges"][0][0]["rangeStart"] = json!("10.244.1.100");
+    let other = node.pod(2);
+    let ran = node.exec("ADD", &other, &other_conf, &[]);
+    assert!(ran.ok, "{}{}", ran.stdout, ran.stderr);
+    let other_result = ran.out;
+    let other_host = other_result["interfaces"][0]["name"].as_str().unwrap();
+    let shown = must(&["ip", "-n", &node.topo.sw, "link", "show", other_host]);
+    assert!(
+        shown.contains(&format!("alias vswitch-cni network {NET}-other")),
+        "{shown}"
+    );
+    // CHECK notices a host-side veth claimed by another network.
+    let host = result["interfaces"][0]["name"].as_str().unwrap();
+    let alias = |to: &str| must(&["ip", "-n", &node.topo.sw, "link", "set", host, "alias", to]);
+    alias(&format!("vswitch-cni network {NET}-other"));
+    let ran = node.exec("CHECK", &att, &check, &[]);
+    assert!(!ran.ok);
+    assert!(
+        ran.out["details"]
+            .as_str()
+            .unwrap()
+            .contains("belongs to another network"),
+        "{}",
+        ran.stdout
+    );
+    alias(&format!("vswitch-cni network {NET}"));
+    let ran = node.exec("CHECK", &att, &check, &[]);
+    assert!(
+        !ran.out["details"]
+            .as_str()
+            .unwrap()
+            .contains("belongs to another network"),
+        "{}",
+        ran.stdout
+    );
+
     // GC keeps what is valid...
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{ "containerID": att.id, "ifname": "eth0" }]);
     let ran = node.exec("GC", &att, &gc, &[]);
     assert!(ran.ok, "{}{}", ran.stdout, ran.stderr);
-    assert_eq!(node.veths().len(), 1);
-    assert_eq!(node.switch_ports().len(), 1);
-    // ...and removes what is not.
+    assert_eq!(node.veths().len(), 2);
+    assert_eq!(node.switch_ports().len(), 2);
+    // ...and removes what is not, of its own network only.
     gc["cni.dev/valid-attachments"] = json!([]);
     let ran = node.exec("GC", &att, &gc, &[]);
     assert!(ran.ok, "{}{}", ran.stdout, ran.stderr);
+    assert_eq!(node.veths(), vec![other_host.to_string()]);
+    assert_eq!(node.switch_ports().len(), 1);
+    assert!(ping(&other.ns, "10.244.1.1"));
+    let mut other_gc = other_conf.clone();
+    other_gc["cni.dev/valid-attachments"] = json!([]);
+    let ran = node.exec("GC", &other, &other_gc, &[]);
+    assert!(ran.ok, "{}{}", ran.stdout, ran.stderr);
     assert_eq!(node.veths().len(), 0);
     assert_eq!(node.switch_ports().len(), 0);
+    let mut other_del = other_conf.clone();
+    other_del["prevResult"] = other_result;
+    let ran = node.exec("DEL", &other, &other_del, &[]);
+    assert!(ran.ok, "{}{}", ran.stdout, ran.stderr);
 
     // DEL releases the address (Debian's host-local has no GC of its own).
     let mut del = conf.clone();
