@@ -5,7 +5,7 @@
 
 use crate::cli::Args;
 use crate::config::{self, NodeConfig};
-use crate::port_records::PortRecords;
+use crate::port_records::{PortRecords, Record};
 use pipeline::gateway::{ForgottenPort, GatewayConfig};
 use pipeline::l2::PortBinding;
 use pipeline::{Pipeline, PortId, PortMask};
@@ -181,7 +181,11 @@ impl Live {
                 if let Some(b) = binding {
                     self.bindings.insert(id, b);
                 }
-                if let Err(e) = self.records.record(name, binding) {
+                let record = Record {
+                    binding,
+                    ifindex: self.dp.port(id).map(|p| p.info.ifindex),
+                };
+                if let Err(e) = self.records.record(name, record) {
                     tracing::warn!(port = name, dir = %self.records.dir().display(), "not recorded: a restarted switch will not attach it again: {e}");
                 }
                 tracing::info!(port = name, id, ?binding, "port added");
@@ -240,26 +244,34 @@ impl Live {
     /// runtime does not call the CNI plugin again for them), where their interface still
     /// exists; a record whose interface is gone goes (the pod was deleted meanwhile).
     pub fn restore_ports(&mut self) {
-        for (name, binding) in self.records.list() {
+        for (name, record) in self.records.list() {
             if self.dp.port_id(&name).is_some() {
                 continue;
             }
-            let binding = match binding {
-                Ok(b) => b,
+            let record = match record {
+                Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(port = name.as_str(), "record not readable, left alone: {e}");
                     continue;
                 }
             };
-            if pmd::netdev::ifindex(&name).is_err() {
+            let Ok(ifindex) = pmd::netdev::ifindex(&name) else {
                 tracing::info!(
                     port = name.as_str(),
                     "recorded port's interface is gone: record removed"
                 );
                 let _ = self.records.forget(&name);
                 continue;
+            };
+            if record.ifindex.is_some_and(|i| i != ifindex) {
+                tracing::warn!(
+                    port = name.as_str(),
+                    "recorded port's interface was replaced while the switch was down: not attached (its record is for the one before), record removed"
+                );
+                let _ = self.records.forget(&name);
+                continue;
             }
-            match self.add_port(&name, binding) {
+            match self.add_port(&name, record.binding) {
                 Ok(id) => tracing::info!(
                     port = name.as_str(),
                     id,

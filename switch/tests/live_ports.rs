@@ -623,6 +623,18 @@ fn a_restarted_switch_attaches_its_pods_again() {
         "vp3's record went with its interface"
     );
     finish(switch);
+
+    // Pod 1's interface is made again under its name while the switch is down: another
+    // interface, whose pod the record's binding is not for.
+    topo.unplug(0);
+    topo.replug(0);
+    let switch = topo.start_switch_with(&args, "");
+    assert_eq!(port_names(&switch), Vec::<String>::new());
+    assert!(
+        !dir.path().join("vswitch-ports").exists(),
+        "vp1's record went with its interface"
+    );
+    finish(switch);
 }
 
 /// A pod recreated at once under the same interface name: `port add` takes the new
