@@ -11,6 +11,9 @@
                                                    complete (MODE good), left to offload (partial:
                                                    the pseudo-header sum only) or wrong; the
                                                    payload names the mode
+  rawframe.py sweep IFACE DST_MAC SRC_MAC SRC_IP FIRST_DST_IP COUNT
+                                                   send one UDP datagram to each of COUNT
+                                                   consecutive addresses, back to back
   rawframe.py stream IFACE DST_MAC SRC_MAC SECONDS  send a 0x88b5 frame every 100 us for SECONDS
   rawframe.py first IFACE SRC_MAC SECONDS         print "ready", then the CLOCK_MONOTONIC time
                                                    (ns) the first 0x88b5 frame from SRC_MAC
@@ -87,7 +90,7 @@ def ip(text):
     return bytes(int(b) for b in text.split("."))
 
 
-def udp(iface, dst, src, src_ip, dst_ip, port, mode, count):
+def udp_frame(dst, src, src_ip, dst_ip, port, mode):
     payload = mode.encode().ljust(32, b".")
     length = 8 + len(payload)
     header = bytearray(
@@ -103,12 +106,28 @@ def udp(iface, dst, src, src_ip, dst_ip, port, mode, count):
         if mode == "wrong":
             check ^= 0x0101
     segment[6:8] = check.to_bytes(2, "big")
-    frame = mac(dst) + mac(src) + b"\x08\x00" + bytes(header) + bytes(segment)
+    return mac(dst) + mac(src) + b"\x08\x00" + bytes(header) + bytes(segment)
+
+
+def udp(iface, dst, src, src_ip, dst_ip, port, mode, count):
+    frame = udp_frame(dst, src, src_ip, dst_ip, port, mode)
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
         s.bind((iface, 0))
         for _ in range(count):
             s.send(frame)
             time.sleep(0.001)
+
+
+def sweep(iface, dst, src, src_ip, first_dst_ip, count):
+    first = int.from_bytes(ip(first_dst_ip), "big")
+    frames = [
+        udp_frame(dst, src, src_ip, ".".join(str(b) for b in (first + i).to_bytes(4, "big")), 9, "good")
+        for i in range(count)
+    ]
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((iface, 0))
+        for frame in frames:
+            s.send(frame)
 
 
 def udp_count(port, seconds, with_ttl=False):
@@ -163,6 +182,8 @@ if __name__ == "__main__":
         garp(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
     elif len(sys.argv) == 10 and sys.argv[1] == "udp":
         udp(*sys.argv[2:9], int(sys.argv[9]))
+    elif len(sys.argv) == 8 and sys.argv[1] == "sweep":
+        sweep(*sys.argv[2:7], int(sys.argv[7]))
     elif len(sys.argv) == 6 and sys.argv[1] == "stream":
         stream(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]))
     elif len(sys.argv) == 5 and sys.argv[1] == "first":

@@ -784,6 +784,7 @@ impl Worker {
             PortCounter::RxBytes as usize,
             packets.iter().map(|p| p.len() as u64).sum(),
         );
+        let mut room = true;
         for data in packets {
             let mut packet = [HeadroomBuf::new(&data, KERNEL_HEADROOM as usize)];
             let mut next = [Disposition::Drop];
@@ -807,7 +808,7 @@ impl Worker {
                     PortMask::NONE
                 }
             };
-            self.stage_copies(to, out);
+            self.stage_copies(to, out, &mut room);
         }
     }
 
@@ -998,6 +999,7 @@ impl Worker {
     fn stage_emitted(&mut self) {
         // Taken out while staging (which borrows the worker), put back to keep its allocation.
         let mut emitted = std::mem::take(&mut self.emitted);
+        let mut room = true;
         for e in emitted.drain(..) {
             let to = e.to.and(self.present);
             if e.frame.len() > MAX_PACKET_LEN as usize {
@@ -1007,14 +1009,26 @@ impl Worker {
                 }
                 continue;
             }
-            self.stage_copies(to, &e.frame);
+            self.stage_copies(to, &e.frame, &mut room);
         }
         self.emitted = emitted;
     }
 
-    /// Copies `data` into a frame (or chain) of ours for each port of `to`.
-    fn stage_copies(&mut self, to: PortMask, data: &[u8]) {
+    /// Copies `data` into a frame (or chain) of ours for each port of `to`. A segment short
+    /// of frames for a copy gets what is queued sent first, as for floods; `room` turns false
+    /// when that did not help, for the rest of the caller's packets.
+    fn stage_copies(&mut self, to: PortMask, data: &[u8], room: &mut bool) {
+        let pieces = data.len().div_ceil(MAX_FRAME_LEN as usize);
         for port in to.ports(MAX_PORTS) {
+            let segment = self.segment[port as usize];
+            if *room && self.s.pool.available_in(segment) < pieces {
+                self.transmit_staged();
+                self.s
+                    .stats
+                    .worker
+                    .add(WorkerCounter::FloodTransmits as usize, 1);
+                *room = self.s.pool.available_in(segment) >= pieces;
+            }
             stage_copy(
                 &self.s.umem,
                 &mut self.s.pool,

@@ -655,3 +655,92 @@ fn a_port_added_again_for_a_replaced_interface_takes_the_new_one() {
     assert!(topo.ping(0, 1), "through the new interface");
     finish(switch);
 }
+
+/// An address sweep through the gateway (a scan of the pod range): it asks the whole pod
+/// segment for each address, and again each second. On a full segment (quiet ports keep most
+/// of its frames lent) a pass's requests need more copies than the pool keeps; the worker
+/// sends what is queued to get frames back, as for floods, and no pod misses a request.
+#[test]
+fn the_gateway_s_requests_reach_every_pod_of_a_full_segment() {
+    let Some(_net) = network_test() else { return };
+    const PODS: usize = 8;
+    // Fewer than a quiet port keeps lent (124), so that none is lost on the way in.
+    const SWEPT: u64 = 90;
+    let topo = Topology::new(PODS);
+    let (_dir, path) = gateway_config();
+    let switch = topo.start_switch_with(
+        &["--config", path.to_str().unwrap(), "--frame-segment", "4"],
+        "",
+    );
+    for pod in &topo.pods {
+        switch.ctl_json(&["port", "add", &pod.port, "--mac", &pod.mac, "--ip", &pod.ip]);
+    }
+    let sender = &topo.pods[0];
+    assert!(topo
+        .exec(&sender.ns, &["ping", "-c", "1", "-W", "1", "10.244.1.1"])
+        .status
+        .success());
+    let gateway_mac = must(&["ip", "-n", &sender.ns, "neigh", "show", "10.244.1.1"])
+        .split_whitespace()
+        .nth(4)
+        .unwrap_or_default()
+        .to_string();
+    let rx_packets = |pod: &common::Pod| -> u64 {
+        let out = must(&["ip", "-n", &pod.ns, "-s", "-j", "link", "show", "eth0"]);
+        let link: Value = serde_json::from_str(&out).unwrap();
+        link[0]["stats64"]["rx"]["packets"].as_u64().unwrap()
+    };
+    let before: Vec<u64> = topo.pods.iter().map(rx_packets).collect();
+    let requests_before = switch.ctl_json(&["show", "stats"])["gateway"]["arp_requests_sent"]
+        .as_u64()
+        .unwrap();
+    must(&[
+        "ip",
+        "netns",
+        "exec",
+        &sender.ns,
+        "python3",
+        &Topology::script("rawframe.py"),
+        "sweep",
+        "eth0",
+        &gateway_mac,
+        &sender.mac,
+        &sender.ip,
+        "10.244.1.100",
+        &SWEPT.to_string(),
+    ]);
+    // The first requests, then the second round a second later.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let requests = loop {
+        let sent = switch.ctl_json(&["show", "stats"])["gateway"]["arp_requests_sent"]
+            .as_u64()
+            .unwrap()
+            - requests_before;
+        if sent >= 2 * SWEPT || Instant::now() > deadline {
+            break sent;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(requests >= 2 * SWEPT, "{requests} requests sent");
+    std::thread::sleep(Duration::from_millis(200));
+    let ports = switch.ctl_json(&["show", "ports", "--json"]);
+    for port in ports["ports"].as_array().unwrap() {
+        for (reason, n) in port["drops"].as_object().unwrap() {
+            assert!(
+                !reason.starts_with("tx_drop") || n == 0,
+                "{}: {reason} = {n}",
+                port["name"]
+            );
+        }
+    }
+    for (pod, before) in topo.pods.iter().zip(before) {
+        let got = rx_packets(pod) - before;
+        assert!(got >= requests, "{}: {got} of {requests} requests", pod.ns);
+    }
+    let stats = switch.ctl_json(&["show", "stats", "--json"]);
+    assert!(
+        stats["workers"][0]["flood_transmits"].as_u64() > Some(0),
+        "{stats}"
+    );
+    finish(switch);
+}
