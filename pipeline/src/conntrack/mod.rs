@@ -603,6 +603,47 @@ mod tests {
         assert!(ct.counters.refused_full.load(Relaxed) > 0);
     }
 
+    /// Packets without a SYN that nobody answers (a flood of bare ACKs at a NodePort) must not
+    /// fill the table for days: they are evictable until the other side replies.
+    #[test]
+    fn a_full_table_of_unanswered_pickups_makes_room_for_new_connections() {
+        let ct = Conntrack::new(4 * SHARDS);
+        let mut answered = None;
+        for port in 1..2000u16 {
+            let t = tuple(port);
+            let picked_up = ct.insert(t, t.reverse(), FlowState::initial(PROTO_TCP, TCP_ACK), 0);
+            if answered.is_none() && picked_up.is_ok() {
+                ct.track(&t.reverse(), TCP_ACK, 0);
+                answered = Some(t);
+            }
+        }
+        assert_eq!(ct.counters.refused_full.load(Relaxed), 0);
+        // A new connection still finds room: the unanswered pickups go first.
+        let mut new = Vec::new();
+        for port in 30_000..30_100u16 {
+            let t = tuple(port);
+            if ct
+                .insert(t, t.reverse(), FlowState::initial(PROTO_TCP, TCP_SYN), 1)
+                .is_ok()
+            {
+                new.push(t);
+            }
+        }
+        assert_eq!(new.len(), 100);
+        let hit = ct.track(&answered.unwrap(), TCP_ACK, 2);
+        assert_eq!(
+            hit.map(|h| h.flow.state),
+            Some(FlowState::Tcp(TcpState::Established)),
+            "an answered pickup is established and stays"
+        );
+        // Unanswered, it would have gone after 5 minutes, not 5 days.
+        let t = tuple(60_000);
+        ct.insert(t, t.reverse(), FlowState::initial(PROTO_TCP, TCP_ACK), 0)
+            .unwrap();
+        assert!(ct.track(&t, TCP_ACK, 299_000).is_some());
+        assert!(ct.track(&t, TCP_ACK, 599_000 + 1).is_none());
+    }
+
     #[test]
     fn expiry_in_slices_covers_every_shard() {
         let ct = Conntrack::new(4096);

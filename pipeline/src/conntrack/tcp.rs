@@ -8,6 +8,9 @@ use crate::wire::l4::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 pub enum TcpState {
     SynSent,
     SynRecv,
+    /// First seen mid-stream (no SYN), nothing seen back yet: a connection that outlived the
+    /// switch's table, or packets nobody answers. Short-lived and evictable until a reply.
+    PickedUp,
     Established,
     /// One side has sent FIN (`orig` says which).
     FinWait {
@@ -20,15 +23,17 @@ pub enum TcpState {
 }
 
 impl TcpState {
-    /// The state of a flow first seen with these flags (a mid-stream pickup counts as
-    /// established, as Linux's `nf_conntrack_tcp_loose` does).
+    /// The state of a flow first seen with these flags. A mid-stream pickup is taken up, as
+    /// Linux's `nf_conntrack_tcp_loose` does, but counts as established only once the other
+    /// side answers: until then it could hold a table slot (and a NAT port) for five days
+    /// for every packet anyone sends without a SYN.
     pub fn initial(flags: u8) -> TcpState {
         if flags & TCP_RST != 0 {
             TcpState::Close
         } else if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
             TcpState::SynSent
         } else {
-            TcpState::Established
+            TcpState::PickedUp
         }
     }
 
@@ -37,6 +42,8 @@ impl TcpState {
         match self {
             TcpState::SynSent => 120_000,
             TcpState::SynRecv => 60_000,
+            // Linux's timeout for data nobody acknowledges.
+            TcpState::PickedUp => 300_000,
             TcpState::Established => 432_000_000,
             TcpState::FinWait { .. } => 120_000,
             TcpState::LastAck => 30_000,
@@ -48,7 +55,7 @@ impl TcpState {
     pub fn established(&self) -> bool {
         !matches!(
             self,
-            TcpState::SynSent | TcpState::SynRecv | TcpState::Close
+            TcpState::SynSent | TcpState::SynRecv | TcpState::PickedUp | TcpState::Close
         )
     }
 
@@ -64,7 +71,10 @@ impl TcpState {
             TcpState::SynRecv if from_orig && flags & TCP_ACK != 0 && flags & TCP_SYN == 0 => {
                 TcpState::Established
             }
-            TcpState::Established if flags & TCP_FIN != 0 => TcpState::FinWait { orig: from_orig },
+            TcpState::Established | TcpState::PickedUp if flags & TCP_FIN != 0 => {
+                TcpState::FinWait { orig: from_orig }
+            }
+            TcpState::PickedUp if !from_orig => TcpState::Established,
             TcpState::FinWait { orig } if flags & TCP_FIN != 0 && orig != from_orig => {
                 TcpState::LastAck
             }
@@ -106,6 +116,22 @@ mod tests {
             TcpState::Established.next(Direction::Reply, TCP_RST),
             TcpState::Close
         );
-        assert_eq!(TcpState::initial(TCP_ACK), TcpState::Established);
+    }
+
+    #[test]
+    fn a_mid_stream_pickup_is_established_once_answered() {
+        for first in [TCP_ACK, TCP_ACK | TCP_FIN, TCP_SYN | TCP_ACK, 0] {
+            let s = TcpState::initial(first);
+            assert_eq!(s, TcpState::PickedUp, "{first:#x}");
+            assert!(!s.established());
+            assert_eq!(s.timeout_ms(), 300_000);
+            assert_eq!(s.next(Direction::Original, TCP_ACK), TcpState::PickedUp);
+            assert_eq!(s.next(Direction::Reply, TCP_ACK), TcpState::Established);
+            assert_eq!(
+                s.next(Direction::Original, TCP_FIN | TCP_ACK),
+                TcpState::FinWait { orig: true }
+            );
+            assert_eq!(s.next(Direction::Reply, TCP_RST), TcpState::Close);
+        }
     }
 }

@@ -515,6 +515,7 @@ fn state_name(s: &FlowState) -> &'static str {
         FlowState::Tcp(t) => match t {
             TcpState::SynSent => "SYN_SENT",
             TcpState::SynRecv => "SYN_RECV",
+            TcpState::PickedUp => "ESTABLISHED_UNREPLIED",
             TcpState::Established => "ESTABLISHED",
             TcpState::FinWait { .. } => "FIN_WAIT",
             TcpState::LastAck => "LAST_ACK",
