@@ -700,8 +700,8 @@ fn related(ctx: &mut Ctx<'_>, frame: &mut [u8], ttl: u8) -> Step {
         return ctx.drop_step(GwCounter::DropIcmpRelatedUnknown);
     };
     ctx.count(GwCounter::IcmpRelatedTranslated);
-    let src = Ipv4Packet::new_quoted(&frame[ETHERNET_HEADER_LEN..])
-        .expect("checked on entry")
-        .src();
-    forward(ctx, frame, (src, 0, outer_dst, 0), ttl)
+    let ip = Ipv4Packet::new_quoted(&frame[ETHERNET_HEADER_LEN..]).expect("checked on entry");
+    // An error's bytes 4-5 are no identifier (RFC 4884 puts a length there): kept as they are.
+    let rest = l4::ports(PROTO_ICMP, ip.payload()).map_or(0, |(rest, _)| rest);
+    forward(ctx, frame, (ip.src(), rest, outer_dst, rest), ttl)
 }

@@ -735,6 +735,180 @@ fn icmp_errors_about_masqueraded_flows_are_translated_back() {
     assert_eq!(gw.counters().get(GwCounter::IcmpRelatedTranslated), 1);
 }
 
+/// An ICMP error (the quoted packet's first 28 bytes) from `from` to `to`, arriving on `port`.
+fn icmp_error_about(
+    macs: (MacAddr, MacAddr),
+    (from, to): (Ipv4Addr, Ipv4Addr),
+    kind: etherparse::Icmpv4Type,
+    about: &[u8],
+) -> Vec<u8> {
+    let mut error = Vec::new();
+    PacketBuilder::ethernet2(macs.0 .0, macs.1 .0)
+        .ipv4(from.octets(), to.octets(), 60)
+        .icmpv4(kind)
+        .write(&mut error, &about[14..14 + 28])
+        .unwrap();
+    error
+}
+
+/// The outer (source, destination), the quoted packet's addresses and ports, and whether the
+/// ICMP checksum holds.
+fn icmp_error_parts(frame: &[u8]) -> ((Ipv4Addr, Ipv4Addr), (Ipv4Addr, u16, Ipv4Addr, u16), bool) {
+    let p = SlicedPacket::from_ethernet(frame).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = p.net else {
+        panic!("not IPv4")
+    };
+    let outer = (ip.header().source_addr(), ip.header().destination_addr());
+    let Some(TransportSlice::Icmpv4(icmp)) = p.transport else {
+        panic!("not ICMP")
+    };
+    let sum_ok = crate::wire::checksum::checksum(icmp.slice()) == 0;
+    let q = icmp.payload();
+    let inner = etherparse::Ipv4HeaderSlice::from_slice(q).unwrap();
+    let port = |at: usize| u16::from_be_bytes([q[at], q[at + 1]]);
+    let quoted = (
+        inner.source_addr(),
+        port(20),
+        inner.destination_addr(),
+        port(22),
+    );
+    (outer, quoted, sum_ok)
+}
+
+/// A pod whose socket closed answers the reply to its masqueraded query with "port
+/// unreachable": it reaches the external host from the node, quoting what that host sent.
+#[test]
+fn a_pod_s_own_icmp_error_about_a_masqueraded_reply_goes_out_from_the_node() {
+    let mut gw = gateway(&config());
+    learn_neighbors(&mut gw);
+    let mut query = Vec::new();
+    PacketBuilder::ethernet2(pod_mac(1).0, GW_MAC.0)
+        .ipv4(POD1.octets(), EXT.octets(), 64)
+        .udp(5353, 53)
+        .write(&mut query, b"query")
+        .unwrap();
+    let out = send(&mut gw, query, 0, 0);
+    assert_eq!(out.next, Disposition::Forward(UPLINK));
+    let (_, nat_port, _, _) = addresses(&out.frame);
+    let mut answer = Vec::new();
+    PacketBuilder::ethernet2(ROUTER_MAC.0, GW_MAC.0)
+        .ipv4(EXT.octets(), NODE_IP.octets(), 60)
+        .udp(53, nat_port)
+        .write(&mut answer, b"answer")
+        .unwrap();
+    let delivered = send(&mut gw, answer, UPLINK, 1);
+    assert_eq!(delivered.next, Disposition::Forward(0));
+    assert_eq!(addresses(&delivered.frame), (EXT, 53, POD1, 5353));
+    let unreachable = icmp_error_about(
+        (pod_mac(1), GW_MAC),
+        (POD1, EXT),
+        etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ),
+        &delivered.frame,
+    );
+    let back = send(&mut gw, unreachable, 0, 2);
+    assert_eq!(back.next, Disposition::Forward(UPLINK));
+    let (outer, quoted, sum_ok) = icmp_error_parts(&back.frame);
+    assert_eq!(outer, (NODE_IP, EXT));
+    assert_eq!(quoted, (EXT, 53, NODE_IP, nat_port));
+    assert!(sum_ok);
+}
+
+/// A router on the way to a NodePort client cannot take the backend's large answers: its
+/// "fragmentation needed" quotes the answer as it left the node and must reach the backend,
+/// quoting what the backend sent, or the backend never learns the path MTU.
+#[test]
+fn fragmentation_needed_about_a_node_port_answer_reaches_the_backend() {
+    let mut c = config();
+    c.services[0].backends = backends(&[(POD1, 8080)]);
+    let mut gw = gateway(&c);
+    learn_neighbors(&mut gw);
+    let syn = send(
+        &mut gw,
+        tcp(ROUTER_MAC, GW_MAC, (EXT, 4321), (NODE_IP, 30080), true, 60),
+        UPLINK,
+        0,
+    );
+    let (_, nat_port, backend, _) = addresses(&syn.frame);
+    assert_eq!(backend, POD1);
+    let answer = send(
+        &mut gw,
+        tcp(
+            pod_mac(1),
+            GW_MAC,
+            (POD1, 8080),
+            (NODE_IP, nat_port),
+            false,
+            64,
+        ),
+        0,
+        1,
+    );
+    assert_eq!(addresses(&answer.frame), (NODE_IP, 30080, EXT, 4321));
+    let mut frag_needed = icmp_error_about(
+        (ROUTER_MAC, GW_MAC),
+        (ROUTER, NODE_IP),
+        etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ),
+        &answer.frame,
+    );
+    // RFC 4884's length field (bytes 4-5 of the error) must come through untouched.
+    frag_needed[14 + 20 + 5] = 7;
+    frag_needed[34 + 2..34 + 4].fill(0);
+    let fixed = crate::wire::checksum::checksum(&frag_needed[34..]);
+    frag_needed[34 + 2..34 + 4].copy_from_slice(&fixed.to_be_bytes());
+    let out = send(&mut gw, frag_needed, UPLINK, 2);
+    assert_eq!(out.next, Disposition::Forward(0));
+    let (outer, quoted, sum_ok) = icmp_error_parts(&out.frame);
+    assert_eq!(outer, (ROUTER, POD1));
+    assert_eq!(quoted, (POD1, 8080, NODE_IP, nat_port));
+    assert!(sum_ok);
+    assert_eq!(out.frame[14 + 20 + 5], 7);
+    assert_eq!(
+        u16::from_be_bytes([out.frame[14 + 20 + 6], out.frame[14 + 20 + 7]]),
+        1400
+    );
+    assert_eq!(gw.counters().get(GwCounter::IcmpRelatedTranslated), 1);
+}
+
+/// A backend's own "port unreachable" to a NodePort client leaves the node from the node's
+/// address, quoting the datagram the client sent: the pod's address is not the client's to see.
+#[test]
+fn a_backend_s_own_icmp_error_to_a_node_port_client_comes_from_the_node() {
+    let mut c = config();
+    c.services[0].backends = backends(&[(POD1, 8080)]);
+    c.services[0].proto = crate::wire::ipv4::PROTO_UDP;
+    let mut gw = gateway(&c);
+    learn_neighbors(&mut gw);
+    let mut datagram = Vec::new();
+    PacketBuilder::ethernet2(ROUTER_MAC.0, GW_MAC.0)
+        .ipv4(EXT.octets(), NODE_IP.octets(), 60)
+        .udp(4321, 30080)
+        .write(&mut datagram, b"hello")
+        .unwrap();
+    let out = send(&mut gw, datagram, UPLINK, 0);
+    assert_eq!(out.next, Disposition::Forward(0));
+    let (_, nat_port, backend, _) = addresses(&out.frame);
+    assert_eq!(backend, POD1);
+    let unreachable = icmp_error_about(
+        (pod_mac(1), GW_MAC),
+        (POD1, NODE_IP),
+        etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ),
+        &out.frame,
+    );
+    let back = send(&mut gw, unreachable, 0, 1);
+    assert_eq!(back.next, Disposition::Forward(UPLINK));
+    let (outer, quoted, sum_ok) = icmp_error_parts(&back.frame);
+    assert_eq!(outer, (NODE_IP, EXT));
+    assert_eq!(quoted, (EXT, 4321, NODE_IP, 30080));
+    assert!(sum_ok);
+    assert_ne!(nat_port, 0);
+}
+
 #[test]
 fn malformed_ipv4_is_dropped_by_reason() {
     let mut gw = gateway(&config());

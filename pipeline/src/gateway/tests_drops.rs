@@ -335,17 +335,6 @@ fn drop_icmp_error_without_flow() {
     gre[9] = 47;
     drops(&mut gw, port_unreachable(&gre), UPLINK, 0, &expected);
     drops(&mut gw, port_unreachable(&[0u8; 8]), UPLINK, 0, &expected);
-    // An error about a real flow, but quoting it in the original direction (as the pod sent
-    // it, not as it left the node): not a reply-direction match.
-    let query = udp(pod_mac(1), (POD1, 5353), (EXT, 53));
-    let out = send(&mut gw, query.clone(), 0, 0);
-    assert_eq!(out.next, Disposition::Forward(UPLINK));
-    let mut backwards = query[14..14 + 28].to_vec();
-    backwards[12..16].copy_from_slice(&EXT.octets());
-    backwards[16..20].copy_from_slice(&POD1.octets());
-    backwards[20..22].copy_from_slice(&53u16.to_be_bytes());
-    backwards[22..24].copy_from_slice(&5353u16.to_be_bytes());
-    drops(&mut gw, port_unreachable(&backwards), UPLINK, 1, &expected);
 }
 
 /// Every `drop_*` counter is named, as `GwCounter::Variant`, by some gateway test: a new drop
