@@ -234,6 +234,38 @@ fn vxlan_from_a_peer_is_decapsulated_and_routed_to_the_pod() {
     assert_eq!(c.get(GwCounter::DropUnsolicited), 0);
 }
 
+/// A host outside the cluster cannot reach a peer's pods through us (the peer takes what
+/// comes out of the overlay as the cluster's, so it would not refuse it itself); the
+/// cluster's own hosts can.
+#[test]
+fn unsolicited_inbound_to_a_peer_s_pods_is_dropped_here() {
+    let mut gw = overlay_gateway(&overlay_config());
+    let out = send(
+        &mut gw,
+        tcp(ROUTER_MAC, GW_MAC, (EXT, 1234), (NODE3_POD, 8080), true, 60),
+        UPLINK,
+        0,
+    );
+    assert_eq!(out.next, Disposition::Drop);
+    assert_eq!(gw.counters().get(GwCounter::DropUnsolicited), 1);
+    assert_eq!(gw.counters().get(GwCounter::VxlanEncapsulated), 0);
+    let out = send(
+        &mut gw,
+        tcp(
+            ROUTER_MAC,
+            GW_MAC,
+            (REMOTE_POD, 1234),
+            (NODE3_POD, 8080),
+            true,
+            60,
+        ),
+        UPLINK,
+        0,
+    );
+    assert_eq!(out.next, Disposition::Forward(UPLINK));
+    assert_eq!(gw.counters().get(GwCounter::VxlanEncapsulated), 1);
+}
+
 #[test]
 fn a_service_with_a_backend_on_a_peer_is_reached_and_answers() {
     let mut c = overlay_config();

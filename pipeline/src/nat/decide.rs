@@ -86,7 +86,13 @@ pub fn plan(
     local: bool,
     now_ms: u64,
 ) -> Result<NatPlan, Refusal> {
-    if from_outside && policy.pod_cidr.contains(t.dst) && !policy.in_cluster(t.src) {
+    // A peer's pods too: the peer takes what comes out of the overlay as the cluster's.
+    let to_pods = policy.pod_cidr.contains(t.dst)
+        || policy
+            .overlay
+            .as_ref()
+            .is_some_and(|o| o.in_peer_cidr(t.dst));
+    if from_outside && to_pods && !policy.in_cluster(t.src) {
         return Err(Refusal::Unsolicited);
     }
     let service = policy
