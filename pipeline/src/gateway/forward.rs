@@ -88,7 +88,10 @@ impl Ctx<'_> {
         let to = Ipv4Packet::new_quoted(&frame[ETHERNET_HEADER_LEN..])
             .map(|ip| ip.src())
             .unwrap_or(Ipv4Addr::UNSPECIFIED);
-        if !self.icmp_limit.allow(to, self.now_ms) {
+        // Path MTU discovery is not limited (as Linux): a pod opening many flows past a
+        // smaller MTU would otherwise wait out retransmissions on most of them.
+        let path_mtu = kind == ICMP_DEST_UNREACHABLE && code == ICMP_FRAGMENTATION_NEEDED;
+        if !path_mtu && !self.icmp_limit.allow(to, self.now_ms) {
             self.count(GwCounter::IcmpErrorsRateLimited);
             return;
         }

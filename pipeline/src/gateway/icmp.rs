@@ -38,6 +38,11 @@ pub(super) fn error(
 ) -> Option<Emit> {
     let eth = EthernetFrame::new_checked(offending).ok()?;
     let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+    // Only about a datagram's first fragment (RFC 1812 4.3.2.7): a later one would give one
+    // error per fragment, quoting payload instead of a transport header.
+    if ip.is_later_fragment() {
+        return None;
+    }
     // Never an error about an error, nor to a broadcast or multicast source.
     if ip.protocol() == PROTO_ICMP
         && ip

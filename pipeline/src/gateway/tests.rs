@@ -1252,6 +1252,61 @@ fn icmp_errors_are_rate_limited_per_destination() {
     assert_eq!(out.emit.len(), 1);
 }
 
+/// Fragmentation-needed is not rate limited (Linux exempts it: path MTU discovery), and
+/// draining the limiter with other errors does not hold it back.
+#[test]
+fn fragmentation_needed_is_not_rate_limited() {
+    let mut gw = gateway(&config());
+    learn_neighbors(&mut gw);
+    for port in [0, 1, 2] {
+        gw.set_port_mtu(port, 9000);
+    }
+    gw.set_port_mtu(UPLINK, 1500);
+    for i in 0..20 {
+        send(
+            &mut gw,
+            tcp(pod_mac(1), GW_MAC, (POD1, 1000 + i), (EXT, 80), true, 1),
+            0,
+            0,
+        );
+    }
+    assert!(gw.counters().get(GwCounter::IcmpErrorsRateLimited) > 0);
+    let mut errors = 0;
+    for i in 0..50 {
+        let out = send(&mut gw, udp_from_pod1(EXT, 6000 + i, 4000, true), 0, 0);
+        assert_eq!(out.next, Disposition::Drop);
+        errors += out.emit.len();
+    }
+    assert_eq!(errors, 50);
+}
+
+/// Errors only about a datagram's first fragment: its later fragments (TTL 1 as well) get none.
+#[test]
+fn no_icmp_error_about_a_later_fragment() {
+    let mut gw = gateway(&config());
+    learn_neighbors(&mut gw);
+    let mut frags = udp_fragments(pod_mac(1), (POD1, 7000), (EXT, 53), 4000, 77);
+    assert_eq!(frags.len(), 3);
+    for f in &mut frags {
+        let mut ip = crate::wire::ipv4::Ipv4Packet::new_quoted(&mut f[14..]).unwrap();
+        ip.set_ttl(1);
+        ip.fill_checksum();
+    }
+    let first = send(&mut gw, frags[0].clone(), 0, 0);
+    assert_eq!(first.next, Disposition::Drop);
+    assert_eq!(
+        first.emit.len(),
+        1,
+        "time exceeded about the first fragment"
+    );
+    for later in &frags[1..] {
+        let out = send(&mut gw, later.clone(), 0, 0);
+        assert_eq!(out.next, Disposition::Drop);
+        assert!(out.emit.is_empty(), "an error about a later fragment");
+    }
+    assert_eq!(gw.counters().get(GwCounter::IcmpErrorsSent), 1);
+}
+
 #[test]
 fn arp_claiming_the_gateway_or_node_address_is_dropped() {
     let mut gw = gateway(&config());
