@@ -160,6 +160,35 @@ fn etp_local_node_port_reaches_local_backends_only_and_keeps_the_client() {
     assert!(spread.contains(&REMOTE_POD));
 }
 
+/// A pod reaching its own NodePort (ETP Local) whose only local endpoint is itself: SNATed to
+/// the gateway as a service hairpin, or it would see its own address as the source.
+#[test]
+fn a_pod_reaching_itself_through_an_etp_local_node_port_is_hairpinned() {
+    let mut c = config();
+    c.services[0].external_local = Some(backends(&[(POD1, 8080)]));
+    let mut gw = gateway(&c);
+    learn_neighbors(&mut gw);
+    let out = send(
+        &mut gw,
+        tcp(pod_mac(1), GW_MAC, (POD1, 7000), (NODE_IP, 30080), true, 64),
+        0,
+        0,
+    );
+    assert_eq!(out.next, Disposition::Forward(0));
+    let (src, sport, dst, dport) = addresses(&out.frame);
+    assert_eq!((src, dst, dport), (GW_IP, POD1, 8080));
+    assert_eq!(gw.counters().get(GwCounter::NatHairpin), 1);
+    // Its answer comes back to it from the NodePort.
+    let back = send(
+        &mut gw,
+        tcp(pod_mac(1), GW_MAC, (POD1, 8080), (GW_IP, sport), false, 64),
+        0,
+        1,
+    );
+    assert_eq!(back.next, Disposition::Forward(0));
+    assert_eq!(addresses(&back.frame), (NODE_IP, 30080, POD1, 7000));
+}
+
 #[test]
 fn etp_local_without_local_backends_drops_node_port_connections() {
     let mut c = config();

@@ -128,6 +128,11 @@ pub fn plan(
         // kube-proxy masquerades NodePort traffic so that replies come back through this node;
         // with ETP Local the backend is ours, its replies come back anyway, and it sees the
         // client.
+        // ...but a pod that lands on itself would get its own address as the source (a
+        // martian, dropped): hairpinned as for a service.
+        NatKind::NodePort if keep_source && target.0 == t.src => {
+            (Some(policy.gateway_ip), NatKind::Hairpin)
+        }
         NatKind::NodePort if keep_source => (None, NatKind::NodePort),
         NatKind::NodePort => (policy.node_ip, NatKind::NodePort),
         // The reply of a pod that lands on itself must come to us, not straight back.
