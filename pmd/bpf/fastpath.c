@@ -43,6 +43,16 @@ struct l2_slot {
 
 #define FRONT_BITS 12
 
+// The longest frame each egress port takes (its MTU + 18, the kernel's devmap check), by the
+// switch's port id: a longer frame would be dropped in the redirect, uncounted; the workers
+// drop it and count it.
+struct map_def SEC("maps") port_max_len = {
+	.type = BPF_MAP_TYPE_ARRAY,
+	.key_size = 4,
+	.value_size = 4,
+	.max_entries = 256,
+};
+
 // Installed flows, most of them: a direct-mapped array whose lookup the JIT inlines, at the
 // slot `front_slot` computes. Per CPU, so a hit counts without atomics.
 struct map_def SEC("maps") l2_front = {
@@ -85,6 +95,7 @@ int vswitch_fastpath(struct xdp_md *ctx)
 	struct l2_slot *slot;
 	struct l2_flow *flow;
 	__u64 *packets, *bytes;
+	__u32 *max_len;
 	__u32 index, egress, w0, w1, w2, w3;
 	__u64 d0, d1, route;
 	__u64 l4_sum;
@@ -121,6 +132,9 @@ int vswitch_fastpath(struct xdp_md *ctx)
 		packets = &flow->packets;
 		bytes = &flow->bytes;
 	}
+	max_len = bpf_map_lookup_elem(&port_max_len, &egress);
+	if (!max_len || bpf_xdp_get_buff_len(ctx) > *max_len)
+		goto slow;
 	if (kind == PARTIAL) {
 		if (!segment_sum(data + 14, data_end, &l4_sum))
 			goto slow;

@@ -819,9 +819,13 @@ impl Datapath {
                 }
                 _ => None,
             };
+            // The workers' limit (the kernel's devmap check is the same: MTU + 18).
+            let max_frame = live.info.mtu.min(MAX_MTU) + 18;
             let joined = p.takes
                 && p.mtu.is_some()
-                && fast.add_port(p.port as u32, live.info.ifindex).is_ok();
+                && fast
+                    .add_port(p.port as u32, live.info.ifindex, max_frame)
+                    .is_ok();
             let changed = live.fast_egress != Some(joined);
             live.fast_egress = Some(joined);
             live.fast_watch = watch.filter(|_| joined);

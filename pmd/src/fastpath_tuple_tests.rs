@@ -156,7 +156,7 @@ pub(super) fn rig() -> Option<Rig> {
     let fast = FastPath::new(FlowTable::Tuple).unwrap();
     let xsks = XskMap::create(1).unwrap();
     let prog = fast.program(&xsks).unwrap();
-    fast.add_port(EGRESS, LOOPBACK).unwrap();
+    fast.add_port(EGRESS, LOOPBACK, 1518).unwrap();
     Some(Rig {
         fast,
         prog,

@@ -415,3 +415,49 @@ fn ports_whose_mtu_changes_are_followed() {
     );
     assert!(!log.contains("stops sending"), "{log}");
 }
+
+/// Pods of different MTUs on one flow: what the 9000-byte pod sends too long for the
+/// 1500-byte pod's port goes to the workers, which drop and count it. Redirected, the kernel
+/// would drop it without a trace, and the port would look as if its pod had lost NAPI.
+#[test]
+fn a_frame_too_long_for_its_egress_port_is_dropped_and_counted_by_the_workers() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(2);
+    topo.pods_finish_checksums();
+    set_mtu(&topo, 0, "9000");
+    let switch = topo.start_switch(FAST);
+    let both = named(&[("vp1", true), ("vp2", true)]);
+    assert_eq!(probed(&switch), both);
+    // TCP takes the smaller MSS: its flow goes by the fast path.
+    topo.transfer(0, 1, 10_000_000);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let sent_before = fast_path_sent_to(&switch, "vp2");
+    assert!(sent_before > 1_000, "{sent_before}");
+    // 4028-byte datagrams, not to be fragmented: one frame each, on the same MACs.
+    let send = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.setsockopt(socket.IPPROTO_IP, 10, 2)\n\
+         for _ in range(20):\n    s.sendto(b'x' * 4000, ('{}', 9))\n",
+        topo.pods[1].ip
+    );
+    common::must(&[
+        "ip",
+        "netns",
+        "exec",
+        &topo.pods[0].ns,
+        "python3",
+        "-c",
+        &send,
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(over_mtu_drops(&switch, "vp2"), 20);
+    assert_eq!(fast_path_sent_to(&switch, "vp2"), sent_before);
+    assert_eq!(
+        fast_path_of_ports(&switch),
+        both,
+        "vp2 stays on the fast path"
+    );
+    let log = switch.stop_clean().stderr;
+    assert!(!log.contains("stops sending"), "{log}");
+}
