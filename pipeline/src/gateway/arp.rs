@@ -1,8 +1,8 @@
 //! ARP: answer for our addresses, learn neighbours, ask for next hops.
 
 use super::{Emit, Gateway, GwCounter, Policy};
-use crate::batch::{Disposition, PortId};
-use crate::l3::Segment;
+use crate::batch::{Disposition, PortId, PortMask};
+use crate::l3::{Neighbor, Segment};
 use crate::wire::arp::{ArpRepr, ARP_LEN, ARP_REPLY, ARP_REQUEST};
 use crate::wire::{EthernetFrame, MacAddr, ETHERNET_HEADER_LEN};
 use std::net::Ipv4Addr;
@@ -99,7 +99,7 @@ fn learn(
             eth.set_dst_addr(arp.sender_mac);
         }
         emit.push(Emit {
-            to: crate::batch::PortMask::single(ingress),
+            to: PortMask::single(ingress),
             frame,
         });
     }
@@ -121,15 +121,30 @@ fn reply_in_place(frame: &mut [u8], request: &ArpRepr, our_mac: MacAddr) {
 
 /// A broadcast ARP request for `ip` on the segment that reaches it.
 pub(super) fn request_for(policy: &Policy, ip: Ipv4Addr) -> Option<Emit> {
-    let segment = if policy.pod_cidr.contains(ip) {
-        Segment::Pods
-    } else {
-        Segment::Uplink
-    };
+    let segment = segment_of(policy, ip);
     let our_ip = policy.our_ip(segment)?;
     let frame = ArpRepr::request((policy.mac, our_ip), ip).frame(MacAddr::BROADCAST);
     Some(Emit {
         to: policy.segment_ports(segment),
         frame,
     })
+}
+
+/// A request for `ip`, known as `known`, to its MAC on its port only (an entry about to age
+/// out: whoever still has the address answers).
+pub(super) fn probe_for(policy: &Policy, ip: Ipv4Addr, known: Neighbor) -> Option<Emit> {
+    let our_ip = policy.our_ip(segment_of(policy, ip))?;
+    let frame = ArpRepr::request((policy.mac, our_ip), ip).frame(known.mac);
+    Some(Emit {
+        to: PortMask::single(known.port),
+        frame,
+    })
+}
+
+fn segment_of(policy: &Policy, ip: Ipv4Addr) -> Segment {
+    if policy.pod_cidr.contains(ip) {
+        Segment::Pods
+    } else {
+        Segment::Uplink
+    }
 }

@@ -571,15 +571,15 @@ impl Gateway {
             self.shared
                 .affinity
                 .expire_some(now_ms, CONNTRACK_SHARDS_PER_SWEEP);
-            let (ask, dropped) = self.shared.neighbors.update(|t| t.housekeeping(now_ms));
+            let chores = self.shared.neighbors.update(|t| t.housekeeping(now_ms));
             self.counters
-                .add(GwCounter::DropNeighborUnresolved, dropped as u64);
+                .add(GwCounter::DropNeighborUnresolved, chores.dropped as u64);
             let policy = self.policy.clone();
-            for ip in ask {
-                if let Some(request) = arp::request_for(&policy, ip) {
-                    self.counters.add(GwCounter::ArpRequestsSent, 1);
-                    emit.push(request);
-                }
+            let asks = chores.ask.iter().map(|&ip| arp::request_for(&policy, ip));
+            let probes = (chores.probe.iter()).map(|&(ip, n)| arp::probe_for(&policy, ip, n));
+            for request in asks.chain(probes).flatten() {
+                self.counters.add(GwCounter::ArpRequestsSent, 1);
+                emit.push(request);
             }
         }
     }

@@ -1307,6 +1307,51 @@ fn no_icmp_error_about_a_later_fragment() {
     assert_eq!(gw.counters().get(GwCounter::IcmpErrorsSent), 1);
 }
 
+/// The router never asks us anything, but we send through it all the time: before its entry
+/// ages out it is asked, unicast, and its answer keeps it, so the node's traffic is never
+/// held up by a resolution.
+#[test]
+fn a_next_hop_about_to_age_out_is_probed_and_kept() {
+    let mut gw = gateway(&config());
+    learn_neighbors(&mut gw);
+    let mut emit = Vec::new();
+    gw.housekeeping(296_000, true, &mut emit);
+    assert!(emit.is_empty(), "not yet");
+    gw.housekeeping(297_000, true, &mut emit);
+    let probe = emit
+        .iter()
+        .find(|e| e.to == PortMask::single(UPLINK) && eth_dst(&e.frame) == ROUTER_MAC)
+        .expect("a probe to the router");
+    let arp_probe = crate::wire::arp::ArpRepr::parse(&probe.frame[14..]).expect("ARP");
+    assert_eq!(arp_probe.operation, ARP_REQUEST);
+    assert_eq!(
+        (
+            arp_probe.sender_mac,
+            arp_probe.sender_ip,
+            arp_probe.target_ip
+        ),
+        (GW_MAC, NODE_IP, ROUTER)
+    );
+    // Pods are probed on their own ports, never flooded.
+    assert!(emit.iter().all(|e| e.to.ports(8).count() == 1));
+    // The router answers.
+    send(
+        &mut gw,
+        arp(ARP_REPLY, (ROUTER_MAC, ROUTER), (GW_MAC, NODE_IP), GW_MAC),
+        UPLINK,
+        297_001,
+    );
+    // Past the age of the first answer, traffic through it goes straight on.
+    let out = send(
+        &mut gw,
+        tcp(pod_mac(1), GW_MAC, (POD1, 1000), (EXT, 80), true, 64),
+        0,
+        300_500,
+    );
+    assert_eq!(out.next, Disposition::Forward(UPLINK));
+    assert_eq!(eth_dst(&out.frame), ROUTER_MAC);
+}
+
 #[test]
 fn arp_claiming_the_gateway_or_node_address_is_dropped() {
     let mut gw = gateway(&config());

@@ -5,5 +5,5 @@ mod neigh;
 mod route;
 
 pub use cidr::Ipv4Cidr;
-pub use neigh::{Neighbor, NeighborCache, NeighborTable, Resolve, SharedNeighbors};
+pub use neigh::{Chores, Neighbor, NeighborCache, NeighborTable, Resolve, SharedNeighbors};
 pub use route::{NextHop, Route, RouteTable, Segment};

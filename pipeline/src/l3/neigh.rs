@@ -21,6 +21,11 @@ pub const MAX_PENDING_ADDRESSES: usize = 1024;
 /// Re-ask this often while unresolved; give up (and drop what is queued) after this many asks.
 pub const RETRY_MS: u64 = 1000;
 pub const MAX_REQUESTS: u32 = 3;
+/// An entry about to age out is asked for this many times (one per `RETRY_MS`, unicast to
+/// its MAC, as Linux probes a stale entry) while it is still used: an answer keeps it, so a
+/// next hop that never asks us itself (a router, a peer's VTEP) is not lost for a round trip,
+/// and its frames queued or dropped, every age period.
+pub const PROBES_BEFORE_AGING: u64 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Neighbor {
@@ -49,9 +54,22 @@ pub enum Resolve {
 pub struct NeighborTable {
     entries: FxHashMap<Ipv4Addr, Neighbor>,
     pending: FxHashMap<Ipv4Addr, Pending>,
+    /// When each entry about to age out was last probed.
+    probed: FxHashMap<Ipv4Addr, u64>,
     age_ms: u64,
     /// Entries that moved or went, ever (what caches must hear about).
     changes: u64,
+}
+
+/// What the periodic work found to do.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Chores {
+    /// Unresolved addresses to ask for again (broadcast).
+    pub ask: Vec<Ipv4Addr>,
+    /// Entries about to age out, to probe (unicast to the entry's MAC and port).
+    pub probe: Vec<(Ipv4Addr, Neighbor)>,
+    /// Frames dropped because nobody answered.
+    pub dropped: usize,
 }
 
 impl NeighborTable {
@@ -59,6 +77,7 @@ impl NeighborTable {
         NeighborTable {
             entries: FxHashMap::default(),
             pending: FxHashMap::default(),
+            probed: FxHashMap::default(),
             age_ms,
             changes: 0,
         }
@@ -164,15 +183,28 @@ impl NeighborTable {
         gone
     }
 
-    /// Periodic work: forget old entries, re-ask for pending addresses, give up on silent ones.
-    /// Returns (addresses to ask for again, frames dropped because nobody answered).
-    pub fn housekeeping(&mut self, now_ms: u64) -> (Vec<Ipv4Addr>, usize) {
+    /// Periodic work: forget old entries, probe those about to age out, re-ask for pending
+    /// addresses, give up on silent ones.
+    pub fn housekeeping(&mut self, now_ms: u64) -> Chores {
         let age = self.age_ms;
         let before = self.entries.len();
         self.entries
             .retain(|_, n| now_ms.saturating_sub(n.updated_ms) < age);
         if self.entries.len() != before {
             self.changes += 1;
+        }
+        let probe_from = age.saturating_sub(PROBES_BEFORE_AGING * RETRY_MS);
+        let due = |n: &Neighbor| now_ms.saturating_sub(n.updated_ms) >= probe_from;
+        let entries = &self.entries;
+        self.probed
+            .retain(|ip, _| entries.get(ip).is_some_and(|n| due(n)));
+        let mut probe = Vec::new();
+        for (ip, n) in entries.iter().filter(|(_, n)| due(n)) {
+            let last = self.probed.get(ip);
+            if last.is_none_or(|&t| now_ms.saturating_sub(t) >= RETRY_MS) {
+                self.probed.insert(*ip, now_ms);
+                probe.push((*ip, *n));
+            }
         }
         let mut ask = Vec::new();
         let mut dropped = 0;
@@ -189,7 +221,11 @@ impl NeighborTable {
             ask.push(*ip);
             true
         });
-        (ask, dropped)
+        Chores {
+            ask,
+            probe,
+            dropped,
+        }
     }
 }
 
@@ -339,14 +375,48 @@ mod tests {
     fn retries_then_gives_up_and_entries_age() {
         let mut t = NeighborTable::new(10_000);
         t.queue(IP, b"x", 0);
-        assert_eq!(t.housekeeping(500), (vec![], 0));
-        assert_eq!(t.housekeeping(1000), (vec![IP], 0));
-        assert_eq!(t.housekeeping(2000), (vec![IP], 0));
-        assert_eq!(t.housekeeping(3000), (vec![], 1));
+        let asked = |t: &mut NeighborTable, now| {
+            let chores = t.housekeeping(now);
+            (chores.ask, chores.dropped)
+        };
+        assert_eq!(asked(&mut t, 500), (vec![], 0));
+        assert_eq!(asked(&mut t, 1000), (vec![IP], 0));
+        assert_eq!(asked(&mut t, 2000), (vec![IP], 0));
+        assert_eq!(asked(&mut t, 3000), (vec![], 1));
         t.learn(IP, MAC, 1, 3000);
         assert!(t.get(IP, 12_999).is_some());
         assert!(t.get(IP, 13_000).is_none());
         t.housekeeping(13_000);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn entries_about_to_age_are_probed_and_kept_when_they_answer() {
+        let mut t = NeighborTable::new(10_000);
+        t.learn(IP, MAC, 1, 0);
+        let probed = |t: &mut NeighborTable, now| -> Vec<Ipv4Addr> {
+            t.housekeeping(now)
+                .probe
+                .iter()
+                .map(|(ip, _)| *ip)
+                .collect()
+        };
+        let none: Vec<Ipv4Addr> = vec![];
+        assert_eq!(probed(&mut t, 6_500), none);
+        assert_eq!(probed(&mut t, 7_000), vec![IP], "3 s before it ages");
+        let chores = t.housekeeping(7_000);
+        assert!(chores.probe.is_empty(), "once per second");
+        assert_eq!(probed(&mut t, 8_000), vec![IP]);
+        // It answers: kept, and not probed again until it is old again.
+        t.learn(IP, MAC, 1, 8_100);
+        assert_eq!(probed(&mut t, 9_000), none);
+        assert!(t.get(IP, 12_000).is_some());
+        assert_eq!(probed(&mut t, 15_100), vec![IP]);
+        // Silent: three probes, then it ages out as before.
+        assert_eq!(probed(&mut t, 16_100), vec![IP]);
+        assert_eq!(probed(&mut t, 17_100), vec![IP]);
+        assert_eq!(probed(&mut t, 18_100), none);
+        assert!(t.is_empty());
+        assert!(t.probed.is_empty());
     }
 }
