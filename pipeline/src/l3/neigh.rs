@@ -197,7 +197,7 @@ impl NeighborTable {
         let due = |n: &Neighbor| now_ms.saturating_sub(n.updated_ms) >= probe_from;
         let entries = &self.entries;
         self.probed
-            .retain(|ip, _| entries.get(ip).is_some_and(|n| due(n)));
+            .retain(|ip, _| entries.get(ip).is_some_and(&due));
         let mut probe = Vec::new();
         for (ip, n) in entries.iter().filter(|(_, n)| due(n)) {
             let last = self.probed.get(ip);
