@@ -274,6 +274,11 @@ fn route(ctx: &mut Ctx<'_>, frame: &mut [u8]) -> Step {
         // Peers send us traffic for our pods only (their nodes route the rest themselves).
         return ctx.drop_step(GwCounter::DropVxlanInnerNotLocal);
     }
+    // Not routable (Linux drops them on input as martians): the limited broadcast, multicast
+    // (no multicast routing here), loopback, "this network". Else out of the default route.
+    if dst.is_broadcast() || dst.is_multicast() || dst.is_loopback() || dst.octets()[0] == 0 {
+        return ctx.drop_step(GwCounter::DropMartianDestination);
+    }
     let local = dst == ctx.policy.gateway_ip || ctx.policy.is_uplink_ip(dst);
     if !ctx.from_uplink && !ctx.policy.pod_cidr.contains(src) {
         // A pod may only route from its own subnet: anything else would leave as it is.

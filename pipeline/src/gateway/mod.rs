@@ -68,6 +68,7 @@ define_counters! {
         DropBadArp => "drop_bad_arp",
         DropArpClaimsOurAddress => "drop_arp_claims_our_address",
         DropPodSourceOutsideSubnet => "drop_pod_source_outside_subnet",
+        DropMartianDestination => "drop_martian_destination",
         DropIpv4Truncated => "drop_ipv4_truncated",
         DropIpv4Version => "drop_ipv4_not_version_4",
         DropIpv4HeaderLength => "drop_ipv4_bad_header_length",

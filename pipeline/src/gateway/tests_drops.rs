@@ -310,6 +310,39 @@ fn port_unreachable(quoted: &[u8]) -> Vec<u8> {
 }
 
 #[test]
+fn drop_martian_destination() {
+    let mut gw = gateway(&config());
+    learn_neighbors(&mut gw);
+    let expected = [(GwCounter::DropMartianDestination, 1)];
+    for dst in [
+        Ipv4Addr::BROADCAST,
+        Ipv4Addr::new(224, 0, 0, 251),
+        Ipv4Addr::new(239, 1, 2, 3),
+        Ipv4Addr::LOCALHOST,
+        Ipv4Addr::new(0, 1, 2, 3),
+    ] {
+        drops(
+            &mut gw,
+            udp(pod_mac(1), (POD1, 5000), (dst, 53)),
+            0,
+            0,
+            &expected,
+        );
+        drops(
+            &mut gw,
+            udp(ROUTER_MAC, (EXT, 5000), (dst, 53)),
+            UPLINK,
+            0,
+            &expected,
+        );
+    }
+    assert!(
+        gw.shared.conntrack.is_empty(),
+        "no flow for what is dropped"
+    );
+}
+
+#[test]
 fn drop_icmp_error_without_flow() {
     let mut gw = gateway(&config());
     learn_neighbors(&mut gw);
