@@ -2,7 +2,7 @@
 //! into the worker's UMEM, which it registers itself (see `umem`), so it opens and closes
 //! without disturbing the worker's other sockets.
 
-use crate::umem::{Frame, FramePool, RingSizes, Umem, UmemHandle, MAX_CHAIN, XDP_PKT_CONTD};
+use crate::umem::{Frame, FramePool, RingSizes, Umem, UmemHandle, XDP_PKT_CONTD};
 use std::ffi::CString;
 use std::io;
 use std::num::NonZeroU32;
@@ -112,6 +112,13 @@ pub struct PortSocket {
     fill_ring_half: u32,
     /// Frames received since the last `tick`.
     received: u64,
+    /// The start of a chain whose rest was not on the rx ring yet (a kernel publishes a chain
+    /// at once, so never in practice): given out with its rest at the next receive, so a
+    /// chain's rest is never taken for a packet of its own.
+    held: Vec<Frame>,
+    /// The last descriptor committed to the tx ring continues (the kernel holds a chain's
+    /// start until its rest comes).
+    tx_open_chain: bool,
 }
 
 // SAFETY: the only part that is not `Send` is the registration's `xdpilone::Umem`, for its
@@ -187,6 +194,8 @@ impl PortSocket {
             fill_share: least,
             fill_ring_half: rings.fill / 2,
             received: 0,
+            held: Vec::new(),
+            tx_open_chain: false,
         })
     }
 
@@ -311,12 +320,22 @@ impl PortSocket {
             self.lent_to_fill += n;
             filled += n;
         }
+        // A zero-copy driver whose fill ring ran dry stops until it is woken (need_wakeup;
+        // copy mode never asks).
+        if filled > 0 && self.device.needs_wakeup() {
+            self.device.wake();
+        }
         filled
     }
 
-    /// Receives up to `max` frames into `out`.
+    /// Receives up to `max` frames into `out` (and the rest of a chain cut by `max`); returns
+    /// how many came off the ring. Chains come whole: a chain's start whose rest is not there
+    /// is held back for the next call (then given out even if the rest is still missing: the
+    /// worker drops a chain cut short).
     pub fn receive(&mut self, umem: &Umem, max: u32, out: &mut Vec<Frame>) -> u32 {
         let umem = umem.bound(&self.umem);
+        let held = !self.held.is_empty();
+        out.append(&mut self.held);
         let mut n = 0;
         // As in `transmit`: a peek is served from a cached view of the kernel's producer while
         // that shows anything; a second peek reads the real one.
@@ -341,8 +360,9 @@ impl PortSocket {
             }
             n += got;
         }
-        // The kernel publishes a chain at once: the rest of one cut by `max` is there.
-        while out.last().is_some_and(|f| f.more()) && n < max + MAX_CHAIN {
+        // The kernel publishes a chain at once: the rest of one cut by `max` is there, however
+        // long (a port's MTU may be above what the switch forwards).
+        while out.last().is_some_and(|f| f.more()) {
             let mut reader = self.rx.receive(1);
             let Some(desc) = reader.read() else {
                 break;
@@ -353,6 +373,9 @@ impl PortSocket {
                 out.push(frame);
             }
             reader.release();
+        }
+        if n > 0 || !held {
+            self.held = cut_chain(out);
         }
         self.lent_to_fill -= n.min(self.lent_to_fill);
         self.received += n as u64;
@@ -371,7 +394,6 @@ impl PortSocket {
     pub fn transmit(&mut self, umem: &Umem, frames: &mut Vec<Frame>) -> bool {
         let umem = umem.bound(&self.umem);
         let mut sent = 0;
-        let mut cut = false;
         // A reservation is served from a cached view of the kernel's consumer while that shows
         // any room; once it is used up, the next reservation reads the real one. So: twice.
         for _ in 0..2 {
@@ -383,7 +405,9 @@ impl PortSocket {
             if room == 0 {
                 break;
             }
-            cut = frames[room - 1].more();
+            // Still open after a pass that queued nothing (the ring full again): the caller
+            // must keep the rest first.
+            self.tx_open_chain = frames[room - 1].more();
             // Exactly `room` frames, no more than reserved: `insert` polls the iterator before
             // checking for a slot, so an extra frame would be marked lent and lost.
             let tag = self.tag;
@@ -391,7 +415,7 @@ impl PortSocket {
             writer.commit();
         }
         self.in_flight_tx += sent;
-        cut
+        self.tx_open_chain
     }
 
     /// Tells the kernel to send what it has not taken from the tx ring yet, only when it asked
@@ -461,5 +485,48 @@ impl PortSocket {
             rx_fill_ring_empty: s.rx_fill_ring_empty_descs,
             tx_ring_empty: s.tx_ring_empty_descs,
         })
+    }
+}
+
+/// Takes off the end of `out` a chain whose last frame continues (its rest has not come).
+fn cut_chain(out: &mut Vec<Frame>) -> Vec<Frame> {
+    if !out.last().is_some_and(Frame::more) {
+        return Vec::new();
+    }
+    let start = out.iter().rposition(|f| !f.more()).map_or(0, |end| end + 1);
+    out.split_off(start)
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+
+    fn frames(more: &[bool]) -> Vec<Frame> {
+        more.iter()
+            .enumerate()
+            .map(|(i, &m)| Frame::for_test(i as u32, m))
+            .collect()
+    }
+
+    fn indexes(frames: &[Frame]) -> Vec<u32> {
+        frames.iter().map(Frame::index).collect()
+    }
+
+    #[test]
+    fn a_chain_without_its_end_is_taken_off_whole() {
+        // Two packets, then the start of a long chain.
+        let mut out = frames(&[false, true, false, true, true, true]);
+        let held = cut_chain(&mut out);
+        assert_eq!(indexes(&out), [0, 1, 2]);
+        assert_eq!(indexes(&held), [3, 4, 5]);
+        // Nothing but a chain's start.
+        let mut out = frames(&[true, true]);
+        assert_eq!(indexes(&cut_chain(&mut out)), [0, 1]);
+        assert!(out.is_empty());
+        // Complete packets stay.
+        let mut out = frames(&[true, false, false]);
+        assert!(cut_chain(&mut out).is_empty());
+        assert_eq!(out.len(), 3);
+        assert!(cut_chain(&mut Vec::new()).is_empty());
     }
 }

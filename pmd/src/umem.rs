@@ -32,8 +32,6 @@ pub const MAX_FRAME_LEN: u32 = FRAME_SIZE - KERNEL_HEADROOM;
 /// Largest packet, as a chain of UMEM frames (multi-buffer): a 9216-byte MTU with its
 /// Ethernet header and a VLAN tag.
 pub const MAX_PACKET_LEN: u32 = 9216 + 18;
-/// UMEM frames in the longest chain.
-pub const MAX_CHAIN: u32 = MAX_PACKET_LEN.div_ceil(MAX_FRAME_LEN);
 
 /// Descriptor option: the packet continues in the next descriptor.
 pub(crate) const XDP_PKT_CONTD: u32 = 1;
@@ -77,6 +75,18 @@ impl Frame {
 
     pub fn set_more(&mut self, more: bool) {
         self.more = more;
+    }
+
+    /// A frame handle with no memory behind it, for tests of chain bookkeeping.
+    #[cfg(test)]
+    pub(crate) fn for_test(index: u32, more: bool) -> Frame {
+        Frame {
+            umem: 0,
+            index,
+            offset: 0,
+            len: 0,
+            more,
+        }
     }
 
     /// Sets the data length; clamped to what fits after the data offset.

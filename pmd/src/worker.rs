@@ -1137,7 +1137,11 @@ impl Worker {
             let staged = &mut self.staged[p];
             match &self.egress[p] {
                 Egress::Local(index) => {
-                    let over = drop_over(staged, self.max_frame[p], &mut self.s.pool);
+                    // The rest of a chain whose start the kernel holds goes whatever the MTU
+                    // is now: without it the next packet would be taken for its rest.
+                    let mut fresh = staged.split_off(captured_before.min(staged.len()));
+                    let over = drop_over(&mut fresh, self.max_frame[p], &mut self.s.pool);
+                    staged.append(&mut fresh);
                     counters.add(PortCounter::DropOverMtu as usize, over);
                     let sock = &mut self.sockets[*index].1;
                     let segment = sock.segment();
@@ -1152,7 +1156,8 @@ impl Worker {
                     let bytes: usize = staged.iter().map(|f| f.len()).sum();
                     let packets = packets_in(staged);
                     let cut = sock.transmit(&self.s.umem, staged);
-                    // The rest of a chain whose start is queued goes first in the next pass.
+                    // The rest of a chain whose start is queued (in this pass or, the ring
+                    // still full, an earlier one) goes first in the next pass.
                     let tail = if cut {
                         staged
                             .iter()
@@ -1409,6 +1414,12 @@ impl Worker {
                 break;
             }
             std::thread::sleep(Duration::from_millis(1));
+        }
+        // The rest of a chain the ring had no room for (its start stays with the kernel).
+        for staged in self.staged.iter_mut() {
+            for frame in staged.drain(..) {
+                self.s.pool.put(frame);
+            }
         }
         for (_, sock) in self.sockets.iter_mut() {
             let mut frames = Vec::new();
