@@ -119,10 +119,17 @@ fn parse_ports(s: &str) -> Result<PortList, String> {
     Ok(PortList(ports))
 }
 
+/// Linux's most CPUs (`NR_CPUS` at its largest): a bound before a range is expanded.
+const MAX_CORE: usize = 8191;
+
 fn parse_core(s: &str, list: &str) -> Result<usize, String> {
     s.trim()
         .parse()
-        .map_err(|_| format!("{s:?} in core list {list:?} is not a core number"))
+        .ok()
+        .filter(|&c| c <= MAX_CORE)
+        .ok_or_else(|| {
+            format!("{s:?} in core list {list:?} is not a core number (0 to {MAX_CORE})")
+        })
 }
 
 fn parse_cores(s: &str) -> Result<CoreList, String> {
@@ -240,6 +247,12 @@ mod tests {
         assert!(parse(&["--ports", "vp1", "--cores", "3-1"])
             .unwrap_err()
             .contains("\"3-1\""));
+        // A huge range is refused before it is expanded.
+        for huge in ["0-18446744073709551615", "0-4000000000", "9000"] {
+            assert!(parse(&["--ports", "vp1", "--cores", huge])
+                .unwrap_err()
+                .contains("0 to 8191"));
+        }
         assert!(parse(&["--ports", "vp1", "--xdp-mode", "turbo"])
             .unwrap_err()
             .contains("turbo"));

@@ -648,10 +648,14 @@ pub fn parse(
             ));
         }
     }
-    let fdb_age_ms = file.node.fdb_age.unwrap_or(300) * 1000;
-    if fdb_age_ms == 0 {
-        return Err(c.err("node.fdb_age", "must be at least 1 second"));
+    let fdb_age_s = file.node.fdb_age.unwrap_or(300);
+    if !(1..=86_400).contains(&fdb_age_s) {
+        return Err(c.err(
+            "node.fdb_age",
+            format!("{fdb_age_s} is not a number of seconds from 1 to 86400"),
+        ));
     }
+    let fdb_age_ms = fdb_age_s * 1000;
     let fdb_port_limit = file.node.fdb_port_limit.unwrap_or(DEFAULT_FDB_PORT_LIMIT);
     if fdb_port_limit == 0 {
         return Err(c.err("node.fdb_port_limit", "must be at least 1"));
@@ -713,6 +717,9 @@ impl NodeConfig {
         }
         if self.fdb_port_limit != new.fdb_port_limit {
             return Err("node.fdb_port_limit changed".into());
+        }
+        if self.fdb_age_ms != new.fdb_age_ms {
+            return Err("node.fdb_age changed".into());
         }
         if a.conntrack_capacity != b.conntrack_capacity {
             return Err("node.conntrack_capacity changed".into());
@@ -1037,5 +1044,20 @@ mod tests {
             .reload_compatible(&other_ports)
             .unwrap_err()
             .contains("ports"));
+        let other_age = parse_ok(&EXAMPLE.replace("[node]\n", "[node]\nfdb_age = 60\n"));
+        assert_eq!(other_age.fdb_age_ms, 60_000);
+        assert!(a
+            .reload_compatible(&other_age)
+            .unwrap_err()
+            .contains("fdb_age"));
+    }
+
+    #[test]
+    fn an_fdb_age_out_of_range_is_refused() {
+        for age in ["0", "86401", "18446744073709552"] {
+            let err =
+                parse_err(&EXAMPLE.replace("[node]\n", &format!("[node]\nfdb_age = {age}\n")));
+            assert!(err.contains("node.fdb_age"), "{age}: {err}");
+        }
     }
 }
