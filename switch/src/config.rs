@@ -402,7 +402,7 @@ pub fn parse(
                 ));
             }
             let next_hop = c.ip("uplink.next_hop", &u.next_hop)?;
-            if !address.contains(next_hop) || next_hop == address.addr {
+            if !another_host_in(&address, next_hop) {
                 return Err(c.err(
                     "uplink.next_hop",
                     format!("{next_hop} is not another address in the uplink subnet {address}"),
@@ -462,10 +462,13 @@ pub fn parse(
                 format!("{cidr} overlaps route {other}"),
             ));
         }
-        if !up.address.contains(via) {
+        if !another_host_in(&up.address, via) {
             return Err(c.err(
                 format!("{key}.via"),
-                format!("{via} is not in the uplink subnet {}", up.address),
+                format!(
+                    "{via} is not another host's address in the uplink subnet {}",
+                    up.address
+                ),
             ));
         }
         routes.push((cidr, via));
@@ -690,6 +693,14 @@ pub fn parse(
     })
 }
 
+/// Whether `ip` can be a neighbour in `net` (whose own address is `net.addr`): inside it, not
+/// ours, not its network or broadcast address (nothing would answer ARP for them).
+fn another_host_in(net: &Ipv4Cidr, ip: Ipv4Addr) -> bool {
+    let broadcast = net.network() | !net.mask();
+    let special = net.len < 31 && (u32::from(ip) == net.network() || u32::from(ip) == broadcast);
+    net.contains(ip) && ip != net.addr && !special
+}
+
 impl NodeConfig {
     /// What a reload may not change (ports, addresses, workers): `Err` names the first key.
     pub fn reload_compatible(&self, new: &NodeConfig) -> Result<(), String> {
@@ -787,6 +798,9 @@ mod tests {
             (EXAMPLE.replace("cidr = \"10.244.2.0/24\"", "cidr = \"10.244.1.0/25\""), "route[0].cidr: 10.244.1.0/25 overlaps the pod subnet"),
             (EXAMPLE.replace("address = \"198.18.0.1/24\"", "address = \"10.244.0.1/16\""), "uplink.address: 10.244.0.1/16 overlaps"),
             (EXAMPLE.replace("next_hop = \"198.18.0.254\"", "next_hop = \"198.19.0.254\""), "uplink.next_hop"),
+            (EXAMPLE.replace("next_hop = \"198.18.0.254\"", "next_hop = \"198.18.0.255\""), "uplink.next_hop: 198.18.0.255 is not another address"),
+            (EXAMPLE.replace("via = \"198.18.0.2\"", "via = \"198.18.0.1\""), "route[0].via: 198.18.0.1 is not another host's address"),
+            (EXAMPLE.replace("via = \"198.18.0.2\"", "via = \"198.18.0.0\""), "route[0].via: 198.18.0.0 is not another host's address"),
             (EXAMPLE.replace("protocol = \"tcp\"", "protocol = \"sctp\""), "service[0].protocol: \"sctp\""),
             (EXAMPLE.replace("\"10.244.2.5:8080\"", "\"10.244.2.5\""), "service[0].backends[2]: \"10.244.2.5\""),
             (format!("{EXAMPLE}\n[[service]]\nname = \"web\"\ncluster_ip = \"10.96.0.11\"\nport = 80\n"), "service[1].name: duplicate service \"web\""),
