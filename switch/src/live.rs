@@ -153,6 +153,9 @@ impl Live {
                 );
             }
         }
+        if let Some(ip) = binding.and_then(|b| b.ip) {
+            self.check_pod_address(name, ip)?;
+        }
         if self.uplink_name.as_deref() == Some(name) && self.dp.port_id(name).is_none() {
             // Added now it would be a pod port, on the pod segment, under another id.
             return Err(format!(
@@ -199,6 +202,26 @@ impl Live {
                 tracing::warn!(port = name, "port add failed: {e}");
                 Err(e.to_string())
             }
+        }
+    }
+
+    /// An address `port add` binds a port to: in gateway mode a pod address of the pod subnet
+    /// (never the gateway's: a pod bound to it could answer for the gateway), and nobody
+    /// else's (port security would let both send as it).
+    fn check_pod_address(&self, name: &str, ip: std::net::Ipv4Addr) -> Result<(), String> {
+        if let Some(node) = &self.node {
+            let pods = node.gateway.gateway;
+            if !pods.contains(ip) || ip == pods.addr {
+                return Err(format!("--ip {ip} is not a pod address in {pods}"));
+            }
+        }
+        let holder = self.bindings.iter().find_map(|(&id, b)| {
+            let other = self.dp.port(id).map(|p| p.info.name.as_str())?;
+            (b.ip == Some(ip) && other != name).then_some(other)
+        });
+        match holder {
+            Some(other) => Err(format!("--ip {ip} is bound to port {other} already")),
+            None => Ok(()),
         }
     }
 

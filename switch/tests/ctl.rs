@@ -308,6 +308,30 @@ fn every_command_answers_in_both_formats_while_traffic_flows() {
             &["port", "add", "vp3", "--mac", "nope"][..],
             "not a MAC address",
         ),
+        (
+            &[
+                "port",
+                "add",
+                "vp3",
+                "--mac",
+                "02:00:00:00:00:33",
+                "--ip",
+                "10.244.1.1",
+            ][..],
+            "--ip 10.244.1.1 is not a pod address in 10.244.1.1/24",
+        ),
+        (
+            &[
+                "port",
+                "add",
+                "vp3",
+                "--mac",
+                "02:00:00:00:00:33",
+                "--ip",
+                "10.245.0.3",
+            ][..],
+            "is not a pod address",
+        ),
         (&["show", "colours"][..], "unknown command"),
         (
             &["capture", "vp9", "--count", "1", "--out", "/tmp/x.pcap"][..],

@@ -439,6 +439,30 @@ fn a_bound_pod_cannot_spoof_its_neighbours_or_the_gateway() {
         switch.ctl_json(&["port", "add", &pod.port, "--mac", &pod.mac, "--ip", &pod.ip]);
     }
     ping_all_pairs(&topo, &[0, 1, 2]);
+    // Nobody else's address: both ports could send as it.
+    let attacker = &topo.pods[2];
+    switch.ctl_json(&["port", "del", &attacker.port]);
+    let taken = switch.ctl(&[
+        "port",
+        "add",
+        &attacker.port,
+        "--mac",
+        &attacker.mac,
+        "--ip",
+        &topo.pods[0].ip,
+    ]);
+    assert!(!taken.status.success());
+    let err = String::from_utf8_lossy(&taken.stderr);
+    assert!(err.contains("is bound to port vp1 already"), "{err}");
+    switch.ctl_json(&[
+        "port",
+        "add",
+        &attacker.port,
+        "--mac",
+        &attacker.mac,
+        "--ip",
+        &attacker.ip,
+    ]);
     let ping_gateway = |i: usize| {
         topo.exec(
             &topo.pods[i].ns,
