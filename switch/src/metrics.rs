@@ -10,14 +10,15 @@ use crossbeam_channel::Sender;
 use pipeline::{GwCounter, L2Counter};
 use pmd::{PortCounter, WorkerCounter};
 use std::fmt::Write as _;
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const MAX_CLIENTS: usize = 8;
 const MAX_REQUEST_HEAD: usize = 8192;
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     TcpListener::bind(addr).map_err(|e| format!("--metrics {addr}: {e}"))
@@ -52,14 +53,27 @@ fn respond(stream: &mut TcpStream, status: &str, body: &str) {
 }
 
 fn connection(mut stream: TcpStream, requests: &Sender<Request>) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+    // One deadline for the whole request: a client trickling a byte at a time would
+    // otherwise hold one of the few slots for hours.
+    let deadline = Instant::now() + REQUEST_DEADLINE;
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            respond(&mut stream, "408 Request Timeout", "request timed out\n");
+            return;
+        }
+        let _ = stream.set_read_timeout(Some(left));
         match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
             Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                respond(&mut stream, "408 Request Timeout", "request timed out\n");
+                return;
+            }
+            Err(_) => break,
         }
         if head.len() > MAX_REQUEST_HEAD {
             respond(

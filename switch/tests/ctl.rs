@@ -376,6 +376,25 @@ fn every_command_answers_in_both_formats_while_traffic_flows() {
     let _ = (&slow).read_to_string(&mut answer);
     assert!(answer.contains("timed out"), "{answer}");
     assert!(start.elapsed() < Duration::from_secs(8));
+    // So is a metrics client that trickles its request a byte at a time (one of a few slots).
+    let trickle = format!(
+        "import socket, time\n\
+         s = socket.create_connection(('{}', {}))\n\
+         try:\n    for c in b'GET /metrics HTTP/1.0\\r\\n':\n        s.send(bytes([c]))\n        time.sleep(0.3)\n\
+         except OSError:\n    pass\n\
+         s.settimeout(5)\n\
+         try:\n    print(s.recv(100).decode(errors='replace'))\n\
+         except OSError as e:\n    print('no answer', e)\n",
+        METRICS.split(':').next().unwrap(),
+        METRICS.split(':').nth(1).unwrap()
+    );
+    let out = common::exec_bounded(
+        &topo.sw,
+        &["python3", "-c", &trickle],
+        Duration::from_secs(20),
+    );
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 
     let _ = server.kill();
     let _ = server.wait();
