@@ -87,6 +87,9 @@ pub struct Live {
     pub load: Load,
 }
 
+/// Items an import's answer names in `skipped` (`skipped_count` says how many there were).
+const MAX_SKIPPED_NAMED: usize = 1000;
+
 impl Live {
     pub fn new(dp: Datapath, args: Args, node: Option<NodeConfig>) -> Live {
         let pods = node
@@ -431,10 +434,19 @@ impl Live {
         let r = shared.reload_keeping(&config, |b| t.listed.contains(b));
         node.gateway.services = config.services;
         self.imported = true;
+        // A cluster may skip tens of thousands (headless Services): the answer names the
+        // first, so it stays small enough for its reader (the agent reads 1 MiB).
+        if t.skipped.len() > MAX_SKIPPED_NAMED {
+            tracing::info!(
+                skipped = t.skipped.len(),
+                "import: more skipped than the answer names"
+            );
+        }
         Ok(serde_json::json!({
             "services": r.services,
             "endpoints": t.endpoints,
-            "skipped": t.skipped,
+            "skipped": t.skipped.iter().take(MAX_SKIPPED_NAMED).collect::<Vec<_>>(),
+            "skipped_count": t.skipped.len(),
             "flows_closed": r.flows_closed,
             "ms": ms(start.elapsed()),
             "translate_ms": ms(translated),

@@ -302,4 +302,26 @@ fn kubectl_json_imports_into_a_running_switch() {
     assert_eq!(only(&node.get("p3", "http://10.96.0.70:80/", 3)), ["p2"]);
     let out = node.ctl_raw(&["import", "/nonexistent/file.json"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/file.json"));
+
+    // Thousands skipped (headless Services): the answer names the first 1,000 and counts all,
+    // so it stays small for the agent, which reads at most 1 MiB of it.
+    let headless: Vec<String> = (0..1500)
+        .map(|i| {
+            format!(
+                r#"{{"apiVersion": "v1", "kind": "Service", "metadata": {{"name": "h{i}", "namespace": "default"}}, "spec": {{"clusterIP": "None", "ports": [{{"port": 80, "protocol": "TCP"}}]}}}}"#
+            )
+        })
+        .collect();
+    let many = node.dir.path().join("headless.json");
+    std::fs::write(
+        &many,
+        format!(r#"{{"kind": "List", "items": [{}]}}"#, headless.join(", ")),
+    )
+    .unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&node.ctl(&["import", many.to_str().unwrap(), "--json"])).unwrap();
+    assert_eq!(r["skipped_count"], 1500);
+    assert_eq!(r["skipped"].as_array().unwrap().len(), 1000);
+    let table = node.ctl(&["import", many.to_str().unwrap()]);
+    assert!(table.contains("skipped 500 more"), "{table}");
 }

@@ -214,8 +214,13 @@ fn import(r: &Value) -> String {
         "imported {} services ({} endpoints) in {} ms; {} connections to removed backends closed\n",
         r["services"], r["endpoints"], r["ms"], r["flows_closed"]
     );
-    for s in r["skipped"].as_array().into_iter().flatten() {
+    let named = r["skipped"].as_array().map_or(&[][..], |v| v.as_slice());
+    for s in named {
         let _ = writeln!(out, "skipped {}", cell(s));
+    }
+    let count = r["skipped_count"].as_u64().unwrap_or(0) as usize;
+    if count > named.len() {
+        let _ = writeln!(out, "skipped {} more", count - named.len());
     }
     out
 }
