@@ -18,12 +18,13 @@ pub fn port_exists(name: &str) -> bool {
     pmd::netdev::ifindex(name).is_ok()
 }
 
-/// The uplink port's MTU, which encapsulated packets must fit, from the kernel.
+/// The uplink port's MTU, which encapsulated packets must fit, from the kernel (at most what
+/// the workers forward, as when it changes while the switch runs).
 pub fn with_uplink_mtu(mut node: NodeConfig) -> NodeConfig {
     if let Some(up) = node.gateway.uplink.as_mut() {
         if let Some(name) = node.ports.get(up.port as usize) {
             if let Ok(mtu) = pmd::netdev::mtu(name) {
-                up.mtu = mtu;
+                up.mtu = mtu.min(pmd::MAX_MTU);
             }
         }
     }
