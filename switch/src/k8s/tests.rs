@@ -281,6 +281,8 @@ fn bad_input_is_an_error_that_names_it() {
         (one(SPEC, ep, PORTS).replace("\"port\": 80}", "\"port\": \"80\"}"), "items[0].spec.ports[0].port: invalid type"),
         (one(SPEC, ep, PORTS).replace("\"port\": 80}", "\"port\": 70000}"), "items[0] (Service ns/s): spec.ports[0]: port 70000 is not a port"),
         (one(SPEC, ep, PORTS).replace("10.96.1.1", "10.96.1.300"), "spec.clusterIP \"10.96.1.300\" is not an IP address"),
+        (one(SPEC, ep, PORTS).replace("10.96.1.1", "10.244.1.9"), "items[0] (Service ns/s): spec.clusterIP 10.244.1.9 is inside the pod or uplink subnet"),
+        (one(SPEC, ep, PORTS).replace("10.96.1.1", "198.18.0.1"), "spec.clusterIP 198.18.0.1 is inside the pod or uplink subnet"),
         (one(SPEC, r#"[{"addresses": ["10.244.1.256"]}]"#, PORTS), "items[1] (EndpointSlice ns/s-1): endpoints[0].addresses[0]: \"10.244.1.256\" is not an IPv4 address"),
         (one(SPEC, r#"[{"addresses": []}]"#, PORTS), "endpoints[0].addresses is empty"),
         (one(SPEC, ep, r#"[{"name": "a", "port": 0}]"#), "ports[0]: port 0 is not a port"),

@@ -387,6 +387,12 @@ fn service(
             .push(format!("{ns_name}: headless or IPv6-only"));
         return Ok(());
     };
+    // As the config file refuses: it would take the traffic of a pod or of the node's subnet.
+    if node.pod_cidr.contains(vip) || node.uplink.is_some_and(|u| u.contains(vip)) {
+        return Err(format!(
+            "{at}: spec.clusterIP {vip} is inside the pod or uplink subnet"
+        ));
+    }
     let affinity = affinity(spec, &at)?;
     let etp_local = local_policy(
         spec.external_traffic_policy.as_deref(),
