@@ -373,7 +373,10 @@ impl Live {
         else {
             return Err("nothing to reload: the switch runs without --config".into());
         };
-        let new = match config::load(path, &port_exists) {
+        // A listed pod whose interface went (and whose port with it) is still the file's:
+        // only the running config's ports may change nothing, and they are compared below.
+        let listed = |p: &str| port_exists(p) || current.ports.iter().any(|q| q == p);
+        let new = match config::load(path, &listed) {
             Ok(n) => with_uplink_mtu(n),
             Err(e) => return Err(format!("reload refused, running config kept: {e}")),
         };

@@ -396,6 +396,15 @@ fn every_command_answers_in_both_formats_while_traffic_flows() {
     let answer = String::from_utf8_lossy(&out.stdout);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 
+    // A pod the file lists goes away: its port goes, and the file still reloads.
+    topo.unplug(1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while switch.ctl_ok(&["show", "ports"]).contains("vp2") {
+        assert!(Instant::now() < deadline, "vp2 still listed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(switch.ctl_ok(&["reload"]).contains("reloaded"));
+
     let _ = server.kill();
     let _ = server.wait();
     switch.stop_clean();
