@@ -618,6 +618,16 @@ pub fn parse(
             }
             None => None,
         };
+        if let Some((_, b)) = bindings
+            .iter()
+            .find(|(_, b): &&(PortId, PortBinding)| b.mac == mac || (ip.is_some() && b.ip == ip))
+        {
+            let what = if b.mac == mac { "mac" } else { "ip" };
+            return Err(c.err(
+                format!("{key}.{what}"),
+                "is bound to another port already".to_string(),
+            ));
+        }
         bindings.push((i as PortId, PortBinding { mac, ip }));
     }
 
@@ -963,6 +973,26 @@ mod tests {
             ("{ name = \"vp2\", ip = \"10.244.1.3\" }", "node.toml: line"),
         ] {
             let err = parse_err(&EXAMPLE.replace("\"vp2\"", entry));
+            assert!(err.contains(needle), "expected {needle:?} in {err:?}");
+        }
+        // Two ports bound to one MAC or one address: both could send as it.
+        let bound = |vp: &str, mac: &str, ip: &str| {
+            format!("{{ name = \"{vp}\", mac = \"{mac}\", ip = \"{ip}\" }}")
+        };
+        for (second, needle) in [
+            (
+                bound("vp3", "02:00:00:00:01:03", "10.244.1.4"),
+                "pods.ports[2].mac: is bound to another port already",
+            ),
+            (
+                bound("vp3", "02:00:00:00:01:04", "10.244.1.3"),
+                "pods.ports[2].ip: is bound to another port already",
+            ),
+        ] {
+            let text = EXAMPLE
+                .replace("\"vp2\"", &bound("vp2", "02:00:00:00:01:03", "10.244.1.3"))
+                .replace("\"vp3\"", &second);
+            let err = parse_err(&text);
             assert!(err.contains(needle), "expected {needle:?} in {err:?}");
         }
         let a = parse_ok(EXAMPLE);

@@ -157,8 +157,8 @@ impl Live {
                 );
             }
         }
-        if let Some(ip) = binding.and_then(|b| b.ip) {
-            self.check_pod_address(name, ip)?;
+        if let Some(b) = binding {
+            self.check_binding(name, b)?;
         }
         if self.uplink_name.as_deref() == Some(name) && self.dp.port_id(name).is_none() {
             // Added now it would be a pod port, on the pod segment, under another id.
@@ -209,24 +209,31 @@ impl Live {
         }
     }
 
-    /// An address `port add` binds a port to: in gateway mode a pod address of the pod subnet
-    /// (never the gateway's: a pod bound to it could answer for the gateway), and nobody
-    /// else's (port security would let both send as it).
-    fn check_pod_address(&self, name: &str, ip: std::net::Ipv4Addr) -> Result<(), String> {
-        if let Some(node) = &self.node {
+    /// What `port add` binds a port to: in gateway mode a pod address of the pod subnet (never
+    /// the gateway's: a pod bound to it could answer for the gateway), and a MAC and address
+    /// nobody else is bound to (port security would let both send as them).
+    fn check_binding(&self, name: &str, binding: PortBinding) -> Result<(), String> {
+        if let (Some(node), Some(ip)) = (&self.node, binding.ip) {
             let pods = node.gateway.gateway;
             if !pods.contains(ip) || ip == pods.addr {
                 return Err(format!("--ip {ip} is not a pod address in {pods}"));
             }
         }
-        let holder = self.bindings.iter().find_map(|(&id, b)| {
-            let other = self.dp.port(id).map(|p| p.info.name.as_str())?;
-            (b.ip == Some(ip) && other != name).then_some(other)
-        });
-        match holder {
-            Some(other) => Err(format!("--ip {ip} is bound to port {other} already")),
-            None => Ok(()),
+        for (&id, b) in &self.bindings {
+            let Some(other) = self.dp.port(id).map(|p| p.info.name.as_str()) else {
+                continue;
+            };
+            if other == name {
+                continue;
+            }
+            if b.mac == binding.mac {
+                return Err(format!("--mac {} is bound to port {other} already", b.mac));
+            }
+            if let Some(ip) = binding.ip.filter(|&ip| b.ip == Some(ip)) {
+                return Err(format!("--ip {ip} is bound to port {other} already"));
+            }
         }
+        Ok(())
     }
 
     /// Removes a port (by the operator: never the uplink).

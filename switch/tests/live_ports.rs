@@ -454,6 +454,17 @@ fn a_bound_pod_cannot_spoof_its_neighbours_or_the_gateway() {
     assert!(!taken.status.success());
     let err = String::from_utf8_lossy(&taken.stderr);
     assert!(err.contains("is bound to port vp1 already"), "{err}");
+    let taken = switch.ctl(&[
+        "port",
+        "add",
+        &attacker.port,
+        "--mac",
+        &topo.pods[1].mac,
+        "--ip",
+        &attacker.ip,
+    ]);
+    let err = String::from_utf8_lossy(&taken.stderr);
+    assert!(err.contains("is bound to port vp2 already"), "{err}");
     switch.ctl_json(&[
         "port",
         "add",

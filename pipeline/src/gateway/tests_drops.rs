@@ -82,9 +82,10 @@ fn drop_bad_arp() {
         0,
         &[(GwCounter::DropBadArp, 1)],
     );
-    let mut token_ring = good.clone();
-    token_ring[14 + 1] = 6;
-    drops(&mut gw, token_ring, 0, 0, &[(GwCounter::DropBadArp, 1)]);
+    // (IEEE 802, 6, is read as Ethernet, as Linux does; ARCNET is not.)
+    let mut arcnet = good.clone();
+    arcnet[14 + 1] = 7;
+    drops(&mut gw, arcnet, 0, 0, &[(GwCounter::DropBadArp, 1)]);
     // Nothing was learned from either.
     assert!(gw.shared.neighbors.read().get(POD1, 0).is_none());
 }

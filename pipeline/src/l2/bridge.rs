@@ -697,6 +697,13 @@ mod tests {
             run(&mut b, &[frame(MacAddr::BROADCAST, mac(1))], 1, 0),
             [flood_from(1)]
         );
+        // Another (unbound) port cannot take the bound MAC: its traffic would go there.
+        assert_eq!(
+            run(&mut b, &[frame(MacAddr::BROADCAST, mac(1))], 2, 0),
+            [Disposition::Drop]
+        );
+        assert_eq!(b.counters().get(L2Counter::DropSpoofed), 2);
+        assert_eq!(b.fdb().lookup(mac(1), 0), Some(1));
         run(&mut b, &[frame(MacAddr::BROADCAST, mac(2))], 2, 0);
         assert_eq!(b.forget_port(1), 1);
         assert!(b.fdb().lookup(mac(1), 1).is_none());

@@ -1,11 +1,14 @@
 //! Port security: a port bound to a MAC address (and an IPv4 address) may only send frames
 //! from that MAC, and ARP and IPv4 only from that address — a pod cannot take another pod's or
-//! the gateway's address. Ports without a binding are not checked.
+//! the gateway's address. With an address, what the checks cannot read (VLAN-tagged frames,
+//! ARP of another form) is dropped too. Ports without a binding may send from any MAC but a
+//! bound one (learned on them, it would take that pod's traffic).
 
 use crate::batch::PortId;
 use crate::wire::arp::ArpRepr;
 use crate::wire::ipv4::Ipv4Packet;
 use crate::wire::{EtherType, EthernetFrame, MacAddr, ETHERNET_HEADER_LEN};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 /// What a port may send from.
@@ -20,6 +23,9 @@ pub struct PortBinding {
 #[derive(Debug, Clone, Default)]
 pub struct PortSecurity {
     bindings: Vec<Option<PortBinding>>,
+    /// The port each bound MAC belongs to: no other port may send from it (learned there,
+    /// it would take the pod's traffic).
+    owners: HashMap<MacAddr, PortId>,
 }
 
 impl PortSecurity {
@@ -27,6 +33,12 @@ impl PortSecurity {
         let p = port as usize;
         if p >= self.bindings.len() {
             self.bindings.resize(p + 1, None);
+        }
+        if let Some(old) = self.bindings[p].take() {
+            self.owners.remove(&old.mac);
+        }
+        if let Some(b) = binding {
+            self.owners.insert(b.mac, port);
         }
         self.bindings[p] = binding;
     }
@@ -40,7 +52,7 @@ impl PortSecurity {
     #[inline]
     pub fn allows(&self, port: PortId, frame: &[u8]) -> bool {
         let Some(binding) = self.get(port) else {
-            return true;
+            return self.owners.is_empty() || !self.bound_elsewhere(port, frame);
         };
         let Ok(eth) = EthernetFrame::new_checked(frame) else {
             return true;
@@ -58,14 +70,29 @@ impl PortSecurity {
                     arp.sender_mac == binding.mac
                         && (arp.sender_ip == ip || arp.sender_ip.is_unspecified())
                 }
-                None => true,
+                // What cannot be read here cannot be checked, yet a receiver may read it.
+                None => false,
             },
             EtherType::Ipv4 => match Ipv4Packet::new_checked(&frame[ETHERNET_HEADER_LEN..]) {
                 Ok(packet) => packet.src() == ip,
                 Err(_) => true,
             },
+            // A tag hides the ARP or IPv4 inside from the checks above, and receivers strip a
+            // priority tag (VLAN 0) and read what it carried. Pods send no tagged frames.
+            EtherType::Vlan | EtherType::Unknown(0x88a8 | 0x9100) => false,
             _ => true,
         }
+    }
+}
+
+impl PortSecurity {
+    /// Whether `frame`'s source MAC is bound to another port than `port`.
+    fn bound_elsewhere(&self, port: PortId, frame: &[u8]) -> bool {
+        frame.len() >= 12
+            && self
+                .owners
+                .get(&MacAddr::from_bytes(&frame[6..12]))
+                .is_some_and(|&owner| owner != port)
     }
 }
 
@@ -130,5 +157,52 @@ mod tests {
         assert!(!s.allows(3, &udp(OTHER, IP)));
         s.set(3, None);
         assert!(s.allows(3, &udp(OTHER, IP)));
+    }
+
+    /// What the checks cannot read is not let through: ARP inside a VLAN tag (a priority tag
+    /// a receiver strips), ARP of a form this parser does not take.
+    #[test]
+    fn a_bound_port_cannot_hide_its_claims() {
+        let mut s = PortSecurity::default();
+        s.set(
+            3,
+            Some(PortBinding {
+                mac: MAC,
+                ip: Some(IP),
+            }),
+        );
+        let gateway_claim = arp(MAC, (MAC, Ipv4Addr::new(10, 244, 1, 1)));
+        for tpid in [[0x81, 0x00], [0x88, 0xa8], [0x91, 0x00]] {
+            let mut tagged = gateway_claim[..12].to_vec();
+            tagged.extend_from_slice(&tpid);
+            tagged.extend_from_slice(&[0, 0]);
+            tagged.extend_from_slice(&gateway_claim[12..]);
+            assert!(!s.allows(3, &tagged), "{tpid:x?}");
+        }
+        // IEEE 802 hardware type: read (and checked) as Linux reads it.
+        let mut ieee802 = gateway_claim.clone();
+        ieee802[14..16].copy_from_slice(&[0, 6]);
+        assert!(!s.allows(3, &ieee802));
+        let mut own = arp(MAC, (MAC, IP));
+        own[14..16].copy_from_slice(&[0, 6]);
+        assert!(s.allows(3, &own));
+        // Any other form: not readable, not let through.
+        let mut odd = arp(MAC, (MAC, IP));
+        odd[14..16].copy_from_slice(&[0, 7]);
+        assert!(!s.allows(3, &odd));
+        // An unbound port is not checked, but for the MACs bound to other ports.
+        assert!(s.allows(2, &udp(OTHER, Ipv4Addr::new(8, 8, 8, 8))));
+        assert!(!s.allows(2, &gateway_claim), "port 3's MAC");
+        s.set(
+            3,
+            Some(PortBinding {
+                mac: OTHER,
+                ip: None,
+            }),
+        );
+        assert!(s.allows(2, &gateway_claim), "no longer bound");
+        assert!(!s.allows(2, &udp(OTHER, IP)));
+        s.set(3, None);
+        assert!(s.allows(2, &udp(OTHER, IP)));
     }
 }

@@ -17,10 +17,11 @@ pub struct ArpRepr {
 }
 
 impl ArpRepr {
-    /// Parses an Ethernet/IPv4 ARP packet; `None` for anything else or short input.
+    /// Parses an Ethernet/IPv4 ARP packet (hardware type Ethernet, or IEEE 802 as Linux also
+    /// takes on Ethernet); `None` for anything else or short input.
     pub fn parse(b: &[u8]) -> Option<ArpRepr> {
         if b.len() < ARP_LEN
-            || b[0..2] != [0, 1]
+            || !(b[0..2] == [0, 1] || b[0..2] == [0, 6])
             || b[2..4] != [0x08, 0x00]
             || b[4] != 6
             || b[5] != 4
