@@ -1246,8 +1246,14 @@ impl Datapath {
     /// Ports whose interface is gone (or was replaced by another of the same name) since it
     /// was attached.
     pub fn vanished_ports(&self) -> Vec<PortId> {
+        // A lookup that fails for another reason than "no such interface" (out of
+        // descriptors) says nothing: asked again at the next check.
+        let gone = |p: &LivePort| match netdev::ifindex(&p.info.name) {
+            Ok(index) => index != p.info.ifindex,
+            Err(e) => e.kind() == io::ErrorKind::NotFound,
+        };
         self.ports()
-            .filter(|(_, p)| netdev::ifindex(&p.info.name).ok() != Some(p.info.ifindex))
+            .filter(|(_, p)| gone(p))
             .map(|(id, _)| id)
             .collect()
     }

@@ -1,6 +1,5 @@
 //! What the kernel says about a network interface: index, MTU, queue count.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -71,19 +70,35 @@ fn control_socket() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// The interface index of `name` in the current network namespace.
+/// The interface index of `name` in the current network namespace. `ErrorKind::NotFound` only
+/// when there is no such interface: any other error (out of descriptors, say) says nothing
+/// of it, and must not read as an interface gone.
 pub fn ifindex(name: &str) -> io::Result<u32> {
-    ifname_array(name)?;
-    let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: `cname` is a valid NUL-terminated string for the duration of the call.
-    let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-    if index == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("no interface named {name:?} in this network namespace"),
-        ));
+    let sock = control_socket()?;
+    let mut req = IfreqInt {
+        name: ifname_array(name)?,
+        value: 0,
+        _pad: [0; 20],
+    };
+    // SAFETY: SIOCGIFINDEX reads the name and writes one int into the ifreq we own.
+    let ret = unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCGIFINDEX,
+            &mut req as *mut IfreqInt,
+        )
+    };
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::ENODEV) => io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no interface named {name:?} in this network namespace"),
+            ),
+            _ => e,
+        });
     }
-    Ok(index)
+    Ok(req.value as u32)
 }
 
 /// The interface's MTU.
@@ -359,9 +374,13 @@ mod tests {
     fn loopback_is_known_and_missing_names_are_named() {
         assert!(ifindex("lo").unwrap() > 0);
         assert!(mtu("lo").unwrap() > 0);
+        assert_eq!(ifindex("lo").unwrap(), 1, "loopback is always index 1");
         let err = ifindex("nope-not-here").unwrap_err();
         assert!(err.to_string().contains("\"nope-not-here\""), "{err}");
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
         assert!(ifindex("").is_err());
-        assert!(ifindex("a-name-that-is-far-too-long").is_err());
+        // Not a name an interface can have: an error, but not "gone".
+        let long = ifindex("a-name-that-is-far-too-long").unwrap_err();
+        assert_ne!(long.kind(), io::ErrorKind::NotFound);
     }
 }

@@ -289,13 +289,20 @@ impl Live {
                     continue;
                 }
             };
-            let Ok(ifindex) = pmd::netdev::ifindex(&name) else {
-                tracing::info!(
-                    port = name.as_str(),
-                    "recorded port's interface is gone: record removed"
-                );
-                let _ = self.records.forget(&name);
-                continue;
+            let ifindex = match pmd::netdev::ifindex(&name) {
+                Ok(i) => i,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::info!(
+                        port = name.as_str(),
+                        "recorded port's interface is gone: record removed"
+                    );
+                    let _ = self.records.forget(&name);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(port = name.as_str(), "recorded port not attached again: {e}");
+                    continue;
+                }
             };
             if record.ifindex.is_some_and(|i| i != ifindex) {
                 tracing::warn!(
