@@ -851,6 +851,20 @@ impl Datapath {
         let Some(fast) = &self.fast else {
             return Vec::new();
         };
+        // A port attached in generic mode (auto mode's fallback) redirects through the veth's
+        // ordinary transmit, which its XDP transmit count does not see: nothing to compare
+        // while one is attached (and the baselines taken meanwhile would be wrong after).
+        if self
+            .ports
+            .iter()
+            .flatten()
+            .any(|p| p.mode == XdpMode::Generic)
+        {
+            for live in self.ports.iter_mut().flatten() {
+                live.fast_watch = None;
+            }
+            return Vec::new();
+        }
         let mut out = Vec::new();
         for (id, slot) in self.ports.iter_mut().enumerate() {
             let Some(live) = slot.as_mut() else { continue };

@@ -300,7 +300,10 @@ impl Live {
                     continue;
                 }
                 Err(e) => {
-                    tracing::warn!(port = name.as_str(), "recorded port not attached again: {e}");
+                    tracing::warn!(
+                        port = name.as_str(),
+                        "recorded port not attached again: {e}"
+                    );
                     continue;
                 }
             };

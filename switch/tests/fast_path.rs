@@ -280,7 +280,16 @@ fn a_port_whose_driver_cannot_take_redirects_is_served_by_the_workers() {
     topo.transfer(0, 1, 10_000_000);
     topo.transfer(1, 0, 10_000_000);
     assert_eq!(fast_path_sent_to(&switch, "b0"), 0);
-    stop(switch);
+    // What b0's generic program redirected to vp1 went by vp1's ordinary transmit, which its
+    // XDP transmit count does not see: that is no sign of a pod without NAPI.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(fast_path_sent_to(&switch, "vp1") > 1_000);
+    assert_eq!(
+        fast_path_of_ports(&switch),
+        named(&[("vp1", true), ("b0", false)])
+    );
+    let log = switch.stop_clean().stderr;
+    assert!(!log.contains("stops sending"), "{log}");
 }
 
 /// The switch's own default is the fast path, on every port that takes it.
