@@ -933,8 +933,15 @@ impl Datapath {
         let mut out = Vec::new();
         for (port, name, old, new) in changed {
             let mtu = new.min(MAX_MTU);
-            for w in 0..self.workers.len() {
-                let _ = self.send(w, Command::SetPortMtu { port, mtu });
+            let told = (0..self.workers.len())
+                .filter(|&w| self.send(w, Command::SetPortMtu { port, mtu }).is_ok())
+                .count();
+            if told < self.workers.len() {
+                // Seen as a change again at the next check, and every worker told again.
+                if let Some(live) = self.ports.get_mut(port as usize).and_then(Option::as_mut) {
+                    live.info.mtu = old;
+                }
+                continue;
             }
             out.push((name, old, new));
         }
