@@ -116,6 +116,11 @@ pub struct PortSocket {
     /// at once, so never in practice): given out with its rest at the next receive, so a
     /// chain's rest is never taken for a packet of its own.
     held: Vec<Frame>,
+    /// A held start was given out cut: frames continuing it, should they come after all, are
+    /// dropped up to its end, never read as a packet of their own.
+    rest_unwanted: bool,
+    /// Frames of such rests dropped, for the port's `rx_drop_bad_chain` (`take_rests_dropped`).
+    chain_rests_dropped: u64,
     /// The last descriptor committed to the tx ring continues (the kernel holds a chain's
     /// start until its rest comes).
     tx_open_chain: bool,
@@ -195,6 +200,8 @@ impl PortSocket {
             fill_ring_half: rings.fill / 2,
             received: 0,
             held: Vec::new(),
+            rest_unwanted: false,
+            chain_rests_dropped: 0,
             tx_open_chain: false,
         })
     }
@@ -331,11 +338,19 @@ impl PortSocket {
     /// Receives up to `max` frames into `out` (and the rest of a chain cut by `max`); returns
     /// how many came off the ring. Chains come whole: a chain's start whose rest is not there
     /// is held back for the next call (then given out even if the rest is still missing: the
-    /// worker drops a chain cut short).
-    pub fn receive(&mut self, umem: &Umem, max: u32, out: &mut Vec<Frame>) -> u32 {
+    /// worker drops a chain cut short; a rest coming later still goes to `pool`, counted in
+    /// `chain_rests_dropped`).
+    pub fn receive(
+        &mut self,
+        umem: &Umem,
+        pool: &mut FramePool,
+        max: u32,
+        out: &mut Vec<Frame>,
+    ) -> u32 {
         let umem = umem.bound(&self.umem);
         let held = !self.held.is_empty();
         out.append(&mut self.held);
+        let first_new = out.len();
         let mut n = 0;
         // As in `transmit`: a peek is served from a cached view of the kernel's producer while
         // that shows anything; a second peek reads the real one.
@@ -374,8 +389,20 @@ impl PortSocket {
             }
             reader.release();
         }
+        if self.rest_unwanted && out.len() > first_new {
+            // The ring's first frames continue a chain given out cut: up to its end, dropped.
+            let (rest, ended) = late_rest(out, first_new);
+            self.chain_rests_dropped += rest.len() as u64;
+            for frame in rest {
+                pool.put(frame);
+            }
+            self.rest_unwanted = !ended;
+        }
         if n > 0 || !held {
             self.held = cut_chain(out);
+        } else {
+            // Given out cut this time.
+            self.rest_unwanted = out.last().is_some_and(Frame::more);
         }
         self.lent_to_fill -= n.min(self.lent_to_fill);
         self.received += n as u64;
@@ -386,6 +413,11 @@ impl PortSocket {
             self.fill_target = (self.fill_target * 4).min(self.fill_share);
         }
         n
+    }
+
+    /// Frames of a chain's late rest dropped since the last call.
+    pub fn take_rests_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.chain_rests_dropped)
     }
 
     /// Queues frames from the front of `frames` for transmit; what does not fit stays in it.
@@ -497,6 +529,14 @@ fn cut_chain(out: &mut Vec<Frame>) -> Vec<Frame> {
     out.split_off(start)
 }
 
+/// Takes off `out[from..]` the frames that continue a chain given out before, up to and with
+/// its last; returns them, and whether its last was among them.
+fn late_rest(out: &mut Vec<Frame>, from: usize) -> (Vec<Frame>, bool) {
+    let last = out[from..].iter().position(|f| !f.more());
+    let end = last.map_or(out.len(), |i| from + i + 1);
+    (out.drain(from..end).collect(), last.is_some())
+}
+
 #[cfg(test)]
 mod chain_tests {
     use super::*;
@@ -528,5 +568,19 @@ mod chain_tests {
         assert!(cut_chain(&mut out).is_empty());
         assert_eq!(out.len(), 3);
         assert!(cut_chain(&mut Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn a_late_rest_is_taken_off_up_to_its_end() {
+        // Frames 0-1 came before this call; 2-3 end the chain given out cut, 4-5 are packets.
+        let mut out = frames(&[false, false, true, false, false, true]);
+        let (rest, ended) = late_rest(&mut out, 2);
+        assert_eq!((indexes(&rest), ended), (vec![2, 3], true));
+        assert_eq!(indexes(&out), [0, 1, 4, 5]);
+        // Its end not here yet: everything new goes, and the next call goes on.
+        let mut out = frames(&[true, true]);
+        let (rest, ended) = late_rest(&mut out, 0);
+        assert_eq!((rest.len(), ended), (2, false));
+        assert!(out.is_empty());
     }
 }

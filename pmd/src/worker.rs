@@ -586,7 +586,13 @@ impl Worker {
                 sock.kick_tx();
                 sock.reap_completions(&self.s.umem, &mut self.s.pool);
                 let mut frames = Vec::new();
-                while sock.receive(&self.s.umem, MAX_BATCH as u32, &mut frames) > 0 {}
+                while sock.receive(
+                    &self.s.umem,
+                    &mut self.s.pool,
+                    MAX_BATCH as u32,
+                    &mut frames,
+                ) > 0
+                {}
                 for frame in frames {
                     self.s.pool.put(frame);
                 }
@@ -816,10 +822,24 @@ impl Worker {
         let (ingress, sock) = &mut self.sockets[socket];
         let ingress = *ingress;
         self.rx_batch.clear();
-        sock.receive(&self.s.umem, MAX_BATCH as u32, &mut self.rx_batch);
+        sock.receive(
+            &self.s.umem,
+            &mut self.s.pool,
+            MAX_BATCH as u32,
+            &mut self.rx_batch,
+        );
         if self.rx_batch.is_empty() && self.s.busy_poll {
             sock.busy_poll();
-            sock.receive(&self.s.umem, MAX_BATCH as u32, &mut self.rx_batch);
+            sock.receive(
+                &self.s.umem,
+                &mut self.s.pool,
+                MAX_BATCH as u32,
+                &mut self.rx_batch,
+            );
+        }
+        let rests = sock.take_rests_dropped();
+        if rests > 0 {
+            self.s.stats.ports[ingress as usize].add(PortCounter::DropBadChain as usize, rests);
         }
         let received = self.rx_batch.len();
         if received == 0 {
@@ -1423,7 +1443,13 @@ impl Worker {
         }
         for (_, sock) in self.sockets.iter_mut() {
             let mut frames = Vec::new();
-            while sock.receive(&self.s.umem, MAX_BATCH as u32, &mut frames) > 0 {}
+            while sock.receive(
+                &self.s.umem,
+                &mut self.s.pool,
+                MAX_BATCH as u32,
+                &mut frames,
+            ) > 0
+            {}
             for frame in frames {
                 self.s.pool.put(frame);
             }

@@ -120,7 +120,7 @@ pub fn run(
         let mut got = 0;
         for s in sockets.iter_mut() {
             frames.clear();
-            got += s.receive(&umem, BURST, &mut frames);
+            got += s.receive(&umem, &mut pool, BURST, &mut frames);
             let now = netdev::monotonic_ns();
             for frame in frames.drain(..) {
                 t.received += 1;
