@@ -258,6 +258,27 @@ pub fn queue_owners(queues: u32, workers: usize, first: usize) -> Vec<usize> {
         .collect()
 }
 
+/// The baselines a veth on the fast path is watched from (what the fast path has sent it,
+/// what its XDP transmit has taken); `None` for what cannot be watched: generic redirects do
+/// not go through a veth's XDP transmit.
+fn napi_watch(
+    stats: &[Arc<WorkerStats>],
+    mode: XdpMode,
+    port: usize,
+    live: &LivePort,
+) -> Option<(u64, u64)> {
+    if mode == XdpMode::Generic || netdev::driver(&live.info.name).ok().as_deref() != Some("veth") {
+        return None;
+    }
+    let sent = stats
+        .iter()
+        .map(|w| w.port(port, PortCounter::FastPathTxPackets))
+        .sum();
+    netdev::veth_xdp_taken(&live.info.name)
+        .ok()
+        .map(|taken| (sent, taken))
+}
+
 /// A port the datapath has attached.
 pub struct LivePort {
     pub info: PortInfo,
@@ -377,6 +398,9 @@ pub struct Datapath {
     /// Where the process's other threads run (empty: anywhere).
     pub housekeeping_cores: Vec<usize>,
     xdp_mode: XdpMode,
+    /// The NAPI-loss watches are off (a port attached in generic mode): taken afresh when it
+    /// is gone.
+    watches_off: bool,
     rings: RingSizes,
     busy_poll: bool,
     /// The fast path's maps (`None`: off).
@@ -486,6 +510,7 @@ impl Datapath {
             max_segments: (config.max_frames_per_worker / frames).max(1) as usize,
             housekeeping_cores,
             xdp_mode: config.xdp_mode,
+            watches_off: false,
             rings: config.rings,
             busy_poll: config.busy_poll,
             fast,
@@ -805,20 +830,7 @@ impl Datapath {
                 continue;
             }
             // Baselines first: nothing is redirected to it before it joins.
-            let sent: u64 = self
-                .stats
-                .iter()
-                .map(|w| w.port(p.port as usize, PortCounter::FastPathTxPackets))
-                .sum();
-            // Generic redirects do not go through the veth's XDP transmit: nothing to watch.
-            let watch = match netdev::driver(&live.info.name).as_deref() {
-                Ok("veth") if self.xdp_mode != XdpMode::Generic => {
-                    netdev::veth_xdp_taken(&live.info.name)
-                        .ok()
-                        .map(|taken| (sent, taken))
-                }
-                _ => None,
-            };
+            let watch = napi_watch(&self.stats, self.xdp_mode, p.port as usize, live);
             // The workers' limit (the kernel's devmap check is the same: MTU + 18).
             let max_frame = live.info.mtu.min(MAX_MTU) + 18;
             let joined = p.takes
@@ -863,7 +875,15 @@ impl Datapath {
             for live in self.ports.iter_mut().flatten() {
                 live.fast_watch = None;
             }
+            self.watches_off = true;
             return Vec::new();
+        }
+        if std::mem::take(&mut self.watches_off) {
+            for (id, slot) in self.ports.iter_mut().enumerate() {
+                if let Some(live) = slot.as_mut().filter(|l| l.fast_egress == Some(true)) {
+                    live.fast_watch = napi_watch(&self.stats, self.xdp_mode, id, live);
+                }
+            }
         }
         let mut out = Vec::new();
         for (id, slot) in self.ports.iter_mut().enumerate() {

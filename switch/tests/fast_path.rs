@@ -259,7 +259,7 @@ fn a_port_whose_driver_cannot_take_redirects_is_served_by_the_workers() {
         eprintln!("skipped: this kernel has no netdev netlink family");
         return;
     }
-    let topo = Topology::new(2);
+    let topo = Topology::new(3);
     topo.pods_finish_checksums();
     for args in [
         &["ip", "link", "add", "b0", "type", "bridge"][..],
@@ -274,8 +274,9 @@ fn a_port_whose_driver_cannot_take_redirects_is_served_by_the_workers() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let switch = topo.start_switch_on("vp1,b0", FAST);
-    assert_eq!(probed(&switch), named(&[("vp1", true), ("b0", false)]));
+    let switch = topo.start_switch_on("vp1,b0,vp3", FAST);
+    let with_b0 = named(&[("vp1", true), ("b0", false), ("vp3", true)]);
+    assert_eq!(probed(&switch), with_b0);
     assert!(topo.ping(0, 1) && topo.ping(1, 0));
     topo.transfer(0, 1, 10_000_000);
     topo.transfer(1, 0, 10_000_000);
@@ -284,12 +285,16 @@ fn a_port_whose_driver_cannot_take_redirects_is_served_by_the_workers() {
     // XDP transmit count does not see: that is no sign of a pod without NAPI.
     std::thread::sleep(std::time::Duration::from_millis(1500));
     assert!(fast_path_sent_to(&switch, "vp1") > 1_000);
-    assert_eq!(
-        fast_path_of_ports(&switch),
-        named(&[("vp1", true), ("b0", false)])
-    );
+    assert_eq!(fast_path_of_ports(&switch), with_b0);
+    // With b0 gone the watch is back: pod 1 losing NAPI takes vp1 off the fast path.
+    switch.ctl_json(&["port", "del", "b0"]);
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    gro_off(&topo, 0);
+    topo.transfer(2, 0, 10_000_000);
+    let after = named(&[("vp1", false), ("vp3", true)]);
+    assert_eq!(fast_path_within(&switch, &after, 3), after);
     let log = switch.stop_clean().stderr;
-    assert!(!log.contains("stops sending"), "{log}");
+    assert_eq!(log.matches("stops sending").count(), 1, "{log}");
 }
 
 /// The switch's own default is the fast path, on every port that takes it.
