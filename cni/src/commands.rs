@@ -47,12 +47,20 @@ pub fn owner_alias(network: &str) -> String {
 
 const ALIAS_PREFIX: &str = "vswitch-cni network ";
 
-/// Whether GC of `network` may collect a host-side veth with this alias: its own, and one
-/// without an owner (made by a plugin from before aliases; or an alias someone else set).
-fn collected_by(network: &str, alias: Option<&str>) -> bool {
+/// Whose a host-side veth is, by its alias, as `network` sees it.
+#[derive(Debug, PartialEq, Eq)]
+enum Owner {
+    This,
+    Another,
+    /// No owner said: made by a plugin from before aliases (or an alias someone else set).
+    Unsaid,
+}
+
+fn owner(network: &str, alias: Option<&str>) -> Owner {
     match alias {
-        Some(a) if a.starts_with(ALIAS_PREFIX) => a == owner_alias(network),
-        _ => true,
+        Some(a) if a == owner_alias(network) => Owner::This,
+        Some(a) if a.starts_with(ALIAS_PREFIX) => Owner::Another,
+        _ => Owner::Unsaid,
     }
 }
 
@@ -403,7 +411,7 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<()> {
             if l.mtu != conf.mtu {
                 diffs.push(format!("{host}: MTU {} (want {})", l.mtu, conf.mtu));
             }
-            if !collected_by(&conf.name, l.alias.as_deref()) {
+            if owner(&conf.name, l.alias.as_deref()) == Owner::Another {
                 diffs.push(format!(
                     "{host} belongs to another network: alias {:?} (want {:?})",
                     l.alias.unwrap_or_default(),
@@ -470,12 +478,20 @@ pub fn status(conf: &NetConf) -> Result<()> {
 pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
     let valid = valid_attachments(&conf.raw)?;
     let node = Netlink::here()?;
+    // A veth without an owner (from before aliases) may be another network's running pod:
+    // collected only when the switch has no port for it (a leak). Unknown: left alone.
+    let attached: Option<BTreeSet<String>> = switch::ports(&conf.ctl)
+        .ok()
+        .map(|ports| ports.into_iter().map(|p| p.name).collect());
+    let leaked = |name: &str| attached.as_ref().is_some_and(|a| !a.contains(name));
     let mut refused = None;
     for Link { name, alias, .. } in node.links()? {
-        if is_host_ifname(&name)
-            && collected_by(&conf.name, alias.as_deref())
-            && !valid.contains(&name)
-        {
+        let collect = match owner(&conf.name, alias.as_deref()) {
+            Owner::This => true,
+            Owner::Another => false,
+            Owner::Unsaid => leaked(&name),
+        };
+        if is_host_ifname(&name) && collect && !valid.contains(&name) {
             match switch::port_del(&conf.ctl, &name) {
                 Ok(_) | Err(SwitchError::Unreachable(_)) => {
                     node.del_link(&name)?;
@@ -558,22 +574,22 @@ mod tests {
     }
 
     #[test]
-    fn gc_collects_its_own_network_s_veths_and_unowned_ones_only() {
+    fn a_veth_s_alias_names_its_network() {
         let ours = owner_alias("pods");
         assert_eq!(ours, "vswitch-cni network pods");
-        assert!(collected_by("pods", Some(&ours)));
-        assert!(!collected_by("pods", Some(&owner_alias("storage"))));
-        assert!(!collected_by("pods", Some(&owner_alias("pods-2"))));
+        assert_eq!(owner("pods", Some(&ours)), Owner::This);
+        assert_eq!(owner("pods", Some(&owner_alias("storage"))), Owner::Another);
+        assert_eq!(owner("pods", Some(&owner_alias("pods-2"))), Owner::Another);
         // Made before veths had an owner, or an alias set by someone else.
-        assert!(collected_by("pods", None));
-        assert!(collected_by("pods", Some("uplink to rack 4")));
+        assert_eq!(owner("pods", None), Owner::Unsaid);
+        assert_eq!(owner("pods", Some("uplink to rack 4")), Owner::Unsaid);
         // Long names fit an alias (255 bytes) and stay apart.
         let long_a = "a".repeat(300);
         let long_b = format!("{}b", "a".repeat(299));
         assert!(owner_alias(&long_a).len() < 255);
         assert_ne!(owner_alias(&long_a), owner_alias(&long_b));
-        assert!(collected_by(&long_a, Some(&owner_alias(&long_a))));
-        assert!(!collected_by(&long_a, Some(&owner_alias(&long_b))));
+        assert_eq!(owner(&long_a, Some(&owner_alias(&long_a))), Owner::This);
+        assert_eq!(owner(&long_a, Some(&owner_alias(&long_b))), Owner::Another);
     }
 
     /// A GC request without its list (or with a broken one) must not read as "nothing is

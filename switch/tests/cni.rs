@@ -686,12 +686,32 @@ fn cni_version_1_1_0_status_and_gc() {
         ran.stdout
     );
 
+    // Veths from before aliases say no network: one the switch has a port for may be another
+    // network's running pod, one it has none for is a leak.
+    let set_alias = |dev: &str, to: &str| {
+        must(&["ip", "-n", &node.topo.sw, "link", "set", dev, "alias", to]);
+    };
+    set_alias(other_host, "");
+    must(&[
+        "ip",
+        "-n",
+        &node.topo.sw,
+        "link",
+        "add",
+        "vsw0123456789ab",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "leakpeer0",
+    ]);
+
     // GC keeps what is valid...
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{ "containerID": att.id, "ifname": "eth0" }]);
     let ran = node.exec("GC", &att, &gc, &[]);
     assert!(ran.ok, "{}{}", ran.stdout, ran.stderr);
-    assert_eq!(node.veths().len(), 2);
+    assert_eq!(node.veths().len(), 2, "the leak went");
     assert_eq!(node.switch_ports().len(), 2);
     // ...and removes what is not, of its own network only.
     gc["cni.dev/valid-attachments"] = json!([]);
@@ -700,6 +720,7 @@ fn cni_version_1_1_0_status_and_gc() {
     assert_eq!(node.veths(), vec![other_host.to_string()]);
     assert_eq!(node.switch_ports().len(), 1);
     assert!(ping(&other.ns, "10.244.1.1"));
+    set_alias(other_host, &format!("vswitch-cni network {NET}-other"));
     let mut other_gc = other_conf.clone();
     other_gc["cni.dev/valid-attachments"] = json!([]);
     let ran = node.exec("GC", &other, &other_gc, &[]);
