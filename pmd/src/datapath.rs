@@ -927,17 +927,29 @@ impl Datapath {
     /// port with its old and new MTU. Above `MAX_MTU` the workers forward frames of at most
     /// `MAX_MTU` (the caller says so).
     pub fn check_mtus(&mut self) -> Vec<(String, u32, u32)> {
-        let mut changed = Vec::new();
-        for (id, slot) in self.ports.iter_mut().enumerate() {
-            let Some(live) = slot.as_mut() else { continue };
-            let Ok(mtu) = netdev::mtu(&live.info.name) else {
+        let changed: Vec<(usize, u32)> = (self.ports.iter().enumerate())
+            .filter_map(|(id, slot)| {
+                let live = slot.as_ref()?;
+                let mtu = netdev::mtu(&live.info.name).ok()?;
+                (mtu != live.info.mtu).then_some((id, mtu))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (id, new) in changed {
+            let mtu = new.min(MAX_MTU);
+            let port = id as PortId;
+            let told = (0..self.workers.len())
+                .filter(|&w| self.send(w, Command::SetPortMtu { port, mtu }).is_ok())
+                .count();
+            let Some(live) = self.ports[id].as_mut() else {
                 continue;
             };
-            if mtu == live.info.mtu {
+            if told < self.workers.len() {
+                // Left as it was: seen as a change again at the next check.
                 continue;
             }
-            changed.push((id as PortId, live.info.name.clone(), live.info.mtu, mtu));
-            live.info.mtu = mtu;
+            let old = std::mem::replace(&mut live.info.mtu, new);
+            out.push((live.info.name.clone(), old, new));
             let Some(fast) = &self.fast else { continue };
             live.probe_wait = REPROBE_FIRST;
             if live.fast_egress == Some(true) {
@@ -949,21 +961,6 @@ impl Datapath {
                 live.reprobe = Some(Instant::now());
             }
             // Else a probe is out: its answer, given for the old MTU, asks again.
-        }
-        let mut out = Vec::new();
-        for (port, name, old, new) in changed {
-            let mtu = new.min(MAX_MTU);
-            let told = (0..self.workers.len())
-                .filter(|&w| self.send(w, Command::SetPortMtu { port, mtu }).is_ok())
-                .count();
-            if told < self.workers.len() {
-                // Seen as a change again at the next check, and every worker told again.
-                if let Some(live) = self.ports.get_mut(port as usize).and_then(Option::as_mut) {
-                    live.info.mtu = old;
-                }
-                continue;
-            }
-            out.push((name, old, new));
         }
         out
     }
