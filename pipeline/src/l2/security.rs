@@ -8,7 +8,7 @@ use crate::batch::PortId;
 use crate::wire::arp::ArpRepr;
 use crate::wire::ipv4::Ipv4Packet;
 use crate::wire::{EtherType, EthernetFrame, MacAddr, ETHERNET_HEADER_LEN};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::net::Ipv4Addr;
 
 /// What a port may send from.
@@ -25,7 +25,7 @@ pub struct PortSecurity {
     bindings: Vec<Option<PortBinding>>,
     /// The port each bound MAC belongs to: no other port may send from it (learned there,
     /// it would take the pod's traffic).
-    owners: HashMap<MacAddr, PortId>,
+    owners: FxHashMap<MacAddr, PortId>,
 }
 
 impl PortSecurity {

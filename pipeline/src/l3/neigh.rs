@@ -22,9 +22,10 @@ pub const MAX_PENDING_ADDRESSES: usize = 1024;
 pub const RETRY_MS: u64 = 1000;
 pub const MAX_REQUESTS: u32 = 3;
 /// An entry about to age out is asked for this many times (one per `RETRY_MS`, unicast to
-/// its MAC, as Linux probes a stale entry) while it is still used: an answer keeps it, so a
-/// next hop that never asks us itself (a router, a peer's VTEP) is not lost for a round trip,
-/// and its frames queued or dropped, every age period.
+/// its MAC, as Linux probes a stale entry; every entry, used or not, which costs a request
+/// per host every age period): an answer keeps it, so a next hop that never asks us itself
+/// (a router, a peer's VTEP) is not lost for a round trip, and its frames queued or dropped,
+/// every age period.
 pub const PROBES_BEFORE_AGING: u64 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
