@@ -284,6 +284,13 @@ fn route(ctx: &mut Ctx<'_>, frame: &mut [u8]) -> Step {
         // A pod may only route from its own subnet: anything else would leave as it is.
         return ctx.drop_step(GwCounter::DropPodSourceOutsideSubnet);
     }
+    // A routed packet that cannot go on: before conntrack, so it holds no flow or NAT port
+    // (UDP traceroute through masquerade would take one per probe). `forward` checks it too,
+    // for what is addressed to us and translated onwards (a NodePort).
+    if ttl <= 1 && !local {
+        ctx.icmp_error(frame, ICMP_TIME_EXCEEDED, 0, 0);
+        return ctx.drop_step(GwCounter::DropTtlExceeded);
+    }
     let fragment = ip.is_fragment().then(|| fragment_key(&ip));
     if let Some(key) = fragment.filter(|_| ip.is_later_fragment()) {
         return later_fragment(ctx, frame, &key, ttl);

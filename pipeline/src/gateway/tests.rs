@@ -671,6 +671,10 @@ fn ttl_expiry_and_missing_routes_answer_with_icmp() {
     );
     assert_eq!(out.emit[0].to, PortMask::single(0));
     assert_eq!(gw.counters().get(GwCounter::DropTtlExceeded), 1);
+    assert!(
+        gw.shared.conntrack.is_empty(),
+        "no flow (nor NAT port) for a packet that goes no further"
+    );
 
     let mut c = config();
     c.uplink = None;
