@@ -310,7 +310,7 @@ fn the_agent_lists_watches_survives_a_broken_watch_and_relists_after_410() {
     drop(agent);
     api.stop.store(true, Ordering::Relaxed);
     let _ = server.join();
-    let _ = ctl.join();
+    ctl.join().expect("the fake switch's control socket");
     let log = api.log.lock().unwrap().clone();
     let err = std::fs::read_to_string(dir.path().join("agent.err")).unwrap_or_default();
     let seen: Vec<BTreeSet<String>> = imports.lock().unwrap().iter().map(services_in).collect();

@@ -540,9 +540,30 @@ impl Drop for Namespaces {
     }
 }
 
-/// Runs a command inside a namespace with a deadline: past it the command is killed and the
-/// output so far is returned with a failed status. For commands whose output is small (it is
-/// read once the command has ended).
+/// Waits (up to 5 s) until something in namespace `ns` listens on TCP port `port`.
+#[allow(dead_code)]
+pub fn wait_listening(ns: &str, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while must(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "ss",
+        "-Hltn",
+        &format!("sport = :{port}"),
+    ])
+    .trim()
+    .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on {ns} port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `bytes` of random data over TCP from namespace `from` to `to_ip:5001`, served in
 /// namespace `to`; checked by SHA-256 at the receiver.
 #[allow(dead_code)]
@@ -553,7 +574,7 @@ pub fn tcp_transfer(from: &str, to: &str, to_ip: &str, bytes: u64) {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_listening(to, 5001);
     let sent = exec_bounded(
         from,
         &[
@@ -579,6 +600,9 @@ pub fn tcp_transfer(from: &str, to: &str, to_ip: &str, bytes: u64) {
     );
 }
 
+/// Runs a command inside a namespace with a deadline: past it the command is killed and the
+/// output so far is returned with a failed status. For commands whose output is small (it is
+/// read once the command has ended).
 pub fn exec_bounded(ns: &str, args: &[&str], limit: Duration) -> Output {
     let mut child = Command::new("ip")
         .args(["netns", "exec", ns])
