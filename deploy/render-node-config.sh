@@ -3,8 +3,10 @@
 #
 #   POD_CIDR       this node's pod CIDR (default: the Node object's spec.podCIDR, read from
 #                  the API server with the pod's service account; needs NODE_NAME)
-#   NODE_IP        the node address with its prefix, on the uplink (e.g. 198.18.0.1/24)
-#   NEXT_HOP       the default route's next hop on the uplink
+#   NODE_IP        the node address with its prefix, on the uplink (e.g. 198.18.0.1/24;
+#                  default: the uplink interface's first IPv4 address, as the host has it)
+#   NEXT_HOP       the default route's next hop on the uplink (default: the host's default
+#                  route through the uplink interface)
 #   UPLINK         the uplink interface the switch takes over (default eth1)
 #   CLUSTER_CIDRS  comma-separated, never masqueraded (default 10.244.0.0/16,10.96.0.0/12)
 #   OUT_DIR        where node.toml goes (default /etc/vswitch)
@@ -26,6 +28,10 @@ fail() { echo "render-node-config: $*" >&2; exit 1; }
 
 if [ -z "${POD_CIDR:-}" ]; then
 	[ -n "${NODE_NAME:-}" ] || fail "set POD_CIDR, or NODE_NAME to read it from the Node"
+	case "${KUBERNETES_SERVICE_HOST:-}" in
+	'' | API_SERVER_ADDRESS)
+		fail "set KUBERNETES_SERVICE_HOST in deploy/daemonset.yaml to the API server's address (without kube-proxy its cluster IP answers nobody on the host network)" ;;
+	esac
 	sa=/var/run/secrets/kubernetes.io/serviceaccount
 	node=$(curl -sf --cacert "$sa/ca.crt" -H "Authorization: Bearer $(cat "$sa/token")" \
 		"https://${KUBERNETES_SERVICE_HOST}:${KUBERNETES_SERVICE_PORT}/api/v1/nodes/${NODE_NAME}") ||
@@ -33,8 +39,16 @@ if [ -z "${POD_CIDR:-}" ]; then
 	POD_CIDR=$(printf '%s' "$node" | sed -n 's/.*"podCIDR": *"\([0-9./]*\)".*/\1/p' | head -n 1)
 	[ -n "$POD_CIDR" ] || fail "Node $NODE_NAME has no spec.podCIDR (is the controller manager allocating node CIDRs?)"
 fi
-[ -n "${NODE_IP:-}" ] || fail "set NODE_IP (the node address with its prefix on $UPLINK)"
-[ -n "${NEXT_HOP:-}" ] || fail "set NEXT_HOP (the default route's next hop on $UPLINK)"
+# Each node's own: read from the host's uplink interface unless given (the pod runs on the
+# host's network).
+if [ -z "${NODE_IP:-}" ]; then
+	NODE_IP=$(ip -4 -o addr show dev "$UPLINK" 2>/dev/null | awk '{ print $4; exit }')
+fi
+[ -n "${NODE_IP:-}" ] || fail "set NODE_IP (the node address with its prefix on $UPLINK), or give $UPLINK its IPv4 address on the host"
+if [ -z "${NEXT_HOP:-}" ]; then
+	NEXT_HOP=$(ip -4 route show default dev "$UPLINK" 2>/dev/null | awk '{ print $3; exit }')
+fi
+[ -n "${NEXT_HOP:-}" ] || fail "set NEXT_HOP (the default route's next hop on $UPLINK), or give the host a default route through $UPLINK"
 
 net=${POD_CIDR%/*}
 len=${POD_CIDR#*/}

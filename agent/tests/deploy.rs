@@ -89,6 +89,17 @@ fn the_daemonset_runs_the_switch_and_the_agent_with_what_xdp_needs() {
         assert!(caps.contains(needed), "vswitch lacks {needed}: {caps:?}");
     }
     assert!(containers.iter().any(|c| c["name"] == "agent"));
+    // Without kube-proxy the API server's cluster IP answers nobody on the host network: what
+    // talks to it is given its real address.
+    let inits = pod["initContainers"].as_sequence().unwrap();
+    for c in containers.iter().filter(|c| c["name"] == "agent").chain(inits) {
+        let env = c["env"].as_sequence().unwrap();
+        assert!(
+            env.iter().any(|e| e["name"] == "KUBERNETES_SERVICE_HOST"),
+            "{:?} lacks KUBERNETES_SERVICE_HOST",
+            c["name"]
+        );
+    }
     // The CNI plugin and conflist land in the host's directories.
     let host_paths: BTreeSet<&str> = pod["volumes"]
         .as_sequence()

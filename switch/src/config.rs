@@ -1043,9 +1043,18 @@ mod tests {
             "10.244.3.0/24"
         );
         // Without what it needs it says so.
-        let out = render(&[]);
+        let out = render(&[("UPLINK", "vsw-none0")]);
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("NODE_IP"));
+        // The node's address, unless given, is its uplink interface's (read only).
+        let out = render(&[node[1], ("UPLINK", "lo")]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(dir.path().join("node.toml")).unwrap();
+        assert!(text.contains("address = \"127.0.0.1/8\""), "{text}");
         let out = render(&[node[0], node[1], ("FAST_PATH", "ebpf")]);
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("FAST_PATH ebpf"));
