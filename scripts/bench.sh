@@ -1108,7 +1108,8 @@ print(f"{(t1 - t0) / 1e6:.1f}", f"{(int(first) - t0) / 1e6:.1f}" if first.isdigi
 
 # live_show: unlimited-rate L2 with `show stats` every 100 ms beside it.
 live_show() {
-	(while :; do $spare $bin/vswitch ctl --socket "$tmp/ctl-$SW.sock" show stats >/dev/null; sleep 0.1; done) &
+	# Bounded (a measurement that fails leaves it behind): the run, and some to spare.
+	(for _ in $(seq $(((duration + 30) * 10))); do $spare $bin/vswitch ctl --socket "$tmp/ctl-$SW.sock" show stats >/dev/null; sleep 0.1; done) &
 	local loop=$!
 	measure $SINK_MAC 10.244.1.2 9
 	kill $loop

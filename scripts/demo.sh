@@ -21,6 +21,12 @@ P="vsdemo$$"
 tmp=$(mktemp -d)
 . scripts/netns.sh
 cleanup() {
+	local status=$?
+	# A demo that failed shows what the switch said (its log goes with $tmp).
+	if [ "$status" -ne 0 ] && [ -s "$tmp/vswitch.log" ]; then
+		echo "== the demo failed (status $status); vswitch's log:" >&2
+		cat "$tmp/vswitch.log" >&2
+	fi
 	# Our background servers first, waited for quietly (else the shell reports each one).
 	local jobs
 	jobs=$(jobs -p)
@@ -97,6 +103,8 @@ ip netns exec "${P}sw" target/release/vswitch --config "$tmp/node.toml" --ctl "$
 	--stats-interval 2 >"$tmp/vswitch.log" 2>&1 &
 switch=$!
 for _ in $(seq 100); do ip -n "${P}sw" -d link show vup | grep -q prog/xdp && break; sleep 0.1; done
+kill -0 "$switch" 2>/dev/null || { echo "vswitch exited at start" >&2; exit 1; }
+ip -n "${P}sw" -d link show vup | grep -q prog/xdp || { echo "vswitch did not attach within 10 s" >&2; exit 1; }
 head -1 "$tmp/vswitch.log"
 
 serve() { in_ns "$1" python3 scripts/http_probe.py serve 8080 "$2" 120 >"$tmp/serve-$1" & }
