@@ -83,8 +83,38 @@ where
     reader
 }
 
+/// The identity of the switch's control socket (its inode): a restarted switch makes a new
+/// one.
+fn socket_id(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
+/// Whether a socket seen now is another than the one seen before (`None`: none there).
+fn new_socket(before: Option<u64>, now: Option<u64>) -> bool {
+    now.is_some() && now != before
+}
+
+/// A restarted switch has no services until the next import: its new control socket asks for
+/// one at once, not at the next resync.
+fn watch_switch(socket: PathBuf, changed: Arc<Notify>) {
+    tokio::spawn(async move {
+        let mut seen = socket_id(&socket);
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = socket_id(&socket);
+            if new_socket(seen, now) {
+                tracing::info!("the switch's control socket is new (a restart): importing");
+                changed.notify_one();
+            }
+            seen = now;
+        }
+    });
+}
+
 pub async fn run(client: Client, opts: Options) -> Result<(), String> {
     let changed = Arc::new(Notify::new());
+    watch_switch(opts.ctl.clone(), changed.clone());
     let services: Store<Service> = watch(Api::all(client.clone()), changed.clone());
     let slices: Store<EndpointSlice> = watch(Api::all(client), changed.clone());
     services
@@ -133,5 +163,24 @@ pub async fn run(client: Client, opts: Options) -> Result<(), String> {
                 tracing::warn!("import into {}: {e}; retrying", opts.ctl.display());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_control_socket_is_a_restarted_switch() {
+        assert!(!new_socket(Some(7), Some(7)));
+        assert!(new_socket(Some(7), Some(8)), "replaced");
+        assert!(new_socket(None, Some(8)), "came back after being gone");
+        assert!(!new_socket(Some(7), None), "gone: nothing to import into");
+        assert!(!new_socket(None, None));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        assert_eq!(socket_id(&path), None);
+        std::fs::write(&path, "").unwrap();
+        assert!(socket_id(&path).is_some());
     }
 }

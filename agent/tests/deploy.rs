@@ -92,7 +92,11 @@ fn the_daemonset_runs_the_switch_and_the_agent_with_what_xdp_needs() {
     // Without kube-proxy the API server's cluster IP answers nobody on the host network: what
     // talks to it is given its real address.
     let inits = pod["initContainers"].as_sequence().unwrap();
-    for c in containers.iter().filter(|c| c["name"] == "agent").chain(inits) {
+    for c in containers
+        .iter()
+        .filter(|c| c["name"] == "agent")
+        .chain(inits)
+    {
         let env = c["env"].as_sequence().unwrap();
         assert!(
             env.iter().any(|e| e["name"] == "KUBERNETES_SERVICE_HOST"),

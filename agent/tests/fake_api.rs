@@ -307,10 +307,30 @@ fn the_agent_lists_watches_survives_a_broken_watch_and_relists_after_410() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The switch restarts (a new control socket, no services): imported again at once, not
+    // at the next resync (a minute).
+    let restarted = Arc::new(Mutex::new(Vec::new()));
+    std::fs::remove_file(&socket).unwrap();
+    let ctl2 = {
+        let (restarted, api) = (restarted.clone(), api.clone());
+        let l = UnixListener::bind(&socket).unwrap();
+        std::thread::spawn(move || control(l, restarted, api))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while restarted.lock().unwrap().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     drop(agent);
     api.stop.store(true, Ordering::Relaxed);
     let _ = server.join();
     ctl.join().expect("the fake switch's control socket");
+    ctl2.join()
+        .expect("the restarted fake switch's control socket");
+    assert_eq!(
+        restarted.lock().unwrap().first().map(services_in),
+        Some(set(&["a", "c", "d"])),
+        "the restarted switch got the cluster's services"
+    );
     let log = api.log.lock().unwrap().clone();
     let err = std::fs::read_to_string(dir.path().join("agent.err")).unwrap_or_default();
     let seen: Vec<BTreeSet<String>> = imports.lock().unwrap().iter().map(services_in).collect();
