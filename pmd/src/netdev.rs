@@ -74,49 +74,31 @@ fn control_socket() -> io::Result<OwnedFd> {
 /// when there is no such interface: any other error (out of descriptors, say) says nothing
 /// of it, and must not read as an interface gone.
 pub fn ifindex(name: &str) -> io::Result<u32> {
-    let sock = control_socket()?;
-    let mut req = IfreqInt {
-        name: ifname_array(name)?,
-        value: 0,
-        _pad: [0; 20],
-    };
-    // SAFETY: SIOCGIFINDEX reads the name and writes one int into the ifreq we own.
-    let ret = unsafe {
-        libc::ioctl(
-            sock.as_raw_fd(),
-            libc::SIOCGIFINDEX,
-            &mut req as *mut IfreqInt,
-        )
-    };
-    if ret < 0 {
-        let e = io::Error::last_os_error();
-        return Err(match e.raw_os_error() {
-            Some(libc::ENODEV) => io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no interface named {name:?} in this network namespace"),
-            ),
-            _ => e,
-        });
-    }
-    Ok(req.value as u32)
+    ifreq_int(name, libc::SIOCGIFINDEX).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENODEV) => io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no interface named {name:?} in this network namespace"),
+        ),
+        _ => e,
+    })
 }
 
 /// The interface's MTU.
 pub fn mtu(name: &str) -> io::Result<u32> {
+    ifreq_int(name, libc::SIOCGIFMTU)
+}
+
+/// The int a `SIOCGIF*` request answers for `name` (its index, its MTU).
+fn ifreq_int(name: &str, request: libc::c_ulong) -> io::Result<u32> {
     let sock = control_socket()?;
     let mut req = IfreqInt {
         name: ifname_array(name)?,
         value: 0,
         _pad: [0; 20],
     };
-    // SAFETY: SIOCGIFMTU reads the name and writes one int into the ifreq we own.
-    let ret = unsafe {
-        libc::ioctl(
-            sock.as_raw_fd(),
-            libc::SIOCGIFMTU,
-            &mut req as *mut IfreqInt,
-        )
-    };
+    // SAFETY: the SIOCGIF* requests passed here read the name and write one int into the
+    // ifreq we own.
+    let ret = unsafe { libc::ioctl(sock.as_raw_fd(), request, &mut req as *mut IfreqInt) };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }

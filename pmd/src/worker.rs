@@ -585,17 +585,7 @@ impl Worker {
             for sock in r.sockets.iter_mut() {
                 sock.kick_tx();
                 sock.reap_completions(&self.s.umem, &mut self.s.pool);
-                let mut frames = Vec::new();
-                while sock.receive(
-                    &self.s.umem,
-                    &mut self.s.pool,
-                    MAX_BATCH as u32,
-                    &mut frames,
-                ) > 0
-                {}
-                for frame in frames {
-                    self.s.pool.put(frame);
-                }
+                take_back_received(sock, &self.s.umem, &mut self.s.pool);
                 busy |= sock.in_flight_tx() > 0;
             }
             if busy && now < r.deadline {
@@ -1442,17 +1432,7 @@ impl Worker {
             }
         }
         for (_, sock) in self.sockets.iter_mut() {
-            let mut frames = Vec::new();
-            while sock.receive(
-                &self.s.umem,
-                &mut self.s.pool,
-                MAX_BATCH as u32,
-                &mut frames,
-            ) > 0
-            {}
-            for frame in frames {
-                self.s.pool.put(frame);
-            }
+            take_back_received(sock, &self.s.umem, &mut self.s.pool);
         }
         self.publish();
         self.report()
@@ -1461,6 +1441,15 @@ impl Worker {
 
 /// Sends a flooded frame out of every port in `to`: copies for all but the last port, the
 /// original frame for the last.
+/// Everything waiting on a socket's receive ring (a socket being closed), back to the pool.
+fn take_back_received(sock: &mut PortSocket, umem: &Umem, pool: &mut FramePool) {
+    let mut frames = Vec::new();
+    while sock.receive(umem, pool, MAX_BATCH as u32, &mut frames) > 0 {}
+    for frame in frames {
+        pool.put(frame);
+    }
+}
+
 /// The packets in a run of frames: each chain is one.
 fn chains(frames: &[Frame]) -> impl Iterator<Item = &[Frame]> {
     frames.split_inclusive(|f| !f.more())
