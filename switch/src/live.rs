@@ -78,6 +78,8 @@ pub struct Live {
     pub bindings: HashMap<PortId, PortBinding>,
     /// Ports taken down because their interface disappeared.
     pub ports_lost: u64,
+    /// Reloads of the file (SIGHUP, `ctl reload`): applied, refused.
+    pub reloads: (u64, u64),
     /// Services came from `import` (Kubernetes): a reload of the file keeps them.
     pub imported: bool,
     /// Gateway mode: the uplink's interface, attached at start only (its id is in the
@@ -116,6 +118,7 @@ impl Live {
             pods,
             bindings,
             ports_lost: 0,
+            reloads: (0, 0),
             imported: false,
             uplink_name,
             records,
@@ -385,6 +388,15 @@ impl Live {
     /// SIGHUP or `ctl reload`: re-read the config file; apply it if it is valid and changes
     /// only what a reload may change, else say why and keep running as before.
     pub fn reload(&mut self) -> Result<String, String> {
+        let result = self.apply_file();
+        match result {
+            Ok(_) => self.reloads.0 += 1,
+            Err(_) => self.reloads.1 += 1,
+        }
+        result
+    }
+
+    fn apply_file(&mut self) -> Result<String, String> {
         let (Some(path), Some(current), Some(shared)) =
             (&self.args.config, self.node.as_ref(), &self.dp.gateway)
         else {

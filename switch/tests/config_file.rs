@@ -77,19 +77,36 @@ fn a_bad_reload_keeps_the_running_config() {
     );
 
     // An unknown key, then a changed port list: both refused, the switch keeps going.
-    for bad in [
+    // Each SIGHUP waited for: the switch counts its reloads, applied and refused.
+    let reloads = || {
+        let r = switch.ctl_json(&["show", "stats"])["reloads"].clone();
+        (
+            r["applied"].as_u64().unwrap(),
+            r["refused"].as_u64().unwrap(),
+        )
+    };
+    let hup = |want: (u64, u64)| {
+        common::must(&["kill", "-HUP", &switch.pid().to_string()]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while reloads() != want {
+            assert!(std::time::Instant::now() < deadline, "{:?}", reloads());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    for (i, bad) in [
         format!("{}colour = 1\n", config("\"vp1\", \"vp2\"")),
         config("\"vp1\""),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         std::fs::write(&path, bad).unwrap();
-        common::must(&["kill", "-HUP", &switch.pid().to_string()]);
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        hup((0, i as u64 + 1));
         assert!(ping_gateway(1), "still answering after a refused reload");
     }
     // A good reload is applied.
     std::fs::write(&path, config("\"vp1\", \"vp2\"")).unwrap();
-    common::must(&["kill", "-HUP", &switch.pid().to_string()]);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    hup((1, 2));
     assert!(ping_gateway(0));
 
     let stopped = switch.stop();

@@ -540,8 +540,14 @@ impl Gateway {
                 let vswitch = self.vswitch.as_ref().expect("vswitch running");
                 assert_eq!(config, vswitch.config);
                 let pid = vswitch.child.as_ref().unwrap().id().to_string();
+                let applied = || self.ctl_json(&["show", "stats"])["reloads"]["applied"].clone();
+                let before = applied();
                 must(&["kill", "-HUP", &pid]);
-                std::thread::sleep(Duration::from_millis(500));
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while applied() == before {
+                    assert!(Instant::now() < deadline, "the reload was not applied");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
         }
     }

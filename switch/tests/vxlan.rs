@@ -1002,9 +1002,15 @@ fn the_overlay_follows_an_uplink_mtu_change() {
     for node in [1, 2] {
         ip(&c.node(node).ns, &["link", "set", "vup", "mtu", "1400"]);
     }
-    // The switches check their ports' MTUs twice a second.
-    std::thread::sleep(Duration::from_millis(1500));
-    let after = df_ping("1400");
+    // The switches check their ports' MTUs twice a second: tried until they have seen it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let after = df_ping("1400");
+        if text(&after).contains("1350") || Instant::now() > deadline {
+            break after;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     let out = text(&after);
     let told = out.contains("Frag needed") || out.contains("message too long");
     c.check(!after.status.success() && told && out.contains("1350"), || {

@@ -352,6 +352,7 @@ fn stats(live: &Live) -> Value {
         "frame_memory": memory(live),
         "fast_path_overlay_legs": live.dp.fast_path_overlay_legs(),
         "ports_lost": live.ports_lost,
+        "reloads": { "applied": live.reloads.0, "refused": live.reloads.1 },
     })
 }
 
