@@ -427,13 +427,21 @@ fn ten_pods(dataplane: Dataplane) {
         let address = pod_address(&results[1], &pods[1]);
         let server_ip = address.split('/').next().unwrap();
         common::tcp_transfer(&pods[0].ns, &pods[1].ns, server_ip, 10_000_000);
-        std::thread::sleep(Duration::from_millis(1500));
-        let fast: u64 = node.switch().ctl_json(&["show", "stats"])["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| w["fast_path_packets"].as_u64().unwrap())
-            .sum();
+        // The workers read the fast path's counters once a second (later when loaded).
+        let fast_packets = || -> u64 {
+            node.switch().ctl_json(&["show", "stats"])["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w["fast_path_packets"].as_u64().unwrap())
+                .sum()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut fast = fast_packets();
+        while fast <= 2_000 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            fast = fast_packets();
+        }
         assert!(fast > 2_000, "fast_path_packets = {fast}");
     }
     assert_eq!(node.leases().len(), 10);
