@@ -9,7 +9,7 @@ use crate::napi_probe;
 use crate::netdev;
 use crate::socket::PortSocket;
 use crate::stats::{PortCounter, WorkerStats};
-use crate::umem::{RingSizes, Segment, Umem, UmemHandle, MAX_PACKET_LEN};
+use crate::umem::{RingSizes, Segment, Umem, UmemHandle, L2_OVERHEAD, MAX_PACKET_LEN};
 use crate::worker::{Command, Handoff, PollMode, Worker, WorkerReport, WorkerSetup};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use pipeline::gateway::ForgottenPort;
@@ -25,8 +25,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Ethernet header plus one VLAN tag and the FCS-less trailer room the MTU does not include.
-const L2_OVERHEAD: u32 = 18;
 /// The largest MTU whose frames fit a UMEM frame.
 pub const MAX_MTU: u32 = MAX_PACKET_LEN - L2_OVERHEAD;
 const HANDOFF_QUEUE: usize = 8192;
@@ -831,8 +829,8 @@ impl Datapath {
             }
             // Baselines first: nothing is redirected to it before it joins.
             let watch = napi_watch(&self.stats, self.xdp_mode, p.port as usize, live);
-            // The workers' limit (the kernel's devmap check is the same: MTU + 18).
-            let max_frame = live.info.mtu.min(MAX_MTU) + 18;
+            // The workers' limit (the kernel's devmap check is the same).
+            let max_frame = live.info.mtu.min(MAX_MTU) + L2_OVERHEAD;
             let joined = p.takes
                 && p.mtu.is_some()
                 && fast

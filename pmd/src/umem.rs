@@ -29,9 +29,12 @@ const FRAME_SHIFT: u32 = FRAME_SIZE.trailing_zeros();
 pub const KERNEL_HEADROOM: u32 = 256;
 /// Largest frame that fits a UMEM frame after the kernel's headroom.
 pub const MAX_FRAME_LEN: u32 = FRAME_SIZE - KERNEL_HEADROOM;
+/// What a frame holds beyond its MTU: the Ethernet header and a VLAN tag (the kernel's
+/// `is_skb_forwardable`, and its devmap's check).
+pub const L2_OVERHEAD: u32 = 18;
 /// Largest packet, as a chain of UMEM frames (multi-buffer): a 9216-byte MTU with its
 /// Ethernet header and a VLAN tag.
-pub const MAX_PACKET_LEN: u32 = 9216 + 18;
+pub const MAX_PACKET_LEN: u32 = 9216 + L2_OVERHEAD;
 
 /// Descriptor option: the packet continues in the next descriptor.
 pub(crate) const XDP_PKT_CONTD: u32 = 1;
