@@ -8,6 +8,7 @@ use std::io;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+use xdpilone::xdp::XdpDesc;
 use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, User};
 
 fn errno(e: xdpilone::Errno) -> io::Error {
@@ -351,6 +352,15 @@ impl PortSocket {
         let held = !self.held.is_empty();
         out.append(&mut self.held);
         let first_new = out.len();
+        let tag = self.tag;
+        // The kernel only returns frames we lent it; anything else is skipped (a handle to a
+        // frame in the pool or held elsewhere would alias it).
+        let frame_of = |desc: &XdpDesc| {
+            umem.frame_at(desc.addr, desc.len, tag).map(|mut frame| {
+                frame.set_more(desc.options & XDP_PKT_CONTD != 0);
+                frame
+            })
+        };
         let mut n = 0;
         // As in `transmit`: a peek is served from a cached view of the kernel's producer while
         // that shows anything; a second peek reads the real one.
@@ -362,12 +372,7 @@ impl PortSocket {
             let mut got = 0;
             while let Some(desc) = reader.read() {
                 got += 1;
-                // The kernel only returns frames we lent it; anything else is skipped (a handle
-                // to a frame in the pool or held elsewhere would alias it).
-                if let Some(mut frame) = umem.frame_at(desc.addr, desc.len, self.tag) {
-                    frame.set_more(desc.options & XDP_PKT_CONTD != 0);
-                    out.push(frame);
-                }
+                out.extend(frame_of(&desc));
             }
             reader.release();
             if got == 0 {
@@ -383,10 +388,7 @@ impl PortSocket {
                 break;
             };
             n += 1;
-            if let Some(mut frame) = umem.frame_at(desc.addr, desc.len, self.tag) {
-                frame.set_more(desc.options & XDP_PKT_CONTD != 0);
-                out.push(frame);
-            }
+            out.extend(frame_of(&desc));
             reader.release();
         }
         if self.rest_unwanted && out.len() > first_new {

@@ -17,7 +17,8 @@ use crate::socket::PortSocket;
 use crate::stats::{PortCounter, WorkerCounter, WorkerStats};
 use crate::tuplecache::{Ports, TupleCache};
 use crate::umem::{
-    Frame, FrameBuf, FramePool, Segment, Umem, KERNEL_HEADROOM, MAX_FRAME_LEN, MAX_PACKET_LEN,
+    Frame, FrameBuf, FramePool, Segment, Umem, KERNEL_HEADROOM, L2_OVERHEAD, MAX_FRAME_LEN,
+    MAX_PACKET_LEN,
 };
 use arrayvec::ArrayVec;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -404,7 +405,7 @@ impl Worker {
     fn set_port_mtu(&mut self, port: PortId, mtu: u32) {
         if let Some(m) = self.max_frame.get_mut(port as usize) {
             // The kernel's rule (is_skb_forwardable): Ethernet header and a VLAN tag.
-            *m = mtu + 18;
+            *m = mtu + L2_OVERHEAD;
         }
         self.s.pipeline.set_port_mtu(port, mtu);
     }
@@ -665,12 +666,17 @@ impl Worker {
         if !self.short_of_copies(to) {
             return true;
         }
+        self.transmit_for_copies();
+        !self.short_of_copies(to)
+    }
+
+    /// Sends what is queued early, to bring frames back for copies (counted).
+    fn transmit_for_copies(&mut self) {
         self.transmit_staged();
         self.s
             .stats
             .worker
             .add(WorkerCounter::FloodTransmits as usize, 1);
-        !self.short_of_copies(to)
     }
 
     /// Whether a segment lacks a frame for one of the copies a flood to `to` makes (all its
@@ -1032,11 +1038,7 @@ impl Worker {
         for port in to.ports(MAX_PORTS) {
             let segment = self.segment[port as usize];
             if *room && self.s.pool.available_in(segment) < pieces {
-                self.transmit_staged();
-                self.s
-                    .stats
-                    .worker
-                    .add(WorkerCounter::FloodTransmits as usize, 1);
+                self.transmit_for_copies();
                 *room = self.s.pool.available_in(segment) >= pieces;
             }
             stage_copy(
@@ -1439,8 +1441,6 @@ impl Worker {
     }
 }
 
-/// Sends a flooded frame out of every port in `to`: copies for all but the last port, the
-/// original frame for the last.
 /// Everything waiting on a socket's receive ring (a socket being closed), back to the pool.
 fn take_back_received(sock: &mut PortSocket, umem: &Umem, pool: &mut FramePool) {
     let mut frames = Vec::new();
@@ -1573,6 +1573,8 @@ fn stage_copy(
     }
 }
 
+/// Sends a flooded frame out of every port in `to`: copies for all but the last port, the
+/// original frame for the last.
 fn flood(
     umem: &Umem,
     pool: &mut FramePool,
