@@ -40,7 +40,7 @@ pub struct Args {
     pub busy_poll: bool,
 
     /// Seconds before an unrefreshed MAC address is forgotten.
-    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_FDB_AGE_S))]
     pub fdb_age: u64,
 
     /// Most MAC addresses learned; beyond it, frames to new addresses are flooded.

@@ -134,6 +134,8 @@ struct ServiceSection {
 
 /// Kubernetes' bound on `sessionAffinityConfig.clientIP.timeoutSeconds` (one day).
 pub const MAX_AFFINITY_TIMEOUT_S: u32 = 86_400;
+/// The longest `fdb_age` (`--fdb-age`), in seconds.
+pub const MAX_FDB_AGE_S: u64 = 86_400;
 
 fn tcp() -> String {
     "tcp".into()
@@ -608,7 +610,7 @@ pub fn parse(
         let ip = match &b.ip {
             Some(text) => {
                 let ip = c.ip(&format!("{key}.ip"), text)?;
-                if !gateway.contains(ip) || ip == gateway.addr {
+                if !is_pod_address(&gateway, ip) {
                     return Err(c.err(
                         format!("{key}.ip"),
                         format!("{ip} is not a pod address in {gateway}"),
@@ -618,17 +620,14 @@ pub fn parse(
             }
             None => None,
         };
-        if let Some((_, b)) = bindings
-            .iter()
-            .find(|(_, b): &&(PortId, PortBinding)| b.mac == mac || (ip.is_some() && b.ip == ip))
-        {
-            let what = if b.mac == mac { "mac" } else { "ip" };
+        let binding = PortBinding { mac, ip };
+        if let Some((what, _)) = bindings.iter().find_map(|(_, b)| binding.shared_with(b)) {
             return Err(c.err(
                 format!("{key}.{what}"),
                 "is bound to another port already".to_string(),
             ));
         }
-        bindings.push((i as PortId, PortBinding { mac, ip }));
+        bindings.push((i as PortId, binding));
     }
 
     let vxlan = match &file.vxlan {
@@ -662,10 +661,10 @@ pub fn parse(
         }
     }
     let fdb_age_s = file.node.fdb_age.unwrap_or(300);
-    if !(1..=86_400).contains(&fdb_age_s) {
+    if !(1..=MAX_FDB_AGE_S).contains(&fdb_age_s) {
         return Err(c.err(
             "node.fdb_age",
-            format!("{fdb_age_s} is not a number of seconds from 1 to 86400"),
+            format!("{fdb_age_s} is not a number of seconds from 1 to {MAX_FDB_AGE_S}"),
         ));
     }
     let fdb_age_ms = fdb_age_s * 1000;
@@ -701,6 +700,12 @@ pub fn parse(
             neighbor_age_ms: 300_000,
         },
     })
+}
+
+/// Whether `ip` may be a pod's address on the pod segment `pods` (whose own address, the
+/// gateway's, may not: a pod bound to it could answer for the gateway).
+pub fn is_pod_address(pods: &Ipv4Cidr, ip: Ipv4Addr) -> bool {
+    pods.contains(ip) && ip != pods.addr
 }
 
 /// Whether `ip` can be a neighbour in `net` (whose own address is `net.addr`): inside it, not

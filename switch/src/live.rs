@@ -218,7 +218,7 @@ impl Live {
     fn check_binding(&self, name: &str, binding: PortBinding) -> Result<(), String> {
         if let (Some(node), Some(ip)) = (&self.node, binding.ip) {
             let pods = node.gateway.gateway;
-            if !pods.contains(ip) || ip == pods.addr {
+            if !config::is_pod_address(&pods, ip) {
                 return Err(format!("--ip {ip} is not a pod address in {pods}"));
             }
         }
@@ -229,11 +229,10 @@ impl Live {
             if other == name {
                 continue;
             }
-            if b.mac == binding.mac {
-                return Err(format!("--mac {} is bound to port {other} already", b.mac));
-            }
-            if let Some(ip) = binding.ip.filter(|&ip| b.ip == Some(ip)) {
-                return Err(format!("--ip {ip} is bound to port {other} already"));
+            if let Some((what, address)) = binding.shared_with(b) {
+                return Err(format!(
+                    "--{what} {address} is bound to port {other} already"
+                ));
             }
         }
         Ok(())

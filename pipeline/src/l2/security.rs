@@ -19,6 +19,18 @@ pub struct PortBinding {
     pub ip: Option<Ipv4Addr>,
 }
 
+impl PortBinding {
+    /// What of `other` this binding claims too, as ("mac" or "ip", the address): two ports
+    /// bound to one address could both send as it.
+    pub fn shared_with(&self, other: &PortBinding) -> Option<(&'static str, String)> {
+        match self.ip {
+            _ if self.mac == other.mac => Some(("mac", self.mac.to_string())),
+            Some(ip) if other.ip == Some(ip) => Some(("ip", ip.to_string())),
+            _ => None,
+        }
+    }
+}
+
 /// The bindings of a switch's ports, indexed by port.
 #[derive(Debug, Clone, Default)]
 pub struct PortSecurity {
@@ -83,9 +95,7 @@ impl PortSecurity {
             _ => true,
         }
     }
-}
 
-impl PortSecurity {
     /// Whether `frame`'s source MAC is bound to another port than `port`.
     fn bound_elsewhere(&self, port: PortId, frame: &[u8]) -> bool {
         frame.len() >= 12
