@@ -3,14 +3,14 @@
 //! the main thread from the counters the workers publish.
 
 use crate::control::commands;
-use crate::control::server::ask;
+use crate::control::server::{ask, timed_out};
 use crate::control::{Outcome, Request, RequestKind};
 use crate::live::Live;
 use crossbeam_channel::Sender;
 use pipeline::{GwCounter, L2Counter};
 use pmd::{PortCounter, WorkerCounter};
 use std::fmt::Write as _;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -69,7 +69,7 @@ fn connection(mut stream: TcpStream, requests: &Sender<Request>) {
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => head.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            Err(e) if timed_out(&e) => {
                 respond(&mut stream, "408 Request Timeout", "request timed out\n");
                 return;
             }

@@ -164,7 +164,8 @@ fn read_line_from(
     String::from_utf8(buf).map_err(|_| "request is not UTF-8".into())
 }
 
-fn timed_out(e: &io::Error) -> bool {
+/// A read that ran past its timeout (the kernel says either).
+pub fn timed_out(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
