@@ -153,7 +153,7 @@ fn add_steps(
         .add_veth(&host, &env.ifname, conf.mtu, mac, netns)
         .and_then(|_| {
             made.veth = Some(host.clone());
-            node.set_up_with_alias(&host, &owner_alias(&conf.name))
+            node.set_up(&host, Some(&owner_alias(&conf.name)))
         });
     let ipam_result = pending
         .wait(env, conf)?
@@ -169,7 +169,7 @@ fn add_steps(
         ))
     })?;
     pod.add_addr(link.index, ip)?;
-    pod.set_up(&env.ifname)?;
+    pod.set_up(&env.ifname, None)?;
     give_napi(netns, &env.ifname)?;
     let routes = pod_routes(&ipam_result, gateway);
     for r in &routes {
@@ -485,13 +485,17 @@ pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
         .map(|ports| ports.into_iter().map(|p| p.name).collect());
     let leaked = |name: &str| attached.as_ref().is_some_and(|a| !a.contains(name));
     let mut refused = None;
-    for Link { name, alias, .. } in node.links()? {
+    let candidates = node
+        .links()?
+        .into_iter()
+        .filter(|l| is_host_ifname(&l.name) && !valid.contains(&l.name));
+    for Link { name, alias, .. } in candidates {
         let collect = match owner(&conf.name, alias.as_deref()) {
             Owner::This => true,
             Owner::Another => false,
             Owner::Unsaid => leaked(&name),
         };
-        if is_host_ifname(&name) && collect && !valid.contains(&name) {
+        if collect {
             match switch::port_del(&conf.ctl, &name) {
                 Ok(_) | Err(SwitchError::Unreachable(_)) => {
                     node.del_link(&name)?;

@@ -142,23 +142,16 @@ impl Netlink {
             })
     }
 
-    pub fn set_up(&self, name: &str) -> Result<()> {
-        let msg = LinkUnspec::new_with_name(name).up().build();
+    /// Sets `name` up, with `alias` as its alias where given (`ip link` shows it; set on a
+    /// link that exists: the kernel does not take an alias when it creates one).
+    pub fn set_up(&self, name: &str, alias: Option<&str>) -> Result<()> {
+        let mut msg = LinkUnspec::new_with_name(name).up();
+        if let Some(alias) = alias {
+            msg = msg.append_extra_attribute(LinkAttribute::IfAlias(alias.to_string()));
+        }
         self.rt
-            .block_on(self.handle.link().set(msg).execute())
+            .block_on(self.handle.link().set(msg.build()).execute())
             .map_err(|e| nl_err(&format!("setting {name} up"), e))
-    }
-
-    /// Sets `name` up with `alias` as its alias (`ip link` shows it). Set on a link that exists:
-    /// the kernel does not take an alias when it creates one.
-    pub fn set_up_with_alias(&self, name: &str, alias: &str) -> Result<()> {
-        let msg = LinkUnspec::new_with_name(name)
-            .up()
-            .append_extra_attribute(LinkAttribute::IfAlias(alias.to_string()))
-            .build();
-        self.rt
-            .block_on(self.handle.link().set(msg).execute())
-            .map_err(|e| nl_err(&format!("setting {name} up with alias {alias:?}"), e))
     }
 
     /// Deletes a link by name; `Ok(false)` when there is none.
