@@ -671,8 +671,10 @@ fn cni_version_1_1_0_status_and_gc() {
     );
     // CHECK notices a host-side veth claimed by another network.
     let host = result["interfaces"][0]["name"].as_str().unwrap();
-    let alias = |to: &str| must(&["ip", "-n", &node.topo.sw, "link", "set", host, "alias", to]);
-    alias(&format!("vswitch-cni network {NET}-other"));
+    let set_alias = |dev: &str, to: &str| {
+        must(&["ip", "-n", &node.topo.sw, "link", "set", dev, "alias", to]);
+    };
+    set_alias(host, &format!("vswitch-cni network {NET}-other"));
     let ran = node.exec("CHECK", &att, &check, &[]);
     assert!(!ran.ok);
     assert!(
@@ -683,7 +685,7 @@ fn cni_version_1_1_0_status_and_gc() {
         "{}",
         ran.stdout
     );
-    alias(&format!("vswitch-cni network {NET}"));
+    set_alias(host, &format!("vswitch-cni network {NET}"));
     must(&[
         "ip",
         "-n",
@@ -699,9 +701,6 @@ fn cni_version_1_1_0_status_and_gc() {
 
     // Veths from before aliases say no network: one the switch has a port for may be another
     // network's running pod, one it has none for is a leak.
-    let set_alias = |dev: &str, to: &str| {
-        must(&["ip", "-n", &node.topo.sw, "link", "set", dev, "alias", to]);
-    };
     set_alias(other_host, "");
     must(&[
         "ip",
