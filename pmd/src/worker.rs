@@ -246,8 +246,6 @@ pub struct Worker {
     /// When the bridge's flows were last validated.
     fdb_validated_ms: u64,
     rx_batch: Vec<Frame>,
-    /// Multi-buffer packets of the current burst, each copied out of its chain.
-    chained: Vec<Vec<u8>>,
     /// Per port: the longest frame it takes.
     max_frame: Vec<u32>,
     emitted: Vec<Emit>,
@@ -289,7 +287,6 @@ impl Worker {
             staged: (0..MAX_PORTS).map(|_| Vec::new()).collect(),
             staged_tail: vec![0; MAX_PORTS],
             rx_batch: Vec::with_capacity(MAX_BATCH),
-            chained: Vec::new(),
             max_frame: vec![MAX_PACKET_LEN; MAX_PORTS],
             emitted: Vec::new(),
             captures: Vec::new(),
@@ -741,21 +738,21 @@ impl Worker {
         }
     }
 
-    /// Takes the chains (multi-buffer packets) out of the burst, each copied into one buffer;
-    /// a chain cut short or longer than any packet is dropped.
-    fn unchain(&mut self, ingress: PortId) {
-        let umem = &self.s.umem;
-        let mut single = Vec::with_capacity(self.rx_batch.len());
+    /// A burst with multi-buffer packets: each chain copied into one buffer and processed in
+    /// its place, the single frames around it in runs, so that what leaves for a port keeps
+    /// the order it came in. A chain cut short or longer than any packet is dropped.
+    fn process_mixed(&mut self, ingress: PortId, now_ms: u64) {
+        let mut burst = std::mem::take(&mut self.rx_batch);
         let mut building: Option<Vec<u8>> = None;
         let mut bad = 0;
-        for frame in self.rx_batch.drain(..) {
+        for frame in burst.drain(..) {
             match building.as_mut() {
                 None if !frame.more() => {
-                    single.push(frame);
+                    self.rx_batch.push(frame);
                     continue;
                 }
-                None => building = Some(umem.data(&frame).to_vec()),
-                Some(data) => data.extend_from_slice(umem.data(&frame)),
+                None => building = Some(self.s.umem.data(&frame).to_vec()),
+                Some(data) => data.extend_from_slice(self.s.umem.data(&frame)),
             }
             let ends = !frame.more();
             self.s.pool.put(frame);
@@ -764,54 +761,51 @@ impl Worker {
                 if data.len() > MAX_PACKET_LEN as usize {
                     bad += 1;
                 } else {
-                    self.chained.push(data);
+                    self.process_singles(ingress, now_ms);
+                    self.process_chained(ingress, now_ms, data);
                 }
             }
         }
         bad += building.is_some() as u64;
-        self.rx_batch = single;
+        self.process_singles(ingress, now_ms);
+        // Kept for its allocation.
+        self.rx_batch = burst;
         self.s.stats.ports[ingress as usize].add(PortCounter::DropBadChain as usize, bad);
     }
 
-    /// The burst's multi-buffer packets, one at a time through the pipeline in a buffer of
-    /// their own, then copied into chains for the ports they go to.
-    fn process_chained(&mut self, ingress: PortId, now_ms: u64) {
-        let packets = std::mem::take(&mut self.chained);
+    /// A multi-buffer packet through the pipeline in a buffer of its own, then copied into
+    /// chains for the ports it goes to.
+    fn process_chained(&mut self, ingress: PortId, now_ms: u64, data: Vec<u8>) {
         if !self.captures.is_empty() {
-            self.capture_packets(ingress, packets.clone());
+            self.capture_packets(ingress, vec![data.clone()]);
         }
         let counters = &self.s.stats.ports[ingress as usize];
-        counters.add(PortCounter::RxPackets as usize, packets.len() as u64);
-        counters.add(
-            PortCounter::RxBytes as usize,
-            packets.iter().map(|p| p.len() as u64).sum(),
-        );
-        let mut room = true;
-        for data in packets {
-            let mut packet = [HeadroomBuf::new(&data, KERNEL_HEADROOM as usize)];
-            let mut next = [Disposition::Drop];
-            self.s
-                .pipeline
-                .process(&mut packet, ingress, now_ms, &mut next, &mut self.emitted);
-            let out = packet[0].as_ref();
-            let to = match next[0] {
-                Disposition::Forward(port) if self.present.contains(port) => PortMask::single(port),
-                Disposition::Flood(mask) => mask.and(self.present).without(ingress),
-                Disposition::Consumed => PortMask::NONE,
-                Disposition::Forward(port) if (port as usize) < MAX_PORTS => {
-                    self.s
-                        .stats
-                        .worker
-                        .add(WorkerCounter::DropPortAbsent as usize, 1);
-                    PortMask::NONE
-                }
-                Disposition::Forward(_) | Disposition::Drop | Disposition::Recirculate => {
-                    self.s.stats.ports[ingress as usize].add(PortCounter::DropPipeline as usize, 1);
-                    PortMask::NONE
-                }
-            };
-            self.stage_copies(to, out, &mut room);
-        }
+        counters.add(PortCounter::RxPackets as usize, 1);
+        counters.add(PortCounter::RxBytes as usize, data.len() as u64);
+        let mut packet = [HeadroomBuf::new(&data, KERNEL_HEADROOM as usize)];
+        let mut next = [Disposition::Drop];
+        self.s
+            .pipeline
+            .process(&mut packet, ingress, now_ms, &mut next, &mut self.emitted);
+        let out = packet[0].as_ref();
+        let to = match next[0] {
+            Disposition::Forward(port) if self.present.contains(port) => PortMask::single(port),
+            Disposition::Flood(mask) => mask.and(self.present).without(ingress),
+            Disposition::Consumed => PortMask::NONE,
+            Disposition::Forward(port) if (port as usize) < MAX_PORTS => {
+                self.s
+                    .stats
+                    .worker
+                    .add(WorkerCounter::DropPortAbsent as usize, 1);
+                PortMask::NONE
+            }
+            Disposition::Forward(_) | Disposition::Drop | Disposition::Recirculate => {
+                self.s.stats.ports[ingress as usize].add(PortCounter::DropPipeline as usize, 1);
+                PortMask::NONE
+            }
+        };
+        // One packet: the room a segment has is asked afresh for each.
+        self.stage_copies(to, out, &mut true);
     }
 
     fn receive_burst(&mut self, socket: usize, now_ms: u64) -> usize {
@@ -849,13 +843,31 @@ impl Worker {
                 .add(WorkerCounter::FullBatches as usize, 1);
         }
         if self.rx_batch.iter().any(Frame::more) {
-            self.unchain(ingress);
-            self.process_chained(ingress, now_ms);
+            self.process_mixed(ingress, now_ms);
+        } else {
+            self.process_singles(ingress, now_ms);
         }
+        if let (Some(tuples), Some(gateway)) = (self.tuples.as_mut(), self.s.pipeline.gateway_mut())
+        {
+            let stats = &self.s.stats;
+            let ports = Ports {
+                ifindex: &self.ifindex,
+                present: self.present,
+                stats,
+            };
+            tuples.install(gateway, &ports, now_ms);
+        }
+        self.follow_fdb_changes();
+        received
+    }
+
+    /// The single-frame packets in `rx_batch` through the pipeline as one batch, staged for
+    /// the ports they go to (with what the pipeline made on the way).
+    fn process_singles(&mut self, ingress: PortId, now_ms: u64) {
         let n = self.rx_batch.len();
         if n == 0 {
             self.stage_emitted();
-            return received;
+            return;
         }
         if !self.captures.is_empty() {
             let batch = std::mem::take(&mut self.rx_batch);
@@ -933,18 +945,6 @@ impl Worker {
         }
         self.rx_batch = batch;
         self.stage_emitted();
-        if let (Some(tuples), Some(gateway)) = (self.tuples.as_mut(), self.s.pipeline.gateway_mut())
-        {
-            let stats = &self.s.stats;
-            let ports = Ports {
-                ifindex: &self.ifindex,
-                present,
-                stats,
-            };
-            tuples.install(gateway, &ports, now_ms);
-        }
-        self.follow_fdb_changes();
-        received
     }
 
     /// Re-checks the bridge's fast-path entries when an address moved or went in this

@@ -129,3 +129,68 @@ fn a_frame_above_the_egress_mtu_is_dropped_and_counted() {
     assert_eq!(vp2["drops"]["tx_drop_over_mtu"], 2, "{vp2}");
     stop(switch, 1);
 }
+
+/// Datagrams from pod 0 to pod 1 alternating between a chain (6,000 bytes) and a single frame
+/// (64 bytes), as fast as one socket sends them: how many arrived, and how many arrived
+/// after a later one.
+fn mixed_sizes_arrival(topo: &Topology, count: u32) -> (u32, u32) {
+    const RECEIVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
+s.bind(("0.0.0.0", 7778))
+s.settimeout(3)
+print("ready", flush=True)
+got = late = high = 0
+try:
+    while got < int(sys.argv[1]):
+        seq = int.from_bytes(s.recv(9000)[:4], "big")
+        got += 1
+        if seq < high:
+            late += 1
+        high = max(high, seq)
+except socket.timeout:
+    pass
+print(got, late, flush=True)
+"#;
+    const SENDER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 24)
+for i in range(int(sys.argv[2])):
+    s.sendto(i.to_bytes(4, "big") * (1500 if i % 2 else 16), (sys.argv[1], 7778))
+"#;
+    let count = count.to_string();
+    let mut receiver = topo.spawn(&topo.pods[1].ns, &["python3", "-c", RECEIVER, &count]);
+    let mut out = std::io::BufReader::new(receiver.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let sent = topo.exec(
+        &topo.pods[0].ns,
+        &["python3", "-c", SENDER, &topo.pods[1].ip, &count],
+    );
+    assert!(sent.status.success(), "{sent:?}");
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    receiver.wait().unwrap();
+    let mut numbers = line.split_whitespace().map(|n| n.parse().unwrap());
+    (numbers.next().unwrap(), numbers.next().unwrap())
+}
+
+#[test]
+fn chained_and_single_frames_of_one_burst_keep_their_order() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(2);
+    set_mtu(&topo, 0, 9000);
+    set_mtu(&topo, 1, 9000);
+    let switch = topo.start_switch(&["--xdp-mode", "native"]);
+    assert!(topo.ping(0, 1));
+    let (got, late) = mixed_sizes_arrival(&topo, 2000);
+    assert!(got > 0, "nothing arrived");
+    assert_eq!(
+        late, 0,
+        "{late} of {got} datagrams overtaken by a later one"
+    );
+    stop(switch, 1);
+}
