@@ -18,6 +18,10 @@
   rawframe.py first IFACE SRC_MAC SECONDS         print "ready", then the CLOCK_MONOTONIC time
                                                    (ns) the first 0x88b5 frame from SRC_MAC
                                                    arrived ("none" if none within SECONDS)
+  rawframe.py ra IFACE SRC_MAC COUNT               send COUNT IPv6 router advertisements from
+                                                   SRC_MAC's link-local address to all nodes,
+                                                   offering prefix 2001:db8:1::/64 and a
+                                                   default route
   rawframe.py udp-count PORT SECONDS [ttl]         count datagrams received on PORT by payload
                                                    ("ready" first, then "<mode>=<n> ...", and with
                                                    ttl " ttls=<the TTLs they came with>")
@@ -130,6 +134,31 @@ def sweep(iface, dst, src, src_ip, first_dst_ip, count):
             s.send(frame)
 
 
+def link_local(src):
+    m = bytearray(mac(src))
+    m[0] ^= 2
+    return b"\xfe\x80" + b"\0" * 6 + bytes(m[:3]) + b"\xff\xfe" + bytes(m[3:])
+
+
+def ra(iface, src, count):
+    source, all_nodes = link_local(src), bytes.fromhex("ff02" + "00" * 13 + "01")
+    # Hop limit 64, no flags, router lifetime 1800 s; our MAC; prefix 2001:db8:1::/64 for
+    # addresses (on-link and autonomous, valid a day).
+    body = bytearray([134, 0, 0, 0, 64, 0]) + (1800).to_bytes(2, "big") + b"\0" * 8
+    body += bytes([1, 1]) + mac(src)
+    body += bytes([3, 4, 64, 0xC0]) + (86400).to_bytes(4, "big") * 2 + b"\0" * 4
+    body += bytes.fromhex("20010db8000100000000000000000000")
+    pseudo = ones_sum(source + all_nodes) + len(body) + 58
+    body[2:4] = (~fold(pseudo + ones_sum(bytes(body))) & 0xFFFF).to_bytes(2, "big")
+    header = bytes([0x60, 0, 0, 0]) + len(body).to_bytes(2, "big") + bytes([58, 255])
+    frame = b"\x33\x33\0\0\0\x01" + mac(src) + b"\x86\xdd" + header + source + all_nodes + body
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((iface, 0))
+        for _ in range(count):
+            s.send(frame)
+            time.sleep(0.01)
+
+
 def udp_count(port, seconds, with_ttl=False):
     counts, ttls = {}, set()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -188,6 +217,8 @@ if __name__ == "__main__":
         stream(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]))
     elif len(sys.argv) == 5 and sys.argv[1] == "first":
         first(sys.argv[2], sys.argv[3], float(sys.argv[4]))
+    elif len(sys.argv) == 5 and sys.argv[1] == "ra":
+        ra(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif len(sys.argv) in (4, 5) and sys.argv[1] == "udp-count":
         udp_count(int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:] == ["ttl"])
     else:

@@ -190,5 +190,18 @@ pub fn all() -> Vec<(PortId, Vec<u8>)> {
         .write(&mut inner, &[0x5a; 16])
         .unwrap();
     t.push((UPLINK, vxlan(&inner)));
+    // A neighbour advertisement from the bound pod behind a hop-by-hop header (port
+    // security reads IPv6 from bound ports).
+    let own = pipeline::link_local_of(pod(2).0).octets();
+    let mut na = vec![0x33, 0x33, 0, 0, 0, 1];
+    na.extend_from_slice(&pod(2).0 .0);
+    na.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 40, 0, 255]);
+    na.extend_from_slice(&own);
+    na.extend_from_slice(&[0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    na.extend_from_slice(&[58, 0, 5, 2, 0, 0, 1, 0, 136, 0, 0, 0, 0x20, 0, 0, 0]);
+    na.extend_from_slice(&own);
+    na.extend_from_slice(&[2, 1]);
+    na.extend_from_slice(&pod(2).0 .0);
+    t.push((2, na));
     t
 }

@@ -19,7 +19,7 @@ pub mod wire;
 
 pub use batch::{Disposition, PortId, PortMask, MAX_BATCH, MAX_PORTS};
 pub use gateway::{Emit, Gateway, GatewayConfig, GatewayShared, GwCounter};
-pub use l2::{Bridge, BridgeConfig, L2Counter, LearnEvent};
+pub use l2::{link_local_of, Bridge, BridgeConfig, L2Counter, LearnEvent};
 pub use packet::{HeadroomBuf, Packet};
 pub use wire::{EtherType, EthernetFrame, MacAddr, WireError};
 

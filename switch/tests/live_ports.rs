@@ -587,6 +587,100 @@ fn a_bound_pod_cannot_spoof_its_neighbours_or_the_gateway() {
     finish(switch);
 }
 
+/// IPv6 on the link (the switch gives pods IPv4 only, their kernels speak IPv6 all the
+/// same): a bound pod's router advertisements would make it every other pod's IPv6 router
+/// (CVE-2020-10749); its link-local traffic still flows.
+#[test]
+fn a_bound_pod_cannot_advertise_itself_as_an_ipv6_router() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(3);
+    let (_dir, path) = gateway_config();
+    let switch = topo.start_switch_with(&["--config", path.to_str().unwrap()], "");
+    for pod in &topo.pods {
+        switch.ctl_json(&["port", "add", &pod.port, "--mac", &pod.mac, "--ip", &pod.ip]);
+    }
+    for pod in &topo.pods {
+        must(&[
+            "ip",
+            "netns",
+            "exec",
+            &pod.ns,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.eth0.disable_ipv6=0",
+        ]);
+    }
+    let link_local = |i: usize| {
+        let mac: Vec<u8> = topo.pods[i]
+            .mac
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect();
+        let mac = pipeline::MacAddr(mac.try_into().unwrap());
+        format!("{}%eth0", pipeline::link_local_of(mac))
+    };
+    // Link-local addresses pass duplicate address detection first (about a second).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !topo
+        .exec(
+            &topo.pods[0].ns,
+            &["ping", "-6", "-c", "1", "-W", "1", &link_local(1)],
+        )
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "pod 1 never reached pod 2 over IPv6: {} {} {}",
+            must(&["ip", "-n", &topo.pods[0].ns, "-6", "addr"]),
+            must(&["ip", "-n", &topo.pods[1].ns, "-d", "link"]),
+            switch.ctl_ok(&["show", "stats"])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let drops = || {
+        let stats = switch.ctl_json(&["show", "stats"]);
+        stats["bridge"]["drop_spoofed"].as_u64().unwrap()
+            + stats["gateway"]["drop_spoofed"].as_u64().unwrap()
+    };
+    let before = drops();
+    let attacker = &topo.pods[2];
+    must(&[
+        "ip",
+        "netns",
+        "exec",
+        &attacker.ns,
+        "python3",
+        &Topology::script("rawframe.py"),
+        "ra",
+        "eth0",
+        &attacker.mac,
+        "3",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while drops() < before + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the advertisements were not dropped"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for pod in &topo.pods[..2] {
+        let addresses = must(&["ip", "-n", &pod.ns, "-6", "addr", "show", "dev", "eth0"]);
+        assert!(!addresses.contains("2001:db8:1:"), "{addresses}");
+        let routes = must(&["ip", "-n", &pod.ns, "-6", "route", "show", "default"]);
+        assert!(routes.trim().is_empty(), "{routes}");
+    }
+    assert!(topo
+        .exec(
+            &attacker.ns,
+            &["ping", "-6", "-c", "1", "-W", "1", &link_local(0)],
+        )
+        .status
+        .success());
+    finish(switch);
+}
+
 /// The gateway's configuration names the uplink by its port id: when its interface
 /// disappears, no pod may take that id (the gateway would send the node's traffic to it), and
 /// `port add` of the uplink is refused (it would join the pod segment), with the reason.

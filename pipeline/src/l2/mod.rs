@@ -6,4 +6,4 @@ mod security;
 
 pub use bridge::{Bridge, BridgeConfig, L2Counter, L2Counters, DEFAULT_FDB_PORT_LIMIT};
 pub use fdb::{Fdb, FdbEntry, LearnEvent, LearnOutcome};
-pub use security::{PortBinding, PortSecurity};
+pub use security::{link_local_of, PortBinding, PortSecurity};
