@@ -415,6 +415,15 @@ pub(super) fn translate_bridged(
     if !matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP) {
         return None;
     }
+    if proto == PROTO_ICMP
+        && matches!(
+            ip.payload().first(),
+            Some(&(ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED))
+        )
+    {
+        translate_bridged_error(gw, frame, dst);
+        return None;
+    }
     let offerable = parsed_by_fast_path(&ip);
     let (sport, dport) = l4::ports(proto, ip.payload())?;
     let flags = if proto == PROTO_TCP {
@@ -452,6 +461,21 @@ pub(super) fn translate_bridged(
         gw.counters.add(GwCounter::NatBridged, 1);
     }
     pending
+}
+
+/// An ICMP error bridged between pods about a packet of a translated flow: a backend's port
+/// unreachable straight to its client on the segment, quoting the client's packet as DNAT
+/// made it. Translated as routed errors are (the client's socket knows the service address,
+/// not the backend's), when it still goes to the pod it is addressed to; else left as it is.
+fn translate_bridged_error(gw: &mut Gateway, frame: &mut [u8], dst: Ipv4Addr) {
+    let ip = &mut frame[ETHERNET_HEADER_LEN..];
+    // Errors are few (their senders limit them): a copy to restore from costs nothing.
+    let before = ip.to_vec();
+    match nat::translate_icmp_error(&gw.shared.conntrack, ip) {
+        Some(to) if to == dst => gw.counters.add(GwCounter::IcmpRelatedTranslated, 1),
+        Some(_) => ip.copy_from_slice(&before),
+        None => {}
+    }
 }
 
 /// Rewrites addresses and ports to `(src, sport, dst, dport)`, keeping checksums valid. A

@@ -1030,6 +1030,44 @@ fn a_local_backend_answering_its_client_directly_is_un_dnated_on_the_bridge() {
     assert_eq!(addresses(&plain.frame), (POD1, 9, POD3, 9));
 }
 
+/// The backend's ICMP error to a client on its segment (bridged) about the client's packet to
+/// the service reaches the client as from the service, quoting what the client sent.
+#[test]
+fn a_local_backends_icmp_error_to_its_client_is_un_dnated_on_the_bridge() {
+    let mut gw = one_local_backend();
+    let syn = pod3_syn_to_vip(&mut gw, 41000, 0);
+    assert_eq!(addresses(&syn.frame), (POD3, 41000, POD1, 8080));
+    pod3_asks_for_pod1(&mut gw, 0);
+    let error = icmp_error_about(
+        (pod_mac(1), pod_mac(3)),
+        (POD1, POD3),
+        etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ),
+        &syn.frame,
+    );
+    let out = send(&mut gw, error, 0, 1);
+    assert_eq!(out.next, Disposition::Forward(2));
+    let (outer, quoted, sum_ok) = icmp_error_parts(&out.frame);
+    assert_eq!(outer, (VIP, POD3));
+    assert_eq!(quoted, (POD3, 41000, VIP, 80));
+    assert!(sum_ok);
+    assert_eq!(gw.counters().get(GwCounter::IcmpRelatedTranslated), 1);
+    // About no tracked flow: bridged as it is.
+    let plain = tcp(pod_mac(3), pod_mac(1), (POD3, 9), (POD1, 9), true, 64);
+    let error = icmp_error_about(
+        (pod_mac(1), pod_mac(3)),
+        (POD1, POD3),
+        etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ),
+        &plain,
+    );
+    let out = send(&mut gw, error.clone(), 0, 1);
+    assert_eq!(out.next, Disposition::Forward(2));
+    assert_eq!(out.frame, error);
+}
+
 /// An ICMP echo request (or reply) with identifier `id`.
 fn echo(macs: (MacAddr, MacAddr), src: Ipv4Addr, dst: Ipv4Addr, id: u16, request: bool) -> Vec<u8> {
     let mut b = Vec::new();
