@@ -382,7 +382,42 @@ pub enum WorkerEnd {
     Panicked(String),
 }
 
-/// A running datapath.
+/// The workers `start` has spawned so far: stopped and joined if it gives up half way.
+struct Started {
+    stop: Arc<AtomicBool>,
+    workers: Vec<WorkerHandle>,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        // Empty when `start` succeeded: the workers are the datapath's, and so is the flag.
+        if !self.workers.is_empty() {
+            stop_workers(&self.stop, &mut self.workers);
+        }
+    }
+}
+
+/// Tells every worker to stop and waits for those still running.
+fn stop_workers(stop: &AtomicBool, workers: &mut [WorkerHandle]) -> Vec<WorkerEnd> {
+    stop.store(true, Ordering::Relaxed);
+    workers
+        .iter_mut()
+        .filter_map(|w| w.thread.take())
+        .map(|t| match t.join() {
+            Ok(report) => WorkerEnd::Stopped(report),
+            Err(payload) => WorkerEnd::Panicked(
+                payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(no message)".into()),
+            ),
+        })
+        .collect()
+}
+
+/// A running datapath. Dropped without `stop` (a `start` that failed attaching its ports), its
+/// workers are stopped all the same.
 pub struct Datapath {
     pub stats: Vec<Arc<WorkerStats>>,
     /// The tables the gateway's workers share (for reloads), in gateway mode.
@@ -436,7 +471,10 @@ impl Datapath {
         bridge_config.announce_learning = nworkers > 1;
         let gateway = config.gateway.as_ref().map(GatewayShared::new);
         let mut stats = Vec::new();
-        let mut workers = Vec::new();
+        let mut started = Started {
+            stop: stop.clone(),
+            workers: Vec::new(),
+        };
         // The budget bounds the first segment too.
         let frames = config
             .segment_frames
@@ -492,7 +530,7 @@ impl Datapath {
                 .name(format!("vswitch-pmd{w}"))
                 .spawn(move || Worker::new(worker_setup).run())
                 .map_err(setup(format!("starting worker {w}")))?;
-            workers.push(WorkerHandle {
+            started.workers.push(WorkerHandle {
                 commands: commands_tx,
                 handoff: handoff_tx[w].clone(),
                 segments: vec![SegmentSlot { handle, sockets: 0 }],
@@ -514,7 +552,7 @@ impl Datapath {
             fast,
             ports: (0..MAX_PORTS).map(|_| None).collect(),
             reserved: Vec::new(),
-            workers,
+            workers: std::mem::take(&mut started.workers),
             stop,
             probes: crossbeam_channel::unbounded(),
             next_attachment: 0,
@@ -1308,22 +1346,16 @@ impl Datapath {
         for p in self.ports.iter_mut().flatten() {
             p.link = None;
         }
-        let ends = self
-            .workers
-            .iter_mut()
-            .filter_map(|w| w.thread.take())
-            .map(|t| match t.join() {
-                Ok(report) => WorkerEnd::Stopped(report),
-                Err(payload) => WorkerEnd::Panicked(
-                    payload
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| payload.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "(no message)".into()),
-                ),
-            })
-            .collect();
-        ends
+        stop_workers(&self.stop, &mut self.workers)
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        for p in self.ports.iter_mut().flatten() {
+            p.link = None;
+        }
+        stop_workers(&self.stop, &mut self.workers);
     }
 }
 
@@ -1377,6 +1409,51 @@ fn attach(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A worker that spins until told to stop, then counts itself in `ended`.
+    fn spinning(stop: &Arc<AtomicBool>, ended: &Arc<AtomicUsize>) -> WorkerHandle {
+        let (stop, ended) = (stop.clone(), ended.clone());
+        WorkerHandle {
+            commands: bounded(1).0,
+            handoff: bounded(1).0,
+            segments: Vec::new(),
+            thread: Some(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::yield_now();
+                }
+                ended.fetch_add(1, Ordering::Relaxed);
+                WorkerReport {
+                    worker: 0,
+                    frames_total: 0,
+                    frames_free: 0,
+                    frames_in_fill: 0,
+                    frames_in_tx: 0,
+                    frames_refused: 0,
+                }
+            })),
+        }
+    }
+
+    #[test]
+    fn a_start_that_gives_up_stops_the_workers_it_spawned_and_only_then() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ended = Arc::new(AtomicUsize::new(0));
+        let mut started = Started {
+            stop: stop.clone(),
+            workers: vec![spinning(&stop, &ended), spinning(&stop, &ended)],
+        };
+        // What a start that succeeds does: the workers become the datapath's.
+        let handed_over = std::mem::take(&mut started.workers);
+        drop(started);
+        assert!(!stop.load(Ordering::Relaxed), "its workers keep running");
+        let given_up = Started {
+            stop: stop.clone(),
+            workers: handed_over,
+        };
+        drop(given_up);
+        assert_eq!(ended.load(Ordering::Relaxed), 2, "stopped and joined");
+    }
 
     #[test]
     fn queues_go_to_the_least_loaded_worker_or_one_per_worker() {
