@@ -1219,9 +1219,16 @@ impl Datapath {
         // home only after the detach too: in zero-copy mode the driver gives up the frames
         // posted to its rings when the program goes, not when the socket closes.
         let link = live.link.take();
-        let detach = std::thread::spawn(move || drop(link));
+        // Without a thread (none could be made) the closure is dropped at once, and with it
+        // the link: the detach then runs here first, only slower.
+        let detach = std::thread::Builder::new()
+            .name("vswitch-detach".into())
+            .spawn(move || drop(link))
+            .ok();
         let (forgotten, to_reclaim, mut result) = self.retire_port(port, &mut live, teardown);
-        let _ = detach.join();
+        if let Some(detach) = detach {
+            let _ = detach.join();
+        }
         for (w, tags) in to_reclaim {
             let (done, reclaimed) = bounded(1);
             let answered = self
