@@ -37,6 +37,20 @@ fn gateway_config() -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, path)
 }
 
+/// Frames dropped for port security, by the bridge and at the gateway's entry.
+fn spoofed_drops(switch: &Switch) -> u64 {
+    let stats = switch.ctl_json(&["show", "stats"]);
+    stats["bridge"]["drop_spoofed"].as_u64().unwrap()
+        + stats["gateway"]["drop_spoofed"].as_u64().unwrap()
+}
+
+/// Attaches every pod by `port add`, bound to its MAC and address.
+fn bind_all(topo: &Topology, switch: &Switch) {
+    for pod in &topo.pods {
+        switch.ctl_json(&["port", "add", &pod.port, "--mac", &pod.mac, "--ip", &pod.ip]);
+    }
+}
+
 fn ping_all_pairs(topo: &Topology, pods: &[usize]) {
     for &a in pods {
         for &b in pods {
@@ -434,9 +448,7 @@ fn a_bound_pod_cannot_spoof_its_neighbours_or_the_gateway() {
     topo.add_default_routes();
     let (_dir, path) = gateway_config();
     let switch = topo.start_switch_with(&["--config", path.to_str().unwrap()], "");
-    for pod in &topo.pods {
-        switch.ctl_json(&["port", "add", &pod.port, "--mac", &pod.mac, "--ip", &pod.ip]);
-    }
+    bind_all(&topo, &switch);
     ping_all_pairs(&topo, &[0, 1, 2]);
     // Nobody else's address: both ports could send as it.
     let attacker = &topo.pods[2];
@@ -498,11 +510,7 @@ fn a_bound_pod_cannot_spoof_its_neighbours_or_the_gateway() {
             .find(|e| e["mac"] == mac)
             .map(|e| e["port"].as_str().unwrap().to_string())
     };
-    let spoofed = || {
-        let stats = switch.ctl_json(&["show", "stats"]);
-        stats["bridge"]["drop_spoofed"].as_u64().unwrap()
-            + stats["gateway"]["drop_spoofed"].as_u64().unwrap()
-    };
+    let spoofed = || spoofed_drops(&switch);
     let spoofed_before = spoofed();
     let attacker = &topo.pods[2];
     let attacker_reaches_pod2 = || {
@@ -596,9 +604,7 @@ fn a_bound_pod_cannot_advertise_itself_as_an_ipv6_router() {
     let topo = Topology::new(3);
     let (_dir, path) = gateway_config();
     let switch = topo.start_switch_with(&["--config", path.to_str().unwrap()], "");
-    for pod in &topo.pods {
-        switch.ctl_json(&["port", "add", &pod.port, "--mac", &pod.mac, "--ip", &pod.ip]);
-    }
+    bind_all(&topo, &switch);
     for pod in &topo.pods {
         must(&[
             "ip",
@@ -638,11 +644,7 @@ fn a_bound_pod_cannot_advertise_itself_as_an_ipv6_router() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let drops = || {
-        let stats = switch.ctl_json(&["show", "stats"]);
-        stats["bridge"]["drop_spoofed"].as_u64().unwrap()
-            + stats["gateway"]["drop_spoofed"].as_u64().unwrap()
-    };
+    let drops = || spoofed_drops(&switch);
     let before = drops();
     let attacker = &topo.pods[2];
     must(&[
@@ -726,9 +728,7 @@ fn a_restarted_switch_attaches_its_pods_again() {
         ctl.to_str().unwrap(),
     ];
     let switch = topo.start_switch_with(&args, "");
-    for pod in &topo.pods {
-        switch.ctl_json(&["port", "add", &pod.port, "--mac", &pod.mac, "--ip", &pod.ip]);
-    }
+    bind_all(&topo, &switch);
     ping_all_pairs(&topo, &[0, 1, 2]);
     finish(switch);
 
@@ -801,9 +801,7 @@ fn the_gateway_s_requests_reach_every_pod_of_a_full_segment() {
         &["--config", path.to_str().unwrap(), "--frame-segment", "4"],
         "",
     );
-    for pod in &topo.pods {
-        switch.ctl_json(&["port", "add", &pod.port, "--mac", &pod.mac, "--ip", &pod.ip]);
-    }
+    bind_all(&topo, &switch);
     let sender = &topo.pods[0];
     assert!(topo
         .exec(&sender.ns, &["ping", "-c", "1", "-W", "1", "10.244.1.1"])
