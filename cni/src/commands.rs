@@ -171,7 +171,9 @@ fn add_steps(
     pod.add_addr(link.index, ip)?;
     pod.set_up(&env.ifname, None)?;
     give_napi(netns, &env.ifname)?;
-    let routes = pod_routes(&ipam_result, gateway);
+    // A pod attached before (Multus: this is its net1) keeps the default route it has.
+    let has_default = pod.routes()?.iter().any(|r| r.dst.prefix == 0);
+    let routes = pod_routes(&ipam_result, gateway, has_default);
     for r in &routes {
         let dst = Ipv4Net::parse(&r.dst).ok_or_else(|| {
             CniError::new(
@@ -264,8 +266,8 @@ fn pod_address(r: &CniResult) -> Result<(Ipv4Net, Option<Ipv4Addr>)> {
 }
 
 /// IPAM's routes (a route without `gw` goes via the gateway), and a default route via the
-/// gateway unless IPAM gave one.
-fn pod_routes(r: &CniResult, gateway: Option<Ipv4Addr>) -> Vec<Route> {
+/// gateway unless IPAM gave one or the pod `has_default` already.
+fn pod_routes(r: &CniResult, gateway: Option<Ipv4Addr>, has_default: bool) -> Vec<Route> {
     let mut routes: Vec<Route> = r
         .routes
         .iter()
@@ -275,9 +277,10 @@ fn pod_routes(r: &CniResult, gateway: Option<Ipv4Addr>) -> Vec<Route> {
             other: route.other.clone(),
         })
         .collect();
-    let has_default = routes
-        .iter()
-        .any(|r| Ipv4Net::parse(&r.dst).is_some_and(|n| n.prefix == 0));
+    let has_default = has_default
+        || routes
+            .iter()
+            .any(|r| Ipv4Net::parse(&r.dst).is_some_and(|n| n.prefix == 0));
     if let (false, Some(gw)) = (has_default, gateway) {
         routes.push(Route {
             dst: "0.0.0.0/0".into(),
@@ -653,7 +656,7 @@ mod tests {
     fn routes_get_a_default_via_the_gateway() {
         let gw = Some(Ipv4Addr::new(10, 244, 1, 1));
         let r = ipam(json!({"cniVersion": "1.0.0"}));
-        let routes = pod_routes(&r, gw);
+        let routes = pod_routes(&r, gw, false);
         assert_eq!(routes.len(), 1);
         assert_eq!(routes[0].dst, "0.0.0.0/0");
         assert_eq!(routes[0].gw.as_deref(), Some("10.244.1.1"));
@@ -661,12 +664,16 @@ mod tests {
         let r = ipam(
             json!({"cniVersion": "1.0.0", "routes": [{"dst": "10.96.0.0/12"}, {"dst": "0.0.0.0/0", "gw": "10.244.1.254"}]}),
         );
-        let routes = pod_routes(&r, gw);
+        let routes = pod_routes(&r, gw, false);
         assert_eq!(routes.len(), 2);
         assert_eq!(routes[0].gw.as_deref(), Some("10.244.1.1"));
         assert_eq!(routes[1].gw.as_deref(), Some("10.244.1.254"));
 
-        assert!(pod_routes(&ipam(json!({"cniVersion": "1.0.0"})), None).is_empty());
+        assert!(pod_routes(&ipam(json!({"cniVersion": "1.0.0"})), None, false).is_empty());
+        assert!(
+            pod_routes(&ipam(json!({"cniVersion": "1.0.0"})), gw, true).is_empty(),
+            "the pod has a default route already"
+        );
     }
 
     #[test]

@@ -157,6 +157,12 @@ impl Node {
     fn pod(&mut self, i: usize) -> Attachment {
         let ns = format!("{}p{i}", self.prefix);
         self.pods.add(&ns);
+        self.pod_attachment(i)
+    }
+
+    /// Pod `i`'s attachment (its namespace made by `pod`).
+    fn pod_attachment(&self, i: usize) -> Attachment {
+        let ns = format!("{}p{i}", self.prefix);
         Attachment {
             id: format!("{}c{i}", self.prefix),
             netns: format!("/var/run/netns/{ns}"),
@@ -697,6 +703,33 @@ fn cni_version_1_1_0_status_and_gc() {
         "10.244.1.1",
     ]);
     let ran = node.exec("CHECK", &att, &check, &[]);
+    assert!(ran.ok, "{}{}", ran.stdout, ran.stderr);
+
+    // The first pod on the second network too (Multus' net1): it keeps its default route.
+    let net1 = Attachment {
+        ifname: "net1".into(),
+        ..node.pod_attachment(1)
+    };
+    let ran = node.exec("ADD", &net1, &other_conf, &[]);
+    assert!(ran.ok, "{}{}", ran.stdout, ran.stderr);
+    let net1_result = ran.out;
+    assert!(
+        net1_result["routes"]
+            .as_array()
+            .is_none_or(|r| r.is_empty()),
+        "{net1_result}"
+    );
+    let defaults = must(&["ip", "-n", &att.ns, "route", "show", "default"]);
+    assert_eq!(
+        defaults.trim(),
+        "default via 10.244.1.1 dev eth0",
+        "{defaults}"
+    );
+    let mut net1_check = other_conf.clone();
+    net1_check["prevResult"] = net1_result;
+    let ran = node.exec("CHECK", &net1, &net1_check, &[]);
+    assert!(ran.ok, "{}{}", ran.stdout, ran.stderr);
+    let ran = node.exec("DEL", &net1, &net1_check, &[]);
     assert!(ran.ok, "{}{}", ran.stdout, ran.stderr);
 
     // Veths from before aliases say no network: one the switch has a port for may be another
