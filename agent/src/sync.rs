@@ -152,6 +152,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), String> {
                     services = summary["services"].as_u64(),
                     endpoints = summary["endpoints"].as_u64(),
                     flows_closed = summary["flows_closed"].as_u64(),
+                    unchanged = summary["unchanged"].as_bool(),
                     "imported"
                 );
                 if opts.max_imports.is_some_and(|m| imports >= m) {

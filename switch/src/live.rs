@@ -82,6 +82,10 @@ pub struct Live {
     pub reloads: (u64, u64),
     /// Services came from `import` (Kubernetes): a reload of the file keeps them.
     pub imported: bool,
+    /// The endpoints the last import listed (terminating ones included): an import that
+    /// changes neither them nor the services is no reload (which would take every flow off
+    /// the fast path; the agent sends the whole cluster on any change, and every minute).
+    import_listed: Option<std::collections::HashSet<std::net::SocketAddrV4>>,
     /// Gateway mode: the uplink's interface, attached at start only (its id is in the
     /// gateway's configuration).
     uplink_name: Option<String>,
@@ -120,6 +124,7 @@ impl Live {
             ports_lost: 0,
             reloads: (0, 0),
             imported: false,
+            import_listed: None,
             uplink_name,
             records,
             load,
@@ -462,10 +467,18 @@ impl Live {
         config.services = t.services;
         keep_running(&mut config.services, &node.gateway.services, &t.left_out);
         config.pod_ports = self.pods.clone();
-        // An endpoint still listed (terminating, not ready) keeps its connections.
-        let r = shared.reload_keeping(&config, |b| t.listed.contains(b));
+        let unchanged = config.services == node.gateway.services
+            && self.import_listed.as_ref() == Some(&t.listed);
+        let (services, flows_closed) = if unchanged {
+            (config.services.len(), 0)
+        } else {
+            // An endpoint still listed (terminating, not ready) keeps its connections.
+            let r = shared.reload_keeping(&config, |b| t.listed.contains(b));
+            (r.services, r.flows_closed)
+        };
         node.gateway.services = config.services;
         self.imported = true;
+        self.import_listed = Some(t.listed);
         // A cluster may skip tens of thousands (headless Services): the answer names the
         // first, so it stays small enough for its reader (the agent reads 1 MiB).
         if t.skipped.len() > MAX_SKIPPED_NAMED {
@@ -475,11 +488,12 @@ impl Live {
             );
         }
         Ok(serde_json::json!({
-            "services": r.services,
+            "services": services,
             "endpoints": t.endpoints,
+            "unchanged": unchanged,
             "skipped": t.skipped.iter().take(MAX_SKIPPED_NAMED).collect::<Vec<_>>(),
             "skipped_count": t.skipped.len(),
-            "flows_closed": r.flows_closed,
+            "flows_closed": flows_closed,
             "ms": ms(start.elapsed()),
             "translate_ms": ms(translated),
         }))

@@ -883,6 +883,102 @@ fn bulk_by_the_fast_path(dataplane: Dataplane) {
     gw.finish();
 }
 
+/// A Kubernetes List of one Service, `bulk` (BULK_VIP:5001) backed by `backends`.
+fn bulk_service_list(backends: &[&str]) -> String {
+    let endpoints: Vec<String> = backends
+        .iter()
+        .map(|a| format!(r#"{{"addresses": ["{a}"], "conditions": {{"ready": true}}}}"#))
+        .collect();
+    format!(
+        r#"{{"kind": "List", "items": [
+  {{"apiVersion": "v1", "kind": "Service", "metadata": {{"name": "bulk", "namespace": "default"}},
+    "spec": {{"type": "ClusterIP", "clusterIP": "{BULK_VIP}", "ports": [{{"port": 5001, "protocol": "TCP", "targetPort": 5001}}]}}}},
+  {{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+    "metadata": {{"name": "bulk-1", "namespace": "default", "labels": {{"kubernetes.io/service-name": "bulk"}}}},
+    "endpoints": [{}], "ports": [{{"port": 5001, "protocol": "TCP"}}]}}
+]}}"#,
+        endpoints.join(", ")
+    )
+}
+
+/// The agent sends the whole cluster on any change and every minute: an import that changes
+/// nothing must not be a reload, which would take every flow off the fast path.
+#[test]
+fn an_import_that_changes_nothing_leaves_the_fast_path_alone() {
+    let Some(_serial) = network_test() else {
+        return;
+    };
+    let gw = Gateway::new(Dataplane::VswitchFastPath);
+    let import = |backends: &[&str]| {
+        let file = gw.dir.0.join("cluster.json");
+        std::fs::write(&file, bulk_service_list(backends)).unwrap();
+        gw.ctl_json(&["import", file.to_str().unwrap()])
+    };
+    assert_eq!(import(&["10.244.1.2"])["unchanged"], false);
+    // A connection that stays open, idle, once both sides have spoken.
+    const SERVER: &str = "import socket, time\n\
+s = socket.create_server(('0.0.0.0', 5001))\n\
+c, _ = s.accept()\n\
+c.sendall(c.recv(1))\n\
+time.sleep(30)\n";
+    const CLIENT: &str = "import socket, sys, time\n\
+c = socket.create_connection((sys.argv[1], 5001), timeout=5)\n\
+c.sendall(b'x')\n\
+print(c.recv(1).decode(), flush=True)\n\
+time.sleep(30)\n";
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &gw.ns("p1"), "python3", "-c", SERVER])
+        .spawn()
+        .unwrap();
+    common::wait_listening(&gw.ns("p1"), 5001);
+    let mut client = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &gw.ns("p3"),
+            "python3",
+            "-c",
+            CLIENT,
+            BULK_VIP,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut answer = String::new();
+    BufReader::new(client.stdout.take().unwrap())
+        .read_line(&mut answer)
+        .unwrap();
+    assert_eq!(answer.trim(), "x");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.worker_counter("fast_path_flows") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the connection never took the fast path"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let removed = gw.worker_counter("fast_path_removed");
+
+    let same = import(&["10.244.1.2"]);
+    assert_eq!(same["unchanged"], true, "{same}");
+    // The workers check their entries at least every second after a reload.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(gw.worker_counter("fast_path_removed"), removed);
+    assert!(gw.worker_counter("fast_path_flows") > 0);
+    // A change is a reload: the entries go (the workers put them back as traffic comes).
+    assert_eq!(import(&["10.244.1.2", "10.244.1.3"])["unchanged"], false);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.worker_counter("fast_path_removed") == removed {
+        assert!(
+            Instant::now() < deadline,
+            "a reload left the fast path as it was"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = (client.kill(), server.kill(), client.wait(), server.wait());
+    gw.finish();
+}
+
 fn port_rx_bytes(gw: &Gateway, port: &str) -> u64 {
     gw.ctl_json(&["show", "ports"])["ports"]
         .as_array()

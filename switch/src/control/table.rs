@@ -210,10 +210,16 @@ fn services(list: &Value) -> String {
 }
 
 fn import(r: &Value) -> String {
-    let mut out = format!(
-        "imported {} services ({} endpoints) in {} ms; {} connections to removed backends closed\n",
-        r["services"], r["endpoints"], r["ms"], r["flows_closed"]
-    );
+    let mut out = match r["unchanged"].as_bool() {
+        Some(true) => format!(
+            "imported {} services ({} endpoints) in {} ms; nothing changed\n",
+            r["services"], r["endpoints"], r["ms"]
+        ),
+        _ => format!(
+            "imported {} services ({} endpoints) in {} ms; {} connections to removed backends closed\n",
+            r["services"], r["endpoints"], r["ms"], r["flows_closed"]
+        ),
+    };
     let named = r["skipped"].as_array().map_or(&[][..], |v| v.as_slice());
     for s in named {
         let _ = writeln!(out, "skipped {}", cell(s));
