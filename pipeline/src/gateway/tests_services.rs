@@ -4,7 +4,7 @@
 use super::tests::*;
 use super::*;
 use crate::wire::ipv4::PROTO_TCP;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 fn with_affinity(timeout_s: u32) -> GatewayConfig {
     let mut c = config();
@@ -160,11 +160,12 @@ fn etp_local_node_port_reaches_local_backends_only_and_keeps_the_client() {
     assert!(spread.contains(&REMOTE_POD));
 }
 
-/// A pod reaching its own NodePort (ETP Local) whose only local endpoint is itself: SNATed to
-/// the gateway as a service hairpin, or it would see its own address as the source.
+/// A pod reaching its own NodePort (ETP Local) whose only endpoint is itself: SNATed to the
+/// gateway as a service hairpin, or it would see its own address as the source.
 #[test]
 fn a_pod_reaching_itself_through_an_etp_local_node_port_is_hairpinned() {
     let mut c = config();
+    c.services[0].backends = backends(&[(POD1, 8080)]);
     c.services[0].external_local = Some(backends(&[(POD1, 8080)]));
     let mut gw = gateway(&c);
     learn_neighbors(&mut gw);
@@ -187,6 +188,51 @@ fn a_pod_reaching_itself_through_an_etp_local_node_port_is_hairpinned() {
     );
     assert_eq!(back.next, Disposition::Forward(0));
     assert_eq!(addresses(&back.frame), (NODE_IP, 30080, POD1, 7000));
+}
+
+/// This node's pods reach an ETP Local NodePort as its cluster IP (kube-proxy's "pod traffic
+/// for external destinations"): every endpoint, the remote ones too, the pod's address kept;
+/// the replies come back from the NodePort.
+#[test]
+fn a_pod_reaches_an_etp_local_node_port_as_the_cluster_ip() {
+    let mut c = config();
+    c.services[0].external_local = Some(Vec::new());
+    let mut gw = gateway(&c);
+    learn_neighbors(&mut gw);
+    let mut seen = HashMap::new();
+    for sport in 21000..21200u16 {
+        let out = send(
+            &mut gw,
+            tcp(
+                pod_mac(3),
+                GW_MAC,
+                (POD3, sport),
+                (NODE_IP, 30080),
+                true,
+                64,
+            ),
+            2,
+            0,
+        );
+        assert_ne!(out.next, Disposition::Drop);
+        let (src, _, dst, dport) = addresses(&out.frame);
+        assert_eq!((src, dport), (POD3, 8080), "the pod's address is kept");
+        seen.insert(dst, sport);
+    }
+    let reached: HashSet<_> = seen.keys().copied().collect();
+    assert_eq!(reached, HashSet::from([POD1, POD2, REMOTE_POD]));
+    assert_eq!(gw.counters().get(GwCounter::DropNoBackend), 0);
+    let sport = seen[&POD1];
+    let reply = send(
+        &mut gw,
+        tcp(pod_mac(1), GW_MAC, (POD1, 8080), (POD3, sport), false, 64),
+        0,
+        1,
+    );
+    assert_eq!(reply.next, Disposition::Forward(2));
+    assert_eq!(addresses(&reply.frame), (NODE_IP, 30080, POD3, sport));
+    // From outside: still this node's endpoints only (none here).
+    assert_eq!(ext_syn(&mut gw, 4000).next, Disposition::Drop);
 }
 
 #[test]

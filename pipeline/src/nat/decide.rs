@@ -108,6 +108,18 @@ pub fn plan(
     let mut keep_source = false;
     let (target, dnat) = match service {
         Some((svc, kind)) => {
+            // This node's pods reach an ETP Local NodePort as they reach the cluster IP, not
+            // only its local endpoints (kube-proxy sends "pod traffic for external
+            // destinations" to the service's chain): their replies come back through us
+            // whatever the backend.
+            let kind = match kind {
+                NatKind::NodePort
+                    if svc.external_local.is_some() && policy.pod_cidr.contains(t.src) =>
+                {
+                    NatKind::Service
+                }
+                kind => kind,
+            };
             let (backend, etp_local) =
                 pick_backend(svc, kind == NatKind::NodePort, t, affinity, now_ms);
             keep_source = etp_local;
@@ -128,11 +140,6 @@ pub fn plan(
         // kube-proxy masquerades NodePort traffic so that replies come back through this node;
         // with ETP Local the backend is ours, its replies come back anyway, and it sees the
         // client.
-        // ...but a pod that lands on itself would get its own address as the source (a
-        // martian, dropped): hairpinned as for a service.
-        NatKind::NodePort if keep_source && target.0 == t.src => {
-            (Some(policy.gateway_ip), NatKind::Hairpin)
-        }
         NatKind::NodePort if keep_source => (None, NatKind::NodePort),
         NatKind::NodePort => (policy.node_ip, NatKind::NodePort),
         // The reply of a pod that lands on itself must come to us, not straight back.
