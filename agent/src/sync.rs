@@ -17,6 +17,11 @@ use kube::{Api, Client, Resource};
 use std::fmt::Debug;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+/// What kube-proxy leaves out, left out of the watches: another proxy's Services and
+/// EndpointSlices, and headless Services' slices (nothing to proxy; each change would be an
+/// import). The switch skips another proxy's Services in any import too.
+const NOT_OURS: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -51,7 +56,7 @@ where
     tokio::spawn(async move {
         loop {
             // Managed fields are most of an object's size and nothing the switch reads.
-            let stream = watcher(api.clone(), watcher::Config::default())
+            let stream = watcher(api.clone(), watcher::Config::default().labels(NOT_OURS))
                 .modify(|o| o.meta_mut().managed_fields = None)
                 .default_backoff();
             let mut stream = std::pin::pin!(stream);

@@ -364,6 +364,16 @@ fn the_agent_lists_watches_survives_a_broken_watch_and_relists_after_410() {
         .any(|i| i["kind"] == "EndpointSlice" && i["apiVersion"] == "discovery.k8s.io/v1"));
     // The protocol: list, watch from its resourceVersion with bookmarks, resume from the
     // event's resourceVersion after the break, 410, list again, watch from the new one.
+    // Another proxy's objects and headless Services' slices are not asked for (kube-proxy's
+    // selector).
+    for request in log.iter().filter(|l| l.starts_with("/api")) {
+        assert!(
+            request.contains(
+                "labelSelector=%21service.kubernetes.io%2Fservice-proxy-name%2C%21service.kubernetes.io%2Fheadless"
+            ),
+            "{request}\n{context}"
+        );
+    }
     let services: Vec<&String> = log
         .iter()
         .filter(|l| l.starts_with("/api/v1/services"))

@@ -142,6 +142,24 @@ fn one(spec: &str, endpoints: &str, ports: &str) -> String {
 const SPEC: &str = r#"{"clusterIP": "10.96.1.1", "ports": [{"name": "a", "port": 80}]}"#;
 const PORTS: &str = r#"[{"name": "a", "port": 8080}]"#;
 
+/// A Service labelled for another proxy is that proxy's, as kube-proxy reads the label.
+#[test]
+fn another_proxys_service_is_left_alone() {
+    let ready = r#"[{"addresses": ["10.244.1.2"], "conditions": {"ready": true}}]"#;
+    let text = one(SPEC, ready, PORTS).replacen(
+        r#""namespace": "ns"}"#,
+        r#""namespace": "ns", "labels": {"service.kubernetes.io/service-proxy-name": "other"}}"#,
+        1,
+    );
+    let t = import(&text);
+    assert!(t.services.is_empty(), "{:?}", t.services);
+    assert_eq!(
+        t.skipped,
+        ["ns/s: another proxy's (service.kubernetes.io/service-proxy-name=other)"]
+    );
+    assert_eq!(import(&one(SPEC, ready, PORTS)).services.len(), 1);
+}
+
 #[test]
 fn endpoint_conditions_follow_kube_proxy() {
     // Unset conditions: ready. Not ready and not terminating: never used.

@@ -31,6 +31,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 /// kube-proxy's default ClientIP affinity timeout (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// A Service carrying it (any value) is another proxy's: kube-proxy leaves it alone too.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 
 /// What the translation needs to know about this node.
 #[derive(Debug, Clone, Copy)]
@@ -380,6 +382,14 @@ fn service(
     };
     if spec.type_.as_deref() == Some("ExternalName") {
         out.skipped.push(format!("{ns_name}: ExternalName"));
+        return Ok(());
+    }
+    if let Some(proxy) =
+        (item.metadata.labels.as_ref()).and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL))
+    {
+        out.skipped.push(format!(
+            "{ns_name}: another proxy's ({SERVICE_PROXY_NAME_LABEL}={proxy})"
+        ));
         return Ok(());
     }
     let Some(vip) = cluster_ip(spec, &at)? else {
