@@ -460,18 +460,16 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<()> {
 
 /// STATUS: ready when the switch answers on its control socket.
 pub fn status(conf: &NetConf) -> Result<()> {
-    switch::request(&conf.ctl, &["show", "ports"])
-        .map(|_| ())
-        .map_err(|e| {
-            let why = match e {
-                SwitchError::Unreachable(e) | SwitchError::Busy(e) | SwitchError::Refused(e) => e,
-            };
-            CniError::new(
-                code::NOT_AVAILABLE,
-                "plugin not available: the switch does not answer",
-            )
-            .with_details(why)
-        })
+    switch::answers(&conf.ctl).map_err(|e| {
+        let why = match e {
+            SwitchError::Unreachable(e) | SwitchError::Busy(e) | SwitchError::Refused(e) => e,
+        };
+        CniError::new(
+            code::NOT_AVAILABLE,
+            "plugin not available: the switch does not answer",
+        )
+        .with_details(why)
+    })
 }
 
 /// GC (1.1.0): this network's host-side veths (and their switch ports) of attachments not in

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Longer than the switch's own bound on a port change (20 s), so its answer arrives.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(25);
@@ -43,8 +43,56 @@ impl SwitchError {
     }
 }
 
+/// How long a request keeps asking while the switch has no connection to spare: it serves
+/// 16 at once, each held while its port change runs, and a node's pods all start together
+/// after a reboot.
+const BUSY_RETRY: Duration = Duration::from_secs(30);
+/// The switch's answer when it has no connection to spare (server.rs): the request never
+/// reached it, so asking again is always safe.
+const NO_CONNECTION_TO_SPARE: &str = "too many control connections";
+
 /// Sends one request and returns its `result`.
 pub fn request(socket: &Path, args: &[&str]) -> std::result::Result<Value, SwitchError> {
+    request_within(socket, args, BUSY_RETRY)
+}
+
+/// `request`, asked again after a growing, jittered pause while the switch has no connection
+/// to spare, for up to `budget`.
+fn request_within(
+    socket: &Path,
+    args: &[&str],
+    budget: Duration,
+) -> std::result::Result<Value, SwitchError> {
+    let deadline = Instant::now() + budget;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match request_once(socket, args) {
+            Err(SwitchError::Busy(e))
+                if e.contains(NO_CONNECTION_TO_SPARE) && Instant::now() + pause < deadline =>
+            {
+                // Jittered, so a burst of plugins does not come back at once.
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                std::thread::sleep(pause.mul_f64(0.5 + f64::from(nanos % 1000) / 1000.0));
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            answer => return answer,
+        }
+    }
+}
+
+/// Whether the switch runs and answers (STATUS): busy with other requests counts, it only
+/// has no connection to spare this instant; no answer at all does not.
+pub fn answers(socket: &Path) -> std::result::Result<(), SwitchError> {
+    match request_once(socket, &["show", "ports"]) {
+        Ok(_) | Err(SwitchError::Refused(_)) => Ok(()),
+        Err(SwitchError::Busy(e)) if e.contains(NO_CONNECTION_TO_SPARE) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn request_once(socket: &Path, args: &[&str]) -> std::result::Result<Value, SwitchError> {
     let where_ = socket.display();
     let mut stream = UnixStream::connect(socket)
         .map_err(|e| SwitchError::Unreachable(format!("control socket {where_}: {e}")))?;
@@ -131,16 +179,63 @@ mod tests {
 
     /// A one-shot fake switch that answers `answer` and returns the request it read.
     fn fake(answer: &'static str) -> (tempfile::TempDir, std::thread::JoinHandle<String>) {
+        fake_answering(&[answer])
+    }
+
+    /// A fake switch that answers its connections with `answers`, one each, and returns the
+    /// last request it read.
+    fn fake_answering(
+        answers: &[&'static str],
+    ) -> (tempfile::TempDir, std::thread::JoinHandle<String>) {
         let dir = tempfile::tempdir().unwrap();
         let listener = UnixListener::bind(dir.path().join("s")).unwrap();
+        let answers = answers.to_vec();
         let t = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
             let mut line = String::new();
-            BufReader::new(&s).read_line(&mut line).unwrap();
-            s.write_all(answer.as_bytes()).unwrap();
+            for answer in answers {
+                let (mut s, _) = listener.accept().unwrap();
+                line.clear();
+                BufReader::new(&s).read_line(&mut line).unwrap();
+                s.write_all(answer.as_bytes()).unwrap();
+            }
             line
         });
         (dir, t)
+    }
+
+    const NO_CONNECTION: &str =
+        "{\"ok\": false, \"error\": \"too many control connections; try again\"}\n";
+
+    /// A burst of pod starts finds the switch's connections taken: the plugin asks again.
+    #[test]
+    fn a_switch_with_no_connection_to_spare_is_asked_again() {
+        let (dir, t) = fake_answering(&[NO_CONNECTION, NO_CONNECTION, "{\"ok\": true}\n"]);
+        port_add(
+            &dir.path().join("s"),
+            "vsw0",
+            "02:00:00:00:00:01",
+            "10.244.1.5",
+        )
+        .unwrap();
+        assert!(t.join().unwrap().contains("vsw0"));
+        // Not past the budget.
+        let (dir, t) = fake(NO_CONNECTION);
+        let e = request_within(&dir.path().join("s"), &["show", "ports"], Duration::ZERO);
+        assert!(matches!(e, Err(SwitchError::Busy(_))), "{e:?}");
+        t.join().unwrap();
+    }
+
+    /// STATUS: a switch that answers runs, busy or not; one that is not there does not.
+    #[test]
+    fn a_busy_switch_still_answers() {
+        let (dir, t) = fake(NO_CONNECTION);
+        assert!(answers(&dir.path().join("s")).is_ok());
+        t.join().unwrap();
+        let missing = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            answers(&missing.path().join("none")),
+            Err(SwitchError::Unreachable(_))
+        ));
     }
 
     #[test]
@@ -172,8 +267,7 @@ mod tests {
         assert_eq!(e.unwrap_err().code, code::SWITCH_REFUSED);
         t.join().unwrap();
 
-        let (dir, t) =
-            fake("{\"ok\": false, \"error\": \"too many control connections; try again\"}\n");
+        let (dir, t) = fake("{\"ok\": false, \"error\": \"the switch did not answer in time\"}\n");
         let e = port_add(
             &dir.path().join("s"),
             "vsw0",
