@@ -508,12 +508,11 @@ pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
         }
     }
     let ipam_plugin = ipam::find(&conf.ipam_type, &env.path)?;
-    let ipam = match ipam::run(&ipam_plugin, "GC", env, conf) {
-        // An IPAM plugin older than 1.1.0 has no GC.
-        Err(e) if e.code == code::INCOMPATIBLE_VERSION || e.msg.contains("unknown CNI_COMMAND") => {
-            Ok(())
-        }
-        other => other.map(|_| ()),
+    // An IPAM plugin older than 1.1.0 has no GC.
+    let ipam = match ipam::supports(&ipam_plugin, "1.1.0", env, conf) {
+        Ok(true) => ipam::run(&ipam_plugin, "GC", env, conf).map(|_| ()),
+        Ok(false) => Ok(()),
+        Err(e) => Err(e),
     };
     match refused {
         Some(e) => Err(e),

@@ -37,6 +37,23 @@ pub fn start(plugin: &Path, command: &str, env: &Env, conf: &NetConf) -> Result<
     })
 }
 
+/// Whether `plugin` speaks CNI `version` (the `supportedVersions` of its VERSION answer).
+/// GC is 1.1.0's: a plugin from before it refuses the request for want of a container id
+/// (libcni sends none) before it says it does not know the command.
+pub fn supports(plugin: &Path, version: &str, env: &Env, conf: &NetConf) -> Result<bool> {
+    let what = format!("IPAM plugin {} VERSION", plugin.display());
+    let out = spawn(plugin, "VERSION", env, &conf.raw)?
+        .wait_with_output()
+        .map_err(|e| CniError::new(code::IO_FAILURE, format!("{what}: {e}")))?;
+    let answer: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        CniError::new(code::DECODE, format!("{what}: {e}"))
+            .with_details(String::from_utf8_lossy(&out.stderr).into_owned())
+    })?;
+    Ok(answer["supportedVersions"]
+        .as_array()
+        .is_some_and(|v| v.iter().any(|s| s.as_str() == Some(version))))
+}
+
 /// A running IPAM plugin.
 pub struct Pending {
     child: Child,
@@ -68,11 +85,19 @@ impl Pending {
 fn spawn(plugin: &Path, command: &str, env: &Env, conf: &Value) -> Result<Child> {
     let stdin = serde_json::to_vec(conf).map_err(|e| CniError::internal(e.to_string()))?;
     let mut cmd = Command::new(plugin);
-    // The environment we were given, with the command we mean (a rollback runs DEL).
-    cmd.env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", &env.container_id)
-        .env("CNI_IFNAME", &env.ifname)
-        .stdin(Stdio::piped())
+    // The environment we were given, with the command we mean (a rollback runs DEL); what
+    // we were not given (GC names no attachment) is not made up as empty.
+    cmd.env("CNI_COMMAND", command);
+    for (name, value) in [
+        ("CNI_CONTAINERID", &env.container_id),
+        ("CNI_IFNAME", &env.ifname),
+    ] {
+        match value.is_empty() {
+            true => cmd.env_remove(name),
+            false => cmd.env(name, value),
+        };
+    }
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(netns) = &env.netns {

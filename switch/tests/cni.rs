@@ -36,6 +36,14 @@ enum Dataplane {
     Bridge,
 }
 
+/// GC and STATUS are about no attachment: libcni runs them without these.
+const AS_LIBCNI: &[(&str, &str)] = &[
+    ("CNI_CONTAINERID", ""),
+    ("CNI_IFNAME", ""),
+    ("CNI_NETNS", ""),
+    ("CNI_ARGS", ""),
+];
+
 /// One attachment, as a runtime names it.
 struct Attachment {
     id: String,
@@ -571,7 +579,7 @@ fn cni_errors_leave_nothing_behind() {
         11,
         "switch not running",
     );
-    let status = node.exec("STATUS", &att, &conf, &[]);
+    let status = node.exec("STATUS", &att, &conf, AS_LIBCNI);
     assert!(!status.ok);
     assert_eq!(status.out["code"], 50, "{}", status.stdout);
 
@@ -595,7 +603,7 @@ fn cni_version_1_1_0_status_and_gc() {
         version.out,
         json!({"cniVersion": "1.1.0", "supportedVersions": ["1.0.0", "1.1.0"]})
     );
-    let status = node.exec("STATUS", &att, &conf, &[]);
+    let status = node.exec("STATUS", &att, &conf, AS_LIBCNI);
     assert!(status.ok, "{}{}", status.stdout, status.stderr);
     assert_eq!(status.stdout, "");
 
@@ -752,13 +760,13 @@ fn cni_version_1_1_0_status_and_gc() {
     // GC keeps what is valid...
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{ "containerID": att.id, "ifname": "eth0" }]);
-    let ran = node.exec("GC", &att, &gc, &[]);
+    let ran = node.exec("GC", &att, &gc, AS_LIBCNI);
     assert!(ran.ok, "{}{}", ran.stdout, ran.stderr);
     assert_eq!(node.veths().len(), 2, "the leak went");
     assert_eq!(node.switch_ports().len(), 2);
     // ...and removes what is not, of its own network only.
     gc["cni.dev/valid-attachments"] = json!([]);
-    let ran = node.exec("GC", &att, &gc, &[]);
+    let ran = node.exec("GC", &att, &gc, AS_LIBCNI);
     assert!(ran.ok, "{}{}", ran.stdout, ran.stderr);
     assert_eq!(node.veths(), vec![other_host.to_string()]);
     assert_eq!(node.switch_ports().len(), 1);
@@ -766,7 +774,7 @@ fn cni_version_1_1_0_status_and_gc() {
     set_alias(other_host, &format!("vswitch-cni network {NET}-other"));
     let mut other_gc = other_conf.clone();
     other_gc["cni.dev/valid-attachments"] = json!([]);
-    let ran = node.exec("GC", &other, &other_gc, &[]);
+    let ran = node.exec("GC", &other, &other_gc, AS_LIBCNI);
     assert!(ran.ok, "{}{}", ran.stdout, ran.stderr);
     assert_eq!(node.veths().len(), 0);
     assert_eq!(node.switch_ports().len(), 0);
