@@ -143,22 +143,24 @@ fn add_steps(
     ipam_plugin: &Path,
     made: &mut Made,
 ) -> Result<CniResult> {
-    // IPAM runs while the veth is made (it needs no address), then the address goes on.
+    // IPAM runs while the veth is made (it needs no address), then the address goes on. It
+    // is waited for whatever happens meanwhile, and released only once it gave an address: a
+    // failed IPAM ADD (a second ADD of a running attachment) holds nothing of ours, and its
+    // DEL would release the running one's.
     let pending = ipam::start(ipam_plugin, "ADD", env, conf)?;
-    made.ipam = true;
     let host = host_ifname(&env.container_id, &env.ifname);
-    let mac = random_mac()?;
-    let node = Netlink::here()?;
-    let made_veth = node
-        .add_veth(&host, &env.ifname, conf.mtu, mac, netns)
-        .and_then(|_| {
-            made.veth = Some(host.clone());
-            node.set_up(&host, Some(&owner_alias(&conf.name)))
-        });
-    let ipam_result = pending
-        .wait(env, conf)?
-        .ok_or_else(|| CniError::internal("the IPAM plugin returned no result"))?;
-    made_veth?;
+    let made_veth = random_mac().and_then(|mac| {
+        let node = Netlink::here()?;
+        node.add_veth(&host, &env.ifname, conf.mtu, mac, netns)?;
+        made.veth = Some(host.clone());
+        node.set_up(&host, Some(&owner_alias(&conf.name)))?;
+        Ok((mac, node))
+    });
+    let ipam_result = pending.wait(env, conf)?;
+    made.ipam = true;
+    let ipam_result =
+        ipam_result.ok_or_else(|| CniError::internal("the IPAM plugin returned no result"))?;
+    let (mac, node) = made_veth?;
     let (ip, gateway) = pod_address(&ipam_result)?;
 
     let pod = Netlink::inside(netns)?;

@@ -570,6 +570,22 @@ fn cni_errors_leave_nothing_behind() {
     must(&["ip", "-n", &att.ns, "link", "del", "eth0"]);
     node.assert_clean(&att);
 
+    // A second ADD of a running attachment fails and leaves the first as it was, its address
+    // lease too (IPAM refused the duplicate: the second holds nothing to release).
+    let first = node.exec("ADD", &att, &conf, &[]);
+    assert!(first.ok, "{}{}", first.stdout, first.stderr);
+    let leases = node.leases();
+    assert_eq!(leases.len(), 1);
+    let ran = node.exec("ADD", &att, &conf, &[]);
+    assert!(!ran.ok, "a second ADD succeeded: {}", ran.stdout);
+    assert_eq!(node.leases(), leases);
+    assert!(ping(&att.ns, "10.244.1.1"));
+    let mut del = conf.clone();
+    del["prevResult"] = first.out;
+    let ran = node.exec("DEL", &att, &del, &[]);
+    assert!(ran.ok, "{}{}", ran.stdout, ran.stderr);
+    node.assert_clean(&att);
+
     // The switch not running: code 11.
     let stopped = node.switch.take().unwrap().stop();
     assert_eq!(stopped.code, Some(0));
