@@ -193,7 +193,11 @@ fn add_steps(
     made.port = Some(host.clone());
     switch::port_add(&conf.ctl, &host, &pod_mac, &ip.addr.to_string())?;
 
-    let host_mac = node.link(&host)?.map(|l| l.mac).unwrap_or_default();
+    // Gone meanwhile (a GC that ran beside this ADD): the pod would have no network.
+    let host_mac = node
+        .link(&host)?
+        .ok_or_else(|| CniError::internal(format!("{host} vanished during ADD")))?
+        .mac;
     let mtu = (conf.cni_version != "1.0.0").then_some(conf.mtu);
     let ips = vec![IpConfig {
         address: ip.to_string(),
@@ -477,7 +481,8 @@ pub fn status(conf: &NetConf) -> Result<()> {
 /// GC (1.1.0): this network's host-side veths (and their switch ports) of attachments not in
 /// `cni.dev/valid-attachments` go; then the IPAM plugin collects its own. A list that is
 /// missing or malformed is refused: read as empty, it would take down every pod of the node.
-/// A port the switch refuses to detach is reported once the rest is collected.
+/// A port the switch refuses to detach, or a veth that cannot be deleted, is reported once the
+/// rest is collected.
 pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
     let valid = valid_attachments(&conf.raw)?;
     let node = Netlink::here()?;
@@ -487,7 +492,8 @@ pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
         .ok()
         .map(|ports| ports.into_iter().map(|p| p.name).collect());
     let leaked = |name: &str| attached.as_ref().is_some_and(|a| !a.contains(name));
-    let mut refused = None;
+    // The first failure is reported once everything else is collected (the spec: GC goes on).
+    let mut failed = None;
     let candidates = node
         .links()?
         .into_iter()
@@ -499,13 +505,12 @@ pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
             Owner::Unsaid => leaked(&name),
         };
         if collect {
-            match switch::port_del(&conf.ctl, &name) {
-                Ok(_) | Err(SwitchError::Unreachable(_)) => {
-                    node.del_link(&name)?;
-                }
-                Err(e) => {
-                    refused.get_or_insert(e.into_cni(&format!("detaching {name}")));
-                }
+            let collected = match switch::port_del(&conf.ctl, &name) {
+                Ok(_) | Err(SwitchError::Unreachable(_)) => node.del_link(&name).map(|_| ()),
+                Err(e) => Err(e.into_cni(&format!("detaching {name}"))),
+            };
+            if let Err(e) = collected {
+                failed.get_or_insert(e);
             }
         }
     }
@@ -516,7 +521,7 @@ pub fn gc(env: &Env, conf: &NetConf) -> Result<()> {
         Ok(false) => Ok(()),
         Err(e) => Err(e),
     };
-    match refused {
+    match failed {
         Some(e) => Err(e),
         None => ipam,
     }
