@@ -18,12 +18,18 @@ use std::fmt::Debug;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::time::Duration;
+use tokio::sync::Notify;
+
 /// What kube-proxy leaves out, left out of the watches: another proxy's Services and
 /// EndpointSlices, and headless Services' slices (nothing to proxy; each change would be an
 /// import). The switch skips another proxy's Services in any import too.
 const NOT_OURS: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
-use std::time::Duration;
-use tokio::sync::Notify;
+/// The pause before a fresh watcher after `410 Gone`, doubled each time up to the last (a
+/// source of 410s that does not stop must not make every node list in a loop: each list
+/// succeeds, so only a watcher that lasted `HEALTHY_WATCH` starts the pauses afresh).
+const RELIST_PAUSES: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+const HEALTHY_WATCH: Duration = Duration::from_secs(60);
 
 pub struct Options {
     pub ctl: PathBuf,
@@ -32,12 +38,11 @@ pub struct Options {
     pub max_imports: Option<u64>,
 }
 
-/// A watch error that means our resourceVersion is gone: an ERROR event with 410 (which
-/// kube-runtime's watcher answers with a re-list itself) or a `410 Gone` answer to the watch
-/// request (which it would retry with the same resourceVersion forever).
+/// A watch error that means our resourceVersion is gone and the watcher will not list again
+/// by itself: a `410 Gone` answer to the watch request (retried with the same
+/// resourceVersion forever). An ERROR event with 410 it answers with a list of its own.
 fn gone(e: &watcher::Error) -> bool {
     match e {
-        watcher::Error::WatchError(r) => r.code == 410,
         watcher::Error::WatchStartFailed(kube::Error::Api(r))
         | watcher::Error::WatchFailed(kube::Error::Api(r)) => r.code == 410,
         _ => false,
@@ -54,7 +59,17 @@ where
     let (reader, mut writer) = reflector::store();
     let kind = K::kind(&Default::default()).into_owned();
     tokio::spawn(async move {
+        let mut pause = RELIST_PAUSES.0;
+        let mut started: Option<std::time::Instant> = None;
         loop {
+            if let Some(at) = started {
+                if at.elapsed() >= HEALTHY_WATCH {
+                    pause = RELIST_PAUSES.0;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RELIST_PAUSES.1);
+            }
+            started = Some(std::time::Instant::now());
             // Managed fields are most of an object's size and nothing the switch reads.
             let stream = watcher(api.clone(), watcher::Config::default().labels(NOT_OURS))
                 .modify(|o| o.meta_mut().managed_fields = None)

@@ -47,8 +47,12 @@ struct Api {
     log: Mutex<Vec<String>>,
     service_lists: Mutex<u32>,
     service_watches: Mutex<u32>,
+    /// Every watch of Services is answered `410 Gone`.
+    always_gone: bool,
     stop: AtomicBool,
 }
+
+const GONE: &str = r#"{"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "too old resource version", "reason": "Expired", "code": 410}"#;
 
 fn respond(s: &mut TcpStream, status: &str, body: &str) {
     let _ = write!(
@@ -120,6 +124,7 @@ fn serve(mut s: TcpStream, api: &Api) {
                               "metadata": {"resourceVersion": rv}, "items": items});
             respond(&mut s, "200 OK", &body.to_string());
         }
+        ("/api/v1/services", true) if api.always_gone => respond(&mut s, "410 Gone", GONE),
         ("/api/v1/services", true) => {
             let n = {
                 let mut n = api.service_watches.lock().unwrap();
@@ -245,9 +250,8 @@ fn kubeconfig(dir: &Path, port: u16) -> std::path::PathBuf {
     path
 }
 
-#[test]
-fn the_agent_lists_watches_survives_a_broken_watch_and_relists_after_410() {
-    let api = Arc::new(Api::default());
+/// The fake API server on a port of its own, until `api.stop`.
+fn fake_api_server(api: Arc<Api>) -> (u16, std::thread::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
@@ -270,22 +274,56 @@ fn the_agent_lists_watches_survives_a_broken_watch_and_relists_after_410() {
             }
         })
     };
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("vswitch.sock");
-    let agent = Kill(
+    (port, server)
+}
+
+/// The agent against the fake API server on `port`, importing into `socket`; its log in
+/// `dir`'s `agent.err`.
+fn start_agent(dir: &Path, port: u16, socket: &Path) -> Kill {
+    Kill(
         Command::new(env!("CARGO_BIN_EXE_vswitch-agent"))
             .arg("--kubeconfig")
-            .arg(kubeconfig(dir.path(), port))
+            .arg(kubeconfig(dir, port))
             .arg("--ctl")
-            .arg(&socket)
+            .arg(socket)
             .args(["--debounce-ms", "50"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("agent.err")).unwrap())
+            .stderr(std::fs::File::create(dir.join("agent.err")).unwrap())
             .spawn()
             .unwrap(),
-    );
+    )
+}
+
+/// An API server that answers every watch `410 Gone` (a misbehaving proxy in front of it):
+/// the agent lists again after growing pauses, not in a loop on every node.
+#[test]
+fn a_watch_always_gone_is_listed_again_after_growing_pauses() {
+    let api = Arc::new(Api {
+        always_gone: true,
+        ..Default::default()
+    });
+    let (port, server) = fake_api_server(api.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(dir.path(), port, &dir.path().join("vswitch.sock"));
+    std::thread::sleep(Duration::from_secs(8));
+    drop(agent);
+    api.stop.store(true, Ordering::Relaxed);
+    let _ = server.join();
+    let lists = *api.service_lists.lock().unwrap();
+    let err = std::fs::read_to_string(dir.path().join("agent.err")).unwrap_or_default();
+    // 0 s, then after 1, 2 and 4 s.
+    assert!((2..=6).contains(&lists), "{lists} lists in 8 s\n{err}");
+}
+
+#[test]
+fn the_agent_lists_watches_survives_a_broken_watch_and_relists_after_410() {
+    let api = Arc::new(Api::default());
+    let (port, server) = fake_api_server(api.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vswitch.sock");
+    let agent = start_agent(dir.path(), port, &socket);
     // The switch is not there yet: the agent retries.
     std::thread::sleep(Duration::from_millis(1500));
     let imports = Arc::new(Mutex::new(Vec::new()));
