@@ -30,6 +30,8 @@ const NOT_OURS: &str = "!service.kubernetes.io/service-proxy-name,!service.kuber
 /// succeeds, so only a watcher that lasted `HEALTHY_WATCH` starts the pauses afresh).
 const RELIST_PAUSES: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
 const HEALTHY_WATCH: Duration = Duration::from_secs(60);
+/// The pauses after a failed import: the first, doubling up to the last.
+const IMPORT_RETRY_PAUSES: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
 
 pub struct Options {
     pub ctl: PathBuf,
@@ -146,13 +148,12 @@ pub async fn run(client: Client, opts: Options) -> Result<(), String> {
         .await
         .map_err(|e| format!("EndpointSlices: {e}"))?;
     let mut imports = 0u64;
-    let mut retry = false;
+    // After a failed import: the pause before the next, doubling while they fail (a switch
+    // that refuses every import, one without --config, must not be asked every second); a
+    // change, or a new control socket (a restarted switch), asks at once all the same.
+    let mut retry: Option<Duration> = None;
     loop {
-        let wait = if retry {
-            Duration::from_secs(1)
-        } else {
-            opts.resync
-        };
+        let wait = retry.unwrap_or(opts.resync);
         let _ = tokio::time::timeout(wait, changed.notified()).await;
         // Let a burst of changes (a rollout) land in one import.
         tokio::time::sleep(opts.debounce).await;
@@ -165,7 +166,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), String> {
             .and_then(|r| r);
         match result {
             Ok(summary) => {
-                retry = false;
+                retry = None;
                 imports += 1;
                 tracing::info!(
                     bytes,
@@ -180,8 +181,15 @@ pub async fn run(client: Client, opts: Options) -> Result<(), String> {
                 }
             }
             Err(e) => {
-                retry = true;
-                tracing::warn!("import into {}: {e}; retrying", opts.ctl.display());
+                let pause = retry.map_or(IMPORT_RETRY_PAUSES.0, |p| {
+                    (p * 2).min(IMPORT_RETRY_PAUSES.1)
+                });
+                retry = Some(pause);
+                tracing::warn!(
+                    "import into {}: {e}; retrying in {} s",
+                    opts.ctl.display(),
+                    pause.as_secs()
+                );
             }
         }
     }

@@ -49,6 +49,8 @@ struct Api {
     service_watches: Mutex<u32>,
     /// Every watch of Services is answered `410 Gone`.
     always_gone: bool,
+    /// Nothing changes: every watch of Services stays open without an event.
+    quiet: bool,
     stop: AtomicBool,
 }
 
@@ -125,6 +127,9 @@ fn serve(mut s: TcpStream, api: &Api) {
             respond(&mut s, "200 OK", &body.to_string());
         }
         ("/api/v1/services", true) if api.always_gone => respond(&mut s, "410 Gone", GONE),
+        ("/api/v1/services", true) if api.quiet => {
+            stream(&mut s, api, Duration::ZERO, &[], Duration::from_secs(20))
+        }
         ("/api/v1/services", true) => {
             let n = {
                 let mut n = api.service_watches.lock().unwrap();
@@ -187,6 +192,16 @@ fn serve(mut s: TcpStream, api: &Api) {
 
 /// The fake control socket: records each import's body, answers ok.
 fn control(listener: UnixListener, imports: Arc<Mutex<Vec<Value>>>, stop: Arc<Api>) {
+    control_answering(listener, imports, stop, None)
+}
+
+/// The fake control socket, answering each import ok, or `refusal` as the switch's error.
+fn control_answering(
+    listener: UnixListener,
+    imports: Arc<Mutex<Vec<Value>>>,
+    stop: Arc<Api>,
+    refusal: Option<&str>,
+) {
     listener.set_nonblocking(true).unwrap();
     while !stop.stop.load(Ordering::Relaxed) {
         let Ok((s, _)) = listener.accept() else {
@@ -207,8 +222,12 @@ fn control(listener: UnixListener, imports: Arc<Mutex<Vec<Value>>>, stop: Arc<Ap
         let list: Value = serde_json::from_slice(&body).unwrap();
         let n = list["items"].as_array().unwrap().len();
         imports.lock().unwrap().push(list);
-        let answer =
-            json!({"ok": true, "result": {"services": n, "endpoints": 0, "flows_closed": 0}});
+        let answer = match refusal {
+            None => {
+                json!({"ok": true, "result": {"services": n, "endpoints": 0, "flows_closed": 0}})
+            }
+            Some(why) => json!({"ok": false, "error": why}),
+        };
         (&s).write_all(format!("{answer}\n").as_bytes()).unwrap();
     }
 }
@@ -315,6 +334,42 @@ fn a_watch_always_gone_is_listed_again_after_growing_pauses() {
     let err = std::fs::read_to_string(dir.path().join("agent.err")).unwrap_or_default();
     // 0 s, then after 1, 2 and 4 s.
     assert!((2..=6).contains(&lists), "{lists} lists in 8 s\n{err}");
+}
+
+/// A switch that refuses every import (one without --config) is asked again after growing
+/// pauses, not every second.
+#[test]
+fn refused_imports_are_retried_after_growing_pauses() {
+    let api = Arc::new(Api {
+        quiet: true,
+        ..Default::default()
+    });
+    let (port, server) = fake_api_server(api.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vswitch.sock");
+    let imports = Arc::new(Mutex::new(Vec::new()));
+    let ctl = {
+        let (imports, api) = (imports.clone(), api.clone());
+        let l = UnixListener::bind(&socket).unwrap();
+        std::thread::spawn(move || {
+            control_answering(
+                l,
+                imports,
+                api,
+                Some("import needs the node gateway: the switch runs without --config"),
+            )
+        })
+    };
+    let agent = start_agent(dir.path(), port, &socket);
+    // Imports at about 0, 1, 3 and 7 s (every second: 9).
+    std::thread::sleep(Duration::from_secs(9));
+    drop(agent);
+    api.stop.store(true, Ordering::Relaxed);
+    let _ = server.join();
+    ctl.join().unwrap();
+    let asked = imports.lock().unwrap().len();
+    let err = std::fs::read_to_string(dir.path().join("agent.err")).unwrap_or_default();
+    assert!((2..=5).contains(&asked), "{asked} imports in 9 s\n{err}");
 }
 
 #[test]
