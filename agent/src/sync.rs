@@ -176,6 +176,16 @@ pub async fn run(client: Client, opts: Options) -> Result<(), String> {
                     unchanged = summary["unchanged"].as_bool(),
                     "imported"
                 );
+                // Objects that could not be read keep their running services, unsaid otherwise.
+                for left_out in summary["skipped"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str())
+                    .filter(|s| s.ends_with("(left out)"))
+                {
+                    tracing::warn!("import left out {left_out}");
+                }
                 if opts.max_imports.is_some_and(|m| imports >= m) {
                     return Ok(());
                 }

@@ -195,12 +195,12 @@ fn control(listener: UnixListener, imports: Arc<Mutex<Vec<Value>>>, stop: Arc<Ap
     control_answering(listener, imports, stop, None)
 }
 
-/// The fake control socket, answering each import ok, or `refusal` as the switch's error.
+/// The fake control socket, answering each import ok, or with `answer`.
 fn control_answering(
     listener: UnixListener,
     imports: Arc<Mutex<Vec<Value>>>,
     stop: Arc<Api>,
-    refusal: Option<&str>,
+    answer: Option<Value>,
 ) {
     listener.set_nonblocking(true).unwrap();
     while !stop.stop.load(Ordering::Relaxed) {
@@ -222,12 +222,9 @@ fn control_answering(
         let list: Value = serde_json::from_slice(&body).unwrap();
         let n = list["items"].as_array().unwrap().len();
         imports.lock().unwrap().push(list);
-        let answer = match refusal {
-            None => {
-                json!({"ok": true, "result": {"services": n, "endpoints": 0, "flows_closed": 0}})
-            }
-            Some(why) => json!({"ok": false, "error": why}),
-        };
+        let answer = answer.clone().unwrap_or_else(
+            || json!({"ok": true, "result": {"services": n, "endpoints": 0, "flows_closed": 0}}),
+        );
         (&s).write_all(format!("{answer}\n").as_bytes()).unwrap();
     }
 }
@@ -356,7 +353,8 @@ fn refused_imports_are_retried_after_growing_pauses() {
                 l,
                 imports,
                 api,
-                Some("import needs the node gateway: the switch runs without --config"),
+                Some(json!({"ok": false,
+                    "error": "import needs the node gateway: the switch runs without --config"})),
             )
         })
     };
@@ -370,6 +368,45 @@ fn refused_imports_are_retried_after_growing_pauses() {
     let asked = imports.lock().unwrap().len();
     let err = std::fs::read_to_string(dir.path().join("agent.err")).unwrap_or_default();
     assert!((2..=5).contains(&asked), "{asked} imports in 9 s\n{err}");
+}
+
+/// What an import left out (an object it could not read) is said in the agent's log: its
+/// running service stays as it was, so nothing else would tell.
+#[test]
+fn what_an_import_left_out_is_logged() {
+    let api = Arc::new(Api {
+        quiet: true,
+        ..Default::default()
+    });
+    let (port, server) = fake_api_server(api.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vswitch.sock");
+    let imports = Arc::new(Mutex::new(Vec::new()));
+    let answer = json!({"ok": true, "result": {"services": 1, "endpoints": 1, "flows_closed": 0,
+        "skipped": ["items[3] (Service default/odd): spec.clusterIP 10.244.1.9 is inside the pod or uplink subnet (left out)",
+                    "default/db: headless or IPv6-only"]}});
+    let ctl = {
+        let (imports, api) = (imports.clone(), api.clone());
+        let l = UnixListener::bind(&socket).unwrap();
+        std::thread::spawn(move || control_answering(l, imports, api, Some(answer)))
+    };
+    let agent = start_agent(dir.path(), port, &socket);
+    let log = || std::fs::read_to_string(dir.path().join("agent.err")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log().contains("imported") {
+        assert!(Instant::now() < deadline, "no import:\n{}", log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(agent);
+    api.stop.store(true, Ordering::Relaxed);
+    let _ = server.join();
+    ctl.join().unwrap();
+    let log = log();
+    assert!(log.contains("Service default/odd"), "{log}");
+    assert!(
+        !log.contains("default/db"),
+        "skipped by design, not left out: {log}"
+    );
 }
 
 #[test]
