@@ -72,9 +72,15 @@ where
                 pause = (pause * 2).min(RELIST_PAUSES.1);
             }
             started = Some(std::time::Instant::now());
-            // Managed fields are most of an object's size and nothing the switch reads.
+            // Managed fields and annotations (`kubectl apply` keeps a whole copy of the object
+            // there) are most of an object's size and nothing the switch reads: kept out of
+            // memory and of every import.
             let stream = watcher(api.clone(), watcher::Config::default().labels(NOT_OURS))
-                .modify(|o| o.meta_mut().managed_fields = None)
+                .modify(|o| {
+                    let meta = o.meta_mut();
+                    meta.managed_fields = None;
+                    meta.annotations = None;
+                })
                 .default_backoff();
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {

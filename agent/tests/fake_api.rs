@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 fn service(name: &str, ip: &str, rv: &str) -> Value {
     json!({
         "metadata": {"name": name, "namespace": "default", "resourceVersion": rv,
-                     "managedFields": [{"manager": "kubectl", "operation": "Update"}]},
+                     "managedFields": [{"manager": "kubectl", "operation": "Update"}],
+                     "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"}},
         "spec": {"clusterIP": ip, "clusterIPs": [ip], "type": "ClusterIP",
                  "ports": [{"port": 80, "protocol": "TCP", "targetPort": 8080}]}
     })
@@ -486,6 +487,7 @@ fn the_agent_lists_watches_survives_a_broken_watch_and_relists_after_410() {
             "{item}"
         );
         assert!(item["metadata"].get("managedFields").is_none(), "{item}");
+        assert!(item["metadata"].get("annotations").is_none(), "{item}");
     }
     assert!(last["items"]
         .as_array()
