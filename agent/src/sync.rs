@@ -111,15 +111,19 @@ where
     reader
 }
 
-/// The identity of the switch's control socket (its inode): a restarted switch makes a new
-/// one.
-fn socket_id(path: &std::path::Path) -> Option<u64> {
+/// The identity of the switch's control socket: a restarted switch makes a new one. Its
+/// inode, device and change time: a file system may give a new file the inode just freed.
+type SocketId = (u64, u64, i64, i64);
+
+fn socket_id(path: &std::path::Path) -> Option<SocketId> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| m.ino())
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 /// Whether a socket seen now is another than the one seen before (`None`: none there).
-fn new_socket(before: Option<u64>, now: Option<u64>) -> bool {
+fn new_socket(before: Option<SocketId>, now: Option<SocketId>) -> bool {
     now.is_some() && now != before
 }
 
@@ -217,10 +221,15 @@ mod tests {
 
     #[test]
     fn a_new_control_socket_is_a_restarted_switch() {
-        assert!(!new_socket(Some(7), Some(7)));
-        assert!(new_socket(Some(7), Some(8)), "replaced");
-        assert!(new_socket(None, Some(8)), "came back after being gone");
-        assert!(!new_socket(Some(7), None), "gone: nothing to import into");
+        let (a, b) = (Some((1, 7, 100, 5)), Some((1, 8, 100, 5)));
+        assert!(!new_socket(a, a));
+        assert!(new_socket(a, b), "replaced");
+        assert!(
+            new_socket(a, Some((1, 7, 101, 0))),
+            "replaced by a file of the same inode"
+        );
+        assert!(new_socket(None, b), "came back after being gone");
+        assert!(!new_socket(a, None), "gone: nothing to import into");
         assert!(!new_socket(None, None));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
