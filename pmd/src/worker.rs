@@ -1346,16 +1346,14 @@ impl Worker {
                     .store(gw.shared().conntrack.len() as u64, Ordering::Relaxed);
             }
         }
-        for (port, sock) in &self.sockets {
-            if let Ok(k) = sock.kernel_stats() {
-                let c = &stats.ports[*port as usize];
-                c.set(PortCounter::KernelRxDropped as usize, k.rx_dropped);
-                c.set(PortCounter::KernelRxRingFull as usize, k.rx_ring_full);
-                c.set(
-                    PortCounter::KernelFillRingEmpty as usize,
-                    k.rx_fill_ring_empty,
-                );
-                c.set(PortCounter::KernelTxInvalid as usize, k.tx_invalid_descs);
+        for (port, kernel) in kernel_counts_by_port(
+            self.sockets
+                .iter()
+                .map(|(port, sock)| (*port, sock.kernel_stats().ok())),
+        ) {
+            let c = &stats.ports[port as usize];
+            for (counter, value) in KERNEL_COUNTERS.iter().zip(kernel) {
+                c.set(*counter as usize, value);
             }
         }
         let report = self.report();
@@ -1448,6 +1446,44 @@ fn take_back_received(sock: &mut PortSocket, umem: &Umem, pool: &mut FramePool) 
     for frame in frames {
         pool.put(frame);
     }
+}
+
+/// The kernel's drop counters of a socket, in `kernel_counts_by_port`'s order.
+const KERNEL_COUNTERS: [PortCounter; 4] = [
+    PortCounter::KernelRxDropped,
+    PortCounter::KernelRxRingFull,
+    PortCounter::KernelFillRingEmpty,
+    PortCounter::KernelTxInvalid,
+];
+
+/// Each port's kernel drop counters, summed over this worker's sockets of it (one per queue
+/// it owns). A port whose counters could not all be read is left out this time: published
+/// short of a socket, its counts would go back.
+fn kernel_counts_by_port(
+    sockets: impl Iterator<Item = (PortId, Option<crate::socket::SocketKernelStats>)>,
+) -> Vec<(PortId, [u64; 4])> {
+    let mut sums: Vec<(PortId, Option<[u64; 4]>)> = Vec::new();
+    for (port, read) in sockets {
+        let at = match sums.iter().position(|(p, _)| *p == port) {
+            Some(at) => at,
+            None => {
+                sums.push((port, Some([0; 4])));
+                sums.len() - 1
+            }
+        };
+        sums[at].1 = match (sums[at].1, read) {
+            (Some(sum), Some(k)) => Some([
+                sum[0] + k.rx_dropped,
+                sum[1] + k.rx_ring_full,
+                sum[2] + k.rx_fill_ring_empty,
+                sum[3] + k.tx_invalid_descs,
+            ]),
+            _ => None,
+        };
+    }
+    sums.into_iter()
+        .filter_map(|(port, sum)| Some((port, sum?)))
+        .collect()
 }
 
 /// The packets in a run of frames: each chain is one.
@@ -1603,6 +1639,25 @@ fn flood(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_drops_are_summed_over_a_ports_queues() {
+        use crate::socket::SocketKernelStats;
+        let k = |d: u64| {
+            Some(SocketKernelStats {
+                rx_dropped: d,
+                rx_ring_full: 1,
+                rx_fill_ring_empty: 2,
+                tx_invalid_descs: 3,
+                ..Default::default()
+            })
+        };
+        // Port 4 has three queues on this worker, port 9 one whose counters could not be read.
+        let sums = kernel_counts_by_port(
+            [(4, k(10)), (9, None), (4, k(20)), (4, k(5)), (7, k(1))].into_iter(),
+        );
+        assert_eq!(sums, vec![(4, [35, 3, 6, 9]), (7, [1, 1, 2, 3])]);
+    }
     use crate::stats::AtomicCounters;
 
     fn staged_packets(umem: &Umem, pool: &mut FramePool, lens: &[usize]) -> Vec<Frame> {
