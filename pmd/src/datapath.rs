@@ -1182,6 +1182,7 @@ impl Datapath {
         &self,
         port: PortId,
         to: Sender<crate::worker::Captured>,
+        lost: Arc<std::sync::atomic::AtomicU64>,
     ) -> Result<(), DatapathError> {
         for w in 0..self.workers.len() {
             self.send(
@@ -1189,6 +1190,7 @@ impl Datapath {
                 Command::Capture(crate::worker::Capture {
                     port,
                     to: to.clone(),
+                    lost: lost.clone(),
                 }),
             )?;
         }

@@ -348,9 +348,32 @@ pub fn poll_fds(fds: &mut [libc::pollfd], timeout_ms: i32) -> usize {
     ret.max(0) as usize
 }
 
+/// Whether the other end of connected socket `fd` closed (not only its writing half: a
+/// client that half-closes still waits for its answer).
+pub fn peer_hung_up(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fds = [libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    }];
+    poll_fds(&mut fds, 0) > 0 && fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_that_closed_is_told_from_one_that_only_stopped_writing() {
+        use std::os::fd::AsFd;
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(!peer_hung_up(a.as_fd()));
+        b.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(!peer_hung_up(a.as_fd()), "half-closed: still waiting");
+        drop(b);
+        assert!(peer_hung_up(a.as_fd()));
+    }
 
     #[test]
     fn loopback_is_known_and_missing_names_are_named() {

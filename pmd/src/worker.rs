@@ -24,7 +24,7 @@ use arrayvec::ArrayVec;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use pipeline::packet::HeadroomBuf;
 use pipeline::{Disposition, Emit, LearnEvent, Pipeline, PortId, PortMask, MAX_BATCH, MAX_PORTS};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -136,10 +136,12 @@ pub struct Captured {
     pub data: Vec<u8>,
 }
 
-/// Copies of a port's frames, both directions, sent (never waited on) to `to`.
+/// Copies of a port's frames, both directions, sent (never waited on) to `to`; what finds
+/// it full is counted in `lost`. A port may have several.
 pub struct Capture {
     pub port: PortId,
     pub to: Sender<Captured>,
+    pub lost: Arc<AtomicU64>,
 }
 
 /// Code the control thread runs against a worker's pipeline, between two passes.
@@ -447,10 +449,7 @@ impl Worker {
                     let now_ms = self.now_ms();
                     job(&mut self.s.pipeline, now_ms);
                 }
-                Command::Capture(c) => {
-                    self.captures.retain(|old| old.port != c.port);
-                    self.captures.push(c);
-                }
+                Command::Capture(c) => self.captures.push(c),
             }
         }
         // Ports, tables or bindings may have changed under the installed flows.
@@ -710,6 +709,19 @@ impl Worker {
     }
 
     fn capture(&mut self, port: PortId, frames: &[Frame]) {
+        // No copy for a port nobody captures, nor for captures that have no room.
+        let mut wanted = false;
+        for c in self.captures.iter().filter(|c| c.port == port) {
+            if c.to.is_full() {
+                c.lost
+                    .fetch_add(chains(frames).count() as u64, Ordering::Relaxed);
+            } else {
+                wanted = true;
+            }
+        }
+        if !wanted {
+            return;
+        }
         let packets = chains(frames)
             .map(|chain| {
                 let mut data = Vec::new();
@@ -723,18 +735,40 @@ impl Worker {
     }
 
     fn capture_packets(&mut self, port: PortId, packets: Vec<Vec<u8>>) {
-        let Some(i) = self.captures.iter().position(|c| c.port == port) else {
-            return;
-        };
         let time = SystemTime::now();
+        let of_port = self.captures.iter().filter(|c| c.port == port).count();
+        let mut ended = Vec::new();
         for data in packets {
-            match self.captures[i].to.try_send(Captured { port, time, data }) {
-                Ok(()) | Err(TrySendError::Full(_)) => {}
-                Err(TrySendError::Disconnected(_)) => {
-                    self.captures.swap_remove(i);
-                    return;
+            // The last capture of the port takes the copy, the others copy it again.
+            let mut data = Some(data);
+            for (k, (i, c)) in (self.captures.iter().enumerate())
+                .filter(|(_, c)| c.port == port)
+                .enumerate()
+            {
+                let copy = match k + 1 == of_port {
+                    true => data.take().unwrap_or_default(),
+                    false => data.clone().unwrap_or_default(),
+                };
+                match c.to.try_send(Captured {
+                    port,
+                    time,
+                    data: copy,
+                }) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => {
+                        c.lost.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(TrySendError::Disconnected(_)) => ended.push(i),
                 }
             }
+        }
+        if !ended.is_empty() {
+            // Its writer is gone: the port's flows may take the fast path again.
+            let mut i = 0;
+            self.captures.retain(|_| {
+                i += 1;
+                !ended.contains(&(i - 1))
+            });
         }
     }
 
@@ -847,12 +881,13 @@ impl Worker {
         } else {
             self.process_singles(ingress, now_ms);
         }
+        let fast = self.fast_present();
         if let (Some(tuples), Some(gateway)) = (self.tuples.as_mut(), self.s.pipeline.gateway_mut())
         {
             let stats = &self.s.stats;
             let ports = Ports {
                 ifindex: &self.ifindex,
-                present: self.present,
+                present: fast,
                 stats,
             };
             tuples.install(gateway, &ports, now_ms);
@@ -895,12 +930,17 @@ impl Worker {
             );
         }
         let present = self.present;
+        let fast = self.fast_present();
         let mut batch = std::mem::take(&mut self.rx_batch);
         let mut room_to_flood = true;
         for (frame, disposition) in batch.drain(..).zip(next) {
             match disposition {
                 Disposition::Forward(port) if present.contains(port) => {
-                    if let Some(flows) = self.flows.as_mut() {
+                    if let Some(flows) = self
+                        .flows
+                        .as_mut()
+                        .filter(|_| fast.contains(ingress) && fast.contains(port))
+                    {
                         flows.consider(
                             self.s.umem.data(&frame),
                             ingress,
@@ -967,9 +1007,9 @@ impl Worker {
     /// few atomic loads when nothing did): also while the fast path carries everything and the
     /// workers receive nothing, and for changes made by the control thread.
     fn revalidate_tuples(&mut self, now_ms: u64) {
+        let present = self.fast_present();
         if let (Some(tuples), Some(gateway)) = (self.tuples.as_mut(), self.s.pipeline.gateway_mut())
         {
-            let present = self.present;
             let ports = Ports {
                 ifindex: &self.ifindex,
                 present,
@@ -979,12 +1019,20 @@ impl Worker {
         }
     }
 
+    /// The ports the fast path may carry frames of: not a captured one (a capture sees what
+    /// the workers see, so its port's flows stay with them while it runs).
+    fn fast_present(&self) -> PortMask {
+        self.captures
+            .iter()
+            .fold(self.present, |ports, c| ports.without(c.port))
+    }
+
     /// Takes out the installed flows the bridge (or gateway) no longer backs.
     fn validate_flows(&mut self) {
         let now_ms = self.now_ms();
         self.fdb_changes = self.s.pipeline.bridge().fdb_changes();
         self.fdb_validated_ms = now_ms;
-        let present = self.present;
+        let present = self.fast_present();
         if let Some(flows) = self.flows.as_mut() {
             flows.validate(
                 self.s.pipeline.bridge(),

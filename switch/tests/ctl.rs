@@ -476,3 +476,78 @@ fn another_user_cannot_connect_to_the_control_socket() {
     assert_eq!(stopped.code, Some(0), "{}", stopped.stderr);
     assert!(!sock.exists(), "the socket file goes with the switch");
 }
+
+/// Captures of one port run side by side, each sees its frames; one whose client went stops
+/// at once (it would copy the port's frames and grow its file for up to an hour).
+#[test]
+fn captures_of_a_port_run_side_by_side_and_end_with_their_client() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(2);
+    let switch = topo.start_switch(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let capture = |name: &str, count: &str, timeout: &str| {
+        Command::new(common::vswitch_bin())
+            .args([
+                "ctl",
+                "--socket",
+                &switch.ctl,
+                "capture",
+                "vp1",
+                "--count",
+                count,
+            ])
+            .arg("--out")
+            .arg(dir.path().join(name))
+            .args(["--timeout", timeout])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (mut a, mut b) = (capture("a.pcap", "4", "20"), capture("b.pcap", "4", "20"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while [&mut a, &mut b]
+        .iter_mut()
+        .any(|c| c.try_wait().unwrap().is_none())
+        && Instant::now() < deadline
+    {
+        topo.ping(0, 1);
+    }
+    for c in [a, b] {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("wrote 4 frames"));
+    }
+
+    let mut endless = capture("c.pcap", "1000000", "3600");
+    let pcap = dir.path().join("c.pcap");
+    let size = || std::fs::metadata(&pcap).map_or(0, |m| m.len());
+    // The pcap header is 24 bytes; frames follow once the writer flushes (8 KiB).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while size() <= 24 {
+        assert!(Instant::now() < deadline, "nothing captured");
+        topo.ping(0, 1);
+    }
+    endless.kill().unwrap();
+    endless.wait().unwrap();
+    // Ended within a check (250 ms): the connection's thread is gone, the file written out.
+    let connections = || {
+        std::fs::read_dir(format!("/proc/{}/task", switch.pid()))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim() == "vswitch-ctl")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while connections() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the capture went on without its client"
+        );
+        topo.ping(0, 1);
+    }
+    // What it wrote is a whole pcap.
+    let read = must(&["tcpdump", "-nn", "-r", pcap.to_str().unwrap()]);
+    assert!(read.contains("ICMP echo"), "{read}");
+    switch.stop_clean();
+}

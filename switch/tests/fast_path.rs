@@ -144,6 +144,56 @@ fn tcp_with_complete_checksums_goes_by_the_fast_path_and_is_counted() {
     assert!(rx > 50_000_000, "vp1 rx_bytes {rx} include the fast path's");
 }
 
+/// A capture sees a port's frames as the workers do: while it runs, the port's flows stay
+/// off the fast path (it would see a connection's handshake and nothing after); they come
+/// back once it ends.
+#[test]
+fn a_capture_sees_the_flows_the_fast_path_would_carry() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(2);
+    topo.pods_finish_checksums();
+    let switch = topo.start_switch(FAST);
+    assert!(topo.ping(0, 1));
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("vp2.pcap");
+    let capture = {
+        let (ctl, pcap) = (switch.ctl.clone(), pcap.clone());
+        std::thread::spawn(move || {
+            std::process::Command::new(common::vswitch_bin())
+                .args(["ctl", "--socket", &ctl, "capture", "vp2", "--count", "200"])
+                .arg("--out")
+                .arg(&pcap)
+                .args(["--timeout", "10"])
+                .output()
+                .unwrap()
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !capture.is_finished() && std::time::Instant::now() < deadline {
+        topo.transfer(0, 1, 5_000_000);
+    }
+    let out = capture.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = common::must(&["tcpdump", "-nn", "-r", pcap.to_str().unwrap()]);
+    let data = read
+        .lines()
+        .filter(|l| l.contains("10.244.1.11.") && !l.ends_with("length 0"))
+        .count();
+    assert!(data > 100, "{data} data segments of 200 frames:\n{read}");
+    // Over: the fast path carries the port's flows again.
+    let before = worker_counter(&switch, "fast_path_packets");
+    topo.transfer(0, 1, 20_000_000);
+    let after = once_above(before + 5_000, || {
+        worker_counter(&switch, "fast_path_packets")
+    });
+    assert!(after > before + 5_000, "{before} → {after}");
+    stop(switch);
+}
+
 /// Pods with the kernel's default offloads leave TCP checksums partial: the fast path finishes
 /// them as the switch does, and the data arrives intact.
 #[test]

@@ -573,9 +573,13 @@ fn capture(live: &Live, port: &str, w: &Words) -> Result<Outcome, String> {
     }
     let timeout = Duration::from_secs(w.number("timeout", 60, 3600)? as u64);
     let (tx, frames) = crossbeam_channel::bounded(4096);
-    live.dp.capture(id, tx).map_err(|e| e.to_string())?;
+    let lost = std::sync::Arc::default();
+    live.dp
+        .capture(id, tx, std::sync::Arc::clone(&lost))
+        .map_err(|e| e.to_string())?;
     Ok(Outcome::Capture {
         frames,
+        lost,
         count,
         out,
         timeout,

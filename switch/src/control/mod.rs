@@ -44,9 +44,11 @@ pub enum Outcome {
     Json(serde_json::Value),
     Text(String),
     Error(String),
-    /// Frames of a captured port arrive on `frames`; the connection writes them.
+    /// Frames of a captured port arrive on `frames`; the connection writes them. `lost`:
+    /// frames the workers had no room for in `frames`.
     Capture {
         frames: Receiver<Captured>,
+        lost: std::sync::Arc<std::sync::atomic::AtomicU64>,
         count: usize,
         out: PathBuf,
         timeout: Duration,

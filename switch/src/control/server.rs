@@ -316,52 +316,171 @@ fn connection(mut stream: UnixStream, requests: &Sender<Request>) {
         Outcome::Error(e) => Err(e),
         Outcome::Capture {
             frames,
+            lost,
             count,
             out,
             timeout,
             port,
-        } => write_capture(&frames, count, &out, timeout, &port),
+        } => {
+            let capture = CaptureRequest {
+                count,
+                out: &out,
+                timeout,
+                port: &port,
+            };
+            write_capture(&frames, &lost, &capture, || peer_gone(&stream))
+        }
     };
     let _ = reply(&mut stream, result);
 }
 
+/// How often a running capture looks whether its client is still there.
+const CLIENT_CHECK: Duration = Duration::from_millis(250);
+
+fn peer_gone(stream: &UnixStream) -> bool {
+    pmd::netdev::peer_hung_up(std::os::fd::AsFd::as_fd(stream))
+}
+
+struct CaptureRequest<'a> {
+    count: usize,
+    out: &'a Path,
+    timeout: Duration,
+    port: &'a str,
+}
+
+/// Writes what arrives on `frames` until `count` frames, the timeout, the port's end (its
+/// removal, the switch stopping) or the client's (`gone`): a capture left behind by a client
+/// that went would copy the port's frames, keep its flows off the fast path and grow its file
+/// for up to an hour.
 fn write_capture(
     frames: &crossbeam_channel::Receiver<pmd::Captured>,
-    count: usize,
-    out: &Path,
-    timeout: Duration,
-    port: &str,
+    lost: &std::sync::atomic::AtomicU64,
+    c: &CaptureRequest<'_>,
+    gone: impl Fn() -> bool,
 ) -> Result<Value, String> {
+    let out = c.out;
     let file = fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let mut file = io::BufWriter::new(file);
     let io_err = |e: io::Error| format!("{}: {e}", out.display());
     capture::write_header(&mut file).map_err(io_err)?;
-    let deadline = Instant::now() + timeout;
+    let start = Instant::now();
+    let deadline = start + c.timeout;
+    let mut checked = start;
     let mut written = 0;
-    while written < count {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match frames.recv_timeout(left) {
+    let ended = loop {
+        if written == c.count {
+            break None;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            break Some(format!("seen on {} in {} s", c.port, c.timeout.as_secs()));
+        }
+        if now >= checked + CLIENT_CHECK {
+            checked = now;
+            if gone() {
+                break Some("written before the client went".to_string());
+            }
+        }
+        match frames.recv_timeout((deadline - now).min(CLIENT_CHECK)) {
             Ok(frame) => {
                 capture::write_frame(&mut file, &frame).map_err(io_err)?;
                 written += 1;
             }
-            Err(_) => break,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                break Some(format!(
+                    "seen on {} before it went (removed, or the switch is stopping) after {} s",
+                    c.port,
+                    start.elapsed().as_secs()
+                ));
+            }
         }
-    }
+    };
     file.flush().map_err(io_err)?;
-    if written < count {
+    let lost = lost.load(std::sync::atomic::Ordering::Relaxed);
+    if let Some(why) = ended {
         return Err(format!(
-            "only {written} of {count} frames seen on {port} in {} s; those are in {}",
-            timeout.as_secs(),
-            out.display()
+            "only {written} of {} frames {why}; those are in {}{}",
+            c.count,
+            out.display(),
+            match lost {
+                0 => String::new(),
+                n => format!(" ({n} more not captured: the file's writer fell behind)"),
+            }
         ));
     }
-    Ok(json!({ "captured": written, "port": port, "file": out.display().to_string() }))
+    Ok(
+        json!({ "captured": written, "lost": lost, "port": c.port, "file": out.display().to_string() }),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn frame() -> pmd::Captured {
+        pmd::Captured {
+            port: 1,
+            time: std::time::SystemTime::now(),
+            data: vec![0xff; 60],
+        }
+    }
+
+    /// Runs a capture of 3 frames, `timeout` long, with `sent` frames waiting and the
+    /// workers' end of the queue kept (`keep`) or dropped.
+    fn capture_of(
+        sent: usize,
+        keep: bool,
+        lost: u64,
+        gone: impl Fn() -> bool,
+    ) -> (Result<Value, String>, Duration) {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("c.pcap");
+        let (tx, rx) = crossbeam_channel::bounded(8);
+        for _ in 0..sent {
+            tx.send(frame()).unwrap();
+        }
+        let tx = keep.then_some(tx);
+        let request = CaptureRequest {
+            count: 3,
+            out: &out,
+            timeout: Duration::from_secs(3),
+            port: "vp1",
+        };
+        let start = Instant::now();
+        let lost = std::sync::atomic::AtomicU64::new(lost);
+        let r = write_capture(&rx, &lost, &request, gone);
+        drop(tx);
+        (r, start.elapsed())
+    }
+
+    #[test]
+    fn a_capture_ends_with_its_count_its_port_or_its_client_and_says_which() {
+        let (r, _) = capture_of(3, true, 2, || false);
+        let r = r.unwrap();
+        assert_eq!(
+            (r["captured"].as_u64(), r["lost"].as_u64()),
+            (Some(3), Some(2))
+        );
+        // The port went (removed, or the switch stopping): at once, and said so.
+        let (r, took) = capture_of(1, false, 0, || false);
+        let e = r.unwrap_err();
+        assert!(
+            e.starts_with("only 1 of 3 frames seen on vp1 before it went"),
+            "{e}"
+        );
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        // The client went: within a check.
+        let (r, took) = capture_of(0, true, 5, || true);
+        let e = r.unwrap_err();
+        assert!(e.contains("before the client went"), "{e}");
+        assert!(e.contains("5 more not captured"), "{e}");
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        // Nothing came.
+        let (r, took) = capture_of(0, true, 0, || false);
+        assert!(r.unwrap_err().contains("seen on vp1 in 3 s"));
+        assert!(took >= Duration::from_secs(3));
+    }
 
     /// What the server makes of `bytes` sent by a client that then stops writing.
     fn request_of(bytes: &[u8]) -> Result<RequestKind, String> {

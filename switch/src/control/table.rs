@@ -288,10 +288,16 @@ pub fn render(words: &[String], r: &Value) -> String {
         ["reload"] => format!("{}\n", cell(&r["reloaded"])),
         ["import", ..] => import(r),
         ["capture", ..] => format!(
-            "wrote {} frames of {} to {}\n",
+            "wrote {} frames of {} to {}{}\n",
             r["captured"],
             cell(&r["port"]),
-            cell(&r["file"])
+            cell(&r["file"]),
+            match r["lost"].as_u64() {
+                Some(n) if n > 0 => {
+                    format!("; {n} more not captured (the file's writer fell behind)")
+                }
+                _ => String::new(),
+            }
         ),
         _ => format!("{r:#}\n"),
     }
