@@ -939,7 +939,13 @@ impl Datapath {
             let Ok(taken) = netdev::veth_xdp_taken(&live.info.name) else {
                 continue;
             };
-            let missing = sent.saturating_sub(taken.saturating_sub(taken0));
+            if taken < taken0 {
+                // The count went back (the peer's receive queues shrank: their counts go with
+                // them): judged from here on, not as frames lost.
+                live.fast_watch = Some((sent0 + sent, taken));
+                continue;
+            }
+            let missing = sent.saturating_sub(taken - taken0);
             if missing >= LOST_NAPI_FRAMES {
                 let _ = fast.del_port(id as u32);
                 live.fast_egress = Some(false);

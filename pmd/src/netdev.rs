@@ -249,7 +249,13 @@ pub fn driver_stats(name: &str) -> io::Result<Vec<(String, u64)>> {
     // What the kernel wrote: the fewer of the two counts, within what both buffers hold.
     let n_values = u32::from_ne_bytes(values[0].to_ne_bytes()[4..8].try_into().unwrap_or([0; 4]));
     info.n_stats = strings[2].min(n_values).min(MAX_STATS as u32);
-    let bytes: Vec<u8> = strings[3..].iter().flat_map(|w| w.to_ne_bytes()).collect();
+    // Only what was written is read: the buffers are sized for any count (the kernel writes
+    // as many as it has at the call), nearly all of them untouched pages.
+    let words = info.n_stats as usize * ETH_GSTRING_LEN / 4;
+    let bytes: Vec<u8> = strings[3..3 + words]
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .collect();
     Ok((0..info.n_stats as usize)
         .map(|i| {
             let raw = &bytes[i * ETH_GSTRING_LEN..(i + 1) * ETH_GSTRING_LEN];
@@ -298,7 +304,13 @@ pub fn rx_queues(name: &str) -> io::Result<u32> {
             _ => Err(err),
         };
     }
-    Ok(channels.rx_count.max(channels.combined_count).max(1))
+    Ok(queues_of(&channels))
+}
+
+/// Receive queues from ethtool's channels: the combined ones and those only for receiving
+/// (`rx` counts the latter, beside the combined ones).
+fn queues_of(channels: &EthtoolChannels) -> u32 {
+    (channels.rx_count + channels.combined_count).max(1)
 }
 
 /// Lifts RLIMIT_MEMLOCK for UMEM registration; best effort, as root registers anyway.
@@ -363,6 +375,19 @@ pub fn peer_hung_up(fd: std::os::fd::BorrowedFd<'_>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn receive_queues_are_the_combined_channels_and_the_receive_only_ones() {
+        let channels = |rx_count, combined_count| EthtoolChannels {
+            rx_count,
+            combined_count,
+            ..Default::default()
+        };
+        assert_eq!(queues_of(&channels(4, 4)), 8);
+        assert_eq!(queues_of(&channels(0, 8)), 8);
+        assert_eq!(queues_of(&channels(1, 0)), 1, "veth");
+        assert_eq!(queues_of(&channels(0, 0)), 1);
+    }
 
     #[test]
     fn a_peer_that_closed_is_told_from_one_that_only_stopped_writing() {
