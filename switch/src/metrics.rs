@@ -3,7 +3,7 @@
 //! the main thread from the counters the workers publish.
 
 use crate::control::commands;
-use crate::control::server::{ask, timed_out};
+use crate::control::server::{ask, timed_out, Slot};
 use crate::control::{Outcome, Request, RequestKind};
 use crate::live::Live;
 use crossbeam_channel::Sender;
@@ -27,18 +27,23 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
 pub fn serve(listener: TcpListener, requests: Sender<Request>) {
     let clients = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        if clients.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
-            clients.fetch_sub(1, Ordering::AcqRel);
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!("metrics: accept: {e}");
+                std::thread::sleep(crate::control::server::ACCEPT_RETRY);
+                continue;
+            }
+        };
+        let Some(slot) = Slot::take(&clients, MAX_CLIENTS) else {
             continue;
-        }
+        };
         let requests = requests.clone();
-        let clients = clients.clone();
         let _ = std::thread::Builder::new()
             .name("vswitch-metrics".into())
             .spawn(move || {
+                let _slot = slot;
                 connection(stream, &requests);
-                clients.fetch_sub(1, Ordering::AcqRel);
             });
     }
 }

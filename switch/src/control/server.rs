@@ -86,27 +86,58 @@ pub fn bind(path: &Path) -> Result<(UnixListener, ControlSocket), String> {
     ))
 }
 
+/// One of a server's connection slots, given back when dropped: also when the connection's
+/// thread could not be made (the closure that holds it is dropped) or panicked, which would
+/// otherwise lose the slot for good.
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    /// One of `max` slots counted in `taken`, if one is free.
+    pub fn take(taken: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        if taken.fetch_add(1, Ordering::AcqRel) >= max {
+            taken.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Slot(taken.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// After a failed accept (out of descriptors: the connection stays queued and the next
+/// accept fails at once): a pause, so the accepting thread does not spin on a core.
+pub const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
 /// Serves connections forever (the thread ends with the process).
 pub fn serve(listener: UnixListener, requests: Sender<Request>) {
     let clients = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
-        if clients.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
-            clients.fetch_sub(1, Ordering::AcqRel);
+        let mut stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!("control: accept: {e}");
+                std::thread::sleep(ACCEPT_RETRY);
+                continue;
+            }
+        };
+        let Some(slot) = Slot::take(&clients, MAX_CLIENTS) else {
             let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
             let _ = reply(
                 &mut stream,
                 Err("too many control connections; try again".into()),
             );
             continue;
-        }
+        };
         let requests = requests.clone();
-        let clients = clients.clone();
         let spawned = std::thread::Builder::new()
             .name("vswitch-ctl".into())
             .spawn(move || {
+                let _slot = slot;
                 connection(stream, &requests);
-                clients.fetch_sub(1, Ordering::AcqRel);
             });
         if spawned.is_err() {
             tracing::warn!("control: cannot start a thread for a connection");
@@ -452,6 +483,28 @@ mod tests {
         let r = write_capture(&rx, &lost, &request, gone);
         drop(tx);
         (r, start.elapsed())
+    }
+
+    #[test]
+    fn a_connection_slot_comes_back_whatever_becomes_of_its_thread() {
+        let taken = Arc::new(AtomicUsize::new(0));
+        let a = Slot::take(&taken, 2).unwrap();
+        let b = Slot::take(&taken, 2).unwrap();
+        assert!(Slot::take(&taken, 2).is_none(), "all taken");
+        drop(a);
+        // A thread that could not be made: its closure, and the slot in it, dropped unrun.
+        let never_run = move || drop(b);
+        drop(never_run);
+        assert_eq!(taken.load(Ordering::Acquire), 0);
+        // One whose connection panicked.
+        let c = Slot::take(&taken, 2).unwrap();
+        let _ = std::thread::spawn(move || {
+            let _slot = c;
+            panic!("a connection's bug");
+        })
+        .join();
+        assert_eq!(taken.load(Ordering::Acquire), 0);
+        assert!(Slot::take(&taken, 2).is_some());
     }
 
     #[test]
