@@ -1185,24 +1185,24 @@ impl Worker {
             if self.staged[p].is_empty() {
                 continue;
             }
-            let captured_before = std::mem::take(&mut self.staged_tail[p]);
-            if !self.captures.is_empty() {
-                let staged = std::mem::take(&mut self.staged[p]);
-                if matches!(self.egress[p], Egress::Local(_)) {
-                    self.capture(port, &staged[captured_before.min(staged.len())..]);
+            let fresh_from = std::mem::take(&mut self.staged_tail[p]);
+            if matches!(self.egress[p], Egress::Local(_)) {
+                // The rest of a chain whose start the kernel holds (from the last pass) goes
+                // whatever the MTU is now: without it the next packet would be taken for its
+                // rest. What is new is checked, then captured: a capture shows what leaves.
+                let held = fresh_from.min(self.staged[p].len());
+                let mut fresh = self.staged[p].split_off(held);
+                let over = drop_over(&mut fresh, self.max_frame[p], &mut self.s.pool);
+                self.s.stats.ports[p].add(PortCounter::DropOverMtu as usize, over);
+                if !self.captures.is_empty() {
+                    self.capture(port, &fresh);
                 }
-                self.staged[p] = staged;
+                self.staged[p].append(&mut fresh);
             }
             let counters = &self.s.stats.ports[p];
             let staged = &mut self.staged[p];
             match &self.egress[p] {
                 Egress::Local(index) => {
-                    // The rest of a chain whose start the kernel holds goes whatever the MTU
-                    // is now: without it the next packet would be taken for its rest.
-                    let mut fresh = staged.split_off(captured_before.min(staged.len()));
-                    let over = drop_over(&mut fresh, self.max_frame[p], &mut self.s.pool);
-                    staged.append(&mut fresh);
-                    counters.add(PortCounter::DropOverMtu as usize, over);
                     let sock = &mut self.sockets[*index].1;
                     let segment = sock.segment();
                     if staged.iter().any(|f| f.umem() != segment) {

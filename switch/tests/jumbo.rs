@@ -13,6 +13,18 @@ fn set_mtu(topo: &Topology, pod: usize, mtu: u32) {
     must(&["ip", "-n", &topo.sw, "link", "set", &p.port, "mtu", &mtu]);
 }
 
+/// Each record's captured length in a classic pcap file.
+fn pcap_lengths(file: &[u8]) -> Vec<u32> {
+    let mut lengths = Vec::new();
+    let mut at = 24;
+    while at + 16 <= file.len() {
+        let len = u32::from_le_bytes(file[at + 8..at + 12].try_into().unwrap());
+        lengths.push(len);
+        at += 16 + len as usize;
+    }
+    lengths
+}
+
 fn stop(switch: Switch, workers: usize) -> Stopped {
     let stopped = switch.stop_clean();
     assert_eq!(
@@ -113,11 +125,33 @@ fn a_frame_above_the_egress_mtu_is_dropped_and_counted() {
         .success()
     };
     assert!(ping("1400"), "a frame that fits goes through");
+    // A capture of vp2 shows what leaves it, not what is dropped at its MTU.
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("vp2.pcap");
+    let capture = std::process::Command::new(common::vswitch_bin())
+        .args([
+            "ctl",
+            "--socket",
+            &switch.ctl,
+            "capture",
+            "vp2",
+            "--count",
+            "2",
+        ])
+        .arg("--out")
+        .arg(&pcap)
+        .args(["--timeout", "10"])
+        .spawn()
+        .unwrap();
     // Pod 1's route says 9000: a 4028-byte packet leaves it whole.
     assert!(
         !ping("4000"),
         "a frame above the egress MTU must not arrive"
     );
+    assert!(ping("1400"));
+    assert!(capture.wait_with_output().unwrap().status.success());
+    let lengths = pcap_lengths(&std::fs::read(&pcap).unwrap());
+    assert_eq!(lengths, [1442, 1442], "{lengths:?}");
     let drops = switch.ctl_json(&["show", "ports", "--json"]);
     let vp2 = drops["ports"]
         .as_array()
