@@ -135,7 +135,7 @@ impl fmt::Display for DatapathError {
             ),
             DatapathError::NoWorkers => write!(f, "no worker cores given"),
             DatapathError::CoreNotAvailable { core, available } => {
-                write!(f, "core {core} is not available to this process (available: {available:?})")
+                write!(f, "core {core} is not available to this process: not online or outside its cpuset (it runs on {available:?} now)")
             }
             DatapathError::DuplicateCore(c) => write!(f, "core {c} is listed twice"),
             DatapathError::TooManyWorkers { workers, queues } => write!(
@@ -210,17 +210,16 @@ pub fn validate(config: &DatapathConfig) -> Result<Vec<PortInfo>, DatapathError>
     if config.workers.is_empty() {
         return Err(DatapathError::NoWorkers);
     }
-    let available: Vec<usize> = core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
     let mut cores = HashSet::new();
     for core in config.workers.iter().flatten() {
-        if !available.contains(core) {
+        if !can_pin_to(*core) {
             return Err(DatapathError::CoreNotAvailable {
                 core: *core,
-                available,
+                available: core_affinity::get_core_ids()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|c| c.id)
+                    .collect(),
             });
         }
         if !cores.insert(*core) {
@@ -1372,6 +1371,19 @@ impl Drop for Datapath {
         }
         stop_workers(&self.stop, &mut self.workers);
     }
+}
+
+/// Whether a thread of this process may run on `core`: tried on a thread of its own, as the
+/// worker will pin itself. The kernel checks the core against the process's cpuset, not its
+/// current affinity: cores kept from the scheduler (`isolcpus`, or a `taskset` the switch was
+/// started under) are outside the latter, and are what a poll-mode worker is best given.
+fn can_pin_to(core: usize) -> bool {
+    std::thread::Builder::new()
+        .name("vswitch-pin-try".into())
+        .spawn(move || core_affinity::set_for_current(core_affinity::CoreId { id: core }))
+        .ok()
+        .and_then(|t| t.join().ok())
+        .unwrap_or(false)
 }
 
 fn attach(

@@ -304,6 +304,7 @@ impl Worker {
     /// Runs until the stop flag is set, then drains and reports.
     pub fn run(mut self) -> WorkerReport {
         if let Some(core) = self.s.core {
+            // `start` tried this core already (`can_pin_to`).
             core_affinity::set_for_current(core_affinity::CoreId { id: core });
         }
         self.core_watch = Some(CoreWatch::start(self.s.core));

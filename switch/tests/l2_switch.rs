@@ -599,3 +599,66 @@ fn a_broadcast_burst_reaches_every_pod_of_a_full_segment() {
     // The copies needed more frames than the pool kept: the worker sent early to get them.
     assert!(flood_transmits > Some(0), "{stats}");
 }
+
+/// A worker may go to a core the switch's own threads are kept off (`isolcpus`, or the
+/// `taskset` it was started under), as poll-mode workers usually are: its cpuset decides.
+#[test]
+fn a_worker_goes_to_a_core_outside_the_switchs_own_affinity() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(2);
+    let ctl = common::ctl_path();
+    let mut child = topo.spawn(
+        &topo.sw,
+        &[
+            "taskset",
+            "-c",
+            "0",
+            common::vswitch_bin(),
+            "--ports",
+            "vp1,vp2",
+            "--cores",
+            "1",
+            "--ctl",
+            &ctl,
+        ],
+    );
+    // Its control socket is there before its workers.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::path::Path::new(&ctl).exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("vswitch exited ({status}): {err}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "vswitch did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let allowed = |comm: &str| -> Option<String> {
+        std::fs::read_dir(format!("/proc/{}/task", child.id()))
+            .unwrap()
+            .filter_map(|t| t.ok())
+            .find(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == comm)
+            })
+            .and_then(|t| std::fs::read_to_string(t.path().join("status")).ok())
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                    .map(|v| v.trim().to_string())
+            })
+    };
+    let mut worker = allowed("vswitch-pmd0");
+    while worker.is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        worker = allowed("vswitch-pmd0");
+    }
+    assert!(topo.ping(0, 1), "forwarding");
+    let _ = std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    assert_eq!(worker.as_deref(), Some("1"), "the worker's cores");
+}
