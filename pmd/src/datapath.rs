@@ -1378,6 +1378,10 @@ impl Drop for Datapath {
 /// current affinity: cores kept from the scheduler (`isolcpus`, or a `taskset` the switch was
 /// started under) are outside the latter, and are what a poll-mode worker is best given.
 fn can_pin_to(core: usize) -> bool {
+    // Beyond what an affinity mask holds (the pinning crate would index past it).
+    if core >= libc::CPU_SETSIZE as usize {
+        return false;
+    }
     std::thread::Builder::new()
         .name("vswitch-pin-try".into())
         .spawn(move || core_affinity::set_for_current(core_affinity::CoreId { id: core }))
