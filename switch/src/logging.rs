@@ -1,6 +1,8 @@
 //! Logging through `tracing` (`RUST_LOG`, default `info`) to stderr, without ever blocking the
 //! switch: lines go through a bounded queue to a thread of their own, and when stderr is not
-//! read (a full pipe) they are dropped rather than stalling the control thread.
+//! read (a full pipe) they are dropped rather than stalling the control thread. What the
+//! switch prints on stdout while it runs (the start line, reloads, `--stats-interval` rates)
+//! goes the same way (`print`), the exit report too, waited for at exit (`finish_printing`).
 
 use crossbeam_channel::{bounded, Sender, TrySendError};
 use std::io::Write;
@@ -8,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 const QUEUE: usize = 1024;
+const PRINT_QUEUE: usize = 256;
 
 #[derive(Clone)]
 struct Queue {
@@ -68,4 +71,74 @@ pub fn init() {
         tracing::error!(thread = thread.name().unwrap_or("?"), "panic: {info}");
         default(info);
     }));
+}
+
+/// The running switch's stdout: a queue to a writer thread, and what it dropped.
+struct Printer {
+    lines: Sender<String>,
+    dropped: Arc<AtomicU64>,
+    writer: std::thread::JoinHandle<()>,
+}
+
+static PRINTER: std::sync::Mutex<Option<Printer>> = std::sync::Mutex::new(None);
+
+/// Starts the stdout writer thread (`print` writes directly until then).
+pub fn start_printing() {
+    // Whole reports (a `--stats-interval` round is one): fewer than the log's lines.
+    let (lines, rx) = bounded::<String>(PRINT_QUEUE);
+    let Ok(writer) = std::thread::Builder::new()
+        .name("vswitch-out".into())
+        .spawn(move || {
+            for text in rx {
+                write_out(&text);
+            }
+        })
+    else {
+        return;
+    };
+    let printer = Printer {
+        lines,
+        dropped: Arc::new(AtomicU64::new(0)),
+        writer,
+    };
+    *PRINTER.lock().unwrap_or_else(|e| e.into_inner()) = Some(printer);
+}
+
+/// Prints `text` on stdout without waiting for it: a stdout nobody reads (a full pipe) costs
+/// the switch lines, counted, never its control thread.
+pub fn print(text: &str) {
+    let printer = PRINTER.lock().unwrap_or_else(|e| e.into_inner());
+    match printer.as_ref() {
+        Some(p) => {
+            if p.lines.try_send(text.to_string()).is_err() {
+                p.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        None => write_out(text),
+    }
+}
+
+/// At exit: waits up to `patience` until what `print` queued (the exit report last) is
+/// written. A stdout nobody reads must not keep the switch from exiting: what is still queued
+/// then is lost.
+pub fn finish_printing(patience: std::time::Duration) {
+    let printer = PRINTER.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let Some(p) = printer else { return };
+    let dropped = p.dropped.load(Ordering::Relaxed);
+    if dropped > 0 {
+        // Said on stderr (its own queue): stdout is what was not read.
+        tracing::warn!(dropped, "lines of output dropped while stdout was not read");
+    }
+    drop(p.lines);
+    let deadline = std::time::Instant::now() + patience;
+    while !p.writer.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// A closed stdout (piped to `head`) must not stop the switch.
+fn write_out(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
 }

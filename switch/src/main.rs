@@ -21,7 +21,6 @@ use control::{Outcome, Request, RequestKind};
 use live::{port_exists, with_uplink_mtu, Live};
 use pmd::{Datapath, PortInfo, WorkerEnd};
 use report::Snapshot;
-use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -89,6 +88,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    logging::start_printing();
     emit(&start_line(&dp, &config, node.as_ref()));
     if !dp.housekeeping_cores.is_empty() {
         tracing::info!(cores = ?dp.housekeeping_cores, "other threads kept off the worker cores");
@@ -221,6 +221,7 @@ fn main() -> ExitCode {
         }
     }
     emit(&report::frame_lines(&reports));
+    logging::finish_printing(EXIT_REPORT_PATIENCE);
     if failed {
         ExitCode::FAILURE
     } else {
@@ -291,9 +292,10 @@ fn start_line(dp: &Datapath, config: &pmd::DatapathConfig, node: Option<&NodeCon
     )
 }
 
-/// Writes to stdout; a closed stdout (e.g. piped to `head`) must not stop the switch.
+/// How long the exit waits for stdout to take the exit report.
+const EXIT_REPORT_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Writes to stdout without waiting for it (`logging::print`).
 pub fn emit(text: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes());
-    let _ = out.flush();
+    logging::print(text);
 }

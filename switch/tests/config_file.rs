@@ -141,3 +141,35 @@ fn a_bad_reload_keeps_the_running_config() {
         stopped.stdout
     );
 }
+
+/// What the switch prints while it runs (here: each reload) never holds up its control
+/// thread when nobody reads its stdout (the harness reads it only once the switch exits):
+/// lines beyond the pipe's room are dropped, counted, and it still exits when told.
+#[test]
+fn an_unread_stdout_does_not_stop_the_switch() {
+    let Some(_net) = network_test() else { return };
+    let topo = Topology::new(2);
+    let dir = tempfile::tempdir().unwrap();
+    // A long name makes each reload's line long (about 350 bytes): 600 are 200 KiB, past the
+    // pipe's 64 KiB and the switch's queue of 256.
+    let long = dir.path().join("n".repeat(200));
+    std::fs::create_dir(&long).unwrap();
+    let path = long.join("node.toml");
+    std::fs::write(&path, config("\"vp1\", \"vp2\"")).unwrap();
+    let switch = topo.start_switch_with(&["--config", path.to_str().unwrap()], "vp1,vp2");
+    for i in 0..600 {
+        let reload = common::exec_bounded(
+            &topo.sw,
+            &[vswitch_bin(), "ctl", "--socket", &switch.ctl, "reload"],
+            std::time::Duration::from_secs(5),
+        );
+        assert!(reload.status.success(), "reload {i}: {reload:?}");
+    }
+    let stopped = switch.stop();
+    assert_eq!(stopped.code, Some(0), "{}", stopped.stderr);
+    assert!(
+        stopped.stderr.contains("lines of output dropped"),
+        "{}",
+        stopped.stderr
+    );
+}
