@@ -304,13 +304,19 @@ pub fn rx_queues(name: &str) -> io::Result<u32> {
             _ => Err(err),
         };
     }
-    Ok(queues_of(&channels))
+    let veth = driver(name).is_ok_and(|d| d == "veth");
+    Ok(queues_of(&channels, veth))
 }
 
 /// Receive queues from ethtool's channels: the combined ones and those only for receiving
-/// (`rx` counts the latter, beside the combined ones).
-fn queues_of(channels: &EthtoolChannels) -> u32 {
-    (channels.rx_count + channels.combined_count).max(1)
+/// (`rx` counts the latter, beside the combined ones). A veth's `rx` is all its queues, and
+/// before Linux 5.14 it also reported them as combined.
+fn queues_of(channels: &EthtoolChannels, veth: bool) -> u32 {
+    match veth {
+        true => channels.rx_count,
+        false => channels.rx_count + channels.combined_count,
+    }
+    .max(1)
 }
 
 /// Lifts RLIMIT_MEMLOCK for UMEM registration; best effort, as root registers anyway.
@@ -383,10 +389,11 @@ mod tests {
             combined_count,
             ..Default::default()
         };
-        assert_eq!(queues_of(&channels(4, 4)), 8);
-        assert_eq!(queues_of(&channels(0, 8)), 8);
-        assert_eq!(queues_of(&channels(1, 0)), 1, "veth");
-        assert_eq!(queues_of(&channels(0, 0)), 1);
+        assert_eq!(queues_of(&channels(4, 4), false), 8);
+        assert_eq!(queues_of(&channels(0, 8), false), 8);
+        assert_eq!(queues_of(&channels(0, 0), false), 1);
+        assert_eq!(queues_of(&channels(1, 0), true), 1, "veth");
+        assert_eq!(queues_of(&channels(2, 2), true), 2, "veth before 5.14");
     }
 
     #[test]
