@@ -1187,17 +1187,22 @@ impl Datapath {
         &self,
         port: PortId,
         to: Sender<crate::worker::Captured>,
-        lost: Arc<std::sync::atomic::AtomicU64>,
+        state: Arc<crate::worker::CaptureState>,
     ) -> Result<(), DatapathError> {
         for w in 0..self.workers.len() {
-            self.send(
+            let sent = self.send(
                 w,
                 Command::Capture(crate::worker::Capture {
                     port,
                     to: to.clone(),
-                    lost: lost.clone(),
+                    state: state.clone(),
                 }),
-            )?;
+            );
+            if sent.is_err() {
+                // The workers told so far let it go.
+                state.ended.store(true, Ordering::Relaxed);
+            }
+            sent?;
         }
         Ok(())
     }

@@ -29,4 +29,4 @@ pub use datapath::{
 };
 pub use stats::{PortCounter, WorkerCounter, WorkerStats};
 pub use umem::{RingSizes, FRAME_SIZE};
-pub use worker::{Captured, PollMode, WorkerReport};
+pub use worker::{CaptureState, Captured, PollMode, WorkerReport};

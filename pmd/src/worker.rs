@@ -136,12 +136,23 @@ pub struct Captured {
     pub data: Vec<u8>,
 }
 
-/// Copies of a port's frames, both directions, sent (never waited on) to `to`; what finds
-/// it full is counted in `lost`. A port may have several.
+/// Copies of a port's frames, both directions, sent (never waited on) to `to`. A port may
+/// have several.
 pub struct Capture {
     pub port: PortId,
     pub to: Sender<Captured>,
-    pub lost: Arc<AtomicU64>,
+    pub state: Arc<CaptureState>,
+}
+
+/// What a capture's workers and its writer share.
+#[derive(Debug, Default)]
+pub struct CaptureState {
+    /// Frames that found the capture's channel full.
+    pub lost: AtomicU64,
+    /// Set by the writer when it stops: a worker that never captures for the port (it polls
+    /// none of its queues) would not otherwise learn it, and would keep the port off the
+    /// fast path.
+    pub ended: AtomicBool,
 }
 
 /// Code the control thread runs against a worker's pipeline, between two passes.
@@ -710,17 +721,15 @@ impl Worker {
     }
 
     fn capture(&mut self, port: PortId, frames: &[Frame]) {
-        // No copy for a port nobody captures, nor for captures that have no room.
-        let mut wanted = false;
-        for c in self.captures.iter().filter(|c| c.port == port) {
-            if c.to.is_full() {
-                c.lost
+        // No copy for a port nobody captures, nor when its captures have no room (counted
+        // here then; else each capture counts what it could not take).
+        let of_port = || self.captures.iter().filter(|c| c.port == port);
+        if of_port().all(|c| c.to.is_full()) {
+            for c in of_port() {
+                c.state
+                    .lost
                     .fetch_add(chains(frames).count() as u64, Ordering::Relaxed);
-            } else {
-                wanted = true;
             }
-        }
-        if !wanted {
             return;
         }
         let packets = chains(frames)
@@ -757,7 +766,7 @@ impl Worker {
                 }) {
                     Ok(()) => {}
                     Err(TrySendError::Full(_)) => {
-                        c.lost.fetch_add(1, Ordering::Relaxed);
+                        c.state.lost.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(TrySendError::Disconnected(_)) => ended.push(i),
                 }
@@ -778,6 +787,9 @@ impl Worker {
     /// the order it came in. A chain cut short or longer than any packet is dropped.
     fn process_mixed(&mut self, ingress: PortId, now_ms: u64) {
         let mut burst = std::mem::take(&mut self.rx_batch);
+        // Whether the segments had room for the chains' copies: once not, not tried again in
+        // this burst (each try sends what is queued).
+        let mut room = true;
         let mut building: Option<Vec<u8>> = None;
         let mut bad = 0;
         for frame in burst.drain(..) {
@@ -797,20 +809,20 @@ impl Worker {
                     bad += 1;
                 } else {
                     self.process_singles(ingress, now_ms);
-                    self.process_chained(ingress, now_ms, data);
+                    self.process_chained(ingress, now_ms, data, &mut room);
                 }
             }
         }
         bad += building.is_some() as u64;
         self.process_singles(ingress, now_ms);
-        // Kept for its allocation.
+        // The emptied burst, sized for a whole one, serves the next receive.
         self.rx_batch = burst;
         self.s.stats.ports[ingress as usize].add(PortCounter::DropBadChain as usize, bad);
     }
 
     /// A multi-buffer packet through the pipeline in a buffer of its own, then copied into
-    /// chains for the ports it goes to.
-    fn process_chained(&mut self, ingress: PortId, now_ms: u64, data: Vec<u8>) {
+    /// chains for the ports it goes to (`room` as `stage_copies` keeps it).
+    fn process_chained(&mut self, ingress: PortId, now_ms: u64, data: Vec<u8>, room: &mut bool) {
         if !self.captures.is_empty() {
             self.capture_packets(ingress, vec![data.clone()]);
         }
@@ -839,8 +851,7 @@ impl Worker {
                 PortMask::NONE
             }
         };
-        // One packet: the room a segment has is asked afresh for each.
-        self.stage_copies(to, out, &mut true);
+        self.stage_copies(to, out, room);
     }
 
     fn receive_burst(&mut self, socket: usize, now_ms: u64) -> usize {
@@ -1296,6 +1307,9 @@ impl Worker {
     }
 
     fn housekeeping(&mut self, now_ms: u64) {
+        // Captures whose writer stopped (also those this worker never captured for).
+        self.captures
+            .retain(|c| !c.state.ended.load(Ordering::Relaxed));
         // What the fast path forwarded keeps its sources alive before the bridge ages them.
         if let Some(flows) = self.flows.as_mut() {
             flows.harvest(self.s.pipeline.bridge_mut(), &self.s.stats, now_ms);

@@ -150,9 +150,21 @@ fn tcp_with_complete_checksums_goes_by_the_fast_path_and_is_counted() {
 #[test]
 fn a_capture_sees_the_flows_the_fast_path_would_carry() {
     let Some(_net) = network_test() else { return };
+    capture_then_fast_path(FAST);
+}
+
+/// The same with the two ports on two workers: the one that never captured for the port
+/// (it polls none of its queues) learns that the capture ended too.
+#[test]
+fn a_capture_sees_the_flows_the_fast_path_would_carry_two_workers() {
+    let Some(_net) = network_test() else { return };
+    capture_then_fast_path(&["--fast-path", "xdp", "--cores", "0,1"]);
+}
+
+fn capture_then_fast_path(args: &[&str]) {
     let topo = Topology::new(2);
     topo.pods_finish_checksums();
-    let switch = topo.start_switch(FAST);
+    let switch = topo.start_switch(args);
     assert!(topo.ping(0, 1));
     let dir = tempfile::tempdir().unwrap();
     let pcap = dir.path().join("vp2.pcap");

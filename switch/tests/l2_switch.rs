@@ -650,8 +650,9 @@ fn a_worker_goes_to_a_core_outside_the_switchs_own_affinity() {
                     .map(|v| v.trim().to_string())
             })
     };
+    // The thread has its name before it pins itself.
     let mut worker = allowed("vswitch-pmd0");
-    while worker.is_none() && std::time::Instant::now() < deadline {
+    while worker.as_deref() != Some("1") && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
         worker = allowed("vswitch-pmd0");
     }

@@ -170,7 +170,10 @@ fn ipv6_allowed(mac: MacAddr, packet: &[u8]) -> bool {
             },
             // Authentication header: (length + 2) × 4 bytes.
             51 => packet.get(at + 1).map(|&l| (l as usize + 2) * 4),
-            58 => return icmpv6_allowed(mac, own, packet.get(at..).unwrap_or_default()),
+            58 => {
+                let icmp = packet.get(at..).unwrap_or_default();
+                return icmpv6_allowed(mac, own, src.is_unspecified(), icmp);
+            }
             _ => return true,
         };
         let (Some(length), Some(&following)) = (length, packet.get(at)) else {
@@ -182,8 +185,10 @@ fn ipv6_allowed(mac: MacAddr, packet: &[u8]) -> bool {
     false
 }
 
-/// ICMPv6 from a bound port: no router's messages, neighbour discovery about itself only.
-fn icmpv6_allowed(mac: MacAddr, own: Ipv6Addr, icmp: &[u8]) -> bool {
+/// ICMPv6 from a bound port: no router's messages, neighbour discovery about itself only
+/// (`probe`: sent from `::`, as duplicate address detection is: only for its own address, or
+/// it could keep another pod from taking its link-local address).
+fn icmpv6_allowed(mac: MacAddr, own: Ipv6Addr, probe: bool, icmp: &[u8]) -> bool {
     const ROUTER_SOLICITATION: u8 = 133;
     const NEIGHBOUR_SOLICITATION: u8 = 135;
     const NEIGHBOUR_ADVERTISEMENT: u8 = 136;
@@ -194,6 +199,9 @@ fn icmpv6_allowed(mac: MacAddr, own: Ipv6Addr, icmp: &[u8]) -> bool {
     };
     let options_at = match kind {
         ROUTER_SOLICITATION => 8,
+        NEIGHBOUR_SOLICITATION if probe && icmp.get(8..24) != Some(&own.octets()[..]) => {
+            return false
+        }
         NEIGHBOUR_SOLICITATION => 24,
         NEIGHBOUR_ADVERTISEMENT => {
             let Some(target) = icmp.get(8..24) else {
@@ -380,9 +388,12 @@ mod tests {
         let udp = [0u8; 12];
         assert!(s.allows(3, &ipv6(own, 17, &udp)));
         assert!(!s.allows(3, &ipv6("2001:db8::1".parse().unwrap(), 17, &udp)));
-        // Duplicate address detection and MLD come from `::`.
+        // Duplicate address detection and MLD come from `::`; a probe for another's address
+        // would keep that pod from taking it.
         let dad = nd(135, own, 2, MAC)[..24].to_vec();
         assert!(s.allows(3, &ipv6(Ipv6Addr::UNSPECIFIED, 58, &dad)));
+        let their_dad = nd(135, other, 2, MAC)[..24].to_vec();
+        assert!(!s.allows(3, &ipv6(Ipv6Addr::UNSPECIFIED, 58, &their_dad)));
 
         assert!(s.allows(3, &ipv6(own, 58, &nd(135, other, 1, MAC))));
         assert!(

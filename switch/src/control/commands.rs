@@ -573,13 +573,13 @@ fn capture(live: &Live, port: &str, w: &Words) -> Result<Outcome, String> {
     }
     let timeout = Duration::from_secs(w.number("timeout", 60, 3600)? as u64);
     let (tx, frames) = crossbeam_channel::bounded(4096);
-    let lost = std::sync::Arc::default();
+    let state = std::sync::Arc::default();
     live.dp
-        .capture(id, tx, std::sync::Arc::clone(&lost))
+        .capture(id, tx, std::sync::Arc::clone(&state))
         .map_err(|e| e.to_string())?;
     Ok(Outcome::Capture {
         frames,
-        lost,
+        state,
         count,
         out,
         timeout,

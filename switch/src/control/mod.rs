@@ -44,11 +44,11 @@ pub enum Outcome {
     Json(serde_json::Value),
     Text(String),
     Error(String),
-    /// Frames of a captured port arrive on `frames`; the connection writes them. `lost`:
-    /// frames the workers had no room for in `frames`.
+    /// Frames of a captured port arrive on `frames`; the connection writes them, then says
+    /// it `ended` in `state` (whose `lost` counts frames the workers had no room for).
     Capture {
         frames: Receiver<Captured>,
-        lost: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        state: std::sync::Arc<pmd::CaptureState>,
         count: usize,
         out: PathBuf,
         timeout: Duration,

@@ -347,7 +347,7 @@ fn connection(mut stream: UnixStream, requests: &Sender<Request>) {
         Outcome::Error(e) => Err(e),
         Outcome::Capture {
             frames,
-            lost,
+            state,
             count,
             out,
             timeout,
@@ -359,7 +359,9 @@ fn connection(mut stream: UnixStream, requests: &Sender<Request>) {
                 timeout,
                 port: &port,
             };
-            write_capture(&frames, &lost, &capture, || peer_gone(&stream))
+            let written = write_capture(&frames, &state.lost, &capture, || peer_gone(&stream));
+            state.ended.store(true, Ordering::Relaxed);
+            written
         }
     };
     let _ = reply(&mut stream, result);
