@@ -334,75 +334,86 @@ fn a_watch_always_gone_is_listed_again_after_growing_pauses() {
     assert!((2..=6).contains(&lists), "{lists} lists in 8 s\n{err}");
 }
 
+/// A quiet API server, a fake switch that answers every import with `answer`, and the agent
+/// between them.
+struct Rig {
+    api: Arc<Api>,
+    server: std::thread::JoinHandle<()>,
+    ctl: std::thread::JoinHandle<()>,
+    agent: Kill,
+    imports: Arc<Mutex<Vec<Value>>>,
+    dir: tempfile::TempDir,
+}
+
+impl Rig {
+    fn new(answer: Value) -> Rig {
+        let api = Arc::new(Api {
+            quiet: true,
+            ..Default::default()
+        });
+        let (port, server) = fake_api_server(api.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("vswitch.sock");
+        let imports = Arc::new(Mutex::new(Vec::new()));
+        let ctl = {
+            let (imports, api) = (imports.clone(), api.clone());
+            let l = UnixListener::bind(&socket).unwrap();
+            std::thread::spawn(move || control_answering(l, imports, api, Some(answer)))
+        };
+        let agent = start_agent(dir.path(), port, &socket);
+        Rig {
+            api,
+            server,
+            ctl,
+            agent,
+            imports,
+            dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.err")).unwrap_or_default()
+    }
+
+    /// Stops the agent and the fakes; how many imports the switch got, and the agent's log.
+    fn stop(self) -> (usize, String) {
+        drop(self.agent);
+        self.api.stop.store(true, Ordering::Relaxed);
+        let _ = self.server.join();
+        self.ctl.join().unwrap();
+        let asked = self.imports.lock().unwrap().len();
+        let log = std::fs::read_to_string(self.dir.path().join("agent.err"));
+        (asked, log.unwrap_or_default())
+    }
+}
+
 /// A switch that refuses every import (one without --config) is asked again after growing
 /// pauses, not every second.
 #[test]
 fn refused_imports_are_retried_after_growing_pauses() {
-    let api = Arc::new(Api {
-        quiet: true,
-        ..Default::default()
-    });
-    let (port, server) = fake_api_server(api.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("vswitch.sock");
-    let imports = Arc::new(Mutex::new(Vec::new()));
-    let ctl = {
-        let (imports, api) = (imports.clone(), api.clone());
-        let l = UnixListener::bind(&socket).unwrap();
-        std::thread::spawn(move || {
-            control_answering(
-                l,
-                imports,
-                api,
-                Some(json!({"ok": false,
-                    "error": "import needs the node gateway: the switch runs without --config"})),
-            )
-        })
-    };
-    let agent = start_agent(dir.path(), port, &socket);
+    let rig = Rig::new(json!({"ok": false,
+        "error": "import needs the node gateway: the switch runs without --config"}));
     // Imports at about 0, 1, 3 and 7 s (every second: 9).
     std::thread::sleep(Duration::from_secs(9));
-    drop(agent);
-    api.stop.store(true, Ordering::Relaxed);
-    let _ = server.join();
-    ctl.join().unwrap();
-    let asked = imports.lock().unwrap().len();
-    let err = std::fs::read_to_string(dir.path().join("agent.err")).unwrap_or_default();
-    assert!((2..=5).contains(&asked), "{asked} imports in 9 s\n{err}");
+    let (asked, log) = rig.stop();
+    assert!((2..=5).contains(&asked), "{asked} imports in 9 s\n{log}");
 }
 
 /// What an import left out (an object it could not read) is said in the agent's log: its
 /// running service stays as it was, so nothing else would tell.
 #[test]
 fn what_an_import_left_out_is_logged() {
-    let api = Arc::new(Api {
-        quiet: true,
-        ..Default::default()
-    });
-    let (port, server) = fake_api_server(api.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("vswitch.sock");
-    let imports = Arc::new(Mutex::new(Vec::new()));
-    let answer = json!({"ok": true, "result": {"services": 1, "endpoints": 1, "flows_closed": 0,
+    let rig = Rig::new(
+        json!({"ok": true, "result": {"services": 1, "endpoints": 1, "flows_closed": 0,
         "skipped": ["items[3] (Service default/odd): spec.clusterIP 10.244.1.9 is inside the pod or uplink subnet (left out)",
-                    "default/db: headless or IPv6-only"]}});
-    let ctl = {
-        let (imports, api) = (imports.clone(), api.clone());
-        let l = UnixListener::bind(&socket).unwrap();
-        std::thread::spawn(move || control_answering(l, imports, api, Some(answer)))
-    };
-    let agent = start_agent(dir.path(), port, &socket);
-    let log = || std::fs::read_to_string(dir.path().join("agent.err")).unwrap_or_default();
+                    "default/db: headless or IPv6-only"]}}),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !log().contains("imported") {
-        assert!(Instant::now() < deadline, "no import:\n{}", log());
+    while !rig.log().contains("imported") {
+        assert!(Instant::now() < deadline, "no import:\n{}", rig.log());
         std::thread::sleep(Duration::from_millis(100));
     }
-    drop(agent);
-    api.stop.store(true, Ordering::Relaxed);
-    let _ = server.join();
-    ctl.join().unwrap();
-    let log = log();
+    let (_, log) = rig.stop();
     assert!(log.contains("Service default/odd"), "{log}");
     assert!(
         !log.contains("default/db"),

@@ -203,6 +203,16 @@ mod tests {
         (dir, t)
     }
 
+    /// `port add vsw0` with a binding, to the fake switch in `dir`.
+    fn add_vsw0(dir: &tempfile::TempDir) -> Result<()> {
+        port_add(
+            &dir.path().join("s"),
+            "vsw0",
+            "02:00:00:00:00:01",
+            "10.244.1.5",
+        )
+    }
+
     const NO_CONNECTION: &str =
         "{\"ok\": false, \"error\": \"too many control connections; try again\"}\n";
 
@@ -210,13 +220,7 @@ mod tests {
     #[test]
     fn a_switch_with_no_connection_to_spare_is_asked_again() {
         let (dir, t) = fake_answering(&[NO_CONNECTION, NO_CONNECTION, "{\"ok\": true}\n"]);
-        port_add(
-            &dir.path().join("s"),
-            "vsw0",
-            "02:00:00:00:00:01",
-            "10.244.1.5",
-        )
-        .unwrap();
+        add_vsw0(&dir).unwrap();
         assert!(t.join().unwrap().contains("vsw0"));
         // Not past the budget.
         let (dir, t) = fake(NO_CONNECTION);
@@ -241,13 +245,7 @@ mod tests {
     #[test]
     fn port_add_sends_the_binding() {
         let (dir, t) = fake("{\"ok\": true, \"result\": {}}\n");
-        port_add(
-            &dir.path().join("s"),
-            "vsw0",
-            "02:00:00:00:00:01",
-            "10.244.1.5",
-        )
-        .unwrap();
+        add_vsw0(&dir).unwrap();
         let sent: Value = serde_json::from_str(&t.join().unwrap()).unwrap();
         assert_eq!(
             sent,
@@ -258,22 +256,12 @@ mod tests {
     #[test]
     fn errors_map_to_codes() {
         let (dir, t) = fake("{\"ok\": false, \"error\": \"more than 256 ports\"}\n");
-        let e = port_add(
-            &dir.path().join("s"),
-            "vsw0",
-            "02:00:00:00:00:01",
-            "10.244.1.5",
-        );
+        let e = add_vsw0(&dir);
         assert_eq!(e.unwrap_err().code, code::SWITCH_REFUSED);
         t.join().unwrap();
 
         let (dir, t) = fake("{\"ok\": false, \"error\": \"the switch did not answer in time\"}\n");
-        let e = port_add(
-            &dir.path().join("s"),
-            "vsw0",
-            "02:00:00:00:00:01",
-            "10.244.1.5",
-        );
+        let e = add_vsw0(&dir);
         assert_eq!(e.unwrap_err().code, code::TRY_AGAIN_LATER);
         t.join().unwrap();
 
