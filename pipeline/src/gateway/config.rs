@@ -55,9 +55,9 @@ pub struct ServiceConfig {
     /// `externalTrafficPolicy: Local`: what the NodePort reaches (this node's endpoints), with
     /// the client's address kept; `None`: the NodePort reaches `backends`, SNATed to the node.
     pub external_local: Option<Vec<SocketAddrV4>>,
-    /// What the NodePort reaches when `backends` is not it: `internalTrafficPolicy: Local`
-    /// (`backends` is this node's endpoints) with `externalTrafficPolicy: Cluster` (the
-    /// NodePort reaches every endpoint, SNATed to the node). `None`: `backends` (or
+    /// Every endpoint when `backends` is this node's only (`internalTrafficPolicy: Local`):
+    /// what the NodePort reaches with `externalTrafficPolicy: Cluster` (SNATed to the node),
+    /// and what this node's pods reach through it with ETP Local. `None`: `backends` (or
     /// `external_local`).
     pub node_port_backends: Option<Vec<SocketAddrV4>>,
 }

@@ -235,6 +235,41 @@ fn a_pod_reaches_an_etp_local_node_port_as_the_cluster_ip() {
     assert_eq!(ext_syn(&mut gw, 4000).next, Disposition::Drop);
 }
 
+/// With ITP Local too (the cluster IP's backends are this node's), this node's pods still
+/// reach every endpoint through the NodePort; outside clients this node's.
+#[test]
+fn a_pod_reaches_every_endpoint_of_an_itp_and_etp_local_node_port() {
+    let mut c = config();
+    c.services[0].backends = backends(&[(POD1, 8080)]);
+    c.services[0].external_local = Some(backends(&[(POD1, 8080)]));
+    c.services[0].node_port_backends =
+        Some(backends(&[(POD1, 8080), (POD2, 8080), (REMOTE_POD, 8080)]));
+    let mut gw = gateway(&c);
+    learn_neighbors(&mut gw);
+    let reached: HashSet<_> = (21000..21200u16)
+        .map(|sport| {
+            let out = send(
+                &mut gw,
+                tcp(
+                    pod_mac(3),
+                    GW_MAC,
+                    (POD3, sport),
+                    (NODE_IP, 30080),
+                    true,
+                    64,
+                ),
+                2,
+                0,
+            );
+            addresses(&out.frame).2
+        })
+        .collect();
+    assert_eq!(reached, HashSet::from([POD1, POD2, REMOTE_POD]));
+    for sport in 0..50u16 {
+        assert_eq!(backend_of(&ext_syn(&mut gw, 4000 + sport)), POD1);
+    }
+}
+
 #[test]
 fn etp_local_without_local_backends_drops_node_port_connections() {
     let mut c = config();

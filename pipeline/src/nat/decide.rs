@@ -2,7 +2,7 @@
 //! with SNAT to the node, hairpin SNAT to the gateway, masquerade to the node address, or
 //! nothing — and which new connections are refused.
 
-use super::{Affinity, AffinityKey, Service};
+use super::{Affinity, AffinityKey, Front, Service};
 use crate::conntrack::Tuple;
 use crate::gateway::Policy;
 use crate::l3::Segment;
@@ -46,17 +46,17 @@ pub fn flow_hash(t: &Tuple) -> u64 {
     super::maglev_mix(a ^ super::maglev_mix(b))
 }
 
-/// The backend for a new connection to `svc` through its cluster IP or (`node_port`) its
-/// NodePort: the Maglev pick, unless ClientIP affinity remembers another. Also says whether
-/// the front is ETP Local (the client's address is kept).
+/// The backend for a new connection to `svc` through `front`: the Maglev pick, unless
+/// ClientIP affinity remembers another. Also says whether the front is ETP Local (the
+/// client's address is kept).
 fn pick_backend(
     svc: &Service,
-    node_port: bool,
+    front: Front,
     t: &Tuple,
     affinity: &Affinity,
     now_ms: u64,
 ) -> (Option<std::net::SocketAddrV4>, bool) {
-    let (maglev, local) = svc.backends_for(node_port);
+    let (maglev, local) = svc.backends_for(front);
     let balance = || maglev.pick(flow_hash(t));
     let backend = match svc.affinity_ms {
         None => balance(),
@@ -112,16 +112,16 @@ pub fn plan(
             // only its local endpoints (kube-proxy sends "pod traffic for external
             // destinations" to the service's chain): their replies come back through us
             // whatever the backend.
-            let kind = match kind {
+            let (kind, front) = match kind {
                 NatKind::NodePort
                     if svc.external_local.is_some() && policy.pod_cidr.contains(t.src) =>
                 {
-                    NatKind::Service
+                    (NatKind::Service, Front::NodePortFromPod)
                 }
-                kind => kind,
+                NatKind::NodePort => (kind, Front::NodePort),
+                kind => (kind, Front::ClusterIp),
             };
-            let (backend, etp_local) =
-                pick_backend(svc, kind == NatKind::NodePort, t, affinity, now_ms);
+            let (backend, etp_local) = pick_backend(svc, front, t, affinity, now_ms);
             keep_source = etp_local;
             match backend {
                 Some(b) => ((*b.ip(), b.port()), kind),

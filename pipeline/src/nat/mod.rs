@@ -14,4 +14,4 @@ pub use decide::{flow_hash, plan, NatKind, NatPlan, Refusal};
 pub use maglev::{mix as maglev_mix, Maglev};
 pub use ports::{insert_with_unique_reply, ports_translatable, AllocError};
 pub use related::translate_icmp_error;
-pub use services::{Service, ServiceTable};
+pub use services::{Front, Service, ServiceTable};

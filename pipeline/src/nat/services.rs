@@ -19,9 +19,20 @@ pub struct Service {
     /// `externalTrafficPolicy: Local`: the NodePort balances over these (this node's)
     /// backends only, and keeps the client's address.
     pub external_local: Option<Maglev>,
-    /// The NodePort's backends when the cluster IP's are this node's only (ITP Local with ETP
-    /// Cluster), SNATed as usual.
+    /// Every endpoint, when the cluster IP's are this node's only (ITP Local): what the
+    /// NodePort reaches with ETP Cluster (SNATed as usual), and this node's pods through an
+    /// ETP Local NodePort.
     pub node_port_backends: Option<Maglev>,
+}
+
+/// How a new connection reaches a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    ClusterIp,
+    NodePort,
+    /// This node's pod through an ETP Local NodePort: every endpoint, as kube-proxy sends
+    /// "pod traffic for external destinations".
+    NodePortFromPod,
 }
 
 impl Service {
@@ -29,10 +40,10 @@ impl Service {
     /// NodePort's own set (ETP Local: kept; ITP Local with ETP Cluster: not), else the
     /// service's.
     #[inline]
-    pub fn backends_for(&self, node_port: bool) -> (&Maglev, bool) {
-        match (&self.external_local, &self.node_port_backends) {
-            (Some(local), _) if node_port => (local, true),
-            (None, Some(all)) if node_port => (all, false),
+    pub fn backends_for(&self, front: Front) -> (&Maglev, bool) {
+        match (front, &self.external_local, &self.node_port_backends) {
+            (Front::NodePort, Some(local), _) => (local, true),
+            (Front::NodePort | Front::NodePortFromPod, _, Some(all)) => (all, false),
             _ => (&self.maglev, false),
         }
     }

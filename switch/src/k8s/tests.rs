@@ -267,13 +267,17 @@ fn traffic_policies_pick_this_nodes_endpoints() {
         .contains(&addrs(&["10.244.1.3:8080"])[0]));
     assert!(t.listed.contains(&addrs(&["10.244.1.3:8080"])[0]));
     assert_eq!(t.listed.len(), 4);
-    // With ETP Local too, the NodePort is this node's (and keeps the client).
+    // With ETP Local too, the NodePort is this node's (and keeps the client); this node's
+    // pods reach every endpoint through it, as kube-proxy's short-circuit does.
     let both = itp_np.replace(
         "\"internalTrafficPolicy\"",
         "\"externalTrafficPolicy\": \"Local\", \"internalTrafficPolicy\"",
     );
     let s = &import(&one(&both, endpoints, PORTS)).services[0];
-    assert_eq!(s.node_port_backends, None);
+    assert_eq!(
+        s.node_port_backends.as_deref(),
+        Some(&addrs(&["10.244.1.2:8080", "10.244.2.5:8080", "198.18.0.1:8080"])[..])
+    );
     assert!(s.external_local.is_some());
 }
 

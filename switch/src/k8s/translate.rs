@@ -469,9 +469,10 @@ fn service(
             usable(&candidates, |_| true)
         };
         let external_local = (etp_local && node_port.is_some()).then(|| usable(&candidates, local));
-        // ITP applies to the cluster IP only: with ETP Cluster the NodePort reaches all.
+        // ITP applies to the cluster IP only: the NodePort reaches all with ETP Cluster, and
+        // with ETP Local this node's pods reach all through it (kube-proxy's short-circuit).
         let node_port_backends =
-            (itp_local && !etp_local && node_port.is_some()).then(|| usable(&candidates, |_| true));
+            (itp_local && node_port.is_some()).then(|| usable(&candidates, |_| true));
         let config = ServiceConfig {
             name,
             cluster_ip: vip,
