@@ -22,9 +22,12 @@ union l2_words {
 	__u64 d[2];
 };
 
+// The egress port and a tag of the key (front_tag) are read as one word: the map gives a
+// deleted element to the next install at once, while this program on another CPU may still
+// hold it; another key's tag there is a miss.
 struct l2_flow {
 	__u32 egress_port;
-	__u32 reserved;
+	__u32 tag;
 	__u64 packets;
 	__u64 bytes;
 	__u64 reserved2;
@@ -128,7 +131,10 @@ int vswitch_fastpath(struct xdp_md *ctx)
 		flow = bpf_map_lookup_elem(&l2_flows, &key.key);
 		if (!flow)
 			goto slow;
-		egress = flow->egress_port;
+		route = *(volatile __u64 *)&flow->egress_port;
+		if ((__u32)(route >> 32) != front_tag(d0, d1))
+			goto slow;
+		egress = (__u32)route;
 		packets = &flow->packets;
 		bytes = &flow->bytes;
 	}

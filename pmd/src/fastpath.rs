@@ -111,7 +111,10 @@ pub struct L2Key {
 pub struct L2Flow {
     /// The switch's port id of the egress port (the `ports` devmap's index).
     pub egress_port: u32,
-    pub reserved: u32,
+    /// `front_tag` of the key, read with `egress_port` as one word: the map gives a deleted
+    /// element to the next install at once, while a program on another CPU may still be
+    /// reading it; another key's tag there is a miss, not that key's egress.
+    pub tag: u32,
     pub packets: u64,
     pub bytes: u64,
     pub reserved2: u64,
@@ -513,6 +516,7 @@ impl FastPath {
             Place::Hashed => {
                 let flow = L2Flow {
                     egress_port,
+                    tag: crate::fastpath_front::front_tag(key),
                     ..Default::default()
                 };
                 if !self.install_value(key, flow)? {
@@ -828,6 +832,30 @@ mod tests {
         };
         update_slice(front, &slot, &vec![torn; fast.cpus], 0).unwrap();
         assert_eq!(prog.test_run(&a_frame).unwrap().0, XDP_PASS, "a torn slot");
+        // b's hashed element given to another key as it is read (the map reuses a deleted
+        // element at once): that key's tag with b's key words is a miss.
+        let reused = L2Flow {
+            egress_port: EGRESS,
+            tag: front_tag(&b) ^ 2,
+            ..Default::default()
+        };
+        update_slice(&fast.flows, &b, &vec![reused; fast.cpus], 0).unwrap();
+        assert_eq!(
+            prog.test_run(&b_frame).unwrap().0,
+            XDP_PASS,
+            "a reused element"
+        );
+        // b as it was: one frame counted.
+        let mut b_again = vec![
+            L2Flow {
+                egress_port: EGRESS,
+                tag: front_tag(&b),
+                ..Default::default()
+            };
+            fast.cpus
+        ];
+        b_again[0].packets = 1;
+        update_slice(&fast.flows, &b, &b_again, 0).unwrap();
         fast.remove(&a).unwrap();
         assert_eq!(fast.read(&a).unwrap(), None);
         assert_eq!(prog.test_run(&a_frame).unwrap().0, XDP_PASS);

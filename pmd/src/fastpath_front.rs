@@ -43,6 +43,7 @@ impl L2Slot {
     pub fn merge(copies: &[L2Slot]) -> L2Flow {
         L2Flow {
             egress_port: copies[0].egress_port(),
+            tag: (copies[0].route >> 32) as u32,
             packets: copies.iter().map(|s| s.packets).sum(),
             bytes: copies.iter().map(|s| s.bytes).sum(),
             ..Default::default()
