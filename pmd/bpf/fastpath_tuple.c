@@ -25,12 +25,17 @@ struct tuple_key {
 	// 0: the frame as it came; INNER: the inner frame of VXLAN that came on the port.
 	__u8 layer;
 	__u8 pad[2];
-};
+} __attribute__((aligned(8)));
 
 #define INNER 1
 
-// Addresses, ports and deltas in network byte order, as they sit in the packet.
-struct tuple_flow {
+// What the program decides by: addresses, ports and deltas in network byte order, as they
+// sit in the packet, between two copies of a tag of the key. The map gives a deleted element
+// to the next install at once, written first word first, while this program on another CPU
+// may still hold it: copied last word first (`route_of`), a copy with any word of another
+// flow has that flow's tag in front.
+struct tuple_route {
+	__u32 tag;
 	__u32 egress_port;
 	// The longest IPv4 packet the egress port takes (its MTU; into the overlay, what is left
 	// of the uplink's): longer ones go to the switch, which answers fragmentation-needed.
@@ -50,6 +55,13 @@ struct tuple_flow {
 	// ENCAP, DECAP: the overlay_legs slot; ENCAP: the outer UDP source port.
 	__u16 leg;
 	__u16 udp_sport;
+	__u32 tag_end;
+} __attribute__((aligned(8)));
+
+#define ROUTE_WORDS (sizeof(struct tuple_route) / 8)
+
+struct tuple_flow {
+	struct tuple_route route;
 	__u64 packets;
 	__u64 bytes;
 	__u64 last_ns;
@@ -120,11 +132,33 @@ static INLINE void key_of(struct tuple_key *key, const __u8 *eth, __u8 layer)
 	*(__u32 *)&key->proto = ip[9] | ((__u32)layer << 8);
 }
 
+// The key's tag, as pmd's `tuple_tag` computes it from the key read as four native words.
+static INLINE __u32 tuple_tag(const struct tuple_key *key)
+{
+	const __u64 *d = (const __u64 *)key;
+
+	return (__u32)((d[0] * 0xc2b2ae3d27d4eb4fULL + d[1] * 0x165667b19e3779f9ULL +
+			d[2] * 0x9e3779b97f4a7c15ULL + d[3] * 0xff51afd7ed558ccdULL) >> 32) | 1;
+}
+
+// Copies the flow's route into `r`, last word first; whether it is the key's whole.
+static INLINE int route_of(struct tuple_flow *flow, struct tuple_route *r, __u32 tag)
+{
+	volatile __u64 *from = (volatile __u64 *)&flow->route;
+	__u64 *to = (__u64 *)r;
+	int i;
+
+#pragma unroll
+	for (i = ROUTE_WORDS - 1; i >= 0; i--)
+		to[i] = from[i];
+	return r->tag == tag && r->tag_end == tag;
+}
+
 // Whether the frame at `eth` (`room` bytes of the buffer from there on) is one the switch
 // would decide as the flow says: TTL left (the switch sends time-exceeded), a header checksum
 // that verifies, a total length the frame holds and the egress takes (else the switch drops
 // it or sends fragmentation-needed).
-static INLINE int takes(__u8 *eth, __u8 *end, struct tuple_flow *flow, __u64 room)
+static INLINE int takes(__u8 *eth, __u8 *end, struct tuple_route *flow, __u64 room)
 {
 	__u8 *ip = eth + 14;
 
@@ -160,7 +194,7 @@ static INLINE int outer_checksum_verifies(__u8 *ip, __u8 *end, __u64 inner_l4_su
 }
 
 // What the switch writes into a routed or translated frame: MACs, TTL, addresses, ports.
-static INLINE void rewrite(__u8 *eth, __u8 *end, struct tuple_flow *flow)
+static INLINE void rewrite(__u8 *eth, __u8 *end, struct tuple_route *flow)
 {
 	__u8 *ip = eth + 14;
 	__u8 *l4 = ip + 20;
@@ -205,7 +239,8 @@ static INLINE int to_socket(struct xdp_md *ctx)
 // A frame of a flow into the overlay: rewritten as routed, then the leg's outer headers go in
 // front with the lengths, the IPv4 checksum (RFC 1624 from the template's) and the flow's UDP
 // source port filled in, as the switch's `encap::push_outer` writes them.
-static INLINE int encapsulate(struct xdp_md *ctx, struct tuple_flow *flow, __u64 len)
+static INLINE int encapsulate(struct xdp_md *ctx, struct tuple_flow *counts,
+			      struct tuple_route *flow, __u64 len)
 {
 	__u32 slot = flow->leg;
 	struct overlay_leg *leg = bpf_map_lookup_elem(&overlay_legs, &slot);
@@ -234,7 +269,7 @@ static INLINE int encapsulate(struct xdp_md *ctx, struct tuple_flow *flow, __u64
 		(__u16)~fold((__u32)(__u16)~be16(ip + 10) + (__u16)~old_total + (__u16)total));
 	*(__u16 *)udp = flow->udp_sport;
 	*(__u16 *)(udp + 4) = __builtin_bswap16((__u16)(be16(udp + 4) + len));
-	return counted(flow, len);
+	return counted(counts, len);
 }
 
 // VXLAN to us (the outer frame IPv4 without options, UDP, not a fragment: `understood`) whose
@@ -252,7 +287,8 @@ static INLINE int decapsulate(struct xdp_md *ctx, struct tuple_key *key)
 	__u8 *udp = ip + 20;
 	__u8 *vx = udp + 8;
 	__u8 *in = vx + 8;
-	struct tuple_flow *flow;
+	struct tuple_flow *counts;
+	struct tuple_route r, *flow = &r;
 	struct overlay_leg *leg;
 	__u32 slot;
 	__u64 len, l4_sum = 0;
@@ -264,8 +300,8 @@ static INLINE int decapsulate(struct xdp_md *ctx, struct tuple_key *key)
 	if (!kind)
 		return to_socket(ctx);
 	key_of(key, in, INNER);
-	flow = bpf_map_lookup_elem(&tuple_flows, key);
-	if (!flow || !(flow->flags & DECAP))
+	counts = bpf_map_lookup_elem(&tuple_flows, key);
+	if (!counts || !route_of(counts, flow, tuple_tag(key)) || !(flow->flags & DECAP))
 		return to_socket(ctx);
 	slot = flow->leg;
 	leg = bpf_map_lookup_elem(&overlay_legs, &slot);
@@ -309,7 +345,7 @@ static INLINE int decapsulate(struct xdp_md *ctx, struct tuple_key *key)
 		return to_socket(ctx);
 	}
 	rewrite(data, end, flow);
-	return counted(flow, len);
+	return counted(counts, len);
 }
 
 SEC("xdp")
@@ -318,7 +354,8 @@ int vswitch_fastpath_tuple(struct xdp_md *ctx)
 	__u8 *data = (void *)(long)ctx->data;
 	__u8 *data_end = (void *)(long)ctx->data_end;
 	struct tuple_key key = {};
-	struct tuple_flow *flow;
+	struct tuple_flow *counts;
+	struct tuple_route r, *flow = &r;
 	__u64 len, l4_sum;
 	int kind = understood(data, data_end);
 
@@ -326,9 +363,11 @@ int vswitch_fastpath_tuple(struct xdp_md *ctx)
 		return to_socket(ctx);
 	key.ifindex = ctx->ingress_ifindex;
 	key_of(&key, data, 0);
-	flow = bpf_map_lookup_elem(&tuple_flows, &key);
-	if (!flow)
+	counts = bpf_map_lookup_elem(&tuple_flows, &key);
+	if (!counts)
 		return decapsulate(ctx, &key);
+	if (!route_of(counts, flow, tuple_tag(&key)))
+		return to_socket(ctx);
 	len = bpf_xdp_get_buff_len(ctx);
 	if (!takes(data, data_end, flow, len))
 		return to_socket(ctx);
@@ -340,13 +379,13 @@ int vswitch_fastpath_tuple(struct xdp_md *ctx)
 	if (kind == PARTIAL)
 		finish_partial(data + 14, data_end, l4_sum);
 	if (flow->flags & ENCAP)
-		return encapsulate(ctx, flow, len);
+		return encapsulate(ctx, counts, flow, len);
 	// A missing egress port leaves the frame to the slow path, which knows why; the frame
 	// is rewritten only once it is sure to leave here.
 	if (bpf_redirect_map(&ports, flow->egress_port, 0) != XDP_REDIRECT)
 		return to_socket(ctx);
 	rewrite(data, data_end, flow);
-	return counted(flow, len);
+	return counted(counts, len);
 }
 
 char _license[] SEC("license") = "Dual MIT/GPL";

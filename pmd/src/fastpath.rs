@@ -168,6 +168,30 @@ pub struct TupleKey {
     pub pad: [u8; 2],
 }
 
+/// The tag of a gateway flow's key, as the program computes it from the key's bytes read as
+/// four native words: never 0 (a zeroed value never matches).
+pub fn tuple_tag(key: &TupleKey) -> u32 {
+    let mut b = [0u8; 32];
+    b[..4].copy_from_slice(&key.ifindex.to_ne_bytes());
+    b[4..10].copy_from_slice(&key.dst);
+    b[10..16].copy_from_slice(&key.src);
+    b[16..20].copy_from_slice(&key.saddr);
+    b[20..24].copy_from_slice(&key.daddr);
+    b[24..26].copy_from_slice(&key.sport);
+    b[26..28].copy_from_slice(&key.dport);
+    b[28] = key.proto;
+    b[29] = key.layer;
+    b[30..32].copy_from_slice(&key.pad);
+    let d = |i: usize| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    (d(0)
+        .wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
+        .wrapping_add(d(1).wrapping_mul(0x1656_67b1_9e37_79f9))
+        .wrapping_add(d(2).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .wrapping_add(d(3).wrapping_mul(0xff51_afd7_ed55_8ccd))
+        >> 32) as u32
+        | 1
+}
+
 /// `TupleKey::layer`: the frame as it came on the port.
 pub const OUTER: u8 = 0;
 /// `TupleKey::layer`: the inner frame of VXLAN that came on the port.
@@ -185,10 +209,15 @@ pub const OUTER_LEN: usize = pipeline::wire::vxlan::ENCAP_OVERHEAD;
 pub const LEG_CAPACITY: u32 = 1024;
 
 /// A gateway flow's value: the egress port, the frame's new MACs, addresses and ports (network
-/// byte order), the checksum deltas, and what the program counted (64 bytes).
+/// byte order), the checksum deltas, and what the program counted (72 bytes). The program
+/// copies what it decides by (`tag` to `tag_end`) last word first and uses it only when both
+/// tags are its key's: the map gives a deleted element to the next install at once, written
+/// first word first, while the program on another CPU may still be reading it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TupleFlow {
+    /// `tuple_tag` of the key.
+    pub tag: u32,
     pub egress_port: u32,
     pub max_len: u16,
     pub flags: u8,
@@ -206,6 +235,8 @@ pub struct TupleFlow {
     pub leg: u16,
     /// ENCAP: the outer UDP source port (network byte order).
     pub udp_sport: [u8; 2],
+    /// `tag` again.
+    pub tag_end: u32,
     pub packets: u64,
     pub bytes: u64,
     /// CLOCK_MONOTONIC nanoseconds (coarse: jiffies resolution) of the last hit (0: none yet).
@@ -232,7 +263,10 @@ impl TupleFlow {
         // The TTL shares a word with the protocol; one less is ~m + (m - 0x100) = 0xfeff,
         // whatever m is (the program leaves TTL 1 and 0 to the switch).
         let ttl = if routed { 0xfeff } else { 0 };
+        let tag = tuple_tag(key);
         TupleFlow {
+            tag,
+            tag_end: tag,
             egress_port,
             max_len,
             flags: if routed { DECREMENT_TTL } else { 0 },
@@ -709,7 +743,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<L2Key>(), 16);
         assert_eq!(std::mem::size_of::<L2Flow>(), 32);
         assert_eq!(std::mem::size_of::<TupleKey>(), 32);
-        assert_eq!(std::mem::size_of::<TupleFlow>(), 64);
+        assert_eq!(std::mem::size_of::<TupleFlow>(), 72);
     }
 
     #[test]

@@ -236,6 +236,42 @@ fn a_routed_dnat_flow_leaves_as_the_switch_would_write_it() {
     }
 }
 
+/// The map hands a deleted element to the next install at once, while the program on
+/// another CPU may still be reading it: a value with another key's tag at either end (the
+/// element reused, or caught half rewritten) is a miss, and the frame stays as it came.
+#[test]
+fn a_flow_value_of_another_key_is_a_miss() {
+    let Some(rig) = rig() else { return };
+    let before = frame(&TCP_ACK, (GW_MAC, POD_MAC), (CLIENT, 40000, VIP, 80));
+    let key = install_dnat(&rig, &before, 1500);
+    let own: TupleFlow = rig.fast.read(&key).unwrap().unwrap();
+    assert_eq!(own.tag, tuple_tag(&key));
+    let other = TupleKey {
+        sport: 40001u16.to_be_bytes(),
+        ..key
+    };
+    for (tag, tag_end) in [
+        (tuple_tag(&other), tuple_tag(&other)),
+        (own.tag, tuple_tag(&other)),
+        (tuple_tag(&other), own.tag),
+    ] {
+        let value = TupleFlow {
+            tag,
+            tag_end,
+            ..own
+        };
+        update_slice(&rig.fast.flows, &key, &vec![value; rig.fast.cpus], 0).unwrap();
+        let (verdict, after) = rig.prog.test_run(&before).unwrap();
+        assert_eq!(
+            (verdict, &after),
+            (XDP_PASS, &before),
+            "{tag:x} {tag_end:x}"
+        );
+    }
+    update_slice(&rig.fast.flows, &key, &vec![own; rig.fast.cpus], 0).unwrap();
+    assert_eq!(rig.prog.test_run(&before).unwrap().0, XDP_REDIRECT);
+}
+
 #[test]
 fn every_checksum_stays_right_across_many_tuples() {
     let Some(rig) = rig() else { return };
