@@ -90,6 +90,23 @@ fn etp_local() -> GatewayConfig {
     c
 }
 
+/// A SYN from pod 3 (port 2) to the node's NodePort 30080, from `sport`.
+fn pod3_syn_to_node_port(gw: &mut Gateway, sport: u16) -> Out {
+    send(
+        gw,
+        tcp(
+            pod_mac(3),
+            GW_MAC,
+            (POD3, sport),
+            (NODE_IP, 30080),
+            true,
+            64,
+        ),
+        2,
+        0,
+    )
+}
+
 fn ext_syn(gw: &mut Gateway, sport: u16) -> Out {
     send(
         gw,
@@ -201,19 +218,7 @@ fn a_pod_reaches_an_etp_local_node_port_as_the_cluster_ip() {
     learn_neighbors(&mut gw);
     let mut seen = HashMap::new();
     for sport in 21000..21200u16 {
-        let out = send(
-            &mut gw,
-            tcp(
-                pod_mac(3),
-                GW_MAC,
-                (POD3, sport),
-                (NODE_IP, 30080),
-                true,
-                64,
-            ),
-            2,
-            0,
-        );
+        let out = pod3_syn_to_node_port(&mut gw, sport);
         assert_ne!(out.next, Disposition::Drop);
         let (src, _, dst, dport) = addresses(&out.frame);
         assert_eq!((src, dport), (POD3, 8080), "the pod's address is kept");
@@ -248,19 +253,7 @@ fn a_pod_reaches_every_endpoint_of_an_itp_and_etp_local_node_port() {
     learn_neighbors(&mut gw);
     let reached: HashSet<_> = (21000..21200u16)
         .map(|sport| {
-            let out = send(
-                &mut gw,
-                tcp(
-                    pod_mac(3),
-                    GW_MAC,
-                    (POD3, sport),
-                    (NODE_IP, 30080),
-                    true,
-                    64,
-                ),
-                2,
-                0,
-            );
+            let out = pod3_syn_to_node_port(&mut gw, sport);
             addresses(&out.frame).2
         })
         .collect();
@@ -313,21 +306,7 @@ fn affinity_keeps_a_node_port_with_its_own_backends_apart_from_the_cluster_ip() 
     c.services[0].node_port_backends = Some(backends(&[(POD1, 8080), (REMOTE_POD, 8080)]));
     let mut gw = gateway(&c);
     learn_neighbors(&mut gw);
-    let to_node_port = |gw: &mut Gateway, sport: u16| {
-        send(
-            gw,
-            tcp(
-                pod_mac(3),
-                GW_MAC,
-                (POD3, sport),
-                (NODE_IP, 30080),
-                true,
-                64,
-            ),
-            2,
-            0,
-        )
-    };
+    let to_node_port = pod3_syn_to_node_port;
     let through_node_port = backend_of(&to_node_port(&mut gw, 21000));
     assert_eq!(backend_of(&pod3_syn_to_vip(&mut gw, 21001, 0)), POD1);
     assert_eq!(gw.shared.affinity.len(), 2, "one entry per front");
