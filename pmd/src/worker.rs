@@ -747,14 +747,10 @@ impl Worker {
     fn capture_packets(&mut self, port: PortId, packets: Vec<Vec<u8>>) {
         let time = SystemTime::now();
         let of_port = self.captures.iter().filter(|c| c.port == port).count();
-        let mut ended = Vec::new();
         for data in packets {
             // The last capture of the port takes the copy, the others copy it again.
             let mut data = Some(data);
-            for (k, (i, c)) in (self.captures.iter().enumerate())
-                .filter(|(_, c)| c.port == port)
-                .enumerate()
-            {
+            for (k, c) in self.captures.iter().filter(|c| c.port == port).enumerate() {
                 let copy = match k + 1 == of_port {
                     true => data.take().unwrap_or_default(),
                     false => data.clone().unwrap_or_default(),
@@ -768,18 +764,20 @@ impl Worker {
                     Err(TrySendError::Full(_)) => {
                         c.state.lost.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(TrySendError::Disconnected(_)) => ended.push(i),
+                    // Its writer is gone: the port's flows may take the fast path again.
+                    Err(TrySendError::Disconnected(_)) => {
+                        c.state.ended.store(true, Ordering::Relaxed);
+                    }
                 }
             }
         }
-        if !ended.is_empty() {
-            // Its writer is gone: the port's flows may take the fast path again.
-            let mut i = 0;
-            self.captures.retain(|_| {
-                i += 1;
-                !ended.contains(&(i - 1))
-            });
-        }
+        self.drop_ended_captures();
+    }
+
+    /// Forgets the captures whose writer stopped.
+    fn drop_ended_captures(&mut self) {
+        self.captures
+            .retain(|c| !c.state.ended.load(Ordering::Relaxed));
     }
 
     /// A burst with multi-buffer packets: each chain copied into one buffer and processed in
@@ -1307,9 +1305,8 @@ impl Worker {
     }
 
     fn housekeeping(&mut self, now_ms: u64) {
-        // Captures whose writer stopped (also those this worker never captured for).
-        self.captures
-            .retain(|c| !c.state.ended.load(Ordering::Relaxed));
+        // Also those this worker never captured for (it polls none of their port's queues).
+        self.drop_ended_captures();
         // What the fast path forwarded keeps its sources alive before the bridge ages them.
         if let Some(flows) = self.flows.as_mut() {
             flows.harvest(self.s.pipeline.bridge_mut(), &self.s.stats, now_ms);
