@@ -1360,6 +1360,11 @@ impl Datapath {
 
     /// Stops the workers, detaches the programs and reports each worker's frames.
     pub fn stop(mut self) -> Vec<WorkerEnd> {
+        self.shut_down()
+    }
+
+    /// Stops the workers and waits for them (those still running: a second call finds none).
+    fn shut_down(&mut self) -> Vec<WorkerEnd> {
         self.stop.store(true, Ordering::Relaxed);
         // Detach first so nothing new arrives while the workers drain.
         for p in self.ports.iter_mut().flatten() {
@@ -1371,10 +1376,7 @@ impl Datapath {
 
 impl Drop for Datapath {
     fn drop(&mut self) {
-        for p in self.ports.iter_mut().flatten() {
-            p.link = None;
-        }
-        stop_workers(&self.stop, &mut self.workers);
+        self.shut_down();
     }
 }
 
