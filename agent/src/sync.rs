@@ -25,13 +25,17 @@ use tokio::sync::Notify;
 /// EndpointSlices, and headless Services' slices (nothing to proxy; each change would be an
 /// import). The switch skips another proxy's Services in any import too.
 const NOT_OURS: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
-/// The pause before a fresh watcher after `410 Gone`, doubled each time up to the last (a
-/// source of 410s that does not stop must not make every node list in a loop: each list
-/// succeeds, so only a watcher that lasted `HEALTHY_WATCH` starts the pauses afresh).
-const RELIST_PAUSES: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+/// Pauses while something keeps failing: the first, doubling up to the last. Before a fresh
+/// watcher after `410 Gone` (a source of 410s that does not stop must not make every node
+/// list in a loop: each list succeeds, so only a watcher that lasted `HEALTHY_WATCH` starts
+/// them afresh), and after a failed import.
+const PAUSES: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
 const HEALTHY_WATCH: Duration = Duration::from_secs(60);
-/// The pauses after a failed import: the first, doubling up to the last.
-const IMPORT_RETRY_PAUSES: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+
+/// The pause after `last` (`None`: the first).
+fn next_pause(last: Option<Duration>) -> Duration {
+    last.map_or(PAUSES.0, |p| (p * 2).min(PAUSES.1))
+}
 
 pub struct Options {
     pub ctl: PathBuf,
@@ -61,15 +65,16 @@ where
     let (reader, mut writer) = reflector::store();
     let kind = K::kind(&Default::default()).into_owned();
     tokio::spawn(async move {
-        let mut pause = RELIST_PAUSES.0;
+        let mut pause: Option<Duration> = None;
         let mut started: Option<std::time::Instant> = None;
         loop {
             if let Some(at) = started {
                 if at.elapsed() >= HEALTHY_WATCH {
-                    pause = RELIST_PAUSES.0;
+                    pause = None;
                 }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(RELIST_PAUSES.1);
+                let now = next_pause(pause);
+                tokio::time::sleep(now).await;
+                pause = Some(now);
             }
             started = Some(std::time::Instant::now());
             // Managed fields and annotations (`kubectl apply` keeps a whole copy of the object
@@ -201,9 +206,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), String> {
                 }
             }
             Err(e) => {
-                let pause = retry.map_or(IMPORT_RETRY_PAUSES.0, |p| {
-                    (p * 2).min(IMPORT_RETRY_PAUSES.1)
-                });
+                let pause = next_pause(retry);
                 retry = Some(pause);
                 tracing::warn!(
                     "import into {}: {e}; retrying in {} s",
@@ -218,6 +221,18 @@ pub async fn run(client: Client, opts: Options) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pauses_double_from_the_first_to_the_last() {
+        let mut seen = Vec::new();
+        let mut pause = None;
+        for _ in 0..7 {
+            let now = next_pause(pause);
+            seen.push(now.as_secs());
+            pause = Some(now);
+        }
+        assert_eq!(seen, [1, 2, 4, 8, 16, 30, 30]);
+    }
 
     #[test]
     fn a_new_control_socket_is_a_restarted_switch() {
