@@ -12,17 +12,31 @@ use std::sync::Arc;
 const QUEUE: usize = 1024;
 const PRINT_QUEUE: usize = 256;
 
+/// Lines on their way to a writer thread; what found the queue full is counted, not waited
+/// for.
 #[derive(Clone)]
 struct Queue {
     lines: Sender<Vec<u8>>,
     dropped: Arc<AtomicU64>,
 }
 
-impl Write for Queue {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+impl Queue {
+    fn new(capacity: usize) -> (Queue, crossbeam_channel::Receiver<Vec<u8>>) {
+        let (lines, rx) = bounded(capacity);
+        let dropped = Arc::new(AtomicU64::new(0));
+        (Queue { lines, dropped }, rx)
+    }
+
+    fn send(&self, buf: &[u8]) {
         if let Err(TrySendError::Full(_)) = self.lines.try_send(buf.to_vec()) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+impl Write for Queue {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.send(buf);
         Ok(buf.len())
     }
 
@@ -32,11 +46,7 @@ impl Write for Queue {
 }
 
 pub fn init() {
-    let (lines, rx) = bounded::<Vec<u8>>(QUEUE);
-    let queue = Queue {
-        lines,
-        dropped: Arc::new(AtomicU64::new(0)),
-    };
+    let (queue, rx) = Queue::new(QUEUE);
     let dropped = queue.dropped.clone();
     let _ = std::thread::Builder::new()
         .name("vswitch-log".into())
@@ -73,10 +83,9 @@ pub fn init() {
     }));
 }
 
-/// The running switch's stdout: a queue to a writer thread, and what it dropped.
+/// The running switch's stdout: a queue to its writer thread.
 struct Printer {
-    lines: Sender<String>,
-    dropped: Arc<AtomicU64>,
+    queue: Queue,
     writer: std::thread::JoinHandle<()>,
 }
 
@@ -85,7 +94,7 @@ static PRINTER: std::sync::Mutex<Option<Printer>> = std::sync::Mutex::new(None);
 /// Starts the stdout writer thread (`print` writes directly until then).
 pub fn start_printing() {
     // Whole reports (a `--stats-interval` round is one): fewer than the log's lines.
-    let (lines, rx) = bounded::<String>(PRINT_QUEUE);
+    let (queue, rx) = Queue::new(PRINT_QUEUE);
     let Ok(writer) = std::thread::Builder::new()
         .name("vswitch-out".into())
         .spawn(move || {
@@ -96,11 +105,7 @@ pub fn start_printing() {
     else {
         return;
     };
-    let printer = Printer {
-        lines,
-        dropped: Arc::new(AtomicU64::new(0)),
-        writer,
-    };
+    let printer = Printer { queue, writer };
     *PRINTER.lock().unwrap_or_else(|e| e.into_inner()) = Some(printer);
 }
 
@@ -109,12 +114,8 @@ pub fn start_printing() {
 pub fn print(text: &str) {
     let printer = PRINTER.lock().unwrap_or_else(|e| e.into_inner());
     match printer.as_ref() {
-        Some(p) => {
-            if p.lines.try_send(text.to_string()).is_err() {
-                p.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        None => write_out(text),
+        Some(p) => p.queue.send(text.as_bytes()),
+        None => write_out(text.as_bytes()),
     }
 }
 
@@ -124,12 +125,12 @@ pub fn print(text: &str) {
 pub fn finish_printing(patience: std::time::Duration) {
     let printer = PRINTER.lock().unwrap_or_else(|e| e.into_inner()).take();
     let Some(p) = printer else { return };
-    let dropped = p.dropped.load(Ordering::Relaxed);
+    let dropped = p.queue.dropped.load(Ordering::Relaxed);
     if dropped > 0 {
         // Said on stderr (its own queue): stdout is what was not read.
         tracing::warn!(dropped, "lines of output dropped while stdout was not read");
     }
-    drop(p.lines);
+    drop(p.queue);
     let deadline = std::time::Instant::now() + patience;
     while !p.writer.is_finished() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -137,8 +138,8 @@ pub fn finish_printing(patience: std::time::Duration) {
 }
 
 /// A closed stdout (piped to `head`) must not stop the switch.
-fn write_out(text: &str) {
+fn write_out(text: &[u8]) {
     let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes());
+    let _ = out.write_all(text);
     let _ = out.flush();
 }
