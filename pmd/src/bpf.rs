@@ -490,11 +490,26 @@ const STAMP_END: i32 = 58;
 impl LiveFrameSender {
     /// A sender whose program writes a per-CPU sequence number and the send time into every
     /// frame it redirects (frames shorter than 58 bytes go unstamped), for loss, reordering and
-    /// latency at the receiver.
-    pub fn load_stamped(ifindex: u32) -> io::Result<LiveFrameSender> {
+    /// latency at the receiver. It first writes back the 8 bytes at `ARRIVAL_OFFSET` from
+    /// `frame` (the frame sent): the receiver's program writes the time of arrival there, and
+    /// where a dataplane forwards the sender's own pages (an XDP redirect), the kernel
+    /// recycles them into the next send with that time over the destination MAC.
+    pub fn load_stamped(ifindex: u32, frame: &[u8]) -> io::Result<LiveFrameSender> {
+        let head: [u8; 8] = frame
+            .get(ARRIVAL_OFFSET..ARRIVAL_OFFSET + 8)
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "a frame of 8 bytes or more")
+            })?;
+        let head = u64::from_le_bytes(head);
         let map = create_map(BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, "vswitch_seq")?;
         let mut program = SenderProgram::default();
         program.frame_of(STAMP_END);
+        program.insns.extend([
+            insn(0x18, 1, 0, 0, head as u32 as i32),
+            insn(0, 0, 0, 0, (head >> 32) as u32 as i32), // r1 = head
+            insn(0x7b, 7, 1, ARRIVAL_OFFSET as i16, 0),   // frame[0..8] = r1
+        ]);
         program.lookup_first(&map);
         program.insns.extend([
             insn(0x79, 1, 0, 0, 0),                       // r1 = *seq
@@ -980,6 +995,30 @@ mod tests {
         let mut fragment = ip_frame;
         fragment[20] |= 0x20; // more fragments
         assert!(LiveFrameSender::load_flows(1, 3, &fragment, false).is_err());
+    }
+
+    #[test]
+    fn the_stamped_sender_writes_back_what_the_receiver_wrote_over_the_frame() {
+        if nix::unistd::geteuid().as_raw() != 0 {
+            assert!(std::env::var("CI").is_err(), "CI runs this as root");
+            return;
+        }
+        let frame: Vec<u8> = (0..64u8).collect();
+        const XDP_REDIRECT: u32 = 4;
+        let sender = LiveFrameSender::load_stamped(1, &frame).unwrap();
+        // A page the receiver's program stamped, recycled into the next send as it is.
+        let mut recycled = frame.clone();
+        recycled[ARRIVAL_OFFSET..ARRIVAL_OFFSET + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        let before = crate::netdev::monotonic_ns();
+        let (verdict, out) = test_run(&sender.fd, &recycled).unwrap();
+        let after = crate::netdev::monotonic_ns();
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(out[..STAMP_SEQ_OFFSET], frame[..STAMP_SEQ_OFFSET]);
+        let word = |at: usize| u64::from_le_bytes(out[at..at + 8].try_into().unwrap());
+        assert!(word(STAMP_SEQ_OFFSET) >= 1);
+        assert!((before..=after).contains(&word(STAMP_TIME_OFFSET)));
+        assert_eq!(out[STAMP_END as usize..], frame[STAMP_END as usize..]);
+        assert!(LiveFrameSender::load_stamped(1, &frame[..7]).is_err());
     }
 
     #[test]

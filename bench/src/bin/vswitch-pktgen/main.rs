@@ -285,7 +285,7 @@ fn load_sender(dev: &str, first: &[u8], plan: &SendPlan) -> Result<LiveFrameSend
     let loaded = if plan.flows_in_program {
         LiveFrameSender::load_flows(ifindex, plan.flows, first, plan.restore_headers)
     } else if plan.stamp {
-        LiveFrameSender::load_stamped(ifindex)
+        LiveFrameSender::load_stamped(ifindex, first)
     } else if plan.restore_headers {
         LiveFrameSender::load_restoring(ifindex)
     } else {
