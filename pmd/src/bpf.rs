@@ -11,6 +11,7 @@ pub(crate) const BPF_MAP_CREATE: libc::c_long = 0;
 pub(crate) const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 pub(crate) const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 pub(crate) const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+pub(crate) const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_PROG_LOAD: libc::c_long = 5;
 /// The XDP program handles multi-buffer packets.
 pub(crate) const BPF_F_XDP_HAS_FRAGS: u32 = 1 << 5;
@@ -80,6 +81,20 @@ pub(crate) struct MapCreateAttr {
     pub(crate) inner_map_fd: u32,
     pub(crate) numa_node: u32,
     pub(crate) map_name: [u8; 16],
+}
+
+/// `bpf_attr` of the map batch commands.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct MapBatchAttr {
+    pub(crate) in_batch: u64,
+    pub(crate) out_batch: u64,
+    pub(crate) keys: u64,
+    pub(crate) values: u64,
+    pub(crate) count: u32,
+    pub(crate) map_fd: u32,
+    pub(crate) elem_flags: u64,
+    pub(crate) flags: u64,
 }
 
 #[repr(C)]

@@ -10,9 +10,9 @@
 //! Only workers write the flow maps.
 
 use crate::bpf::{
-    bpf, create_map, load_xdp_flags, possible_cpus, update, Insn, MapElemAttr, RedirectProgram,
-    XskMap, BPF_F_XDP_HAS_FRAGS, BPF_MAP_DELETE_ELEM, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM,
-    BPF_PSEUDO_MAP_FD,
+    bpf, create_map, load_xdp_flags, possible_cpus, update, Insn, MapBatchAttr, MapElemAttr,
+    RedirectProgram, XskMap, BPF_F_XDP_HAS_FRAGS, BPF_MAP_DELETE_ELEM, BPF_MAP_LOOKUP_BATCH,
+    BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_PSEUDO_MAP_FD,
 };
 use crate::fastpath_front::{front_slot, L2Slot, Place, Places, FRONT_SLOTS};
 use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
@@ -643,6 +643,69 @@ impl FastPath {
     fn read_hashed<K, V: Counted>(&self, key: &K) -> io::Result<Option<V>> {
         self.check_types::<K, V>();
         Ok(lookup_per_cpu::<K, V>(&self.flows, key, self.cpus)?.map(|copies| V::merge(&copies)))
+    }
+
+    /// The next hashed flows of `walk` (at most `max`, fewer at the map's end), each with
+    /// its per-CPU copies merged, into `out` (cleared first): one system call for many flows
+    /// where reading each costs one. Flows installed or removed meanwhile may be missed or
+    /// read twice (the kernel walks its buckets).
+    pub fn read_hashed_batch<K: Copy + Default, V: Counted>(
+        &self,
+        walk: &mut HashWalk,
+        max: usize,
+        out: &mut Vec<(K, V)>,
+    ) -> io::Result<()> {
+        self.check_types::<K, V>();
+        assert_eq!(size_of::<V>() % 8, 0, "the kernel's per-CPU stride");
+        out.clear();
+        if walk.done || max == 0 {
+            return Ok(());
+        }
+        let mut keys = vec![K::default(); max];
+        let mut values = vec![V::default(); max * self.cpus];
+        // The kernel's position: a bucket index.
+        let mut next = 0u32;
+        let mut attr = MapBatchAttr {
+            in_batch: walk.next.as_ref().map_or(0, |b| b as *const u32 as u64),
+            out_batch: &mut next as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: max as u32,
+            map_fd: self.flows.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        // SAFETY: `in_batch` (when set) and `out_batch` point to u32s, the hash map's batch
+        // position; `keys` has room for `count` Ks and `values` for `count` times `cpus` Vs,
+        // the map's key and per-CPU value types (checked above; V a multiple of 8 bytes, the
+        // kernel's per-CPU stride); all alive until after the call, which writes at most that.
+        let result = unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) };
+        let read = (attr.count as usize).min(max);
+        match result {
+            Ok(_) => walk.next = Some(next),
+            // The end: what it read before it is valid.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => walk.done = true,
+            Err(e) => return Err(e),
+        }
+        out.extend((0..read).map(|i| {
+            (
+                keys[i],
+                V::merge(&values[i * self.cpus..(i + 1) * self.cpus]),
+            )
+        }));
+        Ok(())
+    }
+}
+
+/// Where a walk over a flow map stands (`FastPath::read_hashed_batch`).
+#[derive(Debug, Default)]
+pub struct HashWalk {
+    next: Option<u32>,
+    done: bool,
+}
+
+impl HashWalk {
+    pub fn is_done(&self) -> bool {
+        self.done
     }
 }
 

@@ -411,3 +411,61 @@ fn what_the_switch_must_see_is_left_alone() {
     assert_eq!(rig.prog.test_run(&before).unwrap(), (XDP_PASS, before));
     rig.fast.remove(&key).unwrap();
 }
+
+#[test]
+fn a_walk_in_batches_reads_every_flow_once_with_its_copies_summed() {
+    let Some(rig) = rig() else { return };
+    let flows = 1_000u16;
+    let mut expected = HashMap::new();
+    for i in 0..flows {
+        let f = frame(&TCP_ACK, (GW_MAC, POD_MAC), (CLIENT, 10_000 + i, VIP, 80));
+        let key = key_of(&f);
+        let mut flow = TupleFlow::rewrite(
+            &key,
+            EGRESS,
+            1518,
+            (BACKEND_MAC, GW_MAC),
+            (
+                CLIENT,
+                (10_000 + i).to_be_bytes(),
+                BACKEND,
+                8080u16.to_be_bytes(),
+            ),
+            true,
+        );
+        flow.packets = i as u64;
+        flow.bytes = 64 * i as u64;
+        // Each CPU's copy holds the install's value.
+        assert!(rig.fast.install_tuple(&key, flow).unwrap());
+        expected.insert(key, (i as u64, 64 * i as u64));
+    }
+    let cpus = crate::bpf::possible_cpus().unwrap() as u64;
+    let mut walk = HashWalk::default();
+    let mut step = Vec::new();
+    let mut seen = HashMap::new();
+    let mut steps = 0;
+    while !walk.is_done() {
+        rig.fast
+            .read_hashed_batch::<TupleKey, TupleFlow>(&mut walk, 256, &mut step)
+            .unwrap();
+        assert!(step.len() <= 256);
+        for (key, flow) in &step {
+            assert!(
+                seen.insert(*key, (flow.packets, flow.bytes)).is_none(),
+                "read twice"
+            );
+        }
+        steps += 1;
+        assert!(steps <= 100, "the walk ends");
+    }
+    assert!(steps >= 4, "{steps} steps of at most 256 for 1,000 flows");
+    assert_eq!(seen.len(), expected.len());
+    for (key, (packets, bytes)) in expected {
+        assert_eq!(seen[&key], (packets * cpus, bytes * cpus));
+    }
+    // A finished walk reads nothing more.
+    rig.fast
+        .read_hashed_batch::<TupleKey, TupleFlow>(&mut walk, 256, &mut step)
+        .unwrap();
+    assert!(step.is_empty());
+}
