@@ -1162,7 +1162,16 @@ impl Datapath {
 
     /// Has every worker publish its counters now (they do once a second by themselves).
     pub fn refresh_stats(&self) {
-        let _ = self.on_workers(|_, _| ());
+        let asked: Vec<_> = (0..self.workers.len())
+            .filter_map(|w| {
+                let (done, published) = bounded(1);
+                self.send(w, Command::Publish { done }).ok()?;
+                Some(published)
+            })
+            .collect();
+        for published in asked {
+            let _ = published.recv_timeout(WORKER_ANSWER);
+        }
     }
 
     /// Asks worker `w` alone (e.g. its forwarding table).

@@ -202,7 +202,11 @@ pub(crate) fn new_counts<K: FlowKey>(
     key: &K,
     seen: &mut (u64, u64),
 ) -> Option<(u64, u64)> {
-    let now = fast.read(key).ok()??;
+    counts_since(&fast.read(key).ok()??, seen)
+}
+
+/// What `now` counted beyond `seen` (packets, bytes), which moves on; `None` when nothing new.
+pub(crate) fn counts_since<V: Counted>(now: &V, seen: &mut (u64, u64)) -> Option<(u64, u64)> {
     let new = (
         now.packets().saturating_sub(seen.0),
         now.bytes().saturating_sub(seen.1),
@@ -272,31 +276,30 @@ pub(crate) fn remove_unbacked<K: std::hash::Hash + Eq + FlowKey, I: Entry>(
     stats: &WorkerStats,
     mut keep: impl FnMut(&K, &I) -> bool,
 ) {
-    let (mut removed, mut failed) = (0, 0);
-    installed.retain(|key, f| {
-        if keep(key, f) {
-            return true;
-        }
-        if let Some((packets, bytes)) = new_counts(fast, key, f.seen()) {
-            count_forwarded(stats, f.ports(), packets, bytes, f.growth());
-        }
-        if fast.remove(key).is_err() {
-            failed += 1;
-            return true;
-        }
-        // A leg stays taken while an entry that names it may still be in the map.
-        if let Some(slot) = f.leg() {
-            fast.release_leg(slot);
-        }
-        removed += 1;
-        false
-    });
-    stats
-        .worker
-        .add(WorkerCounter::FastPathErrors as usize, failed);
-    stats
-        .worker
-        .add(WorkerCounter::FastPathRemoved as usize, removed);
+    installed.retain(|key, f| keep(key, f) || !take_out(fast, stats, key, f));
+}
+
+/// Takes one entry out of the map, its last counts added to its ports first; `false` (and
+/// counted as an error) when the map refused, the entry then staying installed.
+pub(crate) fn take_out<K: FlowKey, I: Entry>(
+    fast: &FastPath,
+    stats: &WorkerStats,
+    key: &K,
+    f: &mut I,
+) -> bool {
+    if let Some((packets, bytes)) = new_counts(fast, key, f.seen()) {
+        count_forwarded(stats, f.ports(), packets, bytes, f.growth());
+    }
+    if fast.remove(key).is_err() {
+        stats.worker.add(WorkerCounter::FastPathErrors as usize, 1);
+        return false;
+    }
+    // A leg stays taken while an entry that names it may still be in the map.
+    if let Some(slot) = f.leg() {
+        fast.release_leg(slot);
+    }
+    stats.worker.add(WorkerCounter::FastPathRemoved as usize, 1);
+    true
 }
 
 #[cfg(test)]

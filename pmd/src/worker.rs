@@ -196,6 +196,11 @@ pub enum Command {
     Pipeline(PipelineJob),
     /// Start copying a port's frames (replaces an earlier capture of the same port).
     Capture(Capture),
+    /// Publish the counters now, for a reader who wants them fresh; changes nothing, so the
+    /// installed flows are not validated for it.
+    Publish {
+        done: Sender<()>,
+    },
 }
 
 struct Retiring {
@@ -422,7 +427,14 @@ impl Worker {
     }
 
     fn apply_commands(&mut self) {
+        let mut changed = false;
+        let mut published = Vec::new();
         while let Ok(command) = self.s.commands.try_recv() {
+            if let Command::Publish { done } = command {
+                published.push(done);
+                continue;
+            }
+            changed = true;
             match command {
                 Command::AddPort {
                     port,
@@ -462,12 +474,18 @@ impl Worker {
                     job(&mut self.s.pipeline, now_ms);
                 }
                 Command::Capture(c) => self.captures.push(c),
+                Command::Publish { .. } => {}
             }
         }
         // Ports, tables or bindings may have changed under the installed flows.
-        self.validate_flows();
+        if changed {
+            self.validate_flows(true);
+        }
         // Whoever asked reads fresh counters.
         self.publish();
+        for done in published {
+            let _ = done.try_send(());
+        }
     }
 
     fn add_port(
@@ -1008,14 +1026,15 @@ impl Worker {
             if self.s.pipeline.bridge().fdb_changes() != self.fdb_changes
                 && self.now_ms() >= self.fdb_validated_ms + FDB_REVALIDATE_MS
             {
-                self.validate_flows();
+                self.validate_flows(true);
             }
         }
     }
 
     /// Re-checks the gateway's fast-path entries when something they depend on changed (a
     /// few atomic loads when nothing did): also while the fast path carries everything and the
-    /// workers receive nothing, and for changes made by the control thread.
+    /// workers receive nothing, and for changes made by the control thread. And reads the
+    /// next step of a harvest under way.
     fn revalidate_tuples(&mut self, now_ms: u64) {
         let present = self.fast_present();
         if let (Some(tuples), Some(gateway)) = (self.tuples.as_mut(), self.s.pipeline.gateway_mut())
@@ -1026,6 +1045,9 @@ impl Worker {
                 stats: &self.s.stats,
             };
             tuples.revalidate_if_changed(gateway, &ports, now_ms);
+            if tuples.harvesting() {
+                tuples.harvest_step(gateway, &self.s.stats, now_ms);
+            }
         }
     }
 
@@ -1037,8 +1059,9 @@ impl Worker {
             .fold(self.present, |ports, c| ports.without(c.port))
     }
 
-    /// Takes out the installed flows the bridge (or gateway) no longer backs.
-    fn validate_flows(&mut self) {
+    /// Takes out the installed flows the bridge (or gateway) no longer backs: at once, or
+    /// the gateway's in steps over the next passes (`TupleCache::start_validation`).
+    fn validate_flows(&mut self, at_once: bool) {
         let now_ms = self.now_ms();
         self.fdb_changes = self.s.pipeline.bridge().fdb_changes();
         self.fdb_validated_ms = now_ms;
@@ -1058,14 +1081,11 @@ impl Worker {
                 present,
                 stats: &self.s.stats,
             };
-            tuples.validate(gateway, &ports, now_ms);
+            match at_once {
+                true => tuples.validate(gateway, &ports, now_ms),
+                false => tuples.start_validation(gateway, &ports, now_ms),
+            }
         }
-        let installed = self.flows.as_ref().map_or(0, FlowCache::len)
-            + self.tuples.as_ref().map_or(0, TupleCache::len);
-        self.s
-            .stats
-            .worker
-            .set(WorkerCounter::FastPathFlows as usize, installed as u64);
     }
 
     /// Frames the pipeline made: each copied into a frame (or chain) of ours for every port
@@ -1285,6 +1305,10 @@ impl Worker {
     /// Nothing queued anywhere: safe to wait.
     fn quiet(&self) -> bool {
         self.sockets.iter().all(|(_, s)| s.in_flight_tx() == 0)
+            && !self
+                .tuples
+                .as_ref()
+                .is_some_and(|t| t.harvesting() || t.validating())
             && self.s.handoff_in.is_empty()
             && self.s.commands.is_empty()
             && self.retiring.is_empty()
@@ -1311,14 +1335,14 @@ impl Worker {
         if let Some(flows) = self.flows.as_mut() {
             flows.harvest(self.s.pipeline.bridge_mut(), &self.s.stats, now_ms);
         }
-        if let (Some(tuples), Some(gateway)) = (self.tuples.as_mut(), self.s.pipeline.gateway_mut())
-        {
-            tuples.harvest(gateway, &self.s.stats, now_ms);
+        // The gateway's entries in steps, over the next passes (`revalidate_tuples`).
+        if let Some(tuples) = self.tuples.as_mut() {
+            tuples.start_harvest();
         }
         self.s
             .pipeline
             .housekeeping(now_ms, self.s.leader, &mut self.emitted);
-        self.validate_flows();
+        self.validate_flows(false);
         self.stage_emitted();
         for (_, sock) in self.sockets.iter_mut() {
             sock.tick();
@@ -1389,6 +1413,11 @@ impl Worker {
     fn publish(&self) {
         self.publish_core_share();
         let stats = &self.s.stats;
+        let installed = self.flows.as_ref().map_or(0, FlowCache::len)
+            + self.tuples.as_ref().map_or(0, TupleCache::len);
+        stats
+            .worker
+            .set(WorkerCounter::FastPathFlows as usize, installed as u64);
         let bridge = self.s.pipeline.bridge();
         for (counter, value) in bridge.counters().iter() {
             stats.l2.set(counter as usize, value);
