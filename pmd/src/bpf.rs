@@ -246,19 +246,43 @@ pub(crate) fn update<K, V>(map: &OwnedFd, key: &K, value: &V, flags: u64) -> io:
 /// CPUs the kernel may bring up (`/sys/devices/system/cpu/possible`, e.g. "0-15"): the
 /// number of values in a per-CPU map's element.
 pub(crate) fn possible_cpus() -> io::Result<usize> {
+    Ok(possible_cpu_list()?.1 + 1)
+}
+
+/// How many CPUs the kernel may bring up: the count a per-CPU map's value has a copy for
+/// (`num_possible_cpus`), smaller than `possible_cpus` where the list has gaps.
+pub(crate) fn possible_cpu_count() -> io::Result<usize> {
+    Ok(possible_cpu_list()?.0)
+}
+
+fn possible_cpu_list() -> io::Result<(usize, usize)> {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
-    let mut highest = 0;
-    for part in text.trim().split(',') {
-        let last = part.rsplit('-').next().unwrap_or(part);
-        let n: usize = last.parse().map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("possible CPUs {text:?}"),
-            )
-        })?;
-        highest = highest.max(n);
+    cpu_list(text.trim()).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("possible CPUs {text:?}"),
+        )
+    })
+}
+
+/// A kernel CPU list ("0-3,8-11"): how many CPUs it names, and the highest.
+fn cpu_list(text: &str) -> Option<(usize, usize)> {
+    let (mut count, mut highest) = (0, 0);
+    for part in text.split(',') {
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<usize>().ok()?, b.parse::<usize>().ok()?),
+            None => {
+                let n = part.parse::<usize>().ok()?;
+                (n, n)
+            }
+        };
+        if last < first {
+            return None;
+        }
+        count += last - first + 1;
+        highest = highest.max(last);
     }
-    Ok(highest + 1)
+    Some((count, highest))
 }
 
 pub(crate) fn name16(name: &str) -> [u8; 16] {
@@ -516,7 +540,7 @@ impl LiveFrameSender {
             .ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidInput, "a frame of 8 bytes or more")
             })?;
-        let head = u64::from_le_bytes(head);
+        let head = u64::from_ne_bytes(head);
         let map = create_map(BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, "vswitch_seq")?;
         let mut program = SenderProgram::default();
         program.frame_of(STAMP_END);
@@ -1010,6 +1034,16 @@ mod tests {
         let mut fragment = ip_frame;
         fragment[20] |= 0x20; // more fragments
         assert!(LiveFrameSender::load_flows(1, 3, &fragment, false).is_err());
+    }
+
+    #[test]
+    fn cpu_lists_are_counted_with_their_gaps() {
+        assert_eq!(cpu_list("0"), Some((1, 0)));
+        assert_eq!(cpu_list("0-15"), Some((16, 15)));
+        assert_eq!(cpu_list("0-3,8-11"), Some((8, 11)));
+        assert_eq!(cpu_list("0,2,4-5"), Some((4, 5)));
+        assert_eq!(cpu_list("3-1"), None);
+        assert_eq!(cpu_list("x"), None);
     }
 
     #[test]

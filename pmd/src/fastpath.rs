@@ -10,7 +10,7 @@
 //! Only workers write the flow maps.
 
 use crate::bpf::{
-    bpf, create_map, load_xdp_flags, possible_cpus, update, Insn, MapBatchAttr, MapElemAttr,
+    bpf, create_map, load_xdp_flags, possible_cpu_count, update, Insn, MapBatchAttr, MapElemAttr,
     RedirectProgram, XskMap, BPF_F_XDP_HAS_FRAGS, BPF_MAP_DELETE_ELEM, BPF_MAP_LOOKUP_BATCH,
     BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_PSEUDO_MAP_FD,
 };
@@ -400,7 +400,7 @@ impl FastPath {
         let (key_size, value_size) = table.sizes();
         Ok(FastPath {
             table,
-            cpus: possible_cpus()?,
+            cpus: possible_cpu_count()?,
             ports: create_map(BPF_MAP_TYPE_DEVMAP, 4, 4, PORT_CAPACITY, "vswitch_ports")?,
             port_max_len: create_map(BPF_MAP_TYPE_ARRAY, 4, 4, PORT_CAPACITY, "vswitch_maxlen")?,
             flows: create_map(

@@ -203,7 +203,10 @@ impl TupleCache {
             self.unchecked.clear();
             return;
         }
-        if self.validating() {
+        if gateway.policy_epoch() != self.epoch {
+            // A reload takes every entry at once, also during a validation in steps.
+            self.validate(gateway, ports, now_ms);
+        } else if self.validating() {
             self.validation_step(gateway, ports, now_ms);
         } else if gateway.offer_generation() != self.generation
             && now_ms >= self.validated_ms + REVALIDATE_MS
@@ -216,10 +219,12 @@ impl TupleCache {
     /// what `validate` does, spread over the worker's passes. After a reload every entry goes
     /// at once, as `validate` takes them.
     pub fn start_validation(&mut self, gateway: &mut Gateway, ports: &Ports<'_>, now_ms: u64) {
+        // The generation first, as `validate` reads them: a reload moves the epoch after it.
+        let generation = gateway.offer_generation();
         if gateway.policy_epoch() != self.epoch {
             return self.validate(gateway, ports, now_ms);
         }
-        self.generation = gateway.offer_generation();
+        self.generation = generation;
         self.validated_ms = now_ms;
         self.unchecked.clear();
         self.unchecked.extend(self.installed.keys().copied());
@@ -247,6 +252,11 @@ impl TupleCache {
             if take_out(&self.fast, ports.stats, &key, f) {
                 self.installed.remove(&key);
             }
+        }
+        if self.unchecked.is_empty() {
+            // Keys refused during the walk may fit in what it freed.
+            self.passed_over.clear();
+            self.full = false;
         }
     }
 
@@ -282,9 +292,13 @@ impl TupleCache {
     }
 
     /// Begins a harvest done in steps (`harvest_step`), the same reading as `harvest`
-    /// spread over the worker's passes; one under way starts over.
+    /// spread over the worker's passes, unless one is under way.
     pub fn start_harvest(&mut self) {
-        self.harvest = (!self.installed.is_empty()).then(HashWalk::default);
+        // One under way goes on: started over each second, a slow one would never reach the
+        // map's last buckets.
+        if self.harvest.is_none() && !self.installed.is_empty() {
+            self.harvest = Some(HashWalk::default());
+        }
     }
 
     /// Whether a harvest is under way.
