@@ -243,8 +243,8 @@ pub(crate) fn update<K, V>(map: &OwnedFd, key: &K, value: &V, flags: u64) -> io:
     unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map(|_| ())
 }
 
-/// CPUs the kernel may bring up (`/sys/devices/system/cpu/possible`, e.g. "0-15"): the
-/// number of values in a per-CPU map's element.
+/// One more than the highest CPU number the kernel may bring up
+/// (`/sys/devices/system/cpu/possible`, e.g. "0-15"): room for a map indexed by CPU number.
 pub(crate) fn possible_cpus() -> io::Result<usize> {
     Ok(possible_cpu_list()?.1 + 1)
 }

@@ -1129,18 +1129,31 @@ impl Datapath {
         job: impl Fn(&mut Pipeline, u64) -> R + Send + Sync + 'static,
     ) -> Result<Vec<R>, DatapathError> {
         let job = Arc::new(job);
+        self.ask_workers(|tx| {
+            let job = job.clone();
+            Command::Pipeline(Box::new(move |p, now| {
+                let _ = tx.try_send(job(p, now));
+            }))
+        })
+    }
+
+    /// Has every worker publish its counters now (they do once a second by themselves).
+    pub fn refresh_stats(&self) {
+        let _ = self.ask_workers(|done| Command::Publish { done });
+    }
+
+    /// Sends every worker the command `command` makes of an answer channel, then waits for
+    /// each answer (or a worker failed to take or answer it in time).
+    fn ask_workers<R>(
+        &self,
+        command: impl Fn(Sender<R>) -> Command,
+    ) -> Result<Vec<R>, DatapathError> {
         let mut answers = Vec::new();
         // Every worker is asked, also past one that cannot be: the others must not miss it.
         let mut unsent = None;
         for w in 0..self.workers.len() {
             let (tx, rx) = bounded(1);
-            let job = job.clone();
-            match self.send(
-                w,
-                Command::Pipeline(Box::new(move |p, now| {
-                    let _ = tx.try_send(job(p, now));
-                })),
-            ) {
+            match self.send(w, command(tx)) {
                 Ok(()) => answers.push((w, rx)),
                 Err(e) => {
                     unsent.get_or_insert(e);
@@ -1157,20 +1170,6 @@ impl Datapath {
         match unsent {
             Some(e) => Err(e),
             None => answered,
-        }
-    }
-
-    /// Has every worker publish its counters now (they do once a second by themselves).
-    pub fn refresh_stats(&self) {
-        let asked: Vec<_> = (0..self.workers.len())
-            .filter_map(|w| {
-                let (done, published) = bounded(1);
-                self.send(w, Command::Publish { done }).ok()?;
-                Some(published)
-            })
-            .collect();
-        for published in asked {
-            let _ = published.recv_timeout(WORKER_ANSWER);
         }
     }
 

@@ -430,11 +430,7 @@ impl Worker {
         let mut changed = false;
         let mut published = Vec::new();
         while let Ok(command) = self.s.commands.try_recv() {
-            if let Command::Publish { done } = command {
-                published.push(done);
-                continue;
-            }
-            changed = true;
+            changed |= !matches!(command, Command::Publish { .. });
             match command {
                 Command::AddPort {
                     port,
@@ -474,7 +470,7 @@ impl Worker {
                     job(&mut self.s.pipeline, now_ms);
                 }
                 Command::Capture(c) => self.captures.push(c),
-                Command::Publish { .. } => {}
+                Command::Publish { done } => published.push(done),
             }
         }
         // Ports, tables or bindings may have changed under the installed flows.
@@ -1045,9 +1041,7 @@ impl Worker {
                 stats: &self.s.stats,
             };
             tuples.revalidate_if_changed(gateway, &ports, now_ms);
-            if tuples.harvesting() {
-                tuples.harvest_step(gateway, &self.s.stats, now_ms);
-            }
+            tuples.harvest_step(gateway, &self.s.stats, now_ms);
         }
     }
 
